@@ -1,0 +1,51 @@
+# contextkit: `make run` (quickstart server) and `make test` are the two commands you need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+CK     := $(VENV)/bin/contextkit
+PORT   ?= 8000
+QS     := examples/quickstart
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint format bench clean quickstart-data
+
+install: $(STAMP)
+
+# CPU torch first: pip takes the local CPU wheel; anything else would pull a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[test,embeddings,llm]"
+	touch $(STAMP)
+
+quickstart-data: install
+	test -f $(QS)/data/orders.parquet || $(PY) $(QS)/generate_data.py --out $(QS)/data
+
+# Bare machine -> served features: install, generate data, apply, materialize, serve.
+run: quickstart-data
+	$(PY) $(QS)/setup.py
+	$(CK) serve --repo $(QS) --workspace prod --port $(PORT)
+
+test: install
+	$(PY) -m pytest -q -n 2 --durations=10
+
+test-fast: install
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) bench/online.py
+	$(PY) bench/materialize.py
+	$(PY) bench/cli_startup.py
+
+clean:
+	rm -rf $(QS)/data $(QS)/.contextkit .pytest_cache test-artifacts

@@ -1,0 +1,65 @@
+"""contextkit: context as code for LLM applications.
+
+Define entities, sources, feature views and context services in Python; ``contextkit apply``
+records them, ``contextkit materialize`` computes them, and ``connect(...).get_features(...)`` or
+the HTTP server serves them. Everything public is importable from here::
+
+    from contextkit import Aggregate, ContextService, Entity, FileSource, batch_feature_view
+    import contextkit
+    ctx = contextkit.connect(".", workspace="prod")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Public name -> module. Imported lazily so `contextkit --help` and the server start fast.
+_EXPORTS = {
+    "Entity": "contextkit.definitions",
+    "FileSource": "contextkit.definitions",
+    "Attribute": "contextkit.definitions",
+    "Aggregate": "contextkit.definitions",
+    "batch_feature_view": "contextkit.definitions",
+    "BatchFeatureView": "contextkit.definitions",
+    "ContextService": "contextkit.definitions",
+    "Field": "contextkit.types",
+    "String": "contextkit.types",
+    "Int64": "contextkit.types",
+    "Float64": "contextkit.types",
+    "Bool": "contextkit.types",
+    "Timestamp": "contextkit.types",
+    "connect": "contextkit.client",
+    "Context": "contextkit.client",
+    "OnlineFeatures": "contextkit.retrieve",
+    "ContextKitError": "contextkit.errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from contextkit.client import Context, connect
+    from contextkit.definitions import (
+        Aggregate,
+        Attribute,
+        BatchFeatureView,
+        ContextService,
+        Entity,
+        FileSource,
+        batch_feature_view,
+    )
+    from contextkit.errors import ContextKitError
+    from contextkit.retrieve import OnlineFeatures
+    from contextkit.types import Bool, Field, Float64, Int64, String, Timestamp
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'contextkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,382 @@
+"""The ``contextkit`` command line: a thin shell over the SDK (:mod:`contextkit.client`).
+
+Errors print as one line plus a hint and exit with 1 (runtime) or 2 (bad definitions/config);
+no traceback reaches the user. Heavy libraries are imported inside commands so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from contextkit.client import Context
+
+app = typer.Typer(
+    name="contextkit",
+    help="Context as code: features, embeddings and prompts for LLM apps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+workspace_app = typer.Typer(help="Create, list, select and delete workspaces.", no_args_is_help=True)
+app.add_typer(workspace_app, name="workspace")
+
+RepoOpt = Annotated[
+    Path, typer.Option("--repo", "-r", help="Repo folder (holding contextkit.yaml).")
+]
+WorkspaceOpt = Annotated[
+    Optional[str],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--workspace", "-w", help="Workspace (default: the selected one)."),
+]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    from contextkit.client import translate_store_errors
+    from contextkit.errors import ContextKitError
+    from contextkit.stores.errors import StoreFailure
+
+    if isinstance(exc, StoreFailure):
+        exc = translate_store_errors(exc)
+    assert isinstance(exc, ContextKitError)
+    console = _err_console()
+    console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+    if exc.hint:
+        console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+    raise typer.Exit(exc.exit_code)
+
+
+class _Guard:
+    """Turn contextkit errors into a clean message and exit code."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        from contextkit.errors import ContextKitError
+        from contextkit.stores.errors import StoreFailure
+
+        if exc is not None and isinstance(exc, ContextKitError | StoreFailure):
+            _fail(exc)
+        return False
+
+
+guard = _Guard()
+
+
+def _context(repo: Path, workspace: str | None) -> Context:
+    from contextkit.client import connect
+
+    return connect(repo, workspace)
+
+
+def _parse_time(value: str | None, what: str) -> datetime | None:
+    if value is None:
+        return None
+    from contextkit.errors import BadRequestError
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequestError(
+            f"{what} {value!r} is not an ISO 8601 time", hint="e.g. 2024-05-01 or 2024-05-01T12:00Z"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# -- init ---------------------------------------------------------------------------------------
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Folder to create the repo in.")] = Path("."),
+    name: Annotated[Optional[str], typer.Option(help="Project name.")] = None,  # noqa: UP045
+) -> None:
+    """Scaffold a context-as-code repo with sample data and a live `prod` workspace."""
+    with guard:
+        from contextkit.scaffold import scaffold
+
+        created = scaffold(path, name)
+        console = _console()
+        console.print(f"[green]Created a contextkit repo in {path}[/]")
+        for file in created:
+            console.print(f"  {file}")
+        console.print("Next: [bold]contextkit plan[/] then [bold]contextkit apply[/]")
+
+
+# -- plan / apply / destroy -----------------------------------------------------------------------
+@app.command()
+def plan(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
+    """Validate the repo and show what `apply` would change in the workspace."""
+    with guard:
+        from contextkit.plan import render_plan
+
+        ctx = _context(repo, workspace)
+        _console().print(render_plan(ctx.plan(repo)))
+
+
+@app.command()
+def apply(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Validate the repo and apply its changes to the workspace, atomically."""
+    with guard:
+        from contextkit.plan import render_plan
+
+        ctx = _context(repo, workspace)
+        the_plan = ctx.plan(repo)
+        console = _console()
+        console.print(render_plan(the_plan))
+        if the_plan.is_empty:
+            return
+        if not yes and not typer.confirm("Apply these changes?", default=False):
+            console.print("Nothing applied.")
+            raise typer.Exit(1)
+        version = ctx.apply(the_plan)
+        console.print(f"[green]Applied[/] workspace {the_plan.workspace!r} is at version {version}.")
+        if the_plan.live and any(c.rematerialize for c in the_plan.changes):
+            console.print("Run [bold]contextkit materialize[/] to compute the new or changed views.")
+
+
+@app.command()
+def destroy(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+) -> None:
+    """Remove every object (and its materialized data) from the workspace."""
+    with guard:
+        from contextkit.plan import compute_plan, render_plan
+
+        ctx = _context(repo, workspace)
+        the_plan = compute_plan(ctx.registry, ctx.workspace, [])
+        console = _console()
+        console.print(render_plan(the_plan))
+        if the_plan.is_empty:
+            return
+        if not yes and not typer.confirm("Destroy these objects?", default=False):
+            raise typer.Exit(1)
+        ctx.apply(the_plan)
+        console.print(f"[green]Destroyed[/] all objects in {the_plan.workspace!r}.")
+
+
+@app.command()
+def versions(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
+    """List the applied versions of the workspace (who, when, what changed)."""
+    with guard:
+        from rich.table import Table
+
+        ctx = _context(repo, workspace)
+        table = Table("version", "applied at", "by", "create", "update", "delete", "changed")
+        for record in ctx.registry.list_applies(ctx.workspace):
+            s = record.summary
+            changed = ", ".join(f"{c['action'][0]}:{c['name']}" for c in s.get("changes", []))
+            table.add_row(
+                str(record.version),
+                _fmt_time(record.applied_at),
+                record.applied_by,
+                str(s.get("create", 0)),
+                str(s.get("update", 0)),
+                str(s.get("delete", 0)),
+                changed,
+            )
+        _console().print(table)
+
+
+# -- workspaces ---------------------------------------------------------------------------------------
+@workspace_app.command("create")
+def workspace_create(
+    name: str,
+    live: Annotated[bool, typer.Option("--live", help="Materialize and serve (else dev).")] = False,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Create a workspace (`--live` to materialize and serve; dev ones only validate)."""
+    with guard:
+        ctx = _context(repo, None)
+        ctx.create_workspace(name, live)
+        _console().print(f"Created {'live' if live else 'dev'} workspace {name!r}.")
+
+
+@workspace_app.command("list")
+def workspace_list(repo: RepoOpt = Path(".")) -> None:
+    """List workspaces; the selected one is marked with *."""
+    with guard:
+        from rich.table import Table
+
+        ctx = _context(repo, None)
+        selected = ctx.registry.get_setting("selected_workspace")
+        table = Table("", "workspace", "kind", "version", "created")
+        for w in ctx.list_workspaces():
+            table.add_row(
+                "*" if w.name == selected else "",
+                w.name,
+                "live" if w.live else "dev",
+                str(w.version),
+                _fmt_time(w.created_at),
+            )
+        _console().print(table)
+
+
+@workspace_app.command("select")
+def workspace_select(name: str, repo: RepoOpt = Path(".")) -> None:
+    """Make NAME the default workspace of later commands."""
+    with guard:
+        _context(repo, None).select_workspace(name)
+        _console().print(f"Selected workspace {name!r}.")
+
+
+@workspace_app.command("delete")
+def workspace_delete(
+    name: str,
+    repo: RepoOpt = Path("."),
+    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+) -> None:
+    """Delete a workspace with its objects, jobs and materialized data."""
+    with guard:
+        ctx = _context(repo, None)
+        ctx._workspace_record(name)
+        if not yes and not typer.confirm(f"Delete workspace {name!r} and its data?", default=False):
+            raise typer.Exit(1)
+        ctx.delete_workspace(name)
+        _console().print(f"Deleted workspace {name!r}.")
+
+
+# -- materialize / jobs -------------------------------------------------------------------------------
+@app.command()
+def materialize(
+    views: Annotated[Optional[list[str]], typer.Argument(help="Views (default: all).")] = None,  # noqa: UP045
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    start: Annotated[Optional[str], typer.Option(help="Range start (ISO 8601).")] = None,  # noqa: UP045
+    end: Annotated[Optional[str], typer.Option(help="Range end (default: now).")] = None,  # noqa: UP045
+    full: Annotated[bool, typer.Option("--full", help="Recompute all history.")] = False,
+) -> None:
+    """Compute views into the offline store (Parquet) and the online store (SQLite)."""
+    with guard:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        ctx = _context(repo, workspace)
+        start_t, end_t = _parse_time(start, "--start"), _parse_time(end, "--end")
+        console = _console()
+        names = views or ctx.specs().view_order()
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            tasks = {n: progress.add_task(f"{n}: waiting", start=False) for n in names}
+
+            def on_stage(view: str, stage: str) -> None:
+                progress.start_task(tasks[view])
+                progress.update(tasks[view], description=f"{view}: {stage}")
+
+            results = ctx.materialize(names, start=start_t, end=end_t, full=full, on_stage=on_stage)
+        for r in results:
+            span = f"{r.start.isoformat() if r.start else 'beginning'} .. {r.end.isoformat()}"
+            console.print(
+                f"[green]ok[/] {r.view}: {r.rows_offline} offline rows, {r.rows_online} online "
+                f"entities ({span}) in {r.duration_s:.2f}s"
+            )
+
+
+@app.command()
+def jobs(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    view: Annotated[Optional[str], typer.Option(help="Only this view.")] = None,  # noqa: UP045
+    limit: Annotated[int, typer.Option(help="How many.")] = 20,
+) -> None:
+    """List materialization jobs, newest first."""
+    with guard:
+        from rich.table import Table
+
+        ctx = _context(repo, workspace)
+        table = Table("job", "view", "status", "range", "offline rows", "online rows", "took",
+                      "started", "error")
+        for j in ctx.jobs(view, limit):
+            color = {"succeeded": "green", "failed": "red"}.get(j.status, "yellow")
+            table.add_row(
+                j.id,
+                j.view,
+                f"[{color}]{j.status}[/]",
+                f"{j.range_start or '-'} .. {j.range_end or '-'}",
+                str(j.rows_offline if j.rows_offline is not None else "-"),
+                str(j.rows_online if j.rows_online is not None else "-"),
+                f"{j.duration_s:.2f}s" if j.duration_s is not None else "-",
+                _fmt_time(j.started_at),
+                j.error or "",
+            )
+        _console().print(table)
+
+
+# -- serve ------------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.", envvar="PORT")] = 8000,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Serve the HTTP API (features) with uvicorn."""
+    with guard:
+        import uvicorn
+
+        from contextkit.server.app import create_app
+
+        ctx = _context(repo, workspace)
+        ctx.workspace  # noqa: B018 - fail now, not on the first request, if none is selected
+        uvicorn.run(
+            create_app(ctx),
+            host=host,
+            port=port,
+            access_log=access_log,
+            log_level="info",
+        )
+
+
+def _fmt_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def main() -> None:
+    """Entry point of the ``contextkit`` script. Set CONTEXTKIT_DEBUG=1 to see tracebacks."""
+    import os
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("CONTEXTKIT_DEBUG"):
+            raise
+        _err_console().print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False
+        )
+        _err_console().print(
+            "[yellow]hint:[/] this is a bug in contextkit; re-run with CONTEXTKIT_DEBUG=1 and "
+            "report the traceback"
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

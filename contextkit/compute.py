@@ -1,0 +1,369 @@
+"""Feature computation in DuckDB: source scans, transformations and windowed aggregates.
+
+One place builds every query that turns sources into feature rows, so validation, offline
+materialization, online materialization and (later) offline retrieval agree exactly.
+
+Time semantics (documented in docs/concepts.md):
+- every timestamp is a microsecond ``TIMESTAMPTZ`` in UTC; naive source timestamps are read as UTC;
+- the window of length ``w`` ending at ``t`` holds events with ``t - w < ts <= t``;
+- offline, each (entity, event time) row carries the aggregates of the window ending at that time;
+- online, each entity carries the aggregates of the windows ending at the materialization end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from contextkit.errors import DefinitionError, StoreError
+from contextkit.specs import AggregateSpec, FeatureViewSpec, FieldSpec, FileSourceSpec
+from contextkit.types import Float64, Int64, dtype_from_duckdb
+
+if TYPE_CHECKING:
+    import duckdb
+
+EVENT_TIMESTAMP = "event_timestamp"
+
+
+def quote(identifier: str) -> str:
+    """A DuckDB/SQLite identifier, quoted."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def literal(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def ts_literal(value: datetime) -> str:
+    """A TIMESTAMPTZ literal for an aware datetime."""
+    return f"TIMESTAMPTZ {literal(value.isoformat())}"
+
+
+def connect_duckdb(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB connection with UTC as its time zone."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+def source_scan_sql(source: FileSourceSpec, root: Path) -> str:
+    """A query reading the source's file(s), with its timestamp column as TIMESTAMPTZ."""
+    path = Path(source.path)
+    path = path if path.is_absolute() else root / path
+    p = literal(str(path))
+    if source.format == "parquet":
+        scan = f"read_parquet({p})"
+    elif source.format == "csv":
+        scan = f"read_csv({p}, header = true, auto_detect = true)"
+    else:
+        scan = f"read_json({p}, format = 'newline_delimited')"
+    if source.timestamp_field:
+        ts = quote(source.timestamp_field)
+        return f"SELECT * REPLACE (CAST({ts} AS TIMESTAMPTZ) AS {ts}) FROM {scan}"
+    return f"SELECT * FROM {scan}"
+
+
+def source_file_exists(source: FileSourceSpec, root: Path) -> bool:
+    path = Path(source.path)
+    path = path if path.is_absolute() else root / path
+    if any(ch in source.path for ch in "*?["):
+        return any(path.parent.glob(path.name))
+    return path.exists()
+
+
+def describe(con: duckdb.DuckDBPyConnection, sql: str) -> list[FieldSpec]:
+    """The output columns of ``sql`` (bound, not run) as contextkit fields."""
+    rows = con.execute(f"DESCRIBE {sql}").fetchall()
+    return [FieldSpec(name=r[0], dtype=dtype_from_duckdb(r[1]) or r[1]) for r in rows]
+
+
+class Workspace:
+    """Sources and views of one registry workspace, registered as tables in a DuckDB connection.
+
+    ``transformation(view)`` is the SQL name of a view's transformation output (join keys,
+    timestamp, columns); python-mode views are run lazily with the rows of the requested range.
+    """
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        root: Path,
+        sources: dict[str, FileSourceSpec],
+        views: dict[str, FeatureViewSpec],
+    ) -> None:
+        self.con = con
+        self.root = root
+        self.sources = sources
+        self.views = views
+        for source in sources.values():
+            if not source_file_exists(source, root):
+                raise StoreError(
+                    f"source {source.name!r}: file not found: {source.path}",
+                    hint="check the path in the FileSource (relative to the repo root) or "
+                    "generate the data first",
+                )
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {quote(source.name)} AS "
+                        f"{source_scan_sql(source, root)}")
+
+    def transformation_sql(
+        self, view: FeatureViewSpec, start: datetime | None = None, end: datetime | None = None
+    ) -> str:
+        """A query of the view's transformation output within ``[start, end)`` (open if None).
+
+        Rows with a null join key or timestamp are dropped: they can never be served.
+        """
+        ts = quote(view.timestamp_field)
+        if view.mode == "sql":
+            self._register_upstream(view)
+            body = view.sql
+        else:
+            body = f"SELECT * FROM {quote(self._run_python(view, start, end))}"
+        where = [f"{ts} IS NOT NULL"] + [f"{quote(k)} IS NOT NULL" for k in view.join_key_names]
+        if start is not None:
+            where.append(f"{ts} >= {ts_literal(start)}")
+        if end is not None:
+            where.append(f"{ts} < {ts_literal(end)}")
+        return (
+            f"SELECT * REPLACE (CAST({ts} AS TIMESTAMPTZ) AS {ts}) FROM ({body}) AS t "
+            f"WHERE {' AND '.join(where)}"
+        )
+
+    def _register_upstream(self, view: FeatureViewSpec) -> None:
+        for name in view.sources:
+            if name in self.views:
+                upstream = self.views[name]
+                self.con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {quote(name)} AS "
+                    f"{offline_features_sql(self, upstream)}"
+                )
+
+    def _source_frame(self, name: str, view: FeatureViewSpec, lo, hi, limit: int | None):
+        if name in self.views:
+            sql = offline_features_sql(self, self.views[name])
+            ts = EVENT_TIMESTAMP
+        else:
+            sql = f"SELECT * FROM {quote(name)}"
+            ts = self.sources[name].timestamp_field
+        clauses = []
+        if ts and lo is not None:
+            clauses.append(f"{quote(ts)} >= {ts_literal(lo)}")
+        if ts and hi is not None:
+            clauses.append(f"{quote(ts)} < {ts_literal(hi)}")
+        if clauses:
+            sql = f"SELECT * FROM ({sql}) WHERE {' AND '.join(clauses)}"
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
+        table = self.con.execute(sql).fetch_arrow_table()
+        return table if view.mode == "arrow" else table.to_pandas()
+
+    def _run_python(
+        self, view: FeatureViewSpec, start, end, sample_rows: int | None = None
+    ) -> str:
+        """Run a pandas/arrow view on its sources' rows; ``sample_rows`` caps each input."""
+        function = compile_python_transformation(view)
+        # Feed rows from (start - lookback) so windows near `start` are complete.
+        lo = None
+        if start is not None:
+            from datetime import timedelta
+
+            lo = start - timedelta(seconds=view.max_window_seconds)
+        frames = [self._source_frame(name, view, lo, end, sample_rows) for name in view.sources]
+        try:
+            result = function(*frames)
+        except Exception as exc:
+            raise DefinitionError(
+                f"view {view.name!r}: the {view.mode} transformation raised "
+                f"{type(exc).__name__}: {exc}",
+                location=str(view.location) if view.location else None,
+                hint="run the function on the source data in a notebook to debug it",
+            ) from exc
+        name = f"__py_{view.name}"
+        self.con.register(name, result)
+        return name
+
+
+def compile_python_transformation(view: FeatureViewSpec) -> Callable[..., Any]:
+    """Re-create a pandas/arrow-mode view's function from its stored source code."""
+    from datetime import date, datetime, timedelta
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    namespace: dict[str, Any] = {
+        "pd": pd,
+        "pa": pa,
+        "np": np,
+        "datetime": datetime,
+        "timedelta": timedelta,
+        "date": date,
+    }
+    assert view.python_source and view.function_name
+    try:
+        exec(compile(view.python_source, f"<view {view.name}>", "exec"), namespace)
+    except Exception as exc:
+        raise DefinitionError(
+            f"view {view.name!r}: its function cannot be re-created from source: {exc}",
+            location=str(view.location) if view.location else None,
+            hint="pandas/arrow-mode functions must be self-contained (import inside the body)",
+        ) from exc
+    return namespace[view.function_name]
+
+
+def _aggregate_expr(
+    feature: AggregateSpec,
+    ts: str,
+    dtype: str | None,
+    where: str | None = None,
+    over: str | None = None,
+) -> str:
+    """The SQL aggregate for ``feature`` over rows matching ``where``, as a window when ``over``."""
+    col = quote(feature.column) if feature.column else None
+    fn = feature.function
+    conditions = [where] if where else []
+    cast = None
+    if fn == "count":
+        call = f"COUNT({col or '*'})"
+    elif fn == "count_distinct":
+        call = f"COUNT(DISTINCT {col})"
+    elif fn == "sum":
+        call, cast = f"SUM({col})", "BIGINT" if dtype == Int64 else "DOUBLE"
+    elif fn == "mean":
+        call, cast = f"AVG({col})", "DOUBLE"
+    elif fn in ("min", "max"):
+        call = f"{fn.upper()}({col})"
+    elif fn == "last":
+        # Latest non-null value; ties on time go to the largest value, so results are stable.
+        call = f"arg_max({col}, struct_pack(t := {ts}, v := {col}))"
+        conditions.append(f"{col} IS NOT NULL")
+    else:
+        raise ValueError(f"unknown aggregate function {fn!r}")
+    if conditions:
+        call += f" FILTER (WHERE {' AND '.join(conditions)})"
+    if over:
+        call += f" OVER {over}"
+    return f"CAST({call} AS {cast})" if cast else call
+
+
+def aggregate_dtype(feature: AggregateSpec, column_dtype: str | None) -> str | None:
+    """The dtype of an aggregate's values, given its input column's dtype."""
+    if feature.function in ("count", "count_distinct"):
+        return Int64
+    if feature.function == "mean":
+        return Float64
+    return column_dtype
+
+
+def _window_clause(seconds: int) -> str:
+    micros = seconds * 1_000_000 - 1
+    return f"RANGE BETWEEN to_microseconds({micros}) PRECEDING AND CURRENT ROW"
+
+
+def _column_dtypes(view: FeatureViewSpec) -> dict[str, str | None]:
+    return {f.name: f.dtype for f in view.output_schema}
+
+
+def offline_features_sql(
+    ws: Workspace, view: FeatureViewSpec, start: datetime | None = None, end: datetime | None = None
+) -> str:
+    """Offline feature rows of ``view`` with event time in ``[start, end)``.
+
+    Columns: join keys, ``event_timestamp``, one column per feature. Aggregate views get one row
+    per entity and distinct event time, holding the windows that end at that time.
+    """
+    keys = [quote(k) for k in view.join_key_names]
+    ts = quote(view.timestamp_field)
+    if not view.is_aggregate:
+        cols = ", ".join(quote(f.name) for f in view.features)
+        inner = ws.transformation_sql(view, start, end)
+        return f"SELECT {', '.join(keys)}, {ts} AS {EVENT_TIMESTAMP}, {cols} FROM ({inner})"
+
+    from datetime import timedelta
+
+    lookback_start = None if start is None else start - timedelta(seconds=view.max_window_seconds)
+    inner = ws.transformation_sql(view, lookback_start, end)
+    dtypes = _column_dtypes(view)
+    windows = sorted({f.window_seconds for f in view.features if isinstance(f, AggregateSpec)})
+    partition = ", ".join(keys)
+    exprs = []
+    for f in view.features:
+        assert isinstance(f, AggregateSpec)
+        column_dtype = dtypes.get(f.column) if f.column else None
+        expr = _aggregate_expr(f, ts, column_dtype, over=f"w{f.window_seconds}")
+        exprs.append(f"{expr} AS {quote(f.name)}")
+    window_defs = ", ".join(
+        f"w{s} AS (PARTITION BY {partition} ORDER BY {ts} {_window_clause(s)})" for s in windows
+    )
+    sql = (
+        f"SELECT {', '.join(keys)}, {ts} AS {EVENT_TIMESTAMP}, {', '.join(exprs)} "
+        f"FROM ({inner}) WINDOW {window_defs} "
+        f"QUALIFY row_number() OVER (PARTITION BY {partition}, {ts}) = 1"
+    )
+    if start is not None:
+        sql = f"SELECT * FROM ({sql}) WHERE {EVENT_TIMESTAMP} >= {ts_literal(start)}"
+    return sql
+
+
+def online_features_sql(ws: Workspace, view: FeatureViewSpec, as_of: datetime) -> str:
+    """The latest value per entity as of ``as_of`` (inclusive), honouring the view's ttl.
+
+    Attribute views: the entity's latest row no older than ttl. Aggregate views: the windows
+    ending at ``as_of``, for entities with an event within ttl (default: the largest window).
+    """
+    from datetime import timedelta
+
+    keys = [quote(k) for k in view.join_key_names]
+    ts = quote(view.timestamp_field)
+    end_lit = ts_literal(as_of)
+    if not view.is_aggregate:
+        lo = as_of - timedelta(seconds=view.ttl_seconds) if view.ttl_seconds else None
+        inner = ws.transformation_sql(view, None, None)
+        where = [f"{ts} <= {end_lit}"]
+        if lo is not None:
+            where.append(f"{ts} > {ts_literal(lo)}")
+        cols = ", ".join(quote(f.name) for f in view.features)
+        return (
+            f"SELECT {', '.join(keys)}, {ts} AS {EVENT_TIMESTAMP}, {cols} FROM ({inner}) "
+            f"WHERE {' AND '.join(where)} "
+            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {ts} DESC) = 1"
+        )
+    ttl = view.ttl_seconds or view.max_window_seconds
+    lookback = max(ttl, view.max_window_seconds)
+    inner = ws.transformation_sql(view, as_of - timedelta(seconds=lookback), None)
+    dtypes = _column_dtypes(view)
+    exprs = []
+    for f in view.features:
+        assert isinstance(f, AggregateSpec)
+        lo = ts_literal(as_of - timedelta(seconds=f.window_seconds))
+        column_dtype = dtypes.get(f.column) if f.column else None
+        expr = _aggregate_expr(f, ts, column_dtype, where=f"{ts} > {lo}")
+        exprs.append(f"{expr} AS {quote(f.name)}")
+    ttl_lo = ts_literal(as_of - timedelta(seconds=ttl))
+    return (
+        f"SELECT {', '.join(keys)}, MAX({ts}) AS {EVENT_TIMESTAMP}, {', '.join(exprs)} "
+        f"FROM ({inner}) WHERE {ts} <= {end_lit} GROUP BY {', '.join(keys)} "
+        f"HAVING MAX({ts}) > {ttl_lo}"
+    )
+
+
+@contextmanager
+def workspace_session(
+    root: Path,
+    sources: dict[str, FileSourceSpec],
+    views: dict[str, FeatureViewSpec],
+    threads: int | None = None,
+) -> Iterator[Workspace]:
+    con = connect_duckdb(threads)
+    try:
+        yield Workspace(con, root, sources, views)
+    finally:
+        con.close()

@@ -1,0 +1,97 @@
+"""The repo config file, ``contextkit.yaml``: the project's name and where its stores live.
+
+Example::
+
+    project: quickstart
+    registry: .contextkit/registry.db
+    online_store: {type: sqlite, path: .contextkit/online.db}
+    offline_store: {type: parquet, path: .contextkit/offline}
+
+Relative paths are relative to the folder holding the config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from contextkit.errors import ConfigError
+
+CONFIG_NAMES = ("contextkit.yaml", "contextkit.yml")
+
+
+class OnlineStoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["sqlite"] = "sqlite"
+    path: str = ".contextkit/online.db"
+
+
+class OfflineStoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["parquet"] = "parquet"
+    path: str = ".contextkit/offline"
+
+
+class RepoConfig(BaseModel):
+    """Parsed ``contextkit.yaml``; ``root`` is the folder that holds it."""
+
+    model_config = ConfigDict(extra="forbid")
+    project: str
+    registry: str = ".contextkit/registry.db"
+    online_store: OnlineStoreConfig = OnlineStoreConfig()
+    offline_store: OfflineStoreConfig = OfflineStoreConfig()
+    root: Path = Path(".")
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def registry_path(self) -> Path:
+        return self.resolve(self.registry)
+
+    @property
+    def online_path(self) -> Path:
+        return self.resolve(self.online_store.path)
+
+    @property
+    def offline_path(self) -> Path:
+        return self.resolve(self.offline_store.path)
+
+
+def find_config(path: str | Path = ".") -> Path:
+    """The config file for ``path``: the file itself, or ``contextkit.yaml`` in the folder."""
+    p = Path(path).resolve()
+    if p.is_file():
+        return p
+    for name in CONFIG_NAMES:
+        if (p / name).is_file():
+            return p / name
+    raise ConfigError(
+        f"no contextkit.yaml in {p}",
+        hint="run the command inside a contextkit repo, pass --repo PATH, or create one with "
+        "`contextkit init`",
+    )
+
+
+def load_config(path: str | Path = ".") -> RepoConfig:
+    """Read and validate the repo config found at ``path`` (a folder or the file itself)."""
+    import yaml
+
+    file = find_config(path)
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}", hint="fix the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping of settings", hint="see docs/concepts.md")
+    try:
+        config = RepoConfig(**raw, root=file.parent)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{file}: {problems}", hint="see docs/concepts.md#config") from None
+    return config

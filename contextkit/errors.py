@@ -1,0 +1,109 @@
+"""Errors raised by contextkit.
+
+Every error carries a short machine-readable ``code``, a message that says what went wrong and
+where, and a ``hint`` that says how to fix it. The CLI prints them as one line plus the hint; the
+server turns them into ``{"error": {"code", "message", "details"}}`` with the matching HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ContextKitError(Exception):
+    """Base class of every error contextkit raises on purpose."""
+
+    code = "error"
+    http_status = 400
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        details = self.details if self.details is not None else {}
+        if self.hint and isinstance(details, dict):
+            details = {**details, "hint": self.hint}
+        return {"error": {"code": self.code, "message": self.message, "details": details}}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ContextKitError):
+    """The repo config (``contextkit.yaml``) is missing or malformed."""
+
+    code = "config_error"
+    exit_code = 2
+
+
+class DefinitionError(ContextKitError):
+    """A context-as-code object is defined incorrectly (caught while loading or validating)."""
+
+    code = "invalid_definition"
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        location: str | None = None,
+        hint: str | None = None,
+        details: Any = None,
+    ) -> None:
+        self.location = location
+        full = f"{location}: {message}" if location else message
+        super().__init__(full, hint=hint, details=details)
+
+
+class ValidationErrors(ContextKitError):
+    """Several definition problems found in one pass; each is a :class:`DefinitionError`."""
+
+    code = "invalid_repo"
+    exit_code = 2
+
+    def __init__(self, errors: list[DefinitionError]) -> None:
+        self.errors = errors
+        lines = [f"{len(errors)} problem(s) in the repo:"]
+        for err in errors:
+            lines.append(f"  - {err.message}" + (f"\n    hint: {err.hint}" if err.hint else ""))
+        super().__init__("\n".join(lines), details={"errors": [e.message for e in errors]})
+
+
+class NotFoundError(ContextKitError):
+    """A named workspace, service, view, feature or job does not exist."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class BadRequestError(ContextKitError):
+    """A request is well-formed JSON but asks for something invalid (wrong key type, empty list)."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class RegistryError(ContextKitError):
+    """The registry file cannot be used (corrupt, or written by a newer contextkit)."""
+
+    code = "registry_error"
+    http_status = 500
+    exit_code = 2
+
+
+class StoreError(ContextKitError):
+    """A data file or store cannot be read or written (missing source file, corrupt Parquet)."""
+
+    code = "store_error"
+    http_status = 500
+
+
+class WorkspaceError(ContextKitError):
+    """An operation is not allowed in this workspace (materializing a dev workspace)."""
+
+    code = "workspace_error"
+    http_status = 409

@@ -1,0 +1,198 @@
+"""Materialization: compute a view's features in DuckDB into the offline and online stores.
+
+A job for one view and a time range ``[start, end)``:
+1. offline: feature rows with event time in the range are staged as Parquet (not yet visible);
+2. online: the latest value per entity as of ``end`` replaces the view's online table in one
+   SQLite transaction;
+3. the offline files are published by swapping the table's manifest.
+A failure before step 3 leaves both stores as they were (staged files are dropped, the SQLite
+transaction rolls back). Between 2 and 3 only a manifest rename remains; re-running the same range
+is idempotent. Every job is recorded in the registry with its range, row counts and outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from contextkit import compute
+from contextkit.compute import EVENT_TIMESTAMP, quote
+from contextkit.errors import ContextKitError, StoreError
+from contextkit.specs import METADATA_FIELDS, FeatureViewSpec, FileSourceSpec
+from contextkit.stores.errors import StoreFailure
+from contextkit.stores.offline import ParquetOfflineStore
+from contextkit.stores.online import OnlineStore
+from contextkit.stores.registry import RegistryStore
+from contextkit.types import Timestamp, duckdb_type
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a materialization job did."""
+
+    job_id: str
+    view: str
+    status: str
+    start: datetime | None
+    end: datetime
+    rows_offline: int
+    rows_online: int
+    duration_s: float
+    error: str | None = None
+
+
+def online_table(workspace: str, view: str) -> str:
+    return f"{workspace}__{view}"
+
+
+def offline_table(workspace: str, view: str) -> str:
+    return f"{workspace}/{view}"
+
+
+def spec_hash(view: FeatureViewSpec) -> str:
+    """A hash of everything that determines a view's values (not its description or tags)."""
+    data = view.model_dump(mode="json", exclude=set(METADATA_FIELDS))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _typed_columns(view: FeatureViewSpec, *, epoch_timestamps: bool) -> str:
+    """Join keys, event timestamp and features, each cast to the type of its dtype."""
+
+    def cast(name: str, dtype: str | None) -> str:
+        if dtype == Timestamp and epoch_timestamps:
+            return f"epoch_us(CAST({quote(name)} AS TIMESTAMPTZ)) AS {quote(name)}"
+        return f"CAST({quote(name)} AS {duckdb_type(dtype or 'string')}) AS {quote(name)}"
+
+    cols = [cast(k.name, k.dtype) for k in view.join_keys]
+    cols.append(cast(EVENT_TIMESTAMP, Timestamp))
+    cols += [cast(f.name, f.dtype) for f in view.features]
+    return ", ".join(cols)
+
+
+def _batches(cursor, size: int = 10_000) -> Iterator[tuple]:
+    while True:
+        rows = cursor.fetchmany(size)
+        if not rows:
+            return
+        yield from rows
+
+
+def last_watermark(registry: RegistryStore, workspace: str, view: FeatureViewSpec) -> datetime | None:
+    """End of the latest successful job for this exact definition of the view, if any."""
+    current = spec_hash(view)
+    for job in registry.list_jobs(workspace, view.name, limit=200):
+        if job.status == "succeeded" and job.spec_hash == current and job.range_end:
+            return datetime.fromisoformat(job.range_end)
+    return None
+
+
+def materialize_view(
+    *,
+    registry: RegistryStore,
+    online: OnlineStore,
+    offline: ParquetOfflineStore,
+    root: Path,
+    workspace: str,
+    view: FeatureViewSpec,
+    sources: dict[str, FileSourceSpec],
+    views: dict[str, FeatureViewSpec],
+    start: datetime | None = None,
+    end: datetime | None = None,
+    full: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> JobResult:
+    """Run one materialization job for ``view`` (see the module docstring)."""
+    end = (end or datetime.now(UTC)).astimezone(UTC)
+    watermark = None if full else last_watermark(registry, workspace, view)
+    replace_all = start is None and watermark is None
+    if start is None:
+        start = watermark if watermark is not None else view.feature_start_time
+    if start is not None:
+        start = start.astimezone(UTC)
+    if start is not None and start > end:
+        start = end
+    job_id = registry.start_job(
+        workspace,
+        view.name,
+        range_start=start.isoformat() if start else None,
+        range_end=end.isoformat(),
+        spec_hash=spec_hash(view),
+        details={"full": replace_all},
+    )
+    began = time.perf_counter()
+    staged = None
+    rows_offline = rows_online = 0
+    stage = on_stage or (lambda _s: None)
+    try:
+        with compute.workspace_session(root, sources, views) as ws:
+            if view.offline:
+                stage("offline")
+                query = (
+                    f"SELECT {_typed_columns(view, epoch_timestamps=False)} FROM "
+                    f"({compute.offline_features_sql(ws, view, start, end)})"
+                )
+                staged = offline.stage_range(
+                    ws.con,
+                    offline_table(workspace, view.name),
+                    query,
+                    EVENT_TIMESTAMP,
+                    start,
+                    end,
+                    replace_all,
+                )
+                rows_offline = staged.rows
+            if view.online:
+                stage("online")
+                query = (
+                    f"SELECT {_typed_columns(view, epoch_timestamps=True)} FROM "
+                    f"({compute.online_features_sql(ws, view, end)})"
+                )
+                cursor = ws.con.execute(query)
+                rows_online = online.replace_table(
+                    online_table(workspace, view.name),
+                    [(k.name, k.dtype or "string") for k in view.join_keys],
+                    [(EVENT_TIMESTAMP, Timestamp)]
+                    + [(f.name, f.dtype or "string") for f in view.features],
+                    _batches(cursor),
+                )
+            if staged is not None:
+                stage("commit")
+                staged.commit()
+                staged = None
+    except BaseException as exc:
+        if staged is not None:
+            staged.abort()
+        message = _describe_failure(exc)
+        registry.finish_job(job_id, "failed", error=message)
+        if isinstance(exc, ContextKitError):
+            raise
+        if isinstance(exc, StoreFailure):
+            raise StoreError(exc.message, hint=exc.hint) from exc
+        if isinstance(exc, Exception):
+            raise StoreError(
+                f"materializing {view.name!r} failed: {message}",
+                hint="check the source files (a corrupt or truncated file is a common cause) "
+                "and run `contextkit plan` to re-validate the repo",
+            ) from exc
+        raise
+    duration = time.perf_counter() - began
+    registry.finish_job(job_id, "succeeded", rows_offline=rows_offline, rows_online=rows_online)
+    return JobResult(job_id, view.name, "succeeded", start, end, rows_offline, rows_online, duration)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def drop_view_data(
+    online: OnlineStore, offline: ParquetOfflineStore, workspace: str, view: str
+) -> None:
+    """Remove a deleted view's online table and offline files."""
+    online.drop_table(online_table(workspace, view))
+    offline.drop_table(offline_table(workspace, view))

@@ -1,0 +1,167 @@
+"""Loading a context-as-code repo: import every Python file and collect its objects.
+
+Objects are discovered as module globals (as in Tecton); objects they reference (an entity used by
+a view but not bound to a global name) are collected too. Files import each other by their path
+relative to the repo root (``from entities import user``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contextkit.config import RepoConfig, load_config
+from contextkit.definitions import (
+    BatchFeatureView,
+    ContextService,
+    Entity,
+    FeatureSelection,
+    FileSource,
+    _Definition,
+)
+from contextkit.errors import DefinitionError, ValidationErrors
+
+SKIP_DIRS = {".contextkit", ".venv", "venv", "__pycache__", "data", "node_modules", "tests"}
+
+# Objects sharing a namespace: two of them may not have the same name.
+# Sources and views share one namespace: both are tables in a view's SQL.
+NAMESPACES = {
+    Entity: "entity",
+    FileSource: "source/view",
+    BatchFeatureView: "source/view",
+    ContextService: "service",
+}
+
+
+@dataclass
+class Repo:
+    """A loaded repo: its config and its objects, in file and line order."""
+
+    config: RepoConfig
+    objects: list[_Definition] = field(default_factory=list)
+
+    def of_type(self, cls: type) -> list:
+        return [o for o in self.objects if isinstance(o, cls)]
+
+
+def python_files(root: Path) -> list[Path]:
+    files = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if any(part in SKIP_DIRS or part.startswith(".") for part in rel.parts[:-1]):
+            continue
+        if rel.name.startswith("test_") or rel.name == "setup.py":
+            continue
+        files.append(path)
+    return files
+
+
+def _module_name(root: Path, path: Path) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _import_files(root: Path) -> list[object]:
+    files = python_files(root)
+    names = [_module_name(root, f) for f in files]
+    # Forget modules from an earlier load of this repo so edits are seen.
+    for name in list(sys.modules):
+        module_file = getattr(sys.modules[name], "__file__", None) or ""
+        if module_file and Path(module_file).resolve().is_relative_to(root):
+            del sys.modules[name]
+    sys.path.insert(0, str(root))
+    modules = []
+    try:
+        for path, name in zip(files, names, strict=True):
+            try:
+                modules.append(importlib.import_module(name))
+            except DefinitionError:
+                raise
+            except Exception as exc:
+                frame = _last_frame_in(traceback.extract_tb(exc.__traceback__), root)
+                where = f"{frame.filename}:{frame.lineno}" if frame else str(path)
+                raise DefinitionError(
+                    f"importing {path.relative_to(root)} failed: {type(exc).__name__}: {exc}",
+                    location=where,
+                    hint="fix the error in the file; repo files are imported like modules",
+                ) from exc
+    finally:
+        sys.path.remove(str(root))
+    return modules
+
+
+def _last_frame_in(frames: traceback.StackSummary, root: Path) -> traceback.FrameSummary | None:
+    inside = [
+        f
+        for f in frames
+        if Path(f.filename).is_absolute() and Path(f.filename).resolve().is_relative_to(root)
+    ]
+    return inside[-1] if inside else None
+
+
+def _referenced(obj: _Definition) -> list[_Definition]:
+    if isinstance(obj, BatchFeatureView):
+        return [o for o in [*obj.sources, *obj.entities] if isinstance(o, _Definition)]
+    if isinstance(obj, ContextService):
+        return [
+            item.view if isinstance(item, FeatureSelection) else item
+            for item in obj.features
+            if isinstance(item, _Definition | FeatureSelection)
+        ]
+    return []
+
+
+def collect_objects(modules: list[object]) -> list[_Definition]:
+    """Every repo object reachable from the modules' globals, each once, in definition order."""
+    seen: dict[int, _Definition] = {}
+    stack: list[_Definition] = []
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, _Definition):
+                stack.append(value)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen[id(obj)] = obj
+        stack.extend(_referenced(obj))
+    return sorted(seen.values(), key=lambda o: (o._file, o._line))
+
+
+def check_unique_names(objects: list[_Definition], root: Path | None = None) -> None:
+    """Raise when two different objects of one namespace share a name (lists every clash)."""
+    errors = []
+    first: dict[tuple[str, str], _Definition] = {}
+    for obj in objects:
+        namespace = next(ns for cls, ns in NAMESPACES.items() if isinstance(obj, cls))
+        key = (namespace, obj.name)
+        if key in first:
+            other = first[key]
+            errors.append(
+                DefinitionError(
+                    f"duplicate {namespace} name {obj.name!r} (also defined at "
+                    f"{other.location(str(root) if root else None)})",
+                    location=str(obj.location(str(root) if root else None)),
+                    hint=f"rename one of the two {namespace}s",
+                )
+            )
+        else:
+            first[key] = obj
+    if errors:
+        raise ValidationErrors(errors)
+
+
+def load_repo(path: str | Path = ".") -> Repo:
+    """Load the repo at ``path``: read its config, import its files, collect its objects."""
+    config = load_config(path)
+    root = config.root.resolve()
+    modules = _import_files(root)
+    objects = collect_objects(modules)
+    check_unique_names(objects, root)
+    return Repo(config=config, objects=objects)

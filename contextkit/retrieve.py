@@ -1,0 +1,247 @@
+"""Online retrieval: batched feature lookups for a service, column-major results.
+
+A request names a service and gives entity keys column-major (``{"user_id": [1, 2, 3]}``); each
+view of the service is read with one batched query, and the result keeps request order. A key with
+no stored value gives nulls with status ``MISSING``, never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from contextkit.errors import BadRequestError
+from contextkit.materialize import online_table
+from contextkit.specs import ContextServiceSpec, FeatureViewSpec
+from contextkit.stores.errors import StoreFailure
+from contextkit.stores.online import OnlineStore
+from contextkit.types import Bool, Float64, Int64, String, Timestamp
+
+PRESENT = "PRESENT"
+MISSING = "MISSING"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class _ViewRead:
+    view: str
+    table: str
+    keys: tuple[str, ...]
+    columns: tuple[str, ...]  # event_timestamp first, then the selected features
+    dtypes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServiceReader:
+    """Everything needed to serve a service, precomputed once per registry version."""
+
+    workspace: str
+    service: str
+    join_keys: tuple[tuple[str, str], ...]
+    reads: tuple[_ViewRead, ...]
+    feature_names: tuple[str, ...]
+    feature_types: tuple[str, ...]
+
+    @classmethod
+    def build(
+        cls, workspace: str, service: ContextServiceSpec, views: Mapping[str, FeatureViewSpec]
+    ) -> ServiceReader:
+        join_keys: dict[str, str] = {}
+        reads, names, types = [], [], []
+        for ref in service.features:
+            view = views[ref.view]
+            selected = ref.features or [f.name for f in view.features]
+            dtypes = [view.feature(n).dtype or String for n in selected]  # type: ignore[union-attr]
+            for key in view.join_keys:
+                join_keys.setdefault(key.name, key.dtype or String)
+            reads.append(
+                _ViewRead(
+                    view=view.name,
+                    table=online_table(workspace, view.name),
+                    keys=tuple(view.join_key_names),
+                    columns=("event_timestamp", *selected),
+                    dtypes=tuple(dtypes),
+                )
+            )
+            names += [f"{view.name}.{n}" for n in selected]
+            types += dtypes
+        return cls(
+            workspace,
+            service.name,
+            tuple(join_keys.items()),
+            tuple(reads),
+            tuple(names),
+            tuple(types),
+        )
+
+    def read(self, store: OnlineStore, entities: Mapping[str, Sequence[Any]]) -> OnlineFeatures:
+        """Look up every feature of the service for the given entity keys."""
+        keys = self._check_entities(entities)
+        n = len(next(iter(keys.values())))
+        values: list[list[Any]] = []
+        statuses: list[list[str]] = []
+        timestamps: list[list[str | None]] = []
+        for read in self.reads:
+            key_rows = list(zip(*(keys[k] for k in read.keys), strict=True))
+            try:
+                rows = store.read(read.table, read.keys, read.columns, key_rows)
+            except StoreFailure:
+                rows = [None] * n  # not materialized yet: every value is missing
+            ts_col = [_iso_from_micros(r[0]) if r is not None else None for r in rows]
+            status_col = [PRESENT if r is not None else MISSING for r in rows]
+            for i, dtype in enumerate(read.dtypes, start=1):
+                convert = _CONVERTERS.get(dtype)
+                if convert is None:
+                    col = [r[i] if r is not None else None for r in rows]
+                else:
+                    col = [convert(r[i]) if r is not None and r[i] is not None else None for r in rows]
+                values.append(col)
+                statuses.append(status_col)
+                timestamps.append(ts_col)
+        return OnlineFeatures(
+            workspace=self.workspace,
+            service=self.service,
+            join_keys=keys,
+            join_key_types={k: t for k, t in self.join_keys},
+            names=list(self.feature_names),
+            types=list(self.feature_types),
+            values=values,
+            statuses=statuses,
+            event_timestamps=timestamps,
+        )
+
+    def _check_entities(self, entities: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        if not isinstance(entities, Mapping) or not entities:
+            raise BadRequestError(
+                "entities must map each join key to a list of values",
+                hint=f'send {{"{self.join_keys[0][0]}": [...]}}' if self.join_keys else None,
+            )
+        out: dict[str, list[Any]] = {}
+        length = None
+        for name, dtype in self.join_keys:
+            if name not in entities:
+                raise BadRequestError(
+                    f"missing join key {name!r} for service {self.service!r}",
+                    hint=f"service {self.service!r} needs: "
+                    + ", ".join(k for k, _ in self.join_keys),
+                    details={"join_key": name},
+                )
+            column = entities[name]
+            if isinstance(column, str | bytes) or not isinstance(column, Sequence):
+                column = [column]
+            if len(column) == 0:
+                raise BadRequestError(
+                    f"join key {name!r} has an empty list of values",
+                    hint="send at least one value per join key",
+                )
+            if length is not None and len(column) != length:
+                raise BadRequestError(
+                    "join key lists have different lengths",
+                    hint="send one value per entity row for every join key (column-major)",
+                )
+            length = len(column)
+            out[name] = [_coerce_key(name, dtype, v) for v in column]
+        unknown = [k for k in entities if k not in out]
+        if unknown:
+            raise BadRequestError(
+                f"unknown join key(s) {', '.join(map(repr, unknown))} for service "
+                f"{self.service!r}",
+                hint="it needs: " + ", ".join(k for k, _ in self.join_keys),
+            )
+        return out
+
+
+def _coerce_key(name: str, dtype: str, value: Any) -> Any:
+    if dtype == Int64:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)  # Tecton's wire format sends int64 keys as strings
+    elif dtype == String:
+        if isinstance(value, str):
+            return value
+    elif value is not None:
+        return value
+    raise BadRequestError(
+        f"join key {name!r} must be {dtype}, got {value!r}",
+        hint=f"send {name} values of type {dtype}",
+        details={"join_key": name, "expected": dtype},
+    )
+
+
+def _iso_from_micros(micros: int | None) -> str | None:
+    if micros is None:
+        return None
+    seconds, us = divmod(micros, 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=us).isoformat().replace(
+        "+00:00", "Z"
+    )
+
+
+_CONVERTERS = {Bool: bool, Timestamp: _iso_from_micros}
+_ARROW_TYPES = {Int64: "int64", Float64: "float64", String: "string", Bool: "bool"}
+
+
+@dataclass
+class OnlineFeatures:
+    """Feature values for a batch of entities, column-major, in request order.
+
+    ``names[i]`` (``view.feature``) has type ``types[i]``, values ``values[i]``, statuses
+    ``statuses[i]`` (``PRESENT``/``MISSING``) and its view's event times ``event_timestamps[i]``.
+    """
+
+    workspace: str
+    service: str
+    join_keys: dict[str, list[Any]]
+    join_key_types: dict[str, str]
+    names: list[str]
+    types: list[str]
+    values: list[list[Any]]
+    statuses: list[list[str]]
+    event_timestamps: list[list[str | None]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """``{column: values}`` with join keys first, then ``view.feature`` columns."""
+        out: dict[str, list[Any]] = {k: list(v) for k, v in self.join_keys.items()}
+        out.update(zip(self.names, self.values, strict=True))
+        return out
+
+    def to_pandas(self):
+        """A DataFrame: join keys, features, and one ``<view>.event_timestamp`` per view."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.to_dict())
+        for name, ts in zip(self.names, self.event_timestamps, strict=True):
+            col = name.split(".", 1)[0] + ".event_timestamp"
+            if col not in frame:
+                frame[col] = pd.to_datetime(pd.Series(ts, dtype="object"), utc=True)
+        return frame
+
+    def to_arrow(self):
+        import pyarrow as pa
+
+        return pa.Table.from_pandas(self.to_pandas(), preserve_index=False)
+
+    def to_response(self) -> dict[str, Any]:
+        """The ``POST /v1/features`` body (Feast-style column-major results)."""
+        results = [
+            {"values": v, "statuses": [PRESENT] * len(v), "event_timestamps": [None] * len(v)}
+            for v in self.join_keys.values()
+        ]
+        results += [
+            {"values": v, "statuses": s, "event_timestamps": t}
+            for v, s, t in zip(self.values, self.statuses, self.event_timestamps, strict=True)
+        ]
+        return {
+            "metadata": {
+                "workspace": self.workspace,
+                "service": self.service,
+                "feature_names": [*self.join_keys, *self.names],
+                "types": [*(self.join_key_types[k] for k in self.join_keys), *self.types],
+                **self.metadata,
+            },
+            "results": results,
+        }

@@ -1,0 +1,140 @@
+"""Versioned, JSON-serialisable specs: what the registry stores for each object.
+
+User-facing objects (``Entity``, ``FileSource``, ``batch_feature_view``, ``ContextService``) are
+thin Python classes; ``to_spec()`` turns each into one of these pydantic models. The registry stores
+``spec.model_dump_json()``; plan diffs specs field by field (ignoring ``location``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SPEC_VERSION = 1
+
+AGGREGATE_FUNCTIONS = ("count", "sum", "mean", "min", "max", "last", "count_distinct")
+# Functions whose input column must be numeric.
+NUMERIC_AGGREGATES = ("sum", "mean")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Location(_Spec):
+    """Where an object was defined in the repo (file relative to the repo root, 1-based line)."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class FieldSpec(_Spec):
+    name: str
+    dtype: str | None = None
+
+
+class _ObjectSpec(_Spec):
+    spec_version: int = SPEC_VERSION
+    name: str
+    description: str = ""
+    owner: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    location: Location | None = None
+
+
+class EntitySpec(_ObjectSpec):
+    kind: Literal["entity"] = "entity"
+    join_keys: list[FieldSpec]
+
+
+class FileSourceSpec(_ObjectSpec):
+    kind: Literal["file_source"] = "file_source"
+    path: str
+    format: Literal["parquet", "csv", "jsonl"]
+    timestamp_field: str | None = None
+    # The file's columns and their dtypes, read at validation time.
+    columns: list[FieldSpec] = Field(default_factory=list)
+
+
+class AttributeSpec(_Spec):
+    kind: Literal["attribute"] = "attribute"
+    name: str
+    dtype: str | None = None
+    description: str = ""
+
+
+class AggregateSpec(_Spec):
+    kind: Literal["aggregate"] = "aggregate"
+    name: str
+    column: str | None
+    function: str
+    window_seconds: int
+    dtype: str | None = None
+    description: str = ""
+
+
+FeatureSpec = Annotated[AttributeSpec | AggregateSpec, Field(discriminator="kind")]
+
+
+class FeatureViewSpec(_ObjectSpec):
+    kind: Literal["batch_feature_view"] = "batch_feature_view"
+    sources: list[str]
+    entities: list[str]
+    mode: Literal["sql", "pandas", "arrow"]
+    # SQL mode: the query, with each source's name as a table. Python modes: the function's source.
+    sql: str | None = None
+    python_source: str | None = None
+    function_name: str | None = None
+    features: list[FeatureSpec]
+    timestamp_field: str
+    ttl_seconds: int | None = None
+    online: bool = True
+    offline: bool = True
+    batch_schedule_seconds: int = 86400
+    feature_start_time: datetime | None = None
+    # Filled by validation: join keys (from the entities) and the transformation's output schema.
+    join_keys: list[FieldSpec] = Field(default_factory=list)
+    output_schema: list[FieldSpec] = Field(default_factory=list)
+
+    @property
+    def is_aggregate(self) -> bool:
+        return any(f.kind == "aggregate" for f in self.features)
+
+    @property
+    def max_window_seconds(self) -> int:
+        return max((f.window_seconds for f in self.features if f.kind == "aggregate"), default=0)
+
+    @property
+    def join_key_names(self) -> list[str]:
+        return [k.name for k in self.join_keys]
+
+    def feature(self, name: str) -> AttributeSpec | AggregateSpec | None:
+        return next((f for f in self.features if f.name == name), None)
+
+
+class FeatureRefSpec(_Spec):
+    """A service's use of a view: all its features (``features=None``) or a selection."""
+
+    view: str
+    features: list[str] | None = None
+
+
+class ContextServiceSpec(_ObjectSpec):
+    kind: Literal["context_service"] = "context_service"
+    features: list[FeatureRefSpec]
+
+
+ObjectSpec = Annotated[
+    EntitySpec | FileSourceSpec | FeatureViewSpec | ContextServiceSpec,
+    Field(discriminator="kind"),
+]
+
+# Fields whose change does not require re-materializing a view.
+METADATA_FIELDS = frozenset(
+    {"description", "owner", "tags", "location", "batch_schedule_seconds", "spec_version"}
+)

@@ -1,0 +1,1 @@
+"""Sandboxed prompt rendering, token budgets and LLM calls (prompt views; see their issue)."""

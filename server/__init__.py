@@ -1,0 +1,1 @@
+"""The HTTP API: a FastAPI app over the contextkit SDK (``create_app``)."""

@@ -1,0 +1,363 @@
+"""The registry: workspaces, applied object specs (as JSON), apply history and jobs.
+
+``SQLiteRegistry`` keeps everything in one SQLite file; every write is one transaction, so an apply
+either lands whole or not at all. Specs are opaque JSON text here: the core owns their meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from contextkit.stores.errors import ApplyConflictError, MissingError, RegistryVersionError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workspaces (
+    name TEXT PRIMARY KEY, live INTEGER NOT NULL, created_at REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS objects (
+    workspace TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+    version INTEGER NOT NULL, PRIMARY KEY (workspace, kind, name)
+);
+CREATE TABLE IF NOT EXISTS applies (
+    workspace TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,
+    applied_by TEXT NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (workspace, version)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, workspace TEXT NOT NULL, view TEXT NOT NULL, status TEXT NOT NULL,
+    range_start TEXT, range_end TEXT, spec_hash TEXT, rows_offline INTEGER, rows_online INTEGER,
+    started_at REAL NOT NULL, finished_at REAL, error TEXT, details TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_view ON jobs (workspace, view, started_at);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class WorkspaceRecord:
+    name: str
+    live: bool
+    created_at: float
+    version: int
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    kind: str
+    name: str
+    spec: str
+    version: int
+
+
+@dataclass(frozen=True)
+class ApplyRecord:
+    workspace: str
+    version: int
+    applied_at: float
+    applied_by: str
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    workspace: str
+    view: str
+    status: str
+    range_start: str | None
+    range_end: str | None
+    spec_hash: str | None
+    rows_offline: int | None
+    rows_online: int | None
+    started_at: float
+    finished_at: float | None
+    error: str | None
+    details: dict[str, Any]
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.started_at
+
+
+class RegistryStore(Protocol):
+    """What the core needs from a registry (SQLite now; Postgres is on the plan)."""
+
+    def list_workspaces(self) -> list[WorkspaceRecord]: ...
+    def get_workspace(self, name: str) -> WorkspaceRecord: ...
+    def create_workspace(self, name: str, live: bool) -> WorkspaceRecord: ...
+    def delete_workspace(self, name: str) -> None: ...
+    def list_objects(self, workspace: str) -> list[ObjectRecord]: ...
+    def apply(
+        self,
+        workspace: str,
+        base_version: int,
+        upserts: list[tuple[str, str, str]],
+        deletes: list[tuple[str, str]],
+        applied_by: str,
+        summary: dict[str, Any],
+    ) -> int: ...
+    def list_applies(self, workspace: str) -> list[ApplyRecord]: ...
+    def start_job(self, workspace: str, view: str, **fields: Any) -> str: ...
+    def finish_job(self, job_id: str, status: str, **fields: Any) -> None: ...
+    def list_jobs(
+        self, workspace: str | None = None, view: str | None = None, limit: int = 50
+    ) -> list[JobRecord]: ...
+    def get_setting(self, key: str) -> str | None: ...
+    def set_setting(self, key: str, value: str) -> None: ...
+
+
+class SQLiteRegistry:
+    """The embedded registry: one SQLite file, WAL mode, one transaction per write."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists() and not create:
+            raise MissingError(
+                f"no registry at {self.path}",
+                hint="run `contextkit apply` in the repo first, or check the registry path",
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._check_schema()
+
+    # -- connection handling -------------------------------------------------------------
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            self._local.con = con
+        return con
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    def _transaction(self):
+        return _Transaction(self._con())
+
+    def _check_schema(self) -> None:
+        try:
+            with self._transaction() as con:
+                for statement in _SCHEMA.strip().split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+                row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    con.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+                elif int(row[0]) > SCHEMA_VERSION:
+                    raise RegistryVersionError(
+                        f"the registry {self.path} was written by a newer contextkit "
+                        f"(registry schema {row[0]}, this contextkit reads up to {SCHEMA_VERSION})",
+                        hint="upgrade contextkit (pip install -U contextkit) to use this registry",
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise RegistryVersionError(
+                f"{self.path} is not a contextkit registry ({exc})",
+                hint="point the config's `registry:` at a registry file, or move this file away",
+            ) from None
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap cache invalidation signal."""
+        return self._con().execute("PRAGMA data_version").fetchone()[0]
+
+    # -- workspaces ------------------------------------------------------------------------
+    def list_workspaces(self) -> list[WorkspaceRecord]:
+        rows = self._con().execute(
+            "SELECT name, live, created_at, version FROM workspaces ORDER BY name"
+        )
+        return [WorkspaceRecord(r[0], bool(r[1]), r[2], r[3]) for r in rows]
+
+    def get_workspace(self, name: str) -> WorkspaceRecord:
+        row = self._con().execute(
+            "SELECT name, live, created_at, version FROM workspaces WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise MissingError(
+                f"workspace {name!r} does not exist",
+                hint=f"create it with `contextkit workspace create {name} --live`, or list them "
+                "with `contextkit workspace list`",
+            )
+        return WorkspaceRecord(row[0], bool(row[1]), row[2], row[3])
+
+    def create_workspace(self, name: str, live: bool) -> WorkspaceRecord:
+        with self._transaction() as con:
+            exists = con.execute("SELECT 1 FROM workspaces WHERE name = ?", (name,)).fetchone()
+            if exists:
+                raise ApplyConflictError(
+                    f"workspace {name!r} already exists",
+                    hint="pick another name, or `contextkit workspace select` it",
+                )
+            con.execute(
+                "INSERT INTO workspaces (name, live, created_at) VALUES (?, ?, ?)",
+                (name, int(live), time.time()),
+            )
+        return self.get_workspace(name)
+
+    def delete_workspace(self, name: str) -> None:
+        self.get_workspace(name)
+        with self._transaction() as con:
+            for table in ("objects", "applies", "jobs"):
+                con.execute(f"DELETE FROM {table} WHERE workspace = ?", (name,))
+            con.execute("DELETE FROM workspaces WHERE name = ?", (name,))
+
+    # -- objects and applies -----------------------------------------------------------------
+    def list_objects(self, workspace: str) -> list[ObjectRecord]:
+        rows = self._con().execute(
+            "SELECT kind, name, spec, version FROM objects WHERE workspace = ? ORDER BY kind, name",
+            (workspace,),
+        )
+        return [ObjectRecord(*r) for r in rows]
+
+    def apply(
+        self,
+        workspace: str,
+        base_version: int,
+        upserts: list[tuple[str, str, str]],
+        deletes: list[tuple[str, str]],
+        applied_by: str,
+        summary: dict[str, Any],
+    ) -> int:
+        """Write the changes as the workspace's next version, in one transaction.
+
+        Fails with ``ApplyConflictError`` (and writes nothing) when the workspace is no longer at
+        ``base_version``, i.e. someone applied since the plan was computed.
+        """
+        with self._transaction() as con:
+            row = con.execute(
+                "SELECT version FROM workspaces WHERE name = ?", (workspace,)
+            ).fetchone()
+            if row is None:
+                raise MissingError(f"workspace {workspace!r} does not exist")
+            if row[0] != base_version:
+                raise ApplyConflictError(
+                    f"workspace {workspace!r} changed since the plan was made "
+                    f"(version {base_version} -> {row[0]})",
+                    hint="run `contextkit plan` again and apply the new plan",
+                )
+            version = base_version + 1
+            for kind, name in deletes:
+                con.execute(
+                    "DELETE FROM objects WHERE workspace = ? AND kind = ? AND name = ?",
+                    (workspace, kind, name),
+                )
+            con.executemany(
+                "INSERT INTO objects (workspace, kind, name, spec, version) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (workspace, kind, name) DO UPDATE SET spec = excluded.spec, "
+                "version = excluded.version",
+                [(workspace, kind, name, spec, version) for kind, name, spec in upserts],
+            )
+            con.execute(
+                "INSERT INTO applies VALUES (?, ?, ?, ?, ?)",
+                (workspace, version, time.time(), applied_by, json.dumps(summary)),
+            )
+            con.execute("UPDATE workspaces SET version = ? WHERE name = ?", (version, workspace))
+        return version
+
+    def list_applies(self, workspace: str) -> list[ApplyRecord]:
+        rows = self._con().execute(
+            "SELECT workspace, version, applied_at, applied_by, summary FROM applies "
+            "WHERE workspace = ? ORDER BY version",
+            (workspace,),
+        )
+        return [ApplyRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    # -- jobs ------------------------------------------------------------------------------
+    def start_job(self, workspace: str, view: str, **fields: Any) -> str:
+        job_id = uuid.uuid4().hex[:12]
+        with self._transaction() as con:
+            con.execute(
+                "INSERT INTO jobs (id, workspace, view, status, range_start, range_end, spec_hash,"
+                " started_at, details) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    workspace,
+                    view,
+                    fields.get("range_start"),
+                    fields.get("range_end"),
+                    fields.get("spec_hash"),
+                    time.time(),
+                    json.dumps(fields.get("details") or {}),
+                ),
+            )
+        return job_id
+
+    def finish_job(self, job_id: str, status: str, **fields: Any) -> None:
+        with self._transaction() as con:
+            con.execute(
+                "UPDATE jobs SET status = ?, rows_offline = ?, rows_online = ?, finished_at = ?, "
+                "error = ?, details = COALESCE(?, details) WHERE id = ?",
+                (
+                    status,
+                    fields.get("rows_offline"),
+                    fields.get("rows_online"),
+                    time.time(),
+                    fields.get("error"),
+                    json.dumps(fields["details"]) if "details" in fields else None,
+                    job_id,
+                ),
+            )
+
+    def list_jobs(
+        self, workspace: str | None = None, view: str | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        clauses, params = [], []
+        if workspace is not None:
+            clauses.append("workspace = ?")
+            params.append(workspace)
+        if view is not None:
+            clauses.append("view = ?")
+            params.append(view)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._con().execute(
+            "SELECT id, workspace, view, status, range_start, range_end, spec_hash, rows_offline,"
+            f" rows_online, started_at, finished_at, error, details FROM jobs {where} "
+            "ORDER BY started_at DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [JobRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+
+    # -- settings --------------------------------------------------------------------------
+    def get_setting(self, key: str) -> str | None:
+        row = self._con().execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._transaction() as con:
+            con.execute(
+                "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "value = excluded.value",
+                (key, value),
+            )
+
+
+class _Transaction:
+    """``with _Transaction(con):`` BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.con.execute("BEGIN IMMEDIATE")
+        return self.con
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.con.execute("COMMIT")
+        else:
+            self.con.execute("ROLLBACK")
