@@ -162,7 +162,7 @@ class Workspace:
             sql = f"SELECT * FROM ({sql}) WHERE {' AND '.join(clauses)}"
         if limit is not None:
             sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
-        table = self.con.execute(sql).fetch_arrow_table()
+        table = self.con.sql(sql).to_arrow_table()
         return table if view.mode == "arrow" else table.to_pandas()
 
     def _run_python(

@@ -42,6 +42,8 @@ class RepoConfig(BaseModel):
     registry: str = ".contextkit/registry.db"
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     offline_store: OfflineStoreConfig = OfflineStoreConfig()
+    # Python files (globs relative to the repo root) that are not definitions, e.g. scripts.
+    exclude: list[str] = []
     root: Path = Path(".")
 
     def resolve(self, path: str) -> Path:

@@ -7,6 +7,7 @@ relative to the repo root (``from entities import user``).
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import sys
 import traceback
@@ -47,13 +48,17 @@ class Repo:
         return [o for o in self.objects if isinstance(o, cls)]
 
 
-def python_files(root: Path) -> list[Path]:
+def python_files(root: Path, exclude: list[str] | None = None) -> list[Path]:
+    """The repo's definition files: every ``.py`` file except tests, hidden/data folders and
+    the config's ``exclude`` globs (matched against the path relative to the root)."""
     files = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
         if any(part in SKIP_DIRS or part.startswith(".") for part in rel.parts[:-1]):
             continue
         if rel.name.startswith("test_") or rel.name == "setup.py":
+            continue
+        if any(fnmatch.fnmatch(rel.as_posix(), pattern) for pattern in exclude or []):
             continue
         files.append(path)
     return files
@@ -67,13 +72,17 @@ def _module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def _import_files(root: Path) -> list[object]:
-    files = python_files(root)
+def _import_files(root: Path, exclude: list[str]) -> list[object]:
+    files = python_files(root, exclude)
     names = [_module_name(root, f) for f in files]
     # Forget modules from an earlier load of this repo so edits are seen.
     for name in list(sys.modules):
         module_file = getattr(sys.modules[name], "__file__", None) or ""
-        if module_file and Path(module_file).resolve().is_relative_to(root):
+        if (
+            name != "__main__"
+            and module_file
+            and Path(module_file).resolve().is_relative_to(root)
+        ):
             del sys.modules[name]
     sys.path.insert(0, str(root))
     modules = []
@@ -161,7 +170,7 @@ def load_repo(path: str | Path = ".") -> Repo:
     """Load the repo at ``path``: read its config, import its files, collect its objects."""
     config = load_config(path)
     root = config.root.resolve()
-    modules = _import_files(root)
+    modules = _import_files(root, config.exclude)
     objects = collect_objects(modules)
     check_unique_names(objects, root)
     return Repo(config=config, objects=objects)

@@ -1,0 +1,6 @@
+"""Entities: what the features describe."""
+
+from contextkit import Entity
+
+user = Entity(name="user", join_keys=["user_id"], description="A shopper.", owner="growth")
+product = Entity(name="product", join_keys=["product_id"], description="A catalog item.")

@@ -1,0 +1,58 @@
+"""Bring the quickstart to a served state: workspace, apply, materialize. Safe to re-run.
+
+Used by `make run`; the same steps by hand are:
+    contextkit workspace create prod --live --repo examples/quickstart
+    contextkit apply --repo examples/quickstart --workspace prod --yes
+    contextkit materialize --repo examples/quickstart --workspace prod
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+import contextkit
+from contextkit.errors import ContextKitError
+from contextkit.plan import render_plan
+
+HERE = Path(__file__).resolve().parent
+WORKSPACE = "prod"
+
+
+def main() -> int:
+    console = Console()
+    try:
+        ctx = contextkit.connect(HERE, workspace=WORKSPACE)
+        if WORKSPACE not in {w.name for w in ctx.list_workspaces()}:
+            ctx.create_workspace(WORKSPACE, live=True)
+            ctx.select_workspace(WORKSPACE)
+        plan = ctx.plan(HERE)
+        console.print(render_plan(plan))
+        if not plan.is_empty:
+            ctx.apply(plan)
+        with console.status("materializing feature views..."):
+            for job in ctx.materialize():
+                console.print(
+                    f"[green]materialized[/] {job.view}: {job.rows_offline} offline rows, "
+                    f"{job.rows_online} online entities in {job.duration_s:.2f}s"
+                )
+    except ContextKitError as exc:
+        console.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            console.print(f"[yellow]hint:[/] {exc.hint}")
+        return 1
+    port = os.environ.get("PORT", "8000")
+    body = '{"workspace": "prod", "service": "support_assistant", "entities": {"user_id": [1, 2]}}'
+    console.print("\n[bold]Ready.[/] Once the server is up, in another terminal try:\n")
+    print(
+        f"curl -s -X POST http://127.0.0.1:{port}/v1/features "
+        f"-H 'content-type: application/json' -d '{body}'\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Shared fixtures: small real repos with real data files in temp dirs."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart"
+
+CONFIG = """\
+project: test
+registry: .contextkit/registry.db
+online_store: {type: sqlite, path: .contextkit/online.db}
+offline_store: {type: parquet, path: .contextkit/offline}
+"""
+
+# A fixed "now" for generated data, so tests are reproducible.
+DATA_END = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Callable[..., Path]:
+    """Write a repo: ``make_repo({"defs.py": "...python..."}, data={"orders.parquet": table})``.
+
+    Python sources are dedented. ``data`` values are pyarrow Tables (written as Parquet/CSV by
+    suffix) or raw text. Returns the repo root.
+    """
+
+    def make(files: dict[str, str], data: dict | None = None, name: str = "repo") -> Path:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        root = tmp_path / name
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "contextkit.yaml").write_text(CONFIG)
+        for rel, text in files.items():
+            target = root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(textwrap.dedent(text))
+        for rel, table in (data or {}).items():
+            target = root / "data" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(table, str | bytes):
+                target.write_bytes(table if isinstance(table, bytes) else table.encode())
+            elif rel.endswith(".csv"):
+                pacsv.write_csv(table, target)
+            else:
+                assert isinstance(table, pa.Table)
+                pq.write_table(table, target)
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def quickstart_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart repo copied to a temp dir, with small generated data (fixed end time)."""
+    root = tmp_path_factory.mktemp("quickstart")
+    for path in QUICKSTART.iterdir():
+        if path.name in ("data", ".contextkit", "__pycache__"):
+            continue
+        if path.is_file():
+            shutil.copy(path, root / path.name)
+    sys.path.insert(0, str(QUICKSTART))
+    try:
+        from generate_data import generate
+    finally:
+        sys.path.remove(str(QUICKSTART))
+    generate(root / "data", users=200, products=100, orders=5000, articles=20, seed=3, end=DATA_END)
+    return root
