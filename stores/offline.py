@@ -32,6 +32,8 @@ def _lit(value: str) -> str:
 
 def _days(start: datetime, end: datetime) -> set[str]:
     """Day partitions (UTC) that overlap ``[start, end)``."""
+    if start >= end:
+        return set()
     day = start.astimezone(UTC).date()
     last = (end - timedelta(microseconds=1)).astimezone(UTC).date()
     out = set()

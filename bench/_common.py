@@ -1,0 +1,165 @@
+"""Helpers shared by the benchmark scripts: build the quickstart, summarise timings, print tables.
+
+Not a benchmark itself; ``bench/online.py`` and ``bench/materialize.py`` import it (each script's
+own folder is first on ``sys.path`` when run as ``python bench/<name>.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO_ROOT / "examples" / "quickstart"
+WORKSPACE = "prod"
+
+
+def floor_hour(moment: datetime | None = None) -> datetime:
+    """``moment`` (default: now, UTC) floored to the hour: the data's exclusive end."""
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def load_generator(repo: Path = QUICKSTART) -> ModuleType:
+    """The quickstart's ``generate_data`` module, imported from its file."""
+    path = repo / "generate_data.py"
+    spec = importlib.util.spec_from_file_location("_ck_bench_generate_data", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def copy_quickstart(dest: Path) -> Path:
+    """Copy the quickstart repo (definitions only: no data, no .contextkit state) to ``dest``."""
+    shutil.copytree(
+        QUICKSTART,
+        dest,
+        ignore=shutil.ignore_patterns("data", ".contextkit", "__pycache__"),
+    )
+    return dest
+
+
+def generate_data(
+    repo: Path,
+    *,
+    users: int = 1000,
+    products: int = 2000,
+    orders: int = 50_000,
+    articles: int = 200,
+    seed: int = 7,
+    end: datetime | None = None,
+) -> dict[str, Path]:
+    """Write the quickstart Parquet files into ``repo/data`` with the repo's own generator."""
+    generator = load_generator(repo)
+    return generator.generate(
+        repo / "data",
+        users=users,
+        products=products,
+        orders=orders,
+        articles=articles,
+        seed=seed,
+        end=end or floor_hour(),
+    )
+
+
+def apply_quickstart(repo: Path, workspace: str = WORKSPACE):
+    """Create the live workspace and apply the repo; returns the connected ``Context``."""
+    import contextkit
+
+    ctx = contextkit.connect(repo, workspace=workspace)
+    ctx.create_workspace(workspace, live=True)
+    ctx.apply(ctx.plan(repo))
+    return ctx
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Latency summary of one series of samples, in milliseconds."""
+
+    count: int
+    p50: float
+    p99: float
+    mean: float
+    min: float
+    max: float
+
+    @classmethod
+    def of_ns(cls, samples_ns: list[int]) -> Summary:
+        ms = sorted(s / 1e6 for s in samples_ns)
+        return cls(
+            count=len(ms),
+            p50=percentile(ms, 50),
+            p99=percentile(ms, 99),
+            mean=statistics.fmean(ms),
+            min=ms[0],
+            max=ms[-1],
+        )
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Linear-interpolated percentile of already sorted values (numpy's default method)."""
+    if not sorted_values:
+        return float("nan")
+    rank = (len(sorted_values) - 1) * pct / 100
+    lo = int(rank)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (rank - lo)
+
+
+def ratio(measured: float, reference: float) -> str:
+    if not reference or reference != reference:
+        return "-"
+    return f"{measured / reference:.2f}x"
+
+
+def verdict(measured: float, target: float) -> str:
+    """``met`` when ``measured`` is below the target (lower is better), else ``MISSED``."""
+    return "[green]met[/]" if measured < target else "[bold red]MISSED[/]"
+
+
+def machine_line() -> str:
+    """One line naming the machine the numbers come from."""
+    import contextkit
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} | {os.cpu_count()} cores | {cpu} | "
+        f"Python {platform.python_version()} | contextkit {contextkit.__version__}"
+    )
+
+
+def console():
+    from rich.console import Console
+
+    # A fixed width keeps the tables readable when the output is piped into a file.
+    return Console(width=max(120, shutil.get_terminal_size((120, 40)).columns))
+
+
+def fmt_ms(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def fmt_mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:,.0f} MiB"
+
+
+def die(message: str, code: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
