@@ -36,7 +36,26 @@ _EXPORTS = {
     "ContextKitError": "contextkit.errors",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "Entity",
+    "FileSource",
+    "Attribute",
+    "Aggregate",
+    "batch_feature_view",
+    "BatchFeatureView",
+    "ContextService",
+    "Field",
+    "String",
+    "Int64",
+    "Float64",
+    "Bool",
+    "Timestamp",
+    "connect",
+    "Context",
+    "OnlineFeatures",
+    "ContextKitError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from contextkit.client import Context, connect

@@ -23,7 +23,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-workspace_app = typer.Typer(help="Create, list, select and delete workspaces.", no_args_is_help=True)
+workspace_app = typer.Typer(
+    help="Create, list, select and delete workspaces.", no_args_is_help=True
+)
 app.add_typer(workspace_app, name="workspace")
 
 RepoOpt = Annotated[
@@ -100,7 +102,7 @@ def _parse_time(value: str | None, what: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-# -- init ---------------------------------------------------------------------------------------
+# -- init ------------------------------------------------------------------------------------
 @app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="Folder to create the repo in.")] = Path("."),
@@ -118,7 +120,7 @@ def init(
         console.print("Next: [bold]contextkit plan[/] then [bold]contextkit apply[/]")
 
 
-# -- plan / apply / destroy -----------------------------------------------------------------------
+# -- plan / apply / destroy ------------------------------------------------------------------
 @app.command()
 def plan(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
     """Validate the repo and show what `apply` would change in the workspace."""
@@ -149,9 +151,13 @@ def apply(
             console.print("Nothing applied.")
             raise typer.Exit(1)
         version = ctx.apply(the_plan)
-        console.print(f"[green]Applied[/] workspace {the_plan.workspace!r} is at version {version}.")
+        console.print(
+            f"[green]Applied[/] workspace {the_plan.workspace!r} is at version {version}."
+        )
         if the_plan.live and any(c.rematerialize for c in the_plan.changes):
-            console.print("Run [bold]contextkit materialize[/] to compute the new or changed views.")
+            console.print(
+                "Run [bold]contextkit materialize[/] to compute the new or changed views."
+            )
 
 
 @app.command()
@@ -199,7 +205,7 @@ def versions(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
         _console().print(table)
 
 
-# -- workspaces ---------------------------------------------------------------------------------------
+# -- workspaces ------------------------------------------------------------------------------
 @workspace_app.command("create")
 def workspace_create(
     name: str,
@@ -257,7 +263,7 @@ def workspace_delete(
         _console().print(f"Deleted workspace {name!r}.")
 
 
-# -- materialize / jobs -------------------------------------------------------------------------------
+# -- materialize / jobs ----------------------------------------------------------------------
 @app.command()
 def materialize(
     views: Annotated[Optional[list[str]], typer.Argument(help="Views (default: all).")] = None,  # noqa: UP045
@@ -309,8 +315,17 @@ def jobs(
         from rich.table import Table
 
         ctx = _context(repo, workspace)
-        table = Table("job", "view", "status", "range", "offline rows", "online rows", "took",
-                      "started", "error")
+        table = Table(
+            "job",
+            "view",
+            "status",
+            "range",
+            "offline rows",
+            "online rows",
+            "took",
+            "started",
+            "error",
+        )
         for j in ctx.jobs(view, limit):
             color = {"succeeded": "green", "failed": "red"}.get(j.status, "yellow")
             table.add_row(
@@ -327,7 +342,7 @@ def jobs(
         _console().print(table)
 
 
-# -- serve ------------------------------------------------------------------------------------------
+# -- serve -----------------------------------------------------------------------------------
 @app.command()
 def serve(
     repo: RepoOpt = Path("."),

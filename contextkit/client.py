@@ -128,7 +128,7 @@ class Context:
         self._specs_cache: dict[str, tuple[tuple[int, int], WorkspaceSpecs]] = {}
         self._readers: dict[tuple[str, str], tuple[tuple[int, int], ServiceReader]] = {}
 
-    # -- workspaces --------------------------------------------------------------------------
+    # -- workspaces ---------------------------------------------------------------------------
     @property
     def workspace(self) -> str:
         """The workspace this context reads and writes: explicit, else the selected one."""
@@ -206,7 +206,7 @@ class Context:
     def list_services(self) -> list[ContextServiceSpec]:
         return list(self.specs().services.values())
 
-    # -- plan / apply ----------------------------------------------------------------------------
+    # -- plan / apply -------------------------------------------------------------------------
     def plan(self, repo_path: str | Path | None = None) -> Plan:
         """Load and validate the repo, then diff it against the workspace."""
         from contextkit.repo import load_repo
@@ -228,7 +228,7 @@ class Context:
                     drop_view_data(self.online, self.offline, plan.workspace, change.name)
         return version
 
-    # -- materialization --------------------------------------------------------------------------
+    # -- materialization ----------------------------------------------------------------------
     def materialize(
         self,
         views: Sequence[str] | None = None,
@@ -251,8 +251,9 @@ class Context:
         if unknown:
             raise NotFoundError(
                 f"unknown feature view(s): {', '.join(unknown)}",
-                hint="applied views: " + ", ".join(sorted(specs.views)) if specs.views else
-                "apply the repo first with `contextkit apply`",
+                hint="applied views: " + ", ".join(sorted(specs.views))
+                if specs.views
+                else "apply the repo first with `contextkit apply`",
             )
         results = []
         for name in names:
@@ -277,7 +278,7 @@ class Context:
     def jobs(self, view: str | None = None, limit: int = 50) -> list[JobRecord]:
         return self.registry.list_jobs(self.workspace, view, limit)
 
-    # -- online retrieval ---------------------------------------------------------------------------
+    # -- online retrieval ---------------------------------------------------------------------
     def service_reader(self, service: str) -> ServiceReader:
         """The precomputed reader of a service (cached until the registry changes)."""
         workspace = self.workspace

@@ -111,8 +111,10 @@ class Workspace:
                     hint="check the path in the FileSource (relative to the repo root) or "
                     "generate the data first",
                 )
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {quote(source.name)} AS "
-                        f"{source_scan_sql(source, root)}")
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {quote(source.name)} AS "
+                f"{source_scan_sql(source, root)}"
+            )
 
     def transformation_sql(
         self, view: FeatureViewSpec, start: datetime | None = None, end: datetime | None = None
@@ -165,9 +167,7 @@ class Workspace:
         table = self.con.sql(sql).to_arrow_table()
         return table if view.mode == "arrow" else table.to_pandas()
 
-    def _run_python(
-        self, view: FeatureViewSpec, start, end, sample_rows: int | None = None
-    ) -> str:
+    def _run_python(self, view: FeatureViewSpec, start, end, sample_rows: int | None = None) -> str:
         """Run a pandas/arrow view on its sources' rows; ``sample_rows`` caps each input."""
         function = compile_python_transformation(view)
         # Feed rows from (start - lookback) so windows near `start` are complete.

@@ -20,6 +20,7 @@ spec (``to_spec()``). Names and keyword arguments follow Tecton's SDK where they
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -79,10 +80,8 @@ class _Definition:
         """Where this object was defined; the file is made relative to ``root`` when given."""
         file = self._file
         if root is not None:
-            try:
+            with contextlib.suppress(ValueError):  # other drive on Windows
                 file = os.path.relpath(file, root)
-            except ValueError:
-                pass
         return Location(file=file, line=self._line)
 
     def _error(self, message: str, hint: str | None = None) -> DefinitionError:
@@ -306,8 +305,7 @@ class BatchFeatureView(_Definition):
         for feature in self.features:
             if not isinstance(feature, Attribute | Aggregate):
                 raise self._error(
-                    f"view {self.name!r}: features must be Attribute or Aggregate, got "
-                    f"{feature!r}"
+                    f"view {self.name!r}: features must be Attribute or Aggregate, got {feature!r}"
                 )
         self.timestamp_field = timestamp_field
         try:

@@ -82,7 +82,9 @@ def _batches(cursor, size: int = 10_000) -> Iterator[tuple]:
         yield from rows
 
 
-def last_watermark(registry: RegistryStore, workspace: str, view: FeatureViewSpec) -> datetime | None:
+def last_watermark(
+    registry: RegistryStore, workspace: str, view: FeatureViewSpec
+) -> datetime | None:
     """End of the latest successful job for this exact definition of the view, if any."""
     current = spec_hash(view)
     for job in registry.list_jobs(workspace, view.name, limit=200):
@@ -182,7 +184,9 @@ def materialize_view(
         raise
     duration = time.perf_counter() - began
     registry.finish_job(job_id, "succeeded", rows_offline=rows_offline, rows_online=rows_online)
-    return JobResult(job_id, view.name, "succeeded", start, end, rows_offline, rows_online, duration)
+    return JobResult(
+        job_id, view.name, "succeeded", start, end, rows_offline, rows_online, duration
+    )
 
 
 def _describe_failure(exc: BaseException) -> str:

@@ -65,7 +65,9 @@ class Plan:
         return not self.changes
 
     def summary(self) -> dict[str, Any]:
-        counts = {a: sum(1 for c in self.changes if c.action == a) for a in ("create", "update", "delete")}
+        counts = {
+            a: sum(1 for c in self.changes if c.action == a) for a in ("create", "update", "delete")
+        }
         return {
             **counts,
             "rematerialize": [c.name for c in self.changes if c.rematerialize],
@@ -111,15 +113,26 @@ def compute_plan(registry: RegistryStore, workspace: str, specs: list[AnySpec]) 
         kind, name = key
         if key not in current:
             plan.changes.append(
-                Change("create", kind, name, rematerialize=kind == "batch_feature_view",
-                       spec_json=spec_json)
+                Change(
+                    "create",
+                    kind,
+                    name,
+                    rematerialize=kind == "batch_feature_view",
+                    spec_json=spec_json,
+                )
             )
             continue
         fields = _diff(_comparable(current[key]), _comparable(spec_json))
         if fields:
             plan.changes.append(
-                Change("update", kind, name, tuple(fields), _needs_rematerialize(kind, fields),
-                       spec_json=spec_json)
+                Change(
+                    "update",
+                    kind,
+                    name,
+                    tuple(fields),
+                    _needs_rematerialize(kind, fields),
+                    spec_json=spec_json,
+                )
             )
     for key in current:
         if key not in desired:
@@ -172,7 +185,9 @@ def render_plan(plan: Plan):
         for f in change.fields:
             lines.append(Text(f"      {f.path}: {_short(f.old)} -> {_short(f.new)}", style="dim"))
     s = plan.summary()
-    lines.append(Text(f"{s['create']} to create, {s['update']} to update, {s['delete']} to delete."))
+    lines.append(
+        Text(f"{s['create']} to create, {s['update']} to update, {s['delete']} to delete.")
+    )
     return Group(*lines)
 
 

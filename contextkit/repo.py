@@ -78,11 +78,7 @@ def _import_files(root: Path, exclude: list[str]) -> list[object]:
     # Forget modules from an earlier load of this repo so edits are seen.
     for name in list(sys.modules):
         module_file = getattr(sys.modules[name], "__file__", None) or ""
-        if (
-            name != "__main__"
-            and module_file
-            and Path(module_file).resolve().is_relative_to(root)
-        ):
+        if name != "__main__" and module_file and Path(module_file).resolve().is_relative_to(root):
             del sys.modules[name]
     sys.path.insert(0, str(root))
     modules = []

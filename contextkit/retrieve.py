@@ -96,7 +96,9 @@ class ServiceReader:
                 if convert is None:
                     col = [r[i] if r is not None else None for r in rows]
                 else:
-                    col = [convert(r[i]) if r is not None and r[i] is not None else None for r in rows]
+                    col = [
+                        convert(r[i]) if r is not None and r[i] is not None else None for r in rows
+                    ]
                 values.append(col)
                 statuses.append(status_col)
                 timestamps.append(ts_col)
@@ -146,8 +148,7 @@ class ServiceReader:
         unknown = [k for k in entities if k not in out]
         if unknown:
             raise BadRequestError(
-                f"unknown join key(s) {', '.join(map(repr, unknown))} for service "
-                f"{self.service!r}",
+                f"unknown join key(s) {', '.join(map(repr, unknown))} for service {self.service!r}",
                 hint="it needs: " + ", ".join(k for k, _ in self.join_keys),
             )
         return out
@@ -175,8 +176,11 @@ def _iso_from_micros(micros: int | None) -> str | None:
     if micros is None:
         return None
     seconds, us = divmod(micros, 1_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=us).isoformat().replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(seconds, UTC)
+        .replace(microsecond=us)
+        .isoformat()
+        .replace("+00:00", "Z")
     )
 
 

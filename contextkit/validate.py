@@ -18,7 +18,6 @@ from contextkit.errors import ContextKitError, DefinitionError, ValidationErrors
 from contextkit.repo import Repo
 from contextkit.specs import (
     NUMERIC_AGGREGATES,
-    AggregateSpec,
     AttributeSpec,
     ContextServiceSpec,
     EntitySpec,
@@ -48,9 +47,7 @@ def build_specs(repo: Repo) -> list[AnySpec]:
 
 
 def _object_error(obj: _Definition, message: str, root: str) -> DefinitionError:
-    return DefinitionError(
-        f"{obj.kind} {obj.name!r}: {message}", location=str(obj.location(root))
-    )
+    return DefinitionError(f"{obj.kind} {obj.name!r}: {message}", location=str(obj.location(root)))
 
 
 class _Checker:
@@ -139,7 +136,7 @@ class _Checker:
                 ordered.append(name)
             return ok
 
-        for name, view in self.views.items():
+        for view in self.views.values():
             missing = [s for s in view.sources if s not in self.sources and s not in self.views]
             for s in missing:
                 self.error(
@@ -154,7 +151,9 @@ class _Checker:
             visit(name, [])
         return ordered
 
-    def check_view(self, ws: Workspace, view: FeatureViewSpec, good: set[str]) -> FeatureViewSpec | None:
+    def check_view(
+        self, ws: Workspace, view: FeatureViewSpec, good: set[str]
+    ) -> FeatureViewSpec | None:
         if any(s not in good for s in view.sources) or any(
             e not in self.entities for e in view.entities
         ):
@@ -182,7 +181,9 @@ class _Checker:
                 table = ws._run_python(sample, None, None, sample_rows=100)
                 schema = compute.describe(ws.con, f"SELECT * FROM {quote(table)}")
         except ContextKitError as exc:
-            self.errors.append(exc if isinstance(exc, DefinitionError) else DefinitionError(str(exc)))
+            self.errors.append(
+                exc if isinstance(exc, DefinitionError) else DefinitionError(str(exc))
+            )
             return None
         except Exception as exc:
             self.error(
@@ -356,8 +357,10 @@ def validate(specs: list[AnySpec], root: Path) -> list[AnySpec]:
     if checker.errors:
         raise ValidationErrors(checker.errors)
     enriched = {**checker.sources, **checked}
-    return [enriched.get(s.name, s) if s.kind in ("file_source", "batch_feature_view") else s
-            for s in specs]
+    return [
+        enriched.get(s.name, s) if s.kind in ("file_source", "batch_feature_view") else s
+        for s in specs
+    ]
 
 
 def _first_line(exc: Exception) -> str:

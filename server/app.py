@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import orjson
+from contextkit.stores.errors import StoreFailure
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -18,7 +19,6 @@ from pydantic import BaseModel, Field
 
 from contextkit.client import Context, translate_store_errors
 from contextkit.errors import ContextKitError
-from contextkit.stores.errors import StoreFailure
 
 log = logging.getLogger("contextkit.server")
 
@@ -35,7 +35,11 @@ class FeaturesRequest(BaseModel):
     model_config = {
         "json_schema_extra": {
             "examples": [
-                {"workspace": "prod", "service": "support_assistant", "entities": {"user_id": [1, 2]}}
+                {
+                    "workspace": "prod",
+                    "service": "support_assistant",
+                    "entities": {"user_id": [1, 2]},
+                }
             ]
         }
     }
@@ -104,8 +108,10 @@ def create_app(ctx: Context) -> FastAPI:
                     "views": [ref.view for ref in service.features],
                     "join_keys": dict(reader.join_keys) if reader else None,
                     "features": (
-                        [{"name": n, "type": t}
-                         for n, t in zip(reader.feature_names, reader.feature_types, strict=True)]
+                        [
+                            {"name": n, "type": t}
+                            for n, t in zip(reader.feature_names, reader.feature_types, strict=True)
+                        ]
                         if reader
                         else None
                     ),
@@ -135,14 +141,26 @@ def create_app(ctx: Context) -> FastAPI:
         entities = data.get("entities")
         workspace = data.get("workspace")
         if not isinstance(service, str):
-            return _error(422, "invalid_request", "`service` must be a string",
-                          {"errors": [{"path": "body.service", "message": "required string"}]})
+            return _error(
+                422,
+                "invalid_request",
+                "`service` must be a string",
+                {"errors": [{"path": "body.service", "message": "required string"}]},
+            )
         if not isinstance(entities, dict):
-            return _error(422, "invalid_request", "`entities` must be an object of lists",
-                          {"errors": [{"path": "body.entities", "message": "required object"}]})
+            return _error(
+                422,
+                "invalid_request",
+                "`entities` must be an object of lists",
+                {"errors": [{"path": "body.entities", "message": "required object"}]},
+            )
         if workspace is not None and not isinstance(workspace, str):
-            return _error(422, "invalid_request", "`workspace` must be a string",
-                          {"errors": [{"path": "body.workspace", "message": "string"}]})
+            return _error(
+                422,
+                "invalid_request",
+                "`workspace` must be a string",
+                {"errors": [{"path": "body.workspace", "message": "string"}]},
+            )
         result = context_for(workspace).get_features(service, entities)
         return _json(result.to_response())
 

@@ -45,7 +45,7 @@ def _days(start: datetime, end: datetime) -> set[str]:
 
 @dataclass
 class StagedWrite:
-    """New files written but not yet visible; ``commit()`` publishes them, ``abort()`` drops them."""
+    """Files written but not yet visible: ``commit()`` publishes them, ``abort()`` drops them."""
 
     store: ParquetOfflineStore
     table: str
@@ -135,7 +135,9 @@ class ParquetOfflineStore:
                 touched = _days(start, end) | {
                     p.parent.name.removeprefix("day=") for p in staging.rglob("*.parquet")
                 }
-                keep = [f for f in current if Path(f).parent.name.removeprefix("day=") not in touched]
+                keep = [
+                    f for f in current if Path(f).parent.name.removeprefix("day=") not in touched
+                ]
                 rewrite = [f for f in current if f not in keep]
                 obsolete = rewrite
                 if rewrite:

@@ -75,9 +75,11 @@ class SQLiteOnlineStore:
             self._local.con = None
 
     def has_table(self, table: str) -> bool:
-        row = self._con().execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-        ).fetchone()
+        row = (
+            self._con()
+            .execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+            .fetchone()
+        )
         return row is not None
 
     def replace_table(

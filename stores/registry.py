@@ -184,9 +184,13 @@ class SQLiteRegistry:
         return [WorkspaceRecord(r[0], bool(r[1]), r[2], r[3]) for r in rows]
 
     def get_workspace(self, name: str) -> WorkspaceRecord:
-        row = self._con().execute(
-            "SELECT name, live, created_at, version FROM workspaces WHERE name = ?", (name,)
-        ).fetchone()
+        row = (
+            self._con()
+            .execute(
+                "SELECT name, live, created_at, version FROM workspaces WHERE name = ?", (name,)
+            )
+            .fetchone()
+        )
         if row is None:
             raise MissingError(
                 f"workspace {name!r} does not exist",

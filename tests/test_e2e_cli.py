@@ -77,8 +77,11 @@ def served_repo(tmp_path_factory: pytest.TempPathFactory):
 
     port = free_port()
     server = subprocess.Popen(
-        [CLI, "serve", "--port", str(port)], cwd=repo, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        [CLI, "serve", "--port", str(port)],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:

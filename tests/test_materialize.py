@@ -57,9 +57,7 @@ def offline_rows(ctx, view: str) -> list[tuple]:
         return []
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    return con.execute(
-        f"SELECT * FROM read_parquet({files!r}) ORDER BY ALL"
-    ).fetchall()
+    return con.execute(f"SELECT * FROM read_parquet({files!r}) ORDER BY ALL").fetchall()
 
 
 @pytest.fixture

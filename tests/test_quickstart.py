@@ -67,8 +67,10 @@ def test_user_order_stats_match_sql(ctx, quickstart_data):
 
 def test_pandas_mode_profile_and_product_attributes(ctx, quickstart_data):
     data = quickstart_data / "data"
-    users = _sql(f"SELECT user_id, tier, country FROM read_parquet('{data}/users.parquet') "
-                 "ORDER BY user_id LIMIT 5")
+    users = _sql(
+        f"SELECT user_id, tier, country FROM read_parquet('{data}/users.parquet') "
+        "ORDER BY user_id LIMIT 5"
+    )
     frame = ctx.get_features(
         "support_assistant", entities={"user_id": [u[0] for u in users]}
     ).to_pandas()
@@ -77,8 +79,10 @@ def test_pandas_mode_profile_and_product_attributes(ctx, quickstart_data):
     assert list(frame["user_profile.is_paid"]) == [u[1] != "free" for u in users]
     assert "user_profile.event_timestamp" in frame.columns
 
-    products = _sql(f"SELECT product_id, name, price, sku FROM read_parquet('{data}/products.parquet')"
-                    " ORDER BY product_id DESC LIMIT 3")
+    products = _sql(
+        f"SELECT product_id, name, price, sku FROM read_parquet('{data}/products.parquet')"
+        " ORDER BY product_id DESC LIMIT 3"
+    )
     got = ctx.get_features("product_lookup", entities={"product_id": [p[0] for p in products]})
     assert got.names == [
         "product_attributes.name",
