@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -251,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM should run the finally blocks (stop the server, remove the temp dir) too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    tmp = tempfile.TemporaryDirectory(prefix="ck-bench-online-")
-    repo = Path(tmp.name) / "quickstart"
+    tmp = Path(tempfile.mkdtemp(prefix="ck-bench-online-"))
+    repo = tmp / "quickstart"
     server: Server | None = None
     try:
         t0 = time.perf_counter()
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         port = free_port()
-        server = Server(repo, port, Path(tmp.name) / "server.log")
+        server = Server(repo, port, tmp / "server.log")
         ready_s = server.wait_healthy(args.server_timeout)
         out.print(f"server: pid {server.proc.pid} on 127.0.0.1:{port}, healthy after {ready_s:.2f}s")
 
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             out.print(f"kept: {repo}")
         else:
-            tmp.cleanup()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def report(out, args, results, health: Summary) -> None:

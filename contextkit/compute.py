@@ -272,6 +272,31 @@ def _column_dtypes(view: FeatureViewSpec) -> dict[str, str | None]:
     return {f.name: f.dtype for f in view.output_schema}
 
 
+def tie_break(view: FeatureViewSpec) -> str:
+    """ORDER BY terms choosing one of several attribute rows with the same key and time.
+
+    The row with the largest feature values wins (compared in feature order, nulls last), so
+    offline rows, online values and point-in-time joins all pick the same row.
+    """
+    return ", ".join(f"{quote(f.name)} DESC NULLS LAST" for f in view.features)
+
+
+def aggregate_inputs_sql(
+    ws: Workspace, view: FeatureViewSpec, start: datetime | None = None, end: datetime | None = None
+) -> str:
+    """The input rows of an aggregate view in ``[start, end)``: join keys, ``event_timestamp``
+    and the aggregated columns. Stored offline so windows ending at any time can be recomputed.
+    """
+    keys = [quote(k) for k in view.join_key_names]
+    columns = sorted({f.column for f in view.features if isinstance(f, AggregateSpec) and f.column})
+    cols = "".join(f", {quote(c)}" for c in columns)
+    inner = ws.transformation_sql(view, start, end)
+    return (
+        f"SELECT {', '.join(keys)}, {quote(view.timestamp_field)} AS {EVENT_TIMESTAMP}{cols} "
+        f"FROM ({inner})"
+    )
+
+
 def offline_features_sql(
     ws: Workspace, view: FeatureViewSpec, start: datetime | None = None, end: datetime | None = None
 ) -> str:
@@ -285,7 +310,11 @@ def offline_features_sql(
     if not view.is_aggregate:
         cols = ", ".join(quote(f.name) for f in view.features)
         inner = ws.transformation_sql(view, start, end)
-        return f"SELECT {', '.join(keys)}, {ts} AS {EVENT_TIMESTAMP}, {cols} FROM ({inner})"
+        return (
+            f"SELECT {', '.join(keys)}, {ts} AS {EVENT_TIMESTAMP}, {cols} FROM ({inner}) "
+            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)}, {ts} "
+            f"ORDER BY {tie_break(view)}) = 1"
+        )
 
     from datetime import timedelta
 
@@ -334,7 +363,8 @@ def online_features_sql(ws: Workspace, view: FeatureViewSpec, as_of: datetime) -
         return (
             f"SELECT {', '.join(keys)}, {ts} AS {EVENT_TIMESTAMP}, {cols} FROM ({inner}) "
             f"WHERE {' AND '.join(where)} "
-            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {ts} DESC) = 1"
+            f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} "
+            f"ORDER BY {ts} DESC, {tie_break(view)}) = 1"
         )
     ttl = view.ttl_seconds or view.max_window_seconds
     lookback = max(ttl, view.max_window_seconds)

@@ -1,7 +1,8 @@
 """Materialization: compute a view's features in DuckDB into the offline and online stores.
 
 A job for one view and a time range ``[start, end)``:
-1. offline: feature rows with event time in the range are staged as Parquet (not yet visible);
+1. offline: feature rows with event time in the range (and, for aggregate views, the input rows,
+   so point-in-time reads can evaluate any window) are staged as Parquet (not yet visible);
 2. online: the latest value per entity as of ``end`` replaces the view's online table in one
    SQLite transaction;
 3. the offline files are published by swapping the table's manifest.
@@ -52,6 +53,11 @@ def online_table(workspace: str, view: str) -> str:
 
 def offline_table(workspace: str, view: str) -> str:
     return f"{workspace}/{view}"
+
+
+def inputs_table(workspace: str, view: str) -> str:
+    """Offline table of an aggregate view's input rows (inside the view's folder)."""
+    return f"{workspace}/{view}/inputs"
 
 
 def spec_hash(view: FeatureViewSpec) -> str:
@@ -127,7 +133,7 @@ def materialize_view(
         details={"full": replace_all},
     )
     began = time.perf_counter()
-    staged = None
+    staged: list = []
     rows_offline = rows_online = 0
     stage = on_stage or (lambda _s: None)
     try:
@@ -138,16 +144,27 @@ def materialize_view(
                     f"SELECT {_typed_columns(view, epoch_timestamps=False)} FROM "
                     f"({compute.offline_features_sql(ws, view, start, end)})"
                 )
-                staged = offline.stage_range(
-                    ws.con,
-                    offline_table(workspace, view.name),
-                    query,
-                    EVENT_TIMESTAMP,
-                    start,
-                    end,
-                    replace_all,
+                table = offline_table(workspace, view.name)
+                staged.append(
+                    offline.stage_range(
+                        ws.con, table, query, EVENT_TIMESTAMP, start, end, replace_all
+                    )
                 )
-                rows_offline = staged.rows
+                rows_offline = staged[0].rows
+                if view.is_aggregate:
+                    # The inputs too, so point-in-time reads can compute any window exactly.
+                    inputs = compute.aggregate_inputs_sql(ws, view, start, end)
+                    staged.append(
+                        offline.stage_range(
+                            ws.con,
+                            inputs_table(workspace, view.name),
+                            inputs,
+                            EVENT_TIMESTAMP,
+                            start,
+                            end,
+                            replace_all,
+                        )
+                    )
             if view.online:
                 stage("online")
                 query = (
@@ -162,13 +179,12 @@ def materialize_view(
                     + [(f.name, f.dtype or "string") for f in view.features],
                     _batches(cursor),
                 )
-            if staged is not None:
-                stage("commit")
-                staged.commit()
-                staged = None
+            stage("commit")
+            while staged:
+                staged.pop(0).commit()
     except BaseException as exc:
-        if staged is not None:
-            staged.abort()
+        for write in staged:
+            write.abort()
         message = _describe_failure(exc)
         registry.finish_job(job_id, "failed", error=message)
         if isinstance(exc, ContextKitError):
