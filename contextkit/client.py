@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contextkit.config import RepoConfig, load_config
 from contextkit.errors import (
@@ -36,6 +36,9 @@ from contextkit.stores.errors import (
 from contextkit.stores.offline import ParquetOfflineStore
 from contextkit.stores.online import SQLiteOnlineStore
 from contextkit.stores.registry import JobRecord, SQLiteRegistry, WorkspaceRecord
+
+if TYPE_CHECKING:
+    from contextkit.offline_retrieval import OfflineFeatures
 
 _SPEC_TYPES = {
     "entity": EntitySpec,
@@ -315,6 +318,30 @@ class Context:
         A key with no stored value gives nulls (status ``MISSING``), not an error.
         """
         return self.service_reader(service).read(self.online, entities)
+
+    # -- offline retrieval ------------------------------------------------------------------------
+    def get_features_for_events(
+        self,
+        events: Any,
+        service_or_views: str | Sequence[str],
+        timestamp_key: str = "ts",
+        from_source: bool | None = None,
+    ) -> OfflineFeatures:
+        """Point-in-time-correct features for each event row (lazy; see ``OfflineFeatures``).
+
+        ``events``: a pandas DataFrame, pyarrow Table, Parquet path or DuckDB relation with the
+        join keys and ``timestamp_key``. ``from_source``: None picks the offline store when it
+        covers the events (else the sources); True/False forces one. Dev workspaces always read
+        the sources::
+
+            ctx.get_features_for_events(events, "support_assistant").to_pandas()
+        """
+        from contextkit.offline_retrieval import OfflineFeatures, resolve_refs
+
+        if not self.specs().workspace.live:
+            from_source = True
+        refs = resolve_refs(self, service_or_views)
+        return OfflineFeatures(self, events, refs, timestamp_key, from_source)
 
     def close(self) -> None:
         self.registry.close()

@@ -170,5 +170,5 @@ class ParquetOfflineStore:
             f"COPY (SELECT *, strftime({ts}, '%Y-%m-%d') AS day FROM ({query})) "
             f"TO {_lit(str(folder))} (FORMAT parquet, PARTITION_BY (day), OVERWRITE_OR_IGNORE, "
             f"FILENAME_PATTERN '{prefix}-{{uuid}}')"
-        ).fetchone()
-        return int(count[0]) if count else 0
+        ).fetchall()
+        return int(count[0][0]) if count else 0
