@@ -20,7 +20,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[test,embeddings,llm]"
 	touch $(STAMP)
 
+# The data ends at the hour it is generated; after a day it is regenerated (and the quickstart's
+# stores reset) so the 1h..30d windows are not empty.
 quickstart-data: install
+	if [ -n "$$(find $(QS)/data/orders.parquet -mmin +1440 2>/dev/null)" ]; then \
+		rm -rf $(QS)/data $(QS)/.contextkit; fi
 	test -f $(QS)/data/orders.parquet || $(PY) $(QS)/generate_data.py --out $(QS)/data
 
 # Bare machine -> served features: install, generate data, apply, materialize, serve.

@@ -164,7 +164,7 @@ def apply(
 def destroy(
     repo: RepoOpt = Path("."),
     workspace: WorkspaceOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Remove every object (and its materialized data) from the workspace."""
     with guard:
@@ -251,7 +251,7 @@ def workspace_select(name: str, repo: RepoOpt = Path(".")) -> None:
 def workspace_delete(
     name: str,
     repo: RepoOpt = Path("."),
-    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a workspace with its objects, jobs and materialized data."""
     with guard:
@@ -358,7 +358,14 @@ def serve(
         from contextkit.server.app import create_app
 
         ctx = _context(repo, workspace)
-        ctx.workspace  # noqa: B018 - fail now, not on the first request, if none is selected
+        # Resolve the default workspace once, now: fail at start-up, not on every request.
+        record = ctx._workspace_record()
+        ctx = ctx.use(record.name)
+        if not record.live:
+            _err_console().print(
+                f"[yellow]warning:[/] workspace {record.name!r} is a dev workspace: it serves "
+                "no features (apply to a live workspace)"
+            )
         uvicorn.run(
             create_app(ctx),
             host=host,

@@ -91,12 +91,21 @@ def _batches(cursor, size: int = 10_000) -> Iterator[tuple]:
 def last_watermark(
     registry: RegistryStore, workspace: str, view: FeatureViewSpec
 ) -> datetime | None:
-    """End of the latest successful job for this exact definition of the view, if any."""
+    """How far the offline store is computed for this exact definition of the view.
+
+    The latest range end among successful jobs since (and including) the last full recompute;
+    None when the view was never materialized in its current definition.
+    """
     current = spec_hash(view)
-    for job in registry.list_jobs(workspace, view.name, limit=200):
-        if job.status == "succeeded" and job.spec_hash == current and job.range_end:
-            return datetime.fromisoformat(job.range_end)
-    return None
+    latest = None
+    for job in registry.list_jobs(workspace, view.name, limit=500):
+        if job.status != "succeeded" or job.spec_hash != current or not job.range_end:
+            continue
+        end = datetime.fromisoformat(job.range_end)
+        latest = end if latest is None else max(latest, end)
+        if job.details.get("full"):
+            break
+    return latest
 
 
 def materialize_view(
@@ -115,13 +124,13 @@ def materialize_view(
     on_stage: Callable[[str], None] | None = None,
 ) -> JobResult:
     """Run one materialization job for ``view`` (see the module docstring)."""
-    end = (end or datetime.now(UTC)).astimezone(UTC)
+    end = _utc(end or datetime.now(UTC))
     watermark = None if full else last_watermark(registry, workspace, view)
     replace_all = start is None and watermark is None
     if start is None:
         start = watermark if watermark is not None else view.feature_start_time
     if start is not None:
-        start = start.astimezone(UTC)
+        start = _utc(start)
     if start is not None and start > end:
         start = end
     job_id = registry.start_job(
@@ -165,7 +174,9 @@ def materialize_view(
                             replace_all,
                         )
                     )
-            if view.online:
+            # A backfill of a past range leaves the (newer) online values alone.
+            refresh_online = view.online and (watermark is None or end >= watermark)
+            if refresh_online:
                 stage("online")
                 query = (
                     f"SELECT {_typed_columns(view, epoch_timestamps=True)} FROM "
@@ -203,6 +214,11 @@ def materialize_view(
     return JobResult(
         job_id, view.name, "succeeded", start, end, rows_offline, rows_online, duration
     )
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware datetimes converted to UTC; naive ones read as UTC (as everywhere in contextkit)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _describe_failure(exc: BaseException) -> str:

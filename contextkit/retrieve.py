@@ -7,6 +7,7 @@ no stored value gives nulls with status ``MISSING``, never an error.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +22,6 @@ from contextkit.types import Bool, Float64, Int64, String, Timestamp
 
 PRESENT = "PRESENT"
 MISSING = "MISSING"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,8 @@ class ServiceReader:
                     details={"join_key": name},
                 )
             column = entities[name]
+            if hasattr(column, "tolist") and not isinstance(column, str | bytes):
+                column = column.tolist()  # numpy arrays, pandas Series
             if isinstance(column, str | bytes) or not isinstance(column, Sequence):
                 column = [column]
             if len(column) == 0:
@@ -156,8 +158,8 @@ class ServiceReader:
 
 def _coerce_key(name: str, dtype: str, value: Any) -> Any:
     if dtype == Int64:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)  # also numpy integers
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value)  # Tecton's wire format sends int64 keys as strings
     elif dtype == String:
@@ -182,6 +184,10 @@ def _iso_from_micros(micros: int | None) -> str | None:
         .isoformat()
         .replace("+00:00", "Z")
     )
+
+
+def _parse_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 _CONVERTERS = {Bool: bool, Timestamp: _iso_from_micros}
@@ -213,21 +219,40 @@ class OnlineFeatures:
         out.update(zip(self.names, self.values, strict=True))
         return out
 
-    def to_pandas(self):
-        """A DataFrame: join keys, features, and one ``<view>.event_timestamp`` per view."""
-        import pandas as pd
-
-        frame = pd.DataFrame(self.to_dict())
-        for name, ts in zip(self.names, self.event_timestamps, strict=True):
-            col = name.split(".", 1)[0] + ".event_timestamp"
-            if col not in frame:
-                frame[col] = pd.to_datetime(pd.Series(ts, dtype="object"), utc=True)
-        return frame
-
     def to_arrow(self):
+        """A ``pyarrow.Table`` typed by the features' dtypes: join keys, features, and one
+        ``<view>.event_timestamp`` column per view."""
         import pyarrow as pa
 
-        return pa.Table.from_pandas(self.to_pandas(), preserve_index=False)
+        def arrow_type(dtype: str):
+            return pa.timestamp("us", tz="UTC") if dtype == Timestamp else _ARROW_TYPES[dtype]
+
+        columns: dict[str, Any] = {}
+        for key, values in self.join_keys.items():
+            columns[key] = pa.array(values, arrow_type(self.join_key_types[key]))
+        for name, dtype, values in zip(self.names, self.types, self.values, strict=True):
+            if dtype == Timestamp:
+                values = [_parse_iso(v) for v in values]
+            columns[name] = pa.array(values, arrow_type(dtype))
+        for name, stamps in zip(self.names, self.event_timestamps, strict=True):
+            col = name.split(".", 1)[0] + ".event_timestamp"
+            if col not in columns:
+                columns[col] = pa.array([_parse_iso(t) for t in stamps], arrow_type(Timestamp))
+        return pa.table(columns)
+
+    def to_pandas(self):
+        """A pandas DataFrame of :meth:`to_arrow`, with nullable dtypes (``Int64``, ``Float64``,
+        ``boolean``, ``string``) so a column of nulls keeps its type."""
+        import pandas as pd
+        import pyarrow as pa
+
+        nullable = {
+            pa.int64(): pd.Int64Dtype(),
+            pa.float64(): pd.Float64Dtype(),
+            pa.bool_(): pd.BooleanDtype(),
+            pa.string(): pd.StringDtype(),
+        }
+        return self.to_arrow().to_pandas(types_mapper=nullable.get)
 
     def to_response(self) -> dict[str, Any]:
         """The ``POST /v1/features`` body (Feast-style column-major results)."""

@@ -312,6 +312,12 @@ class _Checker:
             view = views.get(ref.view)
             if view is None:
                 continue
+            if not view.online:
+                self.error(
+                    service,
+                    f"view {ref.view!r} is offline-only (online=False) but services serve online",
+                    hint=f"set online=True on {ref.view!r} or leave it out of the service",
+                )
             known = {f.name for f in view.features}
             for name in ref.features or []:
                 if name not in known:
