@@ -58,9 +58,9 @@ def _fail(exc: Exception) -> None:
         exc = translate_store_errors(exc)
     assert isinstance(exc, ContextKitError)
     console = _err_console()
-    console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+    console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
     if exc.hint:
-        console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+        console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 

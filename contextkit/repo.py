@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import shutil
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +33,8 @@ SKIP_DIRS = {".contextkit", ".venv", "venv", "__pycache__", "data", "node_module
 # Sources and views share one namespace: both are tables in a view's SQL.
 NAMESPACES = {
     Entity: "entity",
-    FileSource: "source/view",
-    BatchFeatureView: "source/view",
+    FileSource: "source or view",
+    BatchFeatureView: "source or view",
     ContextService: "service",
 }
 
@@ -75,12 +77,20 @@ def _module_name(root: Path, path: Path) -> str:
 def _import_files(root: Path, exclude: list[str]) -> list[object]:
     files = python_files(root, exclude)
     names = [_module_name(root, f) for f in files]
-    # Forget modules from an earlier load of this repo so edits are seen.
+    # Forget modules from an earlier load of this repo, or of another repo with files of the
+    # same names, so `from entities import user` finds this repo's file as it is now.
+    tops = {n.split(".")[0] for n in names}
     for name in list(sys.modules):
         module_file = getattr(sys.modules[name], "__file__", None) or ""
-        if name != "__main__" and module_file and Path(module_file).resolve().is_relative_to(root):
+        in_root = bool(module_file) and Path(module_file).resolve().is_relative_to(root)
+        if name != "__main__" and (in_root or name.split(".")[0] in tops):
             del sys.modules[name]
+    importlib.invalidate_caches()
     sys.path.insert(0, str(root))
+    # Compile from source every time: a cached .pyc can hide an edit made within the same
+    # second that kept the file's size.
+    saved_prefix = sys.pycache_prefix
+    sys.pycache_prefix = tempfile.mkdtemp(prefix="contextkit-pyc-")
     modules = []
     try:
         for path, name in zip(files, names, strict=True):
@@ -90,7 +100,12 @@ def _import_files(root: Path, exclude: list[str]) -> list[object]:
                 raise
             except Exception as exc:
                 frame = _last_frame_in(traceback.extract_tb(exc.__traceback__), root)
-                where = f"{frame.filename}:{frame.lineno}" if frame else str(path)
+                if isinstance(exc, SyntaxError) and exc.filename:
+                    where = f"{_relative(exc.filename, root)}:{exc.lineno}"
+                elif frame:
+                    where = f"{_relative(frame.filename, root)}:{frame.lineno}"
+                else:
+                    where = _relative(str(path), root)
                 raise DefinitionError(
                     f"importing {path.relative_to(root)} failed: {type(exc).__name__}: {exc}",
                     location=where,
@@ -98,7 +113,16 @@ def _import_files(root: Path, exclude: list[str]) -> list[object]:
                 ) from exc
     finally:
         sys.path.remove(str(root))
+        shutil.rmtree(sys.pycache_prefix, ignore_errors=True)
+        sys.pycache_prefix = saved_prefix
     return modules
+
+
+def _relative(filename: str, root: Path) -> str:
+    try:
+        return str(Path(filename).resolve().relative_to(root))
+    except ValueError:
+        return filename
 
 
 def _last_frame_in(frames: traceback.StackSummary, root: Path) -> traceback.FrameSummary | None:
@@ -153,7 +177,7 @@ def check_unique_names(objects: list[_Definition], root: Path | None = None) -> 
                     f"duplicate {namespace} name {obj.name!r} (also defined at "
                     f"{other.location(str(root) if root else None)})",
                     location=str(obj.location(str(root) if root else None)),
-                    hint=f"rename one of the two {namespace}s",
+                    hint="rename one of the two",
                 )
             )
         else:

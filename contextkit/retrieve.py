@@ -8,6 +8,7 @@ no stored value gives nulls with status ``MISSING``, never an error.
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -156,12 +157,19 @@ class ServiceReader:
         return out
 
 
+_INT_PATTERN = re.compile(r"^-?[0-9]+$")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _coerce_key(name: str, dtype: str, value: Any) -> Any:
     if dtype == Int64:
+        number = None
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)  # also numpy integers
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)  # Tecton's wire format sends int64 keys as strings
+            number = int(value)  # also numpy integers
+        elif isinstance(value, str) and _INT_PATTERN.match(value):
+            number = int(value)  # Tecton's wire format sends int64 keys as strings
+        if number is not None and _INT64_MIN <= number <= _INT64_MAX:
+            return number
     elif dtype == String:
         if isinstance(value, str):
             return value

@@ -307,7 +307,11 @@ class _Checker:
         key_types: dict[str, tuple[str, str | None]] = {}
         for ref in service.features:
             if ref.view not in self.views:
-                self.error(service, f"unknown feature view {ref.view!r}")
+                self.error(
+                    service,
+                    f"unknown feature view {ref.view!r}",
+                    hint="views: " + (", ".join(sorted(self.views)) or "none defined"),
+                )
                 continue
             view = views.get(ref.view)
             if view is None:
@@ -370,6 +374,11 @@ def validate(specs: list[AnySpec], root: Path) -> list[AnySpec]:
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    """The gist of a (DuckDB) error: its message lines, without the echoed query and caret."""
+    lines = []
+    for line in str(exc).strip().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("LINE ") or set(stripped) <= {"^"}:
+            continue
+        lines.append(stripped)
     return " ".join(lines[:3]) if lines else type(exc).__name__

@@ -67,7 +67,9 @@ def create_app(ctx: Context) -> FastAPI:
         name = workspace or ctx.workspace
         found = contexts.get(name)
         if found is None:
-            found = contexts[name] = ctx.use(name)
+            found = ctx.use(name)
+            found.specs()  # raises NotFoundError for an unknown workspace: cache only real ones
+            contexts[name] = found
         return found
 
     @app.exception_handler(ContextKitError)

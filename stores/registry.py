@@ -160,7 +160,7 @@ class SQLiteRegistry:
                     con.execute(
                         "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                     )
-                elif int(row[0]) > SCHEMA_VERSION:
+                elif not row[0].isdigit() or int(row[0]) > SCHEMA_VERSION:
                     raise RegistryVersionError(
                         f"the registry {self.path} was written by a newer contextkit "
                         f"(registry schema {row[0]}, this contextkit reads up to {SCHEMA_VERSION})",

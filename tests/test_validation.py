@@ -31,9 +31,14 @@ events = FileSource(name="events", path="data/events.parquet", timestamp_field="
 """
 
 
-def code(*parts: str) -> str:
-    """Python source of a repo file, from dedented parts."""
-    return "".join(textwrap.dedent(part) for part in parts)
+def with_header(body: str) -> str:
+    """A repo file: the imports, then ``body`` (dedented)."""
+    return HEADER + textwrap.dedent(body)
+
+
+def with_sources(body: str) -> str:
+    """A repo file: the imports, a `user` entity and an `events` source, then ``body``."""
+    return HEADER + GOOD_SOURCES + textwrap.dedent(body)
 
 
 def events_table() -> pa.Table:
@@ -101,11 +106,7 @@ def plan_errors(root: Path) -> ValidationErrors:
 
 def error_at(errors: ValidationErrors, where: str, *words: str) -> DefinitionError:
     """The one error located at ``where`` (``defs.py:12``) whose message contains ``words``."""
-    found = [
-        e
-        for e in errors.errors
-        if e.location == where and all(w in e.message for w in words)
-    ]
+    found = [e for e in errors.errors if e.location == where and all(w in e.message for w in words)]
     assert len(found) == 1, f"no single error at {where} with {words}:\n{errors}"
     err = found[0]
     assert err.message.startswith(f"{where}: "), err.message
@@ -119,7 +120,7 @@ def test_duplicate_names_are_all_reported_with_both_locations(make_repo):
     from contextkit import Entity
     user = Entity(name="user", join_keys=["user_id"])
     """
-    defs = code(HEADER, """\
+    defs = with_header("""\
     customer = Entity(name="user", join_keys=["customer_id"])
     events = FileSource(name="events", path="data/events.parquet", timestamp_field="ts")
     @batch_feature_view(sources=[events], entities=["user"], mode="sql")
@@ -127,7 +128,9 @@ def test_duplicate_names_are_all_reported_with_both_locations(make_repo):
         return f"SELECT user_id, x, ts FROM {events}"
     clash = FileSource(name="events_view", path="data/events.parquet", timestamp_field="ts")
     """)
-    root = make_repo({"entities.py": entities, "defs.py": defs}, data={"events.parquet": events_table()})
+    root = make_repo(
+        {"entities.py": entities, "defs.py": defs}, data={"events.parquet": events_table()}
+    )
 
     errors = plan_errors(root)
 
@@ -146,13 +149,15 @@ def test_duplicate_names_are_all_reported_with_both_locations(make_repo):
     assert "rename" in entity_clash.hint
     # A source and a view share one namespace: both are tables in a view's SQL.
     table_clash = error_at(
-        errors, f"defs.py:{line_of(defs, 'clash = ')}", "duplicate source/view name 'events_view'"
+        errors,
+        f"defs.py:{line_of(defs, 'clash = ')}",
+        "duplicate source or view name 'events_view'",
     )
     assert f"(also defined at defs.py:{view_line(defs, 'events_view')})" in table_clash.message
 
 
 def test_unknown_entity_and_source_named_by_string_are_reported(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     @batch_feature_view(sources=["nope"], entities=[user], mode="sql")
     def from_nowhere(nope):
         return f"SELECT * FROM {nope}"
@@ -171,13 +176,8 @@ def test_unknown_entity_and_source_named_by_string_are_reported(make_repo):
     assert "Entity(" in entity.hint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: validate._Checker.check_service reports `unknown feature view 'nope'` without a "
-    "hint (every other validation error says how to fix it)",
-)
 def test_a_service_over_an_unknown_view_says_how_to_fix_it(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     @batch_feature_view(sources=[events], entities=[user], mode="sql")
     def spend(events):
         return f"SELECT user_id, x, ts FROM {events}"
@@ -192,7 +192,7 @@ def test_a_service_over_an_unknown_view_says_how_to_fix_it(make_repo):
 
 # -- a view's output ----------------------------------------------------------------------------
 def test_join_key_missing_from_a_views_output(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     @batch_feature_view(sources=[events], entities=[user], mode="sql")
     def keyless(events):
         return f"SELECT x, ts FROM {events}"
@@ -202,14 +202,12 @@ def test_join_key_missing_from_a_views_output(make_repo):
     errors = plan_errors(root)
 
     assert len(errors.errors) == 1, str(errors)
-    err = error_at(
-        errors, f"defs.py:{view_line(defs, 'keyless')}", "join key 'user_id' is missing"
-    )
+    err = error_at(errors, f"defs.py:{view_line(defs, 'keyless')}", "join key 'user_id' is missing")
     assert "select user_id" in err.hint
 
 
 def test_aggregate_over_a_missing_or_a_string_column(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     @batch_feature_view(sources=[events], entities=[user], mode="sql", features=[
         Aggregate(column="name", function="sum", time_window=timedelta(days=7)),
         Aggregate(column="amount", function="mean", time_window="1d"),
@@ -231,7 +229,7 @@ def test_aggregate_over_a_missing_or_a_string_column(make_repo):
 
 
 def test_a_view_whose_timestamp_is_not_a_timestamp(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     @batch_feature_view(sources=[events], entities=[user], mode="sql")
     def texty(events):
         return f"SELECT user_id, x, CAST(ts AS VARCHAR) AS ts FROM {events}"
@@ -245,7 +243,7 @@ def test_a_view_whose_timestamp_is_not_a_timestamp(make_repo):
 
 
 def test_a_misspelled_column_reports_the_duckdb_binder_error(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     @batch_feature_view(sources=[events], entities=[user], mode="sql")
     def spend(events):
         return f"SELECT user_id, amout, ts FROM {events}"
@@ -270,7 +268,7 @@ def test_a_misspelled_column_reports_the_duckdb_binder_error(make_repo):
 
 
 def test_views_using_each_other_by_name_form_a_reported_cycle(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     @batch_feature_view(sources=["second"], entities=[user], mode="sql", timestamp_field="ts")
     def first(second):
         return f"SELECT * FROM {second}"
@@ -292,7 +290,7 @@ def test_views_using_each_other_by_name_form_a_reported_cycle(make_repo):
 # -- sources and their files --------------------------------------------------------------------
 def test_a_csv_timestamp_column_read_as_text(make_repo):
     csv = pa.table({"user_id": [1, 2], "x": [1.0, 2.0], "ts": ["yesterday", "today"]})
-    defs = code(HEADER, """\
+    defs = with_header("""\
     clicks = FileSource(name="clicks", path="data/clicks.csv", timestamp_field="ts")
     """)
     root = make_repo({"defs.py": defs}, data={"clicks.csv": csv})
@@ -306,7 +304,7 @@ def test_a_csv_timestamp_column_read_as_text(make_repo):
 
 
 def test_a_missing_source_file(make_repo):
-    defs = code(HEADER, """\
+    defs = with_header("""\
     orders = FileSource(name="orders", path="data/orders.parquet", timestamp_field="ts")
     """)
     root = make_repo({"defs.py": defs})
@@ -320,7 +318,7 @@ def test_a_missing_source_file(make_repo):
 
 
 def test_a_corrupt_parquet_file(make_repo):
-    defs = code(HEADER, """\
+    defs = with_header("""\
     orders = FileSource(name="orders", path="data/orders.parquet", timestamp_field="ts")
     """)
     root = make_repo({"defs.py": defs}, data={"orders.parquet": b"PAR1 not really" * 50})
@@ -333,14 +331,8 @@ def test_a_corrupt_parquet_file(make_repo):
     assert "valid, complete parquet" in err.hint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UNCLEAR: validate._first_line copies DuckDB's error verbatim, including the internal "
-    "query contextkit wrapped around the user's SQL (`LINE 1: DESCRIBE SELECT * FROM (...) "
-    "LIMIT 0`) and a row of `^^^^` carets",
-)
 def test_duckdb_errors_do_not_leak_contextkits_internal_queries(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     orders = FileSource(name="orders", path="data/orders.parquet", timestamp_field="ts")
     @batch_feature_view(sources=[events], entities=[user], mode="sql")
     def spend(events):
@@ -359,7 +351,7 @@ def test_duckdb_errors_do_not_leak_contextkits_internal_queries(make_repo):
 
 
 def test_a_pandas_view_whose_function_raises(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     @batch_feature_view(sources=[events], entities=[user], mode="pandas")
     def scores(events):
         return events.assign(score=events["x"] / events["no_such_column"])
@@ -370,7 +362,10 @@ def test_a_pandas_view_whose_function_raises(make_repo):
 
     assert len(errors.errors) == 1, str(errors)
     err = error_at(
-        errors, f"defs.py:{view_line(defs, 'scores')}", "'scores'", "raised KeyError",
+        errors,
+        f"defs.py:{view_line(defs, 'scores')}",
+        "'scores'",
+        "raised KeyError",
         "no_such_column",
     )
     assert "debug" in err.hint
@@ -379,7 +374,7 @@ def test_a_pandas_view_whose_function_raises(make_repo):
 # -- everything at once -----------------------------------------------------------------------
 def test_every_problem_in_a_repo_is_reported_in_one_plan(make_repo):
     """One broken repo with eight unrelated mistakes: one plan lists all of them."""
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     clicks = FileSource(name="clicks", path="data/clicks.csv", timestamp_field="ts")
     gone = FileSource(name="gone", path="data/gone.parquet", timestamp_field="ts")
     broken = FileSource(name="broken", path="data/broken.parquet", timestamp_field="ts")
@@ -451,7 +446,7 @@ def test_every_problem_in_a_repo_is_reported_in_one_plan(make_repo):
 
 # -- mistakes found while importing the repo --------------------------------------------------
 def test_a_bad_aggregate_function_is_reported_at_its_line_while_importing(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     spend = Aggregate(column="x", function="summ", time_window="7d")
     """)
     root = make_repo({"defs.py": defs}, data={"events.parquet": events_table()})
@@ -469,14 +464,8 @@ def test_a_bad_aggregate_function_is_reported_at_its_line_while_importing(make_r
     assert err.hint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: repo._import_files locates import errors by the last traceback frame inside the "
-    "repo; a SyntaxError has none, so the location is the bare file path with no line "
-    "(`/…/defs.py: importing defs.py failed: SyntaxError: … (defs.py, line 5)`)",
-)
 def test_a_syntax_error_is_reported_at_its_file_and_line(make_repo):
-    defs = code(HEADER, GOOD_SOURCES, """\
+    defs = with_sources("""\
     broken = (
     """)
     root = make_repo({"defs.py": defs}, data={"events.parquet": events_table()})
