@@ -149,7 +149,7 @@ def console():
     from rich.console import Console
 
     # A fixed width keeps the tables readable when the output is piped into a file.
-    return Console(width=max(120, shutil.get_terminal_size((120, 40)).columns))
+    return Console(width=max(150, shutil.get_terminal_size((150, 40)).columns))
 
 
 def fmt_ms(value: float) -> str:

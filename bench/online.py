@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from _common import (
@@ -139,7 +140,30 @@ class Server:
             self._log.close()
 
 
-# -- measurements ----------------------------------------------------------------------------------
+class CpuMeter:
+    """CPU time (user + system) per request of the server process and of this client."""
+
+    def __init__(self, server_pid: int) -> None:
+        import psutil
+
+        self._server = psutil.Process(server_pid)
+        self.server_ms: dict[object, float] = {}
+        self.client_ms: dict[object, float] = {}
+
+    def _server_cpu(self) -> float:
+        t = self._server.cpu_times()
+        return t.user + t.system
+
+    @contextmanager
+    def measure(self, key: object, requests: int):
+        s0, c0 = self._server_cpu(), time.process_time()
+        yield
+        s1, c1 = self._server_cpu(), time.process_time()
+        self.server_ms[key] = (s1 - s0) * 1e3 / requests
+        self.client_ms[key] = (c1 - c0) * 1e3 / requests
+
+
+# -- measurements ---------------------------------------------------------------------------------
 def key_batches(user_ids: list[int], size: int, count: int, seed: int) -> list[list[int]]:
     """``count`` distinct batches of ``size`` user ids (no repeats within a batch)."""
     rng = random.Random(seed * 1_000 + size)
@@ -244,7 +268,7 @@ def raw_sqlite_reader(online_db: Path):
     return read, con
 
 
-# -- main -------------------------------------------------------------------------------------------
+# -- main -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = console()
@@ -263,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = ctx.materialize()
         setup_s = time.perf_counter() - t0
         online_rows = {j.view: j.rows_online for j in jobs}
+        online_db = ctx.config.online_path
+        ctx.close()  # the server and the SDK below open their own connections
         out.print(
             f"setup: quickstart with {args.users:,} users / {args.orders:,} orders built, applied "
             f"and materialized in {setup_s:.1f}s; online rows: {online_rows}"
@@ -271,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         server = Server(repo, port, tmp / "server.log")
         ready_s = server.wait_healthy(args.server_timeout)
-        out.print(f"server: pid {server.proc.pid} on 127.0.0.1:{port}, healthy after {ready_s:.2f}s")
+        out.print(
+            f"server: pid {server.proc.pid} on 127.0.0.1:{port}, healthy after {ready_s:.2f}s"
+        )
 
         user_ids = list(range(1, args.users + 1))
         batches = {n: key_batches(user_ids, n, 64, args.seed) for n in args.sizes}
@@ -281,13 +309,21 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         gc.freeze()  # keep the client's own collector pauses out of the round trips
 
-        health = Summary.of_ns(time_health(port, args.requests, args.warmup))
+        load_before = os.getloadavg()
+        cpu = CpuMeter(server.proc.pid)
+        with cpu.measure("health", args.warmup + args.requests):
+            health = Summary.of_ns(time_health(port, args.requests, args.warmup))
         for n in args.sizes:
-            samples, errors = time_http(port, batches[n], args.requests, args.warmup)
+            with cpu.measure(n, args.warmup + args.requests):
+                samples, errors = time_http(port, batches[n], args.requests, args.warmup)
             if errors:
                 raise RuntimeError(f"{errors} of {len(samples)} requests with {n} entities failed")
             results["http"][n] = Summary.of_ns(samples)
-            out.print(f"  HTTP {n:>3} entities: p50 {results['http'][n].p50:.3f} ms")
+            out.print(
+                f"  HTTP {n:>3} entities: p50 {results['http'][n].p50:.3f} ms, server CPU "
+                f"{cpu.server_ms[n]:.3f} ms/request, client CPU {cpu.client_ms[n]:.3f} ms/request"
+            )
+        load_after = os.getloadavg()
 
         if server.proc.poll() is not None:
             raise RuntimeError(f"server died during the run; log:\n{server.log_tail()}")
@@ -305,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         def sdk_read_json(keys):
             return orjson.dumps(sdk.get_features(SERVICE, entities={"user_id": keys}).to_response())
 
-        raw_read, raw_con = raw_sqlite_reader(ctx.config.online_path)
+        raw_read, raw_con = raw_sqlite_reader(online_db)
         for n in args.sizes:
             b = batches[n]
             results["raw"][n] = Summary.of_ns(time_calls(raw_read, b, args.requests, args.warmup))
@@ -316,13 +352,27 @@ def main(argv: list[str] | None = None) -> int:
         raw_con.close()
         gc.unfreeze()
 
-        report(out, args, results, health)
+        report(out, args, results, health, cpu)
+        load = (
+            f"load average (1 min) {load_before[0]:.2f} before / {load_after[0]:.2f} after "
+            "the HTTP runs"
+        )
+        if max(load_before[0], load_after[0]) > 1.5:
+            load += (
+                f" [bold yellow]- other processes shared the {os.cpu_count()} cores: round trips "
+                "are inflated; server CPU ms/request is the less load-sensitive number[/]"
+            )
+        out.print(load)
         if args.json:
             dump = {
                 "machine": machine_line(),
                 "requests": args.requests,
                 "warmup": args.warmup,
                 "health": health.__dict__,
+                "server_cpu_ms_per_request": {str(k): v for k, v in cpu.server_ms.items()},
+                "client_cpu_ms_per_request": {str(k): v for k, v in cpu.client_ms.items()},
+                "loadavg_before": load_before,
+                "loadavg_after": load_after,
                 "results": {
                     k: {str(n): s.__dict__ for n, s in v.items()} for k, v in results.items()
                 },
@@ -338,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(out, args, results, health: Summary) -> None:
+def report(out, args, results, health: Summary, cpu: CpuMeter) -> None:
     from rich.table import Table
 
     labels = {
@@ -348,11 +398,14 @@ def report(out, args, results, health: Summary) -> None:
         "http": "HTTP POST /v1/features",
     }
     table = Table(
-        title=f"Latency per request, ms ({args.requests:,} sequential requests per row after "
-        f"{args.warmup} warm-up; HTTP = client-side round trip, keep-alive)",
+        title=f"Latency per request in ms: {args.requests:,} sequential requests per row after "
+        f"{args.warmup} warm-up. HTTP = client-side round trip (keep-alive); server / client "
+        "CPU = user+system CPU per request of the server process / of this client",
         title_justify="left",
     )
-    for col in ("path", "entities", "p50", "p99", "mean", "max", "p50 / raw", "p50 / SDK"):
+    cols = ("path", "entities", "p50", "p99", "mean", "max", "p50 / raw", "p50 / SDK",
+            "server CPU", "client CPU")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="left" if col == "path" else "right")
     for n in args.sizes:
         raw, sdk = results["raw"][n], results["sdk"][n]
@@ -361,15 +414,20 @@ def report(out, args, results, health: Summary) -> None:
             table.add_row(
                 labels[key], str(n), fmt_ms(s.p50), fmt_ms(s.p99), fmt_ms(s.mean), fmt_ms(s.max),
                 ratio(s.p50, raw.p50), ratio(s.p50, sdk.p50) if key in ("sdk+json", "http") else "",
+                fmt_ms(cpu.server_ms[n]) if key == "http" else "",
+                fmt_ms(cpu.client_ms[n]) if key == "http" else "",
             )  # fmt: skip
         table.add_section()
     table.add_row(
         "HTTP GET /health (stack floor)", "-", fmt_ms(health.p50), fmt_ms(health.p99),
-        fmt_ms(health.mean), fmt_ms(health.max), "", "",
+        fmt_ms(health.mean), fmt_ms(health.max), "", "", fmt_ms(cpu.server_ms["health"]),
+        fmt_ms(cpu.client_ms["health"]),
     )  # fmt: skip
     out.print(table)
 
-    targets = Table(title="Targets (HTTP POST /v1/features, client round trip)", title_justify="left")
+    targets = Table(
+        title="Targets (HTTP POST /v1/features, client round trip)", title_justify="left"
+    )
     for col in ("metric", "measured ms", "target ms", "measured / target", "result"):
         targets.add_column(col, justify="left" if col == "metric" else "right")
     for (n, stat), bound in TARGETS.items():
