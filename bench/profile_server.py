@@ -45,9 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def serve_profiled(repo: str, port: int, out: str, clock: str) -> None:
     import uvicorn
-    from contextkit.server.app import create_app
 
     import contextkit
+    from contextkit.server.app import create_app
 
     app = create_app(contextkit.connect(repo, workspace=WORKSPACE))
     profiler = cProfile.Profile(time.process_time if clock == "cpu" else time.perf_counter)

@@ -61,6 +61,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from contextkit.stores.errors import MissingError, StoreFailure
 
 SYSTEM_COLUMNS = (

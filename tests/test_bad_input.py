@@ -251,8 +251,9 @@ def test_a_registry_with_a_damaged_schema_version_is_refused_clearly(tmp_path):
 # -- the HTTP API -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(served_repo):
-    from contextkit.server.app import create_app
     from fastapi.testclient import TestClient
+
+    from contextkit.server.app import create_app
 
     ctx = contextkit.connect(served_repo, "prod")
     with TestClient(create_app(ctx), raise_server_exceptions=False) as test_client:

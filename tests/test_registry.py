@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from contextkit.stores.errors import ApplyConflictError
 
 import contextkit
 from contextkit.errors import BadRequestError, NotFoundError, WorkspaceError
 from contextkit.materialize import offline_table, online_table
+from contextkit.stores.errors import ApplyConflictError
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 END = T0 + timedelta(hours=12)

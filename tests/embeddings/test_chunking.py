@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from contextkit.embeddings import Chunker, ChunkingError, HashEncoder, whole_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from contextkit.embeddings import Chunker, ChunkingError, HashEncoder, whole_text
 
 
 def spans(chunks):

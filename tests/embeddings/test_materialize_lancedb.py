@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from contextkit.embeddings import SYSTEM_COLUMNS, EncoderFailure, build_encoder, plan_encode
 from contextkit.stores import vector as vector_store
 from contextkit.stores.vector import LanceVectorStore

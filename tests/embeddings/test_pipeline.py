@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from contextkit.embeddings import (
     Chunker,
     EncoderFailure,
@@ -182,8 +183,9 @@ def test_progress_is_reported_after_each_batch():
 def test_a_rich_progress_bar_can_follow_the_run():
     import io
 
-    from contextkit.embeddings import rich_progress
     from rich.console import Console
+
+    from contextkit.embeddings import rich_progress
 
     out = io.StringIO()
     materialize(DOCS, on_progress=rich_progress("docs", Console(file=out, width=80)))

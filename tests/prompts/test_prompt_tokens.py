@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from contextkit.prompts import (
     PromptTemplate,
     count_tokens,
@@ -10,8 +13,6 @@ from contextkit.prompts import (
     get_token_counter,
     render_messages,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 DOCS_TEMPLATE = PromptTemplate(
     "Answer from these notes.\n"

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from contextkit.stores.offline import ParquetOfflineStore
 
 from contextkit.compute import connect_duckdb
+from contextkit.stores.offline import ParquetOfflineStore
 
 TABLE = "prod/user_spend"
 D = datetime(2024, 5, 1, tzinfo=UTC)  # a midnight UTC

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from contextkit.stores.errors import StoreFailure
 from contextkit.stores.online import SQLiteOnlineStore
 

@@ -8,6 +8,9 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from contextkit.stores.vector import (
     ChunkHashes,
     InvalidFilterError,
@@ -21,8 +24,6 @@ from contextkit.stores.vector import (
     compile_filter,
     parse_filter,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 DIM = 8
 CATEGORIES = ["shoes", "hats", "bags", None]

@@ -1,0 +1,113 @@
+"""What every route module of the server shares: JSON responses, body parsing, and the state.
+
+``ServerState`` is the one place a route gets a :class:`~contextkit.client.Context` from. Every
+route calls ``state.context(request, workspace, role)``: it resolves the workspace (the server's
+default when the request names none), checks that the caller may act in it with that role (see
+``authorize``), and returns a cached context bound to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from contextkit.client import Context
+
+# Roles a route may require, weakest first (see the access-control docs).
+READER, INGESTER, ADMIN = "reader", "ingester", "admin"
+
+Authorizer = Callable[[Request, str, str], None]
+"""Raises a ContextKitError (401/403) unless the request may act in ``workspace`` as ``role``."""
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
+    return json_response(
+        {"error": {"code": code, "message": message, "details": details or {}}}, status
+    )
+
+
+class InvalidBody(Exception):
+    """A request body that is not the JSON object a route expects (answered with 422)."""
+
+    def __init__(self, message: str, path: str | None = None, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = [{"path": path, "message": problem or message}] if path else []
+
+    def response(self) -> Response:
+        details = {"errors": self.errors} if self.errors else {}
+        return error_response(422, "invalid_request", self.message, details)
+
+
+async def read_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object (orjson: this is on the hot path)."""
+    body = await request.body()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidBody(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidBody("body must be a JSON object")
+    return data
+
+
+def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool) -> Any:
+    """``data[name]`` checked against ``kind`` (``None`` when optional and absent)."""
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise InvalidBody(f"`{name}` is required", f"body.{name}", "field required")
+        return None
+    # bool is an int in Python; a JSON true is never a valid number here.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
+        names = " or ".join(t.__name__ for t in _tuple(kind))
+        raise InvalidBody(f"`{name}` must be {_JSON_NAMES.get(names, names)}", f"body.{name}")
+    return value
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+_JSON_NAMES = {
+    "str": "a string",
+    "dict": "an object",
+    "list": "a list",
+    "int": "an integer",
+    "bool": "a boolean",
+    "int or float": "a number",
+    "str or list": "a string or a list",
+}
+
+
+class ServerState:
+    """The server's default context, the per-workspace contexts, and the access check."""
+
+    def __init__(self, ctx: Context, authorize: Authorizer | None = None) -> None:
+        self.ctx = ctx
+        self.authorize = authorize
+        self._contexts: dict[str, Context] = {}
+
+    @property
+    def default_workspace(self) -> str:
+        return self.ctx.workspace
+
+    def context(self, request: Request, workspace: str | None, role: str = READER) -> Context:
+        """The context for ``workspace`` (default: the server's), once the caller may use it."""
+        name = workspace or self.ctx.workspace
+        if self.authorize is not None:
+            self.authorize(request, name, role)
+        found = self._contexts.get(name)
+        if found is None:
+            found = self.ctx.use(name)
+            found.specs()  # raises NotFoundError for an unknown workspace: cache only real ones
+            self._contexts[name] = found
+        return found

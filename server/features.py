@@ -1,0 +1,98 @@
+"""Feature routes: ``GET /health``, ``GET /v1/services``, ``POST /v1/features``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from contextkit.server.common import (
+    READER,
+    InvalidBody,
+    ServerState,
+    field,
+    json_response,
+    read_object,
+)
+
+
+class FeaturesRequest(BaseModel):
+    """Body of ``POST /v1/features``."""
+
+    workspace: str | None = Field(None, description="Workspace; default: the server's.")
+    service: str = Field(..., description="Name of a ContextService.")
+    entities: dict[str, list[Any]] = Field(
+        ..., description="Join key -> list of values, one per entity row (column-major)."
+    )
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "workspace": "prod",
+                    "service": "support_assistant",
+                    "entities": {"user_id": [1, 2]},
+                }
+            ]
+        }
+    }
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for a route that parses its body itself (with orjson)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def routes(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/v1/services")
+    async def services(request: Request, workspace: str | None = None) -> Response:
+        c = state.context(request, workspace, READER)
+        specs = c.specs()
+        out = []
+        for service in specs.services.values():
+            reader = c.service_reader(service.name) if specs.workspace.live else None
+            out.append(
+                {
+                    "name": service.name,
+                    "description": service.description,
+                    "views": [ref.view for ref in service.features],
+                    "join_keys": dict(reader.join_keys) if reader else None,
+                    "features": (
+                        [
+                            {"name": n, "type": t}
+                            for n, t in zip(reader.feature_names, reader.feature_types, strict=True)
+                        ]
+                        if reader
+                        else None
+                    ),
+                }
+            )
+        return json_response({"workspace": specs.workspace.name, "services": out})
+
+    @router.post("/v1/features", openapi_extra=body_schema(FeaturesRequest))
+    async def features(request: Request) -> Response:
+        """Latest feature values of a service for a batch of entities (column-major)."""
+        try:
+            data = await read_object(request)
+            service = field(data, "service", str, required=True)
+            entities = field(data, "entities", dict, required=True)
+            workspace = field(data, "workspace", str, required=False)
+        except InvalidBody as exc:
+            return exc.response()
+        result = state.context(request, workspace, READER).get_features(service, entities)
+        return json_response(result.to_response())
+
+    return router
