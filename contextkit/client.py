@@ -38,6 +38,7 @@ from contextkit.stores.online import SQLiteOnlineStore
 from contextkit.stores.registry import JobRecord, SQLiteRegistry, WorkspaceRecord
 
 if TYPE_CHECKING:
+    from contextkit.access import Access
     from contextkit.offline_retrieval import OfflineFeatures
 
 _SPEC_TYPES = {
@@ -342,6 +343,17 @@ class Context:
             from_source = True
         refs = resolve_refs(self, service_or_views)
         return OfflineFeatures(self, events, refs, timestamp_key, from_source)
+
+    # -- access control ---------------------------------------------------------------------
+    @property
+    def access(self) -> Access:
+        """API keys and roles of this registry: ``ctx.access.create_key("app", ...)``."""
+        found = self.__dict__.get("_access")
+        if found is None:
+            from contextkit.access import Access
+
+            found = self.__dict__["_access"] = Access(self.registry)
+        return found
 
     def close(self) -> None:
         self.registry.close()

@@ -107,3 +107,37 @@ class WorkspaceError(ContextKitError):
 
     code = "workspace_error"
     http_status = 409
+
+
+class AuthenticationError(ContextKitError):
+    """A request carries no API key, or one that is unknown, revoked or expired (HTTP 401)."""
+
+    code = "unauthenticated"
+    http_status = 401
+    # RFC 9110: a 401 names the scheme(s) the server accepts.
+    headers = {"WWW-Authenticate": 'Bearer realm="contextkit"'}
+
+
+class PermissionDeniedError(ContextKitError):
+    """A valid API key whose role or workspace does not allow the request (HTTP 403)."""
+
+    code = "permission_denied"
+    http_status = 403
+
+
+class PayloadTooLargeError(ContextKitError):
+    """A request body over the server's size limit (HTTP 413)."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class RateLimitedError(ContextKitError):
+    """Too many requests from one API key (HTTP 429); retry after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, details={"retry_after_s": retry_after})
+        self.headers = {"Retry-After": str(retry_after)}

@@ -1,4 +1,4 @@
-"""The registry: workspaces, applied object specs (as JSON), apply history and jobs.
+"""The registry: workspaces, applied object specs (as JSON), apply history, jobs and API keys.
 
 ``SQLiteRegistry`` keeps everything in one SQLite file; every write is one transaction, so an apply
 either lands whole or not at all. Specs are opaque JSON text here: the core owns their meaning.
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from contextkit.stores.errors import ApplyConflictError, MissingError, RegistryVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,6 +41,20 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_view ON jobs (workspace, view, started_at);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# Schema version -> the statements that bring a registry of the previous version up to it. A
+# registry file is migrated in place, in one transaction, when a newer contextkit opens it; every
+# step is additive (new tables or columns), so nothing an older version wrote is rewritten.
+_MIGRATIONS: dict[int, str] = {
+    2: """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, principal TEXT NOT NULL,
+    kind TEXT NOT NULL, workspace TEXT NOT NULL, role TEXT NOT NULL, description TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL, revoked_at REAL
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_principal ON api_keys (principal);
+""",
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,28 @@ class JobRecord:
         return None if self.finished_at is None else self.finished_at - self.started_at
 
 
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """One API key as stored: its public id and the hash of the secret, never the secret."""
+
+    id: str
+    key_hash: str
+    principal: str
+    kind: str
+    workspace: str
+    role: str
+    description: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+_KEY_COLUMNS = (
+    "id, key_hash, principal, kind, workspace, role, description, created_at, expires_at, "
+    "revoked_at"
+)
+
+
 class RegistryStore(Protocol):
     """What the core needs from a registry (SQLite now; Postgres is on the plan)."""
 
@@ -114,6 +150,15 @@ class RegistryStore(Protocol):
     ) -> list[JobRecord]: ...
     def get_setting(self, key: str) -> str | None: ...
     def set_setting(self, key: str, value: str) -> None: ...
+    def change_token(self) -> tuple[int, int]: ...
+    def insert_api_key(self, record: ApiKeyRecord) -> None: ...
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+    def list_api_keys(
+        self, workspace: str | None = None, principal: str | None = None
+    ) -> list[ApiKeyRecord]: ...
+    def revoke_api_key(self, key_id: str, at: float) -> bool: ...
+    def job_summary(self) -> list[tuple[str, str, str, int]]: ...
+    def last_succeeded_jobs(self) -> list[JobRecord]: ...
 
 
 class SQLiteRegistry:
@@ -128,6 +173,7 @@ class SQLiteRegistry:
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._commits = 0  # commits made through this object, on any of its connections
         self._check_schema()
 
     # -- connection handling -------------------------------------------------------------
@@ -147,7 +193,7 @@ class SQLiteRegistry:
             self._local.con = None
 
     def _transaction(self):
-        return _Transaction(self._con())
+        return _Transaction(self._con(), self)
 
     def _check_schema(self) -> None:
         try:
@@ -157,14 +203,24 @@ class SQLiteRegistry:
                         con.execute(statement)
                 row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                 if row is None:
-                    con.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
+                    found = 1  # a new file: the base schema above is version 1
+                    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
                 elif not row[0].isdigit() or int(row[0]) > SCHEMA_VERSION:
                     raise RegistryVersionError(
                         f"the registry {self.path} was written by a newer contextkit "
                         f"(registry schema {row[0]}, this contextkit reads up to {SCHEMA_VERSION})",
                         hint="upgrade contextkit (pip install -U contextkit) to use this registry",
+                    )
+                else:
+                    found = int(row[0])
+                for version in range(found + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[version].strip().split(";"):
+                        if statement.strip():
+                            con.execute(statement)
+                if found < SCHEMA_VERSION:
+                    con.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                        (str(SCHEMA_VERSION),),
                     )
         except sqlite3.DatabaseError as exc:
             raise RegistryVersionError(
@@ -175,6 +231,11 @@ class SQLiteRegistry:
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap cache invalidation signal."""
         return self._con().execute("PRAGMA data_version").fetchone()[0]
+
+    def change_token(self) -> tuple[int, int]:
+        """Differs from its last value once anyone committed: another process, another thread's
+        connection (``data_version``), or this thread's own connection (the commit count)."""
+        return (self._con().execute("PRAGMA data_version").fetchone()[0], self._commits)
 
     # -- workspaces ------------------------------------------------------------------------
     def list_workspaces(self) -> list[WorkspaceRecord]:
@@ -219,6 +280,11 @@ class SQLiteRegistry:
             for table in ("objects", "applies", "jobs"):
                 con.execute(f"DELETE FROM {table} WHERE workspace = ?", (name,))
             con.execute("DELETE FROM workspaces WHERE name = ?", (name,))
+            # A workspace created later under the same name must not inherit these keys.
+            con.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE workspace = ? AND revoked_at IS NULL",
+                (time.time(), name),
+            )
 
     # -- objects and applies -----------------------------------------------------------------
     def list_objects(self, workspace: str) -> list[ObjectRecord]:
@@ -336,6 +402,76 @@ class SQLiteRegistry:
         )
         return [JobRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
 
+    def job_summary(self) -> list[tuple[str, str, str, int]]:
+        """``(workspace, view, status, number of jobs)`` over every recorded job."""
+        rows = self._con().execute(
+            "SELECT workspace, view, status, count(*) FROM jobs GROUP BY workspace, view, status "
+            "ORDER BY workspace, view, status"
+        )
+        return [tuple(r) for r in rows]
+
+    def last_succeeded_jobs(self) -> list[JobRecord]:
+        """The newest succeeded job of every (workspace, view)."""
+        rows = self._con().execute(
+            "SELECT id, workspace, view, status, range_start, range_end, spec_hash, rows_offline,"
+            " rows_online, started_at, finished_at, error, details FROM jobs j WHERE status = "
+            "'succeeded' AND started_at = (SELECT max(started_at) FROM jobs WHERE workspace = "
+            "j.workspace AND view = j.view AND status = 'succeeded') ORDER BY workspace, view"
+        )
+        return [JobRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+
+    # -- API keys --------------------------------------------------------------------------
+    def insert_api_key(self, record: ApiKeyRecord) -> None:
+        with self._transaction() as con:
+            con.execute(
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.key_hash,
+                    record.principal,
+                    record.kind,
+                    record.workspace,
+                    record.role,
+                    record.description,
+                    record.created_at,
+                    record.expires_at,
+                    record.revoked_at,
+                ),
+            )
+
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = (
+            self._con()
+            .execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+            .fetchone()
+        )
+        return ApiKeyRecord(*row) if row else None
+
+    def list_api_keys(
+        self, workspace: str | None = None, principal: str | None = None
+    ) -> list[ApiKeyRecord]:
+        clauses, params = [], []
+        if workspace is not None:
+            clauses.append("workspace = ?")
+            params.append(workspace)
+        if principal is not None:
+            clauses.append("principal = ?")
+            params.append(principal)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._con().execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY principal, created_at", params
+        )
+        return [ApiKeyRecord(*r) for r in rows]
+
+    def revoke_api_key(self, key_id: str, at: float) -> bool:
+        """Mark a key revoked; False when no unrevoked key has this id."""
+        with self._transaction() as con:
+            cur = con.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (at, key_id),
+            )
+        return cur.rowcount > 0
+
     # -- settings --------------------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:
         row = self._con().execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
@@ -353,8 +489,9 @@ class SQLiteRegistry:
 class _Transaction:
     """``with _Transaction(con):`` BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
 
-    def __init__(self, con: sqlite3.Connection) -> None:
+    def __init__(self, con: sqlite3.Connection, registry: SQLiteRegistry | None = None) -> None:
         self.con = con
+        self.registry = registry
 
     def __enter__(self) -> sqlite3.Connection:
         self.con.execute("BEGIN IMMEDIATE")
@@ -363,5 +500,7 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.con.execute("COMMIT")
+            if self.registry is not None:
+                self.registry._commits += 1
         else:
             self.con.execute("ROLLBACK")
