@@ -30,7 +30,7 @@ quickstart-data: install
 # Bare machine -> served features: install, generate data, apply, materialize, serve.
 run: quickstart-data
 	$(PY) $(QS)/setup.py
-	$(CK) serve --repo $(QS) --workspace prod --port $(PORT)
+	$(CK) serve --repo $(QS) --workspace prod --port $(PORT) --no-auth
 
 test: install
 	$(PY) -m pytest -q -n 2 --durations=10

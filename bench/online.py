@@ -94,7 +94,7 @@ class Server:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         cmd = [
             contextkit_script(), "serve", "--repo", str(repo), "--workspace", WORKSPACE,
-            "--host", "127.0.0.1", "--port", str(port),
+            "--host", "127.0.0.1", "--port", str(port), "--no-auth",
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True

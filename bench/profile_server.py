@@ -49,7 +49,7 @@ def serve_profiled(repo: str, port: int, out: str, clock: str) -> None:
     import contextkit
     from contextkit.server.app import create_app
 
-    app = create_app(contextkit.connect(repo, workspace=WORKSPACE))
+    app = create_app(contextkit.connect(repo, workspace=WORKSPACE), auth=False)
     profiler = cProfile.Profile(time.process_time if clock == "cpu" else time.perf_counter)
     profiler.enable()
     try:

@@ -27,6 +27,10 @@ workspace_app = typer.Typer(
     help="Create, list, select and delete workspaces.", no_args_is_help=True
 )
 app.add_typer(workspace_app, name="workspace")
+access_app = typer.Typer(
+    help="Create, list and revoke API keys (roles per workspace).", no_args_is_help=True
+)
+app.add_typer(access_app, name="access")
 
 RepoOpt = Annotated[
     Path, typer.Option("--repo", "-r", help="Repo folder (holding contextkit.yaml).")
@@ -342,6 +346,122 @@ def jobs(
         _console().print(table)
 
 
+# -- access ----------------------------------------------------------------------------------
+@access_app.command("create-key")
+def access_create_key(
+    name: Annotated[str, typer.Option("--name", "-n", help="The principal (app or user) name.")],
+    workspace: Annotated[
+        str, typer.Option("--workspace", "-w", help="Workspace the key is for ('*': all).")
+    ],
+    role: Annotated[str, typer.Option(help="reader, ingester or admin.")] = "reader",
+    kind: Annotated[str, typer.Option(help="service (an app) or user.")] = "service",
+    description: Annotated[str, typer.Option(help="A note shown by `access list`.")] = "",
+    expires_in: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--expires-in", help="Lifetime, e.g. 90d (default: no expiry)."),
+    ] = None,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Create an API key; the key is printed once (stdout), the rest goes to stderr."""
+    with guard:
+        from contextkit.durations import to_seconds
+        from contextkit.errors import BadRequestError
+
+        try:
+            lifetime = to_seconds(expires_in, what="--expires-in") if expires_in else None
+        except ValueError as exc:
+            raise BadRequestError(str(exc)) from None
+        new = _context(repo, None).access.create_key(
+            name,
+            workspace=workspace,
+            role=role,
+            kind=kind,
+            description=description,
+            expires_in_s=lifetime,
+        )
+        k = new.record
+        where = "every workspace" if k.workspace == "*" else f"workspace {k.workspace!r}"
+        err = _err_console()
+        err.print(
+            f"Created key [bold]{k.id}[/] for {k.kind} {k.principal!r}: {k.role} in {where}"
+            + (f", expires {_fmt_time(k.expires_at)} UTC" if k.expires_at else "")
+            + ".",
+            highlight=False,
+        )
+        err.print(
+            "[yellow]The key is shown only now; store it (contextkit keeps only a hash):[/]",
+            highlight=False,
+        )
+        print(new.key)
+
+
+@access_app.command("list")
+def access_list(
+    workspace: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--workspace", "-w", help="Only keys for this workspace."),
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", "-a", help="Include revoked and expired keys.")
+    ] = False,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """List API keys (never the keys themselves: their ids, owners, roles and status)."""
+    with guard:
+        from rich.table import Table
+
+        keys = _context(repo, None).access.list_keys(workspace, include_inactive=show_all)
+        table = Table()
+        for column in ("id", "principal", "kind", "workspace", "role", "status", "created",
+                       "expires", "description"):  # fmt: skip
+            table.add_column(column, no_wrap=column in ("id", "status"))
+        for k in keys:
+            status = k.status()
+            color = {"active": "green", "revoked": "red"}.get(status, "yellow")
+            table.add_row(
+                k.id,
+                k.principal,
+                k.kind,
+                k.workspace,
+                k.role,
+                f"[{color}]{status}[/]",
+                _fmt_time(k.created_at),
+                _fmt_time(k.expires_at) if k.expires_at else "-",
+                k.description,
+            )
+        _console().print(table)
+
+
+@access_app.command("revoke")
+def access_revoke(
+    key_id: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Argument(help="The key's id (from `access list`)."),
+    ] = None,
+    name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--name", "-n", help="Revoke every active key of this principal instead."),
+    ] = None,
+    repo: RepoOpt = Path("."),
+) -> None:
+    """Revoke a key (or all of a principal's keys); servers refuse it from the next request."""
+    with guard:
+        from contextkit.errors import BadRequestError
+
+        if (key_id is None) == (name is None):
+            raise BadRequestError(
+                "give a key id or --name, not both and not neither",
+                hint="`contextkit access revoke KEY_ID` or `contextkit access revoke --name app`",
+            )
+        access = _context(repo, None).access
+        revoked = [access.revoke(key_id)] if key_id else access.revoke_principal(name or "")
+        for k in revoked:
+            _console().print(
+                f"Revoked key {k.id} of {k.principal!r} ({k.role} in {k.workspace!r}).",
+                highlight=False,
+            )
+
+
 # -- serve -----------------------------------------------------------------------------------
 @app.command()
 def serve(
@@ -349,30 +469,72 @@ def serve(
     workspace: WorkspaceOpt = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.", envvar="PORT")] = 8000,
-    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without API keys (local development only).")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    access_log: Annotated[bool, typer.Option(help="JSON access log line per request.")] = True,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=0, help="Largest request body accepted (else 413).")
+    ] = 1024 * 1024,
+    rate_limit: Annotated[
+        float, typer.Option(min=0, help="Requests/s per key, 0 = no limit (else 429).")
+    ] = 0.0,
+    rate_burst: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, help="Requests a key may send at once (default: 1 s worth)."),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (features) with uvicorn."""
+    """Serve the HTTP API with uvicorn; API keys are required unless --no-auth."""
     with guard:
         import uvicorn
 
-        from contextkit.server.app import create_app
+        from contextkit.server.app import ServeSettings, app_from_settings
 
         ctx = _context(repo, workspace)
         # Resolve the default workspace once, now: fail at start-up, not on every request.
         record = ctx._workspace_record()
-        ctx = ctx.use(record.name)
+        err = _err_console()
         if not record.live:
-            _err_console().print(
+            err.print(
                 f"[yellow]warning:[/] workspace {record.name!r} is a dev workspace: it serves "
                 "no features (apply to a live workspace)"
             )
-        uvicorn.run(
-            create_app(ctx),
-            host=host,
-            port=port,
+        if no_auth:
+            err.print(
+                "[bold white on red] WARNING: AUTHENTICATION IS OFF (--no-auth) [/]\n"
+                f"[bold red]Anyone who can reach http://{host}:{port} can read every workspace "
+                "of this registry. Use --no-auth for local development only.[/]",
+                highlight=False,
+            )
+        elif not ctx.access.list_keys():
+            err.print(
+                "[yellow]note:[/] auth is on and no API key exists yet: create one with "
+                f"`contextkit access create-key --name app --workspace {record.name} "
+                "--role reader`",
+                highlight=False,
+            )
+        settings = ServeSettings(
+            repo=str(ctx.config.root.resolve()),
+            workspace=record.name,
+            auth=not no_auth,
+            max_body_bytes=max_body_bytes,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
             access_log=access_log,
-            log_level="info",
         )
+        ctx.close()
+        common = {"host": host, "port": port, "access_log": False, "log_level": "info"}
+        if workers == 1:
+            uvicorn.run(app_from_settings(settings), **common)
+        else:
+            # Each worker is a new process: it builds its own app from these variables.
+            import os
+
+            os.environ.update(settings.to_env())
+            uvicorn.run(
+                "contextkit.server.app:app_from_env", factory=True, workers=workers, **common
+            )
 
 
 def _fmt_time(epoch: float) -> str:

@@ -3,11 +3,18 @@
 The server is a thin shell over :class:`contextkit.client.Context`; it holds no business logic.
 Errors are JSON ``{"error": {"code", "message", "details"}}`` with a 4xx/5xx status and never a
 stack trace. Route modules (``features``, ...) each expose ``routes(state) -> APIRouter``.
+
+Access control is chosen explicitly: ``create_app(ctx, auth=True)`` checks API keys from the
+registry on every route that asks ``state.context(...)`` (see :mod:`contextkit.server.auth`),
+``auth=False`` serves without keys (local development), or pass your own ``Authorizer``.
+``app_from_env`` is the factory ``contextkit serve --workers N`` hands to uvicorn.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contextkit.client import Context, translate_store_errors
 from contextkit.errors import ContextKitError
-from contextkit.server import features
+from contextkit.server import features, ops
+from contextkit.server.auth import KeyAuthorizer
 from contextkit.server.common import Authorizer, InvalidBody, ServerState, error_response
 from contextkit.server.common import json_response as _json
 from contextkit.stores.errors import StoreFailure
@@ -25,16 +33,38 @@ from contextkit.stores.errors import StoreFailure
 log = logging.getLogger("contextkit.server")
 
 
-def create_app(ctx: Context, *, authorize: Authorizer | None = None) -> FastAPI:
-    """The contextkit HTTP app serving ``ctx``'s registry and stores."""
+def create_app(
+    ctx: Context, *, auth: bool | Authorizer, config: ops.OpsConfig | None = None
+) -> FastAPI:
+    """The contextkit HTTP app serving ``ctx``'s registry and stores.
+
+    ``auth``: True checks API keys (:class:`~contextkit.server.auth.KeyAuthorizer`), False
+    serves everyone, a callable is used as the ``Authorizer``. ``config``: body and rate limits,
+    access log (:class:`~contextkit.server.ops.OpsConfig`).
+    """
+    config = config or ops.OpsConfig()
+    metrics = ops.Metrics()
+    if isinstance(auth, bool):
+        authorize = KeyAuthorizer(ctx.access, metrics) if auth else None
+    else:
+        authorize = auth
     app = FastAPI(
         title="contextkit",
         version="0.1.0",
-        description="Features, documents and prompts for LLM applications.",
+        description=API_DESCRIPTION,
     )
-    state = ServerState(ctx, authorize)
+    state = ServerState(ctx, authorize, metrics=metrics)
     app.state.contextkit = state
     install_error_handlers(app)
+    ops.registry_collectors(metrics, state)
+    ops.install_openapi(app, auth=authorize is not None)
+    app.add_middleware(
+        ops.OpsMiddleware,
+        state=state,
+        config=config,
+        authenticate=authorize.authenticate if isinstance(authorize, KeyAuthorizer) else None,
+    )
+    app.include_router(ops.routes(state))
     app.include_router(features.routes(state))
     return app
 
@@ -42,7 +72,9 @@ def create_app(ctx: Context, *, authorize: Authorizer | None = None) -> FastAPI:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ContextKitError)
     async def _contextkit_error(_request: Request, exc: ContextKitError) -> Response:
-        return _json(exc.to_dict(), exc.http_status)
+        response = _json(exc.to_dict(), exc.http_status)
+        response.headers.update(getattr(exc, "headers", None) or {})
+        return response
 
     @app.exception_handler(StoreFailure)
     async def _store_error(_request: Request, exc: StoreFailure) -> Response:
@@ -64,12 +96,99 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         return error_response(
             exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal server error; see the server log")
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        request_id = request.scope.get("contextkit.request_id")
+        log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
+        response = error_response(
+            500, "internal_error", "internal server error; see the server log"
+        )
+        # The middleware stamps responses that pass through it; this one is made outside it.
+        if request_id:
+            response.headers["x-request-id"] = request_id
+        return response
+
+
+API_DESCRIPTION = """\
+Features, documents and prompts for LLM applications.
+
+**Authentication.** Every endpoint except `/health`, `/docs` and `/openapi.json` needs an API key,
+sent as `Authorization: Bearer <key>` (or Tecton's `Authorization: Tecton-key <key>`). Keys grant
+one role (`reader`, `ingester`, `admin`) in one workspace; create them with
+`contextkit access create-key`. A server started with `--no-auth` needs none.
+
+**Errors** are `{"error": {"code", "message", "details"}}`. Every response carries `X-Request-ID`
+(the one you sent, or a new one); it is in the server's access log too.
+"""
+
+
+# -- the `contextkit serve --workers N` factory --------------------------------------------------
+ENV_PREFIX = "CONTEXTKIT_SERVE_"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `contextkit serve` passes to each worker process, through environment variables."""
+
+    repo: str
+    workspace: str
+    auth: bool = True
+    max_body_bytes: int = ops.OpsConfig.max_body_bytes
+    rate_limit: float = 0.0
+    rate_burst: int | None = None
+    access_log: bool = True
+
+    def to_env(self) -> dict[str, str]:
+        return {
+            f"{ENV_PREFIX}REPO": self.repo,
+            f"{ENV_PREFIX}WORKSPACE": self.workspace,
+            f"{ENV_PREFIX}AUTH": "1" if self.auth else "0",
+            f"{ENV_PREFIX}MAX_BODY_BYTES": str(self.max_body_bytes),
+            f"{ENV_PREFIX}RATE_LIMIT": str(self.rate_limit),
+            f"{ENV_PREFIX}RATE_BURST": "" if self.rate_burst is None else str(self.rate_burst),
+            f"{ENV_PREFIX}ACCESS_LOG": "1" if self.access_log else "0",
+        }
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServeSettings:
+        env = dict(os.environ if env is None else env)
+        p = ENV_PREFIX
+        if f"{p}REPO" not in env or f"{p}WORKSPACE" not in env:
+            raise RuntimeError(f"{p}REPO and {p}WORKSPACE must be set (contextkit serve sets them)")
+        burst = env.get(f"{p}RATE_BURST", "")
+        return cls(
+            repo=env[f"{p}REPO"],
+            workspace=env[f"{p}WORKSPACE"],
+            auth=env.get(f"{p}AUTH", "1") != "0",  # anything but an explicit 0 keeps auth on
+            max_body_bytes=int(env.get(f"{p}MAX_BODY_BYTES") or cls.max_body_bytes),
+            rate_limit=float(env.get(f"{p}RATE_LIMIT") or 0.0),
+            rate_burst=int(burst) if burst else None,
+            access_log=env.get(f"{p}ACCESS_LOG", "1") != "0",
+        )
+
+    def ops_config(self) -> ops.OpsConfig:
+        return ops.OpsConfig(
+            max_body_bytes=self.max_body_bytes,
+            rate_limit=self.rate_limit,
+            rate_burst=self.rate_burst,
+            access_log=self.access_log,
+        )
+
+
+def app_from_settings(settings: ServeSettings) -> FastAPI:
+    from contextkit.client import connect
+
+    ops.configure_logging()
+    ctx = connect(settings.repo, settings.workspace)
+    return create_app(ctx, auth=settings.auth, config=settings.ops_config())
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (``contextkit.server.app:app_from_env``): the app ``ServeSettings`` in the
+    environment describe. ``contextkit serve`` sets them; each worker process calls this."""
+    return app_from_settings(ServeSettings.from_env())

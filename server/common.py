@@ -3,7 +3,13 @@
 ``ServerState`` is the one place a route gets a :class:`~contextkit.client.Context` from. Every
 route calls ``state.context(request, workspace, role)``: it resolves the workspace (the server's
 default when the request names none), checks that the caller may act in it with that role (see
-``authorize``), and returns a cached context bound to it.
+``authorize``: API keys, :mod:`contextkit.server.auth`), and returns a cached context bound to
+it. Pass ``service=`` too and the request's metrics carry the service::
+
+    c = state.context(request, workspace, READER, service=service)
+
+A route that needs no workspace context but must be protected calls
+``state.check_access(request, workspace, role)`` (``"*"``: every workspace).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from contextkit.client import Context
+from contextkit.server.ops import Metrics
 
 # Roles a route may require, weakest first (see the access-control docs).
 READER, INGESTER, ADMIN = "reader", "ingester", "admin"
@@ -89,25 +96,47 @@ _JSON_NAMES = {
 
 
 class ServerState:
-    """The server's default context, the per-workspace contexts, and the access check."""
+    """The server's default context, the per-workspace contexts, the access check and metrics."""
 
-    def __init__(self, ctx: Context, authorize: Authorizer | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        authorize: Authorizer | None = None,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.ctx = ctx
         self.authorize = authorize
+        self.metrics = metrics if metrics is not None else Metrics()
         self._contexts: dict[str, Context] = {}
 
     @property
     def default_workspace(self) -> str:
         return self.ctx.workspace
 
-    def context(self, request: Request, workspace: str | None, role: str = READER) -> Context:
+    def check_access(self, request: Request, workspace: str, role: str = READER) -> None:
+        """Raise 401/403 unless the caller may act in ``workspace`` as ``role``."""
+        if self.authorize is not None:
+            self.authorize(request, workspace, role)
+
+    def context(
+        self,
+        request: Request,
+        workspace: str | None,
+        role: str = READER,
+        *,
+        service: str | None = None,
+    ) -> Context:
         """The context for ``workspace`` (default: the server's), once the caller may use it."""
         name = workspace or self.ctx.workspace
-        if self.authorize is not None:
-            self.authorize(request, name, role)
+        self.check_access(request, name, role)
         found = self._contexts.get(name)
         if found is None:
             found = self.ctx.use(name)
             found.specs()  # raises NotFoundError for an unknown workspace: cache only real ones
             self._contexts[name] = found
+        # Metric labels: only names that exist, so a client cannot mint label values.
+        request.scope["contextkit.workspace"] = name
+        if service is not None and service in found.specs().services:
+            request.scope["contextkit.service"] = service
         return found

@@ -92,7 +92,8 @@ def routes(state: ServerState) -> APIRouter:
             workspace = field(data, "workspace", str, required=False)
         except InvalidBody as exc:
             return exc.response()
-        result = state.context(request, workspace, READER).get_features(service, entities)
+        c = state.context(request, workspace, READER, service=service)
+        result = c.get_features(service, entities)
         return json_response(result.to_response())
 
     return router

@@ -256,7 +256,7 @@ def client(served_repo):
     from contextkit.server.app import create_app
 
     ctx = contextkit.connect(served_repo, "prod")
-    with TestClient(create_app(ctx), raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(ctx, auth=False), raise_server_exceptions=False) as test_client:
         yield test_client
     ctx.close()
 

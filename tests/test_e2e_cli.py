@@ -77,7 +77,7 @@ def served_repo(tmp_path_factory: pytest.TempPathFactory):
 
     port = free_port()
     server = subprocess.Popen(
-        [CLI, "serve", "--port", str(port)],
+        [CLI, "serve", "--no-auth", "--port", str(port)],
         cwd=repo,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

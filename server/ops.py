@@ -1,0 +1,686 @@
+"""The operations surface: metrics, access logs, request ids, body limits, rate limits, OpenAPI.
+
+* :class:`Metrics` holds counters and histograms observed in-process plus *collectors*: functions
+  called at scrape time that read a gauge's current values (for example from the registry's job
+  records). ``GET /metrics`` renders them all in the Prometheus text format (version 0.0.4).
+  Adding a gauge is one call::
+
+      state.metrics.collector(
+          "contextkit_online_rows", "Rows in the online store per view.", "gauge",
+          ("workspace", "view"), lambda: [(("prod", "user_profile"), 1000)],
+      )
+
+* :class:`OpsMiddleware` (one pure-ASGI layer, cheap on the hot path) gives every request an id
+  (``X-Request-ID`` in and out), refuses bodies over the size limit with 413, authenticates the
+  API key (401; everything but :data:`OPEN_PATHS`), applies the rate limit (429), times the
+  request into the metrics, and writes one JSON access-log line.
+* :class:`RateLimiter`: a token bucket per API key (per client address without auth); 429 with
+  ``Retry-After``. Off unless configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+
+from contextkit.errors import ContextKitError, PayloadTooLargeError, RateLimitedError
+
+if TYPE_CHECKING:
+    from contextkit.server.common import ServerState
+
+access_log = logging.getLogger("contextkit.access")
+
+# Latency buckets (seconds): dense below 10 ms, where the online endpoints live.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    """Server limits and logging. Defaults: 1 MiB bodies, no rate limit, JSON access log on."""
+
+    max_body_bytes: int = 1024 * 1024
+    rate_limit: float = 0.0  # requests per second per key; 0 turns rate limiting off
+    rate_burst: int | None = None  # bucket size; default: one second's worth (at least 1)
+    access_log: bool = True
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+class _Family:
+    def __init__(self, name: str, help: str, kind: str, labels: Sequence[str]) -> None:
+        if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", name):
+            raise ValueError(f"invalid metric name {name!r}")
+        self.name, self.help, self.kind, self.labels = name, help, kind, tuple(labels)
+        self._lock = threading.Lock()
+
+
+class Counter(_Family):
+    """A monotonic count per label values: ``counter.inc("GET", "/health")``."""
+
+    def __init__(self, name: str, help: str, labels: Sequence[str]) -> None:
+        super().__init__(name, help, "counter", labels)
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *label_values: str, amount: float = 1.0) -> None:
+        with self._lock:
+            self.values[label_values] = self.values.get(label_values, 0.0) + amount
+
+    def samples(self) -> Iterable[tuple[str, tuple[str, ...], float]]:
+        for labels, value in list(self.values.items()):
+            yield self.name, labels, value
+
+
+class Histogram(_Family):
+    """Observations in cumulative buckets: ``histogram.observe(0.0012, "/v1/features")``."""
+
+    def __init__(
+        self, name: str, help: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        super().__init__(name, help, "histogram", labels)
+        self.buckets = tuple(sorted(buckets))
+        # label values -> [count per bucket (non-cumulative; last = +Inf), sum]
+        self.values: dict[tuple[str, ...], list[Any]] = {}
+
+    def observe(self, value: float, *label_values: str) -> None:
+        with self._lock:
+            entry = self.values.get(label_values)
+            if entry is None:
+                entry = self.values[label_values] = [[0] * (len(self.buckets) + 1), 0.0]
+            entry[0][bisect_left(self.buckets, value)] += 1
+            entry[1] += value
+
+    def samples(self) -> Iterable[tuple[str, tuple[str, ...], float]]:
+        for labels, (counts, total) in list(self.values.items()):
+            running = 0
+            for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
+                running += count
+                yield f"{self.name}_bucket", (*labels, _number(bound)), running
+            yield f"{self.name}_sum", labels, total
+            yield f"{self.name}_count", labels, running
+
+
+class _Collected(_Family):
+    def __init__(self, name, help, kind, labels, collect) -> None:
+        super().__init__(name, help, kind, labels)
+        self.collect = collect
+
+    def samples(self) -> Iterable[tuple[str, tuple[str, ...], float]]:
+        for labels, value in self.collect():
+            yield self.name, tuple(str(v) for v in labels), value
+
+
+class Metrics:
+    """The server's metric families, rendered by :meth:`render` for ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, _Family] = {}
+        self.requests = self.counter(
+            "contextkit_http_requests_total",
+            "HTTP requests answered, by endpoint (route template), status and service.",
+            ("method", "endpoint", "status", "workspace", "service"),
+        )
+        self.latency = self.histogram(
+            "contextkit_http_request_duration_seconds",
+            "Time from the request's arrival to its last response byte, per endpoint and service.",
+            ("method", "endpoint", "workspace", "service"),
+        )
+        self.auth_failures = self.counter(
+            "contextkit_auth_failures_total",
+            "Requests refused by access control (missing, invalid, revoked, expired, forbidden).",
+            ("reason",),
+        )
+        self.rate_limited = self.counter(
+            "contextkit_rate_limited_total", "Requests refused with 429 by the rate limiter.", ()
+        )
+        self.started_at = time.time()
+        self.collector(
+            "contextkit_process_start_time_seconds",
+            "When this server process started (Unix time).",
+            "gauge",
+            ("pid",),
+            lambda: [((str(os.getpid()),), self.started_at)],
+        )
+
+    def _add(self, family: _Family) -> Any:
+        if family.name in self._families:
+            raise ValueError(f"metric {family.name!r} is already registered")
+        self._families[family.name] = family
+        return family
+
+    def counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
+        return self._add(Counter(name, help, labels))
+
+    def histogram(
+        self,
+        name: str,
+        help: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> Histogram:
+        return self._add(Histogram(name, help, labels, buckets))
+
+    def collector(
+        self,
+        name: str,
+        help: str,
+        kind: str,
+        labels: Sequence[str],
+        collect: Callable[[], Iterable[tuple[Sequence[Any], float]]],
+    ) -> None:
+        """A family whose samples ``collect()`` returns at each scrape, as
+        ``(label values, value)`` pairs."""
+        if kind not in ("gauge", "counter"):
+            raise ValueError("a collector is a gauge or a counter")
+        self._add(_Collected(name, help, kind, labels, collect))
+
+    def render(self) -> str:
+        """Every family in the Prometheus text exposition format."""
+        lines: list[str] = []
+        for family in self._families.values():
+            try:
+                samples = list(family.samples())
+            except Exception:  # a failing collector must not take /metrics down with it
+                logging.getLogger("contextkit.server").exception(
+                    "metrics collector %s failed", family.name
+                )
+                continue
+            help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
+            lines.append(f"# HELP {family.name} {help_text}")
+            lines.append(f"# TYPE {family.name} {family.kind}")
+            names = family.labels
+            for sample_name, values, value in samples:
+                label_names = (*names, "le") if len(values) > len(names) else names
+                if label_names:
+                    pairs = ",".join(
+                        f'{n}="{_escape(v)}"' for n, v in zip(label_names, values, strict=True)
+                    )
+                    lines.append(f"{sample_name}{{{pairs}}} {_number(value)}")
+                else:
+                    lines.append(f"{sample_name} {_number(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def registry_collectors(metrics: Metrics, state: ServerState) -> None:
+    """Gauges read from the registry at scrape time: job outcomes and freshness per view."""
+    registry = state.ctx.registry
+
+    def job_counts():
+        for workspace, view, status, count in registry.job_summary():
+            yield (workspace, view, status), count
+
+    def last_success():
+        for job in registry.last_succeeded_jobs():
+            yield (job.workspace, job.view), job.finished_at or job.started_at
+
+    def freshness():
+        now = time.time()
+        for job in registry.last_succeeded_jobs():
+            if job.range_end:
+                end = datetime.fromisoformat(job.range_end.replace("Z", "+00:00"))
+                end = end if end.tzinfo else end.replace(tzinfo=UTC)
+                yield (job.workspace, job.view), max(0.0, now - end.timestamp())
+
+    def last_duration():
+        for job in registry.last_succeeded_jobs():
+            if job.duration_s is not None:
+                yield (job.workspace, job.view), job.duration_s
+
+    metrics.collector(
+        "contextkit_materialization_jobs",
+        "Materialization jobs recorded in the registry, by outcome (running, succeeded, failed).",
+        "gauge",
+        ("workspace", "view", "status"),
+        job_counts,
+    )
+    metrics.collector(
+        "contextkit_materialization_last_success_timestamp_seconds",
+        "When the view's newest successful materialization job finished (Unix time).",
+        "gauge",
+        ("workspace", "view"),
+        last_success,
+    )
+    metrics.collector(
+        "contextkit_materialization_last_duration_seconds",
+        "How long the view's newest successful materialization job took.",
+        "gauge",
+        ("workspace", "view"),
+        last_duration,
+    )
+    metrics.collector(
+        "contextkit_feature_freshness_seconds",
+        "Age of the newest materialized data per view: now minus the end of the range its "
+        "newest successful job computed.",
+        "gauge",
+        ("workspace", "view"),
+        freshness,
+    )
+
+
+# -- rate limiting ---------------------------------------------------------------------------------
+class RateLimiter:
+    """A token bucket per identity: ``rate`` requests/s on average, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = float(burst if burst is not None else max(1, math.ceil(rate)))
+        self._buckets: dict[str, tuple[float, float]] = {}  # identity -> (tokens, updated at)
+        self._lock = threading.Lock()
+
+    def check(self, identity: str) -> None:
+        """Take a token for ``identity`` or raise :class:`RateLimitedError` (429)."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, updated = self._buckets.get(identity, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - updated) * self.rate)
+            if tokens >= 1.0:
+                if len(self._buckets) > 100_000:  # forget idle identities (all are full by now)
+                    self._buckets.clear()
+                self._buckets[identity] = (tokens - 1.0, now)
+                return
+            self._buckets[identity] = (tokens, now)
+        retry_after = max(1, math.ceil((1.0 - tokens) / self.rate))
+        raise RateLimitedError(
+            f"rate limit exceeded: at most {self.rate:g} requests per second per key",
+            retry_after=retry_after,
+            hint=f"retry after {retry_after} s, or spread requests out",
+        )
+
+
+# -- middleware ------------------------------------------------------------------------------------
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"})
+
+
+class OpsMiddleware:
+    """Request ids, the body size limit, authentication, the rate limit, per-endpoint metrics
+    and the JSON access log.
+
+    ``authenticate(scope)`` (the :class:`~contextkit.server.auth.KeyAuthorizer`'s, or None when
+    auth is off) raises a 401 error or leaves the verified key in the scope.
+    """
+
+    def __init__(
+        self,
+        app,
+        *,
+        state: ServerState,
+        config: OpsConfig,
+        authenticate: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = state.metrics
+        self.max_body = config.max_body_bytes
+        self.log = config.access_log
+        self.authenticate = authenticate
+        self.limiter = (
+            RateLimiter(config.rate_limit, config.rate_burst) if config.rate_limit else None
+        )
+        self._known_paths: frozenset[str] | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = length = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                request_id = value
+        if request_id is None:
+            request_id = os.urandom(8).hex().encode()
+        scope["contextkit.request_id"] = request_id.decode()
+        status = 500
+        too_large = False
+        replaced = False
+        id_header = (b"x-request-id", request_id)
+
+        async def send_with_id(message) -> None:
+            nonlocal status, replaced
+            if replaced:
+                return
+            if message["type"] == "http.response.start":
+                if too_large and message["status"] != 413:
+                    # The app turned the body error into something else: answer 413 anyway.
+                    replaced = True
+                    status = 413
+                    await _send_too_large(send, self.max_body, id_header)
+                    return
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        refusal = None
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            if length.isdigit():
+                status = 413
+                await _send_too_large(send, self.max_body, id_header)
+            else:
+                status = 400
+                await _send_json(
+                    send, 400, "bad_request", "Content-Length is not a number", {}, id_header
+                )
+        elif scope["path"] not in OPEN_PATHS and (refusal := self._gate(scope)) is not None:
+            status = refusal.http_status
+            await _send_json(
+                send,
+                status,
+                refusal.code,
+                refusal.message,
+                refusal.to_dict()["error"]["details"],
+                id_header,
+                getattr(refusal, "headers", None),
+                close=False,
+            )
+        else:
+            app_receive = receive
+            if length is None:  # chunked: count the bytes as they arrive
+                seen = 0
+
+                async def app_receive():
+                    nonlocal seen, too_large
+                    message = await receive()
+                    seen += len(message.get("body", b""))
+                    if seen > self.max_body:
+                        too_large = True
+                        raise PayloadTooLargeError(
+                            f"request body over the limit of {self.max_body} bytes"
+                        )
+                    return message
+
+            try:
+                await self.app(scope, app_receive, send_with_id)
+            finally:
+                self._record(scope, status, time.perf_counter() - started)
+
+            return
+        self._record(scope, status, time.perf_counter() - started)
+
+    def _gate(self, scope) -> ContextKitError | None:
+        """The error refusing this request before routing (401, 429), or None."""
+        try:
+            if self.authenticate is not None:
+                self.authenticate(scope)
+            if self.limiter is not None:
+                key = scope.get("contextkit.principal")
+                if key is not None:
+                    identity = f"key:{key.id}"
+                else:
+                    client = scope.get("client")
+                    identity = f"ip:{client[0] if client else ''}"
+                try:
+                    self.limiter.check(identity)
+                except RateLimitedError:
+                    self.metrics.rate_limited.inc()
+                    raise
+        except ContextKitError as exc:
+            return exc
+        return None
+
+    def _endpoint(self, scope) -> str:
+        """The route template, for labels; a request refused before routing gets its path only
+        when that is a route's path (a client must not mint label values)."""
+        route = scope.get("route")
+        if route is not None:
+            return getattr(route, "path", "unmatched")
+        if self._known_paths is None:
+            app = scope.get("app")
+            self._known_paths = frozenset(
+                getattr(r, "path", "") for r in getattr(app, "routes", ())
+            )
+        return scope["path"] if scope["path"] in self._known_paths else "unmatched"
+
+    def _record(self, scope, status: int, elapsed: float) -> None:
+        endpoint = self._endpoint(scope)
+        workspace = scope.get("contextkit.workspace", "")
+        service = scope.get("contextkit.service", "")
+        method = scope["method"]
+        self.metrics.requests.inc(method, endpoint, str(status), workspace, service)
+        self.metrics.latency.observe(elapsed, method, endpoint, workspace, service)
+        if self.log and access_log.isEnabledFor(logging.INFO):
+            key = scope.get("contextkit.principal")
+            client = scope.get("client")
+            access_log.info(
+                "%s %s %s",
+                method,
+                scope["path"],
+                status,
+                extra={
+                    "fields": {
+                        "event": "request",
+                        "request_id": scope["contextkit.request_id"],
+                        "method": method,
+                        "path": scope["path"],
+                        "endpoint": endpoint,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1e3, 3),
+                        "workspace": workspace or None,
+                        "service": service or None,
+                        "key_id": key.id if key is not None else None,
+                        "principal": key.principal if key is not None else None,
+                        "client": client[0] if client else None,
+                    }
+                },
+            )
+
+
+async def _send_too_large(send, limit: int, id_header) -> None:
+    await _send_json(
+        send,
+        413,
+        "payload_too_large",
+        f"request body over the limit of {limit} bytes",
+        {"max_body_bytes": limit, "hint": "send smaller batches"},
+        id_header,
+    )
+
+
+async def _send_json(
+    send, status, code, message, details, id_header, extra_headers=None, close=True
+) -> None:
+    body = orjson.dumps({"error": {"code": code, "message": message, "details": details}})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        id_header,
+    ]
+    if close:  # the unread body must not be parsed as the next request
+        headers.append((b"connection", b"close"))
+    for name, value in (extra_headers or {}).items():
+        headers.append((name.lower().encode(), value.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- logging ---------------------------------------------------------------------------------------
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            out.update(fields)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send contextkit's loggers (access log, auth failures, server errors) to stderr as JSON."""
+    logger = logging.getLogger("contextkit")
+    if any(getattr(h, "_contextkit_json", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    handler._contextkit_json = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+# -- routes and OpenAPI ----------------------------------------------------------------------------
+METRICS_EXAMPLE = """\
+# HELP contextkit_http_requests_total HTTP requests answered, by endpoint (route template), ...
+# TYPE contextkit_http_requests_total counter
+contextkit_http_requests_total{method="POST",endpoint="/v1/features",status="200",\
+workspace="prod",service="support_assistant"} 1042
+"""
+
+
+def routes(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text format 0.0.4.",
+                "content": {PROMETHEUS_CONTENT_TYPE: {"example": METRICS_EXAMPLE}},
+            }
+        },
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics. With auth on, it needs a key for all workspaces (``"*"``)."""
+        state.check_access(request, "*", "reader")
+        return Response(state.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return router
+
+
+ERROR_EXAMPLES: dict[int, tuple[str, str, str]] = {
+    400: ("Bad request", "bad_request", "join key 'user_id' must be int64, got 'abc'"),
+    401: ("No API key, or one that is invalid, revoked or expired", "unauthenticated",
+          "the API key is not valid"),
+    403: ("The key's workspace or role does not allow this", "permission_denied",
+          "this API key may not read workspace 'staging'"),
+    404: ("Unknown service, workspace or path", "not_found",
+          "unknown service 'nope' in workspace 'prod'"),
+    405: ("Wrong HTTP method", "method_not_allowed", "Method Not Allowed"),
+    409: ("Not possible in this workspace", "workspace_error",
+          "workspace 'dev' is a dev workspace and does not serve features"),
+    413: ("Request body over the size limit", "payload_too_large",
+          "request body over the limit of 1048576 bytes"),
+    422: ("Malformed body or parameters", "invalid_request", "the request body is not valid"),
+    429: ("Rate limit exceeded; see Retry-After", "rate_limited",
+          "rate limit exceeded: at most 50 requests per second per key"),
+    500: ("Unexpected server or store error", "internal_error",
+          "internal server error; see the server log"),
+}  # fmt: skip
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "object"},
+            },
+        }
+    },
+}
+
+
+def install_openapi(app: FastAPI, *, auth: bool) -> None:
+    """Document what every route shares: the key schemes and the error responses."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+        components.get("schemas", {}).pop("HTTPValidationError", None)
+        components.get("schemas", {}).pop("ValidationError", None)
+        if auth:
+            components["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "`Bearer <key>`"},
+                "tectonKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "Tecton's scheme: `Tecton-key <key>`",
+                },
+            }
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                statuses = [405, 500] if path in OPEN_PATHS else list(ERROR_EXAMPLES)
+                if path not in OPEN_PATHS and auth:
+                    operation["security"] = [{"bearer": []}, {"tectonKey": []}]
+                else:
+                    operation["security"] = []
+                    statuses = [s for s in statuses if s not in (401, 403)]
+                for status in statuses:
+                    description, code, message = ERROR_EXAMPLES[status]
+                    example = {"error": {"code": code, "message": message, "details": {}}}
+                    responses[str(status)] = {
+                        "description": description,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/Error"},
+                                "example": example,
+                            }
+                        },
+                    }
+                    if status == 429:
+                        responses["429"]["headers"] = {
+                            "Retry-After": {"schema": {"type": "integer"}}
+                        }
+                for response in responses.values():
+                    response.setdefault("headers", {})["X-Request-ID"] = {
+                        "description": "The request's id (yours, or a new one).",
+                        "schema": {"type": "string"},
+                    }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
