@@ -22,6 +22,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from contextkit.client import Context
+from contextkit.errors import ContextKitError
 from contextkit.server.ops import Metrics
 
 # Roles a route may require, weakest first (see the access-control docs).
@@ -39,6 +40,13 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
     return json_response(
         {"error": {"code": code, "message": message, "details": details or {}}}, status
     )
+
+
+def ok_example(example: Any, description: str = "Successful Response") -> dict[int, Any]:
+    """``responses=`` for a route decorator: the 200 response with an example for ``/docs``."""
+    return {
+        200: {"description": description, "content": {"application/json": {"example": example}}}
+    }
 
 
 class InvalidBody(Exception):
@@ -108,6 +116,10 @@ class ServerState:
         self.ctx = ctx
         self.authorize = authorize
         self.metrics = metrics if metrics is not None else Metrics()
+        # Path prefix -> how to shape the errors the ops middleware answers itself, before any
+        # route runs (401 no/bad key, 413, 429), for clients that expect another error format:
+        # ``state.error_shapes["/api/v1/"] = lambda exc: (exc.http_status, {...})``.
+        self.error_shapes: dict[str, Callable[[ContextKitError], tuple[int, Any]]] = {}
         self._contexts: dict[str, Context] = {}
 
     @property

@@ -14,8 +14,46 @@ from contextkit.server.common import (
     ServerState,
     field,
     json_response,
+    ok_example,
     read_object,
 )
+
+SERVICES_EXAMPLE = {
+    "workspace": "prod",
+    "services": [
+        {
+            "name": "product_lookup",
+            "description": "Catalog facts about a product.",
+            "views": ["product_attributes"],
+            "join_keys": {"product_id": "int64"},
+            "features": [
+                {"name": "product_attributes.name", "type": "string"},
+                {"name": "product_attributes.price", "type": "float64"},
+            ],
+        }
+    ],
+}
+FEATURES_EXAMPLE = {
+    "metadata": {
+        "workspace": "prod",
+        "service": "support_assistant",
+        "feature_names": ["user_id", "user_order_stats.amount_sum_7d", "user_profile.tier"],
+        "types": ["int64", "float64", "string"],
+    },
+    "results": [
+        {"values": [1, 2], "statuses": ["PRESENT", "PRESENT"], "event_timestamps": [None, None]},
+        {
+            "values": [None, 229.98],
+            "statuses": ["PRESENT", "PRESENT"],
+            "event_timestamps": ["2026-11-18T02:59:09.762330Z", "2026-11-23T00:57:21.919081Z"],
+        },
+        {
+            "values": ["gold", None],
+            "statuses": ["PRESENT", "MISSING"],
+            "event_timestamps": ["2026-08-15T04:46:31.916279Z", None],
+        },
+    ],
+}
 
 
 class FeaturesRequest(BaseModel):
@@ -53,11 +91,11 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
 def routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health")
+    @router.get("/health", responses=ok_example({"status": "ok"}))
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/v1/services")
+    @router.get("/v1/services", responses=ok_example(SERVICES_EXAMPLE))
     async def services(request: Request, workspace: str | None = None) -> Response:
         c = state.context(request, workspace, READER)
         specs = c.specs()
@@ -82,7 +120,11 @@ def routes(state: ServerState) -> APIRouter:
             )
         return json_response({"workspace": specs.workspace.name, "services": out})
 
-    @router.post("/v1/features", openapi_extra=body_schema(FeaturesRequest))
+    @router.post(
+        "/v1/features",
+        openapi_extra=body_schema(FeaturesRequest),
+        responses=ok_example(FEATURES_EXAMPLE),
+    )
     async def features(request: Request) -> Response:
         """Latest feature values of a service for a batch of entities (column-major)."""
         try:

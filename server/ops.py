@@ -36,7 +36,12 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
-from contextkit.errors import ContextKitError, PayloadTooLargeError, RateLimitedError
+from contextkit.errors import (
+    BadRequestError,
+    ContextKitError,
+    PayloadTooLargeError,
+    RateLimitedError,
+)
 
 if TYPE_CHECKING:
     from contextkit.server.common import ServerState
@@ -343,6 +348,7 @@ class OpsMiddleware:
         authenticate: Callable[[Any], Any] | None = None,
     ) -> None:
         self.app = app
+        self.state = state
         self.metrics = state.metrics
         self.max_body = config.max_body_bytes
         self.log = config.access_log
@@ -379,8 +385,9 @@ class OpsMiddleware:
                 if too_large and message["status"] != 413:
                     # The app turned the body error into something else: answer 413 anyway.
                     replaced = True
-                    status = 413
-                    await _send_too_large(send, self.max_body, id_header)
+                    status = await self._refuse(
+                        scope, send, _too_large(self.max_body), id_header, close=True
+                    )
                     return
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), id_header]
@@ -389,25 +396,12 @@ class OpsMiddleware:
         refusal = None
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             if length.isdigit():
-                status = 413
-                await _send_too_large(send, self.max_body, id_header)
+                refusal = _too_large(self.max_body)
             else:
-                status = 400
-                await _send_json(
-                    send, 400, "bad_request", "Content-Length is not a number", {}, id_header
-                )
+                refusal = BadRequestError("Content-Length is not a number")
+            status = await self._refuse(scope, send, refusal, id_header, close=True)
         elif scope["path"] not in OPEN_PATHS and (refusal := self._gate(scope)) is not None:
-            status = refusal.http_status
-            await _send_json(
-                send,
-                status,
-                refusal.code,
-                refusal.message,
-                refusal.to_dict()["error"]["details"],
-                id_header,
-                getattr(refusal, "headers", None),
-                close=False,
-            )
+            status = await self._refuse(scope, send, refusal, id_header, close=False)
         else:
             app_receive = receive
             if length is None:  # chunked: count the bytes as they arrive
@@ -419,9 +413,7 @@ class OpsMiddleware:
                     seen += len(message.get("body", b""))
                     if seen > self.max_body:
                         too_large = True
-                        raise PayloadTooLargeError(
-                            f"request body over the limit of {self.max_body} bytes"
-                        )
+                        raise _too_large(self.max_body)
                     return message
 
             try:
@@ -431,6 +423,27 @@ class OpsMiddleware:
 
             return
         self._record(scope, status, time.perf_counter() - started)
+
+    async def _refuse(self, scope, send, exc: ContextKitError, id_header, *, close: bool) -> int:
+        """Answer ``exc`` without running the app (in the path's error shape); its status."""
+        status, body = exc.http_status, exc.to_dict()
+        for prefix, shape in self.state.error_shapes.items():
+            if scope["path"].startswith(prefix):
+                status, body = shape(exc)
+                break
+        payload = orjson.dumps(body)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            id_header,
+        ]
+        if close:  # an unread body must not be parsed as the next request
+            headers.append((b"connection", b"close"))
+        for name, value in (getattr(exc, "headers", None) or {}).items():
+            headers.append((name.lower().encode(), value.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        return status
 
     def _gate(self, scope) -> ContextKitError | None:
         """The error refusing this request before routing (401, 429), or None."""
@@ -460,9 +473,9 @@ class OpsMiddleware:
         if route is not None:
             return getattr(route, "path", "unmatched")
         if self._known_paths is None:
-            app = scope.get("app")
-            self._known_paths = frozenset(
-                getattr(r, "path", "") for r in getattr(app, "routes", ())
+            app = scope["app"]  # the FastAPI app; its schema lists the paths of included routers
+            self._known_paths = frozenset(app.openapi().get("paths", {})) | frozenset(
+                getattr(r, "path", "") for r in app.routes
             )
         return scope["path"] if scope["path"] in self._known_paths else "unmatched"
 
@@ -500,32 +513,12 @@ class OpsMiddleware:
             )
 
 
-async def _send_too_large(send, limit: int, id_header) -> None:
-    await _send_json(
-        send,
-        413,
-        "payload_too_large",
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
         f"request body over the limit of {limit} bytes",
-        {"max_body_bytes": limit, "hint": "send smaller batches"},
-        id_header,
+        hint="send smaller batches",
+        details={"max_body_bytes": limit},
     )
-
-
-async def _send_json(
-    send, status, code, message, details, id_header, extra_headers=None, close=True
-) -> None:
-    body = orjson.dumps({"error": {"code": code, "message": message, "details": details}})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        id_header,
-    ]
-    if close:  # the unread body must not be parsed as the next request
-        headers.append((b"connection", b"close"))
-    for name, value in (extra_headers or {}).items():
-        headers.append((name.lower().encode(), value.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 # -- logging ---------------------------------------------------------------------------------------
