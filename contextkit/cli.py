@@ -277,29 +277,62 @@ def materialize(
     end: Annotated[Optional[str], typer.Option(help="Range end (default: now).")] = None,  # noqa: UP045
     full: Annotated[bool, typer.Option("--full", help="Recompute all history.")] = False,
 ) -> None:
-    """Compute views into the offline store (Parquet) and the online store (SQLite)."""
+    """Compute views: feature views into the offline (Parquet) and online (SQLite) stores,
+    embedding views into the vector store (LanceDB; only new or changed text is encoded)."""
     with guard:
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         ctx = _context(repo, workspace)
         start_t, end_t = _parse_time(start, "--start"), _parse_time(end, "--end")
         console = _console()
-        names = views or ctx.specs().view_order()
+        names = views or ctx.specs().materialized_order()
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
             transient=True,
         ) as progress:
-            tasks = {n: progress.add_task(f"{n}: waiting", start=False) for n in names}
+            tasks = {n: progress.add_task(f"{n}: waiting", start=False, total=None) for n in names}
 
             def on_stage(view: str, stage: str) -> None:
                 progress.start_task(tasks[view])
                 progress.update(tasks[view], description=f"{view}: {stage}")
 
-            results = ctx.materialize(names, start=start_t, end=end_t, full=full, on_stage=on_stage)
+            def on_progress(view: str, p) -> None:  # an EncodeProgress of an embedding view
+                progress.update(
+                    tasks[view],
+                    total=p.chunks_total,
+                    completed=p.chunks_done,
+                    description=f"{view}: encoding, {p.docs_per_s:.0f} docs/s",
+                )
+
+            results = ctx.materialize(
+                names,
+                start=start_t,
+                end=end_t,
+                full=full,
+                on_stage=on_stage,
+                on_progress=on_progress,
+            )
         for r in results:
+            if r.kind == "embedding_view":
+                d = r.details
+                console.print(
+                    f"[green]ok[/] {r.view}: {d['documents']} documents, {r.rows_online} chunks "
+                    f"({d['new']} new, {d['changed']} changed, {d['deleted']} deleted, "
+                    f"{d['texts_encoded']} encoded) in {r.duration_s:.2f}s"
+                )
+                continue
             span = f"{r.start.isoformat() if r.start else 'beginning'} .. {r.end.isoformat()}"
             console.print(
                 f"[green]ok[/] {r.view}: {r.rows_offline} offline rows, {r.rows_online} online "

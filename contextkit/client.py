@@ -26,7 +26,14 @@ from contextkit.errors import (
 from contextkit.materialize import JobResult, drop_view_data, materialize_view
 from contextkit.plan import Plan, apply_plan, compute_plan
 from contextkit.retrieve import OnlineFeatures, ServiceReader
-from contextkit.specs import ContextServiceSpec, EntitySpec, FeatureViewSpec, FileSourceSpec
+from contextkit.specs import (
+    ContextServiceSpec,
+    EmbeddingViewSpec,
+    EntitySpec,
+    FeatureViewSpec,
+    FileSourceSpec,
+    PromptViewSpec,
+)
 from contextkit.stores.errors import (
     ApplyConflictError,
     MissingError,
@@ -38,13 +45,19 @@ from contextkit.stores.online import SQLiteOnlineStore
 from contextkit.stores.registry import JobRecord, SQLiteRegistry, WorkspaceRecord
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from contextkit.access import Access
+    from contextkit.embedding import Documents
     from contextkit.offline_retrieval import OfflineFeatures
+    from contextkit.stores.vector import LanceVectorStore
 
 _SPEC_TYPES = {
     "entity": EntitySpec,
     "file_source": FileSourceSpec,
     "batch_feature_view": FeatureViewSpec,
+    "embedding_view": EmbeddingViewSpec,
+    "prompt_view": PromptViewSpec,
     "context_service": ContextServiceSpec,
 }
 SELECTED_WORKSPACE = "selected_workspace"
@@ -58,20 +71,33 @@ def translate_store_errors(exc: StoreFailure) -> ContextKitError:
         return NotFoundError(exc.message, hint=exc.hint)
     if isinstance(exc, ApplyConflictError):
         return WorkspaceError(exc.message, hint=exc.hint)
+    if hasattr(type(exc), "http_status"):  # a store error that knows its status (vector store)
+        from contextkit.errors import leaf_error
+
+        translated = leaf_error(exc)
+        if translated is not None:
+            return translated
     from contextkit.errors import StoreError
 
     return StoreError(exc.message, hint=exc.hint)
 
 
 class _Translating:
-    """Context manager turning store failures into contextkit errors."""
+    """Context manager turning store (and other leaf) failures into contextkit errors."""
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is not None and isinstance(exc, StoreFailure):
+        if exc is None or isinstance(exc, ContextKitError):
+            return
+        if isinstance(exc, StoreFailure):
             raise translate_store_errors(exc) from exc
+        from contextkit.errors import leaf_error
+
+        translated = leaf_error(exc)
+        if translated is not None:
+            raise translated from exc
 
 
 _translating = _Translating()
@@ -85,11 +111,15 @@ class WorkspaceSpecs:
         self.entities: dict[str, EntitySpec] = {}
         self.sources: dict[str, FileSourceSpec] = {}
         self.views: dict[str, FeatureViewSpec] = {}
+        self.embedding_views: dict[str, EmbeddingViewSpec] = {}
+        self.prompts: dict[str, PromptViewSpec] = {}
         self.services: dict[str, ContextServiceSpec] = {}
         target = {
             "entity": self.entities,
             "file_source": self.sources,
             "batch_feature_view": self.views,
+            "embedding_view": self.embedding_views,
+            "prompt_view": self.prompts,
             "context_service": self.services,
         }
         for record in records:
@@ -117,6 +147,11 @@ class WorkspaceSpecs:
             visit(name)
         return ordered
 
+    def materialized_order(self) -> list[str]:
+        """Every view `materialize` computes: feature views (upstream first), then embedding
+        views (which may read feature views)."""
+        return [*self.view_order(), *sorted(self.embedding_views)]
+
 
 class Context:
     """One repo's registry and stores, bound to a workspace. Create it with :func:`connect`."""
@@ -128,9 +163,19 @@ class Context:
         self.online = SQLiteOnlineStore(config.online_path)
         self.offline = ParquetOfflineStore(config.offline_path)
         self._workspace = workspace
+        self._vectors: LanceVectorStore | None = None
         self._writes = 0
         self._specs_cache: dict[str, tuple[tuple[int, int], WorkspaceSpecs]] = {}
         self._readers: dict[tuple[str, str], tuple[tuple[int, int], ServiceReader]] = {}
+
+    @property
+    def vectors(self) -> LanceVectorStore:
+        """The vector store (LanceDB), opened on first use: it imports lancedb."""
+        if self._vectors is None:
+            from contextkit.stores.vector import LanceVectorStore
+
+            self._vectors = LanceVectorStore(self.config.vector_path)
+        return self._vectors
 
     # -- workspaces ---------------------------------------------------------------------------
     @property
@@ -184,8 +229,16 @@ class Context:
         self._writes += 1
         for view in specs.views:
             drop_view_data(self.online, self.offline, name, view)
+        for view in specs.embedding_views:
+            self._drop_vectors(name, view)
         if self.registry.get_setting(SELECTED_WORKSPACE) == name:
             self.registry.set_setting(SELECTED_WORKSPACE, "")
+
+    def _drop_vectors(self, workspace: str, view: str) -> None:
+        from contextkit.embedding import vector_table
+
+        if self.config.vector_path.exists():
+            self.vectors.drop_table(vector_table(workspace, view))
 
     def _workspace_record(self, name: str | None = None) -> WorkspaceRecord:
         with _translating:
@@ -217,7 +270,8 @@ class Context:
         from contextkit.validate import build_specs, validate
 
         repo = load_repo(repo_path or self.config.root)
-        specs = validate(build_specs(repo), repo.config.root.resolve())
+        with _translating:
+            specs = validate(build_specs(repo), repo.config.root.resolve(), repo.config.models)
         with _translating:
             return compute_plan(self.registry, self.workspace, specs)
 
@@ -230,6 +284,8 @@ class Context:
             for change in plan.changes:
                 if change.action == "delete" and change.kind == "batch_feature_view":
                     drop_view_data(self.online, self.offline, plan.workspace, change.name)
+                if change.action == "delete" and change.kind == "embedding_view":
+                    self._drop_vectors(plan.workspace, change.name)
         return version
 
     # -- materialization ----------------------------------------------------------------------
@@ -241,8 +297,14 @@ class Context:
         end: datetime | None = None,
         full: bool = False,
         on_stage: Callable[[str, str], None] | None = None,
+        on_progress: Callable[[str, Any], None] | None = None,
     ) -> list[JobResult]:
-        """Materialize views (default: all) of the live workspace; one job per view."""
+        """Materialize views (default: all, embedding views too) of the live workspace.
+
+        One job per view. ``start``/``end`` apply to feature views; an embedding view always
+        encodes its source's current documents (incrementally: only new or changed chunks).
+        ``on_progress(view, EncodeProgress)`` reports encoding progress (docs/s).
+        """
         specs = self.specs()
         if not specs.workspace.live:
             raise WorkspaceError(
@@ -250,17 +312,39 @@ class Context:
                 "but does not materialize",
                 hint="apply to a live workspace (`contextkit workspace create prod --live`)",
             )
-        names = list(views) if views else specs.view_order()
-        unknown = [n for n in names if n not in specs.views]
+        names = list(views) if views else specs.materialized_order()
+        unknown = [n for n in names if n not in specs.views and n not in specs.embedding_views]
         if unknown:
+            known = sorted([*specs.views, *specs.embedding_views])
             raise NotFoundError(
-                f"unknown feature view(s): {', '.join(unknown)}",
-                hint="applied views: " + ", ".join(sorted(specs.views))
-                if specs.views
+                f"unknown view(s): {', '.join(unknown)}",
+                hint="applied views: " + ", ".join(known)
+                if known
                 else "apply the repo first with `contextkit apply`",
             )
         results = []
         for name in names:
+            stage_cb = (lambda stage, n=name: on_stage(n, stage)) if on_stage else None
+            if name in specs.embedding_views:
+                from contextkit.embedding import materialize_embedding_view
+
+                progress_cb = (lambda p, n=name: on_progress(n, p)) if on_progress else None
+                with _translating:
+                    result = materialize_embedding_view(
+                        registry=self.registry,
+                        vectors=self.vectors,
+                        root=self.config.root.resolve(),
+                        workspace=specs.workspace.name,
+                        view=specs.embedding_views[name],
+                        sources=specs.sources,
+                        views=specs.views,
+                        models=self.config.models,
+                        full=full,
+                        on_progress=progress_cb,
+                        on_stage=stage_cb,
+                    )
+                results.append(result)
+                continue
             results.append(
                 materialize_view(
                     registry=self.registry,
@@ -274,7 +358,7 @@ class Context:
                     start=start,
                     end=end,
                     full=full,
-                    on_stage=(lambda stage, n=name: on_stage(n, stage)) if on_stage else None,
+                    on_stage=stage_cb,
                 )
             )
         return results
@@ -354,6 +438,81 @@ class Context:
 
             found = self.__dict__["_access"] = Access(self.registry)
         return found
+
+    # -- similarity search ------------------------------------------------------------------------
+    def embedding_view(self, name: str) -> EmbeddingViewSpec:
+        """The applied spec of an embedding view of a live workspace (NotFoundError otherwise)."""
+        specs = self.specs()
+        if not specs.workspace.live:
+            raise WorkspaceError(
+                f"workspace {specs.workspace.name!r} is a dev workspace and serves no documents",
+                hint="search a live workspace",
+            )
+        view = specs.embedding_views.get(name)
+        if view is None:
+            known = ", ".join(sorted(specs.embedding_views)) or "none applied"
+            hint = f"embedding views: {known}"
+            if name in specs.views:
+                hint = f"{name!r} is a feature view; search an embedding view ({known})"
+            raise NotFoundError(
+                f"unknown embedding view {name!r} in workspace {specs.workspace.name!r}", hint=hint
+            )
+        return view
+
+    def search(
+        self,
+        view: str,
+        query: str | None = None,
+        *,
+        vector: Sequence[float] | np.ndarray | None = None,
+        top_k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        mode: str = "vector",
+    ) -> Documents:
+        """The ``top_k`` chunks of an embedding view most similar to ``query`` (or ``vector``).
+
+        ``mode``: ``"vector"`` (cosine similarity of the query encoded with the view's model),
+        ``"text"`` (BM25 full-text) or ``"hybrid"`` (both, fused by reciprocal rank).
+        ``filter`` is structured, over key and metadata columns:
+        ``{"category": "shoes", "price": {"lt": 50}}`` (operators eq ne lt lte gt gte in not_in
+        contains)::
+
+            ctx.search("product_docs", "waterproof hiking boots", top_k=5, mode="hybrid")
+        """
+        from contextkit.embedding import encoder_for, search_view
+
+        spec = self.embedding_view(view)
+        with _translating:
+            encoder = None
+            if vector is None and mode in ("vector", "hybrid"):
+                encoder = encoder_for(spec, self.config.models, self.config.root.resolve())
+            return search_view(
+                self.vectors,
+                encoder,
+                self.workspace,
+                spec,
+                query=query,
+                vector=vector,
+                top_k=top_k,
+                filter=filter,
+                mode=mode,
+            )
+
+    def warm(self) -> None:
+        """Load what the first requests would (embedding models, vector tables) now, e.g. at
+        server start, so that no request pays for it. Views never materialized are skipped."""
+        from contextkit.embedding import encoder_for, vector_table
+
+        specs = self.specs()
+        if not specs.workspace.live:
+            return
+        for name, view in specs.embedding_views.items():
+            table = vector_table(specs.workspace.name, name)
+            with _translating:
+                if not self.vectors.has_table(table):
+                    continue
+                encoder_for(view, self.config.models, self.config.root.resolve()).encode(["warm"])
+                self.vectors.warm(table)
 
     def close(self) -> None:
         self.registry.close()

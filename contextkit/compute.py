@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import DefinitionError, StoreError
-from contextkit.specs import AggregateSpec, FeatureViewSpec, FieldSpec, FileSourceSpec
+from contextkit.specs import (
+    AggregateSpec,
+    EmbeddingViewSpec,
+    FeatureViewSpec,
+    FieldSpec,
+    FileSourceSpec,
+)
 from contextkit.types import Float64, Int64, dtype_from_duckdb
 
 if TYPE_CHECKING:
@@ -397,3 +403,57 @@ def workspace_session(
         yield Workspace(con, root, sources, views)
     finally:
         con.close()
+
+
+# -- embedding views ------------------------------------------------------------------------------
+
+
+def embedding_transformation(view: EmbeddingViewSpec) -> FeatureViewSpec:
+    """An embedding view's transformation as a (feature-less) feature view spec, so sources,
+    upstream views and python-mode functions run exactly as they do for feature views."""
+    sql = view.sql
+    if view.mode == "column":
+        sql = f"SELECT * FROM {quote(view.sources[0])}"
+    return FeatureViewSpec(
+        name=view.name,
+        sources=view.sources,
+        entities=view.entities,
+        mode="sql" if view.mode == "column" else view.mode,
+        sql=sql,
+        python_source=view.python_source,
+        function_name=view.function_name,
+        features=[],
+        timestamp_field=view.timestamp_field or "",
+        join_keys=view.join_keys,
+        location=view.location,
+    )
+
+
+def embedding_output_sql(ws: Workspace, view: EmbeddingViewSpec, sample_rows: int | None = None):
+    """The raw output of an embedding view's transformation (every column, every row)."""
+    proxy = embedding_transformation(view)
+    if proxy.mode == "sql":
+        ws._register_upstream(proxy)
+        return proxy.sql
+    return f"SELECT * FROM {quote(ws._run_python(proxy, None, None, sample_rows))}"
+
+
+def embedding_documents_sql(ws: Workspace, view: EmbeddingViewSpec) -> str:
+    """One row per document: key columns, the text and the metadata columns.
+
+    Rows with a null key are dropped (a document must be addressable). With a timestamp field,
+    the latest row of each key is the document (ties: the larger text wins, for determinism).
+    """
+    keys = [quote(k) for k in view.join_key_names]
+    text = quote(view.text_column)
+    columns = ", ".join([*keys, text, *(quote(m) for m in view.metadata)])
+    body = embedding_output_sql(ws, view)
+    where = " AND ".join(f"{k} IS NOT NULL" for k in keys)
+    latest = ""
+    if view.timestamp_field:
+        ts = quote(view.timestamp_field)
+        latest = (
+            f" QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} "
+            f"ORDER BY {ts} DESC NULLS LAST, {text} DESC NULLS LAST) = 1"
+        )
+    return f"SELECT {columns} FROM ({body}) AS t WHERE {where}{latest}"

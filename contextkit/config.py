@@ -6,6 +6,9 @@ Example::
     registry: .contextkit/registry.db
     online_store: {type: sqlite, path: .contextkit/online.db}
     offline_store: {type: parquet, path: .contextkit/offline}
+    vector_store: {type: lancedb, path: .contextkit/vectors}
+    models:                      # embedding models, by the name views use (minilm is built in)
+      openai_small: {type: litellm, model: text-embedding-3-small, dimension: 1536}
 
 Relative paths are relative to the folder holding the config file.
 """
@@ -13,7 +16,7 @@ Relative paths are relative to the folder holding the config file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -34,6 +37,12 @@ class OfflineStoreConfig(BaseModel):
     path: str = ".contextkit/offline"
 
 
+class VectorStoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["lancedb"] = "lancedb"
+    path: str = ".contextkit/vectors"
+
+
 class RepoConfig(BaseModel):
     """Parsed ``contextkit.yaml``; ``root`` is the folder that holds it."""
 
@@ -42,6 +51,9 @@ class RepoConfig(BaseModel):
     registry: str = ".contextkit/registry.db"
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     offline_store: OfflineStoreConfig = OfflineStoreConfig()
+    vector_store: VectorStoreConfig = VectorStoreConfig()
+    # Embedding models by config key: {type: sentence-transformers | litellm | hash, ...}.
+    models: dict[str, dict[str, Any]] = {}
     # Python files (globs relative to the repo root) that are not definitions, e.g. scripts.
     exclude: list[str] = []
     root: Path = Path(".")
@@ -61,6 +73,10 @@ class RepoConfig(BaseModel):
     @property
     def offline_path(self) -> Path:
         return self.resolve(self.offline_store.path)
+
+    @property
+    def vector_path(self) -> Path:
+        return self.resolve(self.vector_store.path)
 
 
 def find_config(path: str | Path = ".") -> Path:

@@ -25,7 +25,7 @@ import inspect
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -33,15 +33,21 @@ from contextkit.durations import format_seconds, to_seconds
 from contextkit.errors import DefinitionError
 from contextkit.specs import (
     AGGREGATE_FUNCTIONS,
+    SEARCH_MODES,
     AggregateSpec,
     AttributeSpec,
+    ChunkingSpec,
     ContextServiceSpec,
+    EmbeddingViewSpec,
     EntitySpec,
     FeatureRefSpec,
     FeatureViewSpec,
     FieldSpec,
     FileSourceSpec,
     Location,
+    PromptViewSpec,
+    RequestFieldSpec,
+    SearchSpec,
 )
 from contextkit.types import DTYPES, Field
 
@@ -328,30 +334,10 @@ class BatchFeatureView(_Definition):
         return [s if isinstance(s, str) else s.name for s in self.sources]
 
     def _render_sql(self) -> str:
-        params = list(inspect.signature(self.function).parameters)
-        names = self.source_names()
-        if len(params) != len(names):
-            raise self._error(
-                f"view {self.name!r}: the function takes {len(params)} argument(s) but the view "
-                f"has {len(names)} source(s)",
-                hint="give the function one parameter per source, in the order of sources=[...]",
-            )
-        sql = self.function(*[_TableRef(_quote(n)) for n in names])
-        if not isinstance(sql, str) or not sql.strip():
-            raise self._error(
-                f"view {self.name!r}: a SQL-mode function must return the query as a string"
-            )
-        return sql
+        return _render_sql(self, self.function, self.source_names())
 
     def _python_source(self) -> str:
-        try:
-            lines = inspect.getsource(self.function)
-        except OSError as exc:
-            raise self._error(f"view {self.name!r}: cannot read the function's source") from exc
-        source = textwrap.dedent(lines)
-        # Drop decorator lines: the stored function is re-created from its own `def`.
-        kept = source[source.index("def ") :] if not source.startswith("def ") else source
-        return kept
+        return _python_source(self, self.function)
 
     def to_spec(self, root: str | None = None) -> FeatureViewSpec:
         sql = self._render_sql() if self.mode == "sql" else None
@@ -376,6 +362,34 @@ class BatchFeatureView(_Definition):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the underlying transformation (handy in unit tests of a repo)."""
         return self.function(*args, **kwargs)
+
+
+def _render_sql(obj: _Definition, function: Callable[..., Any], source_names: list[str]) -> str:
+    """Call a SQL-mode transformation with each source's quoted table name; check the result."""
+    params = list(inspect.signature(function).parameters)
+    if len(params) != len(source_names):
+        raise obj._error(
+            f"{obj.kind} {obj.name!r}: the function takes {len(params)} argument(s) but there "
+            f"are {len(source_names)} source(s)",
+            hint="give the function one parameter per source, in the order of sources=[...]",
+        )
+    sql = function(*[_TableRef(_quote(n)) for n in source_names])
+    if not isinstance(sql, str) or not sql.strip():
+        raise obj._error(
+            f"{obj.kind} {obj.name!r}: a SQL-mode function must return the query as a string"
+        )
+    return sql
+
+
+def _python_source(obj: _Definition, function: Callable[..., Any]) -> str:
+    """A pandas/arrow-mode function's own source (without decorators), to store in the spec."""
+    try:
+        lines = inspect.getsource(function)
+    except OSError as exc:
+        raise obj._error(f"{obj.kind} {obj.name!r}: cannot read the function's source") from exc
+    source = textwrap.dedent(lines)
+    # Drop decorator lines: the stored function is re-created from its own `def`.
+    return source[source.index("def ") :] if not source.startswith("def ") else source
 
 
 def _quote(identifier: str) -> str:
@@ -444,10 +458,406 @@ class FeatureSelection:
         self.features = features
 
 
-class ContextService(_Definition):
-    """The unit of retrieval: a named bundle of feature views (later also searches and prompts).
+class EmbeddingView(_Definition):
+    """Text of a source, one document per entity key, chunked and encoded into a vector table.
 
-    ``ContextService(name="support", features=[user_spend, products[["name", "price"]]])``
+    ::
+
+        product_docs = EmbeddingView(
+            name="product_docs", source=products, entities=[product], text="description",
+            model="minilm", chunking={"by": "tokens", "size": 128, "overlap": 16},
+            metadata=["name", "category", "price"],
+        )
+
+    ``model`` is a key of the repo config's ``models:`` (``minilm``, the packaged
+    all-MiniLM-L6-v2, is always there). ``chunking`` is None (one chunk per document) or
+    ``{"by": "chars" | "tokens", "size": n, "overlap": m}``. ``metadata`` columns are stored next
+    to each vector, for filters and display. When the source holds several rows per key, the
+    latest by ``timestamp_field`` (default: the source's) is the document. To build the text
+    with a transformation, use the :func:`embedding_view` decorator.
+    """
+
+    kind = "embedding_view"
+
+    def __init__(
+        self,
+        name: str,
+        source: FileSource | BatchFeatureView | str,
+        entities: Sequence[Entity | str],
+        text: str,
+        *,
+        model: str = "minilm",
+        chunking: Mapping[str, Any] | None = None,
+        metadata: Sequence[str] = (),
+        timestamp_field: str | None = None,
+        online: bool = True,
+        description: str | None = None,
+        owner: str | None = None,
+        tags: dict[str, str] | None = None,
+        _function: Callable[..., Any] | None = None,
+        _mode: str = "column",
+        _sources: Sequence[FileSource | BatchFeatureView | str] | None = None,
+        _location: tuple[str, int] | None = None,
+    ) -> None:
+        super().__init__(name, description, owner, tags, _location or _caller_location())
+        self.sources = list(_sources) if _sources is not None else [source]
+        if not self.sources or any(s is None for s in self.sources):
+            raise self._error(f"embedding view {name!r} has no source", hint="pass source=...")
+        if not entities or isinstance(entities, str | Entity):
+            raise self._error(
+                f"embedding view {name!r}: entities must be a non-empty list",
+                hint="pass entities=[document_entity]: its join keys identify each document",
+            )
+        if not isinstance(text, str) or not text:
+            raise self._error(
+                f"embedding view {name!r}: text must name the column holding the text",
+                hint='e.g. text="description"',
+            )
+        if isinstance(metadata, str):
+            raise self._error(
+                f"embedding view {name!r}: metadata must be a list of column names",
+                hint=f'write metadata=["{metadata}"]',
+            )
+        if _mode not in ("column", "sql", "pandas", "arrow"):
+            raise self._error(
+                f"embedding view {name!r}: unknown mode {_mode!r}",
+                hint='use "sql", "pandas" or "arrow"',
+            )
+        self.entities = list(entities)
+        self.text = text
+        self.model = model
+        self.chunking = dict(chunking) if chunking is not None else None
+        self.metadata = list(metadata)
+        self.timestamp_field = timestamp_field
+        self.online = online
+        self.function = _function
+        self.mode = _mode
+
+    def source_names(self) -> list[str]:
+        return [s if isinstance(s, str) else s.name for s in self.sources]
+
+    def to_spec(self, root: str | None = None) -> EmbeddingViewSpec:
+        sql = python_source = function_name = None
+        if self.mode == "sql":
+            sql = _render_sql(self, self.function, self.source_names())
+        elif self.mode != "column":
+            python_source = _python_source(self, self.function)
+            function_name = self.function.__name__
+        chunking = None
+        if self.chunking is not None:
+            options = dict(self.chunking)
+            by = options.pop("by", options.pop("unit", "chars"))
+            if by != "none":
+                unknown = sorted(set(options) - {"size", "overlap"})
+                if unknown or by not in ("chars", "tokens"):
+                    raise self._error(
+                        f"embedding view {self.name!r}: chunking {self.chunking!r} is not valid",
+                        hint='use {"by": "chars" | "tokens" | "none", "size": n, "overlap": m}',
+                    )
+                size = options.get("size", 1000 if by == "chars" else 200)
+                overlap = options.get("overlap", 0)
+                if not (isinstance(size, int) and isinstance(overlap, int) and 0 <= overlap < size):
+                    raise self._error(
+                        f"embedding view {self.name!r}: chunking needs integers "
+                        f"0 <= overlap < size, got size={size!r}, overlap={overlap!r}",
+                        hint="overlap is how many units consecutive chunks share",
+                    )
+                chunking = ChunkingSpec(by=by, size=size, overlap=overlap)
+        return EmbeddingViewSpec(
+            sources=self.source_names(),
+            entities=[e if isinstance(e, str) else e.name for e in self.entities],
+            mode=self.mode,  # type: ignore[arg-type]
+            sql=sql,
+            python_source=python_source,
+            function_name=function_name,
+            text_column=self.text,
+            model=self.model,
+            chunking=chunking,
+            metadata=self.metadata,
+            timestamp_field=self.timestamp_field,
+            online=self.online,
+            **self._common(root),
+        )
+
+
+def embedding_view(
+    *,
+    sources: Sequence[FileSource | BatchFeatureView | str],
+    entities: Sequence[Entity | str],
+    text: str = "text",
+    mode: str = "sql",
+    model: str = "minilm",
+    chunking: Mapping[str, Any] | None = None,
+    metadata: Sequence[str] = (),
+    timestamp_field: str | None = None,
+    online: bool = True,
+    name: str | None = None,
+    description: str | None = None,
+    owner: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Callable[[Callable[..., Any]], EmbeddingView]:
+    """An embedding view over a transformation that produces the text (and metadata) columns.
+
+    Same modes as :func:`batch_feature_view`::
+
+        @embedding_view(sources=[articles], entities=[article], text="doc", metadata=["category"])
+        def help_docs(articles):
+            return f"SELECT article_id, title || '. ' || body AS doc, category FROM {articles}"
+    """
+
+    def wrap(function: Callable[..., Any]) -> EmbeddingView:
+        code = function.__code__
+        return EmbeddingView(
+            name or function.__name__,
+            None,  # type: ignore[arg-type]
+            entities,
+            text,
+            model=model,
+            chunking=chunking,
+            metadata=metadata,
+            timestamp_field=timestamp_field,
+            online=online,
+            description=description or inspect.getdoc(function),
+            owner=owner,
+            tags=tags,
+            _function=function,
+            _mode=mode,
+            _sources=sources,
+            _location=(code.co_filename, code.co_firstlineno),
+        )
+
+    return wrap
+
+
+class Search:
+    """A similarity search over an embedding view, run for each context request.
+
+    ``Search(product_docs, top_k=5, mode="hybrid", filter={"category": "shoes"})``. The query
+    text is the request's ``query``, or the request-context field named by ``query_from``.
+    ``name`` (default: the view's) is how templates and responses refer to its documents.
+    """
+
+    def __init__(
+        self,
+        view: EmbeddingView | str,
+        *,
+        top_k: int = 5,
+        mode: str = "vector",
+        filter: Mapping[str, Any] | None = None,
+        query_from: str = "query",
+        name: str | None = None,
+    ) -> None:
+        self.view = view
+        view_name = view if isinstance(view, str) else view.name
+        self.name = name or view_name
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"Search over {view_name!r}: mode must be one of {SEARCH_MODES}")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 1000:
+            raise ValueError(f"Search over {view_name!r}: top_k must be an integer in 1..1000")
+        self.top_k = top_k
+        self.mode = mode
+        self.filter = dict(filter) if filter is not None else None
+        self.query_from = query_from
+
+    def to_spec(self) -> SearchSpec:
+        return SearchSpec(
+            name=self.name,
+            view=self.view if isinstance(self.view, str) else self.view.name,
+            top_k=self.top_k,
+            mode=self.mode,  # type: ignore[arg-type]
+            filter=self.filter,
+            query_from=self.query_from,
+        )
+
+
+def _search_specs(obj: _Definition, items: Sequence[Search | EmbeddingView | str]) -> list:
+    out = []
+    for item in items:
+        if isinstance(item, Search):
+            out.append(item.to_spec())
+        elif isinstance(item, EmbeddingView | str):
+            out.append(Search(item).to_spec())
+        else:
+            raise obj._error(
+                f"{obj.kind} {obj.name!r}: cannot search {item!r}",
+                hint="pass embedding views or Search(view, ...) objects in searches=[...]",
+            )
+    return out
+
+
+def _feature_refs(obj: _Definition, items: Sequence[Any]) -> list[FeatureRefSpec]:
+    refs = []
+    for item in items:
+        if isinstance(item, FeatureSelection):
+            refs.append(FeatureRefSpec(view=item.view.name, features=item.features))
+        elif isinstance(item, BatchFeatureView):
+            refs.append(FeatureRefSpec(view=item.name))
+        elif isinstance(item, str):
+            refs.append(FeatureRefSpec(view=item))
+        else:
+            raise obj._error(f"{obj.kind} {obj.name!r}: cannot use {item!r} as features")
+    return refs
+
+
+class RequestField:
+    """A value the caller sends with each request (``request_context``), typed.
+
+    ``RequestField("question", String)``; with ``default=...`` the field is optional.
+    """
+
+    _REQUIRED = object()
+
+    def __init__(
+        self, name: str, dtype: str = "string", *, default: Any = _REQUIRED, description: str = ""
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"RequestField {name!r}: unknown dtype {dtype!r}; use one of {DTYPES}")
+        self.name = name
+        self.dtype = dtype
+        self.required = default is RequestField._REQUIRED
+        self.default = None if self.required else default
+        self.description = description
+
+    def to_spec(self) -> RequestFieldSpec:
+        return RequestFieldSpec(
+            name=self.name,
+            dtype=self.dtype,
+            required=self.required,
+            default=self.default,
+            description=self.description,
+        )
+
+
+class PromptView(_Definition):
+    """A Jinja template plus what it reads: features, searches and request-context fields.
+
+    ::
+
+        support_prompt = PromptView(
+            name="support_prompt",
+            format="messages",
+            messages=[("system", "You help {{ request.user_name }}..."), ("user", "{{ query }}")],
+            features=[user_order_stats],
+            searches=[Search(product_docs, top_k=5)],
+            request_context=[RequestField("user_name", String, default="there")],
+            max_tokens=1500,
+            model="openai/gpt-4o-mini",
+        )
+
+    Templates see ``features.<view>.<feature>``, ``documents.<search name>`` (a list of
+    ``{id, text, score, metadata, key}``, best first), ``request.<field>``, ``query`` and
+    ``entities.<join key>``. ``template`` is an inline string or, with ``template_file``, a
+    ``.jinja`` file relative to the repo root; ``format="messages"`` takes ``messages`` as
+    ``(role, template)`` pairs (or a template file with one ``{% role %}`` block per turn is
+    not supported: use pairs). ``max_tokens`` is the prompt's token budget; ``model`` the
+    default LLM (a litellm model name) and ``params`` its completion parameters.
+    """
+
+    kind = "prompt_view"
+
+    def __init__(
+        self,
+        name: str,
+        template: str | None = None,
+        *,
+        template_file: str | None = None,
+        format: str = "text",
+        messages: Sequence[tuple[str, str]] | None = None,
+        features: Sequence[BatchFeatureView | FeatureSelection | str] = (),
+        searches: Sequence[Search | EmbeddingView | str] = (),
+        request_context: Sequence[RequestField | Field] = (),
+        max_tokens: int | None = None,
+        model: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        owner: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(name, description, owner, tags, _caller_location())
+        if format not in ("text", "messages"):
+            raise self._error(
+                f"prompt {name!r}: unknown format {format!r}", hint='use "text" or "messages"'
+            )
+        given = [x for x in (template, template_file, messages) if x]
+        if len(given) != 1:
+            raise self._error(
+                f"prompt {name!r}: give exactly one of template=, template_file= or messages=",
+                hint='inline: template="...", a file: template_file="prompts/support.jinja", '
+                'chat turns: format="messages", messages=[("system", "..."), ("user", "...")]',
+            )
+        if messages and format != "messages":
+            raise self._error(
+                f'prompt {name!r}: messages= needs format="messages"',
+                hint='pass format="messages"',
+            )
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise self._error(f"prompt {name!r}: max_tokens must be a positive integer")
+        self.template = template
+        self.template_file = template_file
+        self.format = format
+        self.messages = [tuple(m) for m in messages or []]
+        self.features = list(features)
+        self.searches = list(searches)
+        self.request_context = [
+            f if isinstance(f, RequestField) else RequestField(f.name, f.dtype)
+            for f in request_context
+        ]
+        self.max_tokens = max_tokens
+        self.model = model
+        self.params = dict(params or {})
+
+    def views(self) -> list[BatchFeatureView]:
+        return _views_of(self.features)
+
+    def embedding_views(self) -> list[EmbeddingView]:
+        return _embedding_views_of(self.searches)
+
+    def to_spec(self, root: str | None = None) -> PromptViewSpec:
+        for turn in self.messages:
+            if len(turn) != 2 or not all(isinstance(x, str) for x in turn):
+                raise self._error(
+                    f"prompt {self.name!r}: each message must be a (role, template) pair",
+                    hint='e.g. ("system", "You are a helpful assistant.")',
+                )
+        return PromptViewSpec(
+            format=self.format,  # type: ignore[arg-type]
+            template=self.template,
+            messages=self.messages,  # type: ignore[arg-type]
+            template_file=self.template_file,
+            features=_feature_refs(self, self.features),
+            searches=_search_specs(self, self.searches),
+            request_context=[f.to_spec() for f in self.request_context],
+            max_tokens=self.max_tokens,
+            model=self.model,
+            params=self.params,
+            **self._common(root),
+        )
+
+
+def _views_of(items: Sequence[Any]) -> list[BatchFeatureView]:
+    return [
+        item.view if isinstance(item, FeatureSelection) else item
+        for item in items
+        if isinstance(item, BatchFeatureView | FeatureSelection)
+    ]
+
+
+def _embedding_views_of(items: Sequence[Any]) -> list[EmbeddingView]:
+    out = []
+    for item in items:
+        view = item.view if isinstance(item, Search) else item
+        if isinstance(view, EmbeddingView):
+            out.append(view)
+    return out
+
+
+class ContextService(_Definition):
+    """The unit of retrieval: a named bundle of feature views, searches and prompts.
+
+    ``ContextService(name="support", features=[user_spend, products[["name", "price"]]],
+    searches=[Search(product_docs, top_k=5)], prompts=[support_prompt])``. One request to it
+    returns all of its features, the documents of its searches and, rendered, one of its
+    prompts (the first by default). A prompt's own features and searches join the service's.
     """
 
     kind = "context_service"
@@ -455,38 +865,45 @@ class ContextService(_Definition):
     def __init__(
         self,
         name: str,
-        features: Sequence[BatchFeatureView | FeatureSelection | str],
+        features: Sequence[BatchFeatureView | FeatureSelection | str] = (),
         *,
+        searches: Sequence[Search | EmbeddingView | str] = (),
+        prompts: Sequence[PromptView | str] = (),
         description: str | None = None,
         owner: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
         super().__init__(name, description, owner, tags, _caller_location())
-        if not features:
-            raise self._error(f"service {name!r} has no features", hint="pass features=[view]")
+        if not features and not searches and not prompts:
+            raise self._error(
+                f"service {name!r} has nothing to serve",
+                hint="pass features=[view], searches=[embedding_view] or prompts=[prompt_view]",
+            )
         self.features = list(features)
+        self.searches = list(searches)
+        self.prompts = list(prompts)
 
     def views(self) -> list[BatchFeatureView]:
-        out = []
-        for item in self.features:
-            if isinstance(item, FeatureSelection):
-                out.append(item.view)
-            elif isinstance(item, BatchFeatureView):
-                out.append(item)
-        return out
+        return _views_of(self.features)
+
+    def embedding_views(self) -> list[EmbeddingView]:
+        return _embedding_views_of(self.searches)
+
+    def prompt_views(self) -> list[PromptView]:
+        return [p for p in self.prompts if isinstance(p, PromptView)]
 
     def to_spec(self, root: str | None = None) -> ContextServiceSpec:
-        refs = []
-        for item in self.features:
-            if isinstance(item, FeatureSelection):
-                refs.append(FeatureRefSpec(view=item.view.name, features=item.features))
-            elif isinstance(item, BatchFeatureView):
-                refs.append(FeatureRefSpec(view=item.name))
-            elif isinstance(item, str):
-                refs.append(FeatureRefSpec(view=item))
-            else:
-                raise self._error(f"service {self.name!r}: cannot use {item!r} as features")
-        return ContextServiceSpec(features=refs, **self._common(root))
+        prompts = []
+        for item in self.prompts:
+            if not isinstance(item, PromptView | str):
+                raise self._error(f"service {self.name!r}: {item!r} is not a prompt view")
+            prompts.append(item if isinstance(item, str) else item.name)
+        return ContextServiceSpec(
+            features=_feature_refs(self, self.features),
+            searches=_search_specs(self, self.searches),
+            prompts=prompts,
+            **self._common(root),
+        )
 
 
 def utcnow() -> datetime:

@@ -141,3 +141,28 @@ class RateLimitedError(ContextKitError):
     def __init__(self, message: str, *, retry_after: int, hint: str | None = None) -> None:
         super().__init__(message, hint=hint, details={"retry_after_s": retry_after})
         self.headers = {"Retry-After": str(retry_after)}
+
+
+_LEAF_MODULES = ("contextkit.embeddings", "contextkit.prompts", "contextkit.stores")
+
+
+def leaf_error(exc: BaseException) -> ContextKitError | None:
+    """A leaf layer's error (embeddings, prompts, stores) as a :class:`ContextKitError`.
+
+    The leaves don't import the core; their errors carry the same fields (``code``,
+    ``http_status``, ``message``, ``hint``, ``details``), which this copies. None for anything else.
+    """
+    if not type(exc).__module__.startswith(_LEAF_MODULES):
+        return None
+    message = getattr(exc, "message", None)
+    if not isinstance(message, str):
+        return None
+    details = getattr(exc, "details", None)
+    details = dict(details) if isinstance(details, dict) else {}
+    hint = getattr(exc, "hint", None)
+    details.pop("hint", None)
+    err = ContextKitError(message, hint=hint, details=details)
+    err.code = getattr(exc, "code", None) or "error"
+    err.http_status = int(getattr(exc, "http_status", 500) or 500)
+    err.exit_code = 1
+    return err

@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +45,9 @@ class JobResult:
     rows_online: int
     duration_s: float
     error: str | None = None
+    kind: str = "batch_feature_view"
+    # Embedding views: the encode statistics (documents, chunks, new, changed, deleted, ...).
+    details: dict = field(default_factory=dict)
 
 
 def online_table(workspace: str, view: str) -> str:

@@ -17,7 +17,16 @@ from contextkit.stores.registry import RegistryStore
 from contextkit.validate import AnySpec
 
 Action = Literal["create", "update", "delete"]
-_ORDER = {"entity": 0, "file_source": 1, "batch_feature_view": 2, "context_service": 3}
+_ORDER = {
+    "entity": 0,
+    "file_source": 1,
+    "batch_feature_view": 2,
+    "embedding_view": 3,
+    "prompt_view": 4,
+    "context_service": 5,
+}
+# Kinds whose data is computed by `materialize`.
+MATERIALIZED_KINDS = ("batch_feature_view", "embedding_view")
 _IGNORED = {"location"}
 
 
@@ -96,7 +105,7 @@ def _diff(old: Any, new: Any, path: str = "") -> list[FieldChange]:
 
 
 def _needs_rematerialize(kind: str, fields: list[FieldChange]) -> bool:
-    if kind != "batch_feature_view":
+    if kind not in MATERIALIZED_KINDS:
         return False
     return any(f.path.split(".")[0].split("[")[0] not in METADATA_FIELDS for f in fields)
 
@@ -117,7 +126,7 @@ def compute_plan(registry: RegistryStore, workspace: str, specs: list[AnySpec]) 
                     "create",
                     kind,
                     name,
-                    rematerialize=kind == "batch_feature_view",
+                    rematerialize=kind in MATERIALIZED_KINDS,
                     spec_json=spec_json,
                 )
             )

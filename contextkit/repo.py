@@ -20,9 +20,10 @@ from contextkit.config import RepoConfig, load_config
 from contextkit.definitions import (
     BatchFeatureView,
     ContextService,
+    EmbeddingView,
     Entity,
-    FeatureSelection,
     FileSource,
+    PromptView,
     _Definition,
 )
 from contextkit.errors import DefinitionError, ValidationErrors
@@ -30,11 +31,14 @@ from contextkit.errors import DefinitionError, ValidationErrors
 SKIP_DIRS = {".contextkit", ".venv", "venv", "__pycache__", "data", "node_modules", "tests"}
 
 # Objects sharing a namespace: two of them may not have the same name.
-# Sources and views share one namespace: both are tables in a view's SQL.
+# Sources and views share one namespace: both are tables in a view's SQL, and every kind of view
+# is looked up by its name alone (in searches, prompts and the HTTP API).
 NAMESPACES = {
     Entity: "entity",
     FileSource: "source or view",
     BatchFeatureView: "source or view",
+    EmbeddingView: "source or view",
+    PromptView: "source or view",
     ContextService: "service",
 }
 
@@ -135,15 +139,15 @@ def _last_frame_in(frames: traceback.StackSummary, root: Path) -> traceback.Fram
 
 
 def _referenced(obj: _Definition) -> list[_Definition]:
-    if isinstance(obj, BatchFeatureView):
-        return [o for o in [*obj.sources, *obj.entities] if isinstance(o, _Definition)]
-    if isinstance(obj, ContextService):
-        return [
-            item.view if isinstance(item, FeatureSelection) else item
-            for item in obj.features
-            if isinstance(item, _Definition | FeatureSelection)
-        ]
-    return []
+    if isinstance(obj, BatchFeatureView | EmbeddingView):
+        refs = [*obj.sources, *obj.entities]
+    elif isinstance(obj, PromptView):
+        refs = [*obj.views(), *obj.embedding_views()]
+    elif isinstance(obj, ContextService):
+        refs = [*obj.views(), *obj.embedding_views(), *obj.prompt_views()]
+    else:
+        refs = []
+    return [o for o in refs if isinstance(o, _Definition)]
 
 
 def collect_objects(modules: list[object]) -> list[_Definition]:

@@ -8,7 +8,7 @@ thin Python classes; ``to_spec()`` turns each into one of these pydantic models.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -124,13 +124,103 @@ class FeatureRefSpec(_Spec):
     features: list[str] | None = None
 
 
+class ChunkingSpec(_Spec):
+    """How an embedding view splits each document: windows of ``size`` units, ``overlap`` shared."""
+
+    by: Literal["chars", "tokens"]
+    size: int
+    overlap: int = 0
+
+
+class EmbeddingViewSpec(_ObjectSpec):
+    """A source's text, one row per entity key, chunked and encoded into a vector table."""
+
+    kind: Literal["embedding_view"] = "embedding_view"
+    sources: list[str]
+    entities: list[str]
+    # "column": the source's rows as they are; else a transformation like a feature view's.
+    mode: Literal["column", "sql", "pandas", "arrow"] = "column"
+    sql: str | None = None
+    python_source: str | None = None
+    function_name: str | None = None
+    text_column: str
+    model: str
+    chunking: ChunkingSpec | None = None
+    metadata: list[str] = Field(default_factory=list)
+    timestamp_field: str | None = None
+    online: bool = True
+    # Filled by validation: key types, metadata types, and the model's identity and dimension.
+    join_keys: list[FieldSpec] = Field(default_factory=list)
+    metadata_schema: list[FieldSpec] = Field(default_factory=list)
+    model_name: str | None = None
+    dimension: int | None = None
+
+    @property
+    def join_key_names(self) -> list[str]:
+        return [k.name for k in self.join_keys]
+
+
+SEARCH_MODES = ("vector", "text", "hybrid")
+
+
+class SearchSpec(_Spec):
+    """One similarity search a service or prompt runs: which view, how many, how, on what text.
+
+    ``query_from`` names where the query text comes from: ``"query"`` (the request's query) or a
+    request-context field.
+    """
+
+    name: str
+    view: str
+    top_k: int = 5
+    mode: Literal["vector", "text", "hybrid"] = "vector"
+    filter: dict[str, Any] | None = None
+    query_from: str = "query"
+
+
+class RequestFieldSpec(_Spec):
+    """A request-context value a prompt reads, with its type; optional ones have a default."""
+
+    name: str
+    dtype: str
+    required: bool = True
+    default: Any = None
+    description: str = ""
+
+
+class PromptViewSpec(_ObjectSpec):
+    """A Jinja template and what it reads; renders to text or chat messages within a budget."""
+
+    kind: Literal["prompt_view"] = "prompt_view"
+    format: Literal["text", "messages"] = "text"
+    # format "text": one template; "messages": (role, template) turns in order.
+    template: str | None = None
+    messages: list[tuple[str, str]] = Field(default_factory=list)
+    template_file: str | None = None
+    features: list[FeatureRefSpec] = Field(default_factory=list)
+    searches: list[SearchSpec] = Field(default_factory=list)
+    request_context: list[RequestFieldSpec] = Field(default_factory=list)
+    max_tokens: int | None = None
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Filled by validation: the template's variables (dotted paths), for docs and the UI.
+    variables: list[str] = Field(default_factory=list)
+
+
 class ContextServiceSpec(_ObjectSpec):
     kind: Literal["context_service"] = "context_service"
     features: list[FeatureRefSpec]
+    searches: list[SearchSpec] = Field(default_factory=list)
+    prompts: list[str] = Field(default_factory=list)
 
 
 ObjectSpec = Annotated[
-    EntitySpec | FileSourceSpec | FeatureViewSpec | ContextServiceSpec,
+    EntitySpec
+    | FileSourceSpec
+    | FeatureViewSpec
+    | EmbeddingViewSpec
+    | PromptViewSpec
+    | ContextServiceSpec,
     Field(discriminator="kind"),
 ]
 

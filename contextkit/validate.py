@@ -20,14 +20,39 @@ from contextkit.specs import (
     NUMERIC_AGGREGATES,
     AttributeSpec,
     ContextServiceSpec,
+    EmbeddingViewSpec,
     EntitySpec,
+    FeatureRefSpec,
     FeatureViewSpec,
     FieldSpec,
     FileSourceSpec,
+    PromptViewSpec,
+    SearchSpec,
 )
-from contextkit.types import NUMERIC_DTYPES, Timestamp
+from contextkit.types import NUMERIC_DTYPES, String, Timestamp
 
-AnySpec = EntitySpec | FileSourceSpec | FeatureViewSpec | ContextServiceSpec
+AnySpec = (
+    EntitySpec
+    | FileSourceSpec
+    | FeatureViewSpec
+    | EmbeddingViewSpec
+    | PromptViewSpec
+    | ContextServiceSpec
+)
+
+# Columns every vector table reserves (see contextkit.stores.vector), so metadata can't use them.
+RESERVED_DOCUMENT_COLUMNS = (
+    "id",
+    "chunk_index",
+    "char_offset",
+    "text",
+    "content_hash",
+    "row_hash",
+    "vector",
+    "updated_at",
+)
+# What a prompt template can read at the top level (see PromptView).
+TEMPLATE_NAMES = ("features", "documents", "request", "query", "entities")
 
 
 def build_specs(repo: Repo) -> list[AnySpec]:
@@ -58,6 +83,8 @@ class _Checker:
         self.sources = {s.name: s for s in specs if isinstance(s, FileSourceSpec)}
         self.views = {s.name: s for s in specs if isinstance(s, FeatureViewSpec)}
         self.services = {s.name: s for s in specs if isinstance(s, ContextServiceSpec)}
+        self.embedding_views = {s.name: s for s in specs if isinstance(s, EmbeddingViewSpec)}
+        self.prompts = {s.name: s for s in specs if isinstance(s, PromptViewSpec)}
         self.order = [s.name for s in specs]
 
     def error(self, spec: AnySpec, message: str, hint: str | None = None) -> None:
@@ -302,13 +329,189 @@ class _Checker:
                 out.append(f.model_copy(update={"dtype": compute.aggregate_dtype(f, col_type)}))
         return out if ok else None
 
-    # -- services --------------------------------------------------------------------------
-    def check_service(self, service: ContextServiceSpec, views: dict[str, FeatureViewSpec]) -> None:
+    # -- embedding views --------------------------------------------------------------------
+    def check_embedding_view(
+        self, ws: Workspace, view: EmbeddingViewSpec, good: set[str], models: dict | None
+    ) -> EmbeddingViewSpec | None:
+        ok = True
+        for name in view.sources:
+            if name not in self.sources and name not in self.views:
+                self.error(
+                    view,
+                    f"unknown source {name!r}",
+                    hint="define it in the repo (a FileSource or a feature view) or fix the name",
+                )
+                ok = False
+        if view.mode == "column" and len(view.sources) != 1:
+            self.error(view, "an embedding view without a transformation reads one source")
+            ok = False
+        for e in view.entities:
+            if e not in self.entities:
+                self.error(view, f"unknown entity {e!r}", hint="define it with Entity(...)")
+                ok = False
+        if not ok or any(s not in good for s in view.sources):
+            return None
+        join_keys: list[FieldSpec] = []
+        for e in view.entities:
+            for k in self.entities[e].join_keys:
+                if k.name not in [j.name for j in join_keys]:
+                    join_keys.append(k)
+        ts = view.timestamp_field
+        if ts is None and view.mode == "column":
+            ts = self._default_timestamp(view)  # the source's timestamp field, if any
+        probe = view.model_copy(update={"join_keys": join_keys, "timestamp_field": ts})
+        try:
+            body = compute.embedding_output_sql(ws, probe, sample_rows=100)
+            schema = compute.describe(ws.con, f"SELECT * FROM ({body}) LIMIT 0")
+        except ContextKitError as exc:
+            self.errors.append(
+                exc if isinstance(exc, DefinitionError) else DefinitionError(str(exc))
+            )
+            return None
+        except Exception as exc:
+            self.error(
+                view,
+                f"the transformation does not run: {_first_line(exc)}",
+                hint="fix the query; source tables are named after the sources, with their "
+                "columns: " + self._columns_hint(view),
+            )
+            return None
+        types = {c.name: c.dtype for c in schema}
+        columns = ", ".join(types)
+        for key in join_keys:
+            if key.name not in types:
+                self.error(
+                    view,
+                    f"join key {key.name!r} is missing from the view's output",
+                    hint=f"select {key.name} (output columns: {columns})",
+                )
+                ok = False
+        text = view.text_column
+        if text not in types:
+            self.error(
+                view,
+                f"text column {text!r} is not in the view's output",
+                hint=f"pass text=<one of: {columns}>",
+            )
+            ok = False
+        elif types[text] != String:
+            self.error(
+                view,
+                f"text column {text!r} has type {types[text]}, not string",
+                hint=f"cast it in a transformation: CAST({text} AS VARCHAR)",
+            )
+            ok = False
+        if ts is not None and ts not in types:
+            self.error(
+                view,
+                f"timestamp_field {ts!r} is not in the view's output",
+                hint=f"output columns: {columns}",
+            )
+            ok = False
+        elif ts is not None and types[ts] != Timestamp:
+            self.error(view, f"timestamp_field {ts!r} has type {types[ts]}, not a timestamp")
+            ok = False
+        metadata_schema = []
+        keys = {k.name for k in join_keys}
+        for column in view.metadata:
+            if column in RESERVED_DOCUMENT_COLUMNS or column in keys or column == text:
+                self.error(
+                    view,
+                    f"metadata column {column!r} clashes with a key or a column every vector "
+                    "table has",
+                    hint="rename it in a transformation (reserved: "
+                    + ", ".join(RESERVED_DOCUMENT_COLUMNS)
+                    + ")",
+                )
+                ok = False
+            elif column not in types:
+                self.error(
+                    view,
+                    f"metadata column {column!r} is not in the view's output",
+                    hint=f"output columns: {columns}",
+                )
+                ok = False
+            else:
+                metadata_schema.append(FieldSpec(name=column, dtype=types[column]))
+        if len(set(view.metadata)) != len(view.metadata):
+            self.error(view, "a metadata column is listed twice")
+            ok = False
+        model = self._check_model(view, models)
+        if model is None or not ok:
+            return None
+        return probe.model_copy(
+            update={
+                "join_keys": [FieldSpec(name=k.name, dtype=types[k.name]) for k in join_keys],
+                "metadata_schema": metadata_schema,
+                "model_name": model[0],
+                "dimension": model[1],
+            }
+        )
+
+    def _check_model(
+        self, view: EmbeddingViewSpec, models: dict | None
+    ) -> tuple[str, int | None] | None:
+        """The model's identity and dimension, from the config alone (no model load, no call)."""
+        from contextkit.embeddings import Chunker, EmbeddingError, get_encoder
+        from contextkit.embeddings.encoders import known_dimension
+
+        try:
+            encoder = get_encoder(view.model, models, base_dir=self.root)
+            if view.chunking is not None:  # checks token chunks fit the model (no load)
+                Chunker.from_config(view.chunking.model_dump(), encoder)
+            return encoder.name, known_dimension(encoder)
+        except EmbeddingError as exc:
+            self.error(view, exc.message, hint=exc.hint)
+            return None
+
+    # -- searches and prompts -----------------------------------------------------------------
+    def check_search(
+        self,
+        owner: AnySpec,
+        search: SearchSpec,
+        embedding_views: dict[str, EmbeddingViewSpec],
+        request_fields: set[str] | None,
+    ) -> None:
+        if search.view not in self.embedding_views:
+            hint = "embedding views: " + (", ".join(sorted(self.embedding_views)) or "none")
+            if search.view in self.views:
+                hint = f"{search.view!r} is a feature view; searches run over embedding views"
+            self.error(
+                owner, f"search {search.name!r}: unknown embedding view {search.view!r}", hint
+            )
+            return
+        view = embedding_views.get(search.view)
+        if view is None:
+            return  # its own problem was reported
+        if search.filter is not None:
+            from contextkit.stores.vector import InvalidFilterError, parse_filter
+
+            try:
+                parse_filter(search.filter, _arrow_types(view))
+            except InvalidFilterError as exc:
+                self.error(owner, f"search {search.name!r}: {exc.message}", hint=exc.hint)
+        if (
+            request_fields is not None
+            and search.query_from != "query"
+            and search.query_from not in request_fields
+        ):
+            self.error(
+                owner,
+                f"search {search.name!r} takes its query from {search.query_from!r}, which is "
+                "not a request-context field",
+                hint="declare it with RequestField(...) in the prompt's request_context, or use "
+                'query_from="query" (the request\'s query text)',
+            )
+
+    def check_feature_refs(
+        self, owner: AnySpec, refs: list[FeatureRefSpec], views: dict[str, FeatureViewSpec]
+    ) -> dict[str, tuple[str, str | None]]:
+        """Check a service's or prompt's use of feature views; returns join key -> (view, type)."""
         key_types: dict[str, tuple[str, str | None]] = {}
-        for ref in service.features:
+        for ref in refs:
             if ref.view not in self.views:
                 self.error(
-                    service,
+                    owner,
                     f"unknown feature view {ref.view!r}",
                     hint="views: " + (", ".join(sorted(self.views)) or "none defined"),
                 )
@@ -318,15 +521,16 @@ class _Checker:
                 continue
             if not view.online:
                 self.error(
-                    service,
-                    f"view {ref.view!r} is offline-only (online=False) but services serve online",
-                    hint=f"set online=True on {ref.view!r} or leave it out of the service",
+                    owner,
+                    f"view {ref.view!r} is offline-only (online=False) but "
+                    f"{owner.kind.replace('_', ' ')}s serve online",
+                    hint=f"set online=True on {ref.view!r} or leave it out",
                 )
             known = {f.name for f in view.features}
             for name in ref.features or []:
                 if name not in known:
                     self.error(
-                        service,
+                        owner,
                         f"view {ref.view!r} has no feature {name!r}",
                         hint=f"its features are: {', '.join(sorted(known))}",
                     )
@@ -334,17 +538,217 @@ class _Checker:
                 seen = key_types.setdefault(key.name, (ref.view, key.dtype))
                 if seen[1] != key.dtype:
                     self.error(
-                        service,
+                        owner,
                         f"join key {key.name!r} is {key.dtype} in view {ref.view!r} but "
                         f"{seen[1]} in view {seen[0]!r}",
                         hint="make the key the same type in both views",
                     )
+        return key_types
+
+    def check_prompt(
+        self,
+        prompt: PromptViewSpec,
+        views: dict[str, FeatureViewSpec],
+        embedding_views: dict[str, EmbeddingViewSpec],
+    ) -> PromptViewSpec | None:
+        from contextkit.prompts import PromptError
+
+        before = len(self.errors)
+        key_types = self.check_feature_refs(prompt, prompt.features, views)
+        fields = {f.name for f in prompt.request_context}
+        for search in prompt.searches:
+            self.check_search(prompt, search, embedding_views, fields)
+        names = [s.name for s in prompt.searches]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            self.error(prompt, f"two searches are named {dup!r}", hint="pass Search(..., name=...)")
+        for f in prompt.request_context:
+            if f.name in key_types:
+                self.error(prompt, f"request field {f.name!r} has the name of a join key")
+        try:
+            template = load_template(prompt, self.root)
+        except PromptError as exc:
+            self.errors.append(_prompt_error(prompt, exc, self.root))
+            return None
+        selected = {}
+        for ref in prompt.features:
+            view = views.get(ref.view)
+            if view is not None:
+                selected[ref.view] = set(ref.features or [f.name for f in view.features])
+        available = {
+            "features": selected,
+            "documents": set(names),
+            "request": fields,
+            "entities": set(key_types),
+        }
+        used = []
+        for var in template.variables():
+            where = _template_location(prompt, var, self.root)
+            top = var.path[0]
+            used.append(var.dotted)
+            if top not in TEMPLATE_NAMES:
+                self.errors.append(
+                    DefinitionError(
+                        f"prompt {prompt.name!r}: unknown variable {top!r}",
+                        location=where,
+                        hint="templates read " + ", ".join(TEMPLATE_NAMES),
+                    )
+                )
+                continue
+            if top == "query" or len(var.path) < 2:
+                continue
+            second = var.path[1]
+            if top == "features":
+                if second not in selected:
+                    self.errors.append(
+                        DefinitionError(
+                            f"prompt {prompt.name!r}: unknown feature view {second!r} in "
+                            f"{var.dotted}",
+                            location=where,
+                            hint="the prompt's features are: "
+                            + (", ".join(sorted(selected)) or "none (pass features=[...])"),
+                        )
+                    )
+                elif len(var.path) > 2 and var.path[2] not in selected[second]:
+                    self.errors.append(
+                        DefinitionError(
+                            f"prompt {prompt.name!r}: unknown feature {var.path[2]!r} of view "
+                            f"{second!r} in {var.dotted}",
+                            location=where,
+                            hint=f"{second} has: {', '.join(sorted(selected[second]))}",
+                        )
+                    )
+            elif second not in available[top]:
+                what = {"documents": "search", "request": "request field", "entities": "join key"}
+                self.errors.append(
+                    DefinitionError(
+                        f"prompt {prompt.name!r}: unknown {what[top]} {second!r} in {var.dotted}",
+                        location=where,
+                        hint=f"declared: {', '.join(sorted(available[top])) or 'none'}",
+                    )
+                )
+        if len(self.errors) > before:
+            return None
+        return prompt.model_copy(update={"variables": sorted(set(used))})
+
+    # -- services --------------------------------------------------------------------------
+    def check_service(
+        self,
+        service: ContextServiceSpec,
+        views: dict[str, FeatureViewSpec],
+        embedding_views: dict[str, EmbeddingViewSpec],
+    ) -> None:
+        self.check_feature_refs(service, service.features, views)
+        fields: set[str] = set()
+        for name in service.prompts:
+            prompt = self.prompts.get(name)
+            if prompt is None:
+                self.error(
+                    service,
+                    f"unknown prompt view {name!r}",
+                    hint="prompts: " + (", ".join(sorted(self.prompts)) or "none defined"),
+                )
+                continue
+            fields |= {f.name for f in prompt.request_context}
+            self.check_feature_refs(service, [*service.features, *prompt.features], views)
+        for search in service.searches:
+            self.check_search(service, search, embedding_views, fields)
+        names = [s.name for s in service.searches]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            self.error(service, f"two searches are named {dup!r}", hint="pass Search(..., name=)")
 
 
-def validate(specs: list[AnySpec], root: Path) -> list[AnySpec]:
+def load_template(prompt: PromptViewSpec, root: Path):
+    """The prompt's compiled template: a ``PromptTemplate``, or for messages a ``ChatTemplate``."""
+    from contextkit.prompts import ChatTemplate, PromptSyntaxError, PromptTemplate
+
+    if prompt.template_file:
+        path = (root / prompt.template_file).resolve()
+        if not path.is_relative_to(root.resolve()) or not path.is_file():
+            raise PromptSyntaxError(
+                f"template file not found: {prompt.template_file}",
+                template=prompt.name,
+                hint="give a path relative to the repo root, inside the repo",
+            )
+        source = path.read_text()
+        if prompt.format == "messages":
+            raise PromptSyntaxError(
+                "a template file holds one text template; chat turns are given as messages=",
+                template=prompt.template_file,
+            )
+        return PromptTemplate(source, name=prompt.template_file)
+    if prompt.format == "messages":
+        return ChatTemplate(list(prompt.messages), name=prompt.name)
+    return PromptTemplate(prompt.template or "", name=prompt.name)
+
+
+def _template_location(prompt: PromptViewSpec, var, root: Path) -> str | None:
+    """file:line of a template variable: in the .jinja file, or in the Python file that holds
+    the inline template (found by looking for the template's text after the PromptView line)."""
+    if prompt.template_file:
+        return f"{prompt.template_file}:{var.line}"
+    if prompt.location is None:
+        return None
+    source = prompt.template or ""
+    if prompt.messages and var.template.endswith("]"):
+        index = int(var.template.rsplit("[", 1)[1][:-1])
+        source = prompt.messages[index][1]
+    line = _inline_line(root / prompt.location.file, prompt.location.line, source, var.line)
+    if line is None:
+        return f"{prompt.location} (template line {var.line})"
+    return f"{prompt.location.file}:{line}"
+
+
+def _inline_line(file: Path, start: int, source: str, template_line: int) -> int | None:
+    first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+    if not first:
+        return None
+    try:
+        lines = file.read_text().splitlines()
+    except OSError:
+        return None
+    offset = next((i for i, ln in enumerate(source.splitlines()) if ln.strip() == first), 0)
+    probe = first[:40]
+    for number in range(max(start, 1), len(lines) + 1):
+        if probe in lines[number - 1]:
+            return number + (template_line - 1) - offset
+    return None
+
+
+def _prompt_error(prompt: PromptViewSpec, exc, root: Path) -> DefinitionError:
+    line = getattr(exc, "line", None)
+    if prompt.template_file:
+        where = f"{prompt.template_file}:{line}" if line else prompt.template_file
+    else:
+        where = str(prompt.location) if prompt.location else None
+        if where and line:
+            where += f" (template line {line})"
+    return DefinitionError(f"prompt {prompt.name!r}: {exc.message}", location=where, hint=exc.hint)
+
+
+def _arrow_types(view: EmbeddingViewSpec) -> dict:
+    """The filterable columns of a view's vector table (keys and metadata), as Arrow types."""
+    import pyarrow as pa
+
+    arrow = {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+    }
+    return {
+        f.name: arrow.get(f.dtype or "", pa.null())
+        for f in [*view.join_keys, *view.metadata_schema]
+    }
+
+
+def validate(
+    specs: list[AnySpec], root: Path, models: dict[str, dict] | None = None
+) -> list[AnySpec]:
     """Check ``specs`` against each other and the data; return them enriched with schemas.
 
-    Raises :class:`ValidationErrors` listing every problem found.
+    ``models`` is the repo config's ``models:`` section (embedding views name one). Raises
+    :class:`ValidationErrors` listing every problem found.
     """
     checker = _Checker(specs, root)
     con = compute.connect_duckdb()
@@ -360,16 +764,25 @@ def validate(specs: list[AnySpec], root: Path) -> list[AnySpec]:
                 checked[name] = result
                 ws.views[name] = result
                 good.add(name)
+        embedded: dict[str, EmbeddingViewSpec] = {}
+        for name, view in checker.embedding_views.items():
+            result = checker.check_embedding_view(ws, view, good, models)
+            if result is not None:
+                embedded[name] = result
+        prompts: dict[str, PromptViewSpec] = {}
+        for name, prompt in checker.prompts.items():
+            result = checker.check_prompt(prompt, checked, embedded)
+            if result is not None:
+                prompts[name] = result
         for service in checker.services.values():
-            checker.check_service(service, checked)
+            checker.check_service(service, checked, embedded)
     finally:
         con.close()
     if checker.errors:
         raise ValidationErrors(checker.errors)
-    enriched = {**checker.sources, **checked}
+    enriched = {**checker.sources, **checked, **embedded, **prompts}
     return [
-        enriched.get(s.name, s) if s.kind in ("file_source", "batch_feature_view") else s
-        for s in specs
+        enriched.get(s.name, s) if s.kind not in ("entity", "context_service") else s for s in specs
     ]
 
 

@@ -100,6 +100,8 @@ def _load_sentence_transformer(path: Path, device: str) -> Any:
             # A local folder never needs the Hub; make sure nothing tries to reach it.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            # No "Loading weights" bars in the CLI's output or the server's log.
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
@@ -594,6 +596,14 @@ def get_encoder(
             encoder = build_encoder(key, configs[key], base_dir=base_dir)
             _encoders[cache_key] = encoder
     return encoder
+
+
+def known_dimension(encoder: Encoder) -> int | None:
+    """The encoder's dimension when it is known without calling a hosted model (from the config
+    or a local model's files); None for a hosted model whose config gives none."""
+    if isinstance(encoder, LiteLLMEncoder):
+        return encoder._dimension
+    return encoder.dimension
 
 
 def _positive_int(what: str, value: Any) -> int:

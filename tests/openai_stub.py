@@ -87,6 +87,8 @@ class _Failure:
     path: str | None
     message: str | None = None
     used: int = field(default=0)
+    after: int = 0  # matching requests answered normally before this failure starts
+    skipped: int = field(default=0)
 
     def applies(self, path: str) -> bool:
         return (self.path is None or path.startswith(self.path)) and (
@@ -174,11 +176,13 @@ class OpenAIStub:
         times: int | None = None,
         path: str | None = None,
         message: str | None = None,
+        after: int = 0,
     ) -> None:
         """Answer ``status`` with an OpenAI-style error body (for ``times`` requests, or until
-        ``reset``); ``path`` (a prefix such as ``"/v1/embeddings"``) narrows it."""
+        ``reset``); ``path`` (a prefix such as ``"/v1/embeddings"``) narrows it; ``after``
+        lets that many matching requests through first (a failure half-way through a job)."""
         with self._lock:
-            self._failures.append(_Failure("status", status, times, path, message))
+            self._failures.append(_Failure("status", status, times, path, message, after=after))
 
     def delay(self, seconds: float, *, times: int | None = None, path: str | None = None) -> None:
         """Sleep ``seconds`` before answering (for ``times`` requests, or until ``reset``)."""
@@ -231,6 +235,9 @@ class OpenAIStub:
                     failure.used += 1
                     sleep = failure.value
                 elif failure.kind == "status" and status is None:
+                    if failure.skipped < failure.after:
+                        failure.skipped += 1
+                        continue
                     failure.used += 1
                     status = failure
             return sleep, status

@@ -181,7 +181,7 @@ def test_materialize_refuses_a_dev_workspace(served_repo):
 def test_materialize_an_unknown_view_lists_the_applied_ones(served_repo):
     result = run_cli(served_repo, "materialize", "user_spnd", "--workspace", "prod")
 
-    stderr = assert_clean_failure(result, 1, "unknown feature view(s): user_spnd")
+    stderr = assert_clean_failure(result, 1, "unknown view(s): user_spnd")
     assert "product_sales, user_spend" in stderr
 
 

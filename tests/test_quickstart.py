@@ -15,7 +15,13 @@ def ctx(quickstart_data):
     ctx.create_workspace("prod", live=True)
     ctx.apply(ctx.plan(quickstart_data))
     jobs = ctx.materialize(end=DATA_END)
-    assert {j.view for j in jobs} == {"user_order_stats", "user_profile", "product_attributes"}
+    assert {j.view for j in jobs} == {
+        "user_order_stats",
+        "user_profile",
+        "product_attributes",
+        "product_docs",
+        "help_articles",
+    }
     assert all(j.status == "succeeded" for j in jobs)
     return ctx
 
@@ -103,3 +109,33 @@ def test_rematerializing_the_same_range_changes_nothing(ctx):
     after = ctx.get_features("support_assistant", entities={"user_id": [1, 2, 3]}).to_dict()
     assert after == before
     assert sorted(str(p.name) for p in ctx.offline.files("prod/user_order_stats")) == offline_before
+
+
+def test_product_docs_find_a_product_by_its_sku_and_by_meaning(ctx, quickstart_data):
+    products = _sql(
+        f"SELECT product_id, sku, category, name FROM "
+        f"read_parquet('{quickstart_data}/data/products.parquet') ORDER BY product_id"
+    )
+    product_id, sku, category, name = products[len(products) // 2]
+    by_code = ctx.search("product_docs", sku, top_k=3, mode="text")
+    assert by_code[0]["key"] == {"product_id": product_id}
+    assert by_code[0]["metadata"]["sku"] == sku
+    hybrid = ctx.search("product_docs", f"{sku} {name}", top_k=3, mode="hybrid")
+    assert hybrid[0]["key"] == {"product_id": product_id}
+    # By meaning: the product's own name finds it (or one of its category) first.
+    by_meaning = ctx.search("product_docs", name, top_k=3)
+    assert by_meaning[0]["metadata"]["category"] == category
+    in_category = ctx.search("product_docs", name, top_k=5, filter={"category": category})
+    assert {h["metadata"]["category"] for h in in_category} == {category}
+
+
+def test_help_articles_are_chunked_and_keep_their_parent_key(ctx, quickstart_data):
+    articles = _sql(
+        f"SELECT count(*) FROM read_parquet('{quickstart_data}/data/support_articles.parquet')"
+    )[0][0]
+    table = ctx.vectors._open("prod__help_articles").to_arrow()
+    assert table.num_rows > articles  # long articles span several 128-token chunks
+    assert len(set(table.column("article_id").to_pylist())) == articles
+    hits = ctx.search("help_articles", "how many days do I have to return an item", top_k=5)
+    assert all(h["key"]["article_id"] >= 1 and h["chunk_index"] >= 0 for h in hits)
+    assert any("return" in h["text"].lower() for h in hits)

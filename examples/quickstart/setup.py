@@ -33,24 +33,46 @@ def main() -> int:
         console.print(render_plan(plan))
         if not plan.is_empty:
             ctx.apply(plan)
-        with console.status("materializing feature views..."):
-            for job in ctx.materialize():
-                console.print(
-                    f"[green]materialized[/] {job.view}: {job.rows_offline} offline rows, "
-                    f"{job.rows_online} online entities in {job.duration_s:.2f}s"
-                )
+        # The first run encodes every product description and help article with the packaged
+        # MiniLM model (about a minute on 2 cores); later runs encode only what changed.
+        with console.status("materializing feature views and embedding views...") as status:
+
+            def on_progress(view, p):
+                status.update(f"{view}: encoding {p.chunks_done}/{p.chunks_total} chunks, "
+                              f"{p.docs_per_s:.0f} docs/s")  # fmt: skip
+
+            for job in ctx.materialize(on_progress=on_progress):
+                if job.kind == "embedding_view":
+                    d = job.details
+                    console.print(
+                        f"[green]materialized[/] {job.view}: {d['documents']} documents, "
+                        f"{job.rows_online} chunks, {d['texts_encoded']} encoded in "
+                        f"{job.duration_s:.2f}s"
+                    )
+                else:
+                    console.print(
+                        f"[green]materialized[/] {job.view}: {job.rows_offline} offline rows, "
+                        f"{job.rows_online} online entities in {job.duration_s:.2f}s"
+                    )
     except ContextKitError as exc:
         console.print(f"[bold red]error:[/] {exc.message}")
         if exc.hint:
             console.print(f"[yellow]hint:[/] {exc.hint}")
         return 1
     port = os.environ.get("PORT", "8000")
-    body = '{"workspace": "prod", "service": "support_assistant", "entities": {"user_id": [1, 2]}}'
-    console.print("\n[bold]Ready.[/] Once the server is up, in another terminal try:\n")
-    print(
-        f"curl -s -X POST http://127.0.0.1:{port}/v1/features "
-        f"-H 'content-type: application/json' -d '{body}'\n"
+    features = (
+        '{"workspace": "prod", "service": "support_assistant", "entities": {"user_id": [1, 2]}}'
     )
+    search = (
+        '{"workspace": "prod", "view": "product_docs", "query": "waterproof hiking boots", '
+        '"top_k": 3, "mode": "hybrid"}'
+    )
+    console.print("\n[bold]Ready.[/] Once the server is up, in another terminal try:\n")
+    for path, body in (("/v1/features", features), ("/v1/search", search)):
+        print(
+            f"curl -s -X POST http://127.0.0.1:{port}{path} "
+            f"-H 'content-type: application/json' -d '{body}'\n"
+        )
     return 0
 
 

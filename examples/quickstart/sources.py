@@ -22,3 +22,10 @@ users = FileSource(
     timestamp_field="signup_ts",
     description="User accounts.",
 )
+
+support_articles = FileSource(
+    name="support_articles",
+    path="data/support_articles.parquet",
+    timestamp_field="updated_at",
+    description="Help-center articles on returns, refunds, shipping, warranty and payments.",
+)

@@ -1,0 +1,251 @@
+"""Embedding views in the core: materialize (encode into the vector store) and search.
+
+Materialization composes the two leaves: the transformation runs in DuckDB (one row per
+document), :func:`contextkit.embeddings.plan_encode` chunks and hashes every document and keeps only
+new or changed chunks, and :meth:`LanceVectorStore.apply_changes` writes them, with the deletions,
+as one table version. A failure anywhere leaves the previous version current (and searchable).
+The job is recorded in the registry like a feature view's, with the encode statistics.
+
+Search encodes the query with the view's model (same model as the table, so the vectors are
+comparable) and asks the store; results are plain dicts ``{"id", "text", "score", "key",
+"metadata", "chunk_index", "char_offset"}``, best first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from contextkit import compute
+from contextkit.errors import BadRequestError, ContextKitError, StoreError, leaf_error
+from contextkit.materialize import JobResult, spec_hash
+from contextkit.specs import EmbeddingViewSpec, FeatureViewSpec, FileSourceSpec
+from contextkit.stores.registry import RegistryStore
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from contextkit.embeddings import EncodeProgress, Encoder
+    from contextkit.stores.vector import LanceVectorStore
+
+# Rows handed from DuckDB to the encode pipeline per Arrow batch.
+_ROWS_PER_BATCH = 4096
+
+
+def vector_table(workspace: str, view: str) -> str:
+    """The vector store table of an embedding view in a workspace."""
+    return f"{workspace}__{view}"
+
+
+def encoder_for(view: EmbeddingViewSpec, models: Mapping[str, Any] | None, root: Path) -> Encoder:
+    """The view's encoder, built once per process and model config."""
+    from contextkit.embeddings import get_encoder
+
+    return get_encoder(view.model, models, base_dir=root)
+
+
+def materialize_embedding_view(
+    *,
+    registry: RegistryStore,
+    vectors: LanceVectorStore,
+    root: Path,
+    workspace: str,
+    view: EmbeddingViewSpec,
+    sources: dict[str, FileSourceSpec],
+    views: dict[str, FeatureViewSpec],
+    models: Mapping[str, Any] | None,
+    full: bool = False,
+    on_progress: Callable[[EncodeProgress], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> JobResult:
+    """Encode the view's new or changed documents into its vector table, in one commit.
+
+    ``full`` rebuilds the table from scratch (every chunk encoded again). The table is also
+    rebuilt when it no longer fits the view: another vector dimension, key or metadata columns.
+    """
+    from contextkit.embeddings import Chunker, plan_encode
+
+    end = datetime.now(UTC)
+    stage = on_stage or (lambda _s: None)
+    job_id = registry.start_job(
+        workspace,
+        view.name,
+        range_start=None,
+        range_end=end.isoformat(),
+        spec_hash=spec_hash(view),
+        details={"kind": "embedding_view", "full": full},
+    )
+    began = time.perf_counter()
+    table = vector_table(workspace, view.name)
+    try:
+        encoder = encoder_for(view, models, root)
+        chunking = view.chunking.model_dump() if view.chunking else None
+        chunker = Chunker.from_config(chunking, encoder)
+        replace = full or _must_rebuild(vectors, table, view, encoder)
+        existing = {} if replace else vectors.existing_hashes(table)
+        stage("reading")
+        with compute.workspace_session(root, sources, views) as ws:
+            documents = compute.embedding_documents_sql(ws, view)
+            reader = ws.con.sql(documents).to_arrow_reader(_ROWS_PER_BATCH)
+            stage("encoding")
+            with plan_encode(
+                reader,
+                encoder=encoder,
+                key_columns=view.join_key_names,
+                text_column=view.text_column,
+                metadata_columns=view.metadata,
+                chunker=chunker,
+                existing=existing,
+                fetch_vectors=None if replace else (lambda ids: vectors.fetch_vectors(table, ids)),
+                on_progress=on_progress,
+            ) as plan:
+                result = vectors.apply_changes(
+                    table,
+                    plan.batches(),
+                    plan.delete_ids,
+                    dim=encoder.dimension,
+                    key_columns=view.join_key_names,
+                    replace=replace,
+                )
+        stage("indexing")
+        report = vectors.ensure_indexes(table) if vectors.has_table(table) else None
+        chunks = vectors.count_rows(table) if vectors.has_table(table) else 0
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+        registry.finish_job(job_id, "failed", error=message[:500])
+        if isinstance(exc, ContextKitError):
+            raise
+        retry = (
+            "the previous version of its vector table is still served; fix the cause (source "
+            "data, model config, provider) and run `contextkit materialize` again"
+        )
+        translated = leaf_error(exc)
+        if translated is not None:
+            translated.hint = translated.hint or retry
+            raise translated from exc
+        if isinstance(exc, Exception):
+            raise StoreError(
+                f"materializing embedding view {view.name!r} failed: {message}", hint=retry
+            ) from exc
+        raise
+    duration = time.perf_counter() - began
+    details = {
+        "kind": "embedding_view",
+        "full": replace,
+        "model": encoder.name,
+        "dimension": encoder.dimension,
+        "table_version": result.version,
+        "indexes_created": report.created if report else [],
+        **plan.stats.as_dict(),
+    }
+    registry.finish_job(
+        job_id, "succeeded", rows_offline=plan.stats.documents, rows_online=chunks, details=details
+    )
+    return JobResult(
+        job_id,
+        view.name,
+        "succeeded",
+        None,
+        end,
+        plan.stats.documents,
+        chunks,
+        duration,
+        kind="embedding_view",
+        details=details,
+    )
+
+
+def _must_rebuild(
+    vectors: LanceVectorStore, table: str, view: EmbeddingViewSpec, encoder: Encoder
+) -> bool:
+    """Whether the existing table no longer fits the view (and must be replaced whole)."""
+    if not vectors.has_table(table):
+        return False
+    if vectors.dimension(table) != encoder.dimension:
+        return True
+    if vectors.key_columns(table) != view.join_key_names:
+        return True
+    stored = set(vectors.filterable_columns(table)) - set(view.join_key_names)
+    return stored != set(view.metadata)
+
+
+@dataclass
+class Documents:
+    """Search results, best first: each ``{"id", "text", "score", "key", "metadata",
+    "chunk_index", "char_offset"}`` (hybrid hits add ``"scores"``)."""
+
+    view: str
+    mode: str
+    hits: list[dict[str, Any]]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.hits[index]
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return list(self.hits)
+
+    def to_pandas(self):
+        """One row per hit: id, text, score, then the key and metadata columns."""
+        import pandas as pd
+
+        rows = [
+            {"id": h["id"], "text": h["text"], "score": h["score"], **h["key"], **h["metadata"]}
+            for h in self.hits
+        ]
+        return pd.DataFrame(rows)
+
+    def to_response(self) -> dict[str, Any]:
+        return {
+            "view": self.view,
+            "mode": self.mode,
+            "results": self.hits,
+            "metadata": {"timings_ms": self.timings_ms},
+        }
+
+
+def search_view(
+    vectors: LanceVectorStore,
+    encoder: Encoder | None,
+    workspace: str,
+    view: EmbeddingViewSpec,
+    *,
+    query: str | None = None,
+    vector: Sequence[float] | np.ndarray | None = None,
+    top_k: int = 10,
+    filter: Mapping[str, Any] | None = None,
+    mode: str = "vector",
+) -> Documents:
+    """Search one embedding view (see :meth:`contextkit.client.Context.search`)."""
+    timings: dict[str, float] = {}
+    if mode in ("vector", "hybrid") and vector is None:
+        if not isinstance(query, str) or not query.strip():
+            raise BadRequestError(
+                f"a {mode} search needs a query text or a vector",
+                hint='send "query": "..." (encoded with the view\'s model) or "vector": [...]',
+            )
+        assert encoder is not None
+        began = time.perf_counter()
+        vector = encoder.encode([query])[0]
+        timings["encode"] = (time.perf_counter() - began) * 1000
+    began = time.perf_counter()
+    hits = vectors.search(
+        vector_table(workspace, view.name),
+        vector=vector,
+        text=query,
+        mode=mode,  # type: ignore[arg-type]
+        top_k=top_k,
+        filter=filter,
+    )
+    timings["search"] = (time.perf_counter() - began) * 1000
+    return Documents(view.name, mode, hits, timings)

@@ -1,0 +1,105 @@
+"""``POST /v1/search``: similarity search over an embedding view (vector, text or hybrid)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from contextkit.server.common import (
+    READER,
+    ServerState,
+    field,
+    json_response,
+    ok_example,
+    read_object,
+)
+from contextkit.server.features import body_schema
+
+
+class SearchRequest(BaseModel):
+    """Body of ``POST /v1/search``."""
+
+    workspace: str | None = Field(None, description="Workspace; default: the server's.")
+    view: str = Field(..., description="Name of an embedding view.")
+    query: str | None = Field(None, description="Query text (needed for text and hybrid).")
+    vector: list[float] | None = Field(
+        None, description="A ready query vector (same model and dimension as the view)."
+    )
+    top_k: int = Field(10, ge=1, le=1000, description="How many chunks to return.")
+    filter: dict[str, Any] | None = Field(
+        None,
+        description='Structured filter on key and metadata columns, e.g. {"category": "shoes", '
+        '"price": {"lt": 50}}; operators eq ne lt lte gt gte in not_in contains.',
+    )
+    mode: Literal["vector", "text", "hybrid"] = Field("vector", description="How to search.")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "workspace": "prod",
+                    "view": "product_docs",
+                    "query": "waterproof hiking boots",
+                    "top_k": 5,
+                    "mode": "hybrid",
+                    "filter": {"price": {"lt": 200}},
+                }
+            ]
+        }
+    }
+
+
+SEARCH_EXAMPLE = {
+    "view": "product_docs",
+    "mode": "hybrid",
+    "results": [
+        {
+            "id": "1274#0",
+            "text": "The Basecamp Co Zen 3 Waterproof Hiking Boots is a weatherproof ...",
+            "score": 0.0325,
+            "scores": {"vector": 0.71, "text": 6.2},
+            "key": {"product_id": 1274},
+            "metadata": {"name": "Basecamp Co Zen 3 Waterproof Hiking Boots", "price": 129.0},
+            "chunk_index": 0,
+            "char_offset": 0,
+        }
+    ],
+    "metadata": {"timings_ms": {"encode": 6.1, "search": 9.4}},
+}
+
+
+def routes(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/search",
+        openapi_extra=body_schema(SearchRequest),
+        responses=ok_example(SEARCH_EXAMPLE),
+    )
+    async def search(request: Request) -> Response:
+        """The chunks of an embedding view closest to a query, best first."""
+        data = await read_object(request)
+        view = field(data, "view", str, required=True)
+        workspace = field(data, "workspace", str, required=False)
+        query = field(data, "query", str, required=False)
+        vector = field(data, "vector", list, required=False)
+        top_k = field(data, "top_k", int, required=False)
+        filter_ = field(data, "filter", dict, required=False)
+        mode = field(data, "mode", str, required=False) or "vector"
+        ctx = state.context(request, workspace, READER)
+        result = await run_in_threadpool(
+            ctx.search,
+            view,
+            query,
+            vector=vector,
+            top_k=10 if top_k is None else top_k,
+            filter=filter_,
+            mode=mode,
+        )
+        return json_response(result.to_response())
+
+    return router
