@@ -655,18 +655,22 @@ def install_openapi(app: FastAPI, *, auth: bool) -> None:
                 for status in statuses:
                     description, code, message = ERROR_EXAMPLES[status]
                     example = {"error": {"code": code, "message": message, "details": {}}}
-                    responses[str(status)] = {
-                        "description": description,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/Error"},
-                                "example": example,
-                            }
+                    # A route's own documentation of a status (another error shape) wins.
+                    responses.setdefault(
+                        str(status),
+                        {
+                            "description": description,
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Error"},
+                                    "example": example,
+                                }
+                            },
                         },
-                    }
+                    )
                     if status == 429:
-                        responses["429"]["headers"] = {
-                            "Retry-After": {"schema": {"type": "integer"}}
+                        responses["429"].setdefault("headers", {})["Retry-After"] = {
+                            "schema": {"type": "integer"}
                         }
                 for response in responses.values():
                     response.setdefault("headers", {})["X-Request-ID"] = {

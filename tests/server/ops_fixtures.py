@@ -117,7 +117,8 @@ class ServeProcess:
         raise RuntimeError(f"server not healthy after {timeout}s: {self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
