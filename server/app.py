@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contextkit.client import Context, translate_store_errors
 from contextkit.errors import ContextKitError
-from contextkit.server import features, ops
+from contextkit.server import features, ops, search
 from contextkit.server.auth import KeyAuthorizer
 from contextkit.server.common import Authorizer, InvalidBody, ServerState, error_response
 from contextkit.server.common import json_response as _json
@@ -66,6 +66,7 @@ def create_app(
     )
     app.include_router(ops.routes(state))
     app.include_router(features.routes(state))
+    app.include_router(search.routes(state))
     return app
 
 
@@ -185,6 +186,7 @@ def app_from_settings(settings: ServeSettings) -> FastAPI:
 
     ops.configure_logging()
     ctx = connect(settings.repo, settings.workspace)
+    ctx.warm()  # load embedding models and vector tables now, not in the first request
     return create_app(ctx, auth=settings.auth, config=settings.ops_config())
 
 
