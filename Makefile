@@ -48,6 +48,7 @@ format: install
 
 bench: install
 	$(PY) bench/online.py
+	$(PY) bench/auth.py
 	$(PY) bench/materialize.py
 	$(PY) bench/cli_startup.py
 
