@@ -393,16 +393,20 @@ class OpsMiddleware:
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
-        refusal = None
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            if length.isdigit():
-                refusal = _too_large(self.max_body)
-            else:
-                refusal = BadRequestError("Content-Length is not a number")
-            status = await self._refuse(scope, send, refusal, id_header, close=True)
-        elif scope["path"] not in OPEN_PATHS and (refusal := self._gate(scope)) is not None:
-            status = await self._refuse(scope, send, refusal, id_header, close=False)
-        else:
+        try:
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                refusal: ContextKitError = (
+                    _too_large(self.max_body)
+                    if length.isdigit()
+                    else BadRequestError("Content-Length is not a number")
+                )
+                status = await self._refuse(scope, send, refusal, id_header, close=True)
+                return
+            if scope["path"] not in OPEN_PATHS:
+                gate_refusal = self._gate(scope)
+                if gate_refusal is not None:
+                    status = await self._refuse(scope, send, gate_refusal, id_header, close=False)
+                    return
             app_receive = receive
             if length is None:  # chunked: count the bytes as they arrive
                 seen = 0
@@ -416,13 +420,9 @@ class OpsMiddleware:
                         raise _too_large(self.max_body)
                     return message
 
-            try:
-                await self.app(scope, app_receive, send_with_id)
-            finally:
-                self._record(scope, status, time.perf_counter() - started)
-
-            return
-        self._record(scope, status, time.perf_counter() - started)
+            await self.app(scope, app_receive, send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
 
     async def _refuse(self, scope, send, exc: ContextKitError, id_header, *, close: bool) -> int:
         """Answer ``exc`` without running the app (in the path's error shape); its status."""
