@@ -29,6 +29,7 @@ _EXPORTS = {
     "Search": "contextkit.definitions",
     "PromptView": "contextkit.definitions",
     "RequestField": "contextkit.definitions",
+    "TemplateFile": "contextkit.definitions",
     "Field": "contextkit.types",
     "String": "contextkit.types",
     "Int64": "contextkit.types",
@@ -54,6 +55,7 @@ __all__ = [
     "Search",
     "PromptView",
     "RequestField",
+    "TemplateFile",
     "Field",
     "String",
     "Int64",
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
         PromptView,
         RequestField,
         Search,
+        TemplateFile,
         batch_feature_view,
         embedding_view,
     )

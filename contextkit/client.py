@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from contextkit.access import Access
+    from contextkit.assemble import ContextPlan, ContextResult
     from contextkit.embedding import Documents
     from contextkit.offline_retrieval import OfflineFeatures
     from contextkit.stores.vector import LanceVectorStore
@@ -167,6 +168,7 @@ class Context:
         self._writes = 0
         self._specs_cache: dict[str, tuple[tuple[int, int], WorkspaceSpecs]] = {}
         self._readers: dict[tuple[str, str], tuple[tuple[int, int], ServiceReader]] = {}
+        self._context_plans: dict[tuple, tuple[tuple[int, int], ContextPlan]] = {}
 
     @property
     def vectors(self) -> LanceVectorStore:
@@ -367,6 +369,23 @@ class Context:
         return self.registry.list_jobs(self.workspace, view, limit)
 
     # -- online retrieval ---------------------------------------------------------------------
+    def _service_spec(self, service: str) -> ContextServiceSpec:
+        """The applied spec of a service of a live workspace (errors say what exists)."""
+        specs = self.specs()
+        if not specs.workspace.live:
+            raise WorkspaceError(
+                f"workspace {specs.workspace.name!r} is a dev workspace and does not serve",
+                hint="read from a live workspace",
+            )
+        if service not in specs.services:
+            raise NotFoundError(
+                f"unknown service {service!r} in workspace {specs.workspace.name!r}",
+                hint=("services: " + ", ".join(sorted(specs.services)))
+                if specs.services
+                else "apply a repo that defines a ContextService",
+            )
+        return specs.services[service]
+
     def service_reader(self, service: str) -> ServiceReader:
         """The precomputed reader of a service (cached until the registry changes)."""
         workspace = self.workspace
@@ -374,20 +393,13 @@ class Context:
         cached = self._readers.get((workspace, service))
         if cached is not None and cached[0] == state:
             return cached[1]
-        specs = self.specs(workspace)
-        if not specs.workspace.live:
-            raise WorkspaceError(
-                f"workspace {workspace!r} is a dev workspace and does not serve features",
-                hint="read from a live workspace",
+        spec = self._service_spec(service)
+        if not spec.features:
+            raise BadRequestError(
+                f"service {service!r} has no feature views",
+                hint="ask /v1/context (or ctx.get_context) for its documents and prompt",
             )
-        if service not in specs.services:
-            raise NotFoundError(
-                f"unknown service {service!r} in workspace {workspace!r}",
-                hint=("services: " + ", ".join(sorted(specs.services)))
-                if specs.services
-                else "apply a repo that defines a ContextService",
-            )
-        reader = ServiceReader.build(workspace, specs.services[service], specs.views)
+        reader = ServiceReader.build(workspace, spec, self.specs(workspace).views)
         self._readers[(workspace, service)] = (state, reader)
         return reader
 
@@ -438,6 +450,77 @@ class Context:
 
             found = self.__dict__["_access"] = Access(self.registry)
         return found
+
+    # -- context assembly ------------------------------------------------------------------------
+    def context_plan(self, service: str, prompt: str | None = None) -> ContextPlan:
+        """The precomputed plan of a context request (cached until the registry changes)."""
+        from contextkit.assemble import build_plan
+
+        key = (self.workspace, service, prompt)
+        state = self._state()
+        cached = self._context_plans.get(key)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        with _translating:
+            plan = build_plan(self, service, prompt)
+        self._context_plans[key] = (state, plan)
+        return plan
+
+    def _context_request(self, service: str, prompt: str | None, options: dict[str, Any]):
+        from contextkit.assemble import parse_request
+
+        plan = self.context_plan(service, prompt)
+        return plan, parse_request(plan, **options)
+
+    def get_context(
+        self,
+        service: str,
+        entities: Mapping[str, Any] | None = None,
+        *,
+        query: str | None = None,
+        request_context: Mapping[str, Any] | None = None,
+        prompt: str | None = None,
+        top_k: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+        searches: Mapping[str, Mapping[str, Any]] | None = None,
+        render: bool = True,
+        complete: bool = False,
+        model: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> ContextResult:
+        """Everything an LLM call needs, for one entity: features, documents and the prompt.
+
+        The service's feature lookups and searches run concurrently; the prompt view (``prompt``,
+        default: the service's first) is rendered within its token budget, dropping the
+        worst-ranked documents first. ``complete=True`` also calls the LLM (``model`` overrides
+        the prompt's) through litellm::
+
+            result = ctx.get_context("support_assistant", {"user_id": 42},
+                                     query="Can I still return my running shoes?")
+            result.prompt["messages"], result.documents["products"], result.features
+
+        ``top_k``/``filter`` override every search's; ``searches={"products": {"top_k": 3}}``
+        one search's. Bad input raises :class:`BadRequestError` naming the field.
+        """
+        from contextkit.assemble import assemble
+
+        plan, request = self._context_request(
+            service,
+            prompt,
+            dict(
+                entities=entities,
+                query=query,
+                request_context=request_context,
+                top_k=top_k,
+                filter=filter,
+                searches=searches,
+                render=render,
+                complete=complete,
+                model=model,
+                params=params,
+            ),
+        )
+        return assemble(self, plan, request)
 
     # -- similarity search ------------------------------------------------------------------------
     def embedding_view(self, name: str) -> EmbeddingViewSpec:
@@ -513,6 +596,14 @@ class Context:
                     continue
                 encoder_for(view, self.config.models, self.config.root.resolve()).encode(["warm"])
                 self.vectors.warm(table)
+        if specs.prompts:
+            from contextkit.prompts import get_token_counter
+
+            for prompt in specs.prompts.values():
+                get_token_counter(prompt.model)  # litellm's import and tokenizer: seconds
+            for service in specs.services.values():
+                for prompt_name in service.prompts or [None]:
+                    self.context_plan(service.name, prompt_name)
 
     def close(self) -> None:
         self.registry.close()

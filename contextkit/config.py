@@ -9,6 +9,7 @@ Example::
     vector_store: {type: lancedb, path: .contextkit/vectors}
     models:                      # embedding models, by the name views use (minilm is built in)
       openai_small: {type: litellm, model: text-embedding-3-small, dimension: 1536}
+    llm: {timeout_s: 60, retries: 2}   # completions: api_base, api_key_env, timeout_s, retries
 
 Relative paths are relative to the folder holding the config file.
 """
@@ -43,6 +44,19 @@ class VectorStoreConfig(BaseModel):
     path: str = ".contextkit/vectors"
 
 
+class LLMConfig(BaseModel):
+    """How completions are called (through litellm): the model comes from the prompt view."""
+
+    model_config = ConfigDict(extra="forbid")
+    # An OpenAI-compatible server to send every completion to (a local vLLM, a proxy); None: the
+    # provider named by the model (openai/..., anthropic/...).
+    api_base: str | None = None
+    # The environment variable holding the key; None: the provider's usual one (OPENAI_API_KEY).
+    api_key_env: str | None = None
+    timeout_s: float = 60.0
+    retries: int = 2
+
+
 class RepoConfig(BaseModel):
     """Parsed ``contextkit.yaml``; ``root`` is the folder that holds it."""
 
@@ -54,6 +68,7 @@ class RepoConfig(BaseModel):
     vector_store: VectorStoreConfig = VectorStoreConfig()
     # Embedding models by config key: {type: sentence-transformers | litellm | hash, ...}.
     models: dict[str, dict[str, Any]] = {}
+    llm: LLMConfig = LLMConfig()
     # Python files (globs relative to the repo root) that are not definitions, e.g. scripts.
     exclude: list[str] = []
     root: Path = Path(".")

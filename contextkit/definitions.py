@@ -27,6 +27,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from contextkit.durations import format_seconds, to_seconds
@@ -728,6 +729,31 @@ class RequestField:
         )
 
 
+class TemplateFile:
+    """A Jinja template kept in a file of the repo (path relative to the repo root).
+
+    Use it for ``PromptView(template=...)`` or in ``messages=[("system", TemplateFile(...))]``.
+    Its text is read when the repo is planned, so ``contextkit plan`` shows an edit to the file
+    and the server never reads repo files.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+
+    def read(self, owner: _Definition, root: str | None) -> str:
+        base = Path(root) if root is not None else Path(owner._file).parent
+        file = (base / self.path).resolve()
+        if not file.is_relative_to(base.resolve()) or not file.is_file():
+            raise owner._error(
+                f"prompt {owner.name!r}: template file not found: {self.path}",
+                hint="give a path relative to the repo root, inside the repo",
+            )
+        return file.read_text()
+
+    def __repr__(self) -> str:
+        return f"TemplateFile({self.path!r})"
+
+
 class PromptView(_Definition):
     """A Jinja template plus what it reads: features, searches and request-context fields.
 
@@ -746,11 +772,11 @@ class PromptView(_Definition):
 
     Templates see ``features.<view>.<feature>``, ``documents.<search name>`` (a list of
     ``{id, text, score, metadata, key}``, best first), ``request.<field>``, ``query`` and
-    ``entities.<join key>``. ``template`` is an inline string or, with ``template_file``, a
-    ``.jinja`` file relative to the repo root; ``format="messages"`` takes ``messages`` as
-    ``(role, template)`` pairs (or a template file with one ``{% role %}`` block per turn is
-    not supported: use pairs). ``max_tokens`` is the prompt's token budget; ``model`` the
-    default LLM (a litellm model name) and ``params`` its completion parameters.
+    ``entities.<join key>``. ``template`` is an inline string or a :class:`TemplateFile`
+    (``template_file="prompts/x.jinja"`` is short for it); ``format="messages"`` takes
+    ``messages`` as ``(role, template)`` pairs, each template a string or a ``TemplateFile``.
+    ``max_tokens`` is the prompt's token budget; ``model`` the default LLM (a litellm model
+    name) and ``params`` its completion parameters.
     """
 
     kind = "prompt_view"
@@ -758,11 +784,11 @@ class PromptView(_Definition):
     def __init__(
         self,
         name: str,
-        template: str | None = None,
+        template: str | TemplateFile | None = None,
         *,
         template_file: str | None = None,
         format: str = "text",
-        messages: Sequence[tuple[str, str]] | None = None,
+        messages: Sequence[tuple[str, str | TemplateFile]] | None = None,
         features: Sequence[BatchFeatureView | FeatureSelection | str] = (),
         searches: Sequence[Search | EmbeddingView | str] = (),
         request_context: Sequence[RequestField | Field] = (),
@@ -792,8 +818,9 @@ class PromptView(_Definition):
             )
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise self._error(f"prompt {name!r}: max_tokens must be a positive integer")
+        if template_file is not None:
+            template = TemplateFile(template_file)
         self.template = template
-        self.template_file = template_file
         self.format = format
         self.messages = [tuple(m) for m in messages or []]
         self.features = list(features)
@@ -813,17 +840,23 @@ class PromptView(_Definition):
         return _embedding_views_of(self.searches)
 
     def to_spec(self, root: str | None = None) -> PromptViewSpec:
+        messages, files = [], []
         for turn in self.messages:
-            if len(turn) != 2 or not all(isinstance(x, str) for x in turn):
+            if len(turn) != 2 or not isinstance(turn[0], str):
                 raise self._error(
                     f"prompt {self.name!r}: each message must be a (role, template) pair",
                     hint='e.g. ("system", "You are a helpful assistant.")',
                 )
+            role, source = turn
+            messages.append((role, self._source(source, root)))
+            files.append(source.path if isinstance(source, TemplateFile) else None)
+        template = self._source(self.template, root) if self.template is not None else None
         return PromptViewSpec(
             format=self.format,  # type: ignore[arg-type]
-            template=self.template,
-            messages=self.messages,  # type: ignore[arg-type]
-            template_file=self.template_file,
+            template=template,
+            messages=messages,
+            template_file=self.template.path if isinstance(self.template, TemplateFile) else None,
+            message_files=files if any(files) else [],
             features=_feature_refs(self, self.features),
             searches=_search_specs(self, self.searches),
             request_context=[f.to_spec() for f in self.request_context],
@@ -832,6 +865,15 @@ class PromptView(_Definition):
             params=self.params,
             **self._common(root),
         )
+
+    def _source(self, source: str | TemplateFile, root: str | None) -> str:
+        if isinstance(source, TemplateFile):
+            return source.read(self, root)
+        if not isinstance(source, str):
+            raise self._error(
+                f"prompt {self.name!r}: a template is a string or a TemplateFile, got {source!r}"
+            )
+        return source
 
 
 def _views_of(items: Sequence[Any]) -> list[BatchFeatureView]:

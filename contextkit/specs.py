@@ -193,10 +193,13 @@ class PromptViewSpec(_ObjectSpec):
 
     kind: Literal["prompt_view"] = "prompt_view"
     format: Literal["text", "messages"] = "text"
-    # format "text": one template; "messages": (role, template) turns in order.
+    # format "text": one template; "messages": (role, template) turns in order. Templates read
+    # from files are stored as their text (so `plan` sees an edit); the file names are kept for
+    # error locations.
     template: str | None = None
     messages: list[tuple[str, str]] = Field(default_factory=list)
     template_file: str | None = None
+    message_files: list[str | None] = Field(default_factory=list)
     features: list[FeatureRefSpec] = Field(default_factory=list)
     searches: list[SearchSpec] = Field(default_factory=list)
     request_context: list[RequestFieldSpec] = Field(default_factory=list)

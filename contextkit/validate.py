@@ -657,41 +657,32 @@ class _Checker:
             self.error(service, f"two searches are named {dup!r}", hint="pass Search(..., name=)")
 
 
-def load_template(prompt: PromptViewSpec, root: Path):
-    """The prompt's compiled template: a ``PromptTemplate``, or for messages a ``ChatTemplate``."""
-    from contextkit.prompts import ChatTemplate, PromptSyntaxError, PromptTemplate
+def load_template(prompt: PromptViewSpec, root: Path | None = None):
+    """The prompt's compiled template: a ``PromptTemplate``, or for messages a ``ChatTemplate``.
 
-    if prompt.template_file:
-        path = (root / prompt.template_file).resolve()
-        if not path.is_relative_to(root.resolve()) or not path.is_file():
-            raise PromptSyntaxError(
-                f"template file not found: {prompt.template_file}",
-                template=prompt.name,
-                hint="give a path relative to the repo root, inside the repo",
-            )
-        source = path.read_text()
-        if prompt.format == "messages":
-            raise PromptSyntaxError(
-                "a template file holds one text template; chat turns are given as messages=",
-                template=prompt.template_file,
-            )
-        return PromptTemplate(source, name=prompt.template_file)
+    Templates are compiled from the spec's text (files were read at plan time), named after
+    their file when they came from one, so errors point there.
+    """
+    from contextkit.prompts import ChatTemplate, PromptTemplate
+
     if prompt.format == "messages":
         return ChatTemplate(list(prompt.messages), name=prompt.name)
-    return PromptTemplate(prompt.template or "", name=prompt.name)
+    return PromptTemplate(prompt.template or "", name=prompt.template_file or prompt.name)
 
 
 def _template_location(prompt: PromptViewSpec, var, root: Path) -> str | None:
-    """file:line of a template variable: in the .jinja file, or in the Python file that holds
-    the inline template (found by looking for the template's text after the PromptView line)."""
-    if prompt.template_file:
-        return f"{prompt.template_file}:{var.line}"
-    if prompt.location is None:
-        return None
-    source = prompt.template or ""
+    """file:line of a template variable: in its template file, or in the Python file that
+    holds the inline template (found by looking for the template's text after the PromptView
+    line)."""
+    source, file = prompt.template or "", prompt.template_file
     if prompt.messages and var.template.endswith("]"):
         index = int(var.template.rsplit("[", 1)[1][:-1])
         source = prompt.messages[index][1]
+        file = prompt.message_files[index] if prompt.message_files else None
+    if file:
+        return f"{file}:{var.line}"
+    if prompt.location is None:
+        return None
     line = _inline_line(root / prompt.location.file, prompt.location.line, source, var.line)
     if line is None:
         return f"{prompt.location} (template line {var.line})"
@@ -716,12 +707,16 @@ def _inline_line(file: Path, start: int, source: str, template_line: int) -> int
 
 def _prompt_error(prompt: PromptViewSpec, exc, root: Path) -> DefinitionError:
     line = getattr(exc, "line", None)
-    if prompt.template_file:
-        where = f"{prompt.template_file}:{line}" if line else prompt.template_file
+    template = getattr(exc, "template", None) or ""
+    file = prompt.template_file
+    if template.endswith("]") and prompt.message_files:
+        file = prompt.message_files[int(template.rsplit("[", 1)[1][:-1])]
+    if file:
+        where = f"{file}:{line}" if line else file
     else:
         where = str(prompt.location) if prompt.location else None
         if where and line:
-            where += f" (template line {line})"
+            where += f" (template {template}, line {line})"
     return DefinitionError(f"prompt {prompt.name!r}: {exc.message}", location=where, hint=exc.hint)
 
 

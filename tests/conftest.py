@@ -69,6 +69,8 @@ def quickstart_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
             continue
         if path.is_file():
             shutil.copy(path, root / path.name)
+        elif path.is_dir():  # templates/
+            shutil.copytree(path, root / path.name, ignore=shutil.ignore_patterns("__pycache__"))
     sys.path.insert(0, str(QUICKSTART))
     try:
         from generate_data import generate

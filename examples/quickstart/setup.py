@@ -67,8 +67,16 @@ def main() -> int:
         '{"workspace": "prod", "view": "product_docs", "query": "waterproof hiking boots", '
         '"top_k": 3, "mode": "hybrid"}'
     )
+    context = (
+        '{"workspace": "prod", "service": "support_assistant", "entities": {"user_id": 7}, '
+        '"query": "My hiking boots leak after a week. Can I return them?"}'
+    )
     console.print("\n[bold]Ready.[/] Once the server is up, in another terminal try:\n")
-    for path, body in (("/v1/features", features), ("/v1/search", search)):
+    for path, body in (
+        ("/v1/features", features),
+        ("/v1/search", search),
+        ("/v1/context", context),
+    ):
         print(
             f"curl -s -X POST http://127.0.0.1:{port}{path} "
             f"-H 'content-type: application/json' -d '{body}'\n"

@@ -1,0 +1,667 @@
+"""Context assembly: one request -> features + documents + a rendered prompt (+ a completion).
+
+This is what ``POST /v1/context`` and ``Context.get_context`` run::
+
+    result = ctx.get_context("support_assistant", entities={"user_id": 42},
+                             query="Are my running shoes still returnable?")
+    result.prompt["messages"]      # the rendered chat turns, within the prompt's token budget
+    result.documents["products"]   # the hits of each search, best first
+
+Steps, per request:
+1. validate the request against the service's plan (join keys, query, request-context types);
+2. read the online features and run every search **concurrently** (threads: SQLite, the encoder
+   and LanceDB all release the GIL for their heavy parts);
+3. render the prompt view within its ``max_tokens`` budget: when over, the worst-ranked documents
+   are dropped first, then the text is truncated (``prompts.fit_to_budget``); what was dropped is
+   reported;
+4. optionally call the LLM through litellm (``prompts.complete`` / ``stream_complete``).
+
+A :class:`ContextPlan` (everything that depends only on the registry) is built once per service,
+prompt and registry version, so a request does no spec work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import numbers
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from contextkit.errors import BadRequestError, NotFoundError, leaf_error
+from contextkit.retrieve import ServiceReader
+from contextkit.specs import (
+    ContextServiceSpec,
+    EmbeddingViewSpec,
+    FeatureRefSpec,
+    PromptViewSpec,
+    RequestFieldSpec,
+    SearchSpec,
+)
+from contextkit.types import Bool, Float64, Int64, String, Timestamp
+
+if TYPE_CHECKING:
+    from contextkit.client import Context
+    from contextkit.retrieve import OnlineFeatures
+
+MAX_TOP_K = 100
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="contextkit-context")
+    return _pool
+
+
+def _run_coroutine(coroutine) -> Any:
+    """Run a coroutine to completion from sync code, also inside a running loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    return _executor().submit(asyncio.run, coroutine).result()
+
+
+# -- the plan: what a service + prompt needs, computed once per registry version ----------------
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    """Everything a context request of one service (and prompt) needs from the registry."""
+
+    workspace: str
+    workspace_version: int
+    service: str
+    prompt: PromptViewSpec | None
+    reader: ServiceReader | None
+    searches: tuple[SearchSpec, ...]
+    embedding_views: Mapping[str, EmbeddingViewSpec]
+    template: Any  # PromptTemplate | ChatTemplate | None
+    request_fields: tuple[RequestFieldSpec, ...]
+    needs_query: bool
+
+    @property
+    def join_keys(self) -> tuple[tuple[str, str], ...]:
+        return self.reader.join_keys if self.reader is not None else ()
+
+
+def build_plan(ctx: Context, service_name: str, prompt_name: str | None) -> ContextPlan:
+    """The plan of ``service_name`` rendering ``prompt_name`` (default: the service's first)."""
+    from contextkit.validate import load_template
+
+    specs = ctx.specs()
+    service = ctx._service_spec(service_name)
+    prompt = None
+    name = prompt_name or (service.prompts[0] if service.prompts else None)
+    if name is not None:
+        prompt = specs.prompts.get(name)
+        if prompt is None:
+            raise NotFoundError(
+                f"unknown prompt view {name!r} in workspace {specs.workspace.name!r}",
+                hint="prompt views: " + (", ".join(sorted(specs.prompts)) or "none applied"),
+            )
+    refs = _merge_refs([*service.features, *(prompt.features if prompt else [])])
+    reader = None
+    if refs:
+        merged = ContextServiceSpec(name=service.name, features=refs)
+        reader = ServiceReader.build(specs.workspace.name, merged, specs.views)
+    searches: dict[str, SearchSpec] = {s.name: s for s in service.searches}
+    for search in prompt.searches if prompt else []:
+        searches.setdefault(search.name, search)
+    template = load_template(prompt, ctx.config.root.resolve()) if prompt else None
+    uses_query = prompt is not None and "query" in template.names()
+    needs_query = uses_query or any(s.query_from == "query" for s in searches.values())
+    return ContextPlan(
+        workspace=specs.workspace.name,
+        workspace_version=specs.workspace.version,
+        service=service.name,
+        prompt=prompt,
+        reader=reader,
+        searches=tuple(searches.values()),
+        embedding_views={s.view: specs.embedding_views[s.view] for s in searches.values()},
+        template=template,
+        request_fields=tuple(prompt.request_context) if prompt else (),
+        needs_query=needs_query,
+    )
+
+
+def _merge_refs(refs: Sequence[FeatureRefSpec]) -> list[FeatureRefSpec]:
+    """One ref per view: all features if any ref takes all, else the union of the selections."""
+    merged: dict[str, list[str] | None] = {}
+    for ref in refs:
+        if ref.view in merged and merged[ref.view] is None:
+            continue
+        if ref.features is None:
+            merged[ref.view] = None
+        else:
+            have = merged.setdefault(ref.view, [])
+            have.extend(f for f in ref.features if f not in have)  # type: ignore[union-attr]
+    return [FeatureRefSpec(view=v, features=f) for v, f in merged.items()]
+
+
+# -- the request --------------------------------------------------------------------------------
+
+
+@dataclass
+class ContextRequest:
+    """A validated context request (see :meth:`contextkit.client.Context.get_context`)."""
+
+    entities: dict[str, list[Any]]
+    query: str | None
+    request: dict[str, Any]
+    search_options: dict[str, tuple[int, dict[str, Any] | None]]
+    render: bool
+    complete: bool
+    model: str | None
+    params: dict[str, Any]
+
+
+def parse_request(
+    plan: ContextPlan,
+    *,
+    entities: Mapping[str, Any] | None,
+    query: str | None,
+    request_context: Mapping[str, Any] | None,
+    top_k: int | None,
+    filter: Mapping[str, Any] | None,
+    searches: Mapping[str, Mapping[str, Any]] | None,
+    render: bool,
+    complete: bool,
+    model: str | None,
+    params: Mapping[str, Any] | None,
+) -> ContextRequest:
+    """Check a request against the plan; every error names the field and says what to send."""
+    keys: dict[str, list[Any]] = {}
+    if plan.join_keys:
+        if not isinstance(entities, Mapping) or not entities:
+            names = ", ".join(k for k, _ in plan.join_keys)
+            raise BadRequestError(
+                f"service {plan.service!r} needs entities ({names})",
+                hint='send "entities": {'
+                + ", ".join(f'"{k}": ...' for k, _ in plan.join_keys)
+                + "}",
+                details={"field": "entities"},
+            )
+        columns = {k: (v if _is_list(v) else [v]) for k, v in entities.items()}
+        if any(len(v) != 1 for v in columns.values()):
+            raise BadRequestError(
+                "a context request is for one entity: give one value per join key",
+                hint='e.g. "entities": {"user_id": 42}; for many entities use /v1/features',
+                details={"field": "entities"},
+            )
+        keys = columns
+    elif entities:
+        raise BadRequestError(
+            f"service {plan.service!r} has no feature views, so it takes no entities",
+            hint="leave out entities",
+            details={"field": "entities"},
+        )
+    if query is not None and not isinstance(query, str):
+        raise BadRequestError("query must be a string", details={"field": "query"})
+    if plan.needs_query and (query is None or not query.strip()) and (render or plan.searches):
+        raise BadRequestError(
+            f"service {plan.service!r} needs a query (its searches or prompt use it)",
+            hint='send "query": "the user\'s question"',
+            details={"field": "query"},
+        )
+    request = _request_values(plan, request_context or {})
+    options: dict[str, tuple[int, dict[str, Any] | None]] = {}
+    overrides = dict(searches or {})
+    unknown = sorted(set(overrides) - {s.name for s in plan.searches})
+    if unknown:
+        raise BadRequestError(
+            f"unknown search(es) {', '.join(map(repr, unknown))} in searches",
+            hint="the service's searches: " + (", ".join(s.name for s in plan.searches) or "none"),
+            details={"field": "searches"},
+        )
+    for search in plan.searches:
+        override = overrides.get(search.name) or {}
+        if not isinstance(override, Mapping) or set(override) - {"top_k", "filter"}:
+            raise BadRequestError(
+                f"searches.{search.name} takes top_k and filter",
+                details={"field": f"searches.{search.name}"},
+            )
+        k = override.get("top_k", top_k if top_k is not None else search.top_k)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_TOP_K:
+            raise BadRequestError(
+                f"top_k must be an integer from 1 to {MAX_TOP_K}, got {k!r}",
+                details={"field": "top_k"},
+            )
+        merged = dict(search.filter or {})
+        for extra in (filter, override.get("filter")):
+            if extra is not None and not isinstance(extra, Mapping):
+                raise BadRequestError("filter must be an object", details={"field": "filter"})
+            merged.update(extra or {})
+        options[search.name] = (k, merged or None)
+    if model is not None and not isinstance(model, str):
+        raise BadRequestError("model must be a string", details={"field": "model"})
+    return ContextRequest(
+        entities=keys,
+        query=query,
+        request=request,
+        search_options=options,
+        render=bool(render),
+        complete=bool(complete),
+        model=model,
+        params=dict(params or {}),
+    )
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list | tuple) or (
+        hasattr(value, "tolist") and not isinstance(value, str | bytes)
+    )
+
+
+def _request_values(plan: ContextPlan, given: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(given, Mapping):
+        raise BadRequestError(
+            "request_context must be an object", details={"field": "request_context"}
+        )
+    declared = {f.name: f for f in plan.request_fields}
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise BadRequestError(
+            f"unknown request_context field(s): {', '.join(unknown)}",
+            hint="the prompt declares: " + (", ".join(declared) or "none"),
+            details={"field": f"request_context.{unknown[0]}"},
+        )
+    out: dict[str, Any] = {}
+    for name, spec in declared.items():
+        if name not in given or given[name] is None:
+            if spec.required:
+                raise BadRequestError(
+                    f"missing request_context field {name!r} ({spec.dtype})",
+                    hint=f'send "request_context": {{"{name}": ...}}',
+                    details={"field": f"request_context.{name}"},
+                )
+            out[name] = spec.default
+            continue
+        out[name] = _coerce(name, spec.dtype, given[name])
+    return out
+
+
+def _coerce(name: str, dtype: str, value: Any) -> Any:
+    ok = False
+    if dtype == String:
+        ok = isinstance(value, str)
+    elif dtype == Int64:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        value = int(value) if ok else value
+    elif dtype == Float64:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        value = float(value) if ok else value
+        ok = ok and math.isfinite(value)
+    elif dtype == Bool:
+        ok = isinstance(value, bool)
+    elif dtype == Timestamp:
+        if isinstance(value, datetime):
+            ok = True
+        elif isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                ok = True
+            except ValueError:
+                ok = False
+        if ok and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+    if not ok:
+        raise BadRequestError(
+            f"request_context field {name!r} must be {dtype}, got {value!r}",
+            hint="timestamps are ISO 8601 strings" if dtype == Timestamp else None,
+            details={"field": f"request_context.{name}", "expected": dtype},
+        )
+    return value
+
+
+# -- the result ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ContextResult:
+    """Everything one context request returned. ``to_response()`` is the HTTP body."""
+
+    workspace: str
+    service: str
+    entities: dict[str, Any]
+    features: dict[str, dict[str, Any]]
+    documents: dict[str, list[dict[str, Any]]]
+    prompt: dict[str, Any] | None
+    completion: dict[str, Any] | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def template_features(self) -> dict[str, dict[str, Any]]:
+        return {view: dict(block["values"]) for view, block in self.features.items()}
+
+    def to_response(self) -> dict[str, Any]:
+        return {
+            "workspace": self.workspace,
+            "service": self.service,
+            "entities": self.entities,
+            "features": self.features,
+            "documents": self.documents,
+            "prompt": self.prompt,
+            "completion": self.completion,
+            "metadata": self.metadata,
+        }
+
+
+def _features_by_view(online: OnlineFeatures | None, now: datetime) -> dict[str, dict[str, Any]]:
+    """One entity's features grouped by view: values, types, status, event time, freshness."""
+    out: dict[str, dict[str, Any]] = {}
+    if online is None:
+        return out
+    for name, dtype, values, statuses, stamps in zip(
+        online.names,
+        online.types,
+        online.values,
+        online.statuses,
+        online.event_timestamps,
+        strict=True,
+    ):
+        view, feature = name.split(".", 1)
+        block = out.get(view)
+        if block is None:
+            stamp = stamps[0]
+            age = None
+            if stamp is not None:
+                age = (now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+            block = out[view] = {
+                "values": {},
+                "types": {},
+                "status": statuses[0],
+                "event_timestamp": stamp,
+                "freshness_s": round(age, 3) if age is not None else None,
+            }
+        block["values"][feature] = values[0]
+        block["types"][feature] = dtype
+    return out
+
+
+# -- running a request --------------------------------------------------------------------------
+
+
+def retrieve_stage(ctx: Context, plan: ContextPlan, request: ContextRequest):
+    """The callables of the retrieval stage, to run concurrently: the feature read, and one per
+    group of searches sharing a model and a query text (the query is encoded once for all of
+    them). Each returns a list of ``(name, value, milliseconds)``."""
+    from contextkit.embedding import encoder_for, search_view
+
+    def features():
+        began = time.perf_counter()
+        value = plan.reader.read(ctx.online, request.entities) if plan.reader else None
+        return [("features", value, (time.perf_counter() - began) * 1000)]
+
+    def query_text(spec: SearchSpec) -> str:
+        text = request.query if spec.query_from == "query" else request.request.get(spec.query_from)
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequestError(
+                f"search {spec.name!r} takes its query from {spec.query_from!r}, which is empty",
+                details={"field": spec.query_from},
+            )
+        return text
+
+    def group_step(group: list[SearchSpec]):
+        def run():
+            out = []
+            began = time.perf_counter()
+            text = query_text(group[0])
+            vector = None
+            try:
+                if any(s.mode != "text" for s in group):
+                    view = plan.embedding_views[group[0].view]
+                    encoder = encoder_for(view, ctx.config.models, ctx.config.root.resolve())
+                    vector = encoder.encode([text])[0]
+                for spec in group:
+                    top_k, filter_ = request.search_options[spec.name]
+                    value = search_view(
+                        ctx.vectors,
+                        None,
+                        plan.workspace,
+                        plan.embedding_views[spec.view],
+                        query=text,
+                        vector=vector if spec.mode != "text" else None,
+                        top_k=top_k,
+                        filter=filter_,
+                        mode=spec.mode,
+                    )
+                    out.append((spec.name, value, (time.perf_counter() - began) * 1000))
+            except Exception as exc:
+                translated = _translated(exc)
+                if translated is None:
+                    raise
+                raise translated from exc
+            return out
+
+        return run
+
+    groups: dict[tuple[str, str], list[SearchSpec]] = {}
+    for spec in plan.searches:
+        model = plan.embedding_views[spec.view].model
+        groups.setdefault((model, spec.query_from), []).append(spec)
+    return [features, *(group_step(g) for g in groups.values())]
+
+
+def _translated(exc: BaseException):
+    from contextkit.client import translate_store_errors
+    from contextkit.stores.errors import StoreFailure
+
+    if isinstance(exc, StoreFailure):
+        return translate_store_errors(exc)
+    return leaf_error(exc)
+
+
+def finish_retrieval(
+    plan: ContextPlan,
+    request: ContextRequest,
+    results: list[list[tuple[str, Any, float]]],
+    began: float,
+) -> ContextResult:
+    now = datetime.now(UTC)
+    flat = [item for step in results for item in step]
+    online = flat[0][1]
+    found = {name: (docs, ms) for name, docs, ms in flat[1:]}
+    documents: dict[str, list[dict[str, Any]]] = {}
+    timings: dict[str, Any] = {"features": round(flat[0][2], 3), "search": {}}
+    for spec in plan.searches:  # in the service's order, whatever order the threads finished
+        docs, ms = found[spec.name]
+        documents[spec.name] = list(docs.hits)
+        timings["search"][spec.name] = round(ms, 3)
+    timings["retrieve"] = round((time.perf_counter() - began) * 1000, 3)
+    return ContextResult(
+        workspace=plan.workspace,
+        service=plan.service,
+        entities={k: v[0] for k, v in request.entities.items()},
+        features=_features_by_view(online, now),
+        documents=documents,
+        prompt=None,
+        completion=None,
+        metadata={"workspace_version": plan.workspace_version, "timings_ms": timings},
+    )
+
+
+def render_prompt(plan: ContextPlan, request: ContextRequest, result: ContextResult) -> None:
+    """Render the plan's prompt into ``result.prompt`` within its token budget."""
+    from contextkit.prompts import fit_to_budget, get_token_counter
+
+    prompt = plan.prompt
+    if prompt is None or plan.template is None:
+        return
+    began = time.perf_counter()
+    model = request.model or prompt.model
+    base = {
+        "features": result.template_features(),
+        "request": request.request,
+        "query": request.query,
+        "entities": result.entities,
+    }
+    # Budget order: rank within its search (0 = best); the worst-ranked go first.
+    flat = [
+        {"id": hit["id"], "search": name, "rank_score": 1.0 / (1 + rank), "hit": hit}
+        for name, hits in result.documents.items()
+        for rank, hit in enumerate(hits)
+    ]
+
+    def render(kept: Sequence[Mapping[str, Any]]):
+        grouped: dict[str, list[dict[str, Any]]] = {name: [] for name in result.documents}
+        for item in kept:
+            grouped[item["search"]].append(item["hit"])
+        context = {**base, "documents": grouped}
+        if prompt.format == "messages":
+            return plan.template.render_messages(context, model=model)
+        return plan.template.render(context, model=model)
+
+    try:
+        if prompt.max_tokens:
+            fit = fit_to_budget(render, flat, prompt.max_tokens, model, score_key="rank_score")
+            rendered, tokens, tokenizer = fit.rendered, fit.tokens, fit.tokenizer
+            dropped, truncated = fit.dropped, fit.truncated
+        else:
+            rendered = render(flat)
+            counter = get_token_counter(model)
+            tokens, tokenizer = counter.count(rendered), counter.method
+            dropped, truncated = [], False
+    except Exception as exc:
+        translated = leaf_error(exc)
+        if translated is None:
+            raise
+        translated.details = {**(translated.details or {}), "prompt": prompt.name}
+        raise translated from exc
+    if dropped:
+        kept_ids = {item["id"] for item in flat if item["id"] not in dropped}
+        result.documents = {
+            name: [h for h in hits if h["id"] in kept_ids]
+            for name, hits in result.documents.items()
+        }
+    is_chat = prompt.format == "messages"
+    result.prompt = {
+        "name": prompt.name,
+        "format": prompt.format,
+        "text": None if is_chat else rendered,
+        "messages": rendered if is_chat else None,
+        "tokens": tokens,
+        "max_tokens": prompt.max_tokens,
+        "tokenizer": tokenizer,
+        "dropped": dropped,
+        "truncated": truncated,
+        "model": model,
+    }
+    result.metadata["timings_ms"]["render"] = round((time.perf_counter() - began) * 1000, 3)
+
+
+def completion_messages(result: ContextResult) -> list[dict[str, Any]]:
+    if result.prompt is None:
+        raise BadRequestError(
+            f"service {result.service!r} has no prompt view to complete",
+            hint="add prompts=[...] to the ContextService, or pass complete=false",
+            details={"field": "complete"},
+        )
+    if result.prompt["messages"] is not None:
+        return result.prompt["messages"]
+    return [{"role": "user", "content": result.prompt["text"]}]
+
+
+def completion_call(ctx: Context, plan: ContextPlan, request: ContextRequest) -> dict[str, Any]:
+    """Arguments for ``prompts.complete``: model, params, timeout, retries, api_base, api_key."""
+    import os
+
+    model = request.model or (plan.prompt.model if plan.prompt else None)
+    if not model:
+        raise BadRequestError(
+            "no model to complete with",
+            hint='set model=... on the prompt view, or send "model" in the request',
+            details={"field": "model"},
+        )
+    llm = ctx.config.llm
+    api_key = os.environ.get(llm.api_key_env) if llm.api_key_env else None
+    return {
+        "model": model,
+        "params": {**(plan.prompt.params if plan.prompt else {}), **request.params},
+        "timeout": llm.timeout_s,
+        "retries": llm.retries,
+        "api_base": llm.api_base,
+        "api_key": api_key,
+    }
+
+
+async def complete_async(
+    ctx: Context, plan: ContextPlan, request: ContextRequest, result: ContextResult
+) -> None:
+    from contextkit.prompts import complete
+
+    messages = completion_messages(result)
+    call = completion_call(ctx, plan, request)
+    try:
+        answer = await complete(messages, **call)
+    except Exception as exc:
+        translated = leaf_error(exc)
+        if translated is None:
+            raise
+        raise translated from exc
+    result.completion = {
+        "model": answer.model,
+        "text": answer.text,
+        "finish_reason": answer.finish_reason,
+        "usage": answer.usage,
+        "latency_ms": round(answer.latency_ms, 3),
+        "attempts": answer.attempts,
+    }
+    result.metadata["timings_ms"]["completion"] = round(answer.latency_ms, 3)
+
+
+async def stream_async(
+    ctx: Context, plan: ContextPlan, request: ContextRequest, result: ContextResult
+) -> AsyncIterator[str]:
+    """The completion's text deltas (raises ContextKitError on provider failures)."""
+    from contextkit.prompts import stream_complete
+
+    messages = completion_messages(result)
+    call = completion_call(ctx, plan, request)
+    try:
+        async for delta in stream_complete(messages, **call):
+            yield delta
+    except Exception as exc:
+        translated = leaf_error(exc)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+async def assemble_async(ctx: Context, plan: ContextPlan, request: ContextRequest) -> ContextResult:
+    """Retrieve (concurrently, in threads), render and, when asked, complete."""
+    began = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    steps = retrieve_stage(ctx, plan, request)
+    pool = _executor()
+    results = await asyncio.gather(*(loop.run_in_executor(pool, step) for step in steps))
+    result = finish_retrieval(plan, request, list(results), began)
+    if request.render or request.complete:
+        render_prompt(plan, request, result)
+    if request.complete:
+        await complete_async(ctx, plan, request, result)
+    result.metadata["timings_ms"]["total"] = round((time.perf_counter() - began) * 1000, 3)
+    return result
+
+
+def assemble(ctx: Context, plan: ContextPlan, request: ContextRequest) -> ContextResult:
+    """The synchronous path (the SDK): the same stages, the retrieval fanned out to threads."""
+    began = time.perf_counter()
+    steps = retrieve_stage(ctx, plan, request)
+    if len(steps) == 1:
+        results = [steps[0]()]
+    else:
+        futures = [_executor().submit(step) for step in steps]
+        results = [f.result() for f in futures]
+    result = finish_retrieval(plan, request, results, began)
+    if request.render or request.complete:
+        render_prompt(plan, request, result)
+    if request.complete:
+        _run_coroutine(complete_async(ctx, plan, request, result))
+    result.metadata["timings_ms"]["total"] = round((time.perf_counter() - began) * 1000, 3)
+    return result

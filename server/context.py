@@ -1,0 +1,199 @@
+"""``POST /v1/context``: features + documents + the rendered prompt (+ the LLM's answer).
+
+With ``"complete": true, "stream": true`` the answer streams as server-sent events:
+``event: context`` (the whole context, as the JSON body would have it, without the completion),
+then ``event: delta`` per text chunk (``{"text": "..."}``), then ``event: done`` (``{"text":
+the full answer, "timings_ms": ...}``), or ``event: error`` (the error JSON) if the provider
+fails mid-way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from contextkit.errors import ContextKitError
+from contextkit.server.common import (
+    READER,
+    ServerState,
+    field,
+    json_response,
+    ok_example,
+    read_object,
+)
+from contextkit.server.features import body_schema
+
+
+class ContextRequestBody(BaseModel):
+    """Body of ``POST /v1/context``."""
+
+    workspace: str | None = Field(None, description="Workspace; default: the server's.")
+    service: str = Field(..., description="Name of a ContextService.")
+    entities: dict[str, Any] | None = Field(
+        None, description="One value per join key of the service's feature views."
+    )
+    query: str | None = Field(None, description="The question: what the searches look for.")
+    request_context: dict[str, Any] | None = Field(
+        None, description="Values of the prompt's declared request fields."
+    )
+    prompt: str | None = Field(None, description="Prompt view; default: the service's first.")
+    top_k: int | None = Field(None, description="Override every search's top_k.")
+    filter: dict[str, Any] | None = Field(None, description="Extra filter for every search.")
+    searches: dict[str, dict[str, Any]] | None = Field(
+        None, description='Per-search overrides: {"products": {"top_k": 3, "filter": {...}}}.'
+    )
+    render: bool = Field(True, description="Render the prompt.")
+    complete: bool = Field(False, description="Also call the LLM (through litellm).")
+    stream: bool = Field(False, description="With complete: stream the answer as SSE.")
+    model: str | None = Field(None, description="Override the prompt view's LLM.")
+    params: dict[str, Any] | None = Field(None, description="Extra completion parameters.")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "workspace": "prod",
+                    "service": "support_assistant",
+                    "entities": {"user_id": 7},
+                    "query": "My hiking boots leak, can I return them?",
+                }
+            ]
+        }
+    }
+
+
+CONTEXT_EXAMPLE = {
+    "workspace": "prod",
+    "service": "support_assistant",
+    "entities": {"user_id": 7},
+    "features": {
+        "user_order_stats": {
+            "values": {"order_count_30d": 7, "amount_sum_30d": 1120.31},
+            "types": {"order_count_30d": "int64", "amount_sum_30d": "float64"},
+            "status": "PRESENT",
+            "event_timestamp": "2026-11-30T21:04:11.120000Z",
+            "freshness_s": 33120.5,
+        }
+    },
+    "documents": {
+        "products": [
+            {
+                "id": "1274#0",
+                "text": "The Northpeak Summit 1 Hiking Boots is a waterproof ...",
+                "score": 0.0325,
+                "key": {"product_id": 1274},
+                "metadata": {"sku": "SKU-GZG-3638", "price": 128.99},
+                "chunk_index": 0,
+                "char_offset": 0,
+            }
+        ]
+    },
+    "prompt": {
+        "name": "support_prompt",
+        "format": "messages",
+        "text": None,
+        "messages": [
+            {"role": "system", "content": "You are the support assistant of an online shop..."},
+            {"role": "user", "content": "My hiking boots leak, can I return them?"},
+        ],
+        "tokens": 887,
+        "max_tokens": 1200,
+        "tokenizer": "tiktoken:o200k_base",
+        "dropped": [],
+        "truncated": False,
+        "model": "openai/gpt-4o-mini",
+    },
+    "completion": None,
+    "metadata": {
+        "workspace_version": 2,
+        "timings_ms": {
+            "features": 0.2,
+            "search": {"products": 9.1, "articles": 9.4},
+            "retrieve": 9.8,
+            "render": 1.1,
+            "total": 11.2,
+        },
+    },
+}
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def routes(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/context",
+        openapi_extra=body_schema(ContextRequestBody),
+        responses=ok_example(CONTEXT_EXAMPLE),
+    )
+    async def context(request: Request) -> Response:
+        """Everything one LLM call needs: features, documents, the rendered prompt."""
+        from contextkit.assemble import assemble_async, stream_async
+
+        data = await read_object(request)
+        service = field(data, "service", str, required=True)
+        workspace = field(data, "workspace", str, required=False)
+        options = {
+            "entities": field(data, "entities", dict, required=False),
+            "query": field(data, "query", str, required=False),
+            "request_context": field(data, "request_context", dict, required=False),
+            "top_k": field(data, "top_k", int, required=False),
+            "filter": field(data, "filter", dict, required=False),
+            "searches": field(data, "searches", dict, required=False),
+            "render": _flag(data, "render", True),
+            "complete": _flag(data, "complete", False),
+            "model": field(data, "model", str, required=False),
+            "params": field(data, "params", dict, required=False),
+        }
+        prompt = field(data, "prompt", str, required=False)
+        stream = _flag(data, "stream", False)
+        ctx = state.context(request, workspace, READER)
+        plan, parsed = ctx._context_request(service, prompt, options)
+        if not (stream and parsed.complete):
+            result = await assemble_async(ctx, plan, parsed)
+            return json_response(result.to_response())
+
+        # Retrieve and render now; the answer streams below. The first chunk is awaited before
+        # the response starts, so a provider that fails or times out still gets a 502/504 JSON.
+        parsed.complete, parsed.render = False, True
+        began = time.perf_counter()
+        result = await assemble_async(ctx, plan, parsed)
+        deltas = aiter(stream_async(ctx, plan, parsed, result))
+        first = await anext(deltas, None)
+
+        async def events() -> AsyncIterator[bytes]:
+            yield _sse("context", result.to_response())
+            parts: list[str] = []
+            try:
+                delta = first
+                while delta is not None:
+                    parts.append(delta)
+                    yield _sse("delta", {"text": delta})
+                    delta = await anext(deltas, None)
+            except ContextKitError as exc:
+                yield _sse("error", exc.to_dict())
+                return
+            elapsed = round((time.perf_counter() - began) * 1000, 3)
+            yield _sse("done", {"text": "".join(parts), "timings_ms": {"total": elapsed}})
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return router
+
+
+def _flag(data: dict[str, Any], name: str, default: bool) -> bool:
+    value = field(data, name, bool, required=False)
+    return default if value is None else value
