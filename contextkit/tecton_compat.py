@@ -1,0 +1,390 @@
+"""Tecton's HTTP feature-serving wire format, mapped onto contextkit's online retrieval.
+
+A Tecton *feature service* is a contextkit :class:`~contextkit.specs.ContextServiceSpec`; its
+features keep their ``<view>.<feature>`` names. This module only translates: it parses a
+``get-features`` / ``get-features-batch`` body into a :class:`TectonRequest`, reads the values
+with ``ctx.get_features`` (so they equal what the SDK returns), and shapes them the way Tecton's
+clients parse them. The server route (``contextkit.server.tecton``) is a thin shell over it::
+
+    body = {"params": {"featureServiceName": "svc", "joinKeyMap": {"user_id": "1"}}}
+    request = parse_get_features(body)
+    body = get_features(ctx, request, started=time.perf_counter())
+    body["result"]["features"]       # e.g. ["18", 2]: int64 values are JSON strings, as in Tecton
+
+What was checked against Tecton's docs and clients, and the differences, is in
+``docs/tecton-compat.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from contextkit.errors import BadRequestError, ContextKitError, NotFoundError
+from contextkit.materialize import last_watermark
+from contextkit.retrieve import MISSING, PRESENT
+from contextkit.types import Bool, Float64, Int64, String, Timestamp
+
+# contextkit dtype -> Tecton's `dataType.type`. Tecton's published clients know boolean, int64,
+# float32, float64, string, array (and map/struct), but no timestamp type: a timestamp feature is
+# sent as its ISO 8601 string and typed "string", so every client can parse the response.
+TECTON_TYPES = {
+    String: "string",
+    Int64: "int64",
+    Float64: "float64",
+    Bool: "boolean",
+    Timestamp: "string",
+}
+# contextkit status -> Tecton's FeatureStatus.
+TECTON_STATUSES = {PRESENT: "PRESENT", MISSING: "MISSING_DATA"}
+# HTTP status -> the gRPC status code Tecton puts in an error body's `code`.
+GRPC_CODES = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND
+    409: 9,  # FAILED_PRECONDITION
+    413: 8,  # RESOURCE_EXHAUSTED
+    422: 3,  # INVALID_ARGUMENT
+    429: 8,  # RESOURCE_EXHAUSTED
+    500: 13,  # INTERNAL
+    503: 14,  # UNAVAILABLE
+    504: 4,  # DEADLINE_EXCEEDED
+}
+
+# Tecton's proto-JSON accepts each field in camelCase and in snake_case; clients send either.
+_OPTIONS = {
+    "names": ("includeNames", "include_names"),
+    "data_types": ("includeDataTypes", "include_data_types"),
+    "effective_times": ("includeEffectiveTimes", "include_effective_times"),
+    "slo_info": ("includeSloInfo", "include_slo_info"),
+    "serving_status": ("includeServingStatus", "include_serving_status"),
+    "descriptions": ("includeFeatureDescriptions", "include_feature_descriptions"),
+    "tags": ("includeFeatureTags", "include_feature_tags"),
+}
+
+
+@dataclass(frozen=True)
+class MetadataOptions:
+    """What metadata a response carries. Every option is off unless the request turns it on
+    (Tecton's clients turn on names and data types by default)."""
+
+    names: bool = False
+    data_types: bool = False
+    effective_times: bool = False
+    slo_info: bool = False
+    serving_status: bool = False
+    descriptions: bool = False
+    tags: bool = False
+
+    @property
+    def per_feature(self) -> bool:
+        return (
+            self.names
+            or self.data_types
+            or self.effective_times
+            or self.serving_status
+            or self.descriptions
+            or self.tags
+        )
+
+    @property
+    def any(self) -> bool:
+        return self.per_feature or self.slo_info
+
+
+@dataclass(frozen=True)
+class TectonRequest:
+    """A parsed ``get-features`` (one row) or ``get-features-batch`` (several rows) request."""
+
+    service: str
+    workspace: str | None
+    rows: list[dict[str, Any]]  # one join key map per requested feature vector
+    options: MetadataOptions
+    batch: bool
+
+
+def parse_get_features(body: Mapping[str, Any], *, batch: bool = False) -> TectonRequest:
+    """Parse a Tecton request body ``{"params": {...}}``; raises :class:`BadRequestError`.
+
+    Single: ``featureServiceName``, ``workspaceName``, ``joinKeyMap``, ``requestContextMap``,
+    ``metadataOptions`` (or their snake_case forms). Batch: ``requestData`` is a list of
+    ``{"joinKeyMap", "requestContextMap"}`` instead of the two maps.
+    """
+    params = body.get("params")
+    if not isinstance(params, Mapping):
+        raise BadRequestError(
+            'the body must be {"params": {...}}',
+            hint='send {"params": {"featureServiceName": ..., "joinKeyMap": {...}}}',
+        )
+    service = _service_name(params)
+    workspace = _param(params, "workspaceName", "workspace_name")
+    if workspace is not None and not isinstance(workspace, str):
+        raise BadRequestError("`params.workspaceName` must be a string")
+    options = _metadata_options(_param(params, "metadataOptions", "metadata_options"))
+    if batch:
+        data = _param(params, "requestData", "request_data")
+        if not isinstance(data, list) or not data:
+            raise BadRequestError(
+                "`params.requestData` must be a non-empty list",
+                hint='send "requestData": [{"joinKeyMap": {...}}, ...]',
+            )
+        rows = []
+        for i, item in enumerate(data):
+            if not isinstance(item, Mapping):
+                raise BadRequestError(f"`params.requestData[{i}]` must be an object")
+            rows.append(_join_key_map(item, f"params.requestData[{i}]"))
+    else:
+        rows = [_join_key_map(params, "params")]
+    return TectonRequest(service, workspace, rows, options, batch)
+
+
+def get_features(ctx: Any, request: TectonRequest, *, started: float) -> dict[str, Any]:
+    """The Tecton response body for ``request``, read through ``ctx.get_features``.
+
+    ``ctx`` is a :class:`~contextkit.client.Context` bound to the request's workspace; ``started``
+    is ``time.perf_counter()`` when the server began handling the request (for ``sloInfo``).
+    """
+    specs = ctx.specs()
+    if not specs.workspace.live:
+        # Tecton answers a workspace that does not serve with 404 ("ensure that the workspace
+        # is a live workspace"); contextkit's own API says 409.
+        raise NotFoundError(
+            f"workspace {specs.workspace.name!r} is a dev workspace and does not serve features",
+            hint="query a live workspace",
+        )
+    reader = ctx.service_reader(request.service)
+    entities = _entities(request.rows, [k for k, _ in reader.join_keys])
+    store_started = time.perf_counter()
+    features = ctx.get_features(request.service, entities)
+    store_seconds = time.perf_counter() - store_started
+
+    n = len(request.rows)
+    columns = [
+        _encoder(dtype)(values)
+        for dtype, values in zip(features.types, features.values, strict=True)
+    ]
+    if request.batch:
+        body: dict[str, Any] = {"result": [{"features": [c[r] for c in columns]} for r in range(n)]}
+    else:
+        body = {"result": {"features": [c[0] for c in columns]}}
+    options = request.options
+    if not options.any:
+        return body
+
+    metadata: dict[str, Any] = {}
+    if options.per_feature:
+        metadata["features"] = _feature_metadata(ctx, specs, features, options, request.batch)
+    if options.slo_info:
+        server_seconds = time.perf_counter() - started
+        slo = {
+            "sloEligible": True,
+            "sloServerTimeSeconds": server_seconds,
+            "serverTimeSeconds": server_seconds,
+            "storeMaxLatency": store_seconds,
+        }
+        if request.batch:
+            # One batched read serves every row, so each row reports the batch's timings.
+            metadata["sloInfo"] = [slo] * n
+            metadata["batchSloInfo"] = slo
+        else:
+            metadata["sloInfo"] = slo
+    body["metadata"] = metadata
+    return body
+
+
+def service_metadata(ctx: Any, service: str) -> dict[str, Any]:
+    """The ``feature-service/metadata`` body: the service's join keys and features, typed."""
+    if not ctx.specs().workspace.live:
+        raise NotFoundError(
+            f"workspace {ctx.workspace!r} is a dev workspace and does not serve features",
+            hint="query a live workspace",
+        )
+    reader = ctx.service_reader(service)
+
+    def typed(name: str, dtype: str) -> dict[str, Any]:
+        tecton_type = TECTON_TYPES[dtype]
+        return {"name": name, "dataType": {"type": tecton_type}, "type": tecton_type}
+
+    return {
+        "featureServiceType": "DEFAULT",
+        "inputJoinKeys": [typed(k, t) for k, t in reader.join_keys],
+        "inputRequestContextKeys": [],
+        "featureValues": [
+            typed(n, t) for n, t in zip(reader.feature_names, reader.feature_types, strict=True)
+        ],
+    }
+
+
+def parse_service_metadata(body: Mapping[str, Any]) -> tuple[str, str | None]:
+    """``(service, workspace)`` of a ``feature-service/metadata`` request body."""
+    params = body.get("params")
+    if not isinstance(params, Mapping):
+        raise BadRequestError('the body must be {"params": {...}}')
+    workspace = _param(params, "workspaceName", "workspace_name")
+    if workspace is not None and not isinstance(workspace, str):
+        raise BadRequestError("`params.workspaceName` must be a string")
+    return _service_name(params), workspace
+
+
+def error_body(exc: ContextKitError) -> tuple[int, dict[str, Any]]:
+    """``(status, body)`` of an error in Tecton's shape: ``{"error", "message", "code"}``.
+
+    ``code`` is the gRPC status code Tecton uses; contextkit's own error code and hint travel in
+    ``details`` (Tecton's clients ignore keys they do not know).
+    """
+    status = exc.http_status
+    details: dict[str, Any] = {"code": exc.code}
+    if isinstance(exc.details, Mapping):
+        details.update(exc.details)
+    if exc.hint:
+        details["hint"] = exc.hint
+    return status, {
+        "error": exc.message,
+        "message": exc.message,
+        "code": GRPC_CODES.get(status, 2),  # 2: UNKNOWN
+        "details": details,
+    }
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _param(params: Mapping[str, Any], camel: str, snake: str) -> Any:
+    value = params.get(camel)
+    return params.get(snake) if value is None else value
+
+
+def _service_name(params: Mapping[str, Any]) -> str:
+    name = _param(params, "featureServiceName", "feature_service_name")
+    # contextkit services have no separate ids: an id is the service's name.
+    service_id = _param(params, "featureServiceId", "feature_service_id")
+    if (name is None) == (service_id is None):
+        raise BadRequestError(
+            "exactly one of `params.featureServiceName` and `params.featureServiceId` must be set",
+            hint="send featureServiceName: the name of a context service",
+        )
+    value = name if name is not None else service_id
+    if not isinstance(value, str) or not value:
+        raise BadRequestError("`params.featureServiceName` must be a non-empty string")
+    return value
+
+
+def _metadata_options(raw: Any) -> MetadataOptions:
+    if raw is None:
+        return MetadataOptions()
+    if not isinstance(raw, Mapping):
+        raise BadRequestError("`params.metadataOptions` must be an object of booleans")
+    flags = {}
+    for field, (camel, snake) in _OPTIONS.items():
+        value = _param(raw, camel, snake)
+        if value is not None and not isinstance(value, bool):
+            raise BadRequestError(f"`params.metadataOptions.{camel}` must be true or false")
+        flags[field] = bool(value)
+    return MetadataOptions(**flags)
+
+
+def _join_key_map(container: Mapping[str, Any], path: str) -> dict[str, Any]:
+    keys = _param(container, "joinKeyMap", "join_key_map")
+    if keys is None:
+        keys = {}
+    if not isinstance(keys, Mapping):
+        raise BadRequestError(f"`{path}.joinKeyMap` must be an object")
+    # contextkit has no request-time features, so nothing reads the request context; it is
+    # accepted (clients always send one) and not used.
+    context = _param(container, "requestContextMap", "request_context_map")
+    if context is not None and not isinstance(context, Mapping):
+        raise BadRequestError(f"`{path}.requestContextMap` must be an object")
+    return dict(keys)
+
+
+def _entities(rows: list[dict[str, Any]], join_keys: list[str]) -> dict[str, list[Any]]:
+    """Row-major join key maps -> the core's column-major entities (types are checked there)."""
+    for i, row in enumerate(rows):
+        missing = [k for k in join_keys if k not in row]
+        if missing:
+            where = f"requestData[{i}].joinKeyMap" if len(rows) > 1 else "joinKeyMap"
+            raise BadRequestError(
+                f"missing required join key(s) in {where}: " + ", ".join(f"`{k}`" for k in missing),
+                hint="the service needs: " + ", ".join(join_keys),
+                details={"join_keys": join_keys},
+            )
+    # Keys the service does not have are passed on, so the core rejects them by name.
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    for i, row in enumerate(rows):
+        extra = [k for k in names if k not in row]
+        if extra:
+            raise BadRequestError(
+                f"requestData[{i}].joinKeyMap lacks {', '.join(map(repr, extra))}, "
+                "which other rows send",
+                hint="send the same join keys in every row",
+            )
+    return {k: [row[k] for row in rows] for k in names}
+
+
+def _int64_strings(values: list[Any]) -> list[Any]:
+    return [None if v is None else str(v) for v in values]
+
+
+def _unchanged(values: list[Any]) -> list[Any]:
+    return values
+
+
+def _encoder(dtype: str):
+    # Tecton sends int64 values as decimal strings: JSON parsers read numbers as doubles.
+    return _int64_strings if dtype == Int64 else _unchanged
+
+
+def _feature_metadata(
+    ctx: Any, specs: Any, features: Any, options: MetadataOptions, batch: bool
+) -> list[dict[str, Any]]:
+    watermarks: dict[str, str | None] = {}
+    out = []
+    for i, (name, dtype) in enumerate(zip(features.names, features.types, strict=True)):
+        view_name, feature_name = name.split(".", 1)
+        view = specs.views[view_name]
+        entry: dict[str, Any] = {}
+        if options.names:
+            entry["name"] = name
+        if options.effective_times:
+            if view_name not in watermarks:
+                watermarks[view_name] = _effective_time(ctx, view)
+            if watermarks[view_name] is not None:
+                entry["effectiveTime"] = watermarks[view_name]
+        if options.data_types:
+            entry["dataType"] = {"type": TECTON_TYPES[dtype]}
+        if options.serving_status:
+            statuses = [TECTON_STATUSES[s] for s in features.statuses[i]]
+            entry["status"] = statuses if batch else statuses[0]
+        if options.descriptions:
+            spec = view.feature(feature_name)
+            if spec is not None and spec.description:
+                entry["description"] = spec.description
+        if options.tags and view.tags:
+            entry["tags"] = dict(view.tags)
+        out.append(entry)
+    return out
+
+
+def _effective_time(ctx: Any, view: Any) -> str | None:
+    """The time the view's online values are computed as of: the end of its latest successful
+    materialization. Whole seconds, ``Z``: Tecton's Java client parses no fractions."""
+    watermark = last_watermark(ctx.registry, ctx.workspace, view)
+    if watermark is None:
+        return None
+    return watermark.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = [
+    "GRPC_CODES",
+    "TECTON_STATUSES",
+    "TECTON_TYPES",
+    "MetadataOptions",
+    "TectonRequest",
+    "error_body",
+    "get_features",
+    "parse_get_features",
+    "parse_service_metadata",
+    "service_metadata",
+]
