@@ -164,7 +164,8 @@ class Context:
         self.online = SQLiteOnlineStore(config.online_path)
         self.offline = ParquetOfflineStore(config.offline_path)
         self._workspace = workspace
-        self._vectors: LanceVectorStore | None = None
+        # Opened on first use and shared by every context `use()` derives from this one.
+        self._shared: dict[str, Any] = {}
         self._writes = 0
         self._specs_cache: dict[str, tuple[tuple[int, int], WorkspaceSpecs]] = {}
         self._readers: dict[tuple[str, str], tuple[tuple[int, int], ServiceReader]] = {}
@@ -173,11 +174,12 @@ class Context:
     @property
     def vectors(self) -> LanceVectorStore:
         """The vector store (LanceDB), opened on first use: it imports lancedb."""
-        if self._vectors is None:
+        store = self._shared.get("vectors")
+        if store is None:
             from contextkit.stores.vector import LanceVectorStore
 
-            self._vectors = LanceVectorStore(self.config.vector_path)
-        return self._vectors
+            store = self._shared["vectors"] = LanceVectorStore(self.config.vector_path)
+        return store
 
     # -- workspaces ---------------------------------------------------------------------------
     @property

@@ -70,7 +70,7 @@ def shop(quickstart_data, tmp_path_factory, stub):
                 llm:
                   api_base: {stub.base_url}
                   api_key_env: STUB_LLM_KEY
-                  timeout_s: 1.5
+                  timeout_s: 5
                   retries: 0
                 """
             )
@@ -236,7 +236,7 @@ def test_provider_failures_are_502_and_504_without_secrets(shop, server, stub):
     status, error, raw = post(base + "/v1/context", {**body, "stream": True})
     assert status == 502, raw
     stub.reset()
-    stub.delay(3.0)
+    stub.delay(8.0)
     status, error, raw = post(base + "/v1/context", body)
     assert status == 504 and error["error"]["code"] == "llm_timeout"
     stub.reset()
