@@ -64,11 +64,11 @@ def create_app(
         config=config,
         authenticate=authorize.authenticate if isinstance(authorize, KeyAuthorizer) else None,
     )
-    app.include_router(ops.routes(state))
     app.include_router(features.routes(state))
     app.include_router(tecton.routes(state))
     app.include_router(search.routes(state))
     app.include_router(context.routes(state))
+    app.include_router(ops.routes(state))  # /metrics last: routes are matched in this order
     return app
 
 
