@@ -64,6 +64,11 @@ class KeyAuthorizer:
                     hint="create one with `contextkit access create-key --name NAME "
                     f"--workspace '*' --role {role}`",
                 )
+            if request.scope.get("contextkit.default_workspace"):
+                raise PermissionDeniedError(
+                    f"this API key may not {_VERBS.get(role, role)} the server's default workspace",
+                    hint="name the workspace your key is for in the request",
+                )
             raise PermissionDeniedError(
                 f"this API key may not {_VERBS.get(role, role)} workspace {workspace!r}",
                 hint=f"use a key with the role {role} (or admin) in workspace {workspace!r}",

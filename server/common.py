@@ -141,6 +141,8 @@ class ServerState:
     ) -> Context:
         """The context for ``workspace`` (default: the server's), once the caller may use it."""
         name = workspace or self.ctx.workspace
+        if workspace is None:  # a refusal must not name the server's default to a stranger
+            request.scope["contextkit.default_workspace"] = True
         self.check_access(request, name, role)
         found = self._contexts.get(name)
         if found is None:

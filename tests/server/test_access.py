@@ -205,6 +205,17 @@ def test_a_key_for_one_workspace_gets_403_on_an_unknown_one_too(client, keys):
     assert "prod" not in response.text  # the key's own workspace is not named either
 
 
+def test_a_refusal_does_not_name_the_servers_default_workspace(client, keys):
+    """A key for `other` asking without naming a workspace is refused for the server's default
+    (`prod`), and the refusal does not tell it that name."""
+    response = client.post(
+        "/v1/features", json=FEATURES_BODY, headers=bearer(keys["reader", "other"])
+    )
+    assert response.status_code == 403
+    assert "prod" not in response.text
+    assert "default workspace" in response.json()["error"]["message"]
+
+
 def test_revoking_through_the_sdk_takes_effect_on_the_next_request(ctx, client):
     new = ctx.access.create_key("short-lived", workspace="prod", role="reader")
     assert (
