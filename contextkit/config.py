@@ -10,6 +10,7 @@ Example::
     models:                      # embedding models, by the name views use (minilm is built in)
       openai_small: {type: litellm, model: text-embedding-3-small, dimension: 1536}
     llm: {timeout_s: 60, retries: 2}   # completions: api_base, api_key_env, timeout_s, retries
+    monitoring: {enabled: true}        # data-quality statistics in every materialization job
 
 Relative paths are relative to the folder holding the config file.
 """
@@ -57,6 +58,22 @@ class LLMConfig(BaseModel):
     retries: int = 2
 
 
+class IngestConfig(BaseModel):
+    """Limits of the ingest API (push sources)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_records: int = 10_000  # per request
+    max_future_s: float = 300.0  # how far ahead of the server's clock an event time may be
+
+
+class MonitoringConfig(BaseModel):
+    """Data-quality statistics computed by every materialization job (docs/monitoring.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # False: jobs compute no statistics and no drift; declared expectations are still checked.
+    enabled: bool = True
+
+
 class RepoConfig(BaseModel):
     """Parsed ``contextkit.yaml``; ``root`` is the folder that holds it."""
 
@@ -69,6 +86,8 @@ class RepoConfig(BaseModel):
     # Embedding models by config key: {type: sentence-transformers | litellm | hash, ...}.
     models: dict[str, dict[str, Any]] = {}
     llm: LLMConfig = LLMConfig()
+    ingest: IngestConfig = IngestConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     # Python files (globs relative to the repo root) that are not definitions, e.g. scripts.
     exclude: list[str] = []
     root: Path = Path(".")
