@@ -16,9 +16,9 @@ in its own Python subprocess, so that each one's peak RSS is its own:
 * ``by hand`` (baseline): one DuckDB query written by hand over the same Parquet files: an
   ``ASOF LEFT JOIN`` per attribute view (the ttl as a ``CASE``), and for the aggregate view the
   same union-of-inputs-and-events + ``RANGE`` window query, joined back in input order and
-  fetched with ``.df()``. It skips what contextkit does on top: key casts, the coverage check
-  and, reading the sources, the tie-break among rows with the same key and time (the store's rows
-  are already tie-broken).
+  fetched with ``.df()``. It skips what contextkit does on top: checking the events' column names
+  and key types, the coverage check and, reading the sources, the tie-break among rows with the
+  same key and time (the store's rows are already tie-broken).
 
 Each is run for all three views, the two attribute views only and the aggregate view only. Each
 part runs in ``--rounds`` fresh subprocesses, interleaved with the other parts so that a burst of

@@ -10,9 +10,12 @@ once, in input order, with each feature's value as of the row's timestamp:
   exactly what the online path serves for a materialization ending at ``t``.
 
 Timestamps: naive values are read as UTC, aware ones are converted to UTC; a column mixing both is
-an error. Data comes from the offline store when it covers the events, else from the sources
-(``from_source=True`` forces that); ``.sources_used`` says which was used per view. Nothing runs
-until a ``to_*`` method is called.
+an error; finer than microseconds is floored (an event 1 ns before a row stays before it). Keys
+match only an equal value of the view's key type (``1.0`` matches ``1``, ``1.5`` nothing). Event
+columns named like a result column, or with the reserved prefix ``__ck_``, are refused. Data comes
+from the offline store when it covers the events, else from the sources (``from_source=True``
+forces that); ``.sources_used`` says which was used per view. Nothing runs until a ``to_*``
+method is called.
 """
 
 from __future__ import annotations
@@ -27,15 +30,22 @@ from contextkit import compute
 from contextkit.compute import EVENT_TIMESTAMP, _aggregate_expr, _window_clause, literal, quote
 from contextkit.errors import BadRequestError, NotFoundError
 from contextkit.specs import AggregateSpec, FeatureViewSpec
-from contextkit.types import duckdb_type
+from contextkit.types import dtype_from_duckdb
 
 if TYPE_CHECKING:
     import duckdb
 
     from contextkit.client import Context
 
+# Internal names all start with RESERVED; events columns with that prefix are refused, so an
+# internal column can never be confused with one of the events' own.
+RESERVED = "__ck_"
 ROW = "__ck_row"
 EVENT_TS = "__ck_ts"
+EVENTS = "__ck_events"
+FILE = "__ck_file"
+TIME = "__ck_t"
+INPUT = "__ck_input"
 OFFLINE_STORE = "offline_store"
 SOURCE = "source"
 
@@ -89,34 +99,32 @@ class OfflineFeatures:
         with compute.workspace_session(
             self._ctx.config.root.resolve(), specs.sources, specs.views
         ) as ws:
-            event_columns = _register_events(ws.con, self._events, self.timestamp_key)
+            columns = _register_events(ws.con, self._events, self.timestamp_key)
+            _check_result_names(list(columns), self.feature_columns)
             for view, _features in self._refs:
-                _check_keys(event_columns, view)
+                _check_keys(list(columns), view)
             lo, hi = ws.con.execute(
-                f"SELECT min({EVENT_TS}), max({EVENT_TS}) FROM __ck_events"
+                f"SELECT min({EVENT_TS}), max({EVENT_TS}) FROM {EVENTS}"
             ).fetchall()[0]
             requests = [
                 _resolve(self._ctx, view, features, self._from_source, lo, hi)
                 for view, features in self._refs
             ]
             self._used = {r.view.name: r.use for r in requests}
-            return consume(ws.con, self._query(ws, requests, event_columns))
+            return consume(ws.con, self._query(ws, requests, columns))
 
     def _query(
-        self, ws: compute.Workspace, requests: list[_ViewRequest], event_columns: list[str]
+        self, ws: compute.Workspace, requests: list[_ViewRequest], columns: dict[str, str]
     ) -> str:
         parts, selects = [], []
         for i, request in enumerate(requests):
-            alias = f"__v{i}"
-            if request.view.is_aggregate:
-                sql = _aggregate_join(ws, request)
-            else:
-                sql = _attribute_join(ws, request)
-            parts.append(f"LEFT JOIN ({sql}) AS {alias} USING ({ROW})")
+            alias = f"{RESERVED}v{i}"
+            join = _aggregate_join if request.view.is_aggregate else _attribute_join
+            parts.append(f"LEFT JOIN ({join(ws, request, columns)}) AS {alias} USING ({ROW})")
             selects += [f"{alias}.{quote(f'{request.view.name}__{f}')}" for f in request.features]
-        event_cols = ", ".join(f"e.{quote(c)}" for c in event_columns)
+        event_cols = ", ".join(f"e.{quote(c)}" for c in columns)
         return (
-            f"SELECT {', '.join([event_cols, *selects])} FROM __ck_events AS e "
+            f"SELECT {', '.join([event_cols, *selects])} FROM {EVENTS} AS e "
             f"{' '.join(parts)} ORDER BY e.{ROW}"
         )
 
@@ -154,45 +162,146 @@ class OfflineFeatures:
         return self._run(write)
 
 
-def _register_events(con: duckdb.DuckDBPyConnection, events: Any, timestamp_key: str) -> list[str]:
-    """Register the events as ``__ck_events`` with a row id and a UTC timestamp column."""
+def _register_events(
+    con: duckdb.DuckDBPyConnection, events: Any, timestamp_key: str
+) -> dict[str, str]:
+    """Register the events as ``__ck_events``: their columns, a row id and the UTC event time.
+
+    Returns the events' own columns with their DuckDB types, in order.
+    """
+    import numpy as np
     import pyarrow as pa
 
+    base = None
     if isinstance(events, str | Path):
-        path = literal(str(events))
-        base = (
-            f"SELECT * EXCLUDE (filename, file_row_number), row_number() OVER "
-            f"(ORDER BY filename, file_row_number) - 1 AS {ROW} "
-            f"FROM read_parquet({path}, filename = true, file_row_number = true)"
-        )
-    else:
+        base = _parquet_events(con, str(events))
+        if base is None:
+            events = _read_parquet_in_order(con, str(events))
+    if base is None:
         table = _to_arrow(events, timestamp_key)
-        table = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
-        con.register("__ck_events_raw", table)
-        base = "SELECT * FROM __ck_events_raw"
+        _check_event_names(table.column_names)
+        table = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        con.register(f"{EVENTS}_raw", table)
+        base = f"SELECT * FROM {EVENTS}_raw"
     described = con.execute(f"DESCRIBE {base}").fetchall()
-    columns = [r[0] for r in described]
-    types = {r[0]: r[1] for r in described}
+    types = {r[0]: r[1] for r in described if r[0] != ROW}
     if timestamp_key not in types:
         raise BadRequestError(
             f"the events have no column {timestamp_key!r}",
-            hint=f"pass timestamp_key=... (columns: {', '.join(c for c in columns if c != ROW)})",
+            hint=f"pass timestamp_key=... (columns: {', '.join(types)})",
         )
-    ts_type = types[timestamp_key].upper()
-    if not (ts_type.startswith("TIMESTAMP") or ts_type == "DATE"):
+    time = _utc_micros(quote(timestamp_key), types[timestamp_key])
+    if time is None:
         raise BadRequestError(
             f"events column {timestamp_key!r} has type {types[timestamp_key]}, not a timestamp",
             hint="convert it first, e.g. pd.to_datetime(events['ts'], utc=True)",
         )
-    ts = quote(timestamp_key)
-    if ts_type.startswith("TIMESTAMP WITH TIME ZONE"):
-        cast = f"CAST({ts} AS TIMESTAMPTZ)"
-    else:  # naive: read as UTC (the session time zone)
-        cast = f"CAST(CAST({ts} AS TIMESTAMP) AS TIMESTAMPTZ)"
     con.execute(
-        f"CREATE OR REPLACE TEMP VIEW __ck_events AS SELECT *, {cast} AS {EVENT_TS} FROM ({base})"
+        f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS SELECT *, {time} AS {EVENT_TS} FROM ({base})"
     )
-    return [c for c in columns if c != ROW]
+    return types
+
+
+def _parquet_events(con: duckdb.DuckDBPyConnection, path: str) -> str | None:
+    """A query of the events in Parquet file(s) with a row id in file-name, then row, order.
+
+    None when the files have a column named ``file_row_number``: DuckDB cannot then add the row
+    numbers, and the events are read into Arrow instead.
+    """
+    scan = f"read_parquet({literal(path)})"
+    names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()]
+    _check_event_names(names)
+    _check_event_names(_parquet_column_names(con, path))
+    if "file_row_number" in {n.lower() for n in names}:
+        return None
+    return (
+        f"SELECT * EXCLUDE ({FILE}, file_row_number), "
+        f"row_number() OVER (ORDER BY {FILE}, file_row_number) - 1 AS {ROW} "
+        f"FROM read_parquet({literal(path)}, filename = {literal(FILE)}, file_row_number = true)"
+    )
+
+
+def _parquet_files(con: duckdb.DuckDBPyConnection, path: str) -> list[str]:
+    query = f"SELECT file FROM glob({literal(path)}) ORDER BY file"
+    return [r[0] for r in con.execute(query).fetchall()]
+
+
+def _parquet_column_names(con: duckdb.DuckDBPyConnection, path: str) -> list[str]:
+    """The column names as written in the first file (DuckDB renames ``A`` and ``a`` apart)."""
+    import pyarrow.parquet as pq
+
+    files = _parquet_files(con, path)
+    try:
+        return pq.read_schema(files[0]).names if files else []
+    except OSError:  # not a local file (DuckDB reads more than pyarrow does): DuckDB's names
+        return []
+
+
+def _read_parquet_in_order(con: duckdb.DuckDBPyConnection, path: str):
+    """The events of Parquet file(s) as one Arrow table, files in name order."""
+    import pyarrow as pa
+
+    # A plain scan of one file keeps the file's row order.
+    tables = [
+        con.sql(f"SELECT * FROM read_parquet({literal(f)})").to_arrow_table()
+        for f in _parquet_files(con, path)
+    ]
+    return pa.concat_tables(tables)
+
+
+def _utc_micros(column: str, type_name: str) -> str | None:
+    """SQL for the column's values as microsecond UTC instants; None if it holds no times."""
+    name = type_name.upper()
+    if name.endswith("_NS"):  # TIMESTAMP_NS, TIMESTAMPTZ_NS: floor, as a cast would round
+        ns = f"epoch_ns({column})"
+        return (
+            f"CAST(make_timestamp({ns} // 1000 - CAST({ns} % 1000 < 0 AS BIGINT)) AS TIMESTAMPTZ)"
+        )
+    if name.startswith("TIMESTAMP WITH TIME ZONE"):
+        return f"CAST({column} AS TIMESTAMPTZ)"
+    if name.startswith("TIMESTAMP") or name == "DATE":  # naive: read as UTC (the session zone)
+        return f"CAST(CAST({column} AS TIMESTAMP) AS TIMESTAMPTZ)"
+    return None
+
+
+def _check_event_names(names: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for name in names:
+        folded = name.lower()
+        if folded.startswith(RESERVED):
+            raise BadRequestError(
+                f"events column {name!r} starts with {RESERVED!r}, a prefix reserved for "
+                "contextkit's own columns",
+                hint=f"rename that column (any name not starting with {RESERVED})",
+            )
+        if folded in seen:
+            raise BadRequestError(
+                f"events columns {seen[folded]!r} and {name!r} have the same name to DuckDB, "
+                "which compares names case-insensitively",
+                hint="rename one of them",
+            )
+        seen[folded] = name
+
+
+def _check_result_names(event_columns: list[str], feature_columns: list[str]) -> None:
+    """Every result column must have its own name (DuckDB would rename a clash silently)."""
+    features: dict[str, str] = {}
+    for name in feature_columns:
+        if name.lower() in features:
+            raise BadRequestError(
+                f"feature columns {features[name.lower()]!r} and {name!r} have the same name "
+                "to DuckDB",
+                hint="ask for one of the two features only",
+            )
+        features[name.lower()] = name
+    for name in event_columns:
+        if name.lower() in features:
+            raise BadRequestError(
+                f"events column {name!r} has the name of the result's feature column "
+                f"{features[name.lower()]!r}",
+                hint="rename or drop that events column: the result adds one "
+                "<view>__<feature> column per feature",
+            )
 
 
 def _to_arrow(events: Any, timestamp_key: str):
@@ -207,6 +316,7 @@ def _to_arrow(events: Any, timestamp_key: str):
     except ImportError:  # pragma: no cover - pandas is a dependency
         pd = None
     if pd is not None and isinstance(events, pd.DataFrame):
+        _check_event_names([str(c) for c in events.columns])  # before pyarrow's own ValueError
         if timestamp_key in events.columns and events[timestamp_key].dtype == object:
             values = [v for v in events[timestamp_key] if v is not None and v == v]
             aware = {getattr(v, "tzinfo", None) is not None for v in values}
@@ -238,26 +348,61 @@ def _check_keys(event_columns: list[str], view: FeatureViewSpec) -> None:
             )
 
 
-def _key_match(view: FeatureViewSpec, left: str, right: str) -> list[str]:
-    return [
-        f"CAST({left}.{quote(k.name)} AS {duckdb_type(k.dtype or 'string')}) = "
-        f"{right}.{quote(k.name)}"
-        for k in view.join_keys
-    ]
+_INTEGER_TYPES = {
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+    "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
+}  # fmt: skip
+
+
+def _is_number(type_name: str) -> bool:
+    name = type_name.upper()
+    return name in _INTEGER_TYPES or name in ("FLOAT", "DOUBLE") or name.startswith("DECIMAL")
+
+
+def _event_key(view: FeatureViewSpec, key: str, event_type: str, key_type: str) -> str:
+    """The events' ``key`` as a value of the view's key type: the equal value, else NULL.
+
+    A plain CAST would round (1.5 becomes 2: another entity's features) or raise (NaN, out of
+    range); converting and back and comparing keeps only exact matches.
+    """
+    column = f"e.{quote(key)}"
+    if event_type == key_type:
+        return column
+    if event_type == '"NULL"':  # a column of nulls only (e.g. pandas objects, all None)
+        return f"CAST(NULL AS {key_type})"
+    if _is_number(event_type) and _is_number(key_type):
+        converted = f"TRY_CAST({column} AS {key_type})"
+        return f"CASE WHEN TRY_CAST({converted} AS {event_type}) = {column} THEN {converted} END"
+    dtype = dtype_from_duckdb(key_type) or key_type
+    raise BadRequestError(
+        f"events column {key!r} has type {event_type}, but view {view.name!r} has {key!r} as a "
+        f"{key_type} key",
+        hint=f"convert the events' {key} values to {dtype} first",
+    )
+
+
+def _column_types(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, str]:
+    return {r[0]: r[1] for r in con.execute(f"DESCRIBE {sql}").fetchall()}
 
 
 def _rows_sql(files: list[Path]) -> str:
     listed = ", ".join(literal(str(f)) for f in files)
-    return f"SELECT * FROM read_parquet([{listed}])"
+    # The day=... folders are the store's layout, not columns.
+    return f"SELECT * FROM read_parquet([{listed}], hive_partitioning = false)"
 
 
-def _attribute_join(ws: compute.Workspace, request: _ViewRequest) -> str:
+def _attribute_join(ws: compute.Workspace, request: _ViewRequest, events: dict[str, str]) -> str:
     view = request.view
     if request.use == OFFLINE_STORE:
         rows = _rows_sql(request.files)
     else:
         rows = compute.offline_features_sql(ws, view)
-    on = " AND ".join([*_key_match(view, "e", "f"), f"e.{EVENT_TS} >= f.{EVENT_TIMESTAMP}"])
+    key_types = _column_types(ws.con, rows)
+    on = [
+        f"{_event_key(view, k, events[k], key_types[k])} = f.{quote(k)}"
+        for k in view.join_key_names
+    ]
+    on.append(f"e.{EVENT_TS} >= f.{EVENT_TIMESTAMP}")
     fresh = "TRUE"
     if view.ttl_seconds:
         fresh = (
@@ -267,48 +412,51 @@ def _attribute_join(ws: compute.Workspace, request: _ViewRequest) -> str:
         f"CASE WHEN {fresh} THEN f.{quote(n)} END AS {quote(f'{view.name}__{n}')}"
         for n in request.features
     )
-    return f"SELECT e.{ROW}, {cols} FROM __ck_events AS e ASOF LEFT JOIN ({rows}) AS f ON {on}"
+    return (
+        f"SELECT e.{ROW}, {cols} FROM {EVENTS} AS e ASOF LEFT JOIN ({rows}) AS f "
+        f"ON {' AND '.join(on)}"
+    )
 
 
-def _aggregate_join(ws: compute.Workspace, request: _ViewRequest) -> str:
+def _aggregate_join(ws: compute.Workspace, request: _ViewRequest, events: dict[str, str]) -> str:
     view = request.view
     if request.use == OFFLINE_STORE:
         inputs = _rows_sql(request.files)
     else:
         inputs = compute.aggregate_inputs_sql(ws, view)
-    keys = [quote(k.name) for k in view.join_keys]
+    key_types = _column_types(ws.con, inputs)
+    keys = [quote(k) for k in view.join_key_names]
     event_keys = ", ".join(
-        f"CAST(e.{quote(k.name)} AS {duckdb_type(k.dtype or 'string')}) AS {quote(k.name)}"
-        for k in view.join_keys
+        f"{_event_key(view, k, events[k], key_types[k])} AS {quote(k)}" for k in view.join_key_names
     )
     combined = (
-        f"SELECT *, TRUE AS __input, NULL::BIGINT AS {ROW} FROM ("
-        f"SELECT * RENAME ({EVENT_TIMESTAMP} AS __t) FROM ({inputs})) "
+        f"SELECT *, TRUE AS {INPUT}, NULL::BIGINT AS {ROW} FROM ("
+        f"SELECT * RENAME ({EVENT_TIMESTAMP} AS {TIME}) FROM ({inputs})) "
         f"UNION ALL BY NAME "
-        f"SELECT {event_keys}, e.{EVENT_TS} AS __t, FALSE AS __input, e.{ROW} "
-        f"FROM __ck_events AS e"
+        f"SELECT {event_keys}, e.{EVENT_TS} AS {TIME}, FALSE AS {INPUT}, e.{ROW} "
+        f"FROM {EVENTS} AS e"
     )
     dtypes = {f.name: f.dtype for f in view.output_schema}
     ttl = view.ttl_seconds or view.max_window_seconds
     partition = ", ".join(keys)
     windows = sorted({f.window_seconds for f in view.features if isinstance(f, AggregateSpec)})
     window_defs = [
-        f"w{s} AS (PARTITION BY {partition} ORDER BY __t {_window_clause(s)})"
+        f"w{s} AS (PARTITION BY {partition} ORDER BY {TIME} {_window_clause(s)})"
         for s in sorted({*windows, ttl})
     ]
-    present = f"COUNT(*) FILTER (WHERE __input) OVER w{ttl} > 0"
+    present = f"COUNT(*) FILTER (WHERE {INPUT}) OVER w{ttl} > 0"
     exprs = []
     for name in request.features:
         feature = view.feature(name)
         assert isinstance(feature, AggregateSpec)
         column_dtype = dtypes.get(feature.column) if feature.column else None
         expr = _aggregate_expr(
-            feature, "__t", column_dtype, where="__input", over=f"w{feature.window_seconds}"
+            feature, TIME, column_dtype, where=INPUT, over=f"w{feature.window_seconds}"
         )
         exprs.append(f"CASE WHEN {present} THEN {expr} END AS {quote(f'{view.name}__{name}')}")
     return (
         f"SELECT {ROW}, {', '.join(exprs)} FROM ({combined}) "
-        f"WINDOW {', '.join(window_defs)} QUALIFY NOT __input"
+        f"WINDOW {', '.join(window_defs)} QUALIFY NOT {INPUT}"
     )
 
 
@@ -322,7 +470,7 @@ def resolve_refs(
     else:
         names = [service_or_views] if isinstance(service_or_views, str) else service_or_views
         refs = [(n, None) for n in names]
-    out = []
+    out: dict[str, tuple[FeatureViewSpec, list[str]]] = {}
     for name, selected in refs:
         view = specs.views.get(name)
         if view is None:
@@ -333,8 +481,12 @@ def resolve_refs(
                 + "; views: "
                 + (", ".join(sorted(specs.views)) or "none"),
             )
-        out.append((view, list(selected or [f.name for f in view.features])))
-    return out
+        # A view named twice gives its columns once (the first time it is named).
+        _view, features = out.setdefault(name, (view, []))
+        for feature in selected or [f.name for f in view.features]:
+            if feature not in features:
+                features.append(feature)
+    return list(out.values())
 
 
 def _resolve(
@@ -363,17 +515,47 @@ def _resolve(
 
 
 def _covered(ctx: Context, view: FeatureViewSpec, earliest: datetime, latest: datetime) -> bool:
-    """Whether the offline store holds every row the events need for this view."""
-    from contextkit.materialize import last_watermark, spec_hash
+    """Whether the offline store holds every row the events need for this view.
 
-    watermark = last_watermark(ctx.registry, ctx.workspace, view)
-    if watermark is None or latest >= watermark:
-        return False
+    Needed: the view's rows from ``earliest`` less its lookback (the largest window or ttl; for
+    an attribute view without ttl its whole history, as the latest row may be of any age) up to
+    ``latest``. Held: the ranges of the successful jobs since the last full one, provided no job
+    of another definition ran since (it wrote its own rows).
+    """
+    from contextkit.materialize import spec_hash
+
     current = spec_hash(view)
+    ranges: list[tuple[datetime | None, datetime]] = []
     for job in ctx.registry.list_jobs(ctx.workspace, view.name, limit=500):
-        if job.status == "succeeded" and job.spec_hash == current and job.details.get("full"):
-            if job.range_start is None:
-                return True
-            lookback = max(view.max_window_seconds, view.ttl_seconds or 0)
-            return datetime.fromisoformat(job.range_start) <= earliest - timedelta(seconds=lookback)
-    return False
+        if job.status == "failed":  # it published nothing that is read here
+            continue
+        if job.spec_hash != current:  # also one still running (or that crashed while writing)
+            return False
+        if job.status != "succeeded" or not job.range_end:
+            continue
+        start = datetime.fromisoformat(job.range_start) if job.range_start else None
+        ranges.append((start, datetime.fromisoformat(job.range_end)))
+        if job.details.get("full"):
+            break
+    else:
+        return False  # no full job (among the last 500): what came before is unknown
+    needed = None
+    if view.is_aggregate or view.ttl_seconds:
+        lookback = max(view.max_window_seconds, view.ttl_seconds or 0)
+        try:
+            needed = earliest - timedelta(seconds=lookback)
+        except OverflowError:  # before datetime.min: the whole history is needed
+            needed = None
+    return _holds(ranges, needed, latest)
+
+
+def _holds(ranges: list[tuple[datetime | None, datetime]], start: datetime | None, last) -> bool:
+    """Whether the ranges ``[s, e)`` (``s`` None: from the beginning) hold all of ``[start, last]``
+    (``start`` None: from the beginning) without a gap."""
+    spans: list[list] = []
+    for s, e in sorted(ranges, key=lambda r: (r[0] is not None, r[0])):
+        if spans and (s is None or s <= spans[-1][1]):
+            spans[-1][1] = max(spans[-1][1], e)
+        else:
+            spans.append([s, e])
+    return any((s is None or (start is not None and s <= start)) and last < e for s, e in spans)

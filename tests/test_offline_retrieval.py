@@ -20,6 +20,7 @@ import textwrap
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -599,12 +600,6 @@ def test_a_row_one_microsecond_after_the_event_is_never_used(make_repo, from_sou
     ctx.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: nanosecond event timestamps are rounded (not floored) to microseconds by "
-    "CAST(TIMESTAMP_NS AS TIMESTAMP) in _register_events, so an event 1 ns before a feature "
-    "row sees that row",
-)
 def test_a_nanosecond_event_just_before_a_row_does_not_see_it(make_repo):
     root = make_repo(defs_file(DEFS), data={"events.parquet": rows_table(LEAK_ROWS)})
     ctx = deploy(root)
@@ -614,6 +609,38 @@ def test_a_nanosecond_event_just_before_a_row_does_not_see_it(make_repo):
     )
     got = ctx.get_features_for_events(events, "svc", from_source=True).to_arrow()
     assert [got.column(c)[0].as_py() for c in COLUMNS] == [1.0, 1, 1.0]
+    ctx.close()
+
+
+# Rows one microsecond after 2024-01-03 and one before 1970 (where truncating is not flooring).
+NS_ROW_TIMES = [day(2) + timedelta(microseconds=1), EPOCH - timedelta(microseconds=1)]
+
+
+@pytest.mark.parametrize("row_time", NS_ROW_TIMES, ids=["2024", "before-1970"])
+@pytest.mark.parametrize("kind", ["naive pandas", "aware pandas", "naive parquet", "aware parquet"])
+def test_nanosecond_events_are_floored_to_the_microsecond_in_every_input(
+    make_repo, tmp_path, row_time, kind
+):
+    rows = [(1, 1.0, row_time - timedelta(days=1)), (1, 100.0, row_time)]
+    root = make_repo(defs_file(DEFS), data={"events.parquet": rows_table(rows)})
+    ctx = deploy(root)
+    at = pd.Timestamp(row_time)
+    # 1 ns before the row: before it. 999 ns after the row: floored onto it, so it is in.
+    stamps = pd.Series([at - pd.Timedelta(1, "ns"), at + pd.Timedelta(999, "ns")])
+    stamps = stamps.astype("M8[ns, UTC]")
+    if kind.startswith("naive"):
+        stamps = stamps.dt.tz_localize(None)
+    events = pd.DataFrame({"user_id": [1, 1], "ts": stamps})
+    if kind.endswith("parquet"):
+        path = tmp_path / "ns-events.parquet"
+        pq.write_table(pa.Table.from_pandas(events, preserve_index=False), path)
+        assert pq.read_schema(path).field("ts").type.unit == "ns"
+        events = path
+    for source in (None, True):
+        got = ctx.get_features_for_events(events, "svc", from_source=source)
+        assert features(got) == [(1.0, 1, 1.0), (101.0, 2, 100.0)], (kind, source)
+        # The events' own time column comes back as given, nanoseconds included.
+        assert got.to_pandas()["ts"].dt.nanosecond.tolist() == [999, 999]
     ctx.close()
 
 
@@ -758,11 +785,6 @@ def test_null_event_times_keep_their_row_with_null_features(repo):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: event keys are CAST to the view's key type (_key_match, _aggregate_join): a "
-    "float key 1.5 rounds to 2 and gets user 2's features; NaN raises a raw ConversionException",
-)
 def test_a_float_key_matches_only_an_equal_integer_key(repo):
     _root, ctx = repo
     stamps = pa.array([day(2.6)] * 3, pa.timestamp("us", tz="UTC"))
@@ -774,11 +796,6 @@ def test_a_float_key_matches_only_an_equal_integer_key(repo):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an events column named like a feature column (latest__x) is kept and the "
-    "feature is silently renamed latest__x_1 by DuckDB; it should be refused",
-)
 def test_an_events_column_named_like_a_feature_column_is_refused(repo):
     _root, ctx = repo
     events = EVENTS.assign(latest__x=0.0)
@@ -786,11 +803,6 @@ def test_an_events_column_named_like_a_feature_column_is_refused(repo):
         ctx.get_features_for_events(events, "svc").to_pandas()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an events column named __ck_row (the internal row id) multiplies the rows "
-    "(3 events -> 27 rows) instead of being refused or kept",
-)
 def test_an_events_column_with_an_internal_name_never_multiplies_rows(repo):
     _root, ctx = repo
     events = labelled([1, 2, 1], [day(2.6)] * 3).assign(__ck_row=[0, 0, 0])
@@ -801,12 +813,6 @@ def test_an_events_column_with_an_internal_name_never_multiplies_rows(repo):
     assert len(frame) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _covered looks back max(window, ttl) seconds before the events, 0 for an "
-    "attribute view without ttl, so with feature_start_time the store is read although the "
-    "latest row before that time is not in it (store: null, sources and online: the value)",
-)
 def test_the_store_is_not_used_when_the_latest_row_precedes_feature_start_time(make_repo):
     defs = """
     from datetime import UTC, datetime
@@ -884,6 +890,79 @@ def test_composite_join_keys(make_repo):
     ]
     assert got.column("last_sale__amount").to_pylist() == [20.0, 300.0, 4000.0, None, None]
     ctx.close()
+
+
+def test_parquet_events_keep_columns_named_filename_and_file_row_number(repo, tmp_path):
+    _root, ctx = repo
+    events = EVENTS.assign(filename="chat.log", file_row_number=range(100, 100 + len(EVENTS)))
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pandas(events, preserve_index=False), path)
+    for events_in in (path, str(tmp_path / "*.parquet")):
+        got = ctx.get_features_for_events(events_in, "svc").to_arrow()
+        own = ["user_id", "ts", "label", "filename", "file_row_number"]
+        assert got.column_names == [*own, *COLUMNS]
+        assert got.column("file_row_number").to_pylist() == list(range(100, 107))
+        assert got.column("filename").to_pylist() == ["chat.log"] * len(EVENTS)
+        assert features_of(got) == EXPECTED
+
+
+@pytest.mark.parametrize("name", ["__ck_ts", "__CK_ROW", "__ck_t", "__ck_input"])
+def test_events_columns_with_the_reserved_prefix_are_refused(repo, tmp_path, name):
+    _root, ctx = repo
+    events = labelled([1, 2, 1], [day(2.6)] * 3)
+    events[name] = pd.Series([day(100)] * 3, dtype="M8[us, UTC]")
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pandas(events, preserve_index=False), path)
+    for events_in in (events, path):
+        with pytest.raises(BadRequestError, match=f"{name}.*reserved") as info:
+            ctx.get_features_for_events(events_in, "svc").to_pandas()
+        assert "rename" in info.value.hint
+
+
+def test_events_columns_differing_only_in_case_are_refused(repo, tmp_path):
+    _root, ctx = repo
+    # DuckDB names are case-insensitive: it would silently rename one of them.
+    events = labelled([1, 2], [day(2.6)] * 2).assign(Label=["a", "b"])
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pandas(events, preserve_index=False), path)
+    for events_in in (events, pa.Table.from_pandas(events, preserve_index=False), path):
+        with pytest.raises(BadRequestError, match="'label' and 'Label'") as info:
+            ctx.get_features_for_events(events_in, "svc").to_pandas()
+        assert "rename" in info.value.hint
+    # A feature column's name in another case clashes too.
+    with pytest.raises(BadRequestError, match="Latest__X"):
+        ctx.get_features_for_events(EVENTS.assign(Latest__X=0.0), "svc").to_pandas()
+    duplicated = pa.table({"user_id": [1], "ts": pa.array([day(1)], pa.timestamp("us", tz="UTC"))})
+    duplicated = duplicated.append_column("user_id", pa.array([2]))
+    for events_in in (duplicated, duplicated.to_pandas()):
+        with pytest.raises(BadRequestError, match="'user_id' and 'user_id'"):
+            ctx.get_features_for_events(events_in, "svc").to_pandas()
+
+
+def test_a_view_named_twice_gives_its_columns_once(repo):
+    _root, ctx = repo
+    frame = ctx.get_features_for_events(EVENTS, ["latest", "spend", "latest"]).to_pandas()
+    assert list(frame.columns) == ["user_id", "ts", "label", "latest__x", *COLUMNS[:2]]
+    assert [None if pd.isna(v) else v for v in frame["latest__x"]] == [e[2] for e in EXPECTED]
+
+
+def test_event_keys_match_across_numeric_types_and_other_types_are_refused(repo):
+    _root, ctx = repo
+    stamps = pa.array([day(2.6)] * 3, pa.timestamp("us", tz="UTC"))
+    for key_type in (pa.int32(), pa.uint8(), pa.int16(), pa.float32(), pa.decimal128(6, 2)):
+        values = [Decimal(k) for k in (1, 2, 3)] if pa.types.is_decimal(key_type) else [1, 2, 3]
+        users = pa.array(values, key_type)
+        got = ctx.get_features_for_events(pa.table({"user_id": users, "ts": stamps}), "svc")
+        assert features(got) == [(2.0, 1, 2.0), (5.0, 1, 5.0), (None, None, None)], key_type
+    # Out of the view's key range (int64): no match, never an error or a wrapped value.
+    huge = pa.array([Decimal(2**64 + 1), Decimal(-(2**70))], pa.decimal128(38, 0))
+    got = ctx.get_features_for_events(pa.table({"user_id": huge, "ts": stamps[:2]}), "svc")
+    assert features(got) == [(None, None, None)] * 2
+    # Strings are not numbers: refused with the types named, not a raw conversion error.
+    events = labelled(["1", "2", "x"], [day(2.6)] * 3)
+    with pytest.raises(BadRequestError, match="'user_id'.*VARCHAR.*BIGINT") as info:
+        ctx.get_features_for_events(events, "svc").to_pandas()
+    assert "int64" in info.value.hint
 
 
 # -- laziness and outputs --------------------------------------------------------------------
@@ -973,6 +1052,32 @@ def test_a_redefined_view_is_read_from_its_sources_until_rematerialized(repo):
     assert features(result) == [(4.0, 1, None)]  # the day-3.5 row is older than 1 hour
 
 
+def test_the_store_is_not_used_while_another_definition_may_be_writing_it(repo):
+    _root, ctx = repo
+    ctx.materialize(end=day(5))
+    events = labelled([1], [day(4)])
+    assert ctx.get_features_for_events(events, "svc").sources_used["latest"] == "offline_store"
+    # A job of another definition that never finished (running now, or it crashed after
+    # publishing its files): what the store holds is no longer known.
+    ctx.registry.start_job(
+        "prod", "latest", range_end=day(5).isoformat(), spec_hash="another", details={"full": True}
+    )
+    result = ctx.get_features_for_events(events, "svc")
+    assert result.sources_used == {"spend": "offline_store", "latest": "source"}
+    assert features(result) == [(4.0, 1, 4.0)]
+
+
+def test_events_at_the_earliest_representable_time_are_served(repo):
+    _root, ctx = repo
+    ctx.materialize(end=day(5))
+    # 0001-01-01 is a common "unknown date" sentinel; its lookback is before any datetime.
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    events = labelled([1, 1], [first, day(1.6)])
+    result = ctx.get_features_for_events(events, "svc")
+    assert features(result) == [(None, None, None), (3.0, 2, 2.0)]
+    assert result.sources_used == {"spend": "offline_store", "latest": "offline_store"}
+
+
 def test_forcing_the_store_for_an_unmaterialized_view_is_not_found(repo):
     _root, ctx = repo
     result = ctx.get_features_for_events(EVENTS, "svc", from_source=False)
@@ -990,6 +1095,41 @@ def test_a_dev_workspace_reads_the_sources(repo):
         result = dev.get_features_for_events(EVENTS, "svc", from_source=source)
         assert features(result) == EXPECTED
         assert result.sources_used == {"spend": "source", "latest": "source"}
+
+
+def test_the_store_is_not_used_across_a_gap_between_materialized_ranges(repo):
+    _root, ctx = repo
+    ctx.materialize(end=day(2))
+    ctx.materialize(start=day(3), end=day(5))  # a later range: [day 2, day 3) is not stored
+    events = labelled([2, 1], [day(2.6), day(3.6)])  # user 2's only row is at day 2.5
+    default = ctx.get_features_for_events(events, "svc")
+    assert features(default) == [(5.0, 1, 5.0), (4.0, 1, 4.0)]
+    assert default.sources_used == {"spend": "source", "latest": "source"}
+    # An incremental run fills the gap: the store covers the events again.
+    ctx.materialize(start=day(2), end=day(3))
+    filled = ctx.get_features_for_events(events, "svc")
+    assert filled.sources_used == {"spend": "offline_store", "latest": "offline_store"}
+    assert features(filled) == [(5.0, 1, 5.0), (4.0, 1, 4.0)]
+
+
+def test_the_store_is_not_used_after_another_definition_overwrote_it(repo):
+    root, ctx = repo
+    (defs,) = root.glob("defs_*.py")
+    original = textwrap.dedent(DEFS)
+    ctx.materialize(end=day(5))
+    events = labelled([1], [day(4)])
+    assert features(ctx.get_features_for_events(events, "svc")) == [(4.0, 1, 4.0)]
+    # Another definition is applied and materialized: it replaces the stored rows ...
+    defs.write_text(original.replace("SELECT user_id, x, ts", "SELECT user_id, x * 10 AS x, ts"))
+    ctx.apply(ctx.plan(root))
+    ctx.materialize(end=day(5))
+    assert features(ctx.get_features_for_events(events, "svc")) == [(40.0, 1, 40.0)]
+    # ... so after going back to the first one, the store no longer holds its rows.
+    defs.write_text(original)
+    ctx.apply(ctx.plan(root))
+    result = ctx.get_features_for_events(events, "svc")
+    assert features(result) == [(4.0, 1, 4.0)]
+    assert result.sources_used == {"spend": "source", "latest": "source"}
 
 
 # ---------------------------------------------------------------------------------------------
