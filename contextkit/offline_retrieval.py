@@ -16,11 +16,19 @@ columns named like a result column, or with the reserved prefix ``__ck_``, are r
 from the offline store when it covers the events, else from the sources (``from_source=True``
 forces that); ``.sources_used`` says which was used per view. Nothing runs until a ``to_*``
 method is called.
+
+Stream feature views are computed from their push source's events (the ingest log and the
+source's ``batch_source``) with ``streaming.stream_offline_sql``: the same tile-aligned windows and
+latest values the online path serves at the event's time. Realtime views run their function per
+event row, in Arrow batches, over the request-context values (taken from the events' columns named
+like the request fields) and their input views' point-in-time features (computed alongside, in the
+same query, whether or not the result shows them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,8 +37,24 @@ from typing import TYPE_CHECKING, Any
 from contextkit import compute
 from contextkit.compute import EVENT_TIMESTAMP, _aggregate_expr, _window_clause, literal, quote
 from contextkit.errors import BadRequestError, NotFoundError
-from contextkit.specs import AggregateSpec, FeatureViewSpec
-from contextkit.types import dtype_from_duckdb
+from contextkit.realtime import run_realtime
+from contextkit.specs import (
+    AggregateSpec,
+    FeatureViewSpec,
+    RealtimeFeatureViewSpec,
+    StreamFeatureViewSpec,
+)
+from contextkit.streaming import log_arrow, stream_offline_sql
+from contextkit.types import (
+    Bool,
+    Float64,
+    Int64,
+    String,
+    Timestamp,
+    dtype_from_duckdb,
+    list_item_dtype,
+    parse_value,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -46,16 +70,37 @@ EVENTS = "__ck_events"
 FILE = "__ck_file"
 TIME = "__ck_t"
 INPUT = "__ck_input"
+LOG = "__ck_log"
+HIDDEN = "__ck_in__"  # a realtime view's input feature that the result does not show
 OFFLINE_STORE = "offline_store"
 SOURCE = "source"
+INGEST_LOG = "ingest_log"
+REALTIME = "realtime"
+BATCH_ROWS = 65_536
+
+# Any feature view: batch, stream or realtime.
+AnyView = FeatureViewSpec | StreamFeatureViewSpec | RealtimeFeatureViewSpec
 
 
 @dataclass(frozen=True)
 class _ViewRequest:
-    view: FeatureViewSpec
-    features: list[str]
-    use: str  # OFFLINE_STORE or SOURCE
+    view: AnyView
+    features: list[str]  # what is computed: the selected features, or all for a realtime input
+    use: str  # OFFLINE_STORE, SOURCE, INGEST_LOG or REALTIME
     files: list[Path]
+
+
+@dataclass
+class _Prepared:
+    """One run's plan: the query of every SQL-computed column, and what Python adds after."""
+
+    query: str
+    columns: list[str]  # the events' own columns, in order
+    outputs: list[tuple[AnyView, list[str]]]
+    realtime: list[_ViewRequest]
+    # (view, feature) -> its column in the query's result (hidden realtime inputs included)
+    where: dict[tuple[str, str], str]
+    inputs: dict[str, AnyView]  # every view a realtime view reads, by name
 
 
 class OfflineFeatures:
@@ -68,7 +113,7 @@ class OfflineFeatures:
         self,
         ctx: Context,
         events: Any,
-        refs: list[tuple[FeatureViewSpec, list[str]]],
+        refs: list[tuple[AnyView, list[str]]],
         timestamp_key: str,
         from_source: bool | None,
     ) -> None:
@@ -85,43 +130,88 @@ class OfflineFeatures:
 
     @property
     def sources_used(self) -> dict[str, str]:
-        """Per view, where its rows come from: ``"offline_store"`` or ``"source"``.
+        """Per view, where its rows come from: ``"offline_store"`` or ``"source"`` (batch views),
+        ``"ingest_log"`` (stream views) or ``"realtime"`` (computed per row).
 
         Decided from the events' time range (read on first use) and what was materialized.
         """
         if self._used is None:
-            self._run(lambda _con, _query: None)
+            with self._session():
+                pass
         assert self._used is not None
         return self._used
 
-    def _run(self, consume):
+    @contextmanager
+    def _session(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, _Prepared]]:
         specs = self._ctx.specs()
         with compute.workspace_session(
             self._ctx.config.root.resolve(), specs.sources, specs.views
         ) as ws:
-            columns = _register_events(ws.con, self._events, self.timestamp_key)
-            _check_result_names(list(columns), self.feature_columns)
-            for view, _features in self._refs:
-                _check_keys(list(columns), view)
-            lo, hi = ws.con.execute(
-                f"SELECT min({EVENT_TS}), max({EVENT_TS}) FROM {EVENTS}"
-            ).fetchall()[0]
-            requests = [
-                _resolve(self._ctx, view, features, self._from_source, lo, hi)
-                for view, features in self._refs
-            ]
-            self._used = {r.view.name: r.use for r in requests}
-            return consume(ws.con, self._query(ws, requests, columns))
+            yield ws.con, self._prepare(ws, specs)
+
+    def _prepare(self, ws: compute.Workspace, specs) -> _Prepared:
+        columns = _register_events(ws.con, self._events, self.timestamp_key)
+        _check_result_names(list(columns), self.feature_columns)
+        needed = _needed_views(specs, self._refs)
+        for view, _features in needed:
+            _check_keys(list(columns), view)
+            if isinstance(view, RealtimeFeatureViewSpec):
+                _check_request_columns(columns, view)
+        lo, hi = ws.con.execute(
+            f"SELECT min({EVENT_TS}), max({EVENT_TS}) FROM {EVENTS}"
+        ).fetchall()[0]
+        requests = [
+            _resolve(self._ctx, view, features, self._from_source, lo, hi)
+            for view, features in needed
+        ]
+        self._used = {r.view.name: r.use for r in requests}
+        outputs = {(view.name, f) for view, features in self._refs for f in features}
+        where = {
+            (r.view.name, f): (
+                f"{r.view.name}__{f}"
+                if (r.view.name, f) in outputs
+                else f"{HIDDEN}{r.view.name}__{f}"
+            )
+            for r in requests
+            if r.use != REALTIME
+            for f in r.features
+        }
+        query = self._query(ws, specs, requests, columns, where)
+        realtime = [r for r in requests if r.use == REALTIME]
+        inputs = {name: specs.feature_views[name] for r in realtime for name in r.view.inputs}
+        return _Prepared(query, list(columns), self._refs, realtime, where, inputs)
 
     def _query(
-        self, ws: compute.Workspace, requests: list[_ViewRequest], columns: dict[str, str]
+        self,
+        ws: compute.Workspace,
+        specs,
+        requests: list[_ViewRequest],
+        columns: dict[str, str],
+        where: dict[tuple[str, str], str],
     ) -> str:
         parts, selects = [], []
+        logs: dict[str, str] = {}
         for i, request in enumerate(requests):
+            if request.use == REALTIME:
+                continue  # computed in Python from the query's result
             alias = f"{RESERVED}v{i}"
-            join = _aggregate_join if request.view.is_aggregate else _attribute_join
-            parts.append(f"LEFT JOIN ({join(ws, request, columns)}) AS {alias} USING ({ROW})")
-            selects += [f"{alias}.{quote(f'{request.view.name}__{f}')}" for f in request.features]
+            if request.use == INGEST_LOG:
+                source = request.view.source
+                if source not in logs:
+                    logs[source] = quote(f"{LOG}_{len(logs)}")
+                    table = log_arrow(self._ctx, self._ctx.workspace, specs.push_sources[source])
+                    ws.con.register(f"{LOG}_{len(logs) - 1}", table)
+                join = _stream_join(ws, request, columns, logs[source], alias)
+            elif request.view.is_aggregate:
+                join = _aggregate_join(ws, request, columns)
+            else:
+                join = _attribute_join(ws, request, columns)
+            parts.append(f"LEFT JOIN ({join}) AS {alias} USING ({ROW})")
+            name = request.view.name
+            selects += [
+                f"{alias}.{quote(f'{name}__{f}')} AS {quote(where[name, f])}"
+                for f in request.features
+            ]
         event_cols = ", ".join(f"e.{quote(c)}" for c in columns)
         return (
             f"SELECT {', '.join([event_cols, *selects])} FROM {EVENTS} AS e "
@@ -129,16 +219,32 @@ class OfflineFeatures:
         )
 
     def sql(self) -> str:
-        """The DuckDB query that computes the result (for inspection)."""
-        return self._run(lambda _con, query: query)
+        """The DuckDB query that computes the result (for inspection; realtime views' columns
+        are added after it, in Python)."""
+        with self._session() as (_con, prepared):
+            return prepared.query
+
+    def to_batches(self, batch_size: int = BATCH_ROWS) -> Iterator[Any]:
+        """The result as ``pyarrow.RecordBatch``es of up to ``batch_size`` rows, in input order,
+        streamed (the query runs once; only one batch is held at a time)."""
+        with self._session() as (con, prepared):
+            reader = con.sql(prepared.query).to_arrow_reader(batch_size)
+            for batch in reader:
+                yield _finish(prepared, batch) if prepared.realtime else batch
 
     def to_arrow(self):
         """The result as a ``pyarrow.Table``."""
-        return self._run(lambda con, query: con.sql(query).to_arrow_table())
+        with self._session() as (con, prepared):
+            return _arrow(con, prepared)
 
     def to_pandas(self):
         """The result as a pandas DataFrame (timestamps tz-aware UTC)."""
-        return self._run(lambda con, query: con.sql(query).df())
+        with self._session() as (con, prepared):
+            if not prepared.realtime:
+                return con.sql(prepared.query).df()
+            # Converted by DuckDB, as without realtime views, so the dtypes are the same.
+            con.register(f"{RESERVED}result", _arrow(con, prepared))
+            return con.sql(f"SELECT * FROM {RESERVED}result").df()
 
     def to_polars(self):
         """The result as a polars DataFrame (needs ``polars`` installed)."""
@@ -154,12 +260,137 @@ class OfflineFeatures:
         """Write the result to a Parquet file, streaming (nothing is held in memory)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        with self._session() as (con, prepared):
+            if not prepared.realtime:
+                con.execute(f"COPY ({prepared.query}) TO {literal(str(target))} (FORMAT parquet)")
+                return target
+            import pyarrow.parquet as pq
 
-        def write(con, query):
-            con.execute(f"COPY ({query}) TO {literal(str(target))} (FORMAT parquet)")
-            return target
+            reader = con.sql(prepared.query).to_arrow_reader(BATCH_ROWS)
+            schema = _finish(prepared, _empty_batch(reader.schema)).schema
+            with pq.ParquetWriter(target, schema) as writer:
+                for batch in reader:
+                    writer.write_batch(_finish(prepared, batch))
+        return target
 
-        return self._run(write)
+
+def _arrow(con: duckdb.DuckDBPyConnection, prepared: _Prepared):
+    import pyarrow as pa
+
+    if not prepared.realtime:
+        return con.sql(prepared.query).to_arrow_table()
+    reader = con.sql(prepared.query).to_arrow_reader(BATCH_ROWS)
+    schema = _finish(prepared, _empty_batch(reader.schema)).schema
+    return pa.Table.from_batches([_finish(prepared, b) for b in reader], schema=schema)
+
+
+def _empty_batch(schema):
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def _needed_views(specs, refs: list[tuple[AnyView, list[str]]]) -> list[tuple[AnyView, list[str]]]:
+    """The views to compute: the asked ones, then any view a realtime view reads (every feature
+    of it, as the function gets them all), each once."""
+    needed: dict[str, tuple[AnyView, list[str]]] = {}
+    for view, features in refs:
+        needed[view.name] = (view, list(features))
+    for view, _features in refs:
+        if not isinstance(view, RealtimeFeatureViewSpec):
+            continue
+        for name in view.inputs:
+            upstream = specs.feature_views[name]
+            _view, have = needed.setdefault(name, (upstream, []))
+            have.extend(f.name for f in upstream.features if f.name not in have)
+    return list(needed.values())
+
+
+def _check_request_columns(columns: dict[str, str], view: RealtimeFeatureViewSpec) -> None:
+    for field in view.request_schema:
+        if field.name not in columns:
+            raise BadRequestError(
+                f"the events have no column {field.name!r}, a request-context field of realtime "
+                f"view {view.name!r}",
+                hint=f"add a {field.dtype or String} column {field.name!r} to the events: each "
+                "row's value is the request context the view's function gets for that event",
+            )
+
+
+def _finish(prepared: _Prepared, batch):
+    """The result's columns for one batch of the query: realtime views' features computed per
+    row from the batch (the events' request-context columns and the input views' features),
+    hidden input columns left out."""
+    import pyarrow as pa
+
+    computed: dict[tuple[str, str], Any] = {}
+    n = batch.num_rows
+    for request in prepared.realtime:
+        view = request.view
+        assert isinstance(view, RealtimeFeatureViewSpec)
+        request_cols = [
+            (f.name, f.dtype or String, batch.column(f.name).to_pylist())
+            for f in view.request_schema
+        ]
+        input_cols = []
+        for name in view.inputs:
+            upstream = prepared.inputs[name]
+            input_cols.append(
+                [
+                    (f.name, batch.column(prepared.where[name, f.name]).to_pylist())
+                    for f in upstream.features
+                ]
+            )
+        values: dict[str, list[Any]] = {f: [] for f in request.features}
+        for i in range(n):
+            context = {
+                name: _request_value(view, name, dtype, col[i]) for name, dtype, col in request_cols
+            }
+            features = [{name: col[i] for name, col in cols} for cols in input_cols]
+            out = run_realtime(view, context, features)
+            for f in request.features:
+                values[f].append(out[f])
+        for f in request.features:
+            dtype = view.feature(f).dtype or String
+            computed[view.name, f] = pa.array(values[f], _arrow_type(dtype))
+    arrays, names = [], []
+    for c in prepared.columns:
+        arrays.append(batch.column(c))
+        names.append(c)
+    for view, features in prepared.outputs:
+        for f in features:
+            name = f"{view.name}__{f}"
+            arrays.append(
+                computed[view.name, f] if (view.name, f) in computed else batch.column(name)
+            )
+            names.append(name)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _request_value(view: RealtimeFeatureViewSpec, name: str, dtype: str, value: Any) -> Any:
+    try:
+        return parse_value(dtype, value)
+    except ValueError as exc:
+        raise BadRequestError(
+            f"events column {name!r} holds {value!r}, but realtime view {view.name!r} reads "
+            f"{name!r} as {dtype} ({exc})",
+            hint=f"convert the events' {name} values to {dtype} first",
+        ) from None
+
+
+def _arrow_type(dtype: str):
+    import pyarrow as pa
+
+    item = list_item_dtype(dtype)
+    if item is not None:
+        return pa.list_(_arrow_type(item))
+    return {
+        String: pa.string(),
+        Int64: pa.int64(),
+        Float64: pa.float64(),
+        Bool: pa.bool_(),
+        Timestamp: pa.timestamp("us", tz="UTC"),
+    }[dtype]
 
 
 def _register_events(
@@ -460,9 +691,29 @@ def _aggregate_join(ws: compute.Workspace, request: _ViewRequest, events: dict[s
     )
 
 
+def _stream_join(
+    ws: compute.Workspace, request: _ViewRequest, events: dict[str, str], log: str, alias: str
+) -> str:
+    """A stream view's features per event row, from its source's events (``log``)."""
+    view = request.view
+    assert isinstance(view, StreamFeatureViewSpec)
+    key_types = _column_types(ws.con, f"SELECT * FROM {log}")
+    keys = "".join(
+        f", {_event_key(view, k, events[k], key_types[k])} AS {quote(k)}"
+        for k in view.join_key_names
+    )
+    keyed = f"{alias}_events"
+    ws.con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {keyed} AS "
+        f"SELECT e.{ROW}{keys}, e.{EVENT_TS} AS __ts FROM {EVENTS} AS e"
+    )
+    cols = ", ".join(f"{quote(f)} AS {quote(f'{view.name}__{f}')}" for f in request.features)
+    return f"SELECT {ROW}, {cols} FROM ({stream_offline_sql(view, keyed, log, ROW)})"
+
+
 def resolve_refs(
     ctx: Context, service_or_views: str | Sequence[str]
-) -> list[tuple[FeatureViewSpec, list[str]]]:
+) -> list[tuple[AnyView, list[str]]]:
     """The views and features of a service, or of the named views (all their features)."""
     specs = ctx.specs()
     if isinstance(service_or_views, str) and service_or_views in specs.services:
@@ -470,18 +721,27 @@ def resolve_refs(
     else:
         names = [service_or_views] if isinstance(service_or_views, str) else service_or_views
         refs = [(n, None) for n in names]
-    out: dict[str, tuple[FeatureViewSpec, list[str]]] = {}
+    return select_features(ctx, refs)
+
+
+def select_features(
+    ctx: Context, refs: Sequence[tuple[str, Sequence[str] | None]]
+) -> list[tuple[AnyView, list[str]]]:
+    """``(view name, features or None for all)`` pairs as specs and feature lists, each view once
+    (the first time it is named, with the union of the features asked for)."""
+    views = ctx.specs().feature_views
+    out: dict[str, tuple[AnyView, list[str]]] = {}
     for name, selected in refs:
-        view = specs.views.get(name)
+        view = views.get(name)
         if view is None:
+            specs = ctx.specs()
             raise NotFoundError(
                 f"no service or feature view named {name!r} in workspace {ctx.workspace!r}",
                 hint="services: "
                 + (", ".join(sorted(specs.services)) or "none")
                 + "; views: "
-                + (", ".join(sorted(specs.views)) or "none"),
+                + (", ".join(sorted(views)) or "none"),
             )
-        # A view named twice gives its columns once (the first time it is named).
         _view, features = out.setdefault(name, (view, []))
         for feature in selected or [f.name for f in view.features]:
             if feature not in features:
@@ -491,7 +751,7 @@ def resolve_refs(
 
 def _resolve(
     ctx: Context,
-    view: FeatureViewSpec,
+    view: AnyView,
     features: list[str],
     from_source: bool | None,
     earliest: datetime | None,
@@ -499,6 +759,10 @@ def _resolve(
 ) -> _ViewRequest:
     from contextkit.materialize import inputs_table, offline_table
 
+    if isinstance(view, StreamFeatureViewSpec):
+        return _ViewRequest(view, features, INGEST_LOG, [])
+    if isinstance(view, RealtimeFeatureViewSpec):
+        return _ViewRequest(view, features, REALTIME, [])
     table = inputs_table if view.is_aggregate else offline_table
     files = ctx.offline.files(table(ctx.workspace, view.name))
     if from_source:
