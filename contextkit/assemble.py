@@ -591,11 +591,18 @@ def completion_call(ctx: Context, plan: ContextPlan, request: ContextRequest) ->
 
 
 async def complete_async(
-    ctx: Context, plan: ContextPlan, request: ContextRequest, result: ContextResult
+    ctx: Context,
+    plan: ContextPlan,
+    request: ContextRequest,
+    result: ContextResult,
+    *,
+    messages: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
+    """Complete the rendered prompt, or ``messages`` when given (the chat endpoint sends the
+    prompt merged with the conversation), into ``result.completion``."""
     from contextkit.prompts import complete
 
-    messages = completion_messages(result)
+    messages = completion_messages(result) if messages is None else messages
     call = completion_call(ctx, plan, request)
     try:
         answer = await complete(messages, **call)
@@ -616,12 +623,18 @@ async def complete_async(
 
 
 async def stream_async(
-    ctx: Context, plan: ContextPlan, request: ContextRequest, result: ContextResult
+    ctx: Context,
+    plan: ContextPlan,
+    request: ContextRequest,
+    result: ContextResult,
+    *,
+    messages: Sequence[Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[str]:
-    """The completion's text deltas (raises ContextKitError on provider failures)."""
+    """The completion's text deltas (raises ContextKitError on provider failures); ``messages``
+    as for :func:`complete_async`."""
     from contextkit.prompts import stream_complete
 
-    messages = completion_messages(result)
+    messages = completion_messages(result) if messages is None else messages
     call = completion_call(ctx, plan, request)
     try:
         async for delta in stream_complete(messages, **call):

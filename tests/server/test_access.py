@@ -87,6 +87,11 @@ ENDPOINTS = [
         "workspace": "prod", "view": "docs", "query": "hello", "top_k": 1}}),
     Endpoint("POST", "/v1/context", "reader", lambda: {"json": {
         "workspace": "prod", "service": "svc", "entities": {"user_id": [1]}}}),
+    Endpoint("GET", "/v1/models", "reader", lambda: {"params": {"workspace": "prod"}}),
+    # svc has no prompt view to chat with: an allowed caller gets 404 for an unknown service.
+    Endpoint("POST", "/v1/chat/completions", "reader", lambda: {"json": {
+        "model": "contextkit/nope", "messages": [{"role": "user", "content": "hi"}],
+        "contextkit": {"workspace": "prod"}}}),
     Endpoint("GET", "/metrics", "reader", lambda: {}, all_workspaces=True),
 ]  # fmt: skip
 OPEN = [("GET", "/health"), ("GET", "/docs"), ("GET", "/openapi.json")]
