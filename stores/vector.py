@@ -511,6 +511,10 @@ class LanceVectorStore:
                 self._tables.pop(table, None)
                 self._exact.pop(table, None)
                 self._layouts.pop(table, None)
+                # Checkouts of its versions (a new table with this name restarts at version 1).
+                for cached in (self._tables, self._exact, self._layouts):
+                    for key in [k for k in cached if k.startswith(f"{table}@")]:
+                        cached.pop(key, None)
             if table in self.tables():
                 self._db.drop_table(table)
 
@@ -541,6 +545,61 @@ class LanceVectorStore:
     def versions(self, table: str) -> list[int]:
         """The versions still on disk, oldest first."""
         return sorted(int(v["version"]) for v in self._open(table).list_versions())
+
+    def versions_at(self, table: str, moments: Sequence[datetime]) -> list[tuple[int, bool]]:
+        """For each moment, the version whose rows the table held then: the newest one
+        committed at or before it, moved on past later commits that changed only indexes (the
+        same data and deletion files, so the same rows, searchable by the index built there).
+
+        Each is ``(version, exact)``; ``exact`` is False when the moment precedes every version
+        with rows still on disk (the table was not written yet, or the versions from then were
+        pruned: :meth:`ensure_indexes` keeps a week), and the oldest one with rows is given
+        instead. (A table's first version is its empty schema, committed just before the first
+        rows; empty versions before the first rows never count.) Naive moments are UTC.
+        """
+        import bisect
+
+        versions = sorted(self._open(table).list_versions(), key=lambda v: int(v["version"]))
+        # LanceDB gives commit times as naive local times.
+        times = [v["timestamp"].astimezone(UTC) for v in versions]
+
+        def stat(v: Mapping[str, Any], name: str) -> int:
+            return int((v.get("metadata") or {}).get(name) or 0)
+
+        def content(v: Mapping[str, Any]) -> tuple:
+            names = ("total_data_files", "total_deletion_files", "total_deletion_file_rows")
+            return tuple(stat(v, n) for n in (*names, "total_rows"))
+
+        # settled[i]: the last version from i on with version i's rows.
+        settled = list(range(len(versions)))
+        for i in range(len(versions) - 2, -1, -1):
+            if content(versions[i + 1]) == content(versions[i]):
+                settled[i] = settled[i + 1]
+        first = next((i for i, v in enumerate(versions) if stat(v, "total_rows")), 0)
+        out = []
+        for moment in moments:
+            at = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            i = bisect.bisect_right(times, at) - 1
+            out.append((int(versions[settled[max(i, first)]]["version"]), i >= first))
+        return out
+
+    def _open_version(self, table: str, version: int) -> tuple[str, Any]:
+        """A read-only checkout of one version, cached under ``table@version``."""
+        key = f"{table}@{int(version)}"
+        with self._lock:
+            handle = self._tables.get(key)
+        if handle is None:
+            self._open(table)  # a missing table raises VectorTableMissingError
+            try:
+                handle = self._db.open_table(table, version=int(version))
+            except Exception as exc:
+                raise InvalidSearchError(
+                    f"version {version} of vector table {table!r} is not on disk: {exc}",
+                    hint=f"versions on disk: {self.versions(table)}",
+                ) from exc
+            with self._lock:
+                self._tables[key] = handle
+        return key, handle
 
     def restore(self, table: str, version: int) -> int:
         """Make ``version``'s content current again (as a new version, which is returned)."""
@@ -790,8 +849,10 @@ class LanceVectorStore:
         mode: Literal["vector", "text", "hybrid"] = "vector",
         top_k: int = 10,
         filter: Mapping[str, Any] | None = None,
+        version: int | None = None,
     ) -> list[dict[str, Any]]:
-        """The ``top_k`` best chunks, best first.
+        """The ``top_k`` best chunks, best first (of the table's ``version``, default the current
+        one; see :meth:`version_at`).
 
         Each hit: ``{"id", "text", "score", "key": {key columns}, "metadata": {metadata
         columns}, "chunk_index", "char_offset"}``; hybrid hits add ``"scores": {"vector": cosine
@@ -810,10 +871,13 @@ class LanceVectorStore:
             raise InvalidSearchError(
                 f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}"
             )
-        handle = self._open(table)
-        # One round trip to learn the current version (it also picks up other writers' commits);
-        # everything else about the table is cached per version.
-        version = int(handle.version)
+        if version is None:
+            handle = self._open(table)
+            # One round trip to learn the current version (it also picks up other writers'
+            # commits); everything else about the table is cached per version.
+            version = int(handle.version)
+        else:  # a checkout: its caches are its own (keyed table@version), never invalidated
+            table, handle = self._open_version(table, version)
         layout = self._layout(table, handle, version)
         conditions = parse_filter(filter, layout.filterable)
         query = None
@@ -887,7 +951,7 @@ class LanceVectorStore:
         if handle.count_rows() > self.exact_search_max_rows:
             layout.rows_over_exact_limit = True
             return None
-        pinned = self._db.open_table(table, version=version)
+        pinned = self._db.open_table(table.split("@", 1)[0], version=version)
         data = pinned.to_arrow()
         matrix = _vectors(data.column("vector"))
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
