@@ -328,16 +328,27 @@ def materialize(
             if r.kind == "embedding_view":
                 d = r.details
                 console.print(
-                    f"[green]ok[/] {r.view}: {d['documents']} documents, {r.rows_online} chunks "
+                    f"{_outcome(r)} {r.view}: {d['documents']} documents, {r.rows_online} chunks "
                     f"({d['new']} new, {d['changed']} changed, {d['deleted']} deleted, "
                     f"{d['texts_encoded']} encoded) in {r.duration_s:.2f}s"
                 )
+                _print_warning(console, r)
                 continue
             span = f"{r.start.isoformat() if r.start else 'beginning'} .. {r.end.isoformat()}"
             console.print(
-                f"[green]ok[/] {r.view}: {r.rows_offline} offline rows, {r.rows_online} online "
+                f"{_outcome(r)} {r.view}: {r.rows_offline} offline rows, {r.rows_online} online "
                 f"entities ({span}) in {r.duration_s:.2f}s"
             )
+            _print_warning(console, r)
+
+
+def _outcome(result) -> str:
+    return "[yellow]warning[/]" if result.status == "warning" else "[green]ok[/]"
+
+
+def _print_warning(console, result) -> None:
+    if result.status == "warning" and result.error:
+        console.print(f"  [yellow]{result.error}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -346,8 +357,12 @@ def jobs(
     workspace: WorkspaceOpt = None,
     view: Annotated[Optional[str], typer.Option(help="Only this view.")] = None,  # noqa: UP045
     limit: Annotated[int, typer.Option(help="How many.")] = 20,
+    status: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Only jobs with this status (succeeded, warning, failed, running)."),
+    ] = None,
 ) -> None:
-    """List materialization jobs, newest first."""
+    """List materialization jobs, newest first (warnings: data that failed an expectation)."""
     with guard:
         from rich.table import Table
 
@@ -363,7 +378,8 @@ def jobs(
             "started",
             "error",
         )
-        for j in ctx.jobs(view, limit):
+        found = ctx.jobs(view, limit if status is None else max(limit, 500))
+        for j in [j for j in found if status in (None, j.status)][:limit]:
             color = {"succeeded": "green", "failed": "red"}.get(j.status, "yellow")
             table.add_row(
                 j.id,
@@ -377,6 +393,74 @@ def jobs(
                 j.error or "",
             )
         _console().print(table)
+
+
+# -- monitoring ------------------------------------------------------------------------------
+@app.command()
+def status(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """Show every view: its last job, rows, freshness, drift and alerts."""
+    with guard:
+        ctx = _context(repo, workspace)
+        statuses = ctx.monitoring.status()
+        alerts = [a for s in statuses for a in s.alerts]
+        if json_out:
+            import json
+
+            payload = {"workspace": ctx.workspace, "views": [s.to_dict() for s in statuses]}
+            print(json.dumps(payload, indent=2))
+            return
+        from contextkit.quality_report import alerts_table, status_table
+
+        console = _console()
+        console.print(status_table(statuses, ctx.workspace))
+        if alerts:
+            console.print(alerts_table(sorted(alerts, key=lambda a: a.severity != "error")))
+        else:
+            console.print("[green]No alerts.[/]")
+
+
+@app.command()
+def quality(
+    view: Annotated[str, typer.Argument(help="A feature or embedding view.")],
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    job: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Show this job's numbers (default: the newest measured job)."),
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="How many recent runs to list.")] = 10,
+    set_reference: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Pin the job later jobs measure drift against."),
+    ] = None,
+    clear_reference: Annotated[
+        bool, typer.Option(help="Measure drift against the previous job again.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """Show a view's data-quality numbers: nulls, ranges, quantiles, top values, drift."""
+    with guard:
+        ctx = _context(repo, workspace)
+        if set_reference or clear_reference:
+            ctx.monitoring.set_reference(view, None if clear_reference else set_reference)
+            which = "the previous job" if clear_reference else f"job {set_reference}"
+            _console().print(f"Drift of {view!r} is now measured against {which}.")
+            return
+        report = ctx.monitoring.quality(view, job=job, runs=runs)
+        if json_out:
+            import json
+
+            print(json.dumps(report, indent=2, default=str))
+            return
+        from contextkit.quality_report import quality_tables
+
+        console = _console()
+        for part in quality_tables(report):
+            console.print(part)
 
 
 # -- access ----------------------------------------------------------------------------------

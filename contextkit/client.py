@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from contextkit.access import Access
     from contextkit.assemble import ContextPlan, ContextResult
     from contextkit.embedding import Documents
+    from contextkit.monitoring import Monitoring
     from contextkit.offline_retrieval import OfflineFeatures
     from contextkit.stores.vector import LanceVectorStore
 
@@ -346,6 +347,7 @@ class Context:
                         full=full,
                         on_progress=progress_cb,
                         on_stage=stage_cb,
+                        monitoring=self.config.monitoring.enabled,
                     )
                 results.append(result)
                 continue
@@ -363,6 +365,7 @@ class Context:
                     end=end,
                     full=full,
                     on_stage=stage_cb,
+                    monitoring=self.config.monitoring.enabled,
                 )
             )
         return results
@@ -452,6 +455,14 @@ class Context:
 
             found = self.__dict__["_access"] = Access(self.registry)
         return found
+
+    @property
+    def monitoring(self) -> Monitoring:
+        """Data quality, drift, freshness and alerts of the views: ``ctx.monitoring.status()``,
+        ``ctx.monitoring.quality("user_profile")``, ``ctx.monitoring.alerts()``."""
+        from contextkit.monitoring import Monitoring
+
+        return Monitoring(self)
 
     # -- context assembly ------------------------------------------------------------------------
     def context_plan(self, service: str, prompt: str | None = None) -> ContextPlan:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from contextkit.durations import format_seconds, to_seconds
 from contextkit.errors import DefinitionError
+from contextkit.expectations import expectations_spec
 from contextkit.specs import (
     AGGREGATE_FUNCTIONS,
     SEARCH_MODES,
@@ -280,6 +281,7 @@ class BatchFeatureView(_Definition):
         description: str | None,
         owner: str | None,
         tags: dict[str, str] | None,
+        expectations: Mapping[str, Any] | None = None,
     ) -> None:
         code = function.__code__
         super().__init__(
@@ -325,6 +327,10 @@ class BatchFeatureView(_Definition):
         if feature_start_time is not None and feature_start_time.tzinfo is None:
             feature_start_time = feature_start_time.replace(tzinfo=UTC)
         self.feature_start_time = feature_start_time
+        try:
+            self.expectations = expectations_spec(**(expectations or {}))
+        except ValueError as exc:
+            raise self._error(f"view {self.name!r}: {exc}") from None
 
     def __getitem__(self, features: str | Sequence[str]) -> FeatureSelection:
         """Select some features for a service: ``view[["amount_sum_7d", "order_count_7d"]]``."""
@@ -357,6 +363,7 @@ class BatchFeatureView(_Definition):
             offline=self.offline,
             batch_schedule_seconds=self.batch_schedule_seconds,
             feature_start_time=self.feature_start_time,
+            expectations=self.expectations,
             **self._common(root),
         )
 
@@ -409,6 +416,11 @@ def batch_feature_view(
     offline: bool = True,
     batch_schedule: timedelta | str = "1d",
     feature_start_time: datetime | None = None,
+    expect_not_null: Sequence[str] | Mapping[str, float] | None = None,
+    expect_between: Mapping[str, tuple[float | None, float | None]] | None = None,
+    max_staleness: timedelta | str | None = None,
+    max_drift: float | None = None,
+    on_expectation_failure: str = "warn",
     name: str | None = None,
     description: str | None = None,
     owner: str | None = None,
@@ -427,6 +439,14 @@ def batch_feature_view(
     source's). ``features`` lists ``Attribute``s or ``Aggregate``s (not both); without it every
     other output column is an attribute. ``ttl``: values older than this are not served (default:
     none for attributes, the largest window for aggregates).
+
+    Expectations, checked by every materialization job on the rows it computed (see
+    docs/monitoring.md): ``expect_not_null`` (features; a list, or ``{feature: largest null
+    rate}``), ``expect_between`` (``{feature: (low, high)}``, inclusive, ``None`` for an open
+    side), ``max_staleness`` (the newest value's age at the job's end), ``max_drift`` (the largest
+    population stability index against the drift reference). A failure marks the job
+    ``warning`` (``on_expectation_failure="warn"``) or fails it and leaves the stores as they were
+    (``"fail"``); either raises an alert.
     """
 
     def wrap(function: Callable[..., Any]) -> BatchFeatureView:
@@ -444,6 +464,13 @@ def batch_feature_view(
             batch_schedule=batch_schedule,
             feature_start_time=feature_start_time,
             description=description,
+            expectations={
+                "not_null": expect_not_null,
+                "between": expect_between,
+                "max_staleness": max_staleness,
+                "max_drift": max_drift,
+                "on_failure": on_expectation_failure,
+            },
             owner=owner,
             tags=tags,
         )
@@ -476,6 +503,11 @@ class EmbeddingView(_Definition):
     to each vector, for filters and display. When the source holds several rows per key, the
     latest by ``timestamp_field`` (default: the source's) is the document. To build the text
     with a transformation, use the :func:`embedding_view` decorator.
+
+    Expectations (checked on the documents before anything is encoded; see docs/monitoring.md):
+    ``expect_not_null`` and ``expect_between`` over the text and metadata columns (a range over
+    numeric ones), ``max_staleness`` (the time since the last successful job), and
+    ``on_expectation_failure`` (``"warn"`` or ``"fail"``), as for feature views.
     """
 
     kind = "embedding_view"
@@ -492,6 +524,10 @@ class EmbeddingView(_Definition):
         metadata: Sequence[str] = (),
         timestamp_field: str | None = None,
         online: bool = True,
+        expect_not_null: Sequence[str] | Mapping[str, float] | None = None,
+        expect_between: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_staleness: timedelta | str | None = None,
+        on_expectation_failure: str = "warn",
         description: str | None = None,
         owner: str | None = None,
         tags: dict[str, str] | None = None,
@@ -533,6 +569,15 @@ class EmbeddingView(_Definition):
         self.online = online
         self.function = _function
         self.mode = _mode
+        try:
+            self.expectations = expectations_spec(
+                not_null=expect_not_null,
+                between=expect_between,
+                max_staleness=max_staleness,
+                on_failure=on_expectation_failure,
+            )
+        except ValueError as exc:
+            raise self._error(f"embedding view {name!r}: {exc}") from None
 
     def source_names(self) -> list[str]:
         return [s if isinstance(s, str) else s.name for s in self.sources]
@@ -577,6 +622,7 @@ class EmbeddingView(_Definition):
             metadata=self.metadata,
             timestamp_field=self.timestamp_field,
             online=self.online,
+            expectations=self.expectations,
             **self._common(root),
         )
 
@@ -592,6 +638,10 @@ def embedding_view(
     metadata: Sequence[str] = (),
     timestamp_field: str | None = None,
     online: bool = True,
+    expect_not_null: Sequence[str] | Mapping[str, float] | None = None,
+    expect_between: Mapping[str, tuple[float | None, float | None]] | None = None,
+    max_staleness: timedelta | str | None = None,
+    on_expectation_failure: str = "warn",
     name: str | None = None,
     description: str | None = None,
     owner: str | None = None,
@@ -618,6 +668,10 @@ def embedding_view(
             metadata=metadata,
             timestamp_field=timestamp_field,
             online=online,
+            expect_not_null=expect_not_null,
+            expect_between=expect_between,
+            max_staleness=max_staleness,
+            on_expectation_failure=on_expectation_failure,
             description=description or inspect.getdoc(function),
             owner=owner,
             tags=tags,

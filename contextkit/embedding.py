@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from contextkit import compute
 from contextkit.errors import BadRequestError, ContextKitError, StoreError, leaf_error
 from contextkit.materialize import JobResult, spec_hash
+from contextkit.monitoring import JobMonitor, sample_vectors
 from contextkit.specs import EmbeddingViewSpec, FeatureViewSpec, FileSourceSpec
 from contextkit.stores.registry import RegistryStore
 
@@ -61,8 +62,12 @@ def materialize_embedding_view(
     full: bool = False,
     on_progress: Callable[[EncodeProgress], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    monitoring: bool = True,
 ) -> JobResult:
     """Encode the view's new or changed documents into its vector table, in one commit.
+
+    ``monitoring``: measure the documents and vectors (see :mod:`contextkit.monitoring`); the
+    view's expectations are checked either way, on the documents, before anything is encoded.
 
     ``full`` rebuilds the table from scratch (every chunk encoded again). The table is also
     rebuilt when it no longer fits the view: another vector dimension, key or metadata columns.
@@ -79,6 +84,7 @@ def materialize_embedding_view(
         spec_hash=spec_hash(view),
         details={"kind": "embedding_view", "full": full},
     )
+    monitor = JobMonitor.start(registry, workspace, view, job_id, as_of=end, enabled=monitoring)
     began = time.perf_counter()
     table = vector_table(workspace, view.name)
     try:
@@ -90,6 +96,8 @@ def materialize_embedding_view(
         stage("reading")
         with compute.workspace_session(root, sources, views) as ws:
             documents = compute.embedding_documents_sql(ws, view)
+            if monitor is not None:
+                monitor.check_documents(ws.con, documents)
             reader = ws.con.sql(documents).to_arrow_reader(_ROWS_PER_BATCH)
             stage("encoding")
             with plan_encode(
@@ -114,6 +122,8 @@ def materialize_embedding_view(
         stage("indexing")
         report = vectors.ensure_indexes(table) if vectors.has_table(table) else None
         chunks = vectors.count_rows(table) if vectors.has_table(table) else 0
+        if monitor is not None and chunks:
+            monitor.add_vectors(sample_vectors(vectors.path, table))
     except BaseException as exc:
         message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
         registry.finish_job(job_id, "failed", error=message[:500])
@@ -142,13 +152,19 @@ def materialize_embedding_view(
         "indexes_created": report.created if report else [],
         **plan.stats.as_dict(),
     }
+    status, warning = monitor.finish() if monitor is not None else ("succeeded", None)
     registry.finish_job(
-        job_id, "succeeded", rows_offline=plan.stats.documents, rows_online=chunks, details=details
+        job_id,
+        status,
+        rows_offline=plan.stats.documents,
+        rows_online=chunks,
+        details=details,
+        error=warning,
     )
     return JobResult(
         job_id,
         view.name,
-        "succeeded",
+        status,
         None,
         end,
         plan.stats.documents,
@@ -156,6 +172,7 @@ def materialize_embedding_view(
         duration,
         kind="embedding_view",
         details=details,
+        error=warning,
     )
 
 

@@ -24,11 +24,12 @@ from pathlib import Path
 from contextkit import compute
 from contextkit.compute import EVENT_TIMESTAMP, quote
 from contextkit.errors import ContextKitError, StoreError
+from contextkit.monitoring import JobMonitor
 from contextkit.specs import METADATA_FIELDS, FeatureViewSpec, FileSourceSpec
 from contextkit.stores.errors import StoreFailure
 from contextkit.stores.offline import ParquetOfflineStore
 from contextkit.stores.online import OnlineStore
-from contextkit.stores.registry import RegistryStore
+from contextkit.stores.registry import COMPLETED_STATUSES, RegistryStore
 from contextkit.types import Timestamp, duckdb_type
 
 
@@ -102,7 +103,7 @@ def last_watermark(
     current = spec_hash(view)
     latest = None
     for job in registry.list_jobs(workspace, view.name, limit=500):
-        if job.status != "succeeded" or job.spec_hash != current or not job.range_end:
+        if job.status not in COMPLETED_STATUSES or job.spec_hash != current or not job.range_end:
             continue
         end = datetime.fromisoformat(job.range_end)
         latest = end if latest is None else max(latest, end)
@@ -125,8 +126,13 @@ def materialize_view(
     end: datetime | None = None,
     full: bool = False,
     on_stage: Callable[[str], None] | None = None,
+    monitoring: bool = True,
 ) -> JobResult:
-    """Run one materialization job for ``view`` (see the module docstring)."""
+    """Run one materialization job for ``view`` (see the module docstring).
+
+    ``monitoring``: measure the rows (see :mod:`contextkit.monitoring`); the view's expectations
+    are checked either way, on the staged rows, before anything is committed.
+    """
     end = _utc(end or datetime.now(UTC))
     watermark = None if full else last_watermark(registry, workspace, view)
     replace_all = start is None and watermark is None
@@ -144,6 +150,7 @@ def materialize_view(
         spec_hash=spec_hash(view),
         details={"full": replace_all},
     )
+    monitor = JobMonitor.start(registry, workspace, view, job_id, as_of=end, enabled=monitoring)
     began = time.perf_counter()
     staged: list = []
     rows_offline = rows_online = 0
@@ -179,12 +186,16 @@ def materialize_view(
                     )
             # A backfill of a past range leaves the (newer) online values alone.
             refresh_online = view.online and (watermark is None or end >= watermark)
+            if monitor is not None and not refresh_online and staged:
+                monitor.check_staged(ws.con, staged[0])
             if refresh_online:
                 stage("online")
                 query = (
                     f"SELECT {_typed_columns(view, epoch_timestamps=True)} FROM "
                     f"({compute.online_features_sql(ws, view, end)})"
                 )
+                if monitor is not None:
+                    query = monitor.check(ws.con, query, scope="online")
                 cursor = ws.con.execute(query)
                 rows_online = online.replace_table(
                     online_table(workspace, view.name),
@@ -213,9 +224,12 @@ def materialize_view(
             ) from exc
         raise
     duration = time.perf_counter() - began
-    registry.finish_job(job_id, "succeeded", rows_offline=rows_offline, rows_online=rows_online)
+    status, warning = monitor.finish() if monitor is not None else ("succeeded", None)
+    registry.finish_job(
+        job_id, status, rows_offline=rows_offline, rows_online=rows_online, error=warning
+    )
     return JobResult(
-        job_id, view.name, "succeeded", start, end, rows_offline, rows_online, duration
+        job_id, view.name, status, start, end, rows_offline, rows_online, duration, error=warning
     )
 
 

@@ -81,6 +81,18 @@ class AggregateSpec(_Spec):
 FeatureSpec = Annotated[AttributeSpec | AggregateSpec, Field(discriminator="kind")]
 
 
+class ExpectationsSpec(_Spec):
+    """Checks every materialization job runs on a view's rows (see docs/monitoring.md)."""
+
+    # column -> the largest share of nulls allowed (0: none)
+    not_null: dict[str, float] = Field(default_factory=dict)
+    # column -> inclusive (low, high); None leaves a side open
+    between: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    max_staleness_seconds: int | None = None
+    max_drift: float | None = None  # population stability index vs the drift reference
+    on_failure: Literal["warn", "fail"] = "warn"
+
+
 class FeatureViewSpec(_ObjectSpec):
     kind: Literal["batch_feature_view"] = "batch_feature_view"
     sources: list[str]
@@ -97,6 +109,7 @@ class FeatureViewSpec(_ObjectSpec):
     offline: bool = True
     batch_schedule_seconds: int = 86400
     feature_start_time: datetime | None = None
+    expectations: ExpectationsSpec | None = None
     # Filled by validation: join keys (from the entities) and the transformation's output schema.
     join_keys: list[FieldSpec] = Field(default_factory=list)
     output_schema: list[FieldSpec] = Field(default_factory=list)
@@ -154,6 +167,7 @@ class EmbeddingViewSpec(_ObjectSpec):
     metadata_schema: list[FieldSpec] = Field(default_factory=list)
     model_name: str | None = None
     dimension: int | None = None
+    expectations: ExpectationsSpec | None = None
 
     @property
     def join_key_names(self) -> list[str]:
@@ -229,5 +243,6 @@ ObjectSpec = Annotated[
 
 # Fields whose change does not require re-materializing a view.
 METADATA_FIELDS = frozenset(
-    {"description", "owner", "tags", "location", "batch_schedule_seconds", "spec_version"}
+    {"description", "owner", "tags", "location", "batch_schedule_seconds", "spec_version",
+     "expectations"}  # fmt: skip
 )

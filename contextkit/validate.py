@@ -15,6 +15,7 @@ from contextkit import compute
 from contextkit.compute import EVENT_TIMESTAMP, Workspace, quote
 from contextkit.definitions import _Definition
 from contextkit.errors import ContextKitError, DefinitionError, ValidationErrors
+from contextkit.expectations import expectation_problems
 from contextkit.repo import Repo
 from contextkit.specs import (
     NUMERIC_AGGREGATES,
@@ -255,6 +256,9 @@ class _Checker:
         features = self._check_features(view, types, {k.name for k in join_keys} | {ts})
         if features is None or not ok:
             return None
+        checked = {f.name: f.dtype for f in features}
+        for message, hint in expectation_problems(view.expectations, checked):
+            self.error(view, message, hint)
         return view.model_copy(
             update={
                 "timestamp_field": ts,
@@ -435,6 +439,10 @@ class _Checker:
                 metadata_schema.append(FieldSpec(name=column, dtype=types[column]))
         if len(set(view.metadata)) != len(view.metadata):
             self.error(view, "a metadata column is listed twice")
+            ok = False
+        checked = {text: String, **{m.name: m.dtype for m in metadata_schema}}
+        for message, hint in expectation_problems(view.expectations, checked, what="column"):
+            self.error(view, message, hint)
             ok = False
         model = self._check_model(view, models)
         if model is None or not ok:

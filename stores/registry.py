@@ -17,7 +17,11 @@ from typing import Any, Protocol
 
 from contextkit.stores.errors import ApplyConflictError, MissingError, RegistryVersionError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+# Job statuses of a job that wrote the stores: ``warning`` is a success whose data failed an
+# expectation declared with on_expectation_failure="warn".
+COMPLETED_STATUSES = ("succeeded", "warning")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,6 +57,20 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL, expires_at REAL, revoked_at REAL
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_principal ON api_keys (principal);
+""",
+    3: """
+CREATE TABLE IF NOT EXISTS job_stats (
+    job_id TEXT PRIMARY KEY, workspace TEXT NOT NULL, view TEXT NOT NULL, created_at REAL NOT NULL,
+    scope TEXT NOT NULL, rows INTEGER, newest_event REAL, max_drift REAL, stats TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_stats_by_view ON job_stats (workspace, view, created_at);
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY, workspace TEXT NOT NULL, view TEXT NOT NULL, kind TEXT NOT NULL,
+    subject TEXT NOT NULL, severity TEXT NOT NULL, message TEXT NOT NULL, details TEXT NOT NULL,
+    job_id TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, resolved_at REAL,
+    resolved_by TEXT
+);
+CREATE INDEX IF NOT EXISTS alerts_by_view ON alerts (workspace, view, resolved_at);
 """,
 }
 
@@ -119,6 +137,60 @@ class ApiKeyRecord:
     revoked_at: float | None
 
 
+@dataclass(frozen=True)
+class JobStatsRecord:
+    """The data-quality statistics a job computed over the rows it wrote (see
+    :mod:`contextkit.monitoring`); ``status`` is the job's, when read joined with it."""
+
+    job_id: str
+    workspace: str
+    view: str
+    created_at: float
+    scope: str  # which rows: "online", "offline" or "documents"
+    rows: int | None
+    newest_event: float | None  # newest event time among the rows (Unix seconds)
+    max_drift: float | None
+    stats: dict[str, Any]
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """An expectation a view's data failed; open until a later job passes it."""
+
+    id: str
+    workspace: str
+    view: str
+    kind: str
+    subject: str
+    severity: str  # "warning" or "error"
+    message: str
+    details: dict[str, Any]
+    job_id: str | None
+    created_at: float
+    updated_at: float
+    resolved_at: float | None = None
+    resolved_by: str | None = None
+
+
+_STATS_COLUMNS = (
+    "s.job_id, s.workspace, s.view, s.created_at, s.scope, s.rows, s.newest_event, s.max_drift, "
+    "s.stats, j.status"
+)
+_ALERT_COLUMNS = (
+    "id, workspace, view, kind, subject, severity, message, details, job_id, created_at, "
+    "updated_at, resolved_at, resolved_by"
+)
+
+
+def _stats_record(row) -> JobStatsRecord:
+    return JobStatsRecord(*row[:8], json.loads(row[8]), row[9])
+
+
+def _alert_record(row) -> AlertRecord:
+    return AlertRecord(*row[:7], json.loads(row[7]), *row[8:])
+
+
 _KEY_COLUMNS = (
     "id, key_hash, principal, kind, workspace, role, description, created_at, expires_at, "
     "revoked_at"
@@ -159,6 +231,25 @@ class RegistryStore(Protocol):
     def revoke_api_key(self, key_id: str, at: float) -> bool: ...
     def job_summary(self) -> list[tuple[str, str, str, int]]: ...
     def last_succeeded_jobs(self) -> list[JobRecord]: ...
+    def save_job_monitoring(
+        self, stats: JobStatsRecord | None, workspace: str, view: str, raised: list[AlertRecord]
+    ) -> None: ...
+    def list_job_stats(
+        self, workspace: str, view: str, limit: int = 50, *, completed_only: bool = False
+    ) -> list[JobStatsRecord]: ...
+    def get_job_stats(self, job_id: str) -> JobStatsRecord | None: ...
+    def latest_job_stats(
+        self, workspace: str | None = None, *, with_stats: bool = True
+    ) -> list[JobStatsRecord]: ...
+    def latest_jobs(self, workspace: str | None = None) -> list[JobRecord]: ...
+    def list_alerts(
+        self,
+        workspace: str | None = None,
+        view: str | None = None,
+        *,
+        open_only: bool = True,
+        limit: int = 500,
+    ) -> list[AlertRecord]: ...
 
 
 class SQLiteRegistry:
@@ -277,7 +368,7 @@ class SQLiteRegistry:
     def delete_workspace(self, name: str) -> None:
         self.get_workspace(name)
         with self._transaction() as con:
-            for table in ("objects", "applies", "jobs"):
+            for table in ("objects", "applies", "jobs", "job_stats", "alerts"):
                 con.execute(f"DELETE FROM {table} WHERE workspace = ?", (name,))
             con.execute("DELETE FROM workspaces WHERE name = ?", (name,))
             # A workspace created later under the same name must not inherit these keys.
@@ -411,14 +502,151 @@ class SQLiteRegistry:
         return [tuple(r) for r in rows]
 
     def last_succeeded_jobs(self) -> list[JobRecord]:
-        """The newest succeeded job of every (workspace, view)."""
+        """The newest completed job (succeeded, or warning) of every (workspace, view)."""
         rows = self._con().execute(
             "SELECT id, workspace, view, status, range_start, range_end, spec_hash, rows_offline,"
-            " rows_online, started_at, finished_at, error, details FROM jobs j WHERE status = "
-            "'succeeded' AND started_at = (SELECT max(started_at) FROM jobs WHERE workspace = "
-            "j.workspace AND view = j.view AND status = 'succeeded') ORDER BY workspace, view"
+            " rows_online, started_at, finished_at, error, details FROM jobs j WHERE status IN "
+            "('succeeded', 'warning') AND started_at = (SELECT max(started_at) FROM jobs WHERE "
+            "workspace = j.workspace AND view = j.view AND status IN ('succeeded', 'warning')) "
+            "ORDER BY workspace, view"
         )
         return [JobRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+
+    def latest_jobs(self, workspace: str | None = None) -> list[JobRecord]:
+        """The newest job, whatever its status, of every view (of one workspace, or all)."""
+        where, params = ("AND workspace = ?", (workspace,)) if workspace else ("", ())
+        rows = self._con().execute(
+            "SELECT id, workspace, view, status, range_start, range_end, spec_hash, rows_offline,"
+            " rows_online, started_at, finished_at, error, details FROM jobs j WHERE started_at = "
+            "(SELECT max(started_at) FROM jobs WHERE workspace = j.workspace AND view = j.view) "
+            f"{where} ORDER BY workspace, view",
+            params,
+        )
+        return [JobRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+
+    # -- monitoring: job statistics and alerts ---------------------------------------------
+    def save_job_monitoring(
+        self, stats: JobStatsRecord | None, workspace: str, view: str, raised: list[AlertRecord]
+    ) -> None:
+        """Store a job's statistics and the view's alerts as of that job, in one transaction.
+
+        Each of ``raised`` updates the view's open alert of the same kind and subject, or opens
+        one; every other open alert of the view is resolved (by ``stats.job_id``).
+        """
+        now = time.time()
+        job_id = stats.job_id if stats is not None else None
+        with self._transaction() as con:
+            if stats is not None:
+                con.execute(
+                    "INSERT OR REPLACE INTO job_stats (job_id, workspace, view, created_at, scope,"
+                    " rows, newest_event, max_drift, stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        stats.job_id,
+                        stats.workspace,
+                        stats.view,
+                        stats.created_at,
+                        stats.scope,
+                        stats.rows,
+                        stats.newest_event,
+                        stats.max_drift,
+                        json.dumps(stats.stats),
+                    ),
+                )
+            open_alerts = {
+                (kind, subject): alert_id
+                for alert_id, kind, subject in con.execute(
+                    "SELECT id, kind, subject FROM alerts WHERE workspace = ? AND view = ? AND "
+                    "resolved_at IS NULL",
+                    (workspace, view),
+                )
+            }
+            for alert in raised:
+                found = open_alerts.pop((alert.kind, alert.subject), None)
+                if found is not None:
+                    con.execute(
+                        "UPDATE alerts SET severity = ?, message = ?, details = ?, job_id = ?, "
+                        "updated_at = ? WHERE id = ?",
+                        (alert.severity, alert.message, json.dumps(alert.details), alert.job_id,
+                         now, found),
+                    )  # fmt: skip
+                    continue
+                con.execute(
+                    f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                    (alert.id, workspace, view, alert.kind, alert.subject, alert.severity,
+                     alert.message, json.dumps(alert.details), alert.job_id, now, now),
+                )  # fmt: skip
+            for alert_id in open_alerts.values():
+                con.execute(
+                    "UPDATE alerts SET resolved_at = ?, resolved_by = ? WHERE id = ?",
+                    (now, job_id, alert_id),
+                )
+
+    def list_job_stats(
+        self, workspace: str, view: str, limit: int = 50, *, completed_only: bool = False
+    ) -> list[JobStatsRecord]:
+        """A view's job statistics, newest first (``completed_only``: of jobs that wrote)."""
+        status = "AND j.status IN ('succeeded', 'warning')" if completed_only else ""
+        rows = self._con().execute(
+            f"SELECT {_STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
+            f"WHERE s.workspace = ? AND s.view = ? {status} ORDER BY s.created_at DESC LIMIT ?",
+            (workspace, view, limit),
+        )
+        return [_stats_record(r) for r in rows]
+
+    def get_job_stats(self, job_id: str) -> JobStatsRecord | None:
+        row = (
+            self._con()
+            .execute(
+                f"SELECT {_STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
+                "WHERE s.job_id = ?",
+                (job_id,),
+            )
+            .fetchone()
+        )
+        return _stats_record(row) if row else None
+
+    def latest_job_stats(
+        self, workspace: str | None = None, *, with_stats: bool = True
+    ) -> list[JobStatsRecord]:
+        """The newest statistics of a completed job of every view (of one workspace, or all);
+        ``with_stats=False`` leaves out the statistics themselves (``stats`` is ``{}``)."""
+        where, params = ("AND s.workspace = ?", (workspace,)) if workspace else ("", ())
+        columns = _STATS_COLUMNS if with_stats else _STATS_COLUMNS.replace("s.stats", "'{}'")
+        rows = self._con().execute(
+            f"SELECT {columns} FROM job_stats s JOIN jobs j ON j.id = s.job_id WHERE "
+            "j.status IN ('succeeded', 'warning') AND s.created_at = (SELECT max(t.created_at) "
+            "FROM job_stats t JOIN jobs k ON k.id = t.job_id WHERE t.workspace = s.workspace AND "
+            f"t.view = s.view AND k.status IN ('succeeded', 'warning')) {where} "
+            "ORDER BY s.workspace, s.view",
+            params,
+        )
+        return [_stats_record(r) for r in rows]
+
+    def list_alerts(
+        self,
+        workspace: str | None = None,
+        view: str | None = None,
+        *,
+        open_only: bool = True,
+        limit: int = 500,
+    ) -> list[AlertRecord]:
+        """Alerts, newest first: open ones only, unless ``open_only=False``."""
+        clauses, params = [], []
+        if workspace is not None:
+            clauses.append("workspace = ?")
+            params.append(workspace)
+        if view is not None:
+            clauses.append("view = ?")
+            params.append(view)
+        if open_only:
+            clauses.append("resolved_at IS NULL")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._con().execute(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts {where} ORDER BY updated_at DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [_alert_record(r) for r in rows]
 
     # -- API keys --------------------------------------------------------------------------
     def insert_api_key(self, record: ApiKeyRecord) -> None:
