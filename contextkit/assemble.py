@@ -23,8 +23,6 @@ prompt and registry version, so a request does no spec work.
 from __future__ import annotations
 
 import asyncio
-import math
-import numbers
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +40,7 @@ from contextkit.specs import (
     RequestFieldSpec,
     SearchSpec,
 )
-from contextkit.types import Bool, Float64, Int64, String, Timestamp
+from contextkit.types import Timestamp, parse_value
 
 if TYPE_CHECKING:
     from contextkit.client import Context
@@ -110,7 +108,7 @@ def build_plan(ctx: Context, service_name: str, prompt_name: str | None) -> Cont
     reader = None
     if refs:
         merged = ContextServiceSpec(name=service.name, features=refs)
-        reader = ServiceReader.build(specs.workspace.name, merged, specs.views)
+        reader = ServiceReader.build(specs.workspace.name, merged, specs.feature_views)
     searches: dict[str, SearchSpec] = {s.name: s for s in service.searches}
     for search in prompt.searches if prompt else []:
         searches.setdefault(search.name, search)
@@ -126,9 +124,19 @@ def build_plan(ctx: Context, service_name: str, prompt_name: str | None) -> Cont
         searches=tuple(searches.values()),
         embedding_views={s.view: specs.embedding_views[s.view] for s in searches.values()},
         template=template,
-        request_fields=tuple(prompt.request_context) if prompt else (),
+        request_fields=_request_fields(prompt, reader),
         needs_query=needs_query,
     )
+
+
+def _request_fields(
+    prompt: PromptViewSpec | None, reader: ServiceReader | None
+) -> tuple[RequestFieldSpec, ...]:
+    """The prompt's request fields, plus those the service's realtime views read (required)."""
+    fields = {f.name: f for f in (prompt.request_context if prompt else [])}
+    for name, dtype in reader.request_fields if reader else ():
+        fields.setdefault(name, RequestFieldSpec(name=name, dtype=dtype))
+    return tuple(fields.values())
 
 
 def _merge_refs(refs: Sequence[FeatureRefSpec]) -> list[FeatureRefSpec]:
@@ -288,36 +296,14 @@ def _request_values(plan: ContextPlan, given: Mapping[str, Any]) -> dict[str, An
 
 
 def _coerce(name: str, dtype: str, value: Any) -> Any:
-    ok = False
-    if dtype == String:
-        ok = isinstance(value, str)
-    elif dtype == Int64:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        value = int(value) if ok else value
-    elif dtype == Float64:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        value = float(value) if ok else value
-        ok = ok and math.isfinite(value)
-    elif dtype == Bool:
-        ok = isinstance(value, bool)
-    elif dtype == Timestamp:
-        if isinstance(value, datetime):
-            ok = True
-        elif isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-                ok = True
-            except ValueError:
-                ok = False
-        if ok and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-    if not ok:
+    try:
+        return parse_value(dtype, value)
+    except ValueError as exc:
         raise BadRequestError(
-            f"request_context field {name!r} must be {dtype}, got {value!r}",
+            f"request_context field {name!r} must be {dtype} ({exc}), got {value!r}",
             hint="timestamps are ISO 8601 strings" if dtype == Timestamp else None,
             details={"field": f"request_context.{name}", "expected": dtype},
-        )
-    return value
+        ) from None
 
 
 # -- the result ---------------------------------------------------------------------------------
@@ -395,7 +381,11 @@ def retrieve_stage(ctx: Context, plan: ContextPlan, request: ContextRequest):
 
     def features():
         began = time.perf_counter()
-        value = plan.reader.read(ctx.online, request.entities) if plan.reader else None
+        value = None
+        if plan.reader is not None:
+            wanted = {name for name, _ in plan.reader.request_fields}
+            context = {k: v for k, v in request.request.items() if k in wanted}
+            value = plan.reader.read(ctx.online, request.entities, context)
         return [("features", value, (time.perf_counter() - began) * 1000)]
 
     def query_text(spec: SearchSpec) -> str:

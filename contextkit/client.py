@@ -33,6 +33,9 @@ from contextkit.specs import (
     FeatureViewSpec,
     FileSourceSpec,
     PromptViewSpec,
+    PushSourceSpec,
+    RealtimeFeatureViewSpec,
+    StreamFeatureViewSpec,
 )
 from contextkit.stores.errors import (
     ApplyConflictError,
@@ -49,10 +52,12 @@ if TYPE_CHECKING:
 
     from contextkit.access import Access
     from contextkit.assemble import ContextPlan, ContextResult
+    from contextkit.datasets import RenderedDataset
     from contextkit.embedding import Documents
     from contextkit.monitoring import Monitoring
     from contextkit.offline_retrieval import OfflineFeatures
     from contextkit.stores.vector import LanceVectorStore
+    from contextkit.streaming import IngestResult
 
 _SPEC_TYPES = {
     "entity": EntitySpec,
@@ -61,6 +66,9 @@ _SPEC_TYPES = {
     "embedding_view": EmbeddingViewSpec,
     "prompt_view": PromptViewSpec,
     "context_service": ContextServiceSpec,
+    "push_source": PushSourceSpec,
+    "stream_feature_view": StreamFeatureViewSpec,
+    "realtime_feature_view": RealtimeFeatureViewSpec,
 }
 SELECTED_WORKSPACE = "selected_workspace"
 
@@ -116,7 +124,13 @@ class WorkspaceSpecs:
         self.embedding_views: dict[str, EmbeddingViewSpec] = {}
         self.prompts: dict[str, PromptViewSpec] = {}
         self.services: dict[str, ContextServiceSpec] = {}
+        self.push_sources: dict[str, PushSourceSpec] = {}
+        self.stream_views: dict[str, StreamFeatureViewSpec] = {}
+        self.realtime_views: dict[str, RealtimeFeatureViewSpec] = {}
         target = {
+            "push_source": self.push_sources,
+            "stream_feature_view": self.stream_views,
+            "realtime_feature_view": self.realtime_views,
             "entity": self.entities,
             "file_source": self.sources,
             "batch_feature_view": self.views,
@@ -148,6 +162,11 @@ class WorkspaceSpecs:
         for name in sorted(self.views):
             visit(name)
         return ordered
+
+    @property
+    def feature_views(self) -> dict[str, Any]:
+        """Every view that serves features: batch, stream and realtime."""
+        return {**self.views, **self.stream_views, **self.realtime_views}
 
     def materialized_order(self) -> list[str]:
         """Every view `materialize` computes: feature views (upstream first), then embedding
@@ -347,6 +366,7 @@ class Context:
                         full=full,
                         on_progress=progress_cb,
                         on_stage=stage_cb,
+                        pushed=self._pushed_events(specs, specs.embedding_views[name]),
                         monitoring=self.config.monitoring.enabled,
                     )
                 results.append(result)
@@ -369,6 +389,16 @@ class Context:
                 )
             )
         return results
+
+    def _pushed_events(self, specs: WorkspaceSpecs, view: EmbeddingViewSpec) -> dict[str, Any]:
+        """The events of the push sources a view reads (its documents come from the log)."""
+        from contextkit.streaming import log_arrow
+
+        return {
+            name: log_arrow(self, specs.workspace.name, specs.push_sources[name])
+            for name in view.sources
+            if name in specs.push_sources
+        }
 
     def jobs(self, view: str | None = None, limit: int = 50) -> list[JobRecord]:
         return self.registry.list_jobs(self.workspace, view, limit)
@@ -404,12 +434,15 @@ class Context:
                 f"service {service!r} has no feature views",
                 hint="ask /v1/context (or ctx.get_context) for its documents and prompt",
             )
-        reader = ServiceReader.build(workspace, spec, self.specs(workspace).views)
+        reader = ServiceReader.build(workspace, spec, self.specs(workspace).feature_views)
         self._readers[(workspace, service)] = (state, reader)
         return reader
 
     def get_features(
-        self, service: str, entities: Mapping[str, Sequence[Any] | Any]
+        self,
+        service: str,
+        entities: Mapping[str, Sequence[Any] | Any],
+        request_context: Mapping[str, Any] | None = None,
     ) -> OnlineFeatures:
         """Latest feature values of ``service`` for a batch of entities.
 
@@ -418,8 +451,41 @@ class Context:
             ctx.get_features("support_assistant", entities={"user_id": [1, 2, 3]})
 
         A key with no stored value gives nulls (status ``MISSING``), not an error.
+        ``request_context`` gives the values realtime feature views read (a value applies to
+        every entity row; a list gives one per row).
         """
-        return self.service_reader(service).read(self.online, entities)
+        return self.service_reader(service).read(self.online, entities, request_context)
+
+    # -- ingest -----------------------------------------------------------------------------------
+    def ingest(
+        self,
+        source: str,
+        records: Sequence[Any],
+        *,
+        dry_run: bool = False,
+        partial: bool = False,
+    ) -> IngestResult:
+        """Push records to a push source: validated, then written durably to its ingest log and
+        to the online state of its stream feature views, in one transaction.
+
+        Each record is an object with every field of the source's schema, or
+        ``{"record": {...}, "idempotency_key": "..."}`` (a key seen before is skipped). One bad
+        record rejects the batch (``IngestError`` lists every error by index) unless
+        ``partial=True``; ``dry_run=True`` only validates::
+
+            ctx.ingest("page_views", [{"user_id": 7, "product_id": 12, "ts": "2024-06-01T12:00Z"}])
+        """
+        from contextkit.streaming import ingest_records
+
+        with _translating:
+            return ingest_records(self, source, records, dry_run=dry_run, partial=partial)
+
+    def wait_for_embeddings(self, timeout: float = 30.0) -> bool:
+        """Block until every pushed record is encoded into its embedding views (push-based
+        updates run in a background thread); False if ``timeout`` seconds passed first."""
+        from contextkit.push_embeddings import push_encoder
+
+        return push_encoder().wait(timeout)
 
     # -- offline retrieval ------------------------------------------------------------------------
     def get_features_for_events(
@@ -444,6 +510,47 @@ class Context:
             from_source = True
         refs = resolve_refs(self, service_or_views)
         return OfflineFeatures(self, events, refs, timestamp_key, from_source)
+
+    def generate_dataset(
+        self,
+        events: Any,
+        service_or_prompt: str,
+        *,
+        prompt: str | None = None,
+        timestamp_key: str = "ts",
+        documents: bool | Sequence[str] = False,
+        label_column: str | None = None,
+        from_source: bool | None = None,
+        top_k: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+        searches: Mapping[str, Mapping[str, Any]] | None = None,
+        on_progress: Callable[[int, int | None], None] | None = None,
+    ) -> RenderedDataset:
+        """A prompt view rendered for each event with that time's features (and, with
+        ``documents=True`` or a list of search names, the documents its searches returned
+        then). Lazy; see :mod:`contextkit.datasets`. The events carry the join keys, the time,
+        ``query`` and request-context columns::
+
+            ds = ctx.generate_dataset(events, "support_assistant", label_column="answer")
+            ds.to_jsonl("train.jsonl")   # {"messages": [...]} per event; or to_pandas()
+        """
+        from contextkit.datasets import generate_dataset
+
+        with _translating:
+            return generate_dataset(
+                self,
+                events,
+                service_or_prompt,
+                prompt=prompt,
+                timestamp_key=timestamp_key,
+                documents=documents,
+                label_column=label_column,
+                from_source=from_source,
+                top_k=top_k,
+                filter=filter,
+                searches=searches,
+                on_progress=on_progress,
+            )
 
     # -- access control ---------------------------------------------------------------------
     @property

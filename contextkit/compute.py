@@ -26,7 +26,7 @@ from contextkit.specs import (
     FieldSpec,
     FileSourceSpec,
 )
-from contextkit.types import Float64, Int64, dtype_from_duckdb
+from contextkit.types import Float64, Int64, String, dtype_from_duckdb, list_dtype
 
 if TYPE_CHECKING:
     import duckdb
@@ -266,6 +266,8 @@ def aggregate_dtype(feature: AggregateSpec, column_dtype: str | None) -> str | N
         return Int64
     if feature.function == "mean":
         return Float64
+    if feature.function == "last_distinct":
+        return list_dtype(column_dtype or String)
     return column_dtype
 
 
@@ -403,6 +405,22 @@ def workspace_session(
         yield Workspace(con, root, sources, views)
     finally:
         con.close()
+
+
+def empty_table(columns: list[FieldSpec]):
+    """An empty Arrow table with these columns (what a push source looks like to a query)."""
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+    }
+    return pa.schema(
+        [(c.name, types.get(c.dtype or "string", pa.string())) for c in columns]
+    ).empty_table()
 
 
 # -- embedding views ------------------------------------------------------------------------------

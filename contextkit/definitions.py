@@ -34,8 +34,8 @@ from contextkit.durations import format_seconds, to_seconds
 from contextkit.errors import DefinitionError
 from contextkit.expectations import expectations_spec
 from contextkit.specs import (
-    AGGREGATE_FUNCTIONS,
     SEARCH_MODES,
+    STREAM_AGGREGATE_FUNCTIONS,
     AggregateSpec,
     AttributeSpec,
     ChunkingSpec,
@@ -48,8 +48,11 @@ from contextkit.specs import (
     FileSourceSpec,
     Location,
     PromptViewSpec,
+    PushSourceSpec,
+    RealtimeFeatureViewSpec,
     RequestFieldSpec,
     SearchSpec,
+    StreamFeatureViewSpec,
 )
 from contextkit.types import DTYPES, Field
 
@@ -206,11 +209,12 @@ class Attribute:
 class Aggregate:
     """A windowed aggregation of one column, e.g. a user's spend over the last 7 days.
 
-    ``function`` is one of count, sum, mean, min, max, last, count_distinct; ``time_window`` a
-    timedelta or a string (``"30m"``, ``"7d"``, ``"1y"``). The window ending at time ``t`` holds
-    events with ``t - time_window < ts <= t``. The default name is ``<column>_<function>_<window>``
-    (``amount_sum_7d``). ``count`` counts non-null values of ``column`` (all rows when ``column``
-    is None).
+    ``function`` is one of count, sum, mean, min, max, last, count_distinct (and, in stream
+    feature views, ``last_distinct``: the ``n`` most recent distinct values, newest first);
+    ``time_window`` a timedelta or a string (``"30m"``, ``"7d"``, ``"1y"``). The window ending at
+    time ``t`` holds events with ``t - time_window < ts <= t``. The default name is
+    ``<column>_<function>_<window>`` (``amount_sum_7d``). ``count`` counts non-null values of
+    ``column`` (all rows when ``column`` is None).
     """
 
     def __init__(
@@ -222,21 +226,29 @@ class Aggregate:
         name: str | None = None,
         description: str = "",
         input_column: str | Field | None = None,
+        n: int | None = None,
     ) -> None:
         column = column if column is not None else input_column  # Tecton's keyword
         if isinstance(column, Field):
             column = column.name
-        if function not in AGGREGATE_FUNCTIONS:
+        if function not in STREAM_AGGREGATE_FUNCTIONS:
             raise ValueError(
                 f"Aggregate over {column!r}: unknown function {function!r}; "
-                f"use one of {', '.join(AGGREGATE_FUNCTIONS)}"
+                f"use one of {', '.join(STREAM_AGGREGATE_FUNCTIONS)}"
             )
         if column is None and function != "count":
             raise ValueError(f"Aggregate {function!r} needs a column")
+        if function == "last_distinct":
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1000:
+                raise ValueError(f"Aggregate last_distinct over {column!r} needs n=1..1000")
+        elif n is not None:
+            raise ValueError(f"Aggregate {function!r} takes no n (only last_distinct does)")
         self.column = column
         self.function = function
+        self.n = n
         self.window_seconds = to_seconds(time_window, what="time_window")
-        self.name = name or f"{column or 'row'}_{function}_{format_seconds(self.window_seconds)}"
+        label = f"last_{n}_distinct" if function == "last_distinct" else function
+        self.name = name or f"{column or 'row'}_{label}_{format_seconds(self.window_seconds)}"
         self.description = description
 
     def to_spec(self) -> AggregateSpec:
@@ -246,7 +258,288 @@ class Aggregate:
             function=self.function,
             window_seconds=self.window_seconds,
             description=self.description,
+            n=self.n,
         )
+
+
+class PushSource(_Definition):
+    """Records pushed over the ingest API (``POST /v1/ingest``), with a declared schema.
+
+    ::
+
+        page_views = PushSource(
+            name="page_views",
+            schema=[Field("user_id", Int64), Field("product_id", Int64), Field("ts", Timestamp)],
+            timestamp_field="ts",
+        )
+
+    Every record must carry every field of the schema (``None`` is allowed except for join keys
+    and the timestamp). ``batch_source``: a FileSource with the same columns holding the events
+    from before the push source existed; offline retrieval reads it with the ingest log.
+    """
+
+    kind = "push_source"
+
+    def __init__(
+        self,
+        name: str,
+        schema: Sequence[Field],
+        timestamp_field: str,
+        *,
+        batch_source: FileSource | str | None = None,
+        description: str | None = None,
+        owner: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(name, description, owner, tags, _caller_location())
+        if not schema or not all(isinstance(f, Field) for f in schema):
+            raise self._error(
+                f"push source {name!r}: schema must be a non-empty list of Field(name, dtype)",
+                hint='e.g. schema=[Field("user_id", Int64), Field("ts", Timestamp)]',
+            )
+        names = [f.name for f in schema]
+        if len(set(names)) != len(names):
+            raise self._error(f"push source {name!r}: a field is listed twice in the schema")
+        if timestamp_field not in names:
+            raise self._error(
+                f"push source {name!r}: timestamp_field {timestamp_field!r} is not in the schema",
+                hint=f"fields: {', '.join(names)}",
+            )
+        if next(f for f in schema if f.name == timestamp_field).dtype != "timestamp":
+            raise self._error(
+                f"push source {name!r}: timestamp_field {timestamp_field!r} must be a Timestamp"
+            )
+        self.schema = list(schema)
+        self.timestamp_field = timestamp_field
+        self.batch_source = batch_source
+
+    def to_spec(self, root: str | None = None) -> PushSourceSpec:
+        batch = self.batch_source
+        return PushSourceSpec(
+            columns=[FieldSpec(name=f.name, dtype=f.dtype) for f in self.schema],
+            timestamp_field=self.timestamp_field,
+            batch_source=batch if isinstance(batch, str | None) else batch.name,
+            **self._common(root),
+        )
+
+
+class StreamFeatureView(_Definition):
+    """Features of a push source, updated online as each record arrives.
+
+    ::
+
+        recent_views = StreamFeatureView(
+            name="recent_views",
+            source=page_views,
+            entities=[user],
+            features=[
+                Aggregate("product_id", "count", "1h"),
+                Aggregate("product_id", "last_distinct", "1d", n=5),
+            ],
+            aggregation_interval="1m",
+        )
+
+    Aggregates are kept as partial aggregates per ``aggregation_interval`` tile and combined at
+    read time, so a read costs one row per tile of the window, whatever the number of events.
+    Every window must be a multiple of the interval; the window of a read at time ``t`` is the
+    ``window / interval`` tiles ending with the tile holding ``t`` (see docs/streaming.md).
+    Attributes are the latest value of a column (by event time). The same definitions are
+    computed offline from the ingest log, with the same values.
+    """
+
+    kind = "stream_feature_view"
+
+    def __init__(
+        self,
+        name: str,
+        source: PushSource | str,
+        entities: Sequence[Entity | str],
+        features: Sequence[Attribute | Aggregate],
+        *,
+        aggregation_interval: timedelta | str = "1m",
+        ttl: timedelta | str | None = None,
+        online: bool = True,
+        offline: bool = True,
+        description: str | None = None,
+        owner: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(name, description, owner, tags, _caller_location())
+        if not entities or isinstance(entities, str | Entity):
+            raise self._error(f"stream view {name!r}: entities must be a non-empty list")
+        if not features:
+            raise self._error(
+                f"stream view {name!r} has no features",
+                hint="pass features=[Attribute(...)] or [Aggregate(...)]",
+            )
+        kinds = {type(f) for f in features}
+        if not kinds <= {Attribute, Aggregate}:
+            raise self._error(f"stream view {name!r}: features must be Attribute or Aggregate")
+        if len(kinds) > 1:
+            raise self._error(
+                f"stream view {name!r} mixes Attribute and Aggregate features",
+                hint="split them into two views: one for attributes, one for aggregates",
+            )
+        try:
+            self.interval_seconds = to_seconds(aggregation_interval, what="aggregation_interval")
+            self.ttl_seconds = to_seconds(ttl, what="ttl") if ttl is not None else None
+        except ValueError as exc:
+            raise self._error(f"stream view {name!r}: {exc}") from None
+        self.source = source
+        self.entities = list(entities)
+        self.features = list(features)
+        self.online = online
+        self.offline = offline
+
+    def __getitem__(self, features: str | Sequence[str]) -> FeatureSelection:
+        names = [features] if isinstance(features, str) else list(features)
+        return FeatureSelection(self, names)  # type: ignore[arg-type]
+
+    def to_spec(self, root: str | None = None) -> StreamFeatureViewSpec:
+        return StreamFeatureViewSpec(
+            source=self.source if isinstance(self.source, str) else self.source.name,
+            entities=[e if isinstance(e, str) else e.name for e in self.entities],
+            features=[f.to_spec() for f in self.features],
+            aggregation_interval_seconds=self.interval_seconds,
+            ttl_seconds=self.ttl_seconds,
+            online=self.online,
+            offline=self.offline,
+            **self._common(root),
+        )
+
+
+class RequestSource:
+    """Values sent with each request (``request_context``), typed: the input of realtime views.
+
+    ``RequestSource(schema=[Field("request_ts", Timestamp), Field("query", String)])``
+    """
+
+    def __init__(self, schema: Sequence[Field]) -> None:
+        if not schema or not all(isinstance(f, Field) for f in schema):
+            raise ValueError("RequestSource needs schema=[Field(name, dtype), ...]")
+        self.schema = list(schema)
+
+
+class RealtimeFeatureView(_Definition):
+    """Features computed at request time by a Python function; see
+    :func:`realtime_feature_view`."""
+
+    kind = "realtime_feature_view"
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        *,
+        name: str | None,
+        sources: Sequence[Any],
+        features: Sequence[Attribute],
+        description: str | None,
+        owner: str | None,
+        tags: dict[str, str] | None,
+    ) -> None:
+        code = function.__code__
+        super().__init__(
+            name or function.__name__,
+            description or inspect.getdoc(function),
+            owner,
+            tags,
+            (code.co_filename, code.co_firstlineno),
+        )
+        self.function = function
+        requests = [s for s in sources if isinstance(s, RequestSource)]
+        if len(requests) > 1:
+            raise self._error(f"realtime view {self.name!r}: give at most one RequestSource")
+        self.request = requests[0] if requests else None
+        self.sources = list(sources)
+        for source in self.sources:
+            if not isinstance(source, RequestSource | BatchFeatureView | StreamFeatureView | str):
+                raise self._error(
+                    f"realtime view {self.name!r}: cannot read {source!r}",
+                    hint="sources are one RequestSource and feature views (batch or stream)",
+                )
+        if not features or not all(isinstance(f, Attribute) and f.dtype for f in features):
+            raise self._error(
+                f"realtime view {self.name!r}: features must be Attribute(name, dtype)s",
+                hint='e.g. features=[Attribute("days_since_last_order", Int64)]',
+            )
+        self.features = list(features)
+        params = list(inspect.signature(function).parameters)
+        if len(params) != len(self.sources):
+            raise self._error(
+                f"realtime view {self.name!r}: the function takes {len(params)} argument(s) but "
+                f"there are {len(self.sources)} source(s)",
+                hint="one parameter per source, in the order of sources=[...]",
+            )
+
+    def views(self) -> list[Any]:
+        return [s for s in self.sources if isinstance(s, BatchFeatureView | StreamFeatureView)]
+
+    def to_spec(self, root: str | None = None) -> RealtimeFeatureViewSpec:
+        inputs = [
+            s if isinstance(s, str) else s.name
+            for s in self.sources
+            if not isinstance(s, RequestSource)
+        ]
+        schema = self.request.schema if self.request else []
+        return RealtimeFeatureViewSpec(
+            request_schema=[FieldSpec(name=f.name, dtype=f.dtype) for f in schema],
+            inputs=inputs,
+            features=[f.to_spec() for f in self.features],
+            python_source=_python_source(self, self.function),
+            function_name=self.function.__name__,
+            **self._common(root),
+        )
+
+    def __getitem__(self, features: str | Sequence[str]) -> FeatureSelection:
+        names = [features] if isinstance(features, str) else list(features)
+        return FeatureSelection(self, names)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function (handy in unit tests of a repo)."""
+        return self.function(*args, **kwargs)
+
+
+def realtime_feature_view(
+    *,
+    sources: Sequence[Any],
+    features: Sequence[Attribute],
+    name: str | None = None,
+    description: str | None = None,
+    owner: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Callable[[Callable[..., Any]], RealtimeFeatureView]:
+    """A feature computed at request time from request-context values and other views' features.
+
+    The function gets one dict per source, in order: the request-context values for the
+    ``RequestSource``, and ``{feature: value}`` of each feature view (values are None when the
+    entity has none). It returns ``{feature: value}`` for every declared feature::
+
+        @realtime_feature_view(
+            sources=[RequestSource([Field("now", Timestamp)]), user_order_stats],
+            features=[Attribute("spent_today_share", Float64)],
+        )
+        def spend_share(request, user_order_stats):
+            total = user_order_stats["amount_sum_30d"] or 0.0
+            today = user_order_stats["amount_sum_1d"] or 0.0
+            return {"spent_today_share": today / total if total else 0.0}
+
+    Like pandas-mode views, it is stored by its source code, so it must be self-contained
+    (``datetime``, ``timedelta``, ``math`` and ``re`` are provided). It runs in the server for
+    every request, and in ``get_features_for_events`` for every event, the same way.
+    """
+
+    def wrap(function: Callable[..., Any]) -> RealtimeFeatureView:
+        return RealtimeFeatureView(
+            function,
+            name=name,
+            sources=sources,
+            features=features,
+            description=description,
+            owner=owner,
+            tags=tags,
+        )
+
+    return wrap
 
 
 Source = FileSource
@@ -315,6 +608,11 @@ class BatchFeatureView(_Definition):
             if not isinstance(feature, Attribute | Aggregate):
                 raise self._error(
                     f"view {self.name!r}: features must be Attribute or Aggregate, got {feature!r}"
+                )
+            if isinstance(feature, Aggregate) and feature.function == "last_distinct":
+                raise self._error(
+                    f"view {self.name!r}: last_distinct is for stream feature views",
+                    hint="use it in a StreamFeatureView over a PushSource",
                 )
         self.timestamp_field = timestamp_field
         try:
@@ -478,10 +776,13 @@ def batch_feature_view(
     return wrap
 
 
+_FEATURE_VIEWS = (BatchFeatureView, StreamFeatureView, RealtimeFeatureView)
+
+
 class FeatureSelection:
     """Some features of a view, for a service: made by ``view[["a", "b"]]``."""
 
-    def __init__(self, view: BatchFeatureView, features: list[str]) -> None:
+    def __init__(self, view: Any, features: list[str]) -> None:
         self.view = view
         self.features = features
 
@@ -745,7 +1046,7 @@ def _feature_refs(obj: _Definition, items: Sequence[Any]) -> list[FeatureRefSpec
     for item in items:
         if isinstance(item, FeatureSelection):
             refs.append(FeatureRefSpec(view=item.view.name, features=item.features))
-        elif isinstance(item, BatchFeatureView):
+        elif isinstance(item, _FEATURE_VIEWS):
             refs.append(FeatureRefSpec(view=item.name))
         elif isinstance(item, str):
             refs.append(FeatureRefSpec(view=item))
@@ -930,11 +1231,12 @@ class PromptView(_Definition):
         return source
 
 
-def _views_of(items: Sequence[Any]) -> list[BatchFeatureView]:
+def _views_of(items: Sequence[Any]) -> list[Any]:
+    """The feature views (batch, stream or realtime) among a service's or prompt's items."""
     return [
         item.view if isinstance(item, FeatureSelection) else item
         for item in items
-        if isinstance(item, BatchFeatureView | FeatureSelection)
+        if isinstance(item, (*_FEATURE_VIEWS, FeatureSelection))
     ]
 
 

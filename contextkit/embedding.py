@@ -63,12 +63,14 @@ def materialize_embedding_view(
     on_progress: Callable[[EncodeProgress], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
     monitoring: bool = True,
+    pushed: Mapping[str, Any] | None = None,
 ) -> JobResult:
     """Encode the view's new or changed documents into its vector table, in one commit.
 
     ``monitoring``: measure the documents and vectors (see :mod:`contextkit.monitoring`); the
     view's expectations are checked either way, on the documents, before anything is encoded.
 
+    ``pushed`` maps the name of a push source the view reads to an Arrow table of its events.
     ``full`` rebuilds the table from scratch (every chunk encoded again). The table is also
     rebuilt when it no longer fits the view: another vector dimension, key or metadata columns.
     """
@@ -95,6 +97,8 @@ def materialize_embedding_view(
         existing = {} if replace else vectors.existing_hashes(table)
         stage("reading")
         with compute.workspace_session(root, sources, views) as ws:
+            for name, rows in (pushed or {}).items():  # push sources: their logged events
+                ws.con.register(name, rows)
             documents = compute.embedding_documents_sql(ws, view)
             if monitor is not None:
                 monitor.check_documents(ws.con, documents)

@@ -98,11 +98,16 @@ def last_watermark(
     """How far the offline store is computed for this exact definition of the view.
 
     The latest range end among successful jobs since (and including) the last full recompute;
-    None when the view was never materialized in its current definition.
+    None when the view was never materialized in its current definition. A job of another
+    definition that wrote anything (it may have replaced the store's rows) ends the search, so
+    going from definition A to B and back to A recomputes A from scratch instead of continuing
+    A's old runs over B's rows.
     """
     current = spec_hash(view)
     latest = None
     for job in registry.list_jobs(workspace, view.name, limit=500):
+        if job.spec_hash != current and job.status != "failed":
+            break
         if job.status not in COMPLETED_STATUSES or job.spec_hash != current or not job.range_end:
             continue
         end = datetime.fromisoformat(job.range_end)

@@ -24,6 +24,9 @@ from contextkit.definitions import (
     Entity,
     FileSource,
     PromptView,
+    PushSource,
+    RealtimeFeatureView,
+    StreamFeatureView,
     _Definition,
 )
 from contextkit.errors import DefinitionError, ValidationErrors
@@ -36,7 +39,10 @@ SKIP_DIRS = {".contextkit", ".venv", "venv", "__pycache__", "data", "node_module
 NAMESPACES = {
     Entity: "entity",
     FileSource: "source or view",
+    PushSource: "source or view",
     BatchFeatureView: "source or view",
+    StreamFeatureView: "source or view",
+    RealtimeFeatureView: "source or view",
     EmbeddingView: "source or view",
     PromptView: "source or view",
     ContextService: "service",
@@ -141,6 +147,12 @@ def _last_frame_in(frames: traceback.StackSummary, root: Path) -> traceback.Fram
 def _referenced(obj: _Definition) -> list[_Definition]:
     if isinstance(obj, BatchFeatureView | EmbeddingView):
         refs = [*obj.sources, *obj.entities]
+    elif isinstance(obj, StreamFeatureView):
+        refs = [obj.source, *obj.entities]
+    elif isinstance(obj, RealtimeFeatureView):
+        refs = obj.views()
+    elif isinstance(obj, PushSource):
+        refs = [obj.batch_source]
     elif isinstance(obj, PromptView):
         refs = [*obj.views(), *obj.embedding_views()]
     elif isinstance(obj, ContextService):

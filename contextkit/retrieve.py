@@ -16,10 +16,18 @@ from typing import Any
 
 from contextkit.errors import BadRequestError
 from contextkit.materialize import online_table
-from contextkit.specs import ContextServiceSpec, FeatureViewSpec
+from contextkit.specs import ContextServiceSpec
 from contextkit.stores.errors import StoreFailure
 from contextkit.stores.online import OnlineStore
-from contextkit.types import Bool, Float64, Int64, String, Timestamp
+from contextkit.types import (
+    Bool,
+    Float64,
+    Int64,
+    String,
+    Timestamp,
+    list_item_dtype,
+    parse_value,
+)
 
 PRESENT = "PRESENT"
 MISSING = "MISSING"
@@ -30,8 +38,13 @@ class _ViewRead:
     view: str
     table: str
     keys: tuple[str, ...]
-    columns: tuple[str, ...]  # event_timestamp first, then the selected features
-    dtypes: tuple[str, ...]
+    columns: tuple[str, ...]  # event_timestamp first, then the features read
+    dtypes: tuple[str, ...]  # of the features read
+    # "batch": the view's online table; "stream_latest": the same layout, with a read-time ttl;
+    # "stream_tiles": an aggregate stream view's tiles; "realtime": computed from other reads.
+    kind: str = "batch"
+    spec: Any = None
+    selected: tuple[str, ...] = ()  # the features returned (a realtime input may read more)
 
 
 @dataclass(frozen=True)
@@ -41,33 +54,58 @@ class ServiceReader:
     workspace: str
     service: str
     join_keys: tuple[tuple[str, str], ...]
-    reads: tuple[_ViewRead, ...]
+    reads: tuple[_ViewRead, ...]  # in evaluation order: realtime views last
     feature_names: tuple[str, ...]
     feature_types: tuple[str, ...]
+    request_fields: tuple[tuple[str, str], ...] = ()
+    output: tuple[str, ...] = ()  # the views returned, in the service's order
 
     @classmethod
     def build(
-        cls, workspace: str, service: ContextServiceSpec, views: Mapping[str, FeatureViewSpec]
+        cls, workspace: str, service: ContextServiceSpec, views: Mapping[str, Any]
     ) -> ServiceReader:
+        """``views``: every applied feature view (batch, stream and realtime) by name."""
+        refs = {ref.view: ref for ref in service.features}
+        realtime = [views[v] for v in refs if views[v].kind == "realtime_feature_view"]
+        inputs = {name for view in realtime for name in view.inputs}
         join_keys: dict[str, str] = {}
-        reads, names, types = [], [], []
+        request: dict[str, str] = {}
+        reads: list[_ViewRead] = []
+        for name in [*(n for n in inputs if n not in refs), *refs]:
+            view = views[name]
+            every = [f.name for f in view.features]
+            ref = refs.get(name)
+            selected = (ref.features or every) if ref is not None else []
+            read = selected if name not in inputs else every
+            kind = "batch"
+            if view.kind == "stream_feature_view":
+                kind = "stream_tiles" if view.is_aggregate else "stream_latest"
+            elif view.kind == "realtime_feature_view":
+                kind = "realtime"
+                for field in view.request_schema:
+                    request.setdefault(field.name, field.dtype or String)
+            if ref is not None:
+                for key in view.join_keys:
+                    join_keys.setdefault(key.name, key.dtype or String)
+            reads.append(
+                _ViewRead(
+                    view=name,
+                    table=online_table(workspace, name),
+                    keys=tuple(view.join_key_names),
+                    columns=("event_timestamp", *read),
+                    dtypes=tuple(view.feature(n).dtype or String for n in read),
+                    kind=kind,
+                    spec=view,
+                    selected=tuple(selected),
+                )
+            )
+        reads.sort(key=lambda r: r.kind == "realtime")  # stable: inputs before realtime views
+        names, types = [], []
         for ref in service.features:
             view = views[ref.view]
             selected = ref.features or [f.name for f in view.features]
-            dtypes = [view.feature(n).dtype or String for n in selected]  # type: ignore[union-attr]
-            for key in view.join_keys:
-                join_keys.setdefault(key.name, key.dtype or String)
-            reads.append(
-                _ViewRead(
-                    view=view.name,
-                    table=online_table(workspace, view.name),
-                    keys=tuple(view.join_key_names),
-                    columns=("event_timestamp", *selected),
-                    dtypes=tuple(dtypes),
-                )
-            )
             names += [f"{view.name}.{n}" for n in selected]
-            types += dtypes
+            types += [view.feature(n).dtype or String for n in selected]
         return cls(
             workspace,
             service.name,
@@ -75,25 +113,36 @@ class ServiceReader:
             tuple(reads),
             tuple(names),
             tuple(types),
+            tuple(request.items()),
+            tuple(refs),
         )
 
-    def read(self, store: OnlineStore, entities: Mapping[str, Sequence[Any]]) -> OnlineFeatures:
+    def read(
+        self,
+        store: OnlineStore,
+        entities: Mapping[str, Sequence[Any]],
+        request_context: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> OnlineFeatures:
         """Look up every feature of the service for the given entity keys."""
         keys = self._check_entities(entities)
-        n = len(next(iter(keys.values())))
+        request = self._check_request(request_context, len(next(iter(keys.values()))))
+        now = now or datetime.now(UTC)
+        raw: dict[str, list[tuple | None]] = {}
+        by_view = {read.view: read for read in self.reads}
+        for read in self.reads:
+            key_rows = list(zip(*(keys[k] for k in read.keys), strict=True))
+            raw[read.view] = _read_rows(self, read, store, key_rows, raw, request, now)
         values: list[list[Any]] = []
         statuses: list[list[str]] = []
         timestamps: list[list[str | None]] = []
-        for read in self.reads:
-            key_rows = list(zip(*(keys[k] for k in read.keys), strict=True))
-            try:
-                rows = store.read(read.table, read.keys, read.columns, key_rows)
-            except StoreFailure:
-                rows = [None] * n  # not materialized yet: every value is missing
+        for view in self.output:
+            read, rows = by_view[view], raw[view]
             ts_col = [_iso_from_micros(r[0]) if r is not None else None for r in rows]
             status_col = [PRESENT if r is not None else MISSING for r in rows]
-            for i, dtype in enumerate(read.dtypes, start=1):
-                convert = _CONVERTERS.get(dtype)
+            for name in read.selected:
+                i = read.columns.index(name)
+                convert = _CONVERTERS.get(read.dtypes[i - 1])
                 if convert is None:
                     col = [r[i] if r is not None else None for r in rows]
                 else:
@@ -155,6 +204,133 @@ class ServiceReader:
                 hint="it needs: " + ", ".join(k for k, _ in self.join_keys),
             )
         return out
+
+    def _check_request(self, given: Mapping[str, Any] | None, n: int) -> list[dict[str, Any]]:
+        """One dict of request-context values per entity row (a scalar applies to every row)."""
+        if not self.request_fields:
+            return [{} for _ in range(n)]
+        given = dict(given or {})
+        if not isinstance(given, dict):
+            raise BadRequestError("request_context must be an object")
+        unknown = sorted(set(given) - {name for name, _ in self.request_fields})
+        if unknown:
+            raise BadRequestError(
+                f"unknown request_context field(s): {', '.join(unknown)}",
+                hint="the service's realtime views read: "
+                + ", ".join(name for name, _ in self.request_fields),
+                details={"field": f"request_context.{unknown[0]}"},
+            )
+        rows: list[dict[str, Any]] = [{} for _ in range(n)]
+        for name, dtype in self.request_fields:
+            if name not in given:
+                raise BadRequestError(
+                    f"missing request_context field {name!r} ({dtype})",
+                    hint=f"service {self.service!r} computes realtime features from it",
+                    details={"field": f"request_context.{name}"},
+                )
+            value = given[name]
+            column = value if isinstance(value, list) else [value] * n
+            if len(column) != n:
+                raise BadRequestError(
+                    f"request_context.{name} has {len(column)} values for {n} entities",
+                    hint="send one value for all entities, or a list with one per entity",
+                    details={"field": f"request_context.{name}"},
+                )
+            for row, item in zip(rows, column, strict=True):
+                try:
+                    row[name] = parse_value(dtype, item)
+                except ValueError as exc:
+                    raise BadRequestError(
+                        f"request_context field {name!r} must be {dtype} ({exc}), got {item!r}",
+                        details={"field": f"request_context.{name}", "expected": dtype},
+                    ) from None
+        return rows
+
+
+def _read_rows(
+    reader: ServiceReader,
+    read: _ViewRead,
+    store: OnlineStore,
+    key_rows: list[tuple],
+    raw: Mapping[str, list[tuple | None]],
+    request: list[dict[str, Any]],
+    now: datetime,
+) -> list[tuple | None]:
+    """``(event_timestamp_micros, *features)`` per key row, None where nothing is served."""
+    if read.kind == "stream_tiles":
+        from contextkit.streaming import read_stream_aggregates
+
+        return read_stream_aggregates(
+            store, reader.workspace, read.spec, read.columns[1:], key_rows, now
+        )
+    if read.kind == "realtime":
+        return _compute_realtime(reader, read, raw, request, now)
+    try:
+        rows = store.read(read.table, read.keys, read.columns, key_rows)
+    except StoreFailure:
+        return [None] * len(key_rows)  # not materialized (or nothing ingested) yet
+    ttl = getattr(read.spec, "ttl_seconds", None)
+    if read.kind == "stream_latest" and ttl:
+        oldest = _micros(now) - ttl * 1_000_000
+        rows = [r if r is not None and r[0] > oldest else None for r in rows]
+    return rows
+
+
+def _compute_realtime(reader, read, raw, request, now) -> list[tuple | None]:
+    from contextkit.realtime import run_realtime
+
+    by_view = {r.view: r for r in reader.reads}
+    now_us = _micros(now)
+    out: list[tuple | None] = []
+    for i, row_request in enumerate(request):
+        inputs = []
+        for name in read.spec.inputs:
+            upstream = by_view[name]
+            row = raw[name][i]
+            inputs.append(
+                {
+                    feature: (None if row is None else _typed(dtype, row[j]))
+                    for j, (feature, dtype) in enumerate(
+                        zip(upstream.columns[1:], upstream.dtypes, strict=True), start=1
+                    )
+                }
+            )
+        computed = run_realtime(read.spec, row_request, inputs)
+        out.append(
+            (
+                now_us,
+                *(
+                    _stored(computed[n], d)
+                    for n, d in zip(read.columns[1:], read.dtypes, strict=True)
+                ),
+            )
+        )
+    return out
+
+
+def _typed(dtype: str, value: Any) -> Any:
+    """A value as stored online, as the Python value a realtime function gets."""
+    if value is None:
+        return None
+    if dtype == Bool:
+        return bool(value)
+    if dtype == Timestamp:
+        return _parse_iso(_iso_from_micros(value))
+    return value
+
+
+def _stored(value: Any, dtype: str) -> Any:
+    """A realtime function's value in the stored form the response converters expect."""
+    if value is None:
+        return None
+    if dtype == Timestamp:
+        return _micros(value)
+    return value
+
+
+def _micros(moment: datetime) -> int:
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 _INT_PATTERN = re.compile(r"^-?[0-9]+$")
@@ -233,6 +409,9 @@ class OnlineFeatures:
         import pyarrow as pa
 
         def arrow_type(dtype: str):
+            item = list_item_dtype(dtype)
+            if item is not None:
+                return pa.list_(arrow_type(item))
             return pa.timestamp("us", tz="UTC") if dtype == Timestamp else _ARROW_TYPES[dtype]
 
         columns: dict[str, Any] = {}

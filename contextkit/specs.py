@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 SPEC_VERSION = 1
 
 AGGREGATE_FUNCTIONS = ("count", "sum", "mean", "min", "max", "last", "count_distinct")
+# Stream feature views also have the latest n distinct values of a column (a list, newest first).
+STREAM_AGGREGATE_FUNCTIONS = (*AGGREGATE_FUNCTIONS, "last_distinct")
 # Functions whose input column must be numeric.
 NUMERIC_AGGREGATES = ("sum", "mean")
 
@@ -76,6 +78,8 @@ class AggregateSpec(_Spec):
     window_seconds: int
     dtype: str | None = None
     description: str = ""
+    # last_distinct: how many values to keep.
+    n: int | None = None
 
 
 FeatureSpec = Annotated[AttributeSpec | AggregateSpec, Field(discriminator="kind")]
@@ -127,6 +131,72 @@ class FeatureViewSpec(_ObjectSpec):
         return [k.name for k in self.join_keys]
 
     def feature(self, name: str) -> AttributeSpec | AggregateSpec | None:
+        return next((f for f in self.features if f.name == name), None)
+
+
+class PushSourceSpec(_ObjectSpec):
+    """Records that arrive over the ingest API, with a declared schema (``columns``)."""
+
+    kind: Literal["push_source"] = "push_source"
+    columns: list[FieldSpec]
+    timestamp_field: str
+    # A FileSource holding the same events from before the push source existed (backfills and
+    # offline retrieval read it together with the ingest log).
+    batch_source: str | None = None
+
+
+class StreamFeatureViewSpec(_ObjectSpec):
+    """Features of a push source kept up to date as records arrive: the latest values of
+    attributes, and aggregates over sliding windows of ``aggregation_interval_seconds`` tiles."""
+
+    kind: Literal["stream_feature_view"] = "stream_feature_view"
+    source: str
+    entities: list[str]
+    features: list[FeatureSpec]
+    aggregation_interval_seconds: int = 60
+    ttl_seconds: int | None = None
+    online: bool = True
+    offline: bool = True
+    # Filled by validation.
+    join_keys: list[FieldSpec] = Field(default_factory=list)
+    timestamp_field: str = ""
+
+    @property
+    def is_aggregate(self) -> bool:
+        return any(f.kind == "aggregate" for f in self.features)
+
+    @property
+    def max_window_seconds(self) -> int:
+        return max((f.window_seconds for f in self.features if f.kind == "aggregate"), default=0)
+
+    @property
+    def join_key_names(self) -> list[str]:
+        return [k.name for k in self.join_keys]
+
+    def feature(self, name: str) -> AttributeSpec | AggregateSpec | None:
+        return next((f for f in self.features if f.name == name), None)
+
+
+class RealtimeFeatureViewSpec(_ObjectSpec):
+    """Features computed at request time by a Python function over request-context values and
+    other views' features."""
+
+    kind: Literal["realtime_feature_view"] = "realtime_feature_view"
+    request_schema: list[FieldSpec] = Field(default_factory=list)
+    # Feature views (batch or stream) whose features the function receives, one dict each.
+    inputs: list[str] = Field(default_factory=list)
+    features: list[AttributeSpec]
+    python_source: str
+    function_name: str
+    online: bool = True
+    # Filled by validation: the join keys of the input views.
+    join_keys: list[FieldSpec] = Field(default_factory=list)
+
+    @property
+    def join_key_names(self) -> list[str]:
+        return [k.name for k in self.join_keys]
+
+    def feature(self, name: str) -> AttributeSpec | None:
         return next((f for f in self.features if f.name == name), None)
 
 
@@ -234,7 +304,10 @@ class ContextServiceSpec(_ObjectSpec):
 ObjectSpec = Annotated[
     EntitySpec
     | FileSourceSpec
+    | PushSourceSpec
     | FeatureViewSpec
+    | StreamFeatureViewSpec
+    | RealtimeFeatureViewSpec
     | EmbeddingViewSpec
     | PromptViewSpec
     | ContextServiceSpec,

@@ -7,6 +7,7 @@ A dtype is a plain string in specs (``"int64"``, ``"float64"``, ``"string"``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 String = "string"
 Int64 = "int64"
@@ -50,6 +51,19 @@ _DTYPE_TO_DUCKDB = {
 }
 
 
+def list_dtype(item: str) -> str:
+    """The dtype of a list of ``item`` values (``"array<string>"``): the values of a
+    ``last_distinct`` aggregate."""
+    return f"array<{item}>"
+
+
+def list_item_dtype(dtype: str) -> str | None:
+    """``"string"`` for ``"array<string>"``; None for a scalar dtype."""
+    if dtype.startswith("array<") and dtype.endswith(">"):
+        return dtype[6:-1]
+    return None
+
+
 def dtype_from_duckdb(type_name: str) -> str | None:
     """Map a DuckDB column type to a contextkit dtype; ``None`` when it has no equivalent."""
     name = type_name.upper()
@@ -75,3 +89,51 @@ class Field:
             raise ValueError(
                 f"Field {self.name!r}: unknown dtype {self.dtype!r}; use one of {', '.join(DTYPES)}"
             )
+
+
+def parse_value(dtype: str, value: Any) -> Any:
+    """``value`` (from JSON or Python) as a value of ``dtype``, or ValueError saying what was
+    expected. None stays None. int64 takes integers and decimal strings (Tecton's wire format
+    sends int64 as strings), float64 finite numbers, bool only true/false, timestamps ISO 8601
+    strings or datetimes (naive means UTC; the result is an aware UTC datetime)."""
+    import math
+    import numbers
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    if dtype == String:
+        if isinstance(value, str):
+            return value
+        raise ValueError("expected a string")
+    if dtype == Int64:
+        integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        decimal = isinstance(value, str) and value.strip().lstrip("-").isdigit()
+        if not (integral or decimal):
+            raise ValueError("expected an integer")
+        number = int(value)
+        if not -(2**63) <= number < 2**63:
+            raise ValueError("out of the int64 range")
+        return number
+    if dtype == Float64:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if math.isfinite(float(value)):
+                return float(value)
+            raise ValueError("expected a finite number")
+        raise ValueError("expected a number")
+    if dtype == Bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError("expected true or false")
+    if dtype == Timestamp:
+        if isinstance(value, datetime):
+            moment = value
+        elif isinstance(value, str):
+            try:
+                moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("expected an ISO 8601 timestamp") from None
+        else:
+            raise ValueError("expected an ISO 8601 timestamp string")
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    raise ValueError(f"cannot read values of type {dtype}")

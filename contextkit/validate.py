@@ -28,14 +28,20 @@ from contextkit.specs import (
     FieldSpec,
     FileSourceSpec,
     PromptViewSpec,
+    PushSourceSpec,
+    RealtimeFeatureViewSpec,
     SearchSpec,
+    StreamFeatureViewSpec,
 )
 from contextkit.types import NUMERIC_DTYPES, String, Timestamp
 
 AnySpec = (
     EntitySpec
     | FileSourceSpec
+    | PushSourceSpec
     | FeatureViewSpec
+    | StreamFeatureViewSpec
+    | RealtimeFeatureViewSpec
     | EmbeddingViewSpec
     | PromptViewSpec
     | ContextServiceSpec
@@ -86,6 +92,11 @@ class _Checker:
         self.services = {s.name: s for s in specs if isinstance(s, ContextServiceSpec)}
         self.embedding_views = {s.name: s for s in specs if isinstance(s, EmbeddingViewSpec)}
         self.prompts = {s.name: s for s in specs if isinstance(s, PromptViewSpec)}
+        self.push_sources = {s.name: s for s in specs if isinstance(s, PushSourceSpec)}
+        self.stream_views = {s.name: s for s in specs if isinstance(s, StreamFeatureViewSpec)}
+        self.realtime_views = {
+            s.name: s for s in specs if isinstance(s, RealtimeFeatureViewSpec)
+        }
         self.order = [s.name for s in specs]
 
     def error(self, spec: AnySpec, message: str, hint: str | None = None) -> None:
@@ -333,13 +344,161 @@ class _Checker:
                 out.append(f.model_copy(update={"dtype": compute.aggregate_dtype(f, col_type)}))
         return out if ok else None
 
+    # -- push sources, stream and realtime views ----------------------------------------------
+    def check_push_source(self, source: PushSourceSpec) -> None:
+        if source.batch_source is None:
+            return
+        batch = self.sources.get(source.batch_source)
+        if batch is None:
+            self.error(
+                source,
+                f"batch_source {source.batch_source!r} is not a FileSource",
+                hint="define it with FileSource(...) or leave batch_source out",
+            )
+            return
+        if not batch.columns:
+            return  # its own problem (a missing file) was reported
+        types = {c.name: c.dtype for c in batch.columns}
+        for field in source.columns:
+            if field.name not in types:
+                self.error(
+                    source,
+                    f"batch_source {batch.name!r} has no column {field.name!r}",
+                    hint="the batch source must hold every field of the push schema",
+                )
+            elif types[field.name] != field.dtype:
+                self.error(
+                    source,
+                    f"column {field.name!r} is {types[field.name]} in batch_source "
+                    f"{batch.name!r} but {field.dtype} in the schema",
+                    hint="cast it in the file or fix the schema",
+                )
+
+    def _keys_of(self, entities: list[str]) -> list[FieldSpec]:
+        join_keys: list[FieldSpec] = []
+        for e in entities:
+            for k in self.entities[e].join_keys:
+                if k.name not in [j.name for j in join_keys]:
+                    join_keys.append(k)
+        return join_keys
+
+    def check_stream_view(self, view: StreamFeatureViewSpec) -> StreamFeatureViewSpec | None:
+        source = self.push_sources.get(view.source)
+        if source is None:
+            hint = "push sources: " + (", ".join(sorted(self.push_sources)) or "none defined")
+            if view.source in self.sources:
+                hint = f"{view.source!r} is a FileSource; stream views read a PushSource"
+            self.error(view, f"unknown push source {view.source!r}", hint=hint)
+            return None
+        unknown = [e for e in view.entities if e not in self.entities]
+        for e in unknown:
+            self.error(view, f"unknown entity {e!r}", hint="define it with Entity(...)")
+        if unknown:
+            return None
+        types = {c.name: c.dtype for c in source.columns}
+        before = len(self.errors)
+        join_keys = []
+        for key in self._keys_of(view.entities):
+            if key.name not in types:
+                self.error(
+                    view,
+                    f"join key {key.name!r} is not a field of push source {source.name!r}",
+                    hint=f"fields: {', '.join(types)}",
+                )
+                continue
+            join_keys.append(FieldSpec(name=key.name, dtype=types[key.name]))
+        interval = view.aggregation_interval_seconds
+        if interval <= 0:
+            self.error(view, "aggregation_interval must be positive")
+        features = []
+        for f in view.features:
+            column = f.name if isinstance(f, AttributeSpec) else f.column
+            if column is not None and column not in types:
+                self.error(
+                    view,
+                    f"feature {f.name!r} reads {column!r}, which push source {source.name!r} "
+                    "does not have",
+                    hint=f"fields: {', '.join(types)}",
+                )
+                continue
+            if isinstance(f, AttributeSpec):
+                features.append(f.model_copy(update={"dtype": types[column]}))
+                continue
+            col_type = types.get(column) if column else None
+            if f.function in NUMERIC_AGGREGATES and col_type not in NUMERIC_DTYPES:
+                self.error(
+                    view,
+                    f"Aggregate {f.function!r} over {column!r} of type {col_type}: needs a "
+                    "numeric column",
+                )
+                continue
+            if interval > 0 and f.window_seconds % interval:
+                self.error(
+                    view,
+                    f"the window of {f.name!r} ({f.window_seconds}s) is not a multiple of the "
+                    f"aggregation interval ({interval}s)",
+                    hint="windows are whole numbers of tiles: make the interval divide every "
+                    "window (e.g. aggregation_interval='1m' for 1h and 1d windows)",
+                )
+                continue
+            features.append(f.model_copy(update={"dtype": compute.aggregate_dtype(f, col_type)}))
+        names = [f.name for f in view.features]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            self.error(view, f"feature name {dup!r} is used twice")
+        if len(self.errors) > before:
+            return None
+        return view.model_copy(
+            update={
+                "join_keys": join_keys,
+                "features": features,
+                "timestamp_field": source.timestamp_field,
+            }
+        )
+
+    def check_realtime_view(
+        self, view: RealtimeFeatureViewSpec, views: dict[str, FeatureViewSpec]
+    ) -> RealtimeFeatureViewSpec | None:
+        from contextkit.realtime import run_realtime, sample_inputs
+
+        before = len(self.errors)
+        inputs = []
+        for name in view.inputs:
+            upstream = views.get(name)
+            if upstream is None:
+                known = self.views.keys() | self.stream_views.keys()
+                if name not in known:
+                    self.error(
+                        view,
+                        f"unknown feature view {name!r}",
+                        hint="realtime views read batch or stream feature views: "
+                        + (", ".join(sorted(known)) or "none defined"),
+                    )
+                continue
+            inputs.append(upstream)
+        if len(self.errors) > before or len(inputs) != len(view.inputs):
+            return None
+        join_keys: list[FieldSpec] = []
+        for upstream in inputs:
+            for key in upstream.join_keys:
+                if key.name not in [k.name for k in join_keys]:
+                    join_keys.append(key)
+        enriched = view.model_copy(update={"join_keys": join_keys})
+        try:
+            run_realtime(enriched, *sample_inputs(enriched, inputs))
+        except ContextKitError as exc:
+            self.error(view, exc.message, hint=exc.hint)
+            return None
+        return enriched
+
     # -- embedding views --------------------------------------------------------------------
     def check_embedding_view(
         self, ws: Workspace, view: EmbeddingViewSpec, good: set[str], models: dict | None
     ) -> EmbeddingViewSpec | None:
         ok = True
         for name in view.sources:
-            if name not in self.sources and name not in self.views:
+            if name not in self.sources and name not in self.views and (
+                name not in self.push_sources
+            ):
                 self.error(
                     view,
                     f"unknown source {name!r}",
@@ -353,7 +512,15 @@ class _Checker:
             if e not in self.entities:
                 self.error(view, f"unknown entity {e!r}", hint="define it with Entity(...)")
                 ok = False
-        if not ok or any(s not in good for s in view.sources):
+        if view.mode != "column" and any(s in self.push_sources for s in view.sources):
+            self.error(
+                view,
+                "an embedding view over a push source takes its text from a column, without a "
+                "transformation",
+                hint="use EmbeddingView(source=<push source>, text=<column>, ...)",
+            )
+            ok = False
+        if not ok or any(s not in good and s not in self.push_sources for s in view.sources):
             return None
         join_keys: list[FieldSpec] = []
         for e in view.entities:
@@ -362,7 +529,9 @@ class _Checker:
                     join_keys.append(k)
         ts = view.timestamp_field
         if ts is None and view.mode == "column":
-            ts = self._default_timestamp(view)  # the source's timestamp field, if any
+            pushed = self.push_sources.get(view.sources[0])
+            # The source's timestamp field, if any.
+            ts = pushed.timestamp_field if pushed else self._default_timestamp(view)
         probe = view.model_copy(update={"join_keys": join_keys, "timestamp_field": ts})
         try:
             body = compute.embedding_output_sql(ws, probe, sample_rows=100)
@@ -516,12 +685,13 @@ class _Checker:
     ) -> dict[str, tuple[str, str | None]]:
         """Check a service's or prompt's use of feature views; returns join key -> (view, type)."""
         key_types: dict[str, tuple[str, str | None]] = {}
+        all_views = self.views.keys() | self.stream_views.keys() | self.realtime_views.keys()
         for ref in refs:
-            if ref.view not in self.views:
+            if ref.view not in all_views:
                 self.error(
                     owner,
                     f"unknown feature view {ref.view!r}",
-                    hint="views: " + (", ".join(sorted(self.views)) or "none defined"),
+                    hint="views: " + (", ".join(sorted(all_views)) or "none defined"),
                 )
                 continue
             view = views.get(ref.view)
@@ -759,6 +929,8 @@ def validate(
         good_sources = checker.check_sources(con)
         order = checker.view_order()
         ws = Workspace(con, root, good_sources, {})
+        for source in checker.push_sources.values():  # empty, with the declared schema
+            con.register(source.name, compute.empty_table(source.columns))
         checked: dict[str, FeatureViewSpec] = {}
         good = set(good_sources)
         for name in order:
@@ -772,18 +944,32 @@ def validate(
             result = checker.check_embedding_view(ws, view, good, models)
             if result is not None:
                 embedded[name] = result
+
+        for source in checker.push_sources.values():
+            checker.check_push_source(source)
+        streams: dict[str, StreamFeatureViewSpec] = {}
+        for name, view in checker.stream_views.items():
+            result = checker.check_stream_view(view)
+            if result is not None:
+                streams[name] = result
+        realtime: dict[str, RealtimeFeatureViewSpec] = {}
+        for name, view in checker.realtime_views.items():
+            result = checker.check_realtime_view(view, {**checked, **streams})
+            if result is not None:
+                realtime[name] = result
+        servable = {**checked, **streams, **realtime}
         prompts: dict[str, PromptViewSpec] = {}
         for name, prompt in checker.prompts.items():
-            result = checker.check_prompt(prompt, checked, embedded)
+            result = checker.check_prompt(prompt, servable, embedded)
             if result is not None:
                 prompts[name] = result
         for service in checker.services.values():
-            checker.check_service(service, checked, embedded)
+            checker.check_service(service, servable, embedded)
     finally:
         con.close()
     if checker.errors:
         raise ValidationErrors(checker.errors)
-    enriched = {**checker.sources, **checked, **embedded, **prompts}
+    enriched = {**checker.sources, **checked, **streams, **realtime, **embedded, **prompts}
     return [
         enriched.get(s.name, s) if s.kind not in ("entity", "context_service") else s for s in specs
     ]

@@ -64,6 +64,11 @@ class FeaturesRequest(BaseModel):
     entities: dict[str, list[Any]] = Field(
         ..., description="Join key -> list of values, one per entity row (column-major)."
     )
+    request_context: dict[str, Any] | None = Field(
+        None,
+        description="Values the service's realtime feature views read: one value for every "
+        "entity row, or a list with one per row.",
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -132,10 +137,11 @@ def routes(state: ServerState) -> APIRouter:
             service = field(data, "service", str, required=True)
             entities = field(data, "entities", dict, required=True)
             workspace = field(data, "workspace", str, required=False)
+            request_context = field(data, "request_context", dict, required=False)
         except InvalidBody as exc:
             return exc.response()
         c = state.context(request, workspace, READER, service=service)
-        result = c.get_features(service, entities)
+        result = c.get_features(service, entities, request_context)
         return json_response(result.to_response())
 
     return router

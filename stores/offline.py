@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from contextkit.stores.errors import StoreFailure
 
@@ -104,6 +104,20 @@ class ParquetOfflineStore:
 
     def drop_table(self, table: str) -> None:
         shutil.rmtree(self.table_dir(table), ignore_errors=True)
+
+    def append(self, table: str, rows: Any) -> Path:
+        """Add one Parquet file of ``rows`` (a pyarrow Table) to the table: the file is written
+        first, then listed in the manifest by an atomic rename, so readers see all or nothing."""
+        import pyarrow.parquet as pq
+
+        base = self.table_dir(table)
+        base.mkdir(parents=True, exist_ok=True)
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        tmp = base / f".{name}.tmp"
+        pq.write_table(rows, tmp)
+        os.replace(tmp, base / name)
+        self._write_manifest(table, [*self._read_manifest(table), name])
+        return base / name
 
     def stage_range(
         self,

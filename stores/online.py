@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +57,7 @@ class SQLiteOnlineStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._created: set[str] = set()  # stream tables known to exist (CREATE IF NOT EXISTS)
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -69,10 +71,11 @@ class SQLiteOnlineStore:
         return con
 
     def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        for name in ("con", "writer"):
+            con = getattr(self._local, name, None)
+            if con is not None:
+                con.close()
+                setattr(self._local, name, None)
 
     def has_table(self, table: str) -> bool:
         row = (
@@ -119,6 +122,7 @@ class SQLiteOnlineStore:
 
     def drop_table(self, table: str) -> None:
         self._con().execute(f"DROP TABLE IF EXISTS {_q(table)}")
+        self._created.discard(table)
 
     def read(
         self, table: str, keys: Sequence[str], columns: Sequence[str], key_rows: Sequence[tuple]
@@ -151,3 +155,246 @@ class SQLiteOnlineStore:
         width = len(keys)
         by_key = {row[:width]: row[width:] for row in found}
         return [by_key.get(tuple(k)) for k in key_rows]
+
+    # -- streaming: the ingest log, latest values and aggregate tiles --------------------------
+    # Push sources and stream views keep their tables in this same file, so that one ingest
+    # request is one SQLite transaction: the log append, the latest values and the tiles commit
+    # together or not at all. Writers use their own connection with synchronous=FULL, so an
+    # acknowledged write survives a crash of the process and of the machine.
+
+    @contextmanager
+    def transaction(self) -> Iterator[OnlineWriter]:
+        """A write transaction (``BEGIN IMMEDIATE``): everything done with the writer commits at
+        the end of the block, or nothing does if it raises."""
+        con = getattr(self._local, "writer", None)
+        if con is None:
+            con = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, cached_statements=1024
+            )
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            self._local.writer = con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield OnlineWriter(con, self._created)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def read_range(
+        self,
+        table: str,
+        keys: Sequence[str],
+        key_rows: Sequence[tuple],
+        range_column: str,
+        low: int,
+        columns: Sequence[str],
+    ) -> dict[tuple, list[tuple]]:
+        """Rows of ``columns`` with ``range_column >= low``, grouped by key tuple (ascending
+        ``range_column``). Keys without rows are absent. One query for the batch."""
+        if not key_rows:
+            return {}
+        cols = ", ".join(_q(c) for c in [*keys, *columns])
+        key_list = ", ".join(_q(k) for k in keys)
+        if len(keys) == 1:
+            where = f"{_q(keys[0])} IN ({','.join('?' * len(key_rows))})"
+        else:
+            one = "(" + ",".join("?" * len(keys)) + ")"
+            where = f"({key_list}) IN (VALUES {','.join([one] * len(key_rows))})"
+        params = [v for k in key_rows for v in k]
+        try:
+            rows = self._con().execute(
+                f"SELECT {cols} FROM {_q(table)} WHERE {where} AND {_q(range_column)} >= ? "
+                f"ORDER BY {_q(range_column)}",
+                [*params, low],
+            )
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}
+            raise
+        width = len(keys)
+        out: dict[tuple, list[tuple]] = {}
+        for row in rows:
+            out.setdefault(row[:width], []).append(row[width:])
+        return out
+
+    def aggregate_range(
+        self,
+        table: str,
+        keys: Sequence[str],
+        key_rows: Sequence[tuple],
+        range_column: str,
+        high: int,
+        aggregates: Sequence[tuple[str, str, int]],
+    ) -> dict[tuple, tuple]:
+        """Per key tuple, each ``(op, column, low)`` aggregate (``op`` is sum, min or max) over
+        the rows with ``low <= range_column <= high``. One query for the batch; keys without
+        rows are absent."""
+        if not key_rows or not aggregates:
+            return {}
+        ops = {"sum": "SUM", "min": "MIN", "max": "MAX"}
+        rng = _q(range_column)
+        exprs = ", ".join(
+            f"{ops[op]}(CASE WHEN {rng} >= ? THEN {_q(col)} END)" for op, col, _ in aggregates
+        )
+        key_list = ", ".join(_q(k) for k in keys)
+        if len(keys) == 1:
+            where = f"{_q(keys[0])} IN ({','.join('?' * len(key_rows))})"
+        else:
+            one = "(" + ",".join("?" * len(keys)) + ")"
+            where = f"({key_list}) IN (VALUES {','.join([one] * len(key_rows))})"
+        params = [
+            *(low for _, _, low in aggregates),
+            *(v for k in key_rows for v in k),
+            min(low for _, _, low in aggregates),
+            high,
+        ]
+        try:
+            rows = self._con().execute(
+                f"SELECT {key_list}, {exprs} FROM {_q(table)} WHERE {where} AND {rng} >= ? "
+                f"AND {rng} <= ? GROUP BY {key_list}",
+                params,
+            )
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}
+            raise
+        width = len(keys)
+        return {row[:width]: row[width:] for row in rows}
+
+    def max_by_key(
+        self, table: str, keys: Sequence[str], key_rows: Sequence[tuple], column: str
+    ) -> dict[tuple, Any]:
+        """The largest ``column`` value per key tuple (e.g. the newest event time in a log)."""
+        if not key_rows:
+            return {}
+        one = "(" + ",".join("?" * len(keys)) + ")"
+        key_list = ", ".join(_q(k) for k in keys)
+        try:
+            rows = self._con().execute(
+                f"SELECT {key_list}, max({_q(column)}) FROM {_q(table)} WHERE ({key_list}) IN "
+                f"(VALUES {','.join([one] * len(key_rows))}) GROUP BY {key_list}",
+                [v for k in key_rows for v in k],
+            )
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}
+            raise
+        return {row[:-1]: row[-1] for row in rows}
+
+    def read_log(
+        self, table: str, columns: Sequence[str], after_seq: int, limit: int
+    ) -> list[tuple]:
+        """Rows of an ingest log after sequence number ``after_seq`` (``seq`` first), in order."""
+        cols = ", ".join(["seq", *(_q(c) for c in columns)])
+        try:
+            return (
+                self._con()
+                .execute(
+                    f"SELECT {cols} FROM {_q(table)} WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after_seq, limit),
+                )
+                .fetchall()
+            )
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+
+
+class OnlineWriter:
+    """Writes inside one :meth:`SQLiteOnlineStore.transaction`."""
+
+    def __init__(self, con: sqlite3.Connection, created: set[str]) -> None:
+        self._con = con
+        self._created = created
+
+    def ensure_table(
+        self,
+        table: str,
+        keys: Sequence[tuple[str, str]],
+        columns: Sequence[tuple[str, str]],
+        *,
+        log: bool = False,
+    ) -> None:
+        """Create ``table`` if needed: keyed by ``keys`` (``WITHOUT ROWID``), or, with ``log``, an
+        append-only log with an increasing ``seq`` and a unique (nullable) ``ingest_id``."""
+        if table in self._created:
+            return
+        defs = [f"{_q(n)} {_SQLITE_TYPES.get(t, 'TEXT')}" for n, t in [*keys, *columns]]
+        if log:
+            self._con.execute(
+                f"CREATE TABLE IF NOT EXISTS {_q(table)} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                f"ingest_id TEXT UNIQUE, ingested_at INTEGER NOT NULL, {', '.join(defs)})"
+            )
+        else:
+            pk = ", ".join(_q(n) for n, _ in keys)
+            self._con.execute(
+                f"CREATE TABLE IF NOT EXISTS {_q(table)} ({', '.join(defs)}, "
+                f"PRIMARY KEY ({pk})) WITHOUT ROWID"
+            )
+        self._created.add(table)
+
+    def existing(self, table: str, column: str, values: Sequence[Any]) -> set[Any]:
+        """Which of ``values`` are already in ``column`` of ``table``."""
+        found: set[Any] = set()
+        for i in range(0, len(values), 500):
+            part = list(values[i : i + 500])
+            rows = self._con.execute(
+                f"SELECT {_q(column)} FROM {_q(table)} WHERE {_q(column)} IN "
+                f"({','.join('?' * len(part))})",
+                part,
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def append_log(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], ingested_at: int
+    ) -> tuple[int, int]:
+        """Append rows (``ingest_id`` first, then ``columns``); returns the (first, last) seq."""
+        cols = ", ".join(["ingest_id", "ingested_at", *(_q(c) for c in columns)])
+        marks = ", ".join("?" * (len(columns) + 2))
+        first = None
+        for row in rows:
+            cursor = self._con.execute(
+                f"INSERT INTO {_q(table)} ({cols}) VALUES ({marks})",
+                (row[0], ingested_at, *row[1:]),
+            )
+            first = cursor.lastrowid if first is None else first
+        last = self._con.execute("SELECT last_insert_rowid()").fetchone()[0]
+        return (first or 0, last or 0)
+
+    def get(
+        self, table: str, keys: Sequence[str], key_rows: Sequence[tuple], columns: Sequence[str]
+    ) -> dict[tuple, tuple]:
+        """The rows for ``key_rows`` (absent keys are left out), by key tuple."""
+        if not key_rows:
+            return {}
+        cols = ", ".join(_q(c) for c in [*keys, *columns])
+        out: dict[tuple, tuple] = {}
+        width = len(keys)
+        one = "(" + ",".join("?" * width) + ")"
+        key_list = ", ".join(_q(k) for k in keys)
+        for i in range(0, len(key_rows), 200):
+            part = key_rows[i : i + 200]
+            rows = self._con.execute(
+                f"SELECT {cols} FROM {_q(table)} WHERE ({key_list}) IN "
+                f"(VALUES {','.join([one] * len(part))})",
+                [v for k in part for v in k],
+            )
+            for row in rows:
+                out[row[:width]] = row[width:]
+        return out
+
+    def upsert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert or replace whole rows (key columns included in ``columns``)."""
+        if not rows:
+            return
+        cols = ", ".join(_q(c) for c in columns)
+        marks = ", ".join("?" * len(columns))
+        self._con.executemany(f"INSERT OR REPLACE INTO {_q(table)} ({cols}) VALUES ({marks})", rows)
+
+    def delete_before(self, table: str, column: str, low: int) -> int:
+        """Delete rows with ``column < low`` (old tiles); returns how many."""
+        return self._con.execute(f"DELETE FROM {_q(table)} WHERE {_q(column)} < ?", (low,)).rowcount

@@ -630,13 +630,29 @@ class LanceVectorStore:
 
     # -- reads for the pipeline -------------------------------------------------------------------
 
-    def existing_hashes(self, table: str) -> dict[str, ChunkHashes]:
-        """``chunk id -> (content_hash, row_hash)`` for every row; ``{}`` when no table yet."""
+    def existing_hashes(
+        self, table: str, keys: Mapping[str, Sequence[Any]] | None = None
+    ) -> dict[str, ChunkHashes]:
+        """``chunk id -> (content_hash, row_hash)`` for every row; ``{}`` when no table yet.
+
+        ``keys`` (key column -> values) narrows it to the chunks of those documents: a row
+        qualifies when each key column holds one of its values (for a composite key this may
+        include a few other documents, which is harmless for an incremental plan).
+        """
+        from lancedb.expr import col, lit
+
         try:
             handle = self._open(table)
         except VectorTableMissingError:
             return {}
-        data = handle.search().select(["id", "content_hash", "row_hash"]).limit(None).to_arrow()
+        query = handle.search().select(["id", "content_hash", "row_hash"])
+        if keys:
+            where = None
+            for column, values in keys.items():
+                condition = col(column).isin([lit(v) for v in dict.fromkeys(values)])
+                where = condition if where is None else where & condition
+            query = query.where(where)
+        data = query.limit(None).to_arrow()
         return {
             i: ChunkHashes(c, r)
             for i, c, r in zip(

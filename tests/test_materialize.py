@@ -90,6 +90,26 @@ def test_incremental_runs_add_new_rows_and_equal_a_full_recompute(repo):
     assert got["latest.x"] == [1.0, 7.0]
 
 
+def test_going_back_to_an_earlier_definition_recomputes_it_whole(repo):
+    root, ctx, rows = repo
+    ctx.materialize(["spend"], end=day(2))  # definition A, up to day 2
+    b = DEFS.replace(
+        'time_window=timedelta(days=2)),\n    Aggregate(column="x", function="count"',
+        'time_window=timedelta(days=1)),\n    Aggregate(column="x", function="count"',
+    )
+    assert b != DEFS
+    (root / "defs.py").write_text(b)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize(["spend"], end=day(4))  # B replaces the store's rows
+    (root / "defs.py").write_text(DEFS)
+    ctx.apply(ctx.plan(root))
+    [job] = ctx.materialize(["spend"], end=day(4))  # A again: not a continuation from day 2
+    assert job.start is None
+    again = offline_rows(ctx, "spend")
+    ctx.materialize(["spend"], end=day(4), full=True)
+    assert offline_rows(ctx, "spend") == again
+
+
 def test_rerunning_an_explicit_range_is_idempotent(repo):
     _root, ctx, _rows = repo
     ctx.materialize(end=day(4))

@@ -93,6 +93,11 @@ ENDPOINTS = [
         "model": "contextkit/nope", "messages": [{"role": "user", "content": "hi"}],
         "contextkit": {"workspace": "prod"}}}),
     Endpoint("GET", "/metrics", "reader", lambda: {}, all_workspaces=True),
+    # The repo has no push source: an allowed caller gets 404 (unknown source), after auth.
+    Endpoint("POST", "/v1/ingest", "ingester", lambda: {"json": {
+        "workspace": "prod", "source": "clicks", "records": []}}),
+    Endpoint("POST", "/ingest", "ingester", lambda: {"json": {
+        "workspace_name": "prod", "records": {"clicks": []}}}),
 ]  # fmt: skip
 OPEN = [("GET", "/health"), ("GET", "/docs"), ("GET", "/openapi.json")]
 CALLERS = [None] + [
@@ -141,7 +146,7 @@ def test_role_matrix(client, keys, endpoint):
         got[caller] = response.status_code
         want[caller] = expected_status(endpoint, caller, ok)
         if response.status_code in (401, 403):
-            error = response.json()["error"]
+            error = response.json().get("error")
             if isinstance(error, dict):  # contextkit's shape (Tecton's paths answer in theirs)
                 code = "unauthenticated" if response.status_code == 401 else "permission_denied"
                 assert error["code"] == code
