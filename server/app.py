@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contextkit.client import Context, translate_store_errors
 from contextkit.errors import ContextKitError
-from contextkit.server import chat, context, features, ingest, ops, search, tecton
+from contextkit.server import chat, context, features, ingest, monitoring, ops, search, tecton, ui
 from contextkit.server.auth import KeyAuthorizer
 from contextkit.server.common import Authorizer, InvalidBody, ServerState, error_response
 from contextkit.server.common import json_response as _json
@@ -57,6 +57,7 @@ def create_app(
     app.state.contextkit = state
     install_error_handlers(app)
     ops.registry_collectors(metrics, state)
+    monitoring.quality_collectors(metrics, state)
     ops.install_openapi(app, auth=authorize is not None)
     app.add_middleware(
         ops.OpsMiddleware,
@@ -70,6 +71,8 @@ def create_app(
     app.include_router(context.routes(state))
     app.include_router(ingest.routes(state))
     app.include_router(chat.routes(state))
+    app.include_router(monitoring.routes(state))
+    app.include_router(ui.routes(state))
     app.include_router(ops.routes(state))  # /metrics last: routes are matched in this order
     return app
 

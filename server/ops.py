@@ -329,6 +329,9 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
 OPEN_PATHS = frozenset({"/health", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"})
+# The web UI's shell and assets (everything under /ui but its page content, /ui/partial/...) hold
+# no data: a browser loads them before it has a key to send.
+OPEN_PREFIX, UI_CONTENT_PREFIX = "/ui", "/ui/partial/"
 
 
 class OpsMiddleware:
@@ -402,7 +405,7 @@ class OpsMiddleware:
                 )
                 status = await self._refuse(scope, send, refusal, id_header, close=True)
                 return
-            if scope["path"] not in OPEN_PATHS:
+            if scope["path"] not in OPEN_PATHS and not _is_ui(scope["path"]):
                 gate_refusal = self._gate(scope)
                 if gate_refusal is not None:
                     status = await self._refuse(scope, send, gate_refusal, id_header, close=False)
@@ -511,6 +514,13 @@ class OpsMiddleware:
                     }
                 },
             )
+
+
+def _is_ui(path: str) -> bool:
+    """The web UI's shell or an asset (open); not its content (which needs a key)."""
+    if path.startswith(UI_CONTENT_PREFIX):
+        return False
+    return path == OPEN_PREFIX or path.startswith(OPEN_PREFIX + "/")
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:

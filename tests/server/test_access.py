@@ -92,6 +92,11 @@ ENDPOINTS = [
     Endpoint("POST", "/v1/chat/completions", "reader", lambda: {"json": {
         "model": "contextkit/nope", "messages": [{"role": "user", "content": "hi"}],
         "contextkit": {"workspace": "prod"}}}),
+    Endpoint("GET", "/v1/views", "reader", lambda: {"params": {"workspace": "prod"}}),
+    # The path's template as the name: an allowed caller gets 404 (no view "{name}").
+    Endpoint("GET", "/v1/views/{name}", "reader", lambda: {"params": {"workspace": "prod"}}),
+    Endpoint("GET", "/v1/jobs", "reader", lambda: {"params": {"workspace": "prod"}}),
+    Endpoint("GET", "/v1/alerts", "reader", lambda: {"params": {"workspace": "prod"}}),
     Endpoint("GET", "/metrics", "reader", lambda: {}, all_workspaces=True),
     # The repo has no push source: an allowed caller gets 404 (unknown source), after auth.
     Endpoint("POST", "/v1/ingest", "ingester", lambda: {"json": {

@@ -1,0 +1,404 @@
+"""Monitoring over HTTP: ``GET /v1/views``, ``/v1/views/{name}``, ``/v1/jobs``, ``/v1/alerts``, and
+the freshness and quality gauges of ``/metrics`` (:func:`quality_collectors`).
+
+Thin over :attr:`contextkit.client.Context.monitoring`; every route needs the ``reader`` role in
+the workspace it reads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from contextkit.client import Context
+from contextkit.errors import BadRequestError, NotFoundError
+from contextkit.lineage import lineage
+from contextkit.monitoring import FRESHNESS_STATES, ViewStatus, job_dict
+from contextkit.server.common import READER, ServerState, json_response, ok_example
+from contextkit.server.ops import Metrics
+
+JOB_STATUSES = ("running", "succeeded", "warning", "failed")
+
+_FRESHNESS_EXAMPLE = {
+    "state": "fresh",
+    "newest_event": "2026-12-01T05:58:12.120000Z",
+    "data_age_s": 1843.2,
+    "materialized_at": "2026-12-01T06:00:00Z",
+    "lag_s": 1755.0,
+    "schedule_s": 3600,
+    "ttl_s": 2592000,
+    "max_staleness_s": 7200,
+    "reasons": [],
+}
+_JOB_EXAMPLE = {
+    "id": "5f0c2b9e81aa",
+    "workspace": "prod",
+    "view": "user_order_stats",
+    "status": "warning",
+    "range_start": "2026-12-01T05:00:00+00:00",
+    "range_end": "2026-12-01T06:00:00+00:00",
+    "rows_offline": 312,
+    "rows_online": 819,
+    "started_at": "2026-12-01T06:00:01.200000Z",
+    "finished_at": "2026-12-01T06:00:02.950000Z",
+    "duration_s": 1.75,
+    "error": "expectation failed: amount_sum_7d: 2 of 819 values outside [0, 10000] ...",
+    "kind": "batch_feature_view",
+}
+_ALERT_EXAMPLE = {
+    "id": "0d3f6a1c22b4",
+    "workspace": "prod",
+    "view": "user_order_stats",
+    "source": "expectation",
+    "kind": "between",
+    "subject": "amount_sum_7d",
+    "severity": "warning",
+    "message": "amount_sum_7d: 2 of 819 values outside [0, 10000] (min 0, max 12410.5)",
+    "job_id": "5f0c2b9e81aa",
+    "since": "2026-12-01T06:00:02.940000Z",
+    "updated_at": "2026-12-01T06:00:02.940000Z",
+    "resolved_at": None,
+}
+_VIEW_EXAMPLE = {
+    "name": "user_order_stats",
+    "kind": "batch_feature_view",
+    "description": "Spend and order counts of completed orders.",
+    "owner": "growth",
+    "entities": ["user"],
+    "join_keys": [{"name": "user_id", "dtype": "int64"}],
+    "features": [{"name": "amount_sum_7d", "dtype": "float64"}],
+    "online": True,
+    "offline": True,
+    "expectations": {
+        "not_null": {},
+        "between": {"amount_sum_7d": [0, 10000]},
+        "max_staleness_seconds": 7200,
+        "max_drift": None,
+        "on_failure": "warn",
+    },
+    "last_job": _JOB_EXAMPLE,
+    "rows": 819,
+    "max_drift": 0.012,
+    "freshness": _FRESHNESS_EXAMPLE,
+    "alerts": [_ALERT_EXAMPLE],
+}
+VIEWS_EXAMPLE = {"workspace": "prod", "views": [_VIEW_EXAMPLE]}
+VIEW_EXAMPLE = {
+    "workspace": "prod",
+    "view": _VIEW_EXAMPLE,
+    "spec": {"kind": "batch_feature_view", "name": "user_order_stats", "sql": "SELECT ..."},
+    "lineage": {
+        "upstream": ["file_source:orders"],
+        "downstream": ["context_service:support_assistant", "prompt_view:support_prompt"],
+        "graph": {
+            "nodes": [{"id": "file_source:orders", "kind": "file_source", "name": "orders"}],
+            "edges": [{"from": "file_source:orders", "to": "batch_feature_view:user_order_stats"}],
+        },
+    },
+    "job": "5f0c2b9e81aa",
+    "stats": {
+        "rows": 819,
+        "scope": "online",
+        "columns": {
+            "amount_sum_7d": {
+                "kind": "numeric",
+                "count": 640,
+                "nulls": 179,
+                "null_rate": 0.2186,
+                "min": 3.5,
+                "max": 12410.5,
+                "mean": 402.1,
+                "quantiles": {"p50": 233.9, "p99": 3120.0},
+                "drift": {"psi": 0.012, "reference_job": "9a1e07c3d2f0"},
+            }
+        },
+        "drift": {"reference_job": "9a1e07c3d2f0", "max_psi": 0.012, "column": "amount_sum_7d"},
+    },
+    "history": [
+        {
+            "job_id": "5f0c2b9e81aa",
+            "status": "warning",
+            "at": "2026-12-01T06:00:02.940000Z",
+            "rows": 819,
+            "max_drift": 0.012,
+            "null_rates": {"amount_sum_7d": 0.2186},
+            "psi": {"amount_sum_7d": 0.012},
+        }
+    ],
+}
+JOBS_EXAMPLE = {"workspace": "prod", "jobs": [_JOB_EXAMPLE]}
+ALERTS_EXAMPLE = {"workspace": "prod", "alerts": [_ALERT_EXAMPLE], "counts": {"warning": 1}}
+
+
+def view_summary(spec: Any, status: ViewStatus) -> dict[str, Any]:
+    """What ``/v1/views`` says of one view: its definition in brief, its state and alerts."""
+    out: dict[str, Any] = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "description": spec.description,
+        "owner": spec.owner,
+        "entities": list(spec.entities),
+        "join_keys": [k.model_dump() for k in spec.join_keys],
+    }
+    if spec.kind == "embedding_view":
+        out["features"] = [{"name": spec.text_column, "dtype": "string"}] + [
+            m.model_dump() for m in spec.metadata_schema
+        ]
+        out.update(model=spec.model_name or spec.model, dimension=spec.dimension)
+    else:
+        out["features"] = [{"name": f.name, "dtype": f.dtype} for f in spec.features]
+        out.update(offline=spec.offline)
+    out["online"] = spec.online
+    out["expectations"] = spec.expectations.model_dump() if spec.expectations else None
+    out.update({k: v for k, v in status.to_dict().items() if k not in ("name", "kind")})
+    return out
+
+
+def view_detail(ctx: Context, name: str, runs: int = 30) -> dict[str, Any]:
+    """``/v1/views/{name}``: the spec, lineage, newest statistics and recent runs of a view."""
+    statuses = {s.name: s for s in ctx.monitoring.status()}
+    if name not in statuses:
+        specs = ctx.specs()
+        known = sorted([*specs.views, *specs.embedding_views])
+        raise NotFoundError(
+            f"unknown view {name!r} in workspace {ctx.workspace!r}",
+            hint="views: " + (", ".join(known) or "none applied"),
+        )
+    status = statuses[name]
+    spec = _views(ctx)[name]
+    graph = lineage(ctx.specs())
+    node = f"{spec.kind}:{name}"
+    quality = ctx.monitoring.quality(name, runs=runs)
+    return {
+        "workspace": ctx.workspace,
+        "view": view_summary(spec, status),
+        "spec": spec.model_dump(mode="json"),
+        "lineage": {
+            "upstream": sorted(graph.upstream(node)),
+            "downstream": sorted(graph.downstream(node)),
+            "graph": graph.neighborhood(node).to_dict(),
+        },
+        "job": quality["job"],
+        "stats": quality["stats"],
+        "history": quality["history"],
+    }
+
+
+def _views(ctx: Context) -> dict[str, Any]:
+    specs = ctx.specs()
+    return {**specs.views, **specs.embedding_views}
+
+
+def _int_param(value: str | None, name: str, default: int, high: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= high:
+        raise BadRequestError(f"`{name}` must be an integer in 1..{high}", details={"field": name})
+    return int(value)
+
+
+def routes(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/views", responses=ok_example(VIEWS_EXAMPLE))
+    async def views(request: Request, workspace: str | None = None) -> Response:
+        """The feature and embedding views of a workspace, each with its newest job, row count,
+        freshness, drift and open alerts."""
+        c = state.context(request, workspace, READER)
+
+        def build() -> dict[str, Any]:
+            specs = _views(c)
+            statuses = c.monitoring.status()
+            return {
+                "workspace": c.workspace,
+                "views": [view_summary(specs[s.name], s) for s in statuses],
+            }
+
+        return json_response(await run_in_threadpool(build))
+
+    @router.get("/v1/views/{name}", responses=ok_example(VIEW_EXAMPLE))
+    async def view(
+        request: Request, name: str, workspace: str | None = None, runs: str | None = None
+    ) -> Response:
+        """One view: its spec, lineage (upstream and downstream objects), the statistics of its
+        newest measured job and a summary of its recent runs (``runs``, default 30)."""
+        c = state.context(request, workspace, READER)
+        count = _int_param(runs, "runs", 30, 500)
+        return json_response(await run_in_threadpool(view_detail, c, name, count))
+
+    @router.get("/v1/jobs", responses=ok_example(JOBS_EXAMPLE))
+    async def jobs(
+        request: Request,
+        workspace: str | None = None,
+        view: str | None = None,
+        status: str | None = None,
+        limit: str | None = None,
+    ) -> Response:
+        """Materialization jobs, newest first; filter by ``view`` and ``status`` (running,
+        succeeded, warning, failed); ``limit`` (default 50, at most 1000)."""
+        c = state.context(request, workspace, READER)
+        count = _int_param(limit, "limit", 50, 1000)
+        if status is not None and status not in JOB_STATUSES:
+            raise BadRequestError(
+                f"unknown job status {status!r}",
+                hint=f"use one of {', '.join(JOB_STATUSES)}",
+                details={"field": "status"},
+            )
+        found = c.jobs(view, count if status is None else max(count, 1000))
+        selected = [j for j in found if status in (None, j.status)][:count]
+        return json_response({"workspace": c.workspace, "jobs": [job_dict(j) for j in selected]})
+
+    @router.get("/v1/alerts", responses=ok_example(ALERTS_EXAMPLE))
+    async def alerts(
+        request: Request, workspace: str | None = None, include_resolved: bool = False
+    ) -> Response:
+        """Open alerts of the workspace's views, errors first: expectations the newest data
+        failed, stale, expired or late views, and views whose last job failed."""
+        c = state.context(request, workspace, READER)
+        found = await run_in_threadpool(c.monitoring.alerts, include_resolved=include_resolved)
+        counts: dict[str, int] = {}
+        for a in found:
+            if a.resolved_at is None:
+                counts[a.severity] = counts.get(a.severity, 0) + 1
+        return json_response(
+            {"workspace": c.workspace, "alerts": [a.to_dict() for a in found], "counts": counts}
+        )
+
+    return router
+
+
+# -- /metrics ------------------------------------------------------------------------------------
+class _Snapshot:
+    """Each live workspace's view statuses and newest statistics, shared by the gauges of one
+    scrape and recomputed when the registry changed or a few seconds passed."""
+
+    def __init__(self, state: ServerState, max_age_s: float = 5.0) -> None:
+        self.state = state
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._key: Any = None
+        self._at = 0.0
+        self._data: list[tuple[str, list[ViewStatus], dict[str, Any]]] = []
+
+    def get(self) -> list[tuple[str, list[ViewStatus], dict[str, Any]]]:
+        registry = self.state.ctx.registry
+        with self._lock:
+            key = registry.change_token()
+            if key == self._key and time.monotonic() - self._at < self.max_age_s:
+                return self._data
+            data = []
+            for workspace in self.state.ctx.list_workspaces():
+                if not workspace.live:
+                    continue
+                ctx = self.state.ctx.use(workspace.name)
+                stats = {s.view: s.stats for s in registry.latest_job_stats(workspace.name)}
+                data.append((workspace.name, ctx.monitoring.status(), stats))
+            self._key, self._at, self._data = key, time.monotonic(), data
+            return data
+
+
+def quality_collectors(metrics: Metrics, state: ServerState) -> None:
+    """Gauges of freshness, data quality, drift and alerts per view, read at scrape time."""
+    snapshot = _Snapshot(state)
+
+    def data_age():
+        for workspace, statuses, _ in snapshot.get():
+            for s in statuses:
+                if s.freshness.data_age_s is not None:
+                    yield (workspace, s.name), s.freshness.data_age_s
+
+    def freshness_state():
+        for workspace, statuses, _ in snapshot.get():
+            for s in statuses:
+                for name in FRESHNESS_STATES:
+                    yield (workspace, s.name, name), 1.0 if s.freshness.state == name else 0.0
+
+    def rows():
+        for workspace, statuses, _ in snapshot.get():
+            for s in statuses:
+                if s.stats is not None and s.stats.rows is not None:
+                    yield (workspace, s.name), s.stats.rows
+
+    def column_values(what: str):
+        for workspace, _statuses, stats in snapshot.get():
+            for view, data in stats.items():
+                for column, entry in (data.get("columns") or {}).items():
+                    value = (
+                        entry.get("null_rate")
+                        if what == "null_rate"
+                        else (entry.get("drift") or {}).get("psi")
+                    )
+                    if value is not None:
+                        yield (workspace, view, column), value
+
+    def centroid_shift():
+        for workspace, _statuses, stats in snapshot.get():
+            for view, data in stats.items():
+                shift = ((data.get("vectors") or {}).get("drift") or {}).get("centroid_shift")
+                if shift is not None:
+                    yield (workspace, view), shift
+
+    def alerts():
+        for workspace, statuses, _ in snapshot.get():
+            for s in statuses:
+                counts = {"error": 0, "warning": 0}
+                for alert in s.alerts:
+                    counts[alert.severity] = counts.get(alert.severity, 0) + 1
+                for severity, count in counts.items():
+                    yield (workspace, s.name, severity), count
+
+    metrics.collector(
+        "contextkit_view_data_age_seconds",
+        "Age of the newest value a view serves: now minus the newest event time of its online "
+        "snapshot (embedding views: since their newest successful job).",
+        "gauge",
+        ("workspace", "view"),
+        data_age,
+    )
+    metrics.collector(
+        "contextkit_view_freshness_state",
+        "1 for the view's freshness state (fresh, late, stale, expired, never), 0 for the others.",
+        "gauge",
+        ("workspace", "view", "state"),
+        freshness_state,
+    )
+    metrics.collector(
+        "contextkit_view_rows",
+        "Rows the view's newest measured job wrote (online entities, offline rows or documents).",
+        "gauge",
+        ("workspace", "view"),
+        rows,
+    )
+    metrics.collector(
+        "contextkit_feature_null_rate",
+        "Share of null values of a feature (or embedding-view column) in the newest measured job.",
+        "gauge",
+        ("workspace", "view", "feature"),
+        lambda: column_values("null_rate"),
+    )
+    metrics.collector(
+        "contextkit_feature_drift_psi",
+        "Population stability index of a feature in the newest measured job vs its reference.",
+        "gauge",
+        ("workspace", "view", "feature"),
+        lambda: column_values("psi"),
+    )
+    metrics.collector(
+        "contextkit_embedding_centroid_shift",
+        "1 - cosine between the centroid of an embedding view's vectors and its reference's.",
+        "gauge",
+        ("workspace", "view"),
+        centroid_shift,
+    )
+    metrics.collector(
+        "contextkit_view_alerts",
+        "Open alerts per view and severity (failed expectations, freshness, failed jobs).",
+        "gauge",
+        ("workspace", "view", "severity"),
+        alerts,
+    )
