@@ -17,16 +17,17 @@ What was checked against Tecton's docs and clients, and the differences, is in
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from contextkit.errors import BadRequestError, ContextKitError, NotFoundError
 from contextkit.materialize import last_watermark
 from contextkit.retrieve import MISSING, PRESENT
-from contextkit.types import Bool, Float64, Int64, String, Timestamp
+from contextkit.types import Bool, Float64, Int64, String, Timestamp, list_item_dtype
 
 # contextkit dtype -> Tecton's `dataType.type`. Tecton's published clients know boolean, int64,
 # float32, float64, string, array (and map/struct), but no timestamp type: a timestamp feature is
@@ -105,6 +106,7 @@ class TectonRequest:
     rows: list[dict[str, Any]]  # one join key map per requested feature vector
     options: MetadataOptions
     batch: bool
+    contexts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per row
 
 
 def parse_get_features(body: Mapping[str, Any], *, batch: bool = False) -> TectonRequest:
@@ -132,14 +134,19 @@ def parse_get_features(body: Mapping[str, Any], *, batch: bool = False) -> Tecto
                 "`params.requestData` must be a non-empty list",
                 hint='send "requestData": [{"joinKeyMap": {...}}, ...]',
             )
-        rows = []
+        rows, contexts = [], []
         for i, item in enumerate(data):
             if not isinstance(item, Mapping):
                 raise BadRequestError(f"`params.requestData[{i}]` must be an object")
             rows.append(_join_key_map(item, f"params.requestData[{i}]"))
+            contexts.append(_request_context_map(item, f"params.requestData[{i}]"))
     else:
         rows = [_join_key_map(params, "params")]
-    return TectonRequest(service, workspace, rows, options, batch)
+        contexts = [_request_context_map(params, "params")]
+    return TectonRequest(service, workspace, rows, options, batch, contexts)
+
+
+_ABSENT = object()
 
 
 def get_features(ctx: Any, request: TectonRequest, *, started: float) -> dict[str, Any]:
@@ -159,7 +166,19 @@ def get_features(ctx: Any, request: TectonRequest, *, started: float) -> dict[st
     reader = ctx.service_reader(request.service)
     entities = _entities(request.rows, [k for k, _ in reader.join_keys])
     store_started = time.perf_counter()
-    features = ctx.get_features(request.service, entities)
+    # The fields the service's realtime views read, one value per row (others are ignored, as
+    # Tecton clients send whatever the caller put in the map).
+    request_context = {
+        name: [row.get(name) if name in row else _ABSENT for row in request.contexts]
+        for name, _ in reader.request_fields
+    }
+    for name, values in request_context.items():
+        if any(v is _ABSENT for v in values):
+            raise BadRequestError(
+                f"missing requestContextMap field {name!r}",
+                hint=f"service {request.service!r} computes realtime features from it",
+            )
+    features = ctx.get_features(request.service, entities, request_context or None)
     store_seconds = time.perf_counter() - store_started
 
     n = len(request.rows)
@@ -291,12 +310,15 @@ def _join_key_map(container: Mapping[str, Any], path: str) -> dict[str, Any]:
         keys = {}
     if not isinstance(keys, Mapping):
         raise BadRequestError(f"`{path}.joinKeyMap` must be an object")
-    # contextkit has no request-time features, so nothing reads the request context; it is
-    # accepted (clients always send one) and not used.
+    return dict(keys)
+
+
+def _request_context_map(container: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """The values realtime feature views read (clients always send a map, often empty)."""
     context = _param(container, "requestContextMap", "request_context_map")
     if context is not None and not isinstance(context, Mapping):
         raise BadRequestError(f"`{path}.requestContextMap` must be an object")
-    return dict(keys)
+    return dict(context or {})
 
 
 def _entities(rows: list[dict[str, Any]], join_keys: list[str]) -> dict[str, list[Any]]:
@@ -343,7 +365,7 @@ def _feature_metadata(
     out = []
     for i, (name, dtype) in enumerate(zip(features.names, features.types, strict=True)):
         view_name, feature_name = name.split(".", 1)
-        view = specs.views[view_name]
+        view = specs.feature_views[view_name]
         entry: dict[str, Any] = {}
         if options.names:
             entry["name"] = name
@@ -353,7 +375,7 @@ def _feature_metadata(
             if watermarks[view_name] is not None:
                 entry["effectiveTime"] = watermarks[view_name]
         if options.data_types:
-            entry["dataType"] = {"type": TECTON_TYPES[dtype]}
+            entry["dataType"] = _data_type(dtype)
         if options.serving_status:
             statuses = [TECTON_STATUSES[s] for s in features.statuses[i]]
             entry["status"] = statuses if batch else statuses[0]
@@ -367,9 +389,20 @@ def _feature_metadata(
     return out
 
 
+def _data_type(dtype: str) -> dict[str, Any]:
+    """Tecton's ``dataType``: ``{"type": "array", "elementType": {...}}`` for a list."""
+    item = list_item_dtype(dtype)
+    if item is not None:
+        return {"type": "array", "elementType": _data_type(item)}
+    return {"type": TECTON_TYPES[dtype]}
+
+
 def _effective_time(ctx: Any, view: Any) -> str | None:
     """The time the view's online values are computed as of: the end of its latest successful
-    materialization. Whole seconds, ``Z``: Tecton's Java client parses no fractions."""
+    materialization (for stream and realtime views, the read itself: they are always current).
+    Whole seconds, ``Z``: Tecton's Java client parses no fractions."""
+    if view.kind != "batch_feature_view":
+        return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
     watermark = last_watermark(ctx.registry, ctx.workspace, view)
     if watermark is None:
         return None

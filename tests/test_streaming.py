@@ -597,3 +597,27 @@ def test_pushed_documents_become_searchable_without_a_batch_job(tmp_path):
     # A batch materialization over the log agrees: nothing left to encode.
     [job] = ctx.materialize(["ticket_docs"])
     assert job.details["texts_encoded"] == 0 and job.rows_online == 3
+
+
+def test_tectons_request_context_map_feeds_realtime_views(shop):
+    _root, ctx = shop
+    ts = datetime.now(UTC) - timedelta(minutes=1)
+    ctx.ingest("page_views", [{"user_id": 5, "product_id": 1, "price": 30.0, "ts": ts.isoformat()}])
+    with TestClient(create_app(ctx, auth=False)) as client:
+        body = {
+            "params": {
+                "workspaceName": "live",
+                "featureServiceName": "shopper",
+                "joinKeyMap": {"user_id": "5"},
+                "requestContextMap": {"budget": 20.0, "unused": 1},
+                "metadataOptions": {"includeNames": True},
+            }
+        }
+        response = client.post("/api/v1/feature-service/get-features", json=body)
+        assert response.status_code == 200, response.text
+        names = [f["name"] for f in response.json()["metadata"]["features"]]
+        values = dict(zip(names, response.json()["result"]["features"], strict=True))
+        assert values["budget_check.over_budget"] is True
+        body["params"]["requestContextMap"] = {}
+        response = client.post("/api/v1/feature-service/get-features", json=body)
+        assert response.status_code == 400 and "budget" in response.json()["message"]
