@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from contextkit.assemble import (
     ContextPlan,
     ContextResult,
+    _executor,
     _merge_refs,
     _request_fields,
     completion_messages,
@@ -367,24 +368,11 @@ class RenderedDataset:
                 with _translated():
                     versions = ctx.vectors.versions_at(table, [m or _NEVER for m in moments])
                 counts = report.documents[spec.name]
-                hits = []
-                for i, request in enumerate(requests):
-                    version, exact = versions[i]
+                for _version, exact in versions:
                     counts["as_of" if exact else "oldest_kept"] += 1
-                    top_k, filter_ = request.search_options[spec.name]
-                    with _row_errors(offset + i), _translated():
-                        hits.append(
-                            ctx.vectors.search(
-                                table,
-                                vector=vectors.get(texts[i]) if spec.mode != "text" else None,
-                                text=texts[i],
-                                mode=spec.mode,
-                                top_k=top_k,
-                                filter=filter_,
-                                version=version,
-                            )
-                        )
-                found[spec.name] = hits
+                found[spec.name] = _search_rows(
+                    ctx, table, spec, requests, texts, vectors, [v for v, _ in versions], offset
+                )
         return found
 
     def _labels(self, batch: pa.RecordBatch) -> list[str | None] | None:
@@ -542,6 +530,36 @@ def dataset_plan(
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _search_rows(
+    ctx: Context,
+    table: str,
+    spec: SearchSpec,
+    requests: list,
+    texts: list[str],
+    vectors: Mapping[str, Any],
+    versions: list[int],
+    offset: int,
+) -> list[list[dict[str, Any]]]:
+    """One search for each row, in the row's table version, in threads (LanceDB's queries and
+    numpy's exact search release the GIL), in row order."""
+
+    def one(i: int) -> list[dict[str, Any]]:
+        top_k, filter_ = requests[i].search_options[spec.name]
+        with _row_errors(offset + i), _translated():
+            return ctx.vectors.search(
+                table,
+                vector=vectors.get(texts[i]) if spec.mode != "text" else None,
+                text=texts[i],
+                mode=spec.mode,  # type: ignore[arg-type]
+                top_k=top_k,
+                filter=filter_,
+                version=versions[i],
+            )
+
+    return list(_executor().map(one, range(len(requests))))
+
 
 _NEVER = datetime(1, 1, 2, tzinfo=UTC)  # a null event time: before every version
 
