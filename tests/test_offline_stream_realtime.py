@@ -243,3 +243,63 @@ def test_request_context_values_of_the_wrong_type_are_refused(shop):
     with pytest.raises(BadRequestError, match="budget_check") as info:
         shop.get_features_for_events(events, "shopper").to_arrow()
     assert info.value.hint
+
+
+CREDIT = """\
+from contextkit import (
+    Attribute, Bool, ContextService, Entity, Field, FileSource, Float64, RequestSource,
+    batch_feature_view, realtime_feature_view,
+)
+
+user = Entity(name="user", join_keys=["user_id"])
+limits = FileSource(name="limits", path="data/limits.parquet", timestamp_field="ts")
+
+@batch_feature_view(sources=[limits], entities=[user], mode="sql",
+                    features=[Attribute("credit_limit")])
+def credit(limits):
+    return f"SELECT user_id, credit_limit, ts FROM {limits}"
+
+@realtime_feature_view(
+    sources=[RequestSource([Field("amount", Float64)]), credit],
+    features=[Attribute("allowed", Bool)],
+)
+def purchase_check(request, credit):
+    return {"allowed": credit["credit_limit"] is not None
+            and request["amount"] <= credit["credit_limit"]}
+
+checkout = ContextService(name="checkout", features=[purchase_check])
+"""
+
+
+def test_a_realtime_view_over_a_batch_view_reads_its_point_in_time_values(make_repo):
+    import pyarrow as pa
+
+    day = timedelta(days=1)
+    limits = pa.table(
+        {
+            "user_id": [1, 1, 2],
+            "credit_limit": [10.0, 100.0, 500.0],
+            "ts": pa.array(
+                [NOW - 4 * day, NOW - 2 * day, NOW - 4 * day], pa.timestamp("us", "UTC")
+            ),
+        }
+    )
+    root = make_repo({"defs.py": CREDIT}, data={"limits.parquet": limits})
+    ctx = contextkit.connect(root, workspace="live")
+    ctx.create_workspace("live", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize(end=NOW)
+    events = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2, 3],
+            "ts": pd.Series([NOW - 3 * day, NOW, NOW, NOW], dtype="M8[us, UTC]"),
+            "amount": [50.0, 50.0, 50.0, 1.0],
+        }
+    )
+    result = ctx.get_features_for_events(events, "checkout")
+    offline = result.to_pandas()["purchase_check__allowed"].tolist()
+    assert offline == [False, True, True, False]  # three days ago user 1's limit was 10
+    # The input view is computed along (from the sources: the store ends at the events' time).
+    assert result.sources_used == {"purchase_check": "realtime", "credit": "source"}
+    online = ctx.get_features("checkout", {"user_id": [1, 2, 3]}, {"amount": [50.0, 50.0, 1.0]})
+    assert online.values[0] == offline[1:]  # at the materialization end: what online serves
