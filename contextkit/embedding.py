@@ -100,9 +100,9 @@ def materialize_embedding_view(
             for name, rows in (pushed or {}).items():  # push sources: their logged events
                 ws.con.register(name, rows)
             documents = compute.embedding_documents_sql(ws, view)
-            if monitor is not None:
-                monitor.check_documents(ws.con, documents)
             reader = ws.con.sql(documents).to_arrow_reader(_ROWS_PER_BATCH)
+            if monitor is not None:
+                reader = monitor.watch_documents(reader)
             stage("encoding")
             with plan_encode(
                 reader,
@@ -115,6 +115,8 @@ def materialize_embedding_view(
                 fetch_vectors=None if replace else (lambda ids: vectors.fetch_vectors(table, ids)),
                 on_progress=on_progress,
             ) as plan:
+                if monitor is not None:  # every document was read; nothing is encoded yet
+                    monitor.check_documents(ws.con, plan.stats)
                 result = vectors.apply_changes(
                     table,
                     plan.batches(),
@@ -127,7 +129,9 @@ def materialize_embedding_view(
         report = vectors.ensure_indexes(table) if vectors.has_table(table) else None
         chunks = vectors.count_rows(table) if vectors.has_table(table) else 0
         if monitor is not None and chunks:
-            monitor.add_vectors(sample_vectors(vectors.path, table))
+            monitor.add_vectors(
+                lambda: sample_vectors(vectors.path, table), table_version=result.version
+            )
     except BaseException as exc:
         message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
         registry.finish_job(job_id, "failed", error=message[:500])
