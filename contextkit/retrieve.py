@@ -412,7 +412,9 @@ class OnlineFeatures:
             item = list_item_dtype(dtype)
             if item is not None:
                 return pa.list_(arrow_type(item))
-            return pa.timestamp("us", tz="UTC") if dtype == Timestamp else _ARROW_TYPES[dtype]
+            if dtype == Timestamp:
+                return pa.timestamp("us", tz="UTC")
+            return pa.type_for_alias(_ARROW_TYPES[dtype])
 
         columns: dict[str, Any] = {}
         for key, values in self.join_keys.items():

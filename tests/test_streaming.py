@@ -142,6 +142,12 @@ def test_pushed_records_are_served_by_the_next_read(shop):
     assert got["budget_check.over_budget"] is True
     assert got["budget_check.spent_share"] == pytest.approx(30.0 / 25.0)
 
+    table = reader.read(ctx.online, {"user_id": [7]}, {"budget": 25.0}, now=NOW).to_arrow()
+    assert table.column("recent_views.product_id_last_3_distinct_1d").to_pylist() == [[1, 2]]
+    assert str(table.schema.field("recent_views.product_id_last_3_distinct_1d").type) == (
+        "list<item: int64>"
+    )
+
     missing = features(reader.read(ctx.online, {"user_id": [8]}, {"budget": 5.0}, now=NOW))
     assert missing["recent_views.product_id_count_1h"] is None
     assert missing["budget_check.over_budget"] is False  # computed from missing inputs
