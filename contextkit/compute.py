@@ -26,7 +26,7 @@ from contextkit.specs import (
     FieldSpec,
     FileSourceSpec,
 )
-from contextkit.types import Float64, Int64, String, dtype_from_duckdb, list_dtype
+from contextkit.types import Float64, Int64, String, arrow_type, dtype_from_duckdb, list_dtype
 
 if TYPE_CHECKING:
     import duckdb
@@ -411,16 +411,7 @@ def empty_table(columns: list[FieldSpec]):
     """An empty Arrow table with these columns (what a push source looks like to a query)."""
     import pyarrow as pa
 
-    types = {
-        "string": pa.string(),
-        "int64": pa.int64(),
-        "float64": pa.float64(),
-        "bool": pa.bool_(),
-        "timestamp": pa.timestamp("us", tz="UTC"),
-    }
-    return pa.schema(
-        [(c.name, types.get(c.dtype or "string", pa.string())) for c in columns]
-    ).empty_table()
+    return pa.schema([(c.name, arrow_type(c.dtype or String)) for c in columns]).empty_table()
 
 
 # -- embedding views ------------------------------------------------------------------------------
@@ -447,13 +438,19 @@ def embedding_transformation(view: EmbeddingViewSpec) -> FeatureViewSpec:
     )
 
 
+def output_sql(ws: Workspace, view: FeatureViewSpec, sample_rows: int | None = None) -> str:
+    """The raw output of a view's transformation (every column; a python-mode function is run
+    on at most ``sample_rows`` rows of each source when given)."""
+    if view.mode == "sql":
+        ws._register_upstream(view)
+        return view.sql or ""
+    sample = view.model_copy(update={"features": []})
+    return f"SELECT * FROM {quote(ws._run_python(sample, None, None, sample_rows))}"
+
+
 def embedding_output_sql(ws: Workspace, view: EmbeddingViewSpec, sample_rows: int | None = None):
     """The raw output of an embedding view's transformation (every column, every row)."""
-    proxy = embedding_transformation(view)
-    if proxy.mode == "sql":
-        ws._register_upstream(proxy)
-        return proxy.sql
-    return f"SELECT * FROM {quote(ws._run_python(proxy, None, None, sample_rows))}"
+    return output_sql(ws, embedding_transformation(view), sample_rows)
 
 
 def embedding_documents_sql(ws: Workspace, view: EmbeddingViewSpec) -> str:

@@ -46,13 +46,9 @@ from contextkit.specs import (
 )
 from contextkit.streaming import log_arrow, stream_offline_sql
 from contextkit.types import (
-    Bool,
-    Float64,
-    Int64,
     String,
-    Timestamp,
+    arrow_type,
     dtype_from_duckdb,
-    list_item_dtype,
     parse_value,
 )
 
@@ -352,7 +348,7 @@ def _finish(prepared: _Prepared, batch):
                 values[f].append(out[f])
         for f in request.features:
             dtype = view.feature(f).dtype or String
-            computed[view.name, f] = pa.array(values[f], _arrow_type(dtype))
+            computed[view.name, f] = pa.array(values[f], arrow_type(dtype))
     arrays, names = [], []
     for c in prepared.columns:
         arrays.append(batch.column(c))
@@ -376,21 +372,6 @@ def _request_value(view: RealtimeFeatureViewSpec, name: str, dtype: str, value: 
             f"{name!r} as {dtype} ({exc})",
             hint=f"convert the events' {name} values to {dtype} first",
         ) from None
-
-
-def _arrow_type(dtype: str):
-    import pyarrow as pa
-
-    item = list_item_dtype(dtype)
-    if item is not None:
-        return pa.list_(_arrow_type(item))
-    return {
-        String: pa.string(),
-        Int64: pa.int64(),
-        Float64: pa.float64(),
-        Bool: pa.bool_(),
-        Timestamp: pa.timestamp("us", tz="UTC"),
-    }[dtype]
 
 
 def _register_events(

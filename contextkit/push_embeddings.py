@@ -131,7 +131,8 @@ def _encode(jobs: list[_Job]) -> int:
     if ts is not None and view.sources:
         # Only the newest version of a document counts: a late record older than what the log
         # already holds for its key must not replace it.
-        from contextkit.streaming import _epoch_micros, log_table
+        from contextkit.streaming import log_table
+        from contextkit.types import epoch_micros
 
         newest = ctx.online.max_by_key(
             log_table(workspace, view.sources[0]), keys, list(latest), ts
@@ -139,7 +140,7 @@ def _encode(jobs: list[_Job]) -> int:
         latest = {
             key: row
             for key, row in latest.items()
-            if key not in newest or _epoch_micros(row[ts]) >= newest[key]
+            if key not in newest or epoch_micros(row[ts]) >= newest[key]
         }
     if not latest:
         return 0

@@ -21,11 +21,11 @@ from contextkit.stores.errors import StoreFailure
 from contextkit.stores.online import OnlineStore
 from contextkit.types import (
     Bool,
-    Float64,
     Int64,
     String,
     Timestamp,
-    list_item_dtype,
+    arrow_type,
+    epoch_micros,
     parse_value,
 )
 
@@ -271,7 +271,7 @@ def _read_rows(
         return [None] * len(key_rows)  # not materialized (or nothing ingested) yet
     ttl = getattr(read.spec, "ttl_seconds", None)
     if read.kind == "stream_latest" and ttl:
-        oldest = _micros(now) - ttl * 1_000_000
+        oldest = epoch_micros(now) - ttl * 1_000_000
         rows = [r if r is not None and r[0] > oldest else None for r in rows]
     return rows
 
@@ -280,7 +280,7 @@ def _compute_realtime(reader, read, raw, request, now) -> list[tuple | None]:
     from contextkit.realtime import run_realtime
 
     by_view = {r.view: r for r in reader.reads}
-    now_us = _micros(now)
+    now_us = epoch_micros(now)
     out: list[tuple | None] = []
     for i, row_request in enumerate(request):
         inputs = []
@@ -324,13 +324,8 @@ def _stored(value: Any, dtype: str) -> Any:
     if value is None:
         return None
     if dtype == Timestamp:
-        return _micros(value)
+        return epoch_micros(value)
     return value
-
-
-def _micros(moment: datetime) -> int:
-    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 _INT_PATTERN = re.compile(r"^-?[0-9]+$")
@@ -375,7 +370,6 @@ def _parse_iso(value: str | None) -> datetime | None:
 
 
 _CONVERTERS = {Bool: bool, Timestamp: _iso_from_micros}
-_ARROW_TYPES = {Int64: "int64", Float64: "float64", String: "string", Bool: "bool"}
 
 
 @dataclass
@@ -407,14 +401,6 @@ class OnlineFeatures:
         """A ``pyarrow.Table`` typed by the features' dtypes: join keys, features, and one
         ``<view>.event_timestamp`` column per view."""
         import pyarrow as pa
-
-        def arrow_type(dtype: str):
-            item = list_item_dtype(dtype)
-            if item is not None:
-                return pa.list_(arrow_type(item))
-            if dtype == Timestamp:
-                return pa.timestamp("us", tz="UTC")
-            return pa.type_for_alias(_ARROW_TYPES[dtype])
 
         columns: dict[str, Any] = {}
         for key, values in self.join_keys.items():

@@ -97,7 +97,27 @@ class ExpectationsSpec(_Spec):
     on_failure: Literal["warn", "fail"] = "warn"
 
 
-class FeatureViewSpec(_ObjectSpec):
+class _ViewProperties:
+    """What batch and stream feature views share: their windows, keys and features by name
+    (a plain mixin: the pydantic fields ``features`` and ``join_keys`` are the models' own)."""
+
+    @property
+    def is_aggregate(self) -> bool:
+        return any(f.kind == "aggregate" for f in self.features)
+
+    @property
+    def max_window_seconds(self) -> int:
+        return max((f.window_seconds for f in self.features if f.kind == "aggregate"), default=0)
+
+    @property
+    def join_key_names(self) -> list[str]:
+        return [k.name for k in self.join_keys]
+
+    def feature(self, name: str) -> AttributeSpec | AggregateSpec | None:
+        return next((f for f in self.features if f.name == name), None)
+
+
+class FeatureViewSpec(_ViewProperties, _ObjectSpec):
     kind: Literal["batch_feature_view"] = "batch_feature_view"
     sources: list[str]
     entities: list[str]
@@ -118,21 +138,6 @@ class FeatureViewSpec(_ObjectSpec):
     join_keys: list[FieldSpec] = Field(default_factory=list)
     output_schema: list[FieldSpec] = Field(default_factory=list)
 
-    @property
-    def is_aggregate(self) -> bool:
-        return any(f.kind == "aggregate" for f in self.features)
-
-    @property
-    def max_window_seconds(self) -> int:
-        return max((f.window_seconds for f in self.features if f.kind == "aggregate"), default=0)
-
-    @property
-    def join_key_names(self) -> list[str]:
-        return [k.name for k in self.join_keys]
-
-    def feature(self, name: str) -> AttributeSpec | AggregateSpec | None:
-        return next((f for f in self.features if f.name == name), None)
-
 
 class PushSourceSpec(_ObjectSpec):
     """Records that arrive over the ingest API, with a declared schema (``columns``)."""
@@ -145,7 +150,7 @@ class PushSourceSpec(_ObjectSpec):
     batch_source: str | None = None
 
 
-class StreamFeatureViewSpec(_ObjectSpec):
+class StreamFeatureViewSpec(_ViewProperties, _ObjectSpec):
     """Features of a push source kept up to date as records arrive: the latest values of
     attributes, and aggregates over sliding windows of ``aggregation_interval_seconds`` tiles."""
 
@@ -160,21 +165,6 @@ class StreamFeatureViewSpec(_ObjectSpec):
     # Filled by validation.
     join_keys: list[FieldSpec] = Field(default_factory=list)
     timestamp_field: str = ""
-
-    @property
-    def is_aggregate(self) -> bool:
-        return any(f.kind == "aggregate" for f in self.features)
-
-    @property
-    def max_window_seconds(self) -> int:
-        return max((f.window_seconds for f in self.features if f.kind == "aggregate"), default=0)
-
-    @property
-    def join_key_names(self) -> list[str]:
-        return [k.name for k in self.join_keys]
-
-    def feature(self, name: str) -> AttributeSpec | AggregateSpec | None:
-        return next((f for f in self.features if f.name == name), None)
 
 
 class RealtimeFeatureViewSpec(_ObjectSpec):
@@ -301,7 +291,7 @@ class ContextServiceSpec(_ObjectSpec):
     prompts: list[str] = Field(default_factory=list)
 
 
-ObjectSpec = Annotated[
+AnySpec = (
     EntitySpec
     | FileSourceSpec
     | PushSourceSpec
@@ -310,12 +300,19 @@ ObjectSpec = Annotated[
     | RealtimeFeatureViewSpec
     | EmbeddingViewSpec
     | PromptViewSpec
-    | ContextServiceSpec,
-    Field(discriminator="kind"),
-]
+    | ContextServiceSpec
+)
+ObjectSpec = Annotated[AnySpec, Field(discriminator="kind")]
 
 # Fields whose change does not require re-materializing a view.
 METADATA_FIELDS = frozenset(
-    {"description", "owner", "tags", "location", "batch_schedule_seconds", "spec_version",
-     "expectations"}  # fmt: skip
+    {
+        "description",
+        "owner",
+        "tags",
+        "location",
+        "batch_schedule_seconds",
+        "spec_version",
+        "expectations",
+    }  # fmt: skip
 )

@@ -32,7 +32,16 @@ from typing import TYPE_CHECKING, Any
 from contextkit.compute import quote
 from contextkit.errors import BadRequestError, ContextKitError, NotFoundError, WorkspaceError
 from contextkit.specs import AggregateSpec, PushSourceSpec, StreamFeatureViewSpec
-from contextkit.types import Bool, Float64, Int64, String, Timestamp, parse_value
+from contextkit.types import (
+    Bool,
+    Float64,
+    Int64,
+    String,
+    Timestamp,
+    arrow_type,
+    epoch_micros,
+    parse_value,
+)
 
 if TYPE_CHECKING:
     from contextkit.client import Context
@@ -64,11 +73,6 @@ def latest_table(workspace: str, view: str) -> str:
     """Attribute stream views keep their latest values in the layout of a batch view's online
     table, so the batch reader serves them unchanged."""
     return f"{workspace}__{view}"
-
-
-def _epoch_micros(moment: datetime) -> int:
-    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * US + delta.microseconds
 
 
 # -- record validation ----------------------------------------------------------------------------
@@ -174,7 +178,7 @@ def check_records(
                 f"{moment.isoformat()} is more than {max_future_s:g} s ahead of the server's clock",
             )
             continue
-        good.append(Record(index, values, _epoch_micros(moment), ingest_id))
+        good.append(Record(index, values, epoch_micros(moment), ingest_id))
     return good, errors
 
 
@@ -336,7 +340,7 @@ def _sqlite_value(dtype: str, value: Any) -> Any:
     if value is None:
         return None
     if dtype == Timestamp:
-        return _epoch_micros(value)
+        return epoch_micros(value)
     if dtype == Bool:
         return int(value)
     return value
@@ -368,7 +372,7 @@ def _write(
         if not fresh:
             return []
         rows = [[r.ingest_id, *(_sqlite_value(t, r.values[n]) for n, t in columns)] for r in fresh]
-        first_seq, _last = w.append_log(log, [n for n, _ in columns], rows, _epoch_micros(now))
+        first_seq, _last = w.append_log(log, [n for n, _ in columns], rows, epoch_micros(now))
         seqs = {id(r): first_seq + i for i, r in enumerate(fresh)}
         for view in views:
             if view.is_aggregate:
@@ -406,7 +410,7 @@ def _merge_tiles(w, workspace, view, records, seqs, now: datetime) -> None:
     state_cols = _state_columns(view)
     names = [n for n, _ in state_cols]
     w.ensure_table(table, [*keys, ("tile", Int64)], state_cols)
-    horizon = tile_of(_epoch_micros(now), view.aggregation_interval_seconds) - retained_us(view)
+    horizon = tile_of(epoch_micros(now), view.aggregation_interval_seconds) - retained_us(view)
     inputs = sorted({f.column for f in view.features if f.column is not None})
     schema = _input_types(view)
     touched: dict[tuple, list[Record]] = {}
@@ -463,7 +467,7 @@ def read_stream_aggregates(
     aggregate stream view, as of ``now``. Counts, sums, min and max are aggregated by SQLite
     over the window's tiles (one query for the batch); ``last`` and the distinct sets are
     picked from the tiles' rows."""
-    now_us = _epoch_micros(now or datetime.now(UTC))
+    now_us = epoch_micros(now or datetime.now(UTC))
     step = view.aggregation_interval_seconds * US
     current = tile_of(now_us, view.aggregation_interval_seconds)
     table = tiles_table(workspace, view.name)
@@ -572,8 +576,7 @@ def log_arrow(ctx: Context, workspace: str, source: PushSourceSpec):
     from contextkit import compute
 
     schema = pa.schema(
-        [(c.name, _ARROW.get(c.dtype or String, pa.string())) for c in source.columns]
-        + [("__seq", pa.int64())]
+        [(c.name, arrow_type(c.dtype or String)) for c in source.columns] + [("__seq", pa.int64())]
     )
     parts = []
     if source.batch_source:
@@ -622,28 +625,6 @@ def log_arrow(ctx: Context, workspace: str, source: PushSourceSpec):
 
 def _from_us(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
-
-
-def _arrow_types():
-    import pyarrow as pa
-
-    return {
-        String: pa.string(),
-        Int64: pa.int64(),
-        Float64: pa.float64(),
-        Bool: pa.bool_(),
-        Timestamp: pa.timestamp("us", tz="UTC"),
-    }
-
-
-class _LazyArrow(dict):
-    def get(self, key, default=None):  # type: ignore[override]
-        if not self:
-            self.update(_arrow_types())
-        return super().get(key, default)
-
-
-_ARROW = _LazyArrow()
 
 
 def stream_offline_sql(view: StreamFeatureViewSpec, events: str, log: str, row: str) -> str:

@@ -137,3 +137,29 @@ def parse_value(dtype: str, value: Any) -> Any:
             raise ValueError("expected an ISO 8601 timestamp string")
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     raise ValueError(f"cannot read values of type {dtype}")
+
+
+def arrow_type(dtype: str):
+    """The Arrow type of ``dtype``'s values (timestamps: microseconds, UTC; lists of items)."""
+    import pyarrow as pa
+
+    item = list_item_dtype(dtype)
+    if item is not None:
+        return pa.list_(arrow_type(item))
+    return {
+        String: pa.string(),
+        Int64: pa.int64(),
+        Float64: pa.float64(),
+        Bool: pa.bool_(),
+        Timestamp: pa.timestamp("us", tz="UTC"),
+    }[dtype]
+
+
+def epoch_micros(moment: Any) -> int:
+    """Microseconds since the epoch of an aware datetime (naive ones are read as UTC), exact."""
+    from datetime import UTC, datetime
+
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

@@ -12,13 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from contextkit import compute
-from contextkit.compute import EVENT_TIMESTAMP, Workspace, quote
+from contextkit.compute import EVENT_TIMESTAMP, Workspace
 from contextkit.definitions import _Definition
 from contextkit.errors import ContextKitError, DefinitionError, ValidationErrors
 from contextkit.expectations import expectation_problems
 from contextkit.repo import Repo
 from contextkit.specs import (
     NUMERIC_AGGREGATES,
+    AnySpec,
     AttributeSpec,
     ContextServiceSpec,
     EmbeddingViewSpec,
@@ -35,29 +36,6 @@ from contextkit.specs import (
 )
 from contextkit.types import NUMERIC_DTYPES, String, Timestamp
 
-AnySpec = (
-    EntitySpec
-    | FileSourceSpec
-    | PushSourceSpec
-    | FeatureViewSpec
-    | StreamFeatureViewSpec
-    | RealtimeFeatureViewSpec
-    | EmbeddingViewSpec
-    | PromptViewSpec
-    | ContextServiceSpec
-)
-
-# Columns every vector table reserves (see contextkit.stores.vector), so metadata can't use them.
-RESERVED_DOCUMENT_COLUMNS = (
-    "id",
-    "chunk_index",
-    "char_offset",
-    "text",
-    "content_hash",
-    "row_hash",
-    "vector",
-    "updated_at",
-)
 # What a prompt template can read at the top level (see PromptView).
 TEMPLATE_NAMES = ("features", "documents", "request", "query", "entities")
 
@@ -94,9 +72,7 @@ class _Checker:
         self.prompts = {s.name: s for s in specs if isinstance(s, PromptViewSpec)}
         self.push_sources = {s.name: s for s in specs if isinstance(s, PushSourceSpec)}
         self.stream_views = {s.name: s for s in specs if isinstance(s, StreamFeatureViewSpec)}
-        self.realtime_views = {
-            s.name: s for s in specs if isinstance(s, RealtimeFeatureViewSpec)
-        }
+        self.realtime_views = {s.name: s for s in specs if isinstance(s, RealtimeFeatureViewSpec)}
         self.order = [s.name for s in specs]
 
     def error(self, spec: AnySpec, message: str, hint: str | None = None) -> None:
@@ -211,26 +187,8 @@ class _Checker:
                 if k.name not in [j.name for j in join_keys]:
                     join_keys.append(k)
         probe = view.model_copy(update={"timestamp_field": ts, "join_keys": join_keys})
-        try:
-            if view.mode == "sql":
-                ws._register_upstream(probe)
-                schema = compute.describe(ws.con, f"SELECT * FROM ({view.sql}) LIMIT 0")
-            else:
-                sample = probe.model_copy(update={"features": []})
-                table = ws._run_python(sample, None, None, sample_rows=100)
-                schema = compute.describe(ws.con, f"SELECT * FROM {quote(table)}")
-        except ContextKitError as exc:
-            self.errors.append(
-                exc if isinstance(exc, DefinitionError) else DefinitionError(str(exc))
-            )
-            return None
-        except Exception as exc:
-            self.error(
-                view,
-                f"the transformation does not run: {_first_line(exc)}",
-                hint="fix the query; source tables are named after the sources, with their "
-                "columns: " + self._columns_hint(view),
-            )
+        schema = self._output_schema(ws, view, probe)
+        if schema is None:
             return None
         types = {c.name: c.dtype for c in schema}
         ok = True
@@ -278,6 +236,27 @@ class _Checker:
                 "features": features,
             }
         )
+
+    def _output_schema(
+        self, ws: Workspace, view: AnySpec, transformation: FeatureViewSpec
+    ) -> list[FieldSpec] | None:
+        """The columns a view's transformation outputs (SQL bound with LIMIT 0, a python-mode
+        function run on 100 rows per source); None after reporting why it does not run."""
+        try:
+            body = compute.output_sql(ws, transformation, sample_rows=100)
+            return compute.describe(ws.con, f"SELECT * FROM ({body}) LIMIT 0")
+        except ContextKitError as exc:
+            self.errors.append(
+                exc if isinstance(exc, DefinitionError) else DefinitionError(str(exc))
+            )
+        except Exception as exc:
+            self.error(
+                view,
+                f"the transformation does not run: {_first_line(exc)}",
+                hint="fix the query; source tables are named after the sources, with their "
+                "columns: " + self._columns_hint(view),
+            )
+        return None
 
     def _default_timestamp(self, view: FeatureViewSpec) -> str | None:
         if len(view.sources) != 1:
@@ -496,8 +475,10 @@ class _Checker:
     ) -> EmbeddingViewSpec | None:
         ok = True
         for name in view.sources:
-            if name not in self.sources and name not in self.views and (
-                name not in self.push_sources
+            if (
+                name not in self.sources
+                and name not in self.views
+                and (name not in self.push_sources)
             ):
                 self.error(
                     view,
@@ -533,21 +514,8 @@ class _Checker:
             # The source's timestamp field, if any.
             ts = pushed.timestamp_field if pushed else self._default_timestamp(view)
         probe = view.model_copy(update={"join_keys": join_keys, "timestamp_field": ts})
-        try:
-            body = compute.embedding_output_sql(ws, probe, sample_rows=100)
-            schema = compute.describe(ws.con, f"SELECT * FROM ({body}) LIMIT 0")
-        except ContextKitError as exc:
-            self.errors.append(
-                exc if isinstance(exc, DefinitionError) else DefinitionError(str(exc))
-            )
-            return None
-        except Exception as exc:
-            self.error(
-                view,
-                f"the transformation does not run: {_first_line(exc)}",
-                hint="fix the query; source tables are named after the sources, with their "
-                "columns: " + self._columns_hint(view),
-            )
+        schema = self._output_schema(ws, view, compute.embedding_transformation(probe))
+        if schema is None:
             return None
         types = {c.name: c.dtype for c in schema}
         columns = ", ".join(types)
@@ -584,16 +552,18 @@ class _Checker:
         elif ts is not None and types[ts] != Timestamp:
             self.error(view, f"timestamp_field {ts!r} has type {types[ts]}, not a timestamp")
             ok = False
+        from contextkit.embeddings.pipeline import SYSTEM_COLUMNS
+
         metadata_schema = []
         keys = {k.name for k in join_keys}
         for column in view.metadata:
-            if column in RESERVED_DOCUMENT_COLUMNS or column in keys or column == text:
+            if column in SYSTEM_COLUMNS or column in keys or column == text:
                 self.error(
                     view,
                     f"metadata column {column!r} clashes with a key or a column every vector "
                     "table has",
                     hint="rename it in a transformation (reserved: "
-                    + ", ".join(RESERVED_DOCUMENT_COLUMNS)
+                    + ", ".join(SYSTEM_COLUMNS)
                     + ")",
                 )
                 ok = False
@@ -900,19 +870,10 @@ def _prompt_error(prompt: PromptViewSpec, exc, root: Path) -> DefinitionError:
 
 def _arrow_types(view: EmbeddingViewSpec) -> dict:
     """The filterable columns of a view's vector table (keys and metadata), as Arrow types."""
-    import pyarrow as pa
+    from contextkit.types import arrow_type
 
-    arrow = {
-        "string": pa.string(),
-        "int64": pa.int64(),
-        "float64": pa.float64(),
-        "bool": pa.bool_(),
-        "timestamp": pa.timestamp("us", tz="UTC"),
-    }
-    return {
-        f.name: arrow.get(f.dtype or "", pa.null())
-        for f in [*view.join_keys, *view.metadata_schema]
-    }
+    columns = [*view.join_keys, *view.metadata_schema]
+    return {f.name: arrow_type(f.dtype or String) for f in columns}
 
 
 def validate(

@@ -59,16 +59,20 @@ class SQLiteOnlineStore:
         self._local = threading.local()
         self._created: set[str] = set()  # stream tables known to exist (CREATE IF NOT EXISTS)
 
-    def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
+    def _connect(self, slot: str, synchronous: str) -> sqlite3.Connection:
+        """This thread's connection of one kind: readers (NORMAL) or ingest writers (FULL)."""
+        con = getattr(self._local, slot, None)
         if con is None:
             con = sqlite3.connect(
                 self.path, isolation_level=None, timeout=30, cached_statements=1024
             )
             con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            self._local.con = con
+            con.execute(f"PRAGMA synchronous={synchronous}")
+            setattr(self._local, slot, con)
         return con
+
+    def _con(self) -> sqlite3.Connection:
+        return self._connect("con", "NORMAL")
 
     def close(self) -> None:
         for name in ("con", "writer"):
@@ -166,14 +170,7 @@ class SQLiteOnlineStore:
     def transaction(self) -> Iterator[OnlineWriter]:
         """A write transaction (``BEGIN IMMEDIATE``): everything done with the writer commits at
         the end of the block, or nothing does if it raises."""
-        con = getattr(self._local, "writer", None)
-        if con is None:
-            con = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, cached_statements=1024
-            )
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            self._local.writer = con
+        con = self._connect("writer", "FULL")
         con.execute("BEGIN IMMEDIATE")
         try:
             yield OnlineWriter(con, self._created)
