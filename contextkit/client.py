@@ -336,6 +336,7 @@ class Context:
                 "but does not materialize",
                 hint="apply to a live workspace (`contextkit workspace create prod --live`)",
             )
+        self.flush_ingest_logs()  # pushed records join the offline store before any job reads
         names = list(views) if views else specs.materialized_order()
         unknown = [n for n in names if n not in specs.views and n not in specs.embedding_views]
         if unknown:
@@ -389,6 +390,20 @@ class Context:
                 )
             )
         return results
+
+    def flush_ingest_logs(self) -> dict[str, int]:
+        """Append what was pushed since the last flush to each push source's offline log
+        (Parquet); returns the rows flushed per source. ``materialize`` calls it."""
+        from contextkit.streaming import flush_log
+
+        specs = self.specs()
+        if not specs.workspace.live:
+            return {}
+        with _translating:
+            return {
+                name: flush_log(self, specs.workspace.name, source)
+                for name, source in specs.push_sources.items()
+            }
 
     def _pushed_events(self, specs: WorkspaceSpecs, view: EmbeddingViewSpec) -> dict[str, Any]:
         """The events of the push sources a view reads (its documents come from the log)."""

@@ -567,17 +567,15 @@ def _from_rows(feature: AggregateSpec, rows: list[tuple], columns: list[str]) ->
 
 def log_arrow(ctx: Context, workspace: str, source: PushSourceSpec):
     """Every event of a push source as one Arrow table, with ``__seq`` (arrival order): the
-    batch source's rows (negative seqs, in file order), the flushed Parquet log and the
-    unflushed SQLite log. A row flushed to Parquet but not yet deleted from SQLite (a crash in
-    between) is read once."""
+    batch source's rows (negative seqs, in file order), the Parquet log (what
+    :func:`flush_log` moved there) and the rows of the SQLite log not flushed yet. A row flushed
+    twice (a crash between the Parquet write and the watermark) is read once."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from contextkit import compute
 
-    schema = pa.schema(
-        [(c.name, arrow_type(c.dtype or String)) for c in source.columns] + [("__seq", pa.int64())]
-    )
+    schema = _log_schema(source)
     parts = []
     if source.batch_source:
         batch = ctx.specs().sources[source.batch_source]
@@ -593,20 +591,9 @@ def log_arrow(ctx: Context, workspace: str, source: PushSourceSpec):
         parts.append(table.append_column("__seq", seq).cast(schema))
     for file in ctx.offline.files(log_table(workspace, source.name)):
         parts.append(pq.read_table(file).select(schema.names).cast(schema))
-    rows = ctx.online.read_log(
-        log_table(workspace, source.name), [c.name for c in source.columns], 0, 2**62
-    )
-    if rows:
-        columns = list(zip(*rows, strict=True))
-        arrays = [pa.array(columns[0], pa.int64())]
-        for i, c in enumerate(source.columns, start=1):
-            values = columns[i]
-            if c.dtype == Timestamp:
-                values = [None if v is None else _from_us(v) for v in values]
-            elif c.dtype == Bool:
-                values = [None if v is None else bool(v) for v in values]
-            arrays.append(pa.array(values, schema.field(c.name).type))
-        parts.append(pa.table(arrays[1:] + arrays[:1], schema=schema))
+    unflushed = _sqlite_log(ctx, workspace, source, _flushed_seq(ctx, workspace, source))
+    if unflushed.num_rows:
+        parts.append(unflushed)
     if not parts:
         return schema.empty_table()
     table = pa.concat_tables(parts)
@@ -621,6 +608,60 @@ def log_arrow(ctx: Context, workspace: str, source: PushSourceSpec):
         finally:
             con.close()
     return table
+
+
+def flush_log(ctx: Context, workspace: str, source: PushSourceSpec) -> int:
+    """Append the SQLite log's rows not yet in the offline store to it, as one Parquet file of
+    the offline table ``<workspace>__<source>__log``; returns how many rows. The rows stay in
+    SQLite (their idempotency keys are checked there); readers take the SQLite rows after the
+    flushed watermark. ``materialize`` runs it for every push source."""
+    after = _flushed_seq(ctx, workspace, source)
+    rows = _sqlite_log(ctx, workspace, source, after)
+    if not rows.num_rows:
+        return 0
+    ctx.offline.append(log_table(workspace, source.name), rows)
+    last = max(rows.column("__seq").to_pylist())
+    ctx.registry.set_setting(_flushed_key(workspace, source), str(last))
+    return rows.num_rows
+
+
+def _flushed_key(workspace: str, source: PushSourceSpec) -> str:
+    return f"ingest_flushed_seq:{workspace}:{source.name}"
+
+
+def _flushed_seq(ctx: Context, workspace: str, source: PushSourceSpec) -> int:
+    return int(ctx.registry.get_setting(_flushed_key(workspace, source)) or 0)
+
+
+def _log_schema(source: PushSourceSpec):
+    import pyarrow as pa
+
+    return pa.schema(
+        [(c.name, arrow_type(c.dtype or String)) for c in source.columns] + [("__seq", pa.int64())]
+    )
+
+
+def _sqlite_log(ctx: Context, workspace: str, source: PushSourceSpec, after_seq: int):
+    """The SQLite log's rows after ``after_seq``, typed, as an Arrow table with ``__seq``."""
+    import pyarrow as pa
+
+    schema = _log_schema(source)
+    rows = ctx.online.read_log(
+        log_table(workspace, source.name), [c.name for c in source.columns], after_seq, 2**62
+    )
+    if not rows:
+        return schema.empty_table()
+    columns = list(zip(*rows, strict=True))
+    arrays = []
+    for i, c in enumerate(source.columns, start=1):
+        values = columns[i]
+        if c.dtype == Timestamp:
+            values = [None if v is None else _from_us(v) for v in values]
+        elif c.dtype == Bool:
+            values = [None if v is None else bool(v) for v in values]
+        arrays.append(pa.array(values, schema.field(c.name).type))
+    arrays.append(pa.array(columns[0], pa.int64()))
+    return pa.table(arrays, schema=schema)
 
 
 def _from_us(us: int) -> datetime:

@@ -627,3 +627,25 @@ def test_tectons_request_context_map_feeds_realtime_views(shop):
         body["params"]["requestContextMap"] = {}
         response = client.post("/api/v1/feature-service/get-features", json=body)
         assert response.status_code == 400 and "budget" in response.json()["message"]
+
+
+def test_the_log_is_flushed_to_parquet_without_losing_or_doubling_a_record(shop):
+    import pyarrow.parquet as pq
+
+    _root, ctx = shop
+    source = ctx.specs().push_sources["page_views"]
+    first = [{"record": view_(i, 5), "idempotency_key": f"f{i}"} for i in range(5)]
+    ingest_records(ctx, "page_views", first, now=NOW)
+    assert ctx.flush_ingest_logs() == {"page_views": 5}
+    [file] = ctx.offline.files("live__page_views__log")
+    assert pq.read_table(file).num_rows == 5
+    assert log_arrow(ctx, "live", source).num_rows == 5  # Parquet + SQLite, each row once
+
+    ingest_records(ctx, "page_views", [view_(9, 1)], now=NOW)
+    again = ingest_records(ctx, "page_views", first, now=NOW)  # keys are still known
+    assert again.accepted == 0 and again.duplicates == [0, 1, 2, 3, 4]
+    assert log_arrow(ctx, "live", source).column("product_id").to_pylist() == [0, 1, 2, 3, 4, 9]
+    ctx.materialize()  # flushes too
+    assert len(ctx.offline.files("live__page_views__log")) == 2
+    assert ctx.flush_ingest_logs() == {"page_views": 0}
+    assert log_arrow(ctx, "live", source).num_rows == 6
