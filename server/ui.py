@@ -94,6 +94,11 @@ def _psi_class(value: float | None) -> str:
     return "ok" if value < 0.1 else "warn" if value < PSI_SIGNIFICANT else "bad"
 
 
+def _feature_views(specs: Any) -> dict[str, Any]:
+    """Every view that serves features (batch, and stream and realtime where there are)."""
+    return getattr(specs, "feature_views", None) or specs.views
+
+
 def link(workspace: str, *parts: str) -> str:
     """The UI path of a page: ``link("prod", "views", "user_profile")``."""
     return "/ui/w/" + "/".join(quote(p, safe="") for p in (workspace, *parts))
@@ -169,12 +174,19 @@ class UI:
     @staticmethod
     def _base(c: Context, page: str, **extra: Any) -> dict[str, Any]:
         ws = c.workspace
+        specs = c.specs()
+        kinds = {  # a view's page: batch and embedding views have one; others, their spec's
+            name: spec.kind
+            for group in ("views", "embedding_views", "stream_views", "realtime_views")
+            for name, spec in (getattr(specs, group, None) or {}).items()
+        }
         return {
             "ws": ws,
-            "live": c.specs().workspace.live,
+            "live": specs.workspace.live,
             "page": page,
             "link": lambda *parts: link(ws, *parts),
             "object_link": lambda kind, name: object_link(ws, kind, name),
+            "view_link": lambda name: object_link(ws, kinds.get(name, VIEW_KINDS[0]), name),
             **extra,
         }
 
@@ -305,7 +317,7 @@ class UI:
             raise NotFoundError(f"unknown service {name!r} in workspace {c.workspace!r}")
         views = []
         for ref in service.features:
-            view = specs.views.get(ref.view)
+            view = _feature_views(specs).get(ref.view)
             features = [f for f in (view.features if view else []) if
                         ref.features is None or f.name in ref.features]  # fmt: skip
             views.append({"name": ref.view, "features": features, "spec": view})
@@ -388,7 +400,7 @@ class UI:
             prompts = [specs.prompts[p] for p in service.prompts if p in specs.prompts]
             keys: dict[str, str] = {}
             for ref in [*service.features, *(r for p in prompts for r in p.features)]:
-                view = specs.views.get(ref.view)
+                view = _feature_views(specs).get(ref.view)
                 for k in view.join_keys if view else []:
                     keys.setdefault(k.name, k.dtype or "string")
             fields = {}
