@@ -768,6 +768,7 @@ def _covered(ctx: Context, view: FeatureViewSpec, earliest: datetime, latest: da
     of another definition ran since (it wrote its own rows).
     """
     from contextkit.materialize import spec_hash
+    from contextkit.stores.registry import COMPLETED_STATUSES
 
     current = spec_hash(view)
     ranges: list[tuple[datetime | None, datetime]] = []
@@ -776,8 +777,8 @@ def _covered(ctx: Context, view: FeatureViewSpec, earliest: datetime, latest: da
             continue
         if job.spec_hash != current:  # also one still running (or that crashed while writing)
             return False
-        if job.status != "succeeded" or not job.range_end:
-            continue
+        if job.status not in COMPLETED_STATUSES or not job.range_end:
+            continue  # "warning" jobs (an expectation failed, data written) count as completed
         start = datetime.fromisoformat(job.range_start) if job.range_start else None
         ranges.append((start, datetime.fromisoformat(job.range_end)))
         if job.details.get("full"):
