@@ -60,6 +60,9 @@ bench: install
 	$(PY) bench/materialize.py
 	$(PY) bench/cli_startup.py
 	$(PY) bench/monitoring.py
+	$(PY) bench/embed.py
+	$(PY) bench/search.py
+	$(PY) bench/context.py
 
 clean:
 	rm -rf $(QS)/data $(QS)/.contextkit .pytest_cache test-artifacts

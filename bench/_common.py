@@ -163,3 +163,29 @@ def fmt_mib(n_bytes: float) -> str:
 def die(message: str, code: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def load_line(
+    before: tuple[float, ...], after: tuple[float, ...], what: str, own: float = 2.0
+) -> str:
+    """The 1-minute load average around a measurement, flagged (rich markup) when it exceeds
+    ``own`` (what the benchmark itself keeps busy: 2 for two torch threads or server + client)
+    by more than half a core, i.e. when other work shared the cores."""
+    line = f"load average (1 min) {before[0]:.2f} before / {after[0]:.2f} after {what}"
+    if max(before[0], after[0]) > own + 0.5:
+        line += (
+            f" [bold yellow]- other processes shared the {os.cpu_count()} cores: wall times are "
+            "inflated; compare the ratios within this run[/]"
+        )
+    return line
+
+
+def keep_bench_folder_off_path() -> None:
+    """Drop this folder from ``sys.path`` once a script has imported its siblings.
+
+    ``python bench/x.py`` puts ``bench/`` first on the path, and ``bench/datasets.py`` then
+    shadows Hugging Face's ``datasets``: transformers probes for it, and lancedb, seeing a module
+    of that name loaded, fails with ``cannot import name 'Dataset'``.
+    """
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != here]
