@@ -63,6 +63,9 @@ bench: install
 	$(PY) bench/embed.py
 	$(PY) bench/search.py
 	$(PY) bench/context.py
+	$(PY) bench/ingest.py
+	$(PY) bench/offline.py
+	$(PY) bench/dataset_render.py
 
 clean:
 	rm -rf $(QS)/data $(QS)/.contextkit .pytest_cache test-artifacts

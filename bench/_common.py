@@ -183,9 +183,10 @@ def load_line(
 def keep_bench_folder_off_path() -> None:
     """Drop this folder from ``sys.path`` once a script has imported its siblings.
 
-    ``python bench/x.py`` puts ``bench/`` first on the path, and ``bench/datasets.py`` then
-    shadows Hugging Face's ``datasets``: transformers probes for it, and lancedb, seeing a module
-    of that name loaded, fails with ``cannot import name 'Dataset'``.
+    ``python bench/x.py`` puts ``bench/`` first on the path, so a script named like an installed
+    package shadows it (``bench/datasets.py``, since renamed, shadowed Hugging Face's
+    ``datasets``: transformers probes for it, and lancedb then failed with ``cannot import name
+    'Dataset'``).
     """
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != here]

@@ -70,6 +70,8 @@ SYSTEM_COLUMNS = (
 """Column names the vector table reserves (``updated_at`` is added by the store)."""
 
 _ENCODE, _REFRESH = 0, 1
+# How many encoder batches are ordered by text length together (see EncodePlan._run).
+SORT_WINDOW = 16
 _ROWS_PER_DICT_BATCH = 1024
 FetchVectors = Callable[[list[str]], Mapping[str, np.ndarray]]
 
@@ -261,23 +263,40 @@ class EncodePlan:
         return self._run()
 
     def _run(self) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+
         started = time.perf_counter()
         done = docs_done = 0
         last_doc = -1
         try:
-            for pending in _rebatch(self._pending, self.batch_size):
-                out = self._encode_batch(pending)
-                done += out.num_rows
-                docs = pending.column("_doc").to_numpy()
-                docs_done += int(np.count_nonzero(np.diff(docs, prepend=last_doc)))
+            # Texts are encoded in batches of similar length: within a window of SORT_WINDOW
+            # batches the rows are ordered by text length before they are cut into batches, so
+            # a model pads each batch to little more than its texts (in source order, batches
+            # hold ~25% padding). One encoder call per batch_size texts, memory bounded by the
+            # window; rows are written by id, so their order does not matter to the store.
+            for window in _rebatch(self._pending, self.batch_size * SORT_WINDOW):
+                docs = window.column("_doc").to_numpy()
+                new_docs = int(np.count_nonzero(np.diff(docs, prepend=last_doc)))
                 last_doc = int(docs[-1])
-                elapsed = time.perf_counter() - started
-                self.stats.encode_seconds = elapsed
-                yield out
-                if self._on_progress is not None:
-                    self._on_progress(
-                        EncodeProgress(done, self.chunks_to_write, docs_done, elapsed)
-                    )
+                lengths = pc.utf8_length(window.column("text")).to_numpy(zero_copy_only=False)
+                window = window.take(pa.array(np.argsort(lengths, kind="stable")))
+                for start in range(0, window.num_rows, self.batch_size):
+                    out = self._encode_batch(window.slice(start, self.batch_size))
+                    done += out.num_rows
+                    elapsed = time.perf_counter() - started
+                    self.stats.encode_seconds = elapsed
+                    yield out
+                    if self._on_progress is not None:
+                        share = (start + out.num_rows) / window.num_rows
+                        self._on_progress(
+                            EncodeProgress(
+                                done,
+                                self.chunks_to_write,
+                                docs_done + round(new_docs * share),
+                                elapsed,
+                            )
+                        )
+                docs_done += new_docs
         finally:
             self.close()
 
