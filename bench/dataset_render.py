@@ -23,8 +23,8 @@ Every output is checked: the JSONL files of contextkit and of the baseline hold 
 lines, and contextkit's system messages equal the baseline's (the template's output does not
 depend on the sandbox for these values).
 
-    python bench/datasets.py                    # 100,000 events (about 3 minutes on 2 cores)
-    python bench/datasets.py --scale 0.1 --rounds 1
+    python bench/dataset_render.py                    # 100,000 events (about 3 minutes on 2 cores)
+    python bench/dataset_render.py --scale 0.1 --rounds 1
 """
 
 from __future__ import annotations
