@@ -427,6 +427,7 @@ class _Layout:
     dim: int
     columns: list[str]  # returned with each hit
     rows_over_exact_limit: bool = False
+    vector_index: bool = False  # an ANN index answers vector queries
 
 
 @dataclass
@@ -933,6 +934,7 @@ class LanceVectorStore:
             columns=[
                 f.name for f in schema if f.name not in ("vector", "content_hash", "row_hash")
             ],
+            vector_index=any(tuple(i.columns) == ("vector",) for i in handle.list_indices()),
         )
         with self._lock:
             self._layouts[table] = layout
@@ -951,7 +953,11 @@ class LanceVectorStore:
         cache = self._exact_cache(table, handle, version, layout)
         if cache is not None and not any(c.column in cache.nan_columns for c in conditions):
             return _exact_search(cache, query, conditions, k)
-        return _lance_vector_search(handle, query, conditions, k, layout.columns)
+        # A flat (exact) Lance search orders its ties by id like the numpy path; an ANN
+        # search's order at the cut is approximate anyway, so it asks for no extra rows.
+        return _lance_vector_search(
+            handle, query, conditions, k, layout.columns, exact=not layout.vector_index
+        )
 
     def _exact_cache(
         self, table: str, handle: Any, version: int, layout: _Layout
@@ -1185,14 +1191,20 @@ def _exact_search(
 
 
 def _lance_vector_search(
-    handle: Any, query: np.ndarray, conditions: list[Condition], k: int, columns: list[str]
+    handle: Any,
+    query: np.ndarray,
+    conditions: list[Condition],
+    k: int,
+    columns: list[str],
+    exact: bool = True,
 ) -> list[dict[str, Any]]:
     expr = compile_filter(conditions)
-    # A few extra rows so that ties at the cut are ordered by id, as in the exact path.
+    # Exact searches fetch a few extra rows so that ties at the cut are ordered by id, as in
+    # the numpy path; that costs the ANN index real work (~0.6 ms at 200k), for nothing.
     builder = (
         handle.search(query, vector_column_name="vector")
         .distance_type("cosine")
-        .limit(k + 8)
+        .limit(k + 8 if exact else k)
         .select([*columns, "_distance"])
     )
     if expr is not None:
