@@ -477,14 +477,7 @@ class SQLiteRegistry:
     def list_jobs(
         self, workspace: str | None = None, view: str | None = None, limit: int = 50
     ) -> list[JobRecord]:
-        clauses, params = [], []
-        if workspace is not None:
-            clauses.append("workspace = ?")
-            params.append(workspace)
-        if view is not None:
-            clauses.append("view = ?")
-            params.append(view)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _where(workspace=workspace, view=view)
         rows = self._con().execute(
             "SELECT id, workspace, view, status, range_start, range_end, spec_hash, rows_offline,"
             f" rows_online, started_at, finished_at, error, details FROM jobs {where} "
@@ -632,16 +625,9 @@ class SQLiteRegistry:
         limit: int = 500,
     ) -> list[AlertRecord]:
         """Alerts, newest first: open ones only, unless ``open_only=False``."""
-        clauses, params = [], []
-        if workspace is not None:
-            clauses.append("workspace = ?")
-            params.append(workspace)
-        if view is not None:
-            clauses.append("view = ?")
-            params.append(view)
+        where, params = _where(workspace=workspace, view=view)
         if open_only:
-            clauses.append("resolved_at IS NULL")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            where = f"{where} AND resolved_at IS NULL" if where else "WHERE resolved_at IS NULL"
         rows = self._con().execute(
             f"SELECT {_ALERT_COLUMNS} FROM alerts {where} ORDER BY updated_at DESC LIMIT ?",
             (*params, limit),
@@ -678,14 +664,7 @@ class SQLiteRegistry:
     def list_api_keys(
         self, workspace: str | None = None, principal: str | None = None
     ) -> list[ApiKeyRecord]:
-        clauses, params = [], []
-        if workspace is not None:
-            clauses.append("workspace = ?")
-            params.append(workspace)
-        if principal is not None:
-            clauses.append("principal = ?")
-            params.append(principal)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _where(workspace=workspace, principal=principal)
         rows = self._con().execute(
             f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY principal, created_at", params
         )
@@ -712,6 +691,15 @@ class SQLiteRegistry:
                 "value = excluded.value",
                 (key, value),
             )
+
+
+def _where(**equals: Any) -> tuple[str, list[Any]]:
+    """``WHERE col = ? AND ...`` for the columns given a value (None: no condition), with its
+    parameters; ``("", [])`` when none is given. Column names come from code, never input."""
+    given = {col: value for col, value in equals.items() if value is not None}
+    if not given:
+        return "", []
+    return "WHERE " + " AND ".join(f"{col} = ?" for col in given), list(given.values())
 
 
 class _Transaction:
