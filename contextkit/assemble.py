@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from contextkit.errors import BadRequestError, NotFoundError, leaf_error
+from contextkit.errors import BadRequestError, NotFoundError, leaf_error, translating
 from contextkit.retrieve import ServiceReader
 from contextkit.specs import (
     ContextServiceSpec,
@@ -403,7 +403,7 @@ def retrieve_stage(ctx: Context, plan: ContextPlan, request: ContextRequest):
             began = time.perf_counter()
             text = query_text(group[0])
             vector = None
-            try:
+            with translating:
                 if any(s.mode != "text" for s in group):
                     view = plan.embedding_views[group[0].view]
                     encoder = encoder_for(view, ctx.config.models, ctx.config.root.resolve())
@@ -422,11 +422,6 @@ def retrieve_stage(ctx: Context, plan: ContextPlan, request: ContextRequest):
                         mode=spec.mode,
                     )
                     out.append((spec.name, value, (time.perf_counter() - began) * 1000))
-            except Exception as exc:
-                translated = _translated(exc)
-                if translated is None:
-                    raise
-                raise translated from exc
             return out
 
         return run
@@ -436,15 +431,6 @@ def retrieve_stage(ctx: Context, plan: ContextPlan, request: ContextRequest):
         model = plan.embedding_views[spec.view].model
         groups.setdefault((model, spec.query_from), []).append(spec)
     return [features, *(group_step(g) for g in groups.values())]
-
-
-def _translated(exc: BaseException):
-    from contextkit.client import translate_store_errors
-    from contextkit.stores.errors import StoreFailure
-
-    if isinstance(exc, StoreFailure):
-        return translate_store_errors(exc)
-    return leaf_error(exc)
 
 
 def finish_retrieval(
@@ -594,13 +580,8 @@ async def complete_async(
 
     messages = completion_messages(result) if messages is None else messages
     call = completion_call(ctx, plan, request)
-    try:
+    with translating:
         answer = await complete(messages, **call)
-    except Exception as exc:
-        translated = leaf_error(exc)
-        if translated is None:
-            raise
-        raise translated from exc
     result.completion = {
         "model": answer.model,
         "text": answer.text,
@@ -626,14 +607,9 @@ async def stream_async(
 
     messages = completion_messages(result) if messages is None else messages
     call = completion_call(ctx, plan, request)
-    try:
+    with translating:
         async for delta in stream_complete(messages, **call):
             yield delta
-    except Exception as exc:
-        translated = leaf_error(exc)
-        if translated is None:
-            raise
-        raise translated from exc
 
 
 async def assemble_async(ctx: Context, plan: ContextPlan, request: ContextRequest) -> ContextResult:

@@ -54,8 +54,7 @@ def _err_console():
 
 
 def _fail(exc: Exception) -> None:
-    from contextkit.client import translate_store_errors
-    from contextkit.errors import ContextKitError
+    from contextkit.errors import ContextKitError, translate_store_errors
     from contextkit.stores.errors import StoreFailure
 
     if isinstance(exc, StoreFailure):

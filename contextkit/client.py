@@ -16,13 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contextkit.config import RepoConfig, load_config
-from contextkit.errors import (
-    BadRequestError,
-    ContextKitError,
-    NotFoundError,
-    RegistryError,
-    WorkspaceError,
-)
+from contextkit.errors import BadRequestError, NotFoundError, RegistryError, WorkspaceError
+from contextkit.errors import translating as _translating
 from contextkit.materialize import JobResult, drop_view_data, materialize_view
 from contextkit.plan import Plan, apply_plan, compute_plan
 from contextkit.retrieve import OnlineFeatures, ServiceReader
@@ -36,12 +31,6 @@ from contextkit.specs import (
     PushSourceSpec,
     RealtimeFeatureViewSpec,
     StreamFeatureViewSpec,
-)
-from contextkit.stores.errors import (
-    ApplyConflictError,
-    MissingError,
-    RegistryVersionError,
-    StoreFailure,
 )
 from contextkit.stores.offline import ParquetOfflineStore
 from contextkit.stores.online import SQLiteOnlineStore
@@ -71,46 +60,6 @@ _SPEC_TYPES = {
     "realtime_feature_view": RealtimeFeatureViewSpec,
 }
 SELECTED_WORKSPACE = "selected_workspace"
-
-
-def translate_store_errors(exc: StoreFailure) -> ContextKitError:
-    """A store's failure as the user-facing error of the matching kind."""
-    if isinstance(exc, RegistryVersionError):
-        return RegistryError(exc.message, hint=exc.hint)
-    if isinstance(exc, MissingError):
-        return NotFoundError(exc.message, hint=exc.hint)
-    if isinstance(exc, ApplyConflictError):
-        return WorkspaceError(exc.message, hint=exc.hint)
-    if hasattr(type(exc), "http_status"):  # a store error that knows its status (vector store)
-        from contextkit.errors import leaf_error
-
-        translated = leaf_error(exc)
-        if translated is not None:
-            return translated
-    from contextkit.errors import StoreError
-
-    return StoreError(exc.message, hint=exc.hint)
-
-
-class _Translating:
-    """Context manager turning store (and other leaf) failures into contextkit errors."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None or isinstance(exc, ContextKitError):
-            return
-        if isinstance(exc, StoreFailure):
-            raise translate_store_errors(exc) from exc
-        from contextkit.errors import leaf_error
-
-        translated = leaf_error(exc)
-        if translated is not None:
-            raise translated from exc
-
-
-_translating = _Translating()
 
 
 class WorkspaceSpecs:

@@ -47,7 +47,13 @@ from contextkit.assemble import (
     parse_request,
     render_prompt,
 )
-from contextkit.errors import BadRequestError, ContextKitError, NotFoundError, leaf_error
+from contextkit.errors import (
+    BadRequestError,
+    ContextKitError,
+    NotFoundError,
+    leaf_error,
+    translating,
+)
 from contextkit.offline_retrieval import OfflineFeatures, select_features
 from contextkit.retrieve import ServiceReader
 from contextkit.specs import ContextServiceSpec, FeatureRefSpec, SearchSpec
@@ -361,11 +367,11 @@ class RenderedDataset:
                 view = self.plan.embedding_views[group[0].view]
                 encoder = encoder_for(view, ctx.config.models, ctx.config.root.resolve())
                 unique = list(dict.fromkeys(texts))
-                with _translated():
+                with translating:
                     vectors = dict(zip(unique, encoder.encode(unique), strict=True))
             for spec in group:
                 table = vector_table(self.plan.workspace, spec.view)
-                with _translated():
+                with translating:
                     versions = ctx.vectors.versions_at(table, [m or _NEVER for m in moments])
                 counts = report.documents[spec.name]
                 for _version, exact in versions:
@@ -547,7 +553,7 @@ def _search_rows(
 
     def one(i: int) -> list[dict[str, Any]]:
         top_k, filter_ = requests[i].search_options[spec.name]
-        with _row_errors(offset + i), _translated():
+        with _row_errors(offset + i), translating:
             return ctx.vectors.search(
                 table,
                 vector=vectors.get(texts[i]) if spec.mode != "text" else None,
@@ -657,17 +663,3 @@ class _row_errors:
             err.details = {**(err.details or {}), "row": self.row}
         if err is not exc:
             raise err from exc
-
-
-class _translated:
-    """Store failures (vector store) as contextkit errors."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        from contextkit.client import translate_store_errors
-        from contextkit.stores.errors import StoreFailure
-
-        if isinstance(exc, StoreFailure):
-            raise translate_store_errors(exc) from exc

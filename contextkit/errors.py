@@ -166,3 +166,43 @@ def leaf_error(exc: BaseException) -> ContextKitError | None:
     err.http_status = int(getattr(exc, "http_status", 500) or 500)
     err.exit_code = 1
     return err
+
+
+def translate_store_errors(exc: BaseException) -> ContextKitError:
+    """A store's failure (``contextkit.stores.errors.StoreFailure``) as the user-facing error of
+    the matching kind."""
+    from contextkit.stores.errors import ApplyConflictError, MissingError, RegistryVersionError
+
+    if isinstance(exc, RegistryVersionError):
+        return RegistryError(exc.message, hint=exc.hint)
+    if isinstance(exc, MissingError):
+        return NotFoundError(exc.message, hint=exc.hint)
+    if isinstance(exc, ApplyConflictError):
+        return WorkspaceError(exc.message, hint=exc.hint)
+    if hasattr(type(exc), "http_status"):  # a store error that knows its status (vector store)
+        translated = leaf_error(exc)
+        if translated is not None:
+            return translated
+    return StoreError(exc.message, hint=getattr(exc, "hint", None))
+
+
+class _Translating:
+    """``with translating:`` turns store and other leaf failures (embeddings, prompts) raised in
+    the block into contextkit errors; anything else passes through unchanged."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None or isinstance(exc, ContextKitError):
+            return
+        from contextkit.stores.errors import StoreFailure
+
+        if isinstance(exc, StoreFailure):
+            raise translate_store_errors(exc) from exc
+        translated = leaf_error(exc)
+        if translated is not None:
+            raise translated from exc
+
+
+translating = _Translating()

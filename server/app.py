@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contextkit.client import Context, translate_store_errors
-from contextkit.errors import ContextKitError
+from contextkit.client import Context
+from contextkit.errors import ContextKitError, translate_store_errors
 from contextkit.server import chat, context, features, ingest, monitoring, ops, search, tecton, ui
 from contextkit.server.auth import KeyAuthorizer
 from contextkit.server.common import Authorizer, InvalidBody, ServerState, error_response

@@ -31,8 +31,7 @@ from contextkit.chat import (
     parse_chat_request,
     start_chat_stream,
 )
-from contextkit.client import translate_store_errors
-from contextkit.errors import ContextKitError
+from contextkit.errors import ContextKitError, translate_store_errors
 from contextkit.server.common import (
     READER,
     InvalidBody,

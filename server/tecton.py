@@ -18,8 +18,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from contextkit import tecton_compat
-from contextkit.client import translate_store_errors
-from contextkit.errors import BadRequestError, ContextKitError
+from contextkit.errors import BadRequestError, ContextKitError, translate_store_errors
 from contextkit.server.common import (
     READER,
     InvalidBody,
