@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from contextkit.compute import quote
 from contextkit.errors import BadRequestError, ContextKitError, NotFoundError, WorkspaceError
+from contextkit.materialize import online_table
 from contextkit.specs import AggregateSpec, PushSourceSpec, StreamFeatureViewSpec
 from contextkit.types import (
     Bool,
@@ -67,12 +68,6 @@ def log_table(workspace: str, source: str) -> str:
 
 def tiles_table(workspace: str, view: str) -> str:
     return f"{workspace}__{view}__tiles"
-
-
-def latest_table(workspace: str, view: str) -> str:
-    """Attribute stream views keep their latest values in the layout of a batch view's online
-    table, so the batch reader serves them unchanged."""
-    return f"{workspace}__{view}"
 
 
 # -- record validation ----------------------------------------------------------------------------
@@ -383,7 +378,8 @@ def _write(
 
 
 def _upsert_latest(w, workspace, view, records, seqs) -> None:
-    table = latest_table(workspace, view.name)
+    # The layout of a batch view's online table, so the batch reader serves it unchanged.
+    table = online_table(workspace, view.name)
     keys = [(k.name, k.dtype or String) for k in view.join_keys]
     features = [(f.name, f.dtype or String) for f in view.features]
     w.ensure_table(table, keys, [(EVENT_TIMESTAMP, Timestamp), *features])
