@@ -265,8 +265,8 @@ class RawParts:
         import lancedb
         import tiktoken  # after offline_tiktoken() below has pointed it at its files
 
+        from contextkit.compute.layout import online_table
         from contextkit.embeddings import HashEncoder
-        from contextkit.materialize import online_table
         from contextkit.stores.online import SQLiteOnlineStore
 
         self.online = SQLiteOnlineStore(root / ".contextkit" / "online.db")

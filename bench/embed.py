@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         from sentence_transformers import SentenceTransformer
 
         import contextkit
-        from contextkit.embedding import encoder_for
+        from contextkit.compute.embedding import encoder_for
 
         root = tmp / "repo"
         files = write_repo(root, args.docs, args.rounds, args.seed)

@@ -5,7 +5,7 @@
    uvicorn worker) on 127.0.0.1. A bounded load loop (one keep-alive connection, sequential
    requests, so at most one request in flight) posts batches of 1, 100 and 1,000 records for a few
    seconds each and reports records/s. Baseline: the same records written in-process with
-   ``contextkit.streaming.ingest_records`` (no HTTP), to show what HTTP and JSON cost.
+   ``contextkit.compute.streaming.ingest_records`` (no HTTP), to show what HTTP and JSON cost.
 2. **Freshness** (ingest -> readable): for each of N single-record ingests, the time from sending
    the ingest to the first ``POST /v1/features`` answer that contains the new value (p50/p99).
 3. **Read cost of a 30-day sliding aggregate** with 1,000,000 events for one key (1-hour tiles, so
@@ -151,7 +151,7 @@ def sustained(port: int, batch: int, seconds: float, users: int) -> float:
 
 
 def in_process(ctx, batch: int, seconds: float, users: int) -> float:
-    from contextkit.streaming import ingest_records
+    from contextkit.compute.streaming import ingest_records
 
     batches = [records(batch, users, k * batch) for k in range(20)]
     sent, k = 0, 0
@@ -185,7 +185,7 @@ def freshness(port: int, n: int) -> Summary:
 
 def read_cost(ctx, events: int, reads: int) -> Summary:
     """ServiceReader.read of a 30-day aggregate for one key holding ``events`` events."""
-    from contextkit.streaming import ingest_records
+    from contextkit.compute.streaming import ingest_records
 
     user = 42_000_000 + events
     now = datetime.now(UTC)

@@ -17,24 +17,24 @@ __version__ = "0.1.0"
 
 # Public name -> module. Imported lazily so `contextkit --help` and the server start fast.
 _EXPORTS = {
-    "Entity": "contextkit.definitions",
-    "FileSource": "contextkit.definitions",
-    "Attribute": "contextkit.definitions",
-    "Aggregate": "contextkit.definitions",
-    "batch_feature_view": "contextkit.definitions",
-    "BatchFeatureView": "contextkit.definitions",
-    "ContextService": "contextkit.definitions",
-    "EmbeddingView": "contextkit.definitions",
-    "embedding_view": "contextkit.definitions",
-    "Search": "contextkit.definitions",
-    "PromptView": "contextkit.definitions",
-    "RequestField": "contextkit.definitions",
-    "TemplateFile": "contextkit.definitions",
-    "PushSource": "contextkit.definitions",
-    "StreamFeatureView": "contextkit.definitions",
-    "RequestSource": "contextkit.definitions",
-    "RealtimeFeatureView": "contextkit.definitions",
-    "realtime_feature_view": "contextkit.definitions",
+    "Entity": "contextkit.framework.definitions",
+    "FileSource": "contextkit.framework.definitions",
+    "Attribute": "contextkit.framework.definitions",
+    "Aggregate": "contextkit.framework.definitions",
+    "batch_feature_view": "contextkit.framework.definitions",
+    "BatchFeatureView": "contextkit.framework.definitions",
+    "ContextService": "contextkit.framework.definitions",
+    "EmbeddingView": "contextkit.framework.definitions",
+    "embedding_view": "contextkit.framework.definitions",
+    "Search": "contextkit.framework.definitions",
+    "PromptView": "contextkit.framework.definitions",
+    "RequestField": "contextkit.framework.definitions",
+    "TemplateFile": "contextkit.framework.definitions",
+    "PushSource": "contextkit.framework.definitions",
+    "StreamFeatureView": "contextkit.framework.definitions",
+    "RequestSource": "contextkit.framework.definitions",
+    "RealtimeFeatureView": "contextkit.framework.definitions",
+    "realtime_feature_view": "contextkit.framework.definitions",
     "Field": "contextkit.types",
     "String": "contextkit.types",
     "Int64": "contextkit.types",
@@ -43,7 +43,7 @@ _EXPORTS = {
     "Timestamp": "contextkit.types",
     "connect": "contextkit.client",
     "Context": "contextkit.client",
-    "OnlineFeatures": "contextkit.retrieve",
+    "OnlineFeatures": "contextkit.retrieval.online",
     "ContextKitError": "contextkit.errors",
 }
 
@@ -81,7 +81,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from contextkit.client import Context, connect
-    from contextkit.definitions import (
+    from contextkit.errors import ContextKitError
+    from contextkit.framework.definitions import (
         Aggregate,
         Attribute,
         BatchFeatureView,
@@ -101,8 +102,7 @@ if TYPE_CHECKING:
         embedding_view,
         realtime_feature_view,
     )
-    from contextkit.errors import ContextKitError
-    from contextkit.retrieve import OnlineFeatures
+    from contextkit.retrieval.online import OnlineFeatures
     from contextkit.types import Bool, Field, Float64, Int64, String, Timestamp
 
 

@@ -128,7 +128,7 @@ def init(
 def plan(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
     """Validate the repo and show what `apply` would change in the workspace."""
     with guard:
-        from contextkit.plan import render_plan
+        from contextkit.framework.plan import render_plan
 
         ctx = _context(repo, workspace)
         _console().print(render_plan(ctx.plan(repo)))
@@ -142,7 +142,7 @@ def apply(
 ) -> None:
     """Validate the repo and apply its changes to the workspace, atomically."""
     with guard:
-        from contextkit.plan import render_plan
+        from contextkit.framework.plan import render_plan
 
         ctx = _context(repo, workspace)
         the_plan = ctx.plan(repo)
@@ -171,7 +171,7 @@ def destroy(
 ) -> None:
     """Remove every object (and its materialized data) from the workspace."""
     with guard:
-        from contextkit.plan import compute_plan, render_plan
+        from contextkit.framework.plan import compute_plan, render_plan
 
         ctx = _context(repo, workspace)
         the_plan = compute_plan(ctx.registry, ctx.workspace, [])
@@ -259,7 +259,7 @@ def workspace_delete(
     """Delete a workspace with its objects, jobs and materialized data."""
     with guard:
         ctx = _context(repo, None)
-        ctx._workspace_record(name)
+        ctx.workspace_record(name)
         if not yes and not typer.confirm(f"Delete workspace {name!r} and its data?", default=False):
             raise typer.Exit(1)
         ctx.delete_workspace(name)
@@ -412,7 +412,7 @@ def status(
             payload = {"workspace": ctx.workspace, "views": [s.to_dict() for s in statuses]}
             print(json.dumps(payload, indent=2))
             return
-        from contextkit.quality_report import alerts_table, status_table
+        from contextkit.governance.quality_report import alerts_table, status_table
 
         console = _console()
         console.print(status_table(statuses, ctx.workspace))
@@ -455,7 +455,7 @@ def quality(
 
             print(json.dumps(report, indent=2, default=str))
             return
-        from contextkit.quality_report import quality_tables
+        from contextkit.governance.quality_report import quality_tables
 
         console = _console()
         for part in quality_tables(report):
@@ -579,8 +579,8 @@ def access_create_key(
 ) -> None:
     """Create an API key; the key is printed once (stdout), the rest goes to stderr."""
     with guard:
-        from contextkit.durations import to_seconds
         from contextkit.errors import BadRequestError
+        from contextkit.framework.durations import to_seconds
 
         try:
             lifetime = to_seconds(expires_in, what="--expires-in") if expires_in else None
@@ -708,7 +708,7 @@ def serve(
 
         ctx = _context(repo, workspace)
         # Resolve the default workspace once, now: fail at start-up, not on every request.
-        record = ctx._workspace_record()
+        record = ctx.workspace_record()
         err = _err_console()
         if not record.live:
             err.print(

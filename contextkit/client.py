@@ -15,165 +15,78 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contextkit.compute.materialize import JobResult, drop_view_data, materialize_view
 from contextkit.config import RepoConfig, load_config
-from contextkit.errors import BadRequestError, NotFoundError, RegistryError, WorkspaceError
+from contextkit.errors import BadRequestError, NotFoundError, WorkspaceError
 from contextkit.errors import translating as _translating
-from contextkit.materialize import JobResult, drop_view_data, materialize_view
-from contextkit.plan import Plan, apply_plan, compute_plan
-from contextkit.retrieve import OnlineFeatures, ServiceReader
-from contextkit.specs import (
-    ContextServiceSpec,
-    EmbeddingViewSpec,
-    EntitySpec,
-    FeatureViewSpec,
-    FileSourceSpec,
-    PromptViewSpec,
-    PushSourceSpec,
-    RealtimeFeatureViewSpec,
-    StreamFeatureViewSpec,
-)
-from contextkit.stores.offline import ParquetOfflineStore
-from contextkit.stores.online import SQLiteOnlineStore
-from contextkit.stores.registry import JobRecord, SQLiteRegistry, WorkspaceRecord
+from contextkit.framework.plan import Plan, apply_plan, compute_plan
+from contextkit.framework.specs import ContextServiceSpec, EmbeddingViewSpec
+from contextkit.framework.workspace import SELECTED_WORKSPACE, Runtime, WorkspaceSpecs
+from contextkit.retrieval.online import OnlineFeatures, ServiceReader, service_reader
+from contextkit.stores.registry import JobRecord, WorkspaceRecord
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from contextkit.access import Access
-    from contextkit.assemble import ContextPlan, ContextResult
-    from contextkit.datasets import RenderedDataset
-    from contextkit.embedding import Documents
-    from contextkit.monitoring import Monitoring
-    from contextkit.offline_retrieval import OfflineFeatures
+    from contextkit.compute.embedding import Documents
+    from contextkit.compute.offline import OfflineFeatures
+    from contextkit.compute.streaming import IngestResult
+    from contextkit.governance.access import Access
+    from contextkit.governance.monitoring import Monitoring
+    from contextkit.retrieval.assemble import ContextPlan, ContextRequest, ContextResult
+    from contextkit.retrieval.datasets import RenderedDataset
     from contextkit.stores.vector import LanceVectorStore
-    from contextkit.streaming import IngestResult
-
-_SPEC_TYPES = {
-    "entity": EntitySpec,
-    "file_source": FileSourceSpec,
-    "batch_feature_view": FeatureViewSpec,
-    "embedding_view": EmbeddingViewSpec,
-    "prompt_view": PromptViewSpec,
-    "context_service": ContextServiceSpec,
-    "push_source": PushSourceSpec,
-    "stream_feature_view": StreamFeatureViewSpec,
-    "realtime_feature_view": RealtimeFeatureViewSpec,
-}
-SELECTED_WORKSPACE = "selected_workspace"
-
-
-class WorkspaceSpecs:
-    """The applied specs of one workspace version, by kind and name."""
-
-    def __init__(self, workspace: WorkspaceRecord, records) -> None:
-        self.workspace = workspace
-        self.entities: dict[str, EntitySpec] = {}
-        self.sources: dict[str, FileSourceSpec] = {}
-        self.views: dict[str, FeatureViewSpec] = {}
-        self.embedding_views: dict[str, EmbeddingViewSpec] = {}
-        self.prompts: dict[str, PromptViewSpec] = {}
-        self.services: dict[str, ContextServiceSpec] = {}
-        self.push_sources: dict[str, PushSourceSpec] = {}
-        self.stream_views: dict[str, StreamFeatureViewSpec] = {}
-        self.realtime_views: dict[str, RealtimeFeatureViewSpec] = {}
-        target = {
-            "push_source": self.push_sources,
-            "stream_feature_view": self.stream_views,
-            "realtime_feature_view": self.realtime_views,
-            "entity": self.entities,
-            "file_source": self.sources,
-            "batch_feature_view": self.views,
-            "embedding_view": self.embedding_views,
-            "prompt_view": self.prompts,
-            "context_service": self.services,
-        }
-        for record in records:
-            spec_type = _SPEC_TYPES.get(record.kind)
-            if spec_type is None:
-                raise RegistryError(
-                    f"the registry holds an object of unknown kind {record.kind!r}",
-                    hint="upgrade contextkit: this registry was written by a newer version",
-                )
-            target[record.kind][record.name] = spec_type.model_validate_json(record.spec)
-
-    def view_order(self) -> list[str]:
-        """View names, upstream views first."""
-        ordered: list[str] = []
-
-        def visit(name: str) -> None:
-            if name in ordered:
-                return
-            for upstream in self.views[name].sources:
-                if upstream in self.views:
-                    visit(upstream)
-            ordered.append(name)
-
-        for name in sorted(self.views):
-            visit(name)
-        return ordered
-
-    @property
-    def feature_views(self) -> dict[str, Any]:
-        """Every view that serves features: batch, stream and realtime."""
-        return {**self.views, **self.stream_views, **self.realtime_views}
-
-    def materialized_order(self) -> list[str]:
-        """Every view `materialize` computes: feature views (upstream first), then embedding
-        views (which may read feature views)."""
-        return [*self.view_order(), *sorted(self.embedding_views)]
-
 
 class Context:
-    """One repo's registry and stores, bound to a workspace. Create it with :func:`connect`."""
+    """One repo's registry and stores, bound to a workspace. Create it with :func:`connect`.
+
+    A thin facade: each method checks its input and delegates to a part (``framework``,
+    ``compute``, ``retrieval``, ``governance``), handing it the :class:`Runtime` it composes.
+    """
 
     def __init__(self, config: RepoConfig, workspace: str | None = None) -> None:
-        self.config = config
-        with _translating:
-            self.registry = SQLiteRegistry(config.registry_path)
-        self.online = SQLiteOnlineStore(config.online_path)
-        self.offline = ParquetOfflineStore(config.offline_path)
-        self._workspace = workspace
-        # Opened on first use and shared by every context `use()` derives from this one.
-        self._shared: dict[str, Any] = {}
-        self._writes = 0
-        self._specs_cache: dict[str, tuple[tuple[int, int], WorkspaceSpecs]] = {}
-        self._readers: dict[tuple[str, str], tuple[tuple[int, int], ServiceReader]] = {}
-        self._context_plans: dict[tuple, tuple[tuple[int, int], ContextPlan]] = {}
+        self.runtime = Runtime.open(config, workspace)
+
+    @classmethod
+    def _of(cls, runtime: Runtime) -> Context:
+        ctx = cls.__new__(cls)
+        ctx.runtime = runtime
+        return ctx
+
+    @property
+    def config(self) -> RepoConfig:
+        return self.runtime.config
+
+    @property
+    def registry(self):
+        return self.runtime.registry
+
+    @property
+    def online(self):
+        return self.runtime.online
+
+    @property
+    def offline(self):
+        return self.runtime.offline
 
     @property
     def vectors(self) -> LanceVectorStore:
         """The vector store (LanceDB), opened on first use: it imports lancedb."""
-        store = self._shared.get("vectors")
-        if store is None:
-            from contextkit.stores.vector import LanceVectorStore
-
-            store = self._shared["vectors"] = LanceVectorStore(self.config.vector_path)
-        return store
+        return self.runtime.vectors
 
     # -- workspaces ---------------------------------------------------------------------------
     @property
     def workspace(self) -> str:
         """The workspace this context reads and writes: explicit, else the selected one."""
-        if self._workspace:
-            return self._workspace
-        selected = self.registry.get_setting(SELECTED_WORKSPACE)
-        if selected:
-            return selected
-        names = [w.name for w in self.registry.list_workspaces()]
-        if len(names) == 1:
-            return names[0]
-        raise WorkspaceError(
-            "no workspace selected",
-            hint="pass --workspace NAME, or run `contextkit workspace select NAME` "
-            "(create one with `contextkit workspace create NAME --live`)",
-        )
+        return self.runtime.workspace
 
     def use(self, workspace: str) -> Context:
         """This context bound to another workspace (shares the stores)."""
-        other = Context.__new__(Context)
-        other.__dict__.update(self.__dict__)
-        other._workspace = workspace
-        return other
+        return Context._of(self.runtime.use(workspace))
+
+    def workspace_record(self, name: str | None = None) -> WorkspaceRecord:
+        """The registry's record of a workspace (this one by default)."""
+        return self.runtime.workspace_record(name)
 
     def list_workspaces(self) -> list[WorkspaceRecord]:
         return self.registry.list_workspaces()
@@ -186,7 +99,7 @@ class Context:
             )
         with _translating:
             record = self.registry.create_workspace(name, live)
-        self._writes += 1
+        self.runtime.wrote()
         return record
 
     def select_workspace(self, name: str) -> None:
@@ -199,7 +112,7 @@ class Context:
         specs = self.specs(name)
         with _translating:
             self.registry.delete_workspace(name)
-        self._writes += 1
+        self.runtime.wrote()
         for view in specs.views:
             drop_view_data(self.online, self.offline, name, view)
         for view in specs.embedding_views:
@@ -208,30 +121,15 @@ class Context:
             self.registry.set_setting(SELECTED_WORKSPACE, "")
 
     def _drop_vectors(self, workspace: str, view: str) -> None:
-        from contextkit.embedding import vector_table
+        from contextkit.compute.layout import vector_table
 
-        if self.config.vector_path.exists():
+        if self.runtime.has_vectors:
             self.vectors.drop_table(vector_table(workspace, view))
 
-    def _workspace_record(self, name: str | None = None) -> WorkspaceRecord:
-        with _translating:
-            return self.registry.get_workspace(name or self.workspace)
-
     # -- applied specs ------------------------------------------------------------------------
-    def _state(self) -> tuple[int, int]:
-        return (self.registry.data_version(), self._writes)
-
     def specs(self, workspace: str | None = None) -> WorkspaceSpecs:
         """The applied specs of a workspace (cached until the registry changes)."""
-        name = workspace or self.workspace
-        state = self._state()
-        cached = self._specs_cache.get(name)
-        if cached is not None and cached[0] == state:
-            return cached[1]
-        record = self._workspace_record(name)
-        specs = WorkspaceSpecs(record, self.registry.list_objects(name))
-        self._specs_cache[name] = (state, specs)
-        return specs
+        return self.runtime.specs(workspace)
 
     def list_services(self) -> list[ContextServiceSpec]:
         return list(self.specs().services.values())
@@ -239,8 +137,8 @@ class Context:
     # -- plan / apply -------------------------------------------------------------------------
     def plan(self, repo_path: str | Path | None = None) -> Plan:
         """Load and validate the repo, then diff it against the workspace."""
-        from contextkit.repo import load_repo
-        from contextkit.validate import build_specs, validate
+        from contextkit.framework.repo import load_repo
+        from contextkit.framework.validation import build_specs, validate
 
         repo = load_repo(repo_path or self.config.root)
         with _translating:
@@ -252,7 +150,7 @@ class Context:
         """Apply a plan atomically; returns the new workspace version."""
         with _translating:
             version = apply_plan(self.registry, plan)
-        self._writes += 1
+        self.runtime.wrote()
         if plan.live:
             for change in plan.changes:
                 if change.action == "delete" and change.kind == "batch_feature_view":
@@ -300,7 +198,7 @@ class Context:
         for name in names:
             stage_cb = (lambda stage, n=name: on_stage(n, stage)) if on_stage else None
             if name in specs.embedding_views:
-                from contextkit.embedding import materialize_embedding_view
+                from contextkit.compute.embedding import materialize_embedding_view
 
                 progress_cb = (lambda p, n=name: on_progress(n, p)) if on_progress else None
                 with _translating:
@@ -343,23 +241,23 @@ class Context:
     def flush_ingest_logs(self) -> dict[str, int]:
         """Append what was pushed since the last flush to each push source's offline log
         (Parquet); returns the rows flushed per source. ``materialize`` calls it."""
-        from contextkit.streaming import flush_log
+        from contextkit.compute.streaming import flush_log
 
         specs = self.specs()
         if not specs.workspace.live:
             return {}
         with _translating:
             return {
-                name: flush_log(self, specs.workspace.name, source)
+                name: flush_log(self.runtime, specs.workspace.name, source)
                 for name, source in specs.push_sources.items()
             }
 
     def _pushed_events(self, specs: WorkspaceSpecs, view: EmbeddingViewSpec) -> dict[str, Any]:
         """The events of the push sources a view reads (its documents come from the log)."""
-        from contextkit.streaming import log_arrow
+        from contextkit.compute.streaming import log_arrow
 
         return {
-            name: log_arrow(self, specs.workspace.name, specs.push_sources[name])
+            name: log_arrow(self.runtime, specs.workspace.name, specs.push_sources[name])
             for name in view.sources
             if name in specs.push_sources
         }
@@ -368,39 +266,9 @@ class Context:
         return self.registry.list_jobs(self.workspace, view, limit)
 
     # -- online retrieval ---------------------------------------------------------------------
-    def _service_spec(self, service: str) -> ContextServiceSpec:
-        """The applied spec of a service of a live workspace (errors say what exists)."""
-        specs = self.specs()
-        if not specs.workspace.live:
-            raise WorkspaceError(
-                f"workspace {specs.workspace.name!r} is a dev workspace and does not serve",
-                hint="read from a live workspace",
-            )
-        if service not in specs.services:
-            raise NotFoundError(
-                f"unknown service {service!r} in workspace {specs.workspace.name!r}",
-                hint=("services: " + ", ".join(sorted(specs.services)))
-                if specs.services
-                else "apply a repo that defines a ContextService",
-            )
-        return specs.services[service]
-
     def service_reader(self, service: str) -> ServiceReader:
         """The precomputed reader of a service (cached until the registry changes)."""
-        workspace = self.workspace
-        state = self._state()
-        cached = self._readers.get((workspace, service))
-        if cached is not None and cached[0] == state:
-            return cached[1]
-        spec = self._service_spec(service)
-        if not spec.features:
-            raise BadRequestError(
-                f"service {service!r} has no feature views",
-                hint="ask /v1/context (or ctx.get_context) for its documents and prompt",
-            )
-        reader = ServiceReader.build(workspace, spec, self.specs(workspace).feature_views)
-        self._readers[(workspace, service)] = (state, reader)
-        return reader
+        return service_reader(self.runtime, service)
 
     def get_features(
         self,
@@ -439,15 +307,15 @@ class Context:
 
             ctx.ingest("page_views", [{"user_id": 7, "product_id": 12, "ts": "2024-06-01T12:00Z"}])
         """
-        from contextkit.streaming import ingest_records
+        from contextkit.compute.streaming import ingest_records
 
         with _translating:
-            return ingest_records(self, source, records, dry_run=dry_run, partial=partial)
+            return ingest_records(self.runtime, source, records, dry_run=dry_run, partial=partial)
 
     def wait_for_embeddings(self, timeout: float = 30.0) -> bool:
         """Block until every pushed record is encoded into its embedding views (push-based
         updates run in a background thread); False if ``timeout`` seconds passed first."""
-        from contextkit.push_embeddings import push_encoder
+        from contextkit.compute.push_embeddings import push_encoder
 
         return push_encoder().wait(timeout)
 
@@ -468,12 +336,12 @@ class Context:
 
             ctx.get_features_for_events(events, "support_assistant").to_pandas()
         """
-        from contextkit.offline_retrieval import OfflineFeatures, resolve_refs
+        from contextkit.compute.offline import OfflineFeatures, resolve_refs
 
         if not self.specs().workspace.live:
             from_source = True
-        refs = resolve_refs(self, service_or_views)
-        return OfflineFeatures(self, events, refs, timestamp_key, from_source)
+        refs = resolve_refs(self.runtime, service_or_views)
+        return OfflineFeatures(self.runtime, events, refs, timestamp_key, from_source)
 
     def generate_dataset(
         self,
@@ -492,17 +360,17 @@ class Context:
     ) -> RenderedDataset:
         """A prompt view rendered for each event with that time's features (and, with
         ``documents=True`` or a list of search names, the documents its searches returned
-        then). Lazy; see :mod:`contextkit.datasets`. The events carry the join keys, the time,
+        then). Lazy; see :mod:`contextkit.retrieval.datasets`. The events carry the join keys, the time,
         ``query`` and request-context columns::
 
             ds = ctx.generate_dataset(events, "support_assistant", label_column="answer")
             ds.to_jsonl("train.jsonl")   # {"messages": [...]} per event; or to_pandas()
         """
-        from contextkit.datasets import generate_dataset
+        from contextkit.retrieval.datasets import generate_dataset
 
         with _translating:
             return generate_dataset(
-                self,
+                self.runtime,
                 events,
                 service_or_prompt,
                 prompt=prompt,
@@ -520,38 +388,31 @@ class Context:
     @property
     def access(self) -> Access:
         """API keys and roles of this registry: ``ctx.access.create_key("app", ...)``."""
-        found = self.__dict__.get("_access")
-        if found is None:
-            from contextkit.access import Access
+        from contextkit.governance.access import Access
 
-            found = self.__dict__["_access"] = Access(self.registry)
-        return found
+        return self.runtime.shared("access", lambda: Access(self.registry))
 
     @property
     def monitoring(self) -> Monitoring:
         """Data quality, drift, freshness and alerts of the views: ``ctx.monitoring.status()``,
         ``ctx.monitoring.quality("user_profile")``, ``ctx.monitoring.alerts()``."""
-        from contextkit.monitoring import Monitoring
+        from contextkit.governance.monitoring import Monitoring
 
-        return Monitoring(self)
+        return Monitoring(self.runtime)
 
     # -- context assembly ------------------------------------------------------------------------
     def context_plan(self, service: str, prompt: str | None = None) -> ContextPlan:
         """The precomputed plan of a context request (cached until the registry changes)."""
-        from contextkit.assemble import build_plan
+        from contextkit.retrieval.assemble import context_plan
 
-        key = (self.workspace, service, prompt)
-        state = self._state()
-        cached = self._context_plans.get(key)
-        if cached is not None and cached[0] == state:
-            return cached[1]
-        with _translating:
-            plan = build_plan(self, service, prompt)
-        self._context_plans[key] = (state, plan)
-        return plan
+        return context_plan(self.runtime, service, prompt)
 
-    def _context_request(self, service: str, prompt: str | None, options: dict[str, Any]):
-        from contextkit.assemble import parse_request
+    def context_request(
+        self, service: str, prompt: str | None, options: Mapping[str, Any]
+    ) -> tuple[ContextPlan, ContextRequest]:
+        """The plan of a context request and the request parsed against it (``BadRequestError``
+        naming the field); ``options`` are :meth:`get_context`'s keyword arguments."""
+        from contextkit.retrieval.assemble import parse_request
 
         plan = self.context_plan(service, prompt)
         return plan, parse_request(plan, **options)
@@ -586,9 +447,9 @@ class Context:
         ``top_k``/``filter`` override every search's; ``searches={"products": {"top_k": 3}}``
         one search's. Bad input raises :class:`BadRequestError` naming the field.
         """
-        from contextkit.assemble import assemble
+        from contextkit.retrieval.assemble import assemble
 
-        plan, request = self._context_request(
+        plan, request = self.context_request(
             service,
             prompt,
             dict(
@@ -604,7 +465,7 @@ class Context:
                 params=params,
             ),
         )
-        return assemble(self, plan, request)
+        return assemble(self.runtime, plan, request)
 
     # -- similarity search ------------------------------------------------------------------------
     def embedding_view(self, name: str) -> EmbeddingViewSpec:
@@ -646,7 +507,7 @@ class Context:
 
             ctx.search("product_docs", "waterproof hiking boots", top_k=5, mode="hybrid")
         """
-        from contextkit.embedding import encoder_for, search_view
+        from contextkit.compute.embedding import encoder_for, search_view
 
         spec = self.embedding_view(view)
         with _translating:
@@ -668,7 +529,8 @@ class Context:
     def warm(self) -> None:
         """Load what the first requests would (embedding models, vector tables) now, e.g. at
         server start, so that no request pays for it. Views never materialized are skipped."""
-        from contextkit.embedding import encoder_for, vector_table
+        from contextkit.compute.embedding import encoder_for
+        from contextkit.compute.layout import vector_table
 
         specs = self.specs()
         if not specs.workspace.live:

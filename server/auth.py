@@ -3,7 +3,7 @@
 Two steps. *Authentication* runs in the ops middleware for every path except the open ones
 (``/health``, ``/docs``, ``/openapi.json``), before routing: it reads the key from
 ``Authorization: Bearer <key>`` (or Tecton's ``Authorization: Tecton-key <key>``) and verifies it
-against the registry (cached, see :meth:`contextkit.access.Access.authenticate`). Missing,
+against the registry (cached, see :meth:`contextkit.governance.access.Access.authenticate`). Missing,
 invalid, revoked or expired keys get 401, whatever the path, so an anonymous client learns nothing
 about routes or bodies. *Authorization* runs when a route asks
 ``state.context(request, workspace, role)`` for its context: a key used on another workspace, or
@@ -18,8 +18,8 @@ import logging
 
 from fastapi import Request
 
-from contextkit.access import ALL_WORKSPACES, Access, ApiKey, KeyRejected
 from contextkit.errors import AuthenticationError, PermissionDeniedError
+from contextkit.governance.access import ALL_WORKSPACES, Access, ApiKey, KeyRejected
 from contextkit.server.ops import Metrics
 
 log = logging.getLogger("contextkit.auth")

@@ -13,7 +13,7 @@ from html import escape
 
 from markupsafe import Markup
 
-from contextkit.lineage import Lineage, layers
+from contextkit.governance.lineage import Lineage, layers
 
 _KIND_COLORS = {
     "file_source": "#6b7280",

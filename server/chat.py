@@ -3,7 +3,7 @@
 Point any OpenAI SDK at the server (``base_url="http://127.0.0.1:8000/v1"``) and chat with
 ``model="contextkit/<service>"``: the server retrieves the service's context for the last user
 message, renders its prompt view around the conversation and calls the LLM
-(:mod:`contextkit.chat`). With ``"stream": true`` the answer comes as server-sent
+(:mod:`contextkit.retrieval.chat`). With ``"stream": true`` the answer comes as server-sent
 ``chat.completion.chunk`` objects ending with ``data: [DONE]``; the LLM's first chunk is awaited
 before the response starts, so a provider failure is still a clean 502/504 JSON error.
 
@@ -22,7 +22,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from contextkit.chat import (
+from contextkit.errors import ContextKitError, translate_store_errors
+from contextkit.retrieval.chat import (
     HEADERS,
     chat_models,
     complete_chat,
@@ -31,7 +32,6 @@ from contextkit.chat import (
     parse_chat_request,
     start_chat_stream,
 )
-from contextkit.errors import ContextKitError, translate_store_errors
 from contextkit.server.common import (
     READER,
     InvalidBody,
@@ -238,8 +238,8 @@ def routes(state: ServerState) -> APIRouter:
             chat = parse_chat_request(data, request.headers)
             ctx = state.context(request, chat.workspace, READER, service=chat.service)
             if not chat.stream:
-                return json_response(completion_object(await complete_chat(ctx, chat)))
-            stream = await start_chat_stream(ctx, chat)
+                return json_response(completion_object(await complete_chat(ctx.runtime, chat)))
+            stream = await start_chat_stream(ctx.runtime, chat)
         except InvalidBody as exc:
             return _error(_as_error(exc))
         except StoreFailure as exc:
@@ -272,7 +272,7 @@ def routes(state: ServerState) -> APIRouter:
         try:
             name = workspace or header_workspace or None
             ctx = state.context(request, name, READER)
-            return json_response(chat_models(ctx))
+            return json_response(chat_models(ctx.runtime))
         except StoreFailure as exc:
             return _error(translate_store_errors(exc))
         except ContextKitError as exc:

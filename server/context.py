@@ -137,7 +137,7 @@ def routes(state: ServerState) -> APIRouter:
     )
     async def context(request: Request) -> Response:
         """Everything one LLM call needs: features, documents, the rendered prompt."""
-        from contextkit.assemble import assemble_async, stream_async
+        from contextkit.retrieval.assemble import assemble_async, stream_async
 
         data = await read_object(request)
         service = field(data, "service", str, required=True)
@@ -157,17 +157,17 @@ def routes(state: ServerState) -> APIRouter:
         prompt = field(data, "prompt", str, required=False)
         stream = _flag(data, "stream", False)
         ctx = state.context(request, workspace, READER)
-        plan, parsed = ctx._context_request(service, prompt, options)
+        plan, parsed = ctx.context_request(service, prompt, options)
         if not (stream and parsed.complete):
-            result = await assemble_async(ctx, plan, parsed)
+            result = await assemble_async(ctx.runtime, plan, parsed)
             return json_response(result.to_response())
 
         # Retrieve and render now; the answer streams below. The first chunk is awaited before
         # the response starts, so a provider that fails or times out still gets a 502/504 JSON.
         parsed.complete, parsed.render = False, True
         began = time.perf_counter()
-        result = await assemble_async(ctx, plan, parsed)
-        deltas = aiter(stream_async(ctx, plan, parsed, result))
+        result = await assemble_async(ctx.runtime, plan, parsed)
+        deltas = aiter(stream_async(ctx.runtime, plan, parsed, result))
         first = await anext(deltas, None)
 
         async def events() -> AsyncIterator[bytes]:

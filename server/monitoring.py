@@ -17,8 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from contextkit.client import Context
 from contextkit.errors import BadRequestError, NotFoundError
-from contextkit.lineage import lineage
-from contextkit.monitoring import FRESHNESS_STATES, ViewStatus, job_dict
+from contextkit.governance.lineage import lineage
+from contextkit.governance.monitoring import FRESHNESS_STATES, ViewStatus, job_dict
 from contextkit.server.common import READER, ServerState, json_response, ok_example
 from contextkit.server.ops import Metrics
 

@@ -1,7 +1,7 @@
 """Tecton-compatible routes: ``POST /api/v1/feature-service/{get-features, get-features-batch,
 metadata}``, so Tecton's HTTP clients work unchanged against contextkit.
 
-The translation lives in :mod:`contextkit.tecton_compat`; this module reads the body, resolves
+The translation lives in :mod:`contextkit.retrieval.tecton`; this module reads the body, resolves
 the workspace through ``state.context`` (where access control hooks in: Tecton clients send
 ``Authorization: Tecton-key <key>``), and answers every error in Tecton's shape
 ``{"error", "message", "code"}`` with the matching HTTP status. See docs/tecton-compat.md.
@@ -17,8 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from contextkit import tecton_compat
 from contextkit.errors import BadRequestError, ContextKitError, translate_store_errors
+from contextkit.retrieval import tecton as tecton_compat
 from contextkit.server.common import (
     READER,
     InvalidBody,
@@ -256,7 +256,7 @@ def routes(state: ServerState) -> APIRouter:
         try:
             service, workspace = tecton_compat.parse_service_metadata(await _body(request))
             ctx = state.context(request, workspace, READER, service=service)
-            return json_response(tecton_compat.service_metadata(ctx, service))
+            return json_response(tecton_compat.service_metadata(ctx.runtime, service))
         except Exception as exc:  # every error in Tecton's shape
             return _error(exc)
 
@@ -273,7 +273,7 @@ async def _serve(state: ServerState, request: Request, *, batch: bool) -> Respon
     try:
         parsed = tecton_compat.parse_get_features(await _body(request), batch=batch)
         ctx = state.context(request, parsed.workspace, READER, service=parsed.service)
-        return json_response(tecton_compat.get_features(ctx, parsed, started=started))
+        return json_response(tecton_compat.get_features(ctx.runtime, parsed, started=started))
     except Exception as exc:  # every error in Tecton's shape
         return _error(exc)
 

@@ -34,9 +34,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from contextkit.client import Context
 from contextkit.errors import NotFoundError, PermissionDeniedError
-from contextkit.expectations import format_age
-from contextkit.lineage import lineage
-from contextkit.monitoring import PSI_SIGNIFICANT, job_dict, summarize_alerts
+from contextkit.framework.expectations import format_age
+from contextkit.governance.lineage import lineage
+from contextkit.governance.monitoring import PSI_SIGNIFICANT, job_dict, summarize_alerts
 from contextkit.server import charts
 from contextkit.server.common import READER, ServerState
 

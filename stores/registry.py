@@ -140,7 +140,7 @@ class ApiKeyRecord:
 @dataclass(frozen=True)
 class JobStatsRecord:
     """The data-quality statistics a job computed over the rows it wrote (see
-    :mod:`contextkit.monitoring`); ``status`` is the job's, when read joined with it."""
+    :mod:`contextkit.governance.monitoring`); ``status`` is the job's, when read joined with it."""
 
     job_id: str
     workspace: str

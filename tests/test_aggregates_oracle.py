@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import contextkit
-from contextkit.compute import connect_duckdb
+from contextkit.framework.transformations import connect_duckdb
 
 US = 1_000_000  # microseconds per second
 DAY = 86_400

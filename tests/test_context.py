@@ -299,7 +299,7 @@ def test_sdk_get_context_matches_and_a_tiny_budget_drops_the_worst_documents(sho
     plan = ctx.context_plan("support_assistant")
     tight = plan.prompt.model_copy(update={"max_tokens": full.prompt["tokens"] - 150})
     small = plan.__class__(**{**plan.__dict__, "prompt": tight})
-    from contextkit.assemble import assemble, parse_request
+    from contextkit.retrieval.assemble import assemble, parse_request
 
     request = parse_request(
         small,

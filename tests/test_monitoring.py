@@ -24,7 +24,7 @@ import pytest
 
 import contextkit
 from contextkit.errors import ContextKitError, DefinitionError, ValidationErrors
-from contextkit.monitoring import centroid_shift, psi
+from contextkit.governance.monitoring import centroid_shift, psi
 from contextkit.stores.registry import SCHEMA_VERSION, SQLiteRegistry
 
 CLI = str(Path(sys.executable).parent / "contextkit")

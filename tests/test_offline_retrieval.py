@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import contextkit
-from contextkit import compute
 from contextkit.errors import BadRequestError, NotFoundError
+from contextkit.framework import transformations
 from tests.conftest import DATA_END
 
 US = 1_000_000  # microseconds per second
@@ -969,7 +969,7 @@ def test_event_keys_match_across_numeric_types_and_other_types_are_refused(repo)
 def test_nothing_is_read_until_a_to_method_is_called(repo, tmp_path, monkeypatch):
     _root, ctx = repo
     opened = []
-    connect = compute.connect_duckdb
+    connect = transformations.connect_duckdb
 
     def counting(*args, **kwargs):
         opened.append(1)

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import contextkit
+from contextkit.compute.streaming import ingest_records
 from contextkit.errors import BadRequestError
-from contextkit.streaming import ingest_records
 
 NOW = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 US = timedelta(microseconds=1)

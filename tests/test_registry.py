@@ -20,8 +20,8 @@ import pyarrow as pa
 import pytest
 
 import contextkit
+from contextkit.compute.layout import offline_table, online_table
 from contextkit.errors import BadRequestError, NotFoundError, WorkspaceError
-from contextkit.materialize import offline_table, online_table
 from contextkit.stores.errors import ApplyConflictError
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)

@@ -27,16 +27,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import contextkit
-from contextkit.compute import connect_duckdb
-from contextkit.errors import BadRequestError, ContextKitError, NotFoundError, ValidationErrors
-from contextkit.server.app import create_app
-from contextkit.streaming import (
+from contextkit.compute.streaming import (
     IngestError,
     ingest_records,
     log_arrow,
     stream_offline_sql,
     tile_of,
 )
+from contextkit.errors import BadRequestError, ContextKitError, NotFoundError, ValidationErrors
+from contextkit.framework.transformations import connect_duckdb
+from contextkit.server.app import create_app
 
 CLI = str(Path(sys.executable).parent / "contextkit")
 NOW = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)

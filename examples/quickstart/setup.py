@@ -16,7 +16,7 @@ from rich.console import Console
 
 import contextkit
 from contextkit.errors import ContextKitError
-from contextkit.plan import render_plan
+from contextkit.framework.plan import render_plan
 
 HERE = Path(__file__).resolve().parent
 WORKSPACE = "prod"

@@ -4,7 +4,7 @@ The official ``openai`` package talks to a real ``contextkit serve`` process (au
 key as the SDK's ``api_key``) serving the quickstart; the LLM behind litellm is the local OpenAI
 stub (the network edge), which records what it was sent. The stub answers ``"echo: <last user
 message>"``, so an answer proves which message came last. Then the merging of a rendered prompt
-with a conversation, and the request parsing, through the SDK functions of ``contextkit.chat``.
+with a conversation, and the request parsing, through the SDK functions of ``contextkit.retrieval.chat``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from ops_fixtures import ServeProcess
 from test_context import a_product, busy_user
 
 import contextkit
-from contextkit.chat import (
+from contextkit.errors import BadRequestError, NotFoundError
+from contextkit.retrieval.chat import (
     ChatRequestError,
     InvalidChatBody,
     chat,
@@ -29,7 +30,6 @@ from contextkit.chat import (
     openai_error,
     parse_chat_request,
 )
-from contextkit.errors import BadRequestError, NotFoundError
 from tests.conftest import DATA_END
 
 WORKSPACE = "prod"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from contextkit.compute import connect_duckdb
+from contextkit.framework.transformations import connect_duckdb
 from contextkit.stores.offline import ParquetOfflineStore
 
 TABLE = "prod/user_spend"

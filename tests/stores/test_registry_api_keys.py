@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from contextkit.access import Access
+from contextkit.governance.access import Access
 from contextkit.stores.registry import SCHEMA_VERSION, SQLiteRegistry
 
 # The schema a version-1 registry file has on disk (contextkit before API keys).

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from contextkit.compute import quote
+from contextkit.compute.layout import log_table, online_table, tiles_table
 from contextkit.errors import BadRequestError, ContextKitError, NotFoundError, WorkspaceError
-from contextkit.materialize import online_table
-from contextkit.specs import AggregateSpec, PushSourceSpec, StreamFeatureViewSpec
+from contextkit.framework.specs import AggregateSpec, PushSourceSpec, StreamFeatureViewSpec
+from contextkit.framework.transformations import quote
 from contextkit.types import (
     Bool,
     Float64,
@@ -45,7 +45,7 @@ from contextkit.types import (
 )
 
 if TYPE_CHECKING:
-    from contextkit.client import Context
+    from contextkit.framework.workspace import Runtime
 
 US = 1_000_000
 EVENT_TIMESTAMP = "event_timestamp"
@@ -60,14 +60,6 @@ class IngestError(BadRequestError):
 class BatchTooLargeError(ContextKitError):
     code = "batch_too_large"
     http_status = 413
-
-
-def log_table(workspace: str, source: str) -> str:
-    return f"{workspace}__{source}__log"
-
-
-def tiles_table(workspace: str, view: str) -> str:
-    return f"{workspace}__{view}__tiles"
 
 
 # -- record validation ----------------------------------------------------------------------------
@@ -269,7 +261,7 @@ def retained_us(view: StreamFeatureViewSpec) -> int:
 
 
 def ingest_records(
-    ctx: Context,
+    ctx: Runtime,
     source_name: str,
     records: Sequence[Any],
     *,
@@ -342,7 +334,7 @@ def _sqlite_value(dtype: str, value: Any) -> Any:
 
 
 def _write(
-    ctx: Context,
+    ctx: Runtime,
     workspace: str,
     source: PushSourceSpec,
     views: list[StreamFeatureViewSpec],
@@ -433,15 +425,15 @@ def _merge_tiles(w, workspace, view, records, seqs, now: datetime) -> None:
     w.delete_before(table, "tile", horizon)
 
 
-def _after_commit(ctx: Context, workspace: str, source: PushSourceSpec, records: list[Record]):
+def _after_commit(ctx: Runtime, workspace: str, source: PushSourceSpec, records: list[Record]):
     """Work that follows a durable write: queue the records for the embedding views over the
-    source (encoded in micro-batches by a background thread; see contextkit.push_embeddings)."""
+    source (encoded in micro-batches by a background thread; see contextkit.compute.push_embeddings)."""
     views = [
         v for v in ctx.specs().embedding_views.values() if v.online and source.name in v.sources
     ]
     if not views:
         return
-    from contextkit.push_embeddings import push_encoder
+    from contextkit.compute.push_embeddings import push_encoder
 
     rows = [r.values for r in records]
     for view in views:
@@ -561,7 +553,7 @@ def _from_rows(feature: AggregateSpec, rows: list[tuple], columns: list[str]) ->
 # -- offline ---------------------------------------------------------------------------------------
 
 
-def log_arrow(ctx: Context, workspace: str, source: PushSourceSpec):
+def log_arrow(ctx: Runtime, workspace: str, source: PushSourceSpec):
     """Every event of a push source as one Arrow table, with ``__seq`` (arrival order): the
     batch source's rows (negative seqs, in file order), the Parquet log (what
     :func:`flush_log` moved there) and the rows of the SQLite log not flushed yet. A row flushed
@@ -569,17 +561,16 @@ def log_arrow(ctx: Context, workspace: str, source: PushSourceSpec):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from contextkit import compute
-
+    from contextkit.framework import transformations
     schema = _log_schema(source)
     parts = []
     if source.batch_source:
         batch = ctx.specs().sources[source.batch_source]
-        con = compute.connect_duckdb()
+        con = transformations.connect_duckdb()
         try:
             cols = ", ".join(quote(c.name) for c in source.columns)
             table = con.sql(
-                f"SELECT {cols} FROM ({compute.source_scan_sql(batch, ctx.config.root.resolve())})"
+                f"SELECT {cols} FROM ({transformations.source_scan_sql(batch, ctx.config.root.resolve())})"
             ).to_arrow_table()
         finally:
             con.close()
@@ -594,7 +585,7 @@ def log_arrow(ctx: Context, workspace: str, source: PushSourceSpec):
         return schema.empty_table()
     table = pa.concat_tables(parts)
     if len(parts) > 1:  # read each seq once
-        con = compute.connect_duckdb()
+        con = transformations.connect_duckdb()
         try:
             con.register("__log", table)
             table = con.sql(
@@ -606,7 +597,7 @@ def log_arrow(ctx: Context, workspace: str, source: PushSourceSpec):
     return table
 
 
-def flush_log(ctx: Context, workspace: str, source: PushSourceSpec) -> int:
+def flush_log(ctx: Runtime, workspace: str, source: PushSourceSpec) -> int:
     """Append the SQLite log's rows not yet in the offline store to it, as one Parquet file of
     the offline table ``<workspace>__<source>__log``; returns how many rows. The rows stay in
     SQLite (their idempotency keys are checked there); readers take the SQLite rows after the
@@ -625,7 +616,7 @@ def _flushed_key(workspace: str, source: PushSourceSpec) -> str:
     return f"ingest_flushed_seq:{workspace}:{source.name}"
 
 
-def _flushed_seq(ctx: Context, workspace: str, source: PushSourceSpec) -> int:
+def _flushed_seq(ctx: Runtime, workspace: str, source: PushSourceSpec) -> int:
     return int(ctx.registry.get_setting(_flushed_key(workspace, source)) or 0)
 
 
@@ -637,7 +628,7 @@ def _log_schema(source: PushSourceSpec):
     )
 
 
-def _sqlite_log(ctx: Context, workspace: str, source: PushSourceSpec, after_seq: int):
+def _sqlite_log(ctx: Runtime, workspace: str, source: PushSourceSpec, after_seq: int):
     """The SQLite log's rows after ``after_seq``, typed, as an Arrow table with ``__seq``."""
     import pyarrow as pa
 

@@ -11,10 +11,10 @@ A view declares them as keyword arguments::
         on_expectation_failure="warn",                # or "fail"
     )
 
-:func:`expectations_spec` turns them into an :class:`~contextkit.specs.ExpectationsSpec` (raising
+:func:`expectations_spec` turns them into an :class:`~contextkit.framework.specs.ExpectationsSpec` (raising
 ``ValueError`` for malformed ones); :func:`expectation_problems` checks them against a view's
 columns at ``plan`` time; :func:`evaluate` checks them against the statistics of a job's rows (see
-:mod:`contextkit.monitoring`). Everything here is pure: no I/O, no heavy imports.
+:mod:`contextkit.governance.monitoring`). Everything here is pure: no I/O, no heavy imports.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from contextkit.durations import format_seconds, to_seconds
-from contextkit.specs import ExpectationsSpec
+from contextkit.framework.durations import format_seconds, to_seconds
+from contextkit.framework.specs import ExpectationsSpec
 from contextkit.types import NUMERIC_DTYPES
 
 ON_FAILURE = ("warn", "fail")

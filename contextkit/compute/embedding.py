@@ -20,11 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contextkit import compute
+from contextkit.compute.layout import vector_table
+from contextkit.compute.materialize import JobResult, spec_hash
 from contextkit.errors import BadRequestError, ContextKitError, StoreError, leaf_error
-from contextkit.materialize import JobResult, spec_hash
-from contextkit.monitoring import JobMonitor, sample_vectors
-from contextkit.specs import EmbeddingViewSpec, FeatureViewSpec, FileSourceSpec
+from contextkit.framework import transformations
+from contextkit.framework.specs import EmbeddingViewSpec, FeatureViewSpec, FileSourceSpec
+from contextkit.governance.monitoring import JobMonitor, sample_vectors
 from contextkit.stores.registry import RegistryStore
 
 if TYPE_CHECKING:
@@ -35,11 +36,6 @@ if TYPE_CHECKING:
 
 # Rows handed from DuckDB to the encode pipeline per Arrow batch.
 _ROWS_PER_BATCH = 4096
-
-
-def vector_table(workspace: str, view: str) -> str:
-    """The vector store table of an embedding view in a workspace."""
-    return f"{workspace}__{view}"
 
 
 def encoder_for(view: EmbeddingViewSpec, models: Mapping[str, Any] | None, root: Path) -> Encoder:
@@ -67,7 +63,7 @@ def materialize_embedding_view(
 ) -> JobResult:
     """Encode the view's new or changed documents into its vector table, in one commit.
 
-    ``monitoring``: measure the documents and vectors (see :mod:`contextkit.monitoring`); the
+    ``monitoring``: measure the documents and vectors (see :mod:`contextkit.governance.monitoring`); the
     view's expectations are checked either way, on the documents, before anything is encoded.
 
     ``pushed`` maps the name of a push source the view reads to an Arrow table of its events.
@@ -96,10 +92,10 @@ def materialize_embedding_view(
         replace = full or _must_rebuild(vectors, table, view, encoder)
         existing = {} if replace else vectors.existing_hashes(table)
         stage("reading")
-        with compute.workspace_session(root, sources, views) as ws:
+        with transformations.workspace_session(root, sources, views) as ws:
             for name, rows in (pushed or {}).items():  # push sources: their logged events
                 ws.con.register(name, rows)
-            documents = compute.embedding_documents_sql(ws, view)
+            documents = transformations.embedding_documents_sql(ws, view)
             reader = ws.con.sql(documents).to_arrow_reader(_ROWS_PER_BATCH)
             if monitor is not None:
                 reader = monitor.watch_documents(reader)

@@ -2,7 +2,7 @@
 
 ``POST /v1/chat/completions`` runs this module, and so can a notebook::
 
-    from contextkit.chat import chat
+    from contextkit.retrieval.chat import chat
     reply = chat(ctx, [{"role": "user", "content": "Can I still return my boots?"}],
                  service="support_assistant", entities={"user_id": 7})
     reply.text                      # the model's answer
@@ -16,7 +16,7 @@ One chat request, step by step:
    entities and request context, the LLM and its sampling parameters. Tools, ``n > 1``, logprobs
    and audio are refused (400), never silently dropped.
 2. The service's features and documents are retrieved with the **last user message** as the
-   query, and its prompt view rendered within its token budget (:mod:`contextkit.assemble`).
+   query, and its prompt view rendered within its token budget (:mod:`contextkit.retrieval.assemble`).
 3. :func:`merge_conversation` puts the rendered prompt around the conversation.
 4. The LLM is called through litellm (``assemble.complete_async`` / ``stream_async``); the answer
    is returned as OpenAI's ``chat.completion`` object, or as ``chat.completion.chunk`` objects.
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 from contextkit.errors import BadRequestError, ContextKitError, NotFoundError
 
 if TYPE_CHECKING:
-    from contextkit.assemble import ContextPlan, ContextRequest, ContextResult
-    from contextkit.client import Context
+    from contextkit.framework.workspace import Runtime
+    from contextkit.retrieval.assemble import ContextPlan, ContextRequest, ContextResult
 
 MODEL_PREFIX = "contextkit/"
 OWNER = "contextkit"
@@ -609,10 +609,10 @@ class PreparedChat:
         }
 
 
-async def prepare_chat(ctx: Context, request: ChatRequest) -> PreparedChat:
+async def prepare_chat(ctx: Runtime, request: ChatRequest) -> PreparedChat:
     """Retrieve the context for the last user message, render the prompt view and merge it with
     the conversation. Raises NotFoundError (unknown service or prompt) and BadRequestError."""
-    from contextkit.assemble import assemble_async, parse_request
+    from contextkit.retrieval.assemble import assemble_async, context_plan, parse_request
 
     if request.service is None:
         raise NotFoundError(
@@ -622,7 +622,7 @@ async def prepare_chat(ctx: Context, request: ChatRequest) -> PreparedChat:
             + _models_hint(ctx),
             details={"field": "model"},
         )
-    plan = ctx.context_plan(request.service, request.prompt)
+    plan = context_plan(ctx, request.service, request.prompt)
     if plan.prompt is None:
         raise ChatRequestError(
             f"service {plan.service!r} has no prompt view, so it cannot chat",
@@ -635,15 +635,15 @@ async def prepare_chat(ctx: Context, request: ChatRequest) -> PreparedChat:
     return PreparedChat(request, plan, parsed, result, messages)
 
 
-def _models_hint(ctx: Context) -> str:
+def _models_hint(ctx: Runtime) -> str:
     names = [entry["id"] for entry in chat_models(ctx)["data"]]
     return "chat models: " + (", ".join(names) or "none (no service has a prompt view)")
 
 
-async def complete_chat(ctx: Context, request: ChatRequest) -> PreparedChat:
+async def complete_chat(ctx: Runtime, request: ChatRequest) -> PreparedChat:
     """One chat completion: the answer is in ``.context.completion``, and
     :func:`completion_object` makes OpenAI's ``chat.completion`` object of it."""
-    from contextkit.assemble import complete_async
+    from contextkit.retrieval.assemble import complete_async
 
     began = time.perf_counter()
     chat = await prepare_chat(ctx, request)
@@ -739,9 +739,9 @@ class ChatStream:
         }
 
 
-async def start_chat_stream(ctx: Context, request: ChatRequest) -> ChatStream:
+async def start_chat_stream(ctx: Runtime, request: ChatRequest) -> ChatStream:
     """Retrieve, render, merge, and start streaming the answer (awaiting its first delta)."""
-    from contextkit.assemble import stream_async
+    from contextkit.retrieval.assemble import stream_async
 
     chat = await prepare_chat(ctx, request)
     deltas = aiter(
@@ -754,7 +754,7 @@ async def start_chat_stream(ctx: Context, request: ChatRequest) -> ChatStream:
 # -- models ---------------------------------------------------------------------------------------
 
 
-def chat_models(ctx: Context) -> dict[str, Any]:
+def chat_models(ctx: Runtime) -> dict[str, Any]:
     """OpenAI's model list for a workspace: ``contextkit/<service>`` for every service with a
     prompt view (its first prompt), and ``contextkit/<service>/<prompt>`` for its other prompts.
     ``created`` is when the workspace was created."""
@@ -787,7 +787,7 @@ class ChatReply:
 
 
 def chat(
-    ctx: Context,
+    ctx: Runtime,
     messages: Sequence[Mapping[str, Any]],
     *,
     service: str,
@@ -808,7 +808,7 @@ def chat(
                      service="support_assistant", entities={"user_id": 7}, temperature=0)
         reply.text, reply.context.documents["products"]
     """
-    from contextkit.assemble import _run_coroutine
+    from contextkit.retrieval.assemble import _run_coroutine
 
     extension = {  # the service and prompt are in the model name
         "entities": dict(entities) if entities is not None else None,

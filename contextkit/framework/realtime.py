@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from contextkit.errors import ContextKitError, DefinitionError
-from contextkit.specs import RealtimeFeatureViewSpec
+from contextkit.framework.specs import RealtimeFeatureViewSpec
 from contextkit.types import Bool, Float64, Int64, String, Timestamp
 
 

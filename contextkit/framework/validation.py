@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contextkit import compute
-from contextkit.compute import EVENT_TIMESTAMP, Workspace
-from contextkit.definitions import _Definition
 from contextkit.errors import ContextKitError, DefinitionError, ValidationErrors
-from contextkit.expectations import expectation_problems
-from contextkit.repo import Repo
-from contextkit.specs import (
+from contextkit.framework import transformations
+from contextkit.framework.definitions import _Definition
+from contextkit.framework.expectations import expectation_problems
+from contextkit.framework.repo import Repo
+from contextkit.framework.specs import (
     NUMERIC_AGGREGATES,
     AnySpec,
     AttributeSpec,
@@ -34,6 +33,7 @@ from contextkit.specs import (
     SearchSpec,
     StreamFeatureViewSpec,
 )
+from contextkit.framework.transformations import EVENT_TIMESTAMP, Workspace
 from contextkit.types import NUMERIC_DTYPES, String, Timestamp
 
 # What a prompt template can read at the top level (see PromptView).
@@ -85,7 +85,7 @@ class _Checker:
     def check_sources(self, con) -> dict[str, FileSourceSpec]:
         good = {}
         for name, source in self.sources.items():
-            if not compute.source_file_exists(source, self.root):
+            if not transformations.source_file_exists(source, self.root):
                 self.error(
                     source,
                     f"file not found: {source.path}",
@@ -94,7 +94,7 @@ class _Checker:
                 continue
             raw = source.model_copy(update={"timestamp_field": None})
             try:
-                columns = compute.describe(con, compute.source_scan_sql(raw, self.root))
+                columns = transformations.describe(con, transformations.source_scan_sql(raw, self.root))
             except Exception as exc:
                 self.error(
                     source,
@@ -243,8 +243,8 @@ class _Checker:
         """The columns a view's transformation outputs (SQL bound with LIMIT 0, a python-mode
         function run on 100 rows per source); None after reporting why it does not run."""
         try:
-            body = compute.output_sql(ws, transformation, sample_rows=100)
-            return compute.describe(ws.con, f"SELECT * FROM ({body}) LIMIT 0")
+            body = transformations.output_sql(ws, transformation, sample_rows=100)
+            return transformations.describe(ws.con, f"SELECT * FROM ({body}) LIMIT 0")
         except ContextKitError as exc:
             self.errors.append(
                 exc if isinstance(exc, DefinitionError) else DefinitionError(str(exc))
@@ -320,7 +320,7 @@ class _Checker:
                     )
                     ok = False
                     continue
-                out.append(f.model_copy(update={"dtype": compute.aggregate_dtype(f, col_type)}))
+                out.append(f.model_copy(update={"dtype": transformations.aggregate_dtype(f, col_type)}))
         return out if ok else None
 
     # -- push sources, stream and realtime views ----------------------------------------------
@@ -420,7 +420,7 @@ class _Checker:
                     "window (e.g. aggregation_interval='1m' for 1h and 1d windows)",
                 )
                 continue
-            features.append(f.model_copy(update={"dtype": compute.aggregate_dtype(f, col_type)}))
+            features.append(f.model_copy(update={"dtype": transformations.aggregate_dtype(f, col_type)}))
         names = [f.name for f in view.features]
         for dup in sorted({n for n in names if names.count(n) > 1}):
             self.error(view, f"feature name {dup!r} is used twice")
@@ -437,7 +437,7 @@ class _Checker:
     def check_realtime_view(
         self, view: RealtimeFeatureViewSpec, views: dict[str, FeatureViewSpec]
     ) -> RealtimeFeatureViewSpec | None:
-        from contextkit.realtime import run_realtime, sample_inputs
+        from contextkit.framework.realtime import run_realtime, sample_inputs
 
         before = len(self.errors)
         inputs = []
@@ -514,7 +514,7 @@ class _Checker:
             # The source's timestamp field, if any.
             ts = pushed.timestamp_field if pushed else self._default_timestamp(view)
         probe = view.model_copy(update={"join_keys": join_keys, "timestamp_field": ts})
-        schema = self._output_schema(ws, view, compute.embedding_transformation(probe))
+        schema = self._output_schema(ws, view, transformations.embedding_transformation(probe))
         if schema is None:
             return None
         types = {c.name: c.dtype for c in schema}
@@ -885,13 +885,13 @@ def validate(
     :class:`ValidationErrors` listing every problem found.
     """
     checker = _Checker(specs, root)
-    con = compute.connect_duckdb()
+    con = transformations.connect_duckdb()
     try:
         good_sources = checker.check_sources(con)
         order = checker.view_order()
         ws = Workspace(con, root, good_sources, {})
         for source in checker.push_sources.values():  # empty, with the declared schema
-            con.register(source.name, compute.empty_table(source.columns))
+            con.register(source.name, transformations.empty_table(source.columns))
         checked: dict[str, FeatureViewSpec] = {}
         good = set(good_sources)
         for name in order:

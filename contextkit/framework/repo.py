@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contextkit.config import RepoConfig, load_config
-from contextkit.definitions import (
+from contextkit.errors import DefinitionError, ValidationErrors
+from contextkit.framework.definitions import (
     BatchFeatureView,
     ContextService,
     EmbeddingView,
@@ -29,7 +30,6 @@ from contextkit.definitions import (
     StreamFeatureView,
     _Definition,
 )
-from contextkit.errors import DefinitionError, ValidationErrors
 
 SKIP_DIRS = {".contextkit", ".venv", "venv", "__pycache__", "data", "node_modules", "tests"}
 

@@ -37,7 +37,16 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contextkit.assemble import (
+from contextkit.compute.offline import OfflineFeatures, select_features
+from contextkit.errors import (
+    BadRequestError,
+    ContextKitError,
+    NotFoundError,
+    leaf_error,
+    translating,
+)
+from contextkit.framework.specs import ContextServiceSpec, FeatureRefSpec, SearchSpec
+from contextkit.retrieval.assemble import (
     ContextPlan,
     ContextResult,
     _executor,
@@ -47,21 +56,12 @@ from contextkit.assemble import (
     parse_request,
     render_prompt,
 )
-from contextkit.errors import (
-    BadRequestError,
-    ContextKitError,
-    NotFoundError,
-    leaf_error,
-    translating,
-)
-from contextkit.offline_retrieval import OfflineFeatures, select_features
-from contextkit.retrieve import ServiceReader
-from contextkit.specs import ContextServiceSpec, FeatureRefSpec, SearchSpec
+from contextkit.retrieval.online import ServiceReader
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from contextkit.client import Context
+    from contextkit.framework.workspace import Runtime
 
 QUERY_COLUMN = "query"
 BATCH_ROWS = 8192
@@ -99,7 +99,7 @@ class RenderedDataset:
 
     def __init__(
         self,
-        ctx: Context,
+        ctx: Runtime,
         events: Any,
         plan: ContextPlan,
         refs: list[FeatureRefSpec],
@@ -335,7 +335,8 @@ class RenderedDataset:
     ) -> dict[str, list[list[dict[str, Any]]]]:
         """Each searched search's hits per row, in the vector table's version of the row's
         time. Searches sharing a model and a query text encode it once, in batches."""
-        from contextkit.embedding import encoder_for, vector_table
+        from contextkit.compute.embedding import encoder_for
+        from contextkit.compute.layout import vector_table
 
         ctx = self._ctx
         moments = [_utc(v) for v in batch.column(self.timestamp_key).to_pylist()]
@@ -434,7 +435,7 @@ class RenderedDataset:
 
 
 def generate_dataset(
-    ctx: Context,
+    ctx: Runtime,
     events: Any,
     service_or_prompt: str,
     *,
@@ -468,12 +469,12 @@ def generate_dataset(
 
 
 def dataset_plan(
-    ctx: Context, name: str, prompt_name: str | None
+    ctx: Runtime, name: str, prompt_name: str | None
 ) -> tuple[ContextPlan, list[FeatureRefSpec]]:
     """The context plan of a service's prompt view (``prompt_name``, default its first), or of
     a prompt view alone, and the feature refs it reads: what ``assemble.build_plan`` computes,
     in any workspace (datasets read the offline data, which dev workspaces have too)."""
-    from contextkit.validate import load_template
+    from contextkit.framework.validation import load_template
 
     specs = ctx.specs()
     service_refs: list[FeatureRefSpec] = []
@@ -539,7 +540,7 @@ def dataset_plan(
 
 
 def _search_rows(
-    ctx: Context,
+    ctx: Runtime,
     table: str,
     spec: SearchSpec,
     requests: list,
@@ -624,7 +625,7 @@ def _count_rows(events: Any) -> int | None:
         if isinstance(events, str | Path):
             import duckdb
 
-            from contextkit.compute import literal
+            from contextkit.framework.transformations import literal
 
             con = duckdb.connect()
             try:

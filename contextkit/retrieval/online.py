@@ -12,11 +12,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from contextkit.compute.layout import online_table
 from contextkit.errors import BadRequestError
-from contextkit.materialize import online_table
-from contextkit.specs import ContextServiceSpec
+from contextkit.framework.specs import ContextServiceSpec
 from contextkit.stores.errors import StoreFailure
 from contextkit.stores.online import OnlineStore
 from contextkit.types import (
@@ -28,6 +28,9 @@ from contextkit.types import (
     epoch_micros,
     parse_value,
 )
+
+if TYPE_CHECKING:
+    from contextkit.framework.workspace import Runtime
 
 PRESENT = "PRESENT"
 MISSING = "MISSING"
@@ -247,6 +250,22 @@ class ServiceReader:
         return rows
 
 
+def service_reader(runtime: Runtime, service: str) -> ServiceReader:
+    """The precomputed reader of a service (cached until the registry changes)."""
+
+    def build() -> ServiceReader:
+        spec = runtime.specs(workspace).service(service)
+        if not spec.features:
+            raise BadRequestError(
+                f"service {service!r} has no feature views",
+                hint="ask /v1/context (or ctx.get_context) for its documents and prompt",
+            )
+        return ServiceReader.build(workspace, spec, runtime.specs(workspace).feature_views)
+
+    workspace = runtime.workspace
+    return runtime.cached(("reader", workspace, service), build)
+
+
 def _read_rows(
     reader: ServiceReader,
     read: _ViewRead,
@@ -258,7 +277,7 @@ def _read_rows(
 ) -> list[tuple | None]:
     """``(event_timestamp_micros, *features)`` per key row, None where nothing is served."""
     if read.kind == "stream_tiles":
-        from contextkit.streaming import read_stream_aggregates
+        from contextkit.compute.streaming import read_stream_aggregates
 
         return read_stream_aggregates(
             store, reader.workspace, read.spec, read.columns[1:], key_rows, now
@@ -277,7 +296,7 @@ def _read_rows(
 
 
 def _compute_realtime(reader, read, raw, request, now) -> list[tuple | None]:
-    from contextkit.realtime import run_realtime
+    from contextkit.framework.realtime import run_realtime
 
     by_view = {r.view: r for r in reader.reads}
     now_us = epoch_micros(now)

@@ -34,17 +34,23 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contextkit import compute
-from contextkit.compute import EVENT_TIMESTAMP, _aggregate_expr, _window_clause, literal, quote
+from contextkit.compute.streaming import log_arrow, stream_offline_sql
 from contextkit.errors import BadRequestError, NotFoundError
-from contextkit.realtime import run_realtime
-from contextkit.specs import (
+from contextkit.framework import transformations
+from contextkit.framework.realtime import run_realtime
+from contextkit.framework.specs import (
     AggregateSpec,
     FeatureViewSpec,
     RealtimeFeatureViewSpec,
     StreamFeatureViewSpec,
 )
-from contextkit.streaming import log_arrow, stream_offline_sql
+from contextkit.framework.transformations import (
+    EVENT_TIMESTAMP,
+    _aggregate_expr,
+    _window_clause,
+    literal,
+    quote,
+)
 from contextkit.types import (
     String,
     arrow_type,
@@ -55,7 +61,7 @@ from contextkit.types import (
 if TYPE_CHECKING:
     import duckdb
 
-    from contextkit.client import Context
+    from contextkit.framework.workspace import Runtime
 
 # Internal names all start with RESERVED; events columns with that prefix are refused, so an
 # internal column can never be confused with one of the events' own.
@@ -107,7 +113,7 @@ class OfflineFeatures:
 
     def __init__(
         self,
-        ctx: Context,
+        ctx: Runtime,
         events: Any,
         refs: list[tuple[AnyView, list[str]]],
         timestamp_key: str,
@@ -140,12 +146,12 @@ class OfflineFeatures:
     @contextmanager
     def _session(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, _Prepared]]:
         specs = self._ctx.specs()
-        with compute.workspace_session(
+        with transformations.workspace_session(
             self._ctx.config.root.resolve(), specs.sources, specs.views
         ) as ws:
             yield ws.con, self._prepare(ws, specs)
 
-    def _prepare(self, ws: compute.Workspace, specs) -> _Prepared:
+    def _prepare(self, ws: transformations.Workspace, specs) -> _Prepared:
         columns = _register_events(ws.con, self._events, self.timestamp_key)
         _check_result_names(list(columns), self.feature_columns)
         needed = _needed_views(specs, self._refs)
@@ -179,7 +185,7 @@ class OfflineFeatures:
 
     def _query(
         self,
-        ws: compute.Workspace,
+        ws: transformations.Workspace,
         specs,
         requests: list[_ViewRequest],
         columns: dict[str, str],
@@ -603,12 +609,12 @@ def _rows_sql(files: list[Path]) -> str:
     return f"SELECT * FROM read_parquet([{listed}], hive_partitioning = false)"
 
 
-def _attribute_join(ws: compute.Workspace, request: _ViewRequest, events: dict[str, str]) -> str:
+def _attribute_join(ws: transformations.Workspace, request: _ViewRequest, events: dict[str, str]) -> str:
     view = request.view
     if request.use == OFFLINE_STORE:
         rows = _rows_sql(request.files)
     else:
-        rows = compute.offline_features_sql(ws, view)
+        rows = transformations.offline_features_sql(ws, view)
     key_types = _column_types(ws.con, rows)
     on = [
         f"{_event_key(view, k, events[k], key_types[k])} = f.{quote(k)}"
@@ -630,12 +636,12 @@ def _attribute_join(ws: compute.Workspace, request: _ViewRequest, events: dict[s
     )
 
 
-def _aggregate_join(ws: compute.Workspace, request: _ViewRequest, events: dict[str, str]) -> str:
+def _aggregate_join(ws: transformations.Workspace, request: _ViewRequest, events: dict[str, str]) -> str:
     view = request.view
     if request.use == OFFLINE_STORE:
         inputs = _rows_sql(request.files)
     else:
-        inputs = compute.aggregate_inputs_sql(ws, view)
+        inputs = transformations.aggregate_inputs_sql(ws, view)
     key_types = _column_types(ws.con, inputs)
     keys = [quote(k) for k in view.join_key_names]
     event_keys = ", ".join(
@@ -673,7 +679,7 @@ def _aggregate_join(ws: compute.Workspace, request: _ViewRequest, events: dict[s
 
 
 def _stream_join(
-    ws: compute.Workspace, request: _ViewRequest, events: dict[str, str], log: str, alias: str
+    ws: transformations.Workspace, request: _ViewRequest, events: dict[str, str], log: str, alias: str
 ) -> str:
     """A stream view's features per event row, from its source's events (``log``)."""
     view = request.view
@@ -693,7 +699,7 @@ def _stream_join(
 
 
 def resolve_refs(
-    ctx: Context, service_or_views: str | Sequence[str]
+    ctx: Runtime, service_or_views: str | Sequence[str]
 ) -> list[tuple[AnyView, list[str]]]:
     """The views and features of a service, or of the named views (all their features)."""
     specs = ctx.specs()
@@ -706,7 +712,7 @@ def resolve_refs(
 
 
 def select_features(
-    ctx: Context, refs: Sequence[tuple[str, Sequence[str] | None]]
+    ctx: Runtime, refs: Sequence[tuple[str, Sequence[str] | None]]
 ) -> list[tuple[AnyView, list[str]]]:
     """``(view name, features or None for all)`` pairs as specs and feature lists, each view once
     (the first time it is named, with the union of the features asked for)."""
@@ -731,14 +737,14 @@ def select_features(
 
 
 def _resolve(
-    ctx: Context,
+    ctx: Runtime,
     view: AnyView,
     features: list[str],
     from_source: bool | None,
     earliest: datetime | None,
     latest: datetime | None,
 ) -> _ViewRequest:
-    from contextkit.materialize import inputs_table, offline_table
+    from contextkit.compute.layout import inputs_table, offline_table
 
     if isinstance(view, StreamFeatureViewSpec):
         return _ViewRequest(view, features, INGEST_LOG, [])
@@ -759,7 +765,7 @@ def _resolve(
     return _ViewRequest(view, features, OFFLINE_STORE if covered else SOURCE, files)
 
 
-def _covered(ctx: Context, view: FeatureViewSpec, earliest: datetime, latest: datetime) -> bool:
+def _covered(ctx: Runtime, view: FeatureViewSpec, earliest: datetime, latest: datetime) -> bool:
     """Whether the offline store holds every row the events need for this view.
 
     Needed: the view's rows from ``earliest`` less its lookback (the largest window or ttl; for
@@ -767,7 +773,7 @@ def _covered(ctx: Context, view: FeatureViewSpec, earliest: datetime, latest: da
     ``latest``. Held: the ranges of the successful jobs since the last full one, provided no job
     of another definition ran since (it wrote its own rows).
     """
-    from contextkit.materialize import spec_hash
+    from contextkit.compute.materialize import spec_hash
     from contextkit.stores.registry import COMPLETED_STATUSES
 
     current = spec_hash(view)

@@ -30,10 +30,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from contextkit.durations import format_seconds, to_seconds
 from contextkit.errors import DefinitionError
-from contextkit.expectations import expectations_spec
-from contextkit.specs import (
+from contextkit.framework.durations import format_seconds, to_seconds
+from contextkit.framework.expectations import expectations_spec
+from contextkit.framework.specs import (
     SEARCH_MODES,
     STREAM_AGGREGATE_FUNCTIONS,
     AggregateSpec,

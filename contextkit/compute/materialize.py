@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from contextkit import compute
-from contextkit.compute import EVENT_TIMESTAMP, quote
+from contextkit.compute.layout import inputs_table, offline_table, online_table
 from contextkit.errors import ContextKitError, StoreError
-from contextkit.monitoring import JobMonitor
-from contextkit.specs import METADATA_FIELDS, FeatureViewSpec, FileSourceSpec
+from contextkit.framework import transformations
+from contextkit.framework.specs import METADATA_FIELDS, FeatureViewSpec, FileSourceSpec
+from contextkit.framework.transformations import EVENT_TIMESTAMP, quote
+from contextkit.governance.monitoring import JobMonitor
 from contextkit.stores.errors import StoreFailure
 from contextkit.stores.offline import ParquetOfflineStore
 from contextkit.stores.online import OnlineStore
@@ -49,19 +50,6 @@ class JobResult:
     kind: str = "batch_feature_view"
     # Embedding views: the encode statistics (documents, chunks, new, changed, deleted, ...).
     details: dict = field(default_factory=dict)
-
-
-def online_table(workspace: str, view: str) -> str:
-    return f"{workspace}__{view}"
-
-
-def offline_table(workspace: str, view: str) -> str:
-    return f"{workspace}/{view}"
-
-
-def inputs_table(workspace: str, view: str) -> str:
-    """Offline table of an aggregate view's input rows (inside the view's folder)."""
-    return f"{workspace}/{view}/inputs"
 
 
 def spec_hash(view: FeatureViewSpec) -> str:
@@ -135,7 +123,7 @@ def materialize_view(
 ) -> JobResult:
     """Run one materialization job for ``view`` (see the module docstring).
 
-    ``monitoring``: measure the rows (see :mod:`contextkit.monitoring`); the view's expectations
+    ``monitoring``: measure the rows (see :mod:`contextkit.governance.monitoring`); the view's expectations
     are checked either way, on the staged rows, before anything is committed.
     """
     end = _utc(end or datetime.now(UTC))
@@ -161,12 +149,12 @@ def materialize_view(
     rows_offline = rows_online = 0
     stage = on_stage or (lambda _s: None)
     try:
-        with compute.workspace_session(root, sources, views) as ws:
+        with transformations.workspace_session(root, sources, views) as ws:
             if view.offline:
                 stage("offline")
                 query = (
                     f"SELECT {_typed_columns(view, epoch_timestamps=False)} FROM "
-                    f"({compute.offline_features_sql(ws, view, start, end)})"
+                    f"({transformations.offline_features_sql(ws, view, start, end)})"
                 )
                 table = offline_table(workspace, view.name)
                 staged.append(
@@ -177,7 +165,7 @@ def materialize_view(
                 rows_offline = staged[0].rows
                 if view.is_aggregate:
                     # The inputs too, so point-in-time reads can compute any window exactly.
-                    inputs = compute.aggregate_inputs_sql(ws, view, start, end)
+                    inputs = transformations.aggregate_inputs_sql(ws, view, start, end)
                     staged.append(
                         offline.stage_range(
                             ws.con,
@@ -197,7 +185,7 @@ def materialize_view(
                 stage("online")
                 query = (
                     f"SELECT {_typed_columns(view, epoch_timestamps=True)} FROM "
-                    f"({compute.online_features_sql(ws, view, end)})"
+                    f"({transformations.online_features_sql(ws, view, end)})"
                 )
                 if monitor is not None:
                     query = monitor.check(ws.con, query, scope="online")

@@ -31,8 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import BadRequestError, NotFoundError, leaf_error, translating
-from contextkit.retrieve import ServiceReader
-from contextkit.specs import (
+from contextkit.framework.specs import (
     ContextServiceSpec,
     EmbeddingViewSpec,
     FeatureRefSpec,
@@ -40,11 +39,12 @@ from contextkit.specs import (
     RequestFieldSpec,
     SearchSpec,
 )
+from contextkit.retrieval.online import ServiceReader
 from contextkit.types import Timestamp, parse_value
 
 if TYPE_CHECKING:
-    from contextkit.client import Context
-    from contextkit.retrieve import OnlineFeatures
+    from contextkit.framework.workspace import Runtime
+    from contextkit.retrieval.online import OnlineFeatures
 
 MAX_TOP_K = 100
 _pool: ThreadPoolExecutor | None = None
@@ -89,12 +89,22 @@ class ContextPlan:
         return self.reader.join_keys if self.reader is not None else ()
 
 
-def build_plan(ctx: Context, service_name: str, prompt_name: str | None) -> ContextPlan:
+def context_plan(ctx: Runtime, service: str, prompt: str | None = None) -> ContextPlan:
+    """The plan of a context request, built once per registry version (see :func:`build_plan`)."""
+
+    def build() -> ContextPlan:
+        with translating:
+            return build_plan(ctx, service, prompt)
+
+    return ctx.cached(("context_plan", ctx.workspace, service, prompt), build)
+
+
+def build_plan(ctx: Runtime, service_name: str, prompt_name: str | None) -> ContextPlan:
     """The plan of ``service_name`` rendering ``prompt_name`` (default: the service's first)."""
-    from contextkit.validate import load_template
+    from contextkit.framework.validation import load_template
 
     specs = ctx.specs()
-    service = ctx._service_spec(service_name)
+    service = ctx.specs().service(service_name)
     prompt = None
     name = prompt_name or (service.prompts[0] if service.prompts else None)
     if name is not None:
@@ -373,11 +383,11 @@ def _features_by_view(online: OnlineFeatures | None, now: datetime) -> dict[str,
 # -- running a request --------------------------------------------------------------------------
 
 
-def retrieve_stage(ctx: Context, plan: ContextPlan, request: ContextRequest):
+def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
     """The callables of the retrieval stage, to run concurrently: the feature read, and one per
     group of searches sharing a model and a query text (the query is encoded once for all of
     them). Each returns a list of ``(name, value, milliseconds)``."""
-    from contextkit.embedding import encoder_for, search_view
+    from contextkit.compute.embedding import encoder_for, search_view
 
     def features():
         began = time.perf_counter()
@@ -543,7 +553,7 @@ def completion_messages(result: ContextResult) -> list[dict[str, Any]]:
     return [{"role": "user", "content": result.prompt["text"]}]
 
 
-def completion_call(ctx: Context, plan: ContextPlan, request: ContextRequest) -> dict[str, Any]:
+def completion_call(ctx: Runtime, plan: ContextPlan, request: ContextRequest) -> dict[str, Any]:
     """Arguments for ``prompts.complete``: model, params, timeout, retries, api_base, api_key."""
     import os
 
@@ -567,7 +577,7 @@ def completion_call(ctx: Context, plan: ContextPlan, request: ContextRequest) ->
 
 
 async def complete_async(
-    ctx: Context,
+    ctx: Runtime,
     plan: ContextPlan,
     request: ContextRequest,
     result: ContextResult,
@@ -594,7 +604,7 @@ async def complete_async(
 
 
 async def stream_async(
-    ctx: Context,
+    ctx: Runtime,
     plan: ContextPlan,
     request: ContextRequest,
     result: ContextResult,
@@ -612,7 +622,7 @@ async def stream_async(
             yield delta
 
 
-async def assemble_async(ctx: Context, plan: ContextPlan, request: ContextRequest) -> ContextResult:
+async def assemble_async(ctx: Runtime, plan: ContextPlan, request: ContextRequest) -> ContextResult:
     """Retrieve (concurrently, in threads), render and, when asked, complete."""
     began = time.perf_counter()
     loop = asyncio.get_running_loop()
@@ -628,7 +638,7 @@ async def assemble_async(ctx: Context, plan: ContextPlan, request: ContextReques
     return result
 
 
-def assemble(ctx: Context, plan: ContextPlan, request: ContextRequest) -> ContextResult:
+def assemble(ctx: Runtime, plan: ContextPlan, request: ContextRequest) -> ContextResult:
     """The synchronous path (the SDK): the same stages, the retrieval fanned out to threads."""
     began = time.perf_counter()
     steps = retrieve_stage(ctx, plan, request)

@@ -1,6 +1,6 @@
 """Rich renderings of monitoring data for the CLI: ``contextkit status`` and ``contextkit quality``.
 
-Kept apart from :mod:`contextkit.monitoring` (which computes) so that importing the numbers never
+Kept apart from :mod:`contextkit.governance.monitoring` (which computes) so that importing the numbers never
 imports rich, and the CLI commands stay thin.
 """
 
@@ -10,8 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from contextkit.expectations import format_age
-from contextkit.monitoring import PSI_MODERATE, PSI_SIGNIFICANT, Alert, ViewStatus
+from contextkit.framework.expectations import format_age
+from contextkit.governance.monitoring import PSI_MODERATE, PSI_SIGNIFICANT, Alert, ViewStatus
 
 _STATE_COLORS = {
     "fresh": "green",
@@ -118,7 +118,7 @@ def quality_tables(quality: dict[str, Any]) -> list[Any]:
         f"{reference}"
     )
     if stats.get("newest_event_us") is not None:
-        from contextkit.monitoring import _iso
+        from contextkit.governance.monitoring import _iso
 
         header += (
             f"; event times {_iso(stats.get('oldest_event_us'))} .. "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import DefinitionError, StoreError
-from contextkit.specs import (
+from contextkit.framework.specs import (
     AggregateSpec,
     EmbeddingViewSpec,
     FeatureViewSpec,

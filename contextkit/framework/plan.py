@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from contextkit.specs import METADATA_FIELDS
+from contextkit.framework.specs import METADATA_FIELDS
+from contextkit.framework.validation import AnySpec
 from contextkit.stores.registry import RegistryStore
-from contextkit.validate import AnySpec
 
 Action = Literal["create", "update", "delete"]
 _ORDER = {

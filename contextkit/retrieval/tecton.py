@@ -1,14 +1,14 @@
 """Tecton's HTTP feature-serving wire format, mapped onto contextkit's online retrieval.
 
-A Tecton *feature service* is a contextkit :class:`~contextkit.specs.ContextServiceSpec`; its
+A Tecton *feature service* is a contextkit :class:`~contextkit.framework.specs.ContextServiceSpec`; its
 features keep their ``<view>.<feature>`` names. This module only translates: it parses a
 ``get-features`` / ``get-features-batch`` body into a :class:`TectonRequest`, reads the values
-with ``ctx.get_features`` (so they equal what the SDK returns), and shapes them the way Tecton's
-clients parse them. The server route (``contextkit.server.tecton``) is a thin shell over it::
+with the service's reader, as ``ctx.get_features`` does (so they equal what the SDK returns), and
+shapes them the way Tecton's clients parse them. The server route (``contextkit.server.tecton``) is a thin shell over it::
 
     body = {"params": {"featureServiceName": "svc", "joinKeyMap": {"user_id": "1"}}}
     request = parse_get_features(body)
-    body = get_features(ctx, request, started=time.perf_counter())
+    body = get_features(runtime, request, started=time.perf_counter())
     body["result"]["features"]       # e.g. ["18", 2]: int64 values are JSON strings, as in Tecton
 
 What was checked against Tecton's docs and clients, and the differences, is in
@@ -22,12 +22,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from contextkit.compute.materialize import last_watermark
 from contextkit.errors import BadRequestError, ContextKitError, NotFoundError
-from contextkit.materialize import last_watermark
-from contextkit.retrieve import MISSING, PRESENT
+from contextkit.retrieval.online import MISSING, PRESENT, service_reader
 from contextkit.types import Bool, Float64, Int64, String, Timestamp, list_item_dtype
+
+if TYPE_CHECKING:
+    from contextkit.framework.workspace import Runtime
 
 # contextkit dtype -> Tecton's `dataType.type`. Tecton's published clients know boolean, int64,
 # float32, float64, string, array (and map/struct), but no timestamp type: a timestamp feature is
@@ -149,13 +152,12 @@ def parse_get_features(body: Mapping[str, Any], *, batch: bool = False) -> Tecto
 _ABSENT = object()
 
 
-def get_features(ctx: Any, request: TectonRequest, *, started: float) -> dict[str, Any]:
-    """The Tecton response body for ``request``, read through ``ctx.get_features``.
-
-    ``ctx`` is a :class:`~contextkit.client.Context` bound to the request's workspace; ``started``
+def get_features(runtime: Runtime, request: TectonRequest, *, started: float) -> dict[str, Any]:
+    """The Tecton response body for ``request``, read through the service's reader (as
+    ``ctx.get_features`` reads). ``runtime`` is bound to the request's workspace; ``started``
     is ``time.perf_counter()`` when the server began handling the request (for ``sloInfo``).
     """
-    specs = ctx.specs()
+    specs = runtime.specs()
     if not specs.workspace.live:
         # Tecton answers a workspace that does not serve with 404 ("ensure that the workspace
         # is a live workspace"); contextkit's own API says 409.
@@ -163,7 +165,7 @@ def get_features(ctx: Any, request: TectonRequest, *, started: float) -> dict[st
             f"workspace {specs.workspace.name!r} is a dev workspace and does not serve features",
             hint="query a live workspace",
         )
-    reader = ctx.service_reader(request.service)
+    reader = service_reader(runtime, request.service)
     entities = _entities(request.rows, [k for k, _ in reader.join_keys])
     store_started = time.perf_counter()
     # The fields the service's realtime views read, one value per row (others are ignored, as
@@ -178,7 +180,7 @@ def get_features(ctx: Any, request: TectonRequest, *, started: float) -> dict[st
                 f"missing requestContextMap field {name!r}",
                 hint=f"service {request.service!r} computes realtime features from it",
             )
-    features = ctx.get_features(request.service, entities, request_context or None)
+    features = reader.read(runtime.online, entities, request_context or None)
     store_seconds = time.perf_counter() - store_started
 
     n = len(request.rows)
@@ -196,7 +198,7 @@ def get_features(ctx: Any, request: TectonRequest, *, started: float) -> dict[st
 
     metadata: dict[str, Any] = {}
     if options.per_feature:
-        metadata["features"] = _feature_metadata(ctx, specs, features, options, request.batch)
+        metadata["features"] = _feature_metadata(runtime, specs, features, options, request.batch)
     if options.slo_info:
         server_seconds = time.perf_counter() - started
         slo = {
@@ -215,14 +217,14 @@ def get_features(ctx: Any, request: TectonRequest, *, started: float) -> dict[st
     return body
 
 
-def service_metadata(ctx: Any, service: str) -> dict[str, Any]:
+def service_metadata(runtime: Runtime, service: str) -> dict[str, Any]:
     """The ``feature-service/metadata`` body: the service's join keys and features, typed."""
-    if not ctx.specs().workspace.live:
+    if not runtime.specs().workspace.live:
         raise NotFoundError(
-            f"workspace {ctx.workspace!r} is a dev workspace and does not serve features",
+            f"workspace {runtime.workspace!r} is a dev workspace and does not serve features",
             hint="query a live workspace",
         )
-    reader = ctx.service_reader(service)
+    reader = service_reader(runtime, service)
 
     def typed(name: str, dtype: str) -> dict[str, Any]:
         tecton_type = TECTON_TYPES[dtype]
@@ -359,7 +361,7 @@ def _encoder(dtype: str):
 
 
 def _feature_metadata(
-    ctx: Any, specs: Any, features: Any, options: MetadataOptions, batch: bool
+    runtime: Runtime, specs: Any, features: Any, options: MetadataOptions, batch: bool
 ) -> list[dict[str, Any]]:
     watermarks: dict[str, str | None] = {}
     out = []
@@ -371,7 +373,7 @@ def _feature_metadata(
             entry["name"] = name
         if options.effective_times:
             if view_name not in watermarks:
-                watermarks[view_name] = _effective_time(ctx, view)
+                watermarks[view_name] = _effective_time(runtime, view)
             if watermarks[view_name] is not None:
                 entry["effectiveTime"] = watermarks[view_name]
         if options.data_types:
@@ -397,13 +399,13 @@ def _data_type(dtype: str) -> dict[str, Any]:
     return {"type": TECTON_TYPES[dtype]}
 
 
-def _effective_time(ctx: Any, view: Any) -> str | None:
+def _effective_time(runtime: Runtime, view: Any) -> str | None:
     """The time the view's online values are computed as of: the end of its latest successful
     materialization (for stream and realtime views, the read itself: they are always current).
     Whole seconds, ``Z``: Tecton's Java client parses no fractions."""
     if view.kind != "batch_feature_view":
         return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-    watermark = last_watermark(ctx.registry, ctx.workspace, view)
+    watermark = last_watermark(runtime.registry, runtime.workspace, view)
     if watermark is None:
         return None
     return watermark.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")

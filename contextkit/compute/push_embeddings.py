@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from contextkit.client import Context
-    from contextkit.specs import EmbeddingViewSpec
+    from contextkit.framework.specs import EmbeddingViewSpec
+    from contextkit.framework.workspace import Runtime
 
-log = logging.getLogger("contextkit.push_embeddings")
+log = logging.getLogger("contextkit.compute.push_embeddings")
 
 MAX_WAIT_S = 0.2
 MAX_BATCH = 256
@@ -36,7 +36,7 @@ MAX_BATCH = 256
 
 @dataclass
 class _Job:
-    ctx: Context
+    ctx: Runtime
     workspace: str
     view: EmbeddingViewSpec
     rows: list[dict[str, Any]]
@@ -55,7 +55,7 @@ class PushEncoder:
         self.encoded = 0
 
     def submit(
-        self, ctx: Context, workspace: str, view: EmbeddingViewSpec, rows: Sequence[dict]
+        self, ctx: Runtime, workspace: str, view: EmbeddingViewSpec, rows: Sequence[dict]
     ) -> None:
         with self._lock:
             self._pending += 1
@@ -115,7 +115,8 @@ def _encode(jobs: list[_Job]) -> int:
     chunks were written."""
     import pyarrow as pa
 
-    from contextkit.embedding import encoder_for, vector_table
+    from contextkit.compute.embedding import encoder_for
+    from contextkit.compute.layout import vector_table
     from contextkit.embeddings import Chunker, plan_encode
 
     ctx, view, workspace = jobs[0].ctx, jobs[0].view, jobs[0].workspace
@@ -131,7 +132,7 @@ def _encode(jobs: list[_Job]) -> int:
     if ts is not None and view.sources:
         # Only the newest version of a document counts: a late record older than what the log
         # already holds for its key must not replace it.
-        from contextkit.streaming import log_table
+        from contextkit.compute.layout import log_table
         from contextkit.types import epoch_micros
 
         newest = ctx.online.max_by_key(

@@ -31,7 +31,7 @@ newest event time of its online snapshot; for embedding views the time since its
 successful job), checked against the view's ``max_staleness``, its ``ttl`` and its
 ``batch_schedule``.
 
-**Alerts**: expectations (:mod:`contextkit.expectations`) a job's rows failed, open until a later
+**Alerts**: expectations (:mod:`contextkit.framework.expectations`) a job's rows failed, open until a later
 job of the view passes them; plus, computed when asked, views whose last job failed and views that
 are stale, expired or late.
 """
@@ -49,8 +49,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import ContextKitError, NotFoundError
-from contextkit.expectations import Outcome, evaluate, format_age
-from contextkit.specs import EmbeddingViewSpec, FeatureViewSpec
+from contextkit.framework.expectations import Outcome, evaluate, format_age
+from contextkit.framework.specs import EmbeddingViewSpec, FeatureViewSpec
 from contextkit.stores.registry import (
     COMPLETED_STATUSES,
     AlertRecord,
@@ -63,9 +63,9 @@ from contextkit.types import Bool, Float64, Int64, String, Timestamp
 if TYPE_CHECKING:
     import duckdb
 
-    from contextkit.client import Context
+    from contextkit.framework.workspace import Runtime
 
-log = logging.getLogger("contextkit.monitoring")
+log = logging.getLogger("contextkit.governance.monitoring")
 
 STATS_VERSION = 1
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
@@ -966,7 +966,7 @@ class Monitoring:
         ctx.monitoring.alerts()                  # open alerts, newest first
     """
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Runtime) -> None:
         self.ctx = ctx
         self.registry = ctx.registry
 

@@ -1,0 +1,1 @@
+"""Unified compute: materialization jobs (feature and embedding views), offline point-in-time retrieval, streaming ingest."""

@@ -1,0 +1,1 @@
+"""The declarative framework: SDK objects, specs, repo loading, transformations, validation, plan/apply."""

@@ -1,0 +1,1 @@
+"""Governance: access control and API keys, monitoring, lineage, quality reports."""
