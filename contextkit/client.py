@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from contextkit.governance.access import Access
     from contextkit.governance.monitoring import Monitoring
     from contextkit.retrieval.assemble import ContextPlan, ContextRequest, ContextResult
+    from contextkit.retrieval.chat import ChatReply
     from contextkit.retrieval.datasets import RenderedDataset
     from contextkit.stores.vector import LanceVectorStore
 
@@ -466,6 +467,43 @@ class Context:
             ),
         )
         return assemble(self.runtime, plan, request)
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        service: str,
+        entities: Mapping[str, Any] | None = None,
+        prompt: str | None = None,
+        request_context: Mapping[str, Any] | None = None,
+        llm_model: str | None = None,
+        top_k: int | None = None,
+        filter: Mapping[str, Any] | None = None,
+        searches: Mapping[str, Mapping[str, Any]] | None = None,
+        **params: Any,
+    ) -> ChatReply:
+        """What ``POST /v1/chat/completions`` does: answer the conversation with the service's
+        context. ``params`` are OpenAI sampling parameters (``temperature=0``)::
+
+            reply = ctx.chat([{"role": "user", "content": "Where is my parcel?"}],
+                             service="support_assistant", entities={"user_id": 7})
+            reply.text, reply.context.documents["products"]
+        """
+        from contextkit.retrieval.chat import chat
+
+        return chat(
+            self.runtime,
+            messages,
+            service=service,
+            entities=entities,
+            prompt=prompt,
+            request_context=request_context,
+            llm_model=llm_model,
+            top_k=top_k,
+            filter=filter,
+            searches=searches,
+            **params,
+        )
 
     # -- similarity search ------------------------------------------------------------------------
     def embedding_view(self, name: str) -> EmbeddingViewSpec:

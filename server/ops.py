@@ -46,7 +46,7 @@ from contextkit.errors import (
 if TYPE_CHECKING:
     from contextkit.server.common import ServerState
 
-access_log = logging.getLogger("contextkit.governance.access")
+access_log = logging.getLogger("contextkit.access")
 
 # Latency buckets (seconds): dense below 10 ms, where the online endpoints live.
 LATENCY_BUCKETS = (

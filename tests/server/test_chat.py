@@ -25,7 +25,6 @@ from contextkit.errors import BadRequestError, NotFoundError
 from contextkit.retrieval.chat import (
     ChatRequestError,
     InvalidChatBody,
-    chat,
     merge_conversation,
     openai_error,
     parse_chat_request,
@@ -283,8 +282,7 @@ def test_errors_are_api_status_errors_with_a_message(client, shop, server, stub,
 def test_sdk_chat_sends_what_it_reports(shop, stub, customer):
     _root, ctx = shop
     stub.reset()
-    reply = chat(
-        ctx,
+    reply = ctx.chat(
         conversation(customer["question"]),
         service="support_assistant",
         entities={"user_id": customer["user"]},
@@ -306,10 +304,10 @@ def test_sdk_chat_sends_what_it_reports(shop, stub, customer):
 def test_sdk_chat_refuses_like_the_endpoint(shop):
     _root, ctx = shop
     with pytest.raises(BadRequestError) as info:
-        chat(ctx, [{"role": "user", "content": "hi"}], service="support_assistant")
+        ctx.chat([{"role": "user", "content": "hi"}], service="support_assistant")
     assert info.value.details["field"] == "entities"
     with pytest.raises(NotFoundError):
-        chat(ctx, [{"role": "user", "content": "hi"}], service="nope", entities={"user_id": 1})
+        ctx.chat([{"role": "user", "content": "hi"}], service="nope", entities={"user_id": 1})
 
 
 # -- merging a rendered prompt with a conversation ------------------------------------------------
