@@ -21,6 +21,7 @@ from contextkit.errors import DefinitionError, ValidationErrors
 from contextkit.framework.definitions import (
     BatchFeatureView,
     ContextService,
+    Definition,
     EmbeddingView,
     Entity,
     FileSource,
@@ -28,7 +29,6 @@ from contextkit.framework.definitions import (
     PushSource,
     RealtimeFeatureView,
     StreamFeatureView,
-    _Definition,
 )
 
 SKIP_DIRS = {".contextkit", ".venv", "venv", "__pycache__", "data", "node_modules", "tests"}
@@ -54,7 +54,7 @@ class Repo:
     """A loaded repo: its config and its objects, in file and line order."""
 
     config: RepoConfig
-    objects: list[_Definition] = field(default_factory=list)
+    objects: list[Definition] = field(default_factory=list)
 
     def of_type(self, cls: type) -> list:
         return [o for o in self.objects if isinstance(o, cls)]
@@ -144,7 +144,7 @@ def _last_frame_in(frames: traceback.StackSummary, root: Path) -> traceback.Fram
     return inside[-1] if inside else None
 
 
-def _referenced(obj: _Definition) -> list[_Definition]:
+def _referenced(obj: Definition) -> list[Definition]:
     if isinstance(obj, BatchFeatureView | EmbeddingView):
         refs = [*obj.sources, *obj.entities]
     elif isinstance(obj, StreamFeatureView):
@@ -159,16 +159,16 @@ def _referenced(obj: _Definition) -> list[_Definition]:
         refs = [*obj.views(), *obj.embedding_views(), *obj.prompt_views()]
     else:
         refs = []
-    return [o for o in refs if isinstance(o, _Definition)]
+    return [o for o in refs if isinstance(o, Definition)]
 
 
-def collect_objects(modules: list[object]) -> list[_Definition]:
+def collect_objects(modules: list[object]) -> list[Definition]:
     """Every repo object reachable from the modules' globals, each once, in definition order."""
-    seen: dict[int, _Definition] = {}
-    stack: list[_Definition] = []
+    seen: dict[int, Definition] = {}
+    stack: list[Definition] = []
     for module in modules:
         for value in vars(module).values():
-            if isinstance(value, _Definition):
+            if isinstance(value, Definition):
                 stack.append(value)
     while stack:
         obj = stack.pop()
@@ -179,10 +179,10 @@ def collect_objects(modules: list[object]) -> list[_Definition]:
     return sorted(seen.values(), key=lambda o: (o._file, o._line))
 
 
-def check_unique_names(objects: list[_Definition], root: Path | None = None) -> None:
+def check_unique_names(objects: list[Definition], root: Path | None = None) -> None:
     """Raise when two different objects of one namespace share a name (lists every clash)."""
     errors = []
-    first: dict[tuple[str, str], _Definition] = {}
+    first: dict[tuple[str, str], Definition] = {}
     for obj in objects:
         namespace = next(ns for cls, ns in NAMESPACES.items() if isinstance(obj, cls))
         key = (namespace, obj.name)

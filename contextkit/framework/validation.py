@@ -13,7 +13,7 @@ from pathlib import Path
 
 from contextkit.errors import ContextKitError, DefinitionError, ValidationErrors
 from contextkit.framework import transformations
-from contextkit.framework.definitions import _Definition
+from contextkit.framework.definitions import Definition
 from contextkit.framework.expectations import expectation_problems
 from contextkit.framework.repo import Repo
 from contextkit.framework.specs import (
@@ -56,7 +56,7 @@ def build_specs(repo: Repo) -> list[AnySpec]:
     return specs
 
 
-def _object_error(obj: _Definition, message: str, root: str) -> DefinitionError:
+def _object_error(obj: Definition, message: str, root: str) -> DefinitionError:
     return DefinitionError(f"{obj.kind} {obj.name!r}: {message}", location=str(obj.location(root)))
 
 
