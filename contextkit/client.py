@@ -244,7 +244,9 @@ class Context:
 
         repo = load_repo(repo_path or self.config.root)
         with _translating:
-            specs = validate(build_specs(repo), repo.config.root.resolve(), repo.config.models)
+            specs = validate(
+                build_specs(repo), repo.config.root.resolve(), repo.config.models, repo.config.llm
+            )
         with _translating:
             return compute_plan(self.registry, self.workspace, specs)
 

@@ -9,7 +9,7 @@ Example::
     vector_store: {type: lancedb, path: .contextkit/vectors}
     models:                      # embedding models, by the name views use (minilm is built in)
       openai_small: {type: litellm, model: text-embedding-3-small, dimension: 1536}
-    llm: {timeout_s: 60, retries: 2}   # completions: api_base, api_key_env, timeout_s, retries
+    llm: {timeout_s: 60, retries: 2}   # completions: api_base, api_key_env, models, timeout_s...
     monitoring: {enabled: true}        # data-quality statistics in every materialization job
 
 Relative paths are relative to the folder holding the config file.
@@ -54,6 +54,8 @@ class LLMConfig(BaseModel):
     api_base: str | None = None
     # The environment variable holding the key; None: the provider's usual one (OPENAI_API_KEY).
     api_key_env: str | None = None
+    # Model names `plan` accepts beyond those litellm knows (a fine-tuned or brand-new model).
+    models: list[str] = []
     timeout_s: float = 60.0
     retries: int = 2
 
