@@ -339,15 +339,23 @@ def materialize(
                 f"entities ({span}) in {r.duration_s:.2f}s"
             )
             _print_warning(console, r)
+        warned = [r.view for r in results if r.status == "warning"]
+        if warned:
+            console.print(
+                f"[bold yellow]WARNING: {len(warned)} job(s) ended with warnings: "
+                f"{', '.join(warned)}[/] (`contextkit status` lists the alerts)",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def _outcome(result) -> str:
-    return "[yellow]warning[/]" if result.status == "warning" else "[green]ok[/]"
+    return "[bold yellow]warning[/]" if result.status == "warning" else "[green]ok[/]"
 
 
 def _print_warning(console, result) -> None:
     if result.status == "warning" and result.error:
-        console.print(f"  [yellow]{result.error}[/]", highlight=False, soft_wrap=True)
+        console.print(f"  [yellow]! {result.error}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contextkit.errors import ConfigError
 
@@ -74,6 +74,9 @@ class MonitoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # False: jobs compute no statistics and no drift; declared expectations are still checked.
     enabled: bool = True
+    # A job that leaves a view's online table with fewer entities than this share below the
+    # previous job's warns (status "warning", an alert); one that empties it always warns.
+    max_online_shrink: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class RepoConfig(BaseModel):

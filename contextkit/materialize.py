@@ -24,7 +24,7 @@ from pathlib import Path
 from contextkit import compute
 from contextkit.compute import EVENT_TIMESTAMP, quote
 from contextkit.errors import ContextKitError, StoreError
-from contextkit.monitoring import JobMonitor
+from contextkit.monitoring import JobMonitor, online_change_warning, online_snapshot
 from contextkit.specs import METADATA_FIELDS, FeatureViewSpec, FileSourceSpec
 from contextkit.stores.errors import StoreFailure
 from contextkit.stores.offline import ParquetOfflineStore
@@ -132,11 +132,14 @@ def materialize_view(
     full: bool = False,
     on_stage: Callable[[str], None] | None = None,
     monitoring: bool = True,
+    max_online_shrink: float | None = 0.5,
 ) -> JobResult:
     """Run one materialization job for ``view`` (see the module docstring).
 
     ``monitoring``: measure the rows (see :mod:`contextkit.monitoring`); the view's expectations
-    are checked either way, on the staged rows, before anything is committed.
+    are checked either way, on the staged rows, before anything is committed. A job that leaves
+    the online table empty, or with more than ``max_online_shrink`` (a share) fewer entities than
+    the previous job left, ends with status ``warning`` and says why.
     """
     end = _utc(end or datetime.now(UTC))
     watermark = None if full else last_watermark(registry, workspace, view)
@@ -147,13 +150,18 @@ def materialize_view(
         start = _utc(start)
     if start is not None and start > end:
         start = end
+    # A backfill of a past range leaves the (newer) online values alone.
+    refresh_online = view.online and (watermark is None or end >= watermark)
+    previous_online = (
+        online_snapshot(registry.list_jobs(workspace, view.name, 50)) if refresh_online else None
+    )
     job_id = registry.start_job(
         workspace,
         view.name,
         range_start=start.isoformat() if start else None,
         range_end=end.isoformat(),
         spec_hash=spec_hash(view),
-        details={"full": replace_all},
+        details={"full": replace_all, "online": refresh_online},
     )
     monitor = JobMonitor.start(registry, workspace, view, job_id, as_of=end, enabled=monitoring)
     began = time.perf_counter()
@@ -189,8 +197,6 @@ def materialize_view(
                             replace_all,
                         )
                     )
-            # A backfill of a past range leaves the (newer) online values alone.
-            refresh_online = view.online and (watermark is None or end >= watermark)
             if monitor is not None and not refresh_online and staged:
                 monitor.check_staged(ws.con, staged[0])
             if refresh_online:
@@ -230,6 +236,13 @@ def materialize_view(
         raise
     duration = time.perf_counter() - began
     status, warning = monitor.finish() if monitor is not None else ("succeeded", None)
+    if refresh_online:
+        before = previous_online.rows if previous_online is not None else None
+        shrank = online_change_warning(
+            view, rows_online, before, max_online_shrink, end=end.isoformat()
+        )
+        if shrank is not None:
+            status, warning = "warning", "; ".join(w for w in (shrank, warning) if w)
     registry.finish_job(
         job_id, status, rows_offline=rows_offline, rows_online=rows_online, error=warning
     )

@@ -448,6 +448,13 @@ def _after_commit(ctx: Context, workspace: str, source: PushSourceSpec, records:
         push_encoder().submit(ctx, workspace, view, rows)
 
 
+def last_ingest_time(ctx: Context, workspace: str, source: str) -> float | None:
+    """When the newest record pushed to ``source`` arrived (Unix seconds); None when nothing was
+    ingested. What ``contextkit status`` reports as a stream view's freshness."""
+    us = ctx.online.last_ingested_at(log_table(workspace, source))
+    return None if us is None else us / US
+
+
 # -- online reads ----------------------------------------------------------------------------------
 
 

@@ -299,6 +299,21 @@ class SQLiteOnlineStore:
                 return []
             raise
 
+    def last_ingested_at(self, table: str) -> int | None:
+        """When the newest row of an ingest log arrived (``ingested_at``, epoch microseconds);
+        None when the log is empty or does not exist. One index lookup (the last ``seq``)."""
+        try:
+            row = (
+                self._con()
+                .execute(f"SELECT ingested_at FROM {_q(table)} ORDER BY seq DESC LIMIT 1")
+                .fetchone()
+            )
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return None if row is None else int(row[0])
+
 
 class OnlineWriter:
     """Writes inside one :meth:`SQLiteOnlineStore.transaction`."""

@@ -242,6 +242,7 @@ class RegistryStore(Protocol):
         self, workspace: str | None = None, *, with_stats: bool = True
     ) -> list[JobStatsRecord]: ...
     def latest_jobs(self, workspace: str | None = None) -> list[JobRecord]: ...
+    def open_alert(self, alert: AlertRecord) -> None: ...
     def list_alerts(
         self,
         workspace: str | None = None,
@@ -555,25 +556,25 @@ class SQLiteRegistry:
             }
             for alert in raised:
                 found = open_alerts.pop((alert.kind, alert.subject), None)
-                if found is not None:
-                    con.execute(
-                        "UPDATE alerts SET severity = ?, message = ?, details = ?, job_id = ?, "
-                        "updated_at = ? WHERE id = ?",
-                        (alert.severity, alert.message, json.dumps(alert.details), alert.job_id,
-                         now, found),
-                    )  # fmt: skip
-                    continue
-                con.execute(
-                    f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-                    (alert.id, workspace, view, alert.kind, alert.subject, alert.severity,
-                     alert.message, json.dumps(alert.details), alert.job_id, now, now),
-                )  # fmt: skip
+                _write_alert(con, alert, workspace, view, found, now)
             for alert_id in open_alerts.values():
                 con.execute(
                     "UPDATE alerts SET resolved_at = ?, resolved_by = ? WHERE id = ?",
                     (now, job_id, alert_id),
                 )
+
+    def open_alert(self, alert: AlertRecord) -> None:
+        """Raise an alert outside a job (a failed push-based encode): it updates the view's open
+        alert of the same kind and subject, or opens one. Other open alerts are left alone; the
+        view's next job that records monitoring resolves it like any other."""
+        now = time.time()
+        with self._transaction() as con:
+            found = con.execute(
+                "SELECT id FROM alerts WHERE workspace = ? AND view = ? AND kind = ? AND "
+                "subject = ? AND resolved_at IS NULL",
+                (alert.workspace, alert.view, alert.kind, alert.subject),
+            ).fetchone()
+            _write_alert(con, alert, alert.workspace, alert.view, found and found[0], now)
 
     def list_job_stats(
         self, workspace: str, view: str, limit: int = 50, *, completed_only: bool = False
@@ -691,6 +692,30 @@ class SQLiteRegistry:
                 "value = excluded.value",
                 (key, value),
             )
+
+
+def _write_alert(
+    con: sqlite3.Connection,
+    alert: AlertRecord,
+    workspace: str,
+    view: str,
+    open_id: str | None,
+    now: float,
+) -> None:
+    """Update the open alert ``open_id`` with ``alert``'s content, or insert ``alert``."""
+    if open_id is not None:
+        con.execute(
+            "UPDATE alerts SET severity = ?, message = ?, details = ?, job_id = ?, updated_at = ? "
+            "WHERE id = ?",
+            (alert.severity, alert.message, json.dumps(alert.details), alert.job_id, now, open_id),
+        )
+        return
+    con.execute(
+        f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES "
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+        (alert.id, workspace, view, alert.kind, alert.subject, alert.severity, alert.message,
+         json.dumps(alert.details), alert.job_id, now, now),
+    )  # fmt: skip
 
 
 def _where(**equals: Any) -> tuple[str, list[Any]]:
