@@ -462,8 +462,14 @@ def _call_arguments(
 ) -> dict[str, Any]:
     if not model:
         raise ValueError("model is required, e.g. 'openai/gpt-4o-mini'")
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout}")
+    if not timeout > 0:  # from the repo config: a setting to fix, not a server bug
+        raise LLMNotConfiguredError(
+            f"the LLM timeout must be a positive number of seconds, got {timeout}",
+            setting="llm.timeout_s",
+            model=model,
+            hint="set llm.timeout_s in contextkit.yaml (default 60)",
+            attempts=0,
+        )
     generation = check_generation_params(params)
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]

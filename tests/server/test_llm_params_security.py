@@ -14,89 +14,23 @@ calls, so a leak would show up as a recorded request.
 from __future__ import annotations
 
 import json
-import textwrap
-import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
+from llm_repo import CHAT, CONTEXT, CatchAll, build_llm_repo
 from openai_stub import OpenAIStub
 
-import contextkit
 from contextkit.errors import ContextKitError
 from contextkit.prompts import GENERATION_PARAMS
 
 SECRET = "sk-params-secret-0123456789"
 KEY_VAR = "PARAMS_TEST_LLM_KEY"
-T0 = datetime(2024, 5, 1, tzinfo=UTC)
-
-DEFS = """\
-from contextkit import ContextService, Entity, FileSource, PromptView, batch_feature_view
-
-user = Entity(name="user", join_keys=["user_id"])
-events = FileSource(name="events", path="data/events.parquet", timestamp_field="ts")
-
-@batch_feature_view(sources=[events], entities=[user], mode="sql")
-def user_x(events):
-    return f"SELECT user_id, x, ts FROM {events}"
-
-ask = PromptView(
-    name="ask",
-    template="x={{ features.user_x.x }} Q: {{ query }}",
-    features=[user_x],
-    model="openai/gpt-4o-mini",
-    params={"temperature": 0.2},
-)
-assistant = ContextService(name="assistant", features=[user_x], prompts=["ask"])
-"""
 
 
-class CatchAll:
-    """A threading HTTP server on 127.0.0.1 that records every request it gets and answers 500."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        recorded = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def _record(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
-                recorded.append(
-                    {
-                        "method": self.command,
-                        "path": self.path,
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "body": body.decode("utf-8", "replace"),
-                    }
-                )
-                payload = b'{"error": {"message": "caught", "type": "server_error"}}'
-                self.send_response(500)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _record
-
-            def log_message(self, *args: Any) -> None:  # keep test output clean
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> CatchAll:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+# litellm's types trip a harmless pydantic warning the first time they are built.
+pytestmark = pytest.mark.filterwarnings("ignore:Items? .* `ReadOnly` qualifier:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -113,43 +47,14 @@ def stub() -> Iterator[OpenAIStub]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, stub) -> Iterator[tuple[TestClient, Any]]:
-    """A small repo (one feature view, one prompt view) whose LLM is the stub, key in the env."""
-    import pyarrow.parquet as pq
-
-    root = tmp_path_factory.mktemp("params") / "repo"
-    (root / "data").mkdir(parents=True)
-    (root / "contextkit.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            project: params
-            registry: .contextkit/registry.db
-            online_store: {{type: sqlite, path: .contextkit/online.db}}
-            offline_store: {{type: parquet, path: .contextkit/offline}}
-            llm:
-              api_base: {stub.base_url}
-              api_key_env: {KEY_VAR}
-              timeout_s: 10
-              retries: 0
-            """
-        )
-    )
-    (root / "params_security_defs.py").write_text(DEFS)
-    events = pa.table(
-        {
-            "user_id": pa.array([1, 2], pa.int64()),
-            "x": pa.array([1.5, 2.5], pa.float64()),
-            "ts": pa.array([T0, T0 + timedelta(hours=1)], pa.timestamp("us", tz="UTC")),
-        }
-    )
-    pq.write_table(events, root / "data" / "events.parquet")
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KEY_VAR, SECRET)
-    ctx = contextkit.connect(root, "prod")
-    ctx.create_workspace("prod", live=True)
-    ctx.apply(ctx.plan(root))
-    ctx.materialize(end=T0 + timedelta(days=1))
+    """The small repo of ``llm_repo`` whose LLM is the stub, the key in the environment."""
     from contextkit.server.app import create_app
 
+    mp = pytest.MonkeyPatch()
+    mp.setenv(KEY_VAR, SECRET)
+    root = tmp_path_factory.mktemp("params") / "repo"
+    llm = {"api_base": stub.base_url, "api_key_env": KEY_VAR, "timeout_s": 10, "retries": 0}
+    ctx = build_llm_repo(root, llm)
     try:
         with TestClient(create_app(ctx, auth=False), raise_server_exceptions=False) as client:
             yield client, ctx
@@ -171,10 +76,6 @@ def forbidden(catch_all: CatchAll) -> dict[str, Any]:
         "extra_body": {"api_base": catch_all.url},
         "frobnicate": catch_all.url + "/v1",  # an unknown name
     }
-
-
-CONTEXT = {"service": "assistant", "entities": {"user_id": 1}, "query": "hi", "complete": True}
-CHAT = {"model": "contextkit/assistant", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def assert_refused(response, name: str) -> dict[str, Any]:
@@ -294,3 +195,11 @@ def test_the_catch_all_would_see_a_leak(catch_all):
     assert catch_all.requests, "the catch-all recorded nothing"
     assert catch_all.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
     assert json.loads(catch_all.requests[0]["body"])["model"] == "gpt-4o-mini"
+
+
+def test_the_chat_schema_declares_the_same_generation_parameters():
+    from contextkit.server.chat import ChatCompletionBody
+
+    own = {"model", "messages", "stream", "stream_options", "n", "contextkit"}
+    ignored = {"metadata", "store", "service_tier"}
+    assert set(ChatCompletionBody.model_fields) - own - ignored == GENERATION_PARAMS
