@@ -162,7 +162,7 @@ def routes(state: ServerState) -> APIRouter:
         }
         prompt = field(data, "prompt", str, required=False)
         stream = _flag(data, "stream", False)
-        ctx = state.context(request, workspace, READER)
+        ctx = state.context(request, workspace, READER, service=service)
         plan, parsed = ctx._context_request(service, prompt, options)
         if not (stream and parsed.complete):
             result = await assemble_async(ctx, plan, parsed)

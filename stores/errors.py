@@ -24,6 +24,11 @@ class MissingError(StoreFailure):
     """A workspace or record does not exist."""
 
 
+class StoreUnavailable(StoreFailure):
+    """A store's data is missing, unreadable or damaged: files deleted or corrupted under a
+    running process, a file that is not a database. Rebuilding it (re-materializing) fixes it."""
+
+
 class StoreServerUnavailable(StoreFailure):
     """A store server cannot serve now: unreachable, wrong credentials, read-only or full. The
     same request may succeed once the server is back (clients reconnect by themselves)."""

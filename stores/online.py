@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from contextkit.stores.errors import StoreFailure, WriteConflict
+from contextkit.stores.errors import StoreFailure, StoreUnavailable, WriteConflict
 
 T = TypeVar("T")
 
@@ -233,13 +233,29 @@ class SQLiteOnlineStore(OnlineStore):
         """This thread's connection of one kind: readers (NORMAL) or ingest writers (FULL)."""
         con = getattr(self._local, slot, None)
         if con is None:
-            con = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, cached_statements=1024
-            )
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute(f"PRAGMA synchronous={synchronous}")
+            try:
+                con = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=30, cached_statements=1024
+                )
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute(f"PRAGMA synchronous={synchronous}")
+            except sqlite3.DatabaseError as exc:  # not a database, no permission, no folder
+                raise self._unreadable(exc) from None
             setattr(self._local, slot, con)
         return con
+
+    def _unreadable(self, exc: sqlite3.Error) -> StoreUnavailable:
+        """SQLite's error reading the file, as a store failure naming it."""
+        if "locked" in str(exc) or "busy" in str(exc):
+            hint = "another process holds a write lock on it for too long; retry"
+        else:
+            hint = (
+                "the file is damaged or is not a SQLite database: restore it, or move it away "
+                "and re-materialize the views (`contextkit materialize`)"
+            )
+        return StoreUnavailable(
+            f"the online store {str(self.path)!r} cannot be read: {exc}", hint=hint
+        )
 
     def _con(self) -> sqlite3.Connection:
         return self._connect("con", "NORMAL")
@@ -321,13 +337,13 @@ class SQLiteOnlineStore(OnlineStore):
             params = [v for k in key_rows for v in k]
         try:
             found = self._con().execute(f"SELECT {cols} FROM {_q(table)} WHERE {where}", params)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 raise StoreFailure(
                     f"online table {table!r} does not exist",
                     hint="materialize the view first with `contextkit materialize`",
                 ) from None
-            raise
+            raise self._unreadable(exc) from None
         width = len(keys)
         by_key = {row[:width]: row[width:] for row in found}
         return [by_key.get(tuple(k)) for k in key_rows]
@@ -378,10 +394,10 @@ class SQLiteOnlineStore(OnlineStore):
                 f"ORDER BY {_q(range_column)}",
                 [*params, low],
             )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 return {}
-            raise
+            raise self._unreadable(exc) from None
         width = len(keys)
         out: dict[tuple, list[tuple]] = {}
         for row in rows:
@@ -425,10 +441,10 @@ class SQLiteOnlineStore(OnlineStore):
                 f"AND {rng} <= ? GROUP BY {key_list}",
                 params,
             )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 return {}
-            raise
+            raise self._unreadable(exc) from None
         width = len(keys)
         return {row[:width]: row[width:] for row in rows}
 
@@ -446,10 +462,10 @@ class SQLiteOnlineStore(OnlineStore):
                 f"(VALUES {','.join([one] * len(key_rows))}) GROUP BY {key_list}",
                 [v for k in key_rows for v in k],
             )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 return {}
-            raise
+            raise self._unreadable(exc) from None
         return {row[:-1]: row[-1] for row in rows}
 
     def read_log(
@@ -466,10 +482,10 @@ class SQLiteOnlineStore(OnlineStore):
                 )
                 .fetchall()
             )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 return []
-            raise
+            raise self._unreadable(exc) from None
 
     def last_ingested_at(self, table: str) -> int | None:
         """When the newest row of an ingest log arrived (``ingested_at``, epoch microseconds);

@@ -981,7 +981,7 @@ def test_nothing_is_read_until_a_to_method_is_called(repo, tmp_path, monkeypatch
     result = ctx.get_features_for_events(path, "svc")
     assert opened == []
     path.unlink()  # the file is read only when the result is computed
-    with pytest.raises(duckdb.Error, match="events.parquet"):
+    with pytest.raises(BadRequestError, match="events.parquet"):
         result.to_pandas()
     assert opened == [1]
 
