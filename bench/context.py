@@ -13,15 +13,25 @@ the quickstart generator, a text prompt (Jinja) with a 2,000-token budget counte
 encoder (``models: {fast: {type: hash, dimension: 384}}``: seeded random unit vectors, ~30 us per
 query), so query encoding is a small, known part. Timed per request, in interleaved rounds:
 
-* raw parts, each on its own, in this process: ``SQLiteOnlineStore.read`` of the 4 features; the
-  hash encoding of the query; the raw LanceDB query (``tbl.search(v).distance_type("cosine")
-  .limit(5).select([...]).to_arrow()``); the same template rendered by plain ``jinja2``
-  (``SandboxedEnvironment`` + ``StrictUndefined``) from the feature row and the exact top 5 (the
-  endpoint's documents, so both prompts can be compared); the token count of the rendered text
-  with plain ``tiktoken``. For reference also the store layer's
-  ``LanceVectorStore.search`` (up to 20,000 rows it answers from an exact numpy copy);
+* raw parts, each on its own, in this process, each the plain library doing the work the endpoint
+  does: the ``sqlite3`` SELECT of the 4 features that the online store runs; the hash encoding of
+  the query; the top-5 search *the store runs for this table*, done with the raw library (read
+  from the table and the store's settings, see :func:`search_path`): up to
+  ``exact_search_max_rows`` (20,000) rows the store answers from an exact in-memory copy, so the
+  raw part is numpy's exact search over the same normalized vectors (scores, top 5, the 5 rows'
+  columns); above that, with an ANN index, raw LanceDB's index query with the store's parameters
+  (``.distance_type("cosine").limit(5).select([...])``), and without one LanceDB's flat query;
+  the same template rendered by plain ``jinja2`` (``SandboxedEnvironment`` + ``StrictUndefined``)
+  from the feature row and the store's top 5 (so both prompts can be compared); the token count
+  of the rendered text with plain ``tiktoken``. The raw search's documents are checked against
+  the store's (the same 5, in order, on the exact paths). For reference, not in the sums: the
+  store layer's calls (``SQLiteOnlineStore.read``, ``LanceVectorStore.search``) and, where the
+  store answers exactly, the raw LanceDB query the endpoint does *not* run (an earlier version
+  of this script subtracted that one, which made the overhead look 1.1 ms smaller than it is);
 * SDK ``ctx.get_context(...)`` in process; HTTP ``POST /v1/context`` (client round trip over a
-  keep-alive connection); HTTP ``GET /health`` (the HTTP stack's floor).
+  keep-alive connection); HTTP ``GET /health`` (the HTTP stack's floor). A second table puts the
+  server's own stage timings (``metadata.timings_ms``) next to the raw parts doing each stage's
+  work.
 
 **Slow service** (concurrency): ``--slow-views`` feature views of ``--slow-features`` features
 each, and two searches whose views use two hosted embedding models (litellm, ``openai/...``)
@@ -33,8 +43,8 @@ their sum is what a sequential run would take; ``total`` is what the request too
     python bench/context.py                    # ~3-5 min on 2 cores
     python bench/context.py --requests 300     # quicker
 
-Targets (issue 5): p50 overhead of the endpoint over the raw parts (SQLite + LanceDB + Jinja)
-under 1.5 ms; total below the sum of the stages when features and search are both slow.
+Targets (issue 5): p50 overhead of the endpoint over the raw parts (SQLite + the vector search +
+Jinja) under 1.5 ms; total below the sum of the stages when features and search are both slow.
 Only 127.0.0.1 is contacted; the server and the stub are stopped at the end, also on errors.
 """
 
@@ -46,6 +56,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import sys
 import tempfile
 import textwrap
@@ -63,6 +74,7 @@ from _common import (
     load_line,
     machine_line,
     ratio,
+    verdict,
 )
 from online import Server, free_port
 from search import QUESTIONS, Http
@@ -256,10 +268,56 @@ def offline_tiktoken(encoding: str) -> str:
     return encoding
 
 
-class RawParts:
-    """The endpoint's work, done part by part with the plain libraries (and the online store)."""
+def search_path(store, tbl) -> str:
+    """Which search :class:`LanceVectorStore` runs for this table (see ``stores/vector.py``):
+    ``exact`` (numpy over its in-memory copy, up to ``exact_search_max_rows`` rows), ``ann``
+    (LanceDB's vector index) or ``flat`` (LanceDB without an index)."""
+    if store.exact_search_max_rows > 0 and tbl.count_rows() <= store.exact_search_max_rows:
+        return "exact"
+    indexed = any(tuple(index.columns) == ("vector",) for index in tbl.list_indices())
+    return "ann" if indexed else "flat"
 
-    def __init__(self, root: Path, chunks_table: str, top_k: int) -> None:
+
+class RawExactSearch:
+    """Exact cosine top k in plain numpy over the table's vectors, normalized once (what the
+    store's in-memory copy holds), returning the k rows' columns and distances."""
+
+    def __init__(self, tbl, columns: list[str], top_k: int) -> None:
+        import numpy as np
+
+        data = tbl.to_arrow()
+        vectors = data.column("vector").combine_chunks()
+        dim = vectors.type.list_size
+        matrix = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        matrix = matrix.reshape(len(vectors), dim)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        self.matrix = np.ascontiguousarray(matrix / norms)
+        self.rows = data.select(columns).combine_chunks()
+        self.top_k = top_k
+
+    def __call__(self, vector) -> list[dict]:
+        import numpy as np
+        import pyarrow as pa
+
+        query = np.asarray(vector, dtype=np.float32)
+        # einsum: the fastest plain numpy kernel here; ``matrix @ query`` goes through
+        # multi-threaded BLAS, measured 2-6x slower on these 2 busy cores.
+        similarity = np.einsum("ij,j->i", self.matrix, query / np.linalg.norm(query))
+        top = np.argpartition(similarity, len(similarity) - self.top_k)[-self.top_k :]
+        top = top[np.argsort(-similarity[top], kind="stable")]
+        rows = self.rows.take(pa.array(top)).to_pylist()
+        for row, score in zip(rows, similarity[top].tolist(), strict=True):
+            row["_distance"] = 1.0 - score
+        return rows
+
+
+class RawParts:
+    """The endpoint's work, done part by part with the plain libraries."""
+
+    def __init__(self, root: Path, chunks_table: str, top_k: int, store) -> None:
+        import sqlite3
+
         import jinja2
         import jinja2.sandbox
         import lancedb
@@ -269,15 +327,26 @@ class RawParts:
         from contextkit.embeddings import HashEncoder
         from contextkit.stores.online import SQLiteOnlineStore
 
-        self.online = SQLiteOnlineStore(root / ".contextkit" / "online.db")
-        self.online_table = online_table(WORKSPACE, "user_facts")
+        table = online_table(WORKSPACE, "user_facts")
         self.columns = ["event_timestamp", *FEATURES]
+        # The store layer, for reference; the raw part is sqlite3 running the store's SELECT on
+        # a connection set up like the store's (WAL, cached statements).
+        self.online = SQLiteOnlineStore(root / ".contextkit" / "online.db")
+        self.online_table = table
+        self.sqlite = sqlite3.connect(
+            root / ".contextkit" / "online.db", isolation_level=None, cached_statements=1024
+        )
+        self.sqlite.execute("PRAGMA journal_mode=WAL")
+        names = ", ".join(f'"{c}"' for c in ["user_id", *self.columns])
+        self.select_sql = f'SELECT {names} FROM "{table}" WHERE "user_id" = ?'
         self.encoder = HashEncoder(dimension=384, name="hash-384")
         self.tbl = lancedb.connect(str(root / ".contextkit" / "vectors")).open_table(chunks_table)
         self.select = [
             f.name for f in self.tbl.schema if f.name not in ("vector", "content_hash", "row_hash")
         ]
         self.top_k = top_k
+        self.path = search_path(store, self.tbl)
+        self.exact = RawExactSearch(self.tbl, self.select, top_k) if self.path == "exact" else None
         env = jinja2.sandbox.SandboxedEnvironment(
             undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
             lstrip_blocks=True,
@@ -286,12 +355,23 @@ class RawParts:
         self.tokens = tiktoken.get_encoding(offline_tiktoken("o200k_base"))
 
     def features(self, user_id: int):
+        return self.sqlite.execute(self.select_sql, (user_id,)).fetchall()
+
+    def store_features(self, user_id: int):
         return self.online.read(self.online_table, ["user_id"], self.columns, [(user_id,)])
 
     def encode(self, query: str):
         return self.encoder.encode([query])[0]
 
+    def search(self, vector) -> list[dict]:
+        """The search the store runs for this table, done with the raw library."""
+        if self.exact is not None:
+            return self.exact(vector)
+        return self.lance(vector).to_pylist()
+
     def lance(self, vector):
+        """Raw LanceDB: its index query when the table has one (the store's ANN parameters:
+        cosine, ``limit(k)``, no refine), else its flat scan."""
         return (
             self.tbl.search(vector, vector_column_name="vector")
             .distance_type("cosine")
@@ -302,12 +382,12 @@ class RawParts:
 
     def context_for(self, user_id: int, query: str, hits: list[dict]) -> dict:
         """The template's input (built outside the timed render) from the raw feature row and
-        the given hits: the store's, i.e. the exact top 5 the endpoint also gets, so that the
-        rendered prompts can be compared (the raw LanceDB query's ANN index may return others)."""
+        the given hits: the store's, i.e. the top 5 the endpoint also gets, so that the rendered
+        prompts can be compared."""
         row = self.features(user_id)[0]
         docs = [{"text": h["text"], "metadata": h["metadata"]} for h in hits]
         return {
-            "features": {"user_facts": dict(zip(FEATURES, row[1:], strict=True))},
+            "features": {"user_facts": dict(zip(FEATURES, row[2:], strict=True))},
             "documents": {"products": docs},
             "query": query,
         }
@@ -317,6 +397,44 @@ class RawParts:
 
     def count(self, text: str) -> int:
         return len(self.tokens.encode(text))
+
+
+class Client(Http):
+    """The keep-alive client, reconnecting once when the server has closed the idle connection
+    (uvicorn does after 5 s, which the other paths' turn in a round can exceed on a busy machine);
+    ``reconnects`` counts it (each adds a local TCP connect to one sample)."""
+
+    reconnects = 0
+
+    def call(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        import http.client
+
+        try:
+            return super().call(method, path, body)
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            self.reconnects += 1
+            self.conn.close()
+            self.conn.connect()
+            self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return super().call(method, path, body)
+
+
+def check_raw_parts(raw: RawParts, store, mix, vectors, hits) -> str:
+    """Check that the raw parts do the store's work: the same feature row, and the store's top 5
+    (in order on the exact paths; an ANN index's top 5 is compared by overlap). Says how well
+    they agree; raises where an exact path disagrees."""
+    for user_id, _query in mix:
+        raw_row = raw.features(user_id)[0][1:]
+        if tuple(raw_row) != tuple(raw.store_features(user_id)[0]):
+            raise RuntimeError(f"raw sqlite3 and the online store disagree for user {user_id}")
+    found = [[row["id"] for row in raw.search(v)] for v in vectors]
+    wanted = [[hit["id"] for hit in h] for h in hits]
+    if raw.path != "ann":
+        if found != wanted:
+            raise RuntimeError(f"the raw {raw.path} search does not return the store's top 5")
+        return f"all {len(found)} queries (same ids, same order)"
+    shared = sum(len(set(f) & set(w)) for f, w in zip(found, wanted, strict=True))
+    return f"{shared} of {sum(len(w) for w in wanted)} documents (same ANN index and parameters)"
 
 
 def run_rounds(paths: dict, rounds: int, per_round: int, warmup: int, cpu_of=None):
@@ -389,13 +507,19 @@ def main(argv: list[str] | None = None) -> int:
 
         rng = random.Random(args.seed)
         mix = [(rng.randint(1, args.users), rng.choice(QUESTIONS)) for _ in range(64)]
-        raw = RawParts(root, f"{WORKSPACE}__product_docs", 5)
         from contextkit.stores.vector import LanceVectorStore
 
+        # Built as the server builds its store (contextkit.client: the defaults).
         store = LanceVectorStore(root / ".contextkit" / "vectors")
         store.warm(f"{WORKSPACE}__product_docs")
+        raw = RawParts(root, f"{WORKSPACE}__product_docs", 5, store)
         vectors = [raw.encode(q) for _, q in mix]
         hits = [store.search(f"{WORKSPACE}__product_docs", vector=v, top_k=5) for v in vectors]
+        agreement = check_raw_parts(raw, store, mix, vectors, hits)
+        out.print(
+            f"  the store searches this table by its [bold]{raw.path}[/] path; "
+            f"the raw search returns the store's top 5 for {agreement}"
+        )
         contexts = [raw.context_for(u, q, h) for (u, q), h in zip(mix, hits, strict=True)]
         rendered = [raw.render(c) for c in contexts]
         bodies = [
@@ -405,13 +529,15 @@ def main(argv: list[str] | None = None) -> int:
             ).encode()
             for u, q in mix
         ]  # fmt: skip
-        client = Http(port)
-        # Check once: the endpoint returns the 4 features, 5 documents, the prompt the raw
-        # render gives (same features, same documents: the exact path and LanceDB agree).
+        client = Client(port)
+        # Check once: the endpoint returns the 4 features, the store's 5 documents, the prompt
+        # the raw render gives from the same features and documents.
         body = json.loads(client.call("POST", "/v1/context", bodies[0]))
         got = body["features"]["user_facts"]["values"]
         if sorted(got) != sorted(FEATURES) or len(body["documents"]["products"]) != 5:
             raise RuntimeError(f"unexpected /v1/context answer: {str(body)[:500]}")
+        if [d["id"] for d in body["documents"]["products"]] != [h["id"] for h in hits[0]]:
+            raise RuntimeError("the endpoint's documents are not the store's top 5")
         same_prompt = body["prompt"]["text"] == rendered[0]
         sdk = ctx.get_context("assistant", {"user_id": mix[0][0]}, query=mix[0][1])
         if sdk.prompt["text"] != body["prompt"]["text"]:
@@ -433,9 +559,10 @@ def main(argv: list[str] | None = None) -> int:
         paths = {
             "features": lambda i: raw.features(mix[i % n][0]),
             "encode": lambda i: raw.encode(mix[i % n][1]),
-            "lance": lambda i: raw.lance(vectors[i % n]),
+            "search": lambda i: raw.search(vectors[i % n]),
             "render": lambda i: raw.render(contexts[i % n]),
             "tokens": lambda i: raw.count(rendered[i % n]),
+            "store_features": lambda i: raw.store_features(mix[i % n][0]),
             "store": lambda i: store.search(
                 f"{WORKSPACE}__product_docs", vector=vectors[i % n], top_k=5
             ),
@@ -445,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             "http": http_context,
             "health": lambda i: client.call("GET", "/health"),
         }
+        if raw.path == "exact":  # what the endpoint does not run at this size, for reference
+            paths["lance"] = lambda i: raw.lance(vectors[i % n])
         per_round = args.requests // args.rounds
         out.print(
             f"timing the fast service: {len(paths)} paths x {per_round * args.rounds} calls in "
@@ -492,14 +621,18 @@ def main(argv: list[str] | None = None) -> int:
                 slow_stages.setdefault(key, []).append(value)
         load_after = os.getloadavg()
         client.close()
+        if client.reconnects:
+            out.print(f"the client reconnected {client.reconnects}x (idle keep-alive closed)")
 
-        report(out, args, fast, server_ms, stage_ms, same_prompt, chunks)
+        report(out, args, fast, server_ms, stage_ms, same_prompt, chunks, raw.path)
         report_slow(out, args, slow_stages, Summary.of_ns(slow_rt))
         out.print(load_line(load_before, load_after, "the timed runs"))
         if args.json:
             dump = {
                 "machine": machine_line(),
                 "args": {k: v for k, v in vars(args).items() if k != "json"},
+                "search_path": raw.path,
+                "raw_search_agreement": agreement,
                 "fast": {k: s.__dict__ for k, s in fast.items()},
                 "server_cpu_ms": server_ms,
                 "server_stages_p50": {k: float(np.median(v)) for k, v in stage_ms.items()},
@@ -527,10 +660,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def report(out, args, fast, server_ms, stage_ms, same_prompt, chunks) -> None:
+SEARCH_LABELS = {
+    "exact": "numpy exact search over the same vectors (the store's path up to 20,000 rows)",
+    "ann": "LanceDB index query, same parameters (the store's path: ANN index)",
+    "flat": "LanceDB flat query (the store's path: no index)",
+}
+
+
+def report(out, args, fast, server_ms, stage_ms, same_prompt, chunks, path: str) -> None:
     from rich.table import Table
 
-    parts_issue = fast["features"].p50 + fast["lance"].p50 + fast["render"].p50
+    parts_issue = fast["features"].p50 + fast["search"].p50 + fast["render"].p50
     parts_all = parts_issue + fast["encode"].p50 + fast["tokens"].p50
     table = Table(
         title=f"/v1/context, 1 entity, 4 features, top-5 vector search over {chunks:,} chunks, "
@@ -542,14 +682,16 @@ def report(out, args, fast, server_ms, stage_ms, same_prompt, chunks) -> None:
                 "server CPU"):  # fmt: skip
         table.add_column(col, justify="left" if col == "path" else "right")
     labels = [
-        ("features", "raw part: SQLiteOnlineStore.read, 4 features"),
-        ("lance", "raw part: LanceDB query, top 5"),
+        ("features", "raw part: sqlite3, the store's SELECT of the 4 features"),
+        ("search", f"raw part: top 5 by {SEARCH_LABELS[path]}"),
         ("render", "raw part: jinja2 render of the same template"),
-        (None, "= sum of raw parts (SQLite + LanceDB + Jinja)"),
+        (None, "= sum of raw parts (SQLite + search + Jinja)"),
         ("encode", "raw part: hash-encode the query (the view's model)"),
         ("tokens", "raw part: tiktoken count of the rendered prompt"),
         (None, "= sum of all raw parts"),
+        ("store_features", "ref: SQLiteOnlineStore.read (store layer)"),
         ("store", "ref: LanceVectorStore.search (store layer), top 5"),
+        ("lance", "ref: raw LanceDB query (its index if any), top 5: NOT run by the endpoint"),
         ("sdk", "SDK ctx.get_context"),
         ("http", "HTTP POST /v1/context"),
         ("health", "HTTP GET /health (stack floor)"),
@@ -558,6 +700,8 @@ def report(out, args, fast, server_ms, stage_ms, same_prompt, chunks) -> None:
         if key is None:
             value = parts_issue if "SQLite" in label else parts_all
             table.add_row(f"[bold]{label}[/]", fmt_ms(value), "", "", "", "", "", "")
+            continue
+        if key not in fast:
             continue
         s = fast[key]
         cmp = key in ("sdk", "http")
@@ -569,15 +713,38 @@ def report(out, args, fast, server_ms, stage_ms, same_prompt, chunks) -> None:
         )  # fmt: skip
     out.print(table)
 
+    # Each stage of the server (its own timings) next to the raw parts doing that stage's work.
+    server = {name: median(values) for name, values in stage_ms.items()}
+    raw_of = {
+        "features": fast["features"].p50,
+        "search": fast["encode"].p50 + fast["search"].p50,
+        "retrieve": fast["features"].p50 + fast["encode"].p50 + fast["search"].p50,
+        "render": fast["render"].p50 + fast["tokens"].p50,
+        "total": parts_all,
+    }
+    raw_label = {
+        "features": "sqlite3 SELECT",
+        "search": "encode + raw search",
+        "retrieve": "the two above, one after the other",
+        "render": "jinja2 + tiktoken",
+        "total": "all raw parts",
+    }
     stages = Table(
-        title="The server's own stage timings (metadata.timings_ms), p50 over a sample of the "
-        "HTTP requests above",
+        title="The server's own stage timings (metadata.timings_ms, p50 over every 5th HTTP "
+        "request above) against the raw parts doing the same work",
         title_justify="left",
     )
-    for col in ("stage", "p50 ms"):
-        stages.add_column(col, justify="left" if col == "stage" else "right")
-    for name, values in stage_ms.items():
-        stages.add_row(name, fmt_ms(median(values)))
+    for col in ("stage", "server p50 ms", "raw work", "raw p50 ms", "server - raw"):
+        stages.add_column(col, justify="left" if col in ("stage", "raw work") else "right")
+    for name in ("features", "search", "retrieve", "render", "total"):
+        stages.add_row(
+            name, fmt_ms(server[name]), raw_label[name], fmt_ms(raw_of[name]),
+            f"{server[name] - raw_of[name]:+.3f}",
+        )  # fmt: skip
+    stages.add_row(
+        "HTTP round trip", fmt_ms(fast["http"].p50), "server total (stack, JSON, client)",
+        fmt_ms(server["total"]), f"{fast['http'].p50 - server['total']:+.3f}",
+    )  # fmt: skip
     out.print(stages)
     out.print(f"the endpoint's prompt text equals the raw jinja2 render: {same_prompt}")
 
@@ -586,20 +753,22 @@ def report(out, args, fast, server_ms, stage_ms, same_prompt, chunks) -> None:
         targets.add_column(col, justify="left" if col == "metric" else "right")
     over = fast["http"].p50 - parts_issue
     targets.add_row(
-        "HTTP p50 - (SQLite + LanceDB + Jinja p50s)", f"{over:+.3f}", f"< {OVERHEAD_TARGET_MS}",
-        "[green]met[/]" if over < OVERHEAD_TARGET_MS else "[bold red]MISSED[/]",
+        "HTTP p50 - (SQLite + search + Jinja p50s, each done raw)", f"{over:+.3f}",
+        f"< {OVERHEAD_TARGET_MS}", verdict(over, OVERHEAD_TARGET_MS),
     )  # fmt: skip
     over_all = fast["http"].p50 - parts_all
     targets.add_row(
         "HTTP p50 - (all raw parts incl. encode + tokens)", f"{over_all:+.3f}",
-        f"< {OVERHEAD_TARGET_MS}",
-        "[green]met[/]" if over_all < OVERHEAD_TARGET_MS else "[bold red]MISSED[/]",
+        f"< {OVERHEAD_TARGET_MS}", verdict(over_all, OVERHEAD_TARGET_MS),
     )  # fmt: skip
-    over_store = fast["http"].p50 - (parts_all - fast["lance"].p50 + fast["store"].p50)
+    store_parts = (
+        parts_all - fast["features"].p50 - fast["search"].p50
+        + fast["store_features"].p50 + fast["store"].p50
+    )  # fmt: skip
+    over_store = fast["http"].p50 - store_parts
     targets.add_row(
-        "HTTP p50 - (all parts, store-layer search instead of raw LanceDB)", f"{over_store:+.3f}",
-        f"< {OVERHEAD_TARGET_MS}",
-        "[green]met[/]" if over_store < OVERHEAD_TARGET_MS else "[bold red]MISSED[/]",
+        "ref: HTTP p50 - (all parts, the store layer's read and search instead of raw)",
+        f"{over_store:+.3f}", "", "",
     )  # fmt: skip
     out.print(targets)
 

@@ -339,15 +339,23 @@ def materialize(
                 f"entities ({span}) in {r.duration_s:.2f}s"
             )
             _print_warning(console, r)
+        warned = [r.view for r in results if r.status == "warning"]
+        if warned:
+            console.print(
+                f"[bold yellow]WARNING: {len(warned)} job(s) ended with warnings: "
+                f"{', '.join(warned)}[/] (`contextkit status` lists the alerts)",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def _outcome(result) -> str:
-    return "[yellow]warning[/]" if result.status == "warning" else "[green]ok[/]"
+    return "[bold yellow]warning[/]" if result.status == "warning" else "[green]ok[/]"
 
 
 def _print_warning(console, result) -> None:
     if result.status == "warning" and result.error:
-        console.print(f"  [yellow]{result.error}[/]", highlight=False, soft_wrap=True)
+        console.print(f"  [yellow]! {result.error}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -358,10 +366,13 @@ def jobs(
     limit: Annotated[int, typer.Option(help="How many.")] = 20,
     status: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Only jobs with this status (succeeded, warning, failed, running)."),
+        typer.Option(
+            help="Only jobs with this status (succeeded, warning, failed, running, abandoned)."
+        ),
     ] = None,
 ) -> None:
-    """List materialization jobs, newest first (warnings: data that failed an expectation)."""
+    """List materialization jobs, newest first (warnings: data that failed an expectation;
+    failed (abandoned): its process was killed or died before the job finished)."""
     with guard:
         from rich.table import Table
 
@@ -378,12 +389,17 @@ def jobs(
             "error",
         )
         found = ctx.jobs(view, limit if status is None else max(limit, 500))
-        for j in [j for j in found if status in (None, j.status)][:limit]:
+        wanted = [
+            j
+            for j in found
+            if status in (None, j.status) or (status == "abandoned" and j.abandoned)
+        ]
+        for j in wanted[:limit]:
             color = {"succeeded": "green", "failed": "red"}.get(j.status, "yellow")
             table.add_row(
                 j.id,
                 j.view,
-                f"[{color}]{j.status}[/]",
+                f"[{color}]{j.display_status}[/]",
                 f"{j.range_start or '-'} .. {j.range_end or '-'}",
                 str(j.rows_offline if j.rows_offline is not None else "-"),
                 str(j.rows_online if j.rows_online is not None else "-"),
@@ -392,6 +408,70 @@ def jobs(
                 j.error or "",
             )
         _console().print(table)
+
+
+@app.command()
+def gc(
+    repo: RepoOpt = Path("."),
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
+    grace: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Keep files replaced or written less than this long ago, for readers that may "
+            "still use them (e.g. 30m, 1h, 0; default 15m)."
+        ),
+    ] = None,
+) -> None:
+    """Remove offline files that no committed version references: files of replaced versions
+    and what killed jobs left behind. Never a file of the current version, of a running job,
+    or one replaced within the grace period."""
+    with guard:
+        from rich.table import Table
+
+        from contextkit.compute.materialize import collect_garbage
+        from contextkit.stores.offline import GC_GRACE_S
+
+        grace_s = GC_GRACE_S if grace is None else _grace_seconds(grace)
+        ctx = _context(repo, None)
+        found = collect_garbage(ctx.registry, ctx.offline, grace_s=grace_s, dry_run=dry_run)
+        console = _console()
+        if not found:
+            console.print("Nothing to remove.")
+            return
+        table = Table("path", "size", "why")
+        root = ctx.offline.root
+        for item in found:
+            table.add_row(str(item.path.relative_to(root)), _fmt_bytes(item.bytes), item.reason)
+        console.print(table)
+        verb = "Would remove" if dry_run else "Removed"
+        total = _fmt_bytes(sum(item.bytes for item in found))
+        console.print(f"{verb} {len(found)} file(s) or folder(s), {total}.")
+
+
+def _grace_seconds(value: str) -> float:
+    import re
+
+    from contextkit.errors import BadRequestError
+    from contextkit.framework.durations import to_seconds
+
+    if re.fullmatch(r"\s*0+\s*[smhdwy]?\s*", value):
+        return 0.0
+    try:
+        return float(to_seconds(value, what="--grace"))
+    except ValueError as exc:
+        raise BadRequestError(str(exc), hint="e.g. --grace 30m, --grace 1h or --grace 0") from None
+
+
+def _fmt_bytes(size: float) -> str:
+    if size < 1024:
+        return f"{size:.0f} B"
+    for unit in ("KB", "MB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} GB"
 
 
 # -- monitoring ------------------------------------------------------------------------------

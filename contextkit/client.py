@@ -143,7 +143,9 @@ class Context:
 
         repo = load_repo(repo_path or self.config.root)
         with _translating:
-            specs = validate(build_specs(repo), repo.config.root.resolve(), repo.config.models)
+            specs = validate(
+                build_specs(repo), repo.config.root.resolve(), repo.config.models, repo.config.llm
+            )
         with _translating:
             return compute_plan(self.registry, self.workspace, specs)
 
@@ -235,6 +237,7 @@ class Context:
                     full=full,
                     on_stage=stage_cb,
                     monitoring=self.config.monitoring.enabled,
+                    max_online_shrink=self.config.monitoring.max_online_shrink,
                 )
             )
         return results
@@ -315,10 +318,14 @@ class Context:
 
     def wait_for_embeddings(self, timeout: float = 30.0) -> bool:
         """Block until every pushed record is encoded into its embedding views (push-based
-        updates run in a background thread); False if ``timeout`` seconds passed first."""
+        updates run in a background thread); False if ``timeout`` seconds passed first.
+
+        Raises ``PushEmbeddingError`` (``contextkit.compute.push_embeddings``) when records pushed to
+        this repo since the previous call could not be encoded; ``details["failures"]`` lists
+        them. They stay in the ingest log: ``materialize`` of the view encodes them."""
         from contextkit.compute.push_embeddings import push_encoder
 
-        return push_encoder().wait(timeout)
+        return push_encoder().wait(timeout, registry=str(self.config.registry_path.resolve()))
 
     # -- offline retrieval ------------------------------------------------------------------------
     def get_features_for_events(

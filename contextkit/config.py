@@ -9,7 +9,7 @@ Example::
     vector_store: {type: lancedb, path: .contextkit/vectors}
     models:                      # embedding models, by the name views use (minilm is built in)
       openai_small: {type: litellm, model: text-embedding-3-small, dimension: 1536}
-    llm: {timeout_s: 60, retries: 2}   # completions: api_base, api_key_env, timeout_s, retries
+    llm: {timeout_s: 60, retries: 2}   # completions: api_base, api_key_env, models, timeout_s...
     monitoring: {enabled: true}        # data-quality statistics in every materialization job
 
 Relative paths are relative to the folder holding the config file.
@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contextkit.errors import ConfigError
 
@@ -54,6 +54,8 @@ class LLMConfig(BaseModel):
     api_base: str | None = None
     # The environment variable holding the key; None: the provider's usual one (OPENAI_API_KEY).
     api_key_env: str | None = None
+    # Model names `plan` accepts beyond those litellm knows (a fine-tuned or brand-new model).
+    models: list[str] = []
     timeout_s: float = 60.0
     retries: int = 2
 
@@ -72,6 +74,9 @@ class MonitoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # False: jobs compute no statistics and no drift; declared expectations are still checked.
     enabled: bool = True
+    # A job that leaves a view's online table with fewer entities than this share below the
+    # previous job's warns (status "warning", an alert); one that empties it always warns.
+    max_online_shrink: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class RepoConfig(BaseModel):

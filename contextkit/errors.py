@@ -102,6 +102,21 @@ class StoreError(ContextKitError):
     http_status = 500
 
 
+class StoreUnavailableError(StoreError):
+    """A store's data is missing, unreadable or damaged (a vector table deleted under the server,
+    an online SQLite file that is not a database, offline Parquet files gone): HTTP 503, and the
+    hint says what to re-materialize."""
+
+    http_status = 503
+
+
+class InternalError(ContextKitError):
+    """An unexpected error (a bug): HTTP 500; the traceback goes to the server log only."""
+
+    code = "internal_error"
+    http_status = 500
+
+
 class WorkspaceError(ContextKitError):
     """An operation is not allowed in this workspace (materializing a dev workspace)."""
 
@@ -171,8 +186,15 @@ def leaf_error(exc: BaseException) -> ContextKitError | None:
 def translate_store_errors(exc: BaseException) -> ContextKitError:
     """A store's failure (``contextkit.stores.errors.StoreFailure``) as the user-facing error of
     the matching kind."""
-    from contextkit.stores.errors import ApplyConflictError, MissingError, RegistryVersionError
+    from contextkit.stores.errors import (
+        ApplyConflictError,
+        MissingError,
+        RegistryVersionError,
+        StoreUnavailable,
+    )
 
+    if isinstance(exc, StoreUnavailable):
+        return StoreUnavailableError(exc.message, hint=exc.hint)
     if isinstance(exc, RegistryVersionError):
         return RegistryError(exc.message, hint=exc.hint)
     if isinstance(exc, MissingError):

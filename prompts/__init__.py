@@ -32,7 +32,9 @@ For the core (``PromptView``, ``POST /v1/context``):
   budget count with the model's tokenizer, and fit the documents with
   ``fit_to_budget(lambda docs: tpl.render({**ctx, "documents": docs}, model=m), docs, n, m)``;
   ``BudgetFit.dropped`` / ``.truncated`` / ``.tokens`` belong in the response's metadata.
-- Completion: ``await complete(messages, model, params=..., timeout=..., retries=...)``.
+- Completion: ``await complete(messages, model, params=..., timeout=..., retries=...)``;
+  ``params`` must pass ``check_generation_params`` (the allow list ``GENERATION_PARAMS``), and
+  ``check_model`` says at plan time whether litellm knows a model name.
 - Errors: every error here has ``code``, ``http_status``, ``message``, ``hint`` and a
   JSON-safe ``details`` dict, the fields of the core's ``ContextKitError``, so the server can
   answer ``{"error": {"code", "message", "details"}}`` with ``http_status`` without knowing
@@ -46,6 +48,8 @@ from .errors import (
     LLMAuthError,
     LLMBadRequestError,
     LLMError,
+    LLMNotConfiguredError,
+    LLMParamError,
     LLMProviderError,
     LLMRateLimitError,
     LLMTimeoutError,
@@ -55,7 +59,14 @@ from .errors import (
     PromptSecurityError,
     PromptSyntaxError,
 )
-from .llm import CompletionResult, complete, stream_complete
+from .llm import (
+    GENERATION_PARAMS,
+    CompletionResult,
+    check_generation_params,
+    check_model,
+    complete,
+    stream_complete,
+)
 from .render import (
     CHAT_ROLES,
     ChatTemplate,
@@ -68,12 +79,15 @@ from .tokens import BudgetFit, TokenCounter, count_tokens, fit_to_budget, get_to
 
 __all__ = [
     "CHAT_ROLES",
+    "GENERATION_PARAMS",
     "BudgetFit",
     "ChatTemplate",
     "CompletionResult",
     "LLMAuthError",
     "LLMBadRequestError",
     "LLMError",
+    "LLMNotConfiguredError",
+    "LLMParamError",
     "LLMProviderError",
     "LLMRateLimitError",
     "LLMTimeoutError",
@@ -85,6 +99,8 @@ __all__ = [
     "PromptTemplate",
     "TemplateVariable",
     "TokenCounter",
+    "check_generation_params",
+    "check_model",
     "complete",
     "count_tokens",
     "fit_to_budget",

@@ -175,11 +175,47 @@ class LLMProviderError(LLMError):
     http_status = 502
 
 
-class LLMAuthError(LLMError):
-    """The provider rejected the credentials (401/403); the hint names the API key variable."""
+class LLMNotConfiguredError(LLMError):
+    """The server's LLM setup cannot work: no API key, a key the provider rejects, a model or
+    provider litellm does not know. A configuration error, never retried (503: the server is not
+    ready to complete; a request cannot fix it). ``setting`` names what to set or fix: an
+    environment variable (``OPENAI_API_KEY``), ``model`` or ``llm.api_base``."""
 
-    code = "llm_auth_error"
-    http_status = 502
+    code = "llm_not_configured"
+    http_status = 503
+
+    def __init__(self, message: str, *, setting: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.setting = setting
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {**super().details, "setting": self.setting}
+
+
+class LLMAuthError(LLMNotConfiguredError):
+    """The API key is missing, or the provider rejected it (401/403); ``setting`` and the hint
+    name the API key variable."""
+
+
+class LLMParamError(_LeafError):
+    """A completion parameter that is not on the allow list, or has the wrong type (400).
+    ``param`` is its name, ``allowed`` the parameters that may be set."""
+
+    code = "invalid_request"
+    http_status = 400
+
+    def __init__(
+        self, message: str, *, param: str, field: str, allowed: list[str], hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.param = param
+        self.field = field
+        self.allowed = allowed
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {**super().details, "field": self.field, "allowed": self.allowed}
 
 
 class LLMRateLimitError(LLMError):

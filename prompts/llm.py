@@ -16,6 +16,13 @@ Any litellm model name works (``openai/...``, ``anthropic/...``, ``ollama/...``)
 read from the provider's usual variable (``OPENAI_API_KEY``...) unless ``api_key`` is passed, and
 ``api_base`` points at a compatible server (a local vLLM, the test stub).
 
+``params`` are generation parameters only, checked against an allow list,
+:data:`GENERATION_PARAMS` (``temperature``, ``max_tokens``, ``stop``, ``response_format``...):
+whoever chooses them (an HTTP request, a prompt view) must not choose where the call goes or what
+it carries, so ``base_url``, ``api_base``, ``api_key``, ``extra_headers``, ``mock_response``... are
+refused with :class:`LLMParamError` (400) before anything is sent. :func:`check_generation_params`
+is the one check; :func:`check_model` says whether litellm knows a model name (offline).
+
 Retries: timeouts, dropped connections, 5xx and 429 answers are retried up to ``retries`` times
 (so ``retries + 1`` calls at most) with exponential backoff (``backoff * 2**attempt`` seconds plus
 up to 10% jitter, capped at 8 s). 4xx answers are not retried. litellm's own retries are turned
@@ -23,9 +30,11 @@ off so the bound holds. ``timeout`` bounds each attempt (for a stream: the wait 
 A stream is retried only until its first chunk arrived; later failures are raised as they are.
 
 Failures raise an :class:`LLMError` subclass whose ``http_status`` the server answers with:
-:class:`LLMTimeoutError` 504, :class:`LLMProviderError` 502, :class:`LLMAuthError` 502 (the hint
-names the API key variable), :class:`LLMRateLimitError` 503, :class:`LLMBadRequestError` 502;
-a bare :class:`LLMError` with 500 when litellm is not installed.
+:class:`LLMTimeoutError` 504, :class:`LLMProviderError` 502, :class:`LLMRateLimitError` 503,
+:class:`LLMBadRequestError` 502; a configuration error, :class:`LLMNotConfiguredError` 503, when
+the API key is missing (checked before the first call) or rejected (:class:`LLMAuthError`; the
+hint names the key variable) or litellm knows no such model or provider: never retried, since
+only the operator can fix it. A bare :class:`LLMError` with 500 when litellm is not installed.
 
 litellm is imported on first use (it takes seconds), configured not to fetch its model cost map
 or anything else over the network (see ``_litellm``).
@@ -35,31 +44,94 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from .errors import (
     LLMAuthError,
     LLMBadRequestError,
     LLMError,
+    LLMNotConfiguredError,
+    LLMParamError,
     LLMProviderError,
     LLMRateLimitError,
     LLMTimeoutError,
 )
 
-__all__ = ["CompletionResult", "complete", "stream_complete"]
+__all__ = [
+    "GENERATION_PARAMS",
+    "GENERATION_PARAM_TYPES",
+    "CompletionResult",
+    "check_generation_params",
+    "check_model",
+    "complete",
+    "stream_complete",
+]
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
-# Arguments complete() sets itself; `params` may not override them.
-_RESERVED = frozenset(
-    {"model", "messages", "stream", "timeout", "api_base", "api_key", "num_retries", "max_retries"}
+
+_NUMBER, _INTEGER, _STRING, _OBJECT = "a number", "an integer", "a string", "an object"
+_STOP = "a string or a list of strings"
+# The generation parameters a request or a prompt view may set, with the JSON type each takes.
+# An allow list, not a block list: litellm takes hundreds of keyword arguments, and some choose
+# where the call goes and what it carries (base_url, api_base, api_key, extra_headers, headers,
+# custom_llm_provider, extra_body, mock_response, metadata callbacks...); one of those in a
+# request would send the server's provider key anywhere. Left out on purpose, though harmless:
+# `n` (the answer is one choice), `tools`/`tool_choice`/`parallel_tool_calls`/`functions` and
+# `logprobs`/`top_logprobs` (the answer carries text only: tool calls and log probabilities
+# would be dropped without a word). Each name here is an OpenAI chat parameter litellm maps to
+# every provider that has it.
+GENERATION_PARAM_TYPES: Mapping[str, str] = MappingProxyType(
+    {
+        "temperature": _NUMBER,
+        "top_p": _NUMBER,
+        "presence_penalty": _NUMBER,
+        "frequency_penalty": _NUMBER,
+        "max_tokens": _INTEGER,
+        "max_completion_tokens": _INTEGER,
+        "seed": _INTEGER,
+        "stop": _STOP,
+        "user": _STRING,
+        "reasoning_effort": _STRING,
+        "response_format": _OBJECT,
+        "logit_bias": _OBJECT,
+    }
 )
+GENERATION_PARAMS: frozenset[str] = frozenset(GENERATION_PARAM_TYPES)
+_ALLOWED = sorted(GENERATION_PARAMS)
+# Providers whose model names are the operator's own (deployments, local or hosted catalogues
+# litellm's bundled list cannot hold): any name under them is accepted.
+_OPEN_CATALOGUE_PROVIDERS = frozenset(
+    {
+        "azure",
+        "azure_ai",
+        "custom",
+        "custom_openai",
+        "hosted_vllm",
+        "huggingface",
+        "litellm_proxy",
+        "llamafile",
+        "lm_studio",
+        "ollama",
+        "ollama_chat",
+        "openai_like",
+        "openrouter",
+        "sagemaker",
+        "sagemaker_chat",
+        "together_ai",
+        "vllm",
+        "xinference",
+    }
+)
+_CHAT_MODES = (None, "chat", "completion", "responses")
 
 
 @dataclass(frozen=True)
@@ -87,10 +159,12 @@ async def complete(
     api_key: str | None = None,
 ) -> CompletionResult:
     """One chat completion. ``messages`` are ``{"role", "content"}`` dicts (a string is sent as
-    one user message); ``params`` are passed to ``litellm.acompletion`` (``temperature``,
-    ``max_tokens``, ``response_format``...). Raises :class:`LLMError` subclasses."""
+    one user message); ``params`` are generation parameters from :data:`GENERATION_PARAMS`
+    (``temperature``, ``max_tokens``, ``response_format``...), anything else raises
+    :class:`LLMParamError`. Raises :class:`LLMError` subclasses."""
     call = _call_arguments(messages, model, params, timeout, api_base, api_key)
     litellm = _load()
+    _check_api_key(litellm, model, api_base, api_key)
     started = time.perf_counter()
     attempt = 0
     while True:
@@ -123,6 +197,7 @@ async def stream_complete(
     errors as :func:`complete`; ``timeout`` bounds the wait for each chunk."""
     call = {**_call_arguments(messages, model, params, timeout, api_base, api_key), "stream": True}
     litellm = _load()
+    _check_api_key(litellm, model, api_base, api_key)
     attempt = 0
     while True:
         attempt += 1
@@ -155,7 +230,213 @@ async def stream_complete(
         await _close(stream)
 
 
+def check_generation_params(
+    params: Mapping[str, Any] | None, *, where: str = "params"
+) -> dict[str, Any]:
+    """``params`` checked against :data:`GENERATION_PARAMS`: a new dict without null values.
+
+    Raises :class:`LLMParamError` (400) naming the first parameter that is not allowed or has
+    the wrong type; ``where`` prefixes its name in the message and ``details.field`` (none when
+    empty: the chat endpoint's parameters are top-level fields).
+
+    >>> check_generation_params({"temperature": 0.2, "stop": None})
+    {'temperature': 0.2}
+    >>> try:
+    ...     check_generation_params({"base_url": "http://attacker.example/v1"})
+    ... except LLMParamError as error:
+    ...     print(error.message, error.http_status)
+    params.base_url is not an allowed generation parameter 400
+    """
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise LLMParamError(
+            f"{where} must be an object of generation parameters, got {type(params).__name__}",
+            param=where,
+            field=where,
+            allowed=_ALLOWED,
+            hint="allowed: " + ", ".join(_ALLOWED),
+        )
+    checked: dict[str, Any] = {}
+    for name in sorted(params, key=str):
+        value = params[name]
+        label = f"{where}.{name}" if where else str(name)
+        expected = GENERATION_PARAM_TYPES.get(name) if isinstance(name, str) else None
+        if expected is None:
+            raise LLMParamError(
+                f"{label} is not an allowed generation parameter",
+                param=str(name),
+                field=label,
+                allowed=_ALLOWED,
+                hint="allowed: "
+                + ", ".join(_ALLOWED)
+                + ". The provider's endpoint, key and headers come from contextkit.yaml "
+                "(llm.api_base, llm.api_key_env) and the server's environment, never from "
+                "params",
+            )
+        if value is None:
+            continue
+        if not _has_type(value, expected):
+            raise LLMParamError(
+                f"{label} must be {expected}, got {_short(repr(value), 60)}",
+                param=name,
+                field=label,
+                allowed=_ALLOWED,
+            )
+        checked[name] = value
+    return checked
+
+
+def check_model(model: str, *, declared: Sequence[str] = (), api_base: str | None = None) -> None:
+    """Raise :class:`LLMNotConfiguredError` (``setting="model"``) unless litellm knows ``model``.
+
+    Offline: litellm's model list and provider table, no network. Known means: one of
+    ``declared`` (names the repo lists), or a chat model litellm has information on, or any name
+    under a provider litellm resolves when ``api_base`` is set (the OpenAI-compatible server
+    there decides which names it serves) or when the provider's model names are the operator's
+    own (``azure``, ``ollama``, ``hosted_vllm``...). Embedding and image models are refused.
+    Without litellm installed nothing is checked (no completion can run anyway).
+
+    A name found in litellm's bundled list is settled without importing litellm (seconds);
+    anything else asks litellm itself (``get_llm_provider``, ``get_model_info``), which also
+    knows aliases the list does not spell out.
+
+    >>> check_model("openai/gpt-4o-mini")
+    >>> check_model("openai/my-finetune", declared=["openai/my-finetune"])
+    >>> check_model("openai/whatever-the-server-has", api_base="http://127.0.0.1:8000/v1")
+    """
+    if model in declared:
+        return
+    from ._litellm import model_cost
+
+    catalogue = model_cost()
+    if catalogue is None:
+        return
+    provider, info = _lookup(catalogue, model)
+    if provider is None or info is None:
+        try:
+            provider, info = _ask_litellm(model)
+        except ImportError:
+            return
+    if provider is None:
+        raise LLMNotConfiguredError(
+            f"litellm knows no provider for model {model!r}",
+            setting="model",
+            model=model,
+            hint="name the provider first, e.g. 'openai/gpt-4o-mini' or 'anthropic/...'; a "
+            "model served by an OpenAI-compatible server is 'openai/<name>' with llm.api_base "
+            "set in contextkit.yaml",
+        )
+    if api_base or provider in _OPEN_CATALOGUE_PROVIDERS:
+        return
+    if info is None:
+        near = _near_models(catalogue, model.removeprefix(provider + "/"), provider)
+        raise LLMNotConfiguredError(
+            f"litellm knows no model {model!r}",
+            setting="model",
+            model=model,
+            hint=(f"did you mean {' or '.join(map(repr, near))}? " if near else "")
+            + "if the name is right (a fine-tuned or brand-new model), list it under llm.models "
+            "in contextkit.yaml; for an OpenAI-compatible server set llm.api_base",
+        )
+    mode = info.get("mode")
+    if mode not in _CHAT_MODES:
+        raise LLMNotConfiguredError(
+            f"model {model!r} is a{'n' if str(mode)[:1] in 'aeiou' else ''} {mode} model, "
+            "not a chat model",
+            setting="model",
+            model=model,
+            hint="prompt views complete with a chat model, e.g. 'openai/gpt-4o-mini'",
+        )
+
+
 # -- internals ---------------------------------------------------------------------------------
+
+
+def _has_type(value: Any, expected: str) -> bool:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if expected == _NUMBER:
+        return is_number and math.isfinite(value)
+    if expected == _INTEGER:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected == _STRING:
+        return isinstance(value, str)
+    if expected == _OBJECT:
+        return isinstance(value, Mapping)
+    return isinstance(value, str) or (  # _STOP
+        isinstance(value, list) and all(isinstance(item, str) for item in value)
+    )
+
+
+def _provider_of(info: Mapping[str, Any]) -> str:
+    # litellm files some models under "vertex_ai-language-models" and the like.
+    return str(info.get("litellm_provider") or "").split("-", 1)[0]
+
+
+def _lookup(catalogue: Mapping[str, Any], model: str) -> tuple[str | None, Any]:
+    """``(provider, info)`` from the model list alone; None where the list does not say."""
+    info = catalogue.get(model)
+    if "/" not in model:
+        return (_provider_of(info), info) if isinstance(info, dict) else (None, None)
+    provider, name = model.split("/", 1)
+    if not isinstance(info, dict):
+        bare = catalogue.get(name)
+        info = bare if isinstance(bare, dict) and _provider_of(bare) == provider else None
+    known = provider in _OPEN_CATALOGUE_PROVIDERS or any(
+        isinstance(entry, dict) and _provider_of(entry) == provider for entry in catalogue.values()
+    )
+    return (provider if known else None), info
+
+
+def _ask_litellm(model: str) -> tuple[str | None, Any]:
+    """``(provider, info)`` from litellm itself (imports it); ImportError when not installed."""
+    from ._litellm import load_litellm
+
+    litellm = load_litellm()
+    try:
+        provider = litellm.get_llm_provider(model)[1]
+    except Exception:  # litellm's BadRequestError "LLM Provider NOT provided"
+        return None, None
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:  # "This model isn't mapped yet"
+        info = None
+    return provider, info
+
+
+def _near_models(catalogue: Mapping[str, Any], name: str, provider: str) -> list[str]:
+    import difflib
+
+    names = [
+        key.removeprefix(provider + "/")
+        for key, info in catalogue.items()
+        if isinstance(info, dict)
+        and _provider_of(info) == provider
+        and info.get("mode") in _CHAT_MODES
+    ]
+    return [f"{provider}/{near}" for near in difflib.get_close_matches(name, names, n=2)]
+
+
+def _check_api_key(litellm: Any, model: str, api_base: str | None, api_key: str | None) -> None:
+    """Refuse before any call when the provider's API key variable is unset (litellm would
+    fail on the client side, as a 500 it retries). Only variables named ``*_API_KEY`` count:
+    other settings litellm lists (AWS credentials, OLLAMA_API_BASE) have defaults elsewhere."""
+    if api_key:
+        return
+    try:
+        missing = litellm.validate_environment(model=model, api_base=api_base).get("missing_keys")
+    except Exception:  # an unknown provider: the call says so, mapped in _map_error
+        return
+    if missing and all(str(key).endswith("_API_KEY") for key in missing):
+        names = " or ".join(missing)
+        raise LLMAuthError(
+            f"no API key for {model!r}: {names} is not set in the server's environment",
+            setting=missing[0],
+            model=model,
+            hint=f"set {names} where the server runs, or name another variable with "
+            "llm.api_key_env in contextkit.yaml",
+            attempts=0,
+        )
 
 
 def _load() -> Any:
@@ -181,15 +462,19 @@ def _call_arguments(
 ) -> dict[str, Any]:
     if not model:
         raise ValueError("model is required, e.g. 'openai/gpt-4o-mini'")
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout}")
-    clash = sorted(_RESERVED & set(params or {}))
-    if clash:
-        raise ValueError(f"params may not set {', '.join(clash)}: pass them as arguments")
+    if not timeout > 0:  # from the repo config: a setting to fix, not a server bug
+        raise LLMNotConfiguredError(
+            f"the LLM timeout must be a positive number of seconds, got {timeout}",
+            setting="llm.timeout_s",
+            model=model,
+            hint="set llm.timeout_s in contextkit.yaml (default 60)",
+            attempts=0,
+        )
+    generation = check_generation_params(params)
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     call: dict[str, Any] = {
-        **(params or {}),
+        **generation,
         "model": model,
         "messages": [dict(message) for message in messages],
         "timeout": timeout,
@@ -233,8 +518,29 @@ def _map_error(
         key_var = _api_key_variable(model)
         return LLMAuthError(
             f"the provider rejected the credentials for {model!r} (HTTP {status}): {detail}",
+            setting=key_var,
             hint=f"check the API key: set {key_var} in the server's environment "
-            "(or pass api_key=...)",
+            "(or name another variable with llm.api_key_env in contextkit.yaml)",
+            **common,
+        ), False
+    if _is_missing_credentials(detail):
+        key_var = _api_key_variable(model)
+        return LLMAuthError(
+            f"no API key for {model!r}: {detail}",
+            setting=key_var,
+            hint=f"set {key_var} where the server runs, or name another variable with "
+            "llm.api_key_env in contextkit.yaml",
+            **common,
+        ), False
+    if "LLM Provider NOT provided" in detail or name == "NotFoundError" or status == 404:
+        return LLMNotConfiguredError(
+            f"the provider does not know model {model!r}"
+            + (f" (HTTP {status})" if status else "")
+            + f": {detail}",
+            setting="model",
+            hint="check the prompt view's model= (or the request's model): a litellm model "
+            "name such as 'openai/gpt-4o-mini', or llm.api_base in contextkit.yaml for an "
+            "OpenAI-compatible server",
             **common,
         ), False
     if name == "RateLimitError" or status == 429:
@@ -268,6 +574,18 @@ def _map_error(
         hint="the provider or the network failed; retry later" if retryable else None,
         **common,
     ), retryable
+
+
+def _is_missing_credentials(detail: str) -> bool:
+    """litellm's wording when no key was found on the client side (openai: "Missing
+    credentials", the openai SDK: "api_key client option must be set", anthropic/gemini:
+    "Missing ... API Key")."""
+    lowered = detail.lower()
+    return (
+        "missing credentials" in lowered
+        or "api_key client option must be set" in lowered
+        or ("missing" in lowered and "api key" in lowered)
+    )
 
 
 def _api_key_variable(model: str) -> str:

@@ -109,6 +109,9 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
         )
 
+    # The ops middleware answers the unexpected errors of routes itself, on a connection that
+    # stays open; this handler is Starlette's last resort, for an error in a middleware. (It
+    # re-raises after answering, so uvicorn then closes the connection.)
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         request_id = request.scope.get("contextkit.request_id")

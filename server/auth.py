@@ -18,8 +18,8 @@ import logging
 
 from fastapi import Request
 
-from contextkit.errors import AuthenticationError, PermissionDeniedError
-from contextkit.governance.access import ALL_WORKSPACES, Access, ApiKey, KeyRejected
+from contextkit.errors import AuthenticationError
+from contextkit.governance.access import Access, ApiKey, KeyRejected
 from contextkit.server.ops import Metrics
 
 log = logging.getLogger("contextkit.auth")
@@ -58,20 +58,10 @@ class KeyAuthorizer:
         key = self.authenticate(request.scope)
         if not key.allows(workspace, role):
             self._refused(request.scope, "forbidden", key.id)
-            if workspace == ALL_WORKSPACES:
-                raise PermissionDeniedError(
-                    "this endpoint needs a key for all workspaces ('*')",
-                    hint="create one with `contextkit access create-key --name NAME "
-                    f"--workspace '*' --role {role}`",
-                )
-            if request.scope.get("contextkit.default_workspace"):
-                raise PermissionDeniedError(
-                    f"this API key may not {_VERBS.get(role, role)} the server's default workspace",
-                    hint="name the workspace your key is for in the request",
-                )
-            raise PermissionDeniedError(
-                f"this API key may not {_VERBS.get(role, role)} workspace {workspace!r}",
-                hint=f"use a key with the role {role} (or admin) in workspace {workspace!r}",
+            raise key.refusal(
+                workspace,
+                role,
+                default_workspace=bool(request.scope.get("contextkit.default_workspace")),
             )
 
     def authenticate(self, scope) -> ApiKey:
@@ -120,6 +110,3 @@ class KeyAuthorizer:
 
 def bearer_key_absent(scope) -> bool:
     return all(name != b"authorization" for name, _ in scope["headers"])
-
-
-_VERBS = {"reader": "read", "ingester": "ingest into", "admin": "administer"}

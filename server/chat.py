@@ -197,7 +197,11 @@ def _chat_responses() -> dict[int | str, Any]:
     }
     upstream = {
         502: ("The LLM provider failed or refused the call", "llm_provider_error"),
-        503: ("The LLM provider kept rate-limiting", "llm_rate_limited"),
+        503: (
+            "The LLM provider kept rate-limiting, or the server's LLM is not configured "
+            "(llm_not_configured: no or a rejected API key, an unknown model)",
+            "llm_rate_limited",
+        ),
         504: ("The LLM provider timed out", "llm_timeout"),
     }
     for status, (description, code) in upstream.items():

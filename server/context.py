@@ -19,6 +19,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from contextkit.errors import ContextKitError
+from contextkit.prompts.llm import GENERATION_PARAMS
 from contextkit.server.common import (
     READER,
     ServerState,
@@ -52,7 +53,12 @@ class ContextRequestBody(BaseModel):
     complete: bool = Field(False, description="Also call the LLM (through litellm).")
     stream: bool = Field(False, description="With complete: stream the answer as SSE.")
     model: str | None = Field(None, description="Override the prompt view's LLM.")
-    params: dict[str, Any] | None = Field(None, description="Extra completion parameters.")
+    params: dict[str, Any] | None = Field(
+        None,
+        description="Generation parameters for the LLM, over the prompt view's params; only "
+        + ", ".join(sorted(GENERATION_PARAMS))
+        + " (anything else is a 400: the endpoint, key and headers are the server's).",
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -156,7 +162,7 @@ def routes(state: ServerState) -> APIRouter:
         }
         prompt = field(data, "prompt", str, required=False)
         stream = _flag(data, "stream", False)
-        ctx = state.context(request, workspace, READER)
+        ctx = state.context(request, workspace, READER, service=service)
         plan, parsed = ctx.context_request(service, prompt, options)
         if not (stream and parsed.complete):
             result = await assemble_async(ctx.runtime, plan, parsed)

@@ -3,7 +3,7 @@
 
 A 200 means the records are durably written (see :mod:`contextkit.compute.streaming`) and the next read
 sees them. One bad record rejects the whole batch with a 400 listing every error by index,
-unless ``partial`` is true.
+unless ``partial`` is true; ``rejected`` counts records, not errors (a record may have several).
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ class IngestRequest(BaseModel):
         description="Objects with every field of the source's schema, or "
         '{"record": {...}, "idempotency_key": "..."} envelopes.',
     )
-    dry_run: bool = Field(False, description="Only validate.")
+    dry_run: bool = Field(
+        False,
+        description="Only validate, writing nothing: the answer counts what a real request would "
+        "(records whose idempotency key is already logged are duplicates, not accepted).",
+    )
     partial: bool = Field(False, description="Write the valid records even if some are not.")
 
     model_config = {

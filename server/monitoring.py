@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from contextkit.client import Context
+from contextkit.compute.push_embeddings import push_encoder
 from contextkit.errors import BadRequestError, NotFoundError
 from contextkit.governance.lineage import lineage
 from contextkit.governance.monitoring import FRESHNESS_STATES, ViewStatus, job_dict
@@ -136,13 +137,17 @@ ALERTS_EXAMPLE = {"workspace": "prod", "alerts": [_ALERT_EXAMPLE], "counts": {"w
 
 
 def view_summary(spec: Any, status: ViewStatus) -> dict[str, Any]:
-    """What ``/v1/views`` says of one view: its definition in brief, its state and alerts."""
+    """What ``/v1/views`` says of one view: its definition in brief, its state and alerts.
+
+    Every kind has the same keys; a stream view adds its ``source`` (its freshness is that of
+    its newest ingested record), a realtime view its ``inputs`` (it is computed at request
+    time: no job, ``freshness.state`` is ``request_time``)."""
     out: dict[str, Any] = {
         "name": spec.name,
         "kind": spec.kind,
         "description": spec.description,
         "owner": spec.owner,
-        "entities": list(spec.entities),
+        "entities": list(getattr(spec, "entities", [])),
         "join_keys": [k.model_dump() for k in spec.join_keys],
     }
     if spec.kind == "embedding_view":
@@ -152,9 +157,14 @@ def view_summary(spec: Any, status: ViewStatus) -> dict[str, Any]:
         out.update(model=spec.model_name or spec.model, dimension=spec.dimension)
     else:
         out["features"] = [{"name": f.name, "dtype": f.dtype} for f in spec.features]
-        out.update(offline=spec.offline)
+        out.update(offline=getattr(spec, "offline", False))
+    if spec.kind == "stream_feature_view":
+        out["source"] = spec.source
+    elif spec.kind == "realtime_feature_view":
+        out["inputs"] = list(spec.inputs)
     out["online"] = spec.online
-    out["expectations"] = spec.expectations.model_dump() if spec.expectations else None
+    expectations = getattr(spec, "expectations", None)
+    out["expectations"] = expectations.model_dump() if expectations else None
     out.update({k: v for k, v in status.to_dict().items() if k not in ("name", "kind")})
     return out
 
@@ -163,8 +173,7 @@ def view_detail(ctx: Context, name: str, runs: int = 30) -> dict[str, Any]:
     """``/v1/views/{name}``: the spec, lineage, newest statistics and recent runs of a view."""
     statuses = {s.name: s for s in ctx.monitoring.status()}
     if name not in statuses:
-        specs = ctx.specs()
-        known = sorted([*specs.views, *specs.embedding_views])
+        known = sorted(_views(ctx))
         raise NotFoundError(
             f"unknown view {name!r} in workspace {ctx.workspace!r}",
             hint="views: " + (", ".join(known) or "none applied"),
@@ -191,7 +200,7 @@ def view_detail(ctx: Context, name: str, runs: int = 30) -> dict[str, Any]:
 
 def _views(ctx: Context) -> dict[str, Any]:
     specs = ctx.specs()
-    return {**specs.views, **specs.embedding_views}
+    return {**specs.feature_views, **specs.embedding_views}
 
 
 def _int_param(value: str | None, name: str, default: int, high: int) -> int:
@@ -207,8 +216,9 @@ def routes(state: ServerState) -> APIRouter:
 
     @router.get("/v1/views", responses=ok_example(VIEWS_EXAMPLE))
     async def views(request: Request, workspace: str | None = None) -> Response:
-        """The feature and embedding views of a workspace, each with its newest job, row count,
-        freshness, drift and open alerts."""
+        """The views of a workspace (batch, stream, realtime and embedding), each with its newest
+        job, row count, freshness (stream views: since their newest ingested record; realtime
+        views: computed at request time), drift and open alerts."""
         c = state.context(request, workspace, READER)
 
         def build() -> dict[str, Any]:
@@ -258,7 +268,8 @@ def routes(state: ServerState) -> APIRouter:
         request: Request, workspace: str | None = None, include_resolved: bool = False
     ) -> Response:
         """Open alerts of the workspace's views, errors first: expectations the newest data
-        failed, stale, expired or late views, and views whose last job failed."""
+        failed, failed push-based encodes, stale, expired, empty or late views, online tables a
+        job shrank, and views whose last job failed."""
         c = state.context(request, workspace, READER)
         found = await run_in_threadpool(c.monitoring.alerts, include_resolved=include_resolved)
         counts: dict[str, int] = {}
@@ -362,7 +373,7 @@ def quality_collectors(metrics: Metrics, state: ServerState) -> None:
     )
     metrics.collector(
         "contextkit_view_freshness_state",
-        "1 for the view's freshness state (fresh, late, stale, expired, never), 0 for the others.",
+        "1 for the view's freshness state (" + ", ".join(FRESHNESS_STATES) + "), 0 for the others.",
         "gauge",
         ("workspace", "view", "state"),
         freshness_state,
@@ -394,6 +405,27 @@ def quality_collectors(metrics: Metrics, state: ServerState) -> None:
         "gauge",
         ("workspace", "view"),
         centroid_shift,
+    )
+
+    def push_failures():
+        counts = push_encoder().failure_counts(str(state.ctx.config.registry_path.resolve()))
+        seen = set()
+        for workspace, statuses, _ in snapshot.get():
+            for s in statuses:
+                if s.kind == "embedding_view":
+                    seen.add((workspace, s.name))
+                    yield (workspace, s.name), counts.get((workspace, s.name), 0)
+        for key, count in counts.items():
+            if key not in seen:
+                yield key, count
+
+    metrics.collector(
+        "contextkit_push_embedding_failures_total",
+        "Push-based encodes of ingested records that failed in this process, per embedding view "
+        "(the records stay out of the vector table until the view is materialized).",
+        "counter",
+        ("workspace", "view"),
+        push_failures,
     )
     metrics.collector(
         "contextkit_view_alerts",

@@ -12,8 +12,9 @@
 
 * :class:`OpsMiddleware` (one pure-ASGI layer, cheap on the hot path) gives every request an id
   (``X-Request-ID`` in and out), refuses bodies over the size limit with 413, authenticates the
-  API key (401; everything but :data:`OPEN_PATHS`), applies the rate limit (429), times the
-  request into the metrics, and writes one JSON access-log line.
+  API key (401; everything but :data:`OPEN_PATHS`), applies the rate limit (429), answers an
+  unexpected error with a 500 on a connection that stays open, times the request into the
+  metrics, and writes one JSON access-log line.
 * :class:`RateLimiter`: a token bucket per API key (per client address without auth); 429 with
   ``Retry-After``. Off unless configured.
 """
@@ -39,6 +40,7 @@ from fastapi.responses import Response
 from contextkit.errors import (
     BadRequestError,
     ContextKitError,
+    InternalError,
     PayloadTooLargeError,
     RateLimitedError,
 )
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from contextkit.server.common import ServerState
 
 access_log = logging.getLogger("contextkit.access")
+server_log = logging.getLogger("contextkit.server")
 
 # Latency buckets (seconds): dense below 10 ms, where the online endpoints live.
 LATENCY_BUCKETS = (
@@ -378,13 +381,15 @@ class OpsMiddleware:
         status = 500
         too_large = False
         replaced = False
+        started_response = False
         id_header = (b"x-request-id", request_id)
 
         async def send_with_id(message) -> None:
-            nonlocal status, replaced
+            nonlocal status, replaced, started_response
             if replaced:
                 return
             if message["type"] == "http.response.start":
+                started_response = True
                 if too_large and message["status"] != 413:
                     # The app turned the body error into something else: answer 413 anyway.
                     replaced = True
@@ -424,6 +429,18 @@ class OpsMiddleware:
                     return message
 
             await self.app(scope, app_receive, send_with_id)
+        except Exception:
+            # Answered here, not by an app-level handler for Exception: Starlette's outermost
+            # middleware answers those and then re-raises, and uvicorn closes the connection of
+            # any request whose app raised, so the client's next request on that keep-alive
+            # connection failed with a reset.
+            if started_response:
+                raise  # the body is cut short: only closing the connection can tell the client
+            server_log.exception(
+                "unhandled error", extra={"fields": {"request_id": scope["contextkit.request_id"]}}
+            )
+            internal = InternalError("internal server error; see the server log")
+            status = await self._refuse(scope, send, internal, id_header, close=False)
         finally:
             self._record(scope, status, time.perf_counter() - started)
 

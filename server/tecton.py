@@ -17,7 +17,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from contextkit.errors import BadRequestError, ContextKitError, translate_store_errors
+from contextkit.errors import (
+    BadRequestError,
+    ContextKitError,
+    InternalError,
+    translate_store_errors,
+)
 from contextkit.retrieval import tecton as tecton_compat
 from contextkit.server.common import (
     READER,
@@ -263,11 +268,6 @@ def routes(state: ServerState) -> APIRouter:
     return router
 
 
-class _InternalError(ContextKitError):
-    code = "internal_error"
-    http_status = 500
-
-
 async def _serve(state: ServerState, request: Request, *, batch: bool) -> Response:
     started = time.perf_counter()
     try:
@@ -291,7 +291,7 @@ def _error(exc: Exception) -> Response:
         exc = translate_store_errors(exc)
     if not isinstance(exc, ContextKitError):
         log.exception("unhandled error")
-        exc = _InternalError("internal server error; see the server log")
+        exc = InternalError("internal server error; see the server log")
     status, body = tecton_compat.error_body(exc)
     response = json_response(body, status)
     headers = getattr(exc, "headers", None)

@@ -238,7 +238,8 @@ class UI:
         return "workspace.html", self._base(
             c,
             "overview",
-            statuses=statuses,
+            # The views with a page here (stream and realtime views have none yet).
+            statuses=[s for s in statuses if s.kind in ("batch_feature_view", "embedding_view")],
             services=services,
             prompts=sorted(specs.prompts),
             sources=sorted(specs.sources),

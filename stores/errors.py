@@ -22,3 +22,35 @@ class ApplyConflictError(StoreFailure):
 
 class MissingError(StoreFailure):
     """A workspace or record does not exist."""
+
+
+class StoreUnavailable(StoreFailure):
+    """A store's data is missing, unreadable or damaged: files deleted or corrupted under a
+    running process, a file that is not a database. Rebuilding it (re-materializing) fixes it."""
+
+
+class StoreServerUnavailable(StoreFailure):
+    """A store server cannot serve now: unreachable, wrong credentials, read-only or full. The
+    same request may succeed once the server is back (clients reconnect by themselves)."""
+
+
+class WriteConflict(StoreFailure):
+    """A concurrent writer changed what a transaction read; nothing was written. Run it again."""
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, safe for errors, logs and reprs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        password, port = parts.password, parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{f':{port}' if port else ''}"))

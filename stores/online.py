@@ -1,21 +1,29 @@
 """The online store: the latest feature values per entity, for low-latency batched reads.
 
+``OnlineStore`` and ``OnlineWriter`` list every call the core makes, so a backend can be written
+from them alone (``redis_online.RedisOnlineStore`` is the second one). The core speaks of tables
+(``<workspace>__<view>`` and friends) of typed key and value columns, in the store's native value
+form: timestamps as microseconds since the epoch, bools as 0/1.
+
 ``SQLiteOnlineStore`` keeps one table per (workspace, view) in one SQLite file, keyed by the join
 keys (``WITHOUT ROWID``, so a lookup is one B-tree probe). A materialization replaces a table
 atomically (built as a staging table and renamed in the same transaction); readers in WAL mode
-see either the old or the new table, never a mix. Redis will implement the same interface.
+see either the old or the new table, never a mix.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, TypeVar
 
-from contextkit.stores.errors import StoreFailure
+from contextkit.stores.errors import StoreFailure, StoreUnavailable, WriteConflict
+
+T = TypeVar("T")
 
 _SQLITE_TYPES = {
     "string": "TEXT",
@@ -30,27 +38,189 @@ def _q(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-class OnlineStore(Protocol):
-    """What the core needs from an online store."""
+class TableRead(NamedTuple):
+    """One table's part of a batched read: the arguments of :meth:`OnlineStore.read`."""
 
+    table: str
+    keys: Sequence[str]
+    columns: Sequence[str]
+    key_rows: Sequence[tuple]
+
+
+class OnlineWriter(ABC):
+    """Writes inside one :meth:`OnlineStore.transaction`: all of them commit together at the end
+    of the block, or none does. Reads through the writer see the rows it has upserted."""
+
+    @abstractmethod
+    def ensure_table(
+        self,
+        table: str,
+        keys: Sequence[tuple[str, str]],
+        columns: Sequence[tuple[str, str]],
+        *,
+        log: bool = False,
+        ttl_seconds: int | None = None,
+    ) -> None:
+        """Create ``table`` if it does not exist (an existing one keeps its columns): keyed by
+        ``keys`` (``(name, dtype)``), or, with ``log``, an append-only log with an increasing
+        ``seq`` and a unique (nullable) ``ingest_id``. ``ttl_seconds``: see
+        :meth:`OnlineStore.replace_table`."""
+
+    @abstractmethod
+    def existing(self, table: str, column: str, values: Sequence[Any]) -> set[Any]:
+        """Which of ``values`` are already in ``column`` of ``table`` (ingest ids of a log)."""
+
+    @abstractmethod
+    def append_log(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], ingested_at: int
+    ) -> tuple[int, int]:
+        """Append rows (``ingest_id`` first, then ``columns``) to a log table, stamped with
+        ``ingested_at`` (microseconds); returns the (first, last) ``seq`` given to them. Seqs
+        increase in commit order."""
+
+    @abstractmethod
+    def get(
+        self, table: str, keys: Sequence[str], key_rows: Sequence[tuple], columns: Sequence[str]
+    ) -> dict[tuple, tuple]:
+        """The rows for ``key_rows`` (values of all of the table's ``keys``) by key tuple, with
+        the values of ``columns``; absent keys (and a missing table) are left out."""
+
+    @abstractmethod
+    def upsert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert or replace whole rows (key columns included in ``columns``; a column left out
+        is NULL)."""
+
+    @abstractmethod
+    def delete_before(self, table: str, column: str, low: int) -> int:
+        """Delete the rows with ``column < low`` (old tiles); returns how many."""
+
+
+class OnlineStore(ABC):
+    """What the core needs from an online store: the latest values per key for batched reads,
+    and the streaming state (ingest log, latest values, aggregate tiles) written in
+    transactions. Every method raises :class:`StoreFailure` (or a subclass) for store
+    problems, with the store named and no secret in the message."""
+
+    # -- materialized tables ----------------------------------------------------------------------
+
+    @abstractmethod
     def replace_table(
         self,
         table: str,
         keys: Sequence[tuple[str, str]],
         columns: Sequence[tuple[str, str]],
         rows: Iterable[Sequence[Any]],
-    ) -> int: ...
+        *,
+        ttl_seconds: int | None = None,
+    ) -> int:
+        """Replace ``table`` with ``rows`` (key values then column values), atomically: readers
+        see the old rows or the new ones, never a mix, and nothing changes if iterating ``rows``
+        raises. A key given twice keeps its last row; returns the number of keys.
 
+        ``ttl_seconds`` allows the store to evict a row once its ``event_timestamp`` column is
+        that old (Redis expires the key); a store may also keep it (SQLite does). Readers that
+        serve with a ttl filter by it themselves (``retrieve`` does for stream views), so
+        answers agree either way. Pass it only for such views: batch views serve what was
+        materialized, however old."""
+
+    @abstractmethod
     def read(
         self, table: str, keys: Sequence[str], columns: Sequence[str], key_rows: Sequence[tuple]
-    ) -> list[tuple | None]: ...
+    ) -> list[tuple | None]:
+        """Rows of ``columns`` for each key tuple in ``key_rows`` (None where absent), in
+        request order, a key asked twice answered twice. Raises :class:`StoreFailure` when the
+        table does not exist (not materialized yet)."""
 
-    def drop_table(self, table: str) -> None: ...
+    def read_many(self, reads: Sequence[TableRead]) -> list[list[tuple | None] | None]:
+        """:meth:`read` for several tables at once (one service request: all of its views); a
+        table that does not exist gives None in place of its rows. A networked store answers
+        all of them in one round trip; this default reads them one by one."""
+        out: list[list[tuple | None] | None] = []
+        for r in reads:
+            try:
+                out.append(self.read(r.table, r.keys, r.columns, r.key_rows))
+            except StoreFailure:
+                if self.has_table(r.table):
+                    raise
+                out.append(None)
+        return out
 
-    def has_table(self, table: str) -> bool: ...
+    @abstractmethod
+    def drop_table(self, table: str) -> None:
+        """Remove ``table`` and its rows (a no-op when it does not exist)."""
+
+    @abstractmethod
+    def has_table(self, table: str) -> bool:
+        """Whether ``table`` exists."""
+
+    # -- streaming: transactions and range reads over tiles and logs ------------------------------
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[OnlineWriter]:
+        """A write transaction: everything done with the writer commits at the end of the
+        block, or nothing does if it raises. May raise :class:`WriteConflict` at commit when a
+        concurrent transaction changed what this one read (see :meth:`transact`)."""
+
+    def transact(self, work: Callable[[OnlineWriter], T], attempts: int = 5) -> T:
+        """Run ``work(writer)`` in a :meth:`transaction`, again (up to ``attempts`` times in
+        all) when it ends in a :class:`WriteConflict`; ``work`` must have no other effects."""
+        for attempt in range(attempts):
+            try:
+                with self.transaction() as writer:
+                    return work(writer)
+            except WriteConflict:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    @abstractmethod
+    def read_range(
+        self,
+        table: str,
+        keys: Sequence[str],
+        key_rows: Sequence[tuple],
+        range_column: str,
+        low: int,
+        columns: Sequence[str],
+    ) -> dict[tuple, list[tuple]]:
+        """Rows of ``columns`` with ``range_column >= low``, grouped by key tuple (ascending
+        ``range_column``). ``keys`` are the table's keys but the last (``range_column``, e.g. a
+        tile). Keys without rows, and a missing table, give nothing."""
+
+    @abstractmethod
+    def aggregate_range(
+        self,
+        table: str,
+        keys: Sequence[str],
+        key_rows: Sequence[tuple],
+        range_column: str,
+        high: int,
+        aggregates: Sequence[tuple[str, str, int]],
+    ) -> dict[tuple, tuple]:
+        """Per key tuple with rows in ``[min(low), high]``, each ``(op, column, low)``
+        aggregate (``op`` is sum, min or max; NULLs skipped; None when no value) over the rows
+        with ``low <= range_column <= high``, in order. Keys without rows are absent."""
+
+    @abstractmethod
+    def max_by_key(
+        self, table: str, keys: Sequence[str], key_rows: Sequence[tuple], column: str
+    ) -> dict[tuple, Any]:
+        """The largest ``column`` value per key tuple (e.g. the newest event time in a log);
+        ``keys`` may be any columns of the table. Keys without rows are absent."""
+
+    @abstractmethod
+    def read_log(
+        self, table: str, columns: Sequence[str], after_seq: int, limit: int
+    ) -> list[tuple]:
+        """Rows of a log table after sequence number ``after_seq`` (``seq`` first, then
+        ``columns``), in seq order, at most ``limit``; a missing log gives none."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections (the store may be used again: it reconnects)."""
 
 
-class SQLiteOnlineStore:
+class SQLiteOnlineStore(OnlineStore):
     """The embedded online store (one SQLite file, WAL mode)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -63,13 +233,29 @@ class SQLiteOnlineStore:
         """This thread's connection of one kind: readers (NORMAL) or ingest writers (FULL)."""
         con = getattr(self._local, slot, None)
         if con is None:
-            con = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, cached_statements=1024
-            )
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute(f"PRAGMA synchronous={synchronous}")
+            try:
+                con = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=30, cached_statements=1024
+                )
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute(f"PRAGMA synchronous={synchronous}")
+            except sqlite3.DatabaseError as exc:  # not a database, no permission, no folder
+                raise self._unreadable(exc) from None
             setattr(self._local, slot, con)
         return con
+
+    def _unreadable(self, exc: sqlite3.Error) -> StoreUnavailable:
+        """SQLite's error reading the file, as a store failure naming it."""
+        if "locked" in str(exc) or "busy" in str(exc):
+            hint = "another process holds a write lock on it for too long; retry"
+        else:
+            hint = (
+                "the file is damaged or is not a SQLite database: restore it, or move it away "
+                "and re-materialize the views (`contextkit materialize`)"
+            )
+        return StoreUnavailable(
+            f"the online store {str(self.path)!r} cannot be read: {exc}", hint=hint
+        )
 
     def _con(self) -> sqlite3.Connection:
         return self._connect("con", "NORMAL")
@@ -95,6 +281,8 @@ class SQLiteOnlineStore:
         keys: Sequence[tuple[str, str]],
         columns: Sequence[tuple[str, str]],
         rows: Iterable[Sequence[Any]],
+        *,
+        ttl_seconds: int | None = None,  # kept: readers filter by ttl (see OnlineStore)
     ) -> int:
         """Replace ``table`` with ``rows`` (key values then column values), atomically.
 
@@ -149,13 +337,13 @@ class SQLiteOnlineStore:
             params = [v for k in key_rows for v in k]
         try:
             found = self._con().execute(f"SELECT {cols} FROM {_q(table)} WHERE {where}", params)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 raise StoreFailure(
                     f"online table {table!r} does not exist",
                     hint="materialize the view first with `contextkit materialize`",
                 ) from None
-            raise
+            raise self._unreadable(exc) from None
         width = len(keys)
         by_key = {row[:width]: row[width:] for row in found}
         return [by_key.get(tuple(k)) for k in key_rows]
@@ -167,13 +355,13 @@ class SQLiteOnlineStore:
     # acknowledged write survives a crash of the process and of the machine.
 
     @contextmanager
-    def transaction(self) -> Iterator[OnlineWriter]:
+    def transaction(self) -> Iterator[SQLiteOnlineWriter]:
         """A write transaction (``BEGIN IMMEDIATE``): everything done with the writer commits at
         the end of the block, or nothing does if it raises."""
         con = self._connect("writer", "FULL")
         con.execute("BEGIN IMMEDIATE")
         try:
-            yield OnlineWriter(con, self._created)
+            yield SQLiteOnlineWriter(con, self._created)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -206,10 +394,10 @@ class SQLiteOnlineStore:
                 f"ORDER BY {_q(range_column)}",
                 [*params, low],
             )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 return {}
-            raise
+            raise self._unreadable(exc) from None
         width = len(keys)
         out: dict[tuple, list[tuple]] = {}
         for row in rows:
@@ -253,10 +441,10 @@ class SQLiteOnlineStore:
                 f"AND {rng} <= ? GROUP BY {key_list}",
                 params,
             )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 return {}
-            raise
+            raise self._unreadable(exc) from None
         width = len(keys)
         return {row[:width]: row[width:] for row in rows}
 
@@ -274,10 +462,10 @@ class SQLiteOnlineStore:
                 f"(VALUES {','.join([one] * len(key_rows))}) GROUP BY {key_list}",
                 [v for k in key_rows for v in k],
             )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 return {}
-            raise
+            raise self._unreadable(exc) from None
         return {row[:-1]: row[-1] for row in rows}
 
     def read_log(
@@ -294,13 +482,28 @@ class SQLiteOnlineStore:
                 )
                 .fetchall()
             )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):
                 return []
+            raise self._unreadable(exc) from None
+
+    def last_ingested_at(self, table: str) -> int | None:
+        """When the newest row of an ingest log arrived (``ingested_at``, epoch microseconds);
+        None when the log is empty or does not exist. One index lookup (the last ``seq``)."""
+        try:
+            row = (
+                self._con()
+                .execute(f"SELECT ingested_at FROM {_q(table)} ORDER BY seq DESC LIMIT 1")
+                .fetchone()
+            )
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
             raise
+        return None if row is None else int(row[0])
 
 
-class OnlineWriter:
+class SQLiteOnlineWriter(OnlineWriter):
     """Writes inside one :meth:`SQLiteOnlineStore.transaction`."""
 
     def __init__(self, con: sqlite3.Connection, created: set[str]) -> None:
@@ -314,6 +517,7 @@ class OnlineWriter:
         columns: Sequence[tuple[str, str]],
         *,
         log: bool = False,
+        ttl_seconds: int | None = None,  # kept: readers filter by ttl (see OnlineStore)
     ) -> None:
         """Create ``table`` if needed: keyed by ``keys`` (``WITHOUT ROWID``), or, with ``log``, an
         append-only log with an increasing ``seq`` and a unique (nullable) ``ingest_id``."""

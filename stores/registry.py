@@ -2,22 +2,43 @@
 
 ``SQLiteRegistry`` keeps everything in one SQLite file; every write is one transaction, so an apply
 either lands whole or not at all. Specs are opaque JSON text here: the core owns their meaning.
+
+Jobs are leased. A running job records its owner (host, pid and an opaque start token, see
+:mod:`contextkit.stores.process`) and a lease (``heartbeat_at``, ``lease_expires_at``) that the
+owning registry object renews from a background thread until ``finish_job``. A running job whose
+owner is gone is *abandoned*: it is marked ``failed`` with an error starting with ``abandoned``
+by whoever looks at the jobs next (``list_jobs``, ``latest_jobs``, ``job_summary``, ``start_job``
+or ``reap_abandoned_jobs``). Gone means: on the owner's host, its pid no longer runs that process;
+from anywhere else, the lease expired. A scheduler that claims queued jobs can reuse the same
+columns: claim by setting the owner and ``lease_expires_at`` where the lease is free or expired.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from contextkit.stores.errors import ApplyConflictError, MissingError, RegistryVersionError
+from contextkit.stores.process import ProcessIdentity, current_process, owner_alive
 
-SCHEMA_VERSION = 3
+log = logging.getLogger("contextkit.registry")
+
+SCHEMA_VERSION = 4
+
+# How long a running job's lease lasts without a heartbeat; its owner renews it every quarter of
+# that. Only readers on another host (or pid namespace) rely on it: on the owner's host a job is
+# abandoned as soon as its process is gone.
+JOB_LEASE_S = 120.0
+# The error of a job whose owner went away without finishing it starts with this word.
+ABANDONED = "abandoned"
 
 # Job statuses of a job that wrote the stores: ``warning`` is a success whose data failed an
 # expectation declared with on_expectation_failure="warn".
@@ -72,6 +93,18 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_by_view ON alerts (workspace, view, resolved_at);
 """,
+    # Job ownership and leases. Jobs left running by an older contextkit have no owner: they get
+    # a one-day lease from their start, after which they count as abandoned.
+    4: """
+ALTER TABLE jobs ADD COLUMN owner_host TEXT;
+ALTER TABLE jobs ADD COLUMN owner_pid INTEGER;
+ALTER TABLE jobs ADD COLUMN owner_start TEXT;
+ALTER TABLE jobs ADD COLUMN heartbeat_at REAL;
+ALTER TABLE jobs ADD COLUMN lease_expires_at REAL;
+UPDATE jobs SET heartbeat_at = started_at, lease_expires_at = started_at + 86400
+    WHERE status = 'running' AND lease_expires_at IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (status) WHERE status = 'running';
+""",
 }
 
 
@@ -115,10 +148,33 @@ class JobRecord:
     finished_at: float | None
     error: str | None
     details: dict[str, Any]
+    # The lease: who runs the job, and until when it counts as running without a heartbeat.
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    owner_start: str | None = None
+    heartbeat_at: float | None = None
+    lease_expires_at: float | None = None
 
     @property
     def duration_s(self) -> float | None:
         return None if self.finished_at is None else self.finished_at - self.started_at
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the job failed because its process went away without finishing it."""
+        return self.status == "failed" and (self.error or "").startswith(ABANDONED)
+
+    @property
+    def display_status(self) -> str:
+        """The status as people read it: ``failed (abandoned)`` for an abandoned job."""
+        return f"failed ({ABANDONED})" if self.abandoned else self.status
+
+    @property
+    def owner(self) -> str | None:
+        """``pid N on HOST``, or None for a job recorded without an owner."""
+        if self.owner_host is None or self.owner_pid is None:
+            return None
+        return ProcessIdentity(self.owner_host, self.owner_pid, self.owner_start or "").label
 
 
 @dataclass(frozen=True)
@@ -173,6 +229,17 @@ class AlertRecord:
     resolved_by: str | None = None
 
 
+_JOB_COLUMNS = (
+    "id, workspace, view, status, range_start, range_end, spec_hash, rows_offline, rows_online, "
+    "started_at, finished_at, error, details, owner_host, owner_pid, owner_start, heartbeat_at, "
+    "lease_expires_at"
+)
+
+
+def _job_record(row) -> JobRecord:
+    return JobRecord(*row[:12], json.loads(row[12] or "{}"), *row[13:])
+
+
 _STATS_COLUMNS = (
     "s.job_id, s.workspace, s.view, s.created_at, s.scope, s.rows, s.newest_event, s.max_drift, "
     "s.stats, j.status"
@@ -220,6 +287,10 @@ class RegistryStore(Protocol):
     def list_jobs(
         self, workspace: str | None = None, view: str | None = None, limit: int = 50
     ) -> list[JobRecord]: ...
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+    def running_jobs(self) -> list[JobRecord]: ...
+    def renew_job_leases(self, job_ids: list[str]) -> int: ...
+    def reap_abandoned_jobs(self, now: float | None = None) -> list[str]: ...
     def get_setting(self, key: str) -> str | None: ...
     def set_setting(self, key: str, value: str) -> None: ...
     def change_token(self) -> tuple[int, int]: ...
@@ -242,6 +313,7 @@ class RegistryStore(Protocol):
         self, workspace: str | None = None, *, with_stats: bool = True
     ) -> list[JobStatsRecord]: ...
     def latest_jobs(self, workspace: str | None = None) -> list[JobRecord]: ...
+    def open_alert(self, alert: AlertRecord) -> None: ...
     def list_alerts(
         self,
         workspace: str | None = None,
@@ -255,8 +327,12 @@ class RegistryStore(Protocol):
 class SQLiteRegistry:
     """The embedded registry: one SQLite file, WAL mode, one transaction per write."""
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, *, create: bool = True, job_lease_s: float = JOB_LEASE_S
+    ) -> None:
         self.path = Path(path)
+        self.job_lease_s = job_lease_s
+        self._leases = _LeaseKeeper(self)
         if not self.path.exists() and not create:
             raise MissingError(
                 f"no registry at {self.path}",
@@ -307,7 +383,7 @@ class SQLiteRegistry:
                 for version in range(found + 1, SCHEMA_VERSION + 1):
                     for statement in _MIGRATIONS[version].strip().split(";"):
                         if statement.strip():
-                            con.execute(statement)
+                            _migrate(con, statement)
                 if found < SCHEMA_VERSION:
                     con.execute(
                         "UPDATE meta SET value = ? WHERE key = 'schema_version'",
@@ -440,11 +516,17 @@ class SQLiteRegistry:
 
     # -- jobs ------------------------------------------------------------------------------
     def start_job(self, workspace: str, view: str, **fields: Any) -> str:
+        """Record a running job owned by this process; its lease is renewed until
+        :meth:`finish_job`. Jobs abandoned by other processes are marked first."""
+        self.reap_abandoned_jobs()
         job_id = uuid.uuid4().hex[:12]
+        owner = current_process()
+        now = time.time()
         with self._transaction() as con:
             con.execute(
                 "INSERT INTO jobs (id, workspace, view, status, range_start, range_end, spec_hash,"
-                " started_at, details) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                " started_at, details, owner_host, owner_pid, owner_start, heartbeat_at, "
+                "lease_expires_at) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     workspace,
@@ -452,17 +534,24 @@ class SQLiteRegistry:
                     fields.get("range_start"),
                     fields.get("range_end"),
                     fields.get("spec_hash"),
-                    time.time(),
+                    now,
                     json.dumps(fields.get("details") or {}),
+                    owner.host,
+                    owner.pid,
+                    owner.start,
+                    now,
+                    now + self.job_lease_s,
                 ),
             )
+        self._leases.hold(job_id)
         return job_id
 
     def finish_job(self, job_id: str, status: str, **fields: Any) -> None:
+        self._leases.release(job_id)
         with self._transaction() as con:
             con.execute(
                 "UPDATE jobs SET status = ?, rows_offline = ?, rows_online = ?, finished_at = ?, "
-                "error = ?, details = COALESCE(?, details) WHERE id = ?",
+                "error = ?, details = COALESCE(?, details), lease_expires_at = NULL WHERE id = ?",
                 (
                     status,
                     fields.get("rows_offline"),
@@ -474,20 +563,91 @@ class SQLiteRegistry:
                 ),
             )
 
+    def renew_job_leases(self, job_ids: list[str]) -> int:
+        """Extend the leases of these running jobs by ``job_lease_s`` from now; returns how many
+        are still running (a job marked abandoned meanwhile is not revived)."""
+        if not job_ids:
+            return 0
+        now = time.time()
+        marks = ",".join("?" * len(job_ids))
+        with self._transaction() as con:
+            cur = con.execute(
+                f"UPDATE jobs SET heartbeat_at = ?, lease_expires_at = ? WHERE id IN ({marks}) "
+                "AND status = 'running'",
+                (now, now + self.job_lease_s, *job_ids),
+            )
+        return cur.rowcount
+
+    def reap_abandoned_jobs(self, now: float | None = None) -> list[str]:
+        """Mark running jobs whose owner is gone ``failed`` (error ``abandoned: ...``); returns
+        their ids. Gone: the owner's process no longer runs (judged on its own host), or, where
+        that cannot be judged, its lease expired. ``finished_at`` is its last heartbeat."""
+        now = time.time() if now is None else now
+        running = self._con().execute(
+            "SELECT id, owner_host, owner_pid, owner_start, heartbeat_at, lease_expires_at "
+            "FROM jobs WHERE status = 'running'"
+        )
+        gone = []
+        for job_id, host, pid, start, beat, expires in running.fetchall():
+            reason = _abandonment(host, pid, start, beat, expires, now)
+            if reason is not None:
+                gone.append((job_id, reason, expires))
+        if not gone:
+            return []
+        reaped = []
+        try:
+            with self._transaction() as con:
+                for job_id, (reason, by_lease), expires in gone:
+                    # Only if nothing changed since it was read: finished, or (lease) renewed.
+                    cur = con.execute(
+                        "UPDATE jobs SET status = 'failed', error = ?, finished_at = "
+                        "COALESCE(heartbeat_at, ?), lease_expires_at = NULL WHERE id = ? AND "
+                        "status = 'running' AND (? = 0 OR lease_expires_at IS ?)",
+                        (reason, now, job_id, int(by_lease), expires),
+                    )
+                    if cur.rowcount:
+                        reaped.append(job_id)
+        except sqlite3.OperationalError as exc:
+            # A read-only or busy registry: the read that called this still answers, and the
+            # next reader tries again.
+            log.warning("could not mark abandoned jobs %s: %s", [g[0] for g in gone], exc)
+            return []
+        for job_id in reaped:
+            log.warning("job %s was abandoned by its process; marked failed", job_id)
+        return reaped
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """One job by id (None when unknown), after marking abandoned jobs."""
+        self.reap_abandoned_jobs()
+        row = (
+            self._con()
+            .execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
+        return _job_record(row) if row else None
+
+    def running_jobs(self) -> list[JobRecord]:
+        """Every job still running (after marking abandoned jobs), oldest first."""
+        self.reap_abandoned_jobs()
+        rows = self._con().execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY started_at"
+        )
+        return [_job_record(r) for r in rows]
+
     def list_jobs(
         self, workspace: str | None = None, view: str | None = None, limit: int = 50
     ) -> list[JobRecord]:
+        self.reap_abandoned_jobs()
         where, params = _where(workspace=workspace, view=view)
         rows = self._con().execute(
-            "SELECT id, workspace, view, status, range_start, range_end, spec_hash, rows_offline,"
-            f" rows_online, started_at, finished_at, error, details FROM jobs {where} "
-            "ORDER BY started_at DESC LIMIT ?",
+            f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY started_at DESC LIMIT ?",
             (*params, limit),
         )
-        return [JobRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+        return [_job_record(r) for r in rows]
 
     def job_summary(self) -> list[tuple[str, str, str, int]]:
         """``(workspace, view, status, number of jobs)`` over every recorded job."""
+        self.reap_abandoned_jobs()
         rows = self._con().execute(
             "SELECT workspace, view, status, count(*) FROM jobs GROUP BY workspace, view, status "
             "ORDER BY workspace, view, status"
@@ -497,25 +657,24 @@ class SQLiteRegistry:
     def last_succeeded_jobs(self) -> list[JobRecord]:
         """The newest completed job (succeeded, or warning) of every (workspace, view)."""
         rows = self._con().execute(
-            "SELECT id, workspace, view, status, range_start, range_end, spec_hash, rows_offline,"
-            " rows_online, started_at, finished_at, error, details FROM jobs j WHERE status IN "
+            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE status IN "
             "('succeeded', 'warning') AND started_at = (SELECT max(started_at) FROM jobs WHERE "
             "workspace = j.workspace AND view = j.view AND status IN ('succeeded', 'warning')) "
             "ORDER BY workspace, view"
         )
-        return [JobRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+        return [_job_record(r) for r in rows]
 
     def latest_jobs(self, workspace: str | None = None) -> list[JobRecord]:
         """The newest job, whatever its status, of every view (of one workspace, or all)."""
+        self.reap_abandoned_jobs()
         where, params = ("AND workspace = ?", (workspace,)) if workspace else ("", ())
         rows = self._con().execute(
-            "SELECT id, workspace, view, status, range_start, range_end, spec_hash, rows_offline,"
-            " rows_online, started_at, finished_at, error, details FROM jobs j WHERE started_at = "
+            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE started_at = "
             "(SELECT max(started_at) FROM jobs WHERE workspace = j.workspace AND view = j.view) "
             f"{where} ORDER BY workspace, view",
             params,
         )
-        return [JobRecord(*r[:12], json.loads(r[12] or "{}")) for r in rows]
+        return [_job_record(r) for r in rows]
 
     # -- monitoring: job statistics and alerts ---------------------------------------------
     def save_job_monitoring(
@@ -555,25 +714,25 @@ class SQLiteRegistry:
             }
             for alert in raised:
                 found = open_alerts.pop((alert.kind, alert.subject), None)
-                if found is not None:
-                    con.execute(
-                        "UPDATE alerts SET severity = ?, message = ?, details = ?, job_id = ?, "
-                        "updated_at = ? WHERE id = ?",
-                        (alert.severity, alert.message, json.dumps(alert.details), alert.job_id,
-                         now, found),
-                    )  # fmt: skip
-                    continue
-                con.execute(
-                    f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-                    (alert.id, workspace, view, alert.kind, alert.subject, alert.severity,
-                     alert.message, json.dumps(alert.details), alert.job_id, now, now),
-                )  # fmt: skip
+                _write_alert(con, alert, workspace, view, found, now)
             for alert_id in open_alerts.values():
                 con.execute(
                     "UPDATE alerts SET resolved_at = ?, resolved_by = ? WHERE id = ?",
                     (now, job_id, alert_id),
                 )
+
+    def open_alert(self, alert: AlertRecord) -> None:
+        """Raise an alert outside a job (a failed push-based encode): it updates the view's open
+        alert of the same kind and subject, or opens one. Other open alerts are left alone; the
+        view's next job that records monitoring resolves it like any other."""
+        now = time.time()
+        with self._transaction() as con:
+            found = con.execute(
+                "SELECT id FROM alerts WHERE workspace = ? AND view = ? AND kind = ? AND "
+                "subject = ? AND resolved_at IS NULL",
+                (alert.workspace, alert.view, alert.kind, alert.subject),
+            ).fetchone()
+            _write_alert(con, alert, alert.workspace, alert.view, found and found[0], now)
 
     def list_job_stats(
         self, workspace: str, view: str, limit: int = 50, *, completed_only: bool = False
@@ -691,6 +850,115 @@ class SQLiteRegistry:
                 "value = excluded.value",
                 (key, value),
             )
+
+
+def _write_alert(
+    con: sqlite3.Connection,
+    alert: AlertRecord,
+    workspace: str,
+    view: str,
+    open_id: str | None,
+    now: float,
+) -> None:
+    """Update the open alert ``open_id`` with ``alert``'s content, or insert ``alert``."""
+    if open_id is not None:
+        con.execute(
+            "UPDATE alerts SET severity = ?, message = ?, details = ?, job_id = ?, updated_at = ? "
+            "WHERE id = ?",
+            (alert.severity, alert.message, json.dumps(alert.details), alert.job_id, now, open_id),
+        )
+        return
+    con.execute(
+        f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES "
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+        (alert.id, workspace, view, alert.kind, alert.subject, alert.severity, alert.message,
+         json.dumps(alert.details), alert.job_id, now, now),
+    )  # fmt: skip
+
+
+def _migrate(con: sqlite3.Connection, statement: str) -> None:
+    """Run one migration statement; a column it adds that exists already is left as it is (every
+    step can run twice, as ``CREATE ... IF NOT EXISTS`` can)."""
+    try:
+        con.execute(statement)
+    except sqlite3.OperationalError as exc:
+        if not ("ADD COLUMN" in statement and "duplicate column name" in str(exc)):
+            raise
+
+
+def _abandonment(
+    host: str | None,
+    pid: int | None,
+    start: str | None,
+    beat: float | None,
+    expires: float | None,
+    now: float,
+) -> tuple[str, bool] | None:
+    """``(error, judged by the lease)`` for a running job whose owner is gone; None while it may
+    still run."""
+    owner = None if host is None or pid is None else ProcessIdentity(host, pid, start or "")
+    if owner is not None:
+        alive = owner_alive(owner)
+        if alive is True:
+            return None
+        if alive is False:
+            return (
+                f"{ABANDONED}: its process ({owner.label}) ended without finishing the job",
+                False,
+            )
+    if expires is not None and expires < now:
+        seen = "never" if beat is None else datetime.fromtimestamp(beat, UTC).isoformat()
+        who = owner.label if owner is not None else "an unknown process"
+        return (
+            f"{ABANDONED}: no heartbeat from {who} since {seen}; its lease expired",
+            True,
+        )
+    return None
+
+
+class _LeaseKeeper:
+    """Renews the leases of the jobs a registry object started, from one daemon thread that
+    runs while any of them is unfinished (and closes its own connection when it stops)."""
+
+    def __init__(self, registry: SQLiteRegistry) -> None:
+        self._registry = registry
+        self._jobs: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.add(job_id)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="contextkit-job-leases", daemon=True
+                )
+                self._thread.start()
+
+    def release(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.discard(job_id)
+            if not self._jobs:
+                self._wake.set()
+
+    def _run(self) -> None:
+        interval = self._registry.job_lease_s / 4
+        try:
+            while True:
+                self._wake.wait(interval)
+                with self._lock:
+                    self._wake.clear()
+                    held = sorted(self._jobs)
+                    if not held:
+                        self._thread = None
+                        return
+                try:
+                    self._registry.renew_job_leases(held)
+                except sqlite3.Error as exc:  # the next beat retries; the lease has slack
+                    log.warning("could not renew the leases of jobs %s: %s", held, exc)
+        finally:
+            self._registry.close()
 
 
 def _where(**equals: Any) -> tuple[str, list[Any]]:

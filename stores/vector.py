@@ -47,6 +47,7 @@ IEEE order NaN differently). Hybrid queries still pay LanceDB's full-text query 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -62,7 +63,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contextkit.stores.errors import MissingError, StoreFailure
+from contextkit.stores.errors import MissingError, StoreFailure, StoreUnavailable
 
 SYSTEM_COLUMNS = (
     "id",
@@ -128,6 +129,45 @@ class InvalidSearchError(VectorStoreError):
 
     code = "invalid_search"
     http_status = 400
+
+
+class VectorTableUnreadableError(StoreUnavailable):
+    """LanceDB cannot read the table's files (damaged, or removed by hand)."""
+
+    code = "store_error"
+    http_status = 503
+
+
+class VectorTableLostError(VectorTableMissingError, VectorTableUnreadableError):
+    """A table this process was reading has been deleted behind its back (not by
+    :meth:`LanceVectorStore.drop_table`). Missing for a materialization, which rebuilds it;
+    unreadable (503, not 404) for a search, until then."""
+
+    code = "store_error"
+    http_status = 503
+
+
+def _reads_table(method):
+    """Turn LanceDB's own errors while reading ``table`` (the method's first argument) into a
+    :class:`VectorTableUnreadableError`, or a :class:`VectorTableLostError` when the table has
+    gone. LanceDB raises OSError, RuntimeError or ValueError for files it cannot find or read."""
+
+    @functools.wraps(method)
+    def reading(self: LanceVectorStore, table: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, table, *args, **kwargs)
+        except StoreFailure:
+            raise
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise self._unreadable(table.split("@", 1)[0], exc) from exc
+
+    return reading
+
+
+def _lance_reason(exc: BaseException) -> str:
+    """LanceDB's message without the Rust source location it appends."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r",\s*/\S+\.rs:\d+:\d+", "", text)[:300]
 
 
 # -- values --------------------------------------------------------------------------------------
@@ -478,6 +518,9 @@ class LanceVectorStore:
         self._exact_cap = exact_cache_tables
         self._lock = threading.RLock()  # guards the dicts only; never held across I/O-heavy work
         self._write_locks: dict[str, threading.Lock] = {}
+        # Tables this process opened or created and did not drop: if one is missing later, its
+        # files were deleted behind this process's back (VectorTableLostError, not "missing").
+        self._opened: set[str] = set()
 
     def _write_lock(self, table: str) -> threading.Lock:
         """Serializes writes to one table in this process (searches never wait on it)."""
@@ -508,16 +551,45 @@ class LanceVectorStore:
         """Delete a table and all its versions (no-op when it does not exist)."""
         _check_table_name(table)
         with self._write_lock(table):
+            self._forget(table)
             with self._lock:
-                self._tables.pop(table, None)
-                self._exact.pop(table, None)
-                self._layouts.pop(table, None)
-                # Checkouts of its versions (a new table with this name restarts at version 1).
-                for cached in (self._tables, self._exact, self._layouts):
-                    for key in [k for k in cached if k.startswith(f"{table}@")]:
-                        cached.pop(key, None)
+                self._opened.discard(table)
             if table in self.tables():
                 self._db.drop_table(table)
+
+    def _forget(self, table: str) -> None:
+        """Drop every cached handle, layout and exact-search copy of ``table``."""
+        with self._lock:
+            self._tables.pop(table, None)
+            self._exact.pop(table, None)
+            self._layouts.pop(table, None)
+            # Checkouts of its versions (a new table with this name restarts at version 1).
+            for cached in (self._tables, self._exact, self._layouts):
+                for key in [k for k in cached if k.startswith(f"{table}@")]:
+                    cached.pop(key, None)
+
+    def _unreadable(self, table: str, exc: BaseException) -> VectorTableUnreadableError:
+        """The error for a LanceDB failure reading ``table``; its cached state is dropped, so
+        that a rebuilt table is opened afresh."""
+        self._forget(table)
+        try:
+            gone = table not in self.tables()
+        except Exception:  # the store folder itself is unreadable
+            gone = False
+        if gone and table in self._opened:
+            return self._lost_error(table)
+        return VectorTableUnreadableError(
+            f"vector table {table!r} in {str(self.path)!r} cannot be read: {_lance_reason(exc)}",
+            hint="its files are damaged; rebuild it with `contextkit materialize --full` "
+            "(the embedding view)",
+        )
+
+    def _lost_error(self, table: str) -> VectorTableLostError:
+        return VectorTableLostError(
+            f"vector table {table!r} is gone from {str(self.path)!r}: its files were deleted "
+            "after this process opened it",
+            hint="re-materialize the embedding view (`contextkit materialize`) to rebuild it",
+        )
 
     def _open(self, table: str) -> Any:
         _check_table_name(table)
@@ -529,24 +601,31 @@ class LanceVectorStore:
                 except ValueError as exc:
                     if table in self.tables():
                         raise
+                    if table in self._opened:
+                        raise self._lost_error(table) from exc
                     raise VectorTableMissingError(
                         f"vector table {table!r} does not exist",
                         hint="materialize the embedding view first",
                     ) from exc
                 self._tables[table] = handle
+                self._opened.add(table)
             return handle
 
+    @_reads_table
     def count_rows(self, table: str) -> int:
         return self._open(table).count_rows()
 
+    @_reads_table
     def version(self, table: str) -> int:
         """The table's current version (each commit adds one)."""
         return int(self._open(table).version)
 
+    @_reads_table
     def versions(self, table: str) -> list[int]:
         """The versions still on disk, oldest first."""
         return sorted(int(v["version"]) for v in self._open(table).list_versions())
 
+    @_reads_table
     def versions_at(self, table: str, moments: Sequence[datetime]) -> list[tuple[int, bool]]:
         """For each moment, the version whose rows the table held then: the newest one
         committed at or before it, moved on past later commits that changed only indexes (the
@@ -617,15 +696,18 @@ class LanceVectorStore:
                 self._exact.pop(table, None)
             return int(handle.version)
 
+    @_reads_table
     def key_columns(self, table: str) -> list[str]:
         """The parent key columns the table was created with."""
         return _key_columns(self._open(table).schema)
 
+    @_reads_table
     def filterable_columns(self, table: str) -> dict[str, pa.DataType]:
         """Key and metadata columns (what filters may name) with their Arrow types."""
         schema = self._open(table).schema
         return {f.name: f.type for f in schema if f.name not in SYSTEM_COLUMNS}
 
+    @_reads_table
     def dimension(self, table: str) -> int:
         return self._open(table).schema.field("vector").type.list_size
 
@@ -640,12 +722,18 @@ class LanceVectorStore:
         qualifies when each key column holds one of its values (for a composite key this may
         include a few other documents, which is harmless for an incremental plan).
         """
+        try:
+            return self._hashes(table, keys)
+        except VectorTableMissingError:  # also a table deleted behind this process's back
+            return {}
+
+    @_reads_table
+    def _hashes(
+        self, table: str, keys: Mapping[str, Sequence[Any]] | None
+    ) -> dict[str, ChunkHashes]:
         from lancedb.expr import col, lit
 
-        try:
-            handle = self._open(table)
-        except VectorTableMissingError:
-            return {}
+        handle = self._open(table)
         query = handle.search().select(["id", "content_hash", "row_hash"])
         if keys:
             where = None
@@ -664,6 +752,7 @@ class LanceVectorStore:
             )
         }
 
+    @_reads_table
     def fetch_vectors(self, table: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors by chunk id (ids not in the table are left out)."""
         from lancedb.expr import col, lit
@@ -754,9 +843,11 @@ class LanceVectorStore:
             reader = pa.RecordBatchReader.from_batches(schema, source)
             created = handle is None
             if created:
+                self._forget(table)  # a table deleted behind this process's back: stale caches
                 handle = self._db.create_table(table, schema=schema)
                 with self._lock:
                     self._tables[table] = handle
+                    self._opened.add(table)
             start_version = int(handle.version)
             try:
                 if replace or created:
@@ -857,6 +948,7 @@ class LanceVectorStore:
 
     # -- search -----------------------------------------------------------------------------------
 
+    @_reads_table
     def search(
         self,
         table: str,
@@ -913,6 +1005,7 @@ class LanceVectorStore:
         by_text = _text_leg(handle, text, conditions, depth, layout.columns)
         return _fuse(by_vector, by_text, top_k, layout.keys)
 
+    @_reads_table
     def warm(self, table: str) -> None:
         """Load what the first search would (table handle, layout, exact-search cache) now,
         e.g. at server start, so that no request pays for it."""

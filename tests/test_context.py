@@ -230,7 +230,8 @@ def test_provider_failures_are_502_and_504_without_secrets(shop, server, stub):
     stub.reset()
     stub.fail(401)
     status, error, raw = post(base + "/v1/context", body)
-    assert status == 502 and SECRET not in raw and "Traceback" not in raw
+    assert status == 503 and error["error"]["code"] == "llm_not_configured"  # a rejected key
+    assert SECRET not in raw and "Traceback" not in raw
     stub.reset()
     stub.fail(500)
     status, error, raw = post(base + "/v1/context", {**body, "stream": True})

@@ -975,13 +975,13 @@ def test_nothing_is_read_until_a_to_method_is_called(repo, tmp_path, monkeypatch
         opened.append(1)
         return connect(*args, **kwargs)
 
-    monkeypatch.setattr(compute, "connect_duckdb", counting)
+    monkeypatch.setattr(transformations, "connect_duckdb", counting)
     path = tmp_path / "events.parquet"
     pq.write_table(pa.Table.from_pandas(EVENTS, preserve_index=False), path)
     result = ctx.get_features_for_events(path, "svc")
     assert opened == []
     path.unlink()  # the file is read only when the result is computed
-    with pytest.raises(duckdb.Error, match="events.parquet"):
+    with pytest.raises(BadRequestError, match="events.parquet"):
         result.to_pandas()
     assert opened == [1]
 

@@ -9,12 +9,18 @@ A job for one view and a time range ``[start, end)``:
 A failure before step 3 leaves both stores as they were (staged files are dropped, the SQLite
 transaction rolls back). Between 2 and 3 only a manifest rename remains; re-running the same range
 is idempotent. Every job is recorded in the registry with its range, row counts and outcome.
+
+Offline files nobody can read any more (replaced by a newer version, or left by a killed job) are
+removed by :func:`collect_garbage`: after every successful job for the view's own tables, and by
+``contextkit gc`` for the whole store, never while a job writes the table and never within the
+grace period (see :mod:`contextkit.stores.offline`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,12 +32,14 @@ from contextkit.errors import ContextKitError, StoreError
 from contextkit.framework import transformations
 from contextkit.framework.specs import METADATA_FIELDS, FeatureViewSpec, FileSourceSpec
 from contextkit.framework.transformations import EVENT_TIMESTAMP, quote
-from contextkit.governance.monitoring import JobMonitor
+from contextkit.governance.monitoring import JobMonitor, online_change_warning, online_snapshot
 from contextkit.stores.errors import StoreFailure
-from contextkit.stores.offline import ParquetOfflineStore
+from contextkit.stores.offline import GC_GRACE_S, Garbage, ParquetOfflineStore
 from contextkit.stores.online import OnlineStore
 from contextkit.stores.registry import COMPLETED_STATUSES, RegistryStore
 from contextkit.types import Timestamp, duckdb_type
+
+log = logging.getLogger("contextkit.compute.materialize")
 
 
 @dataclass(frozen=True)
@@ -120,11 +128,14 @@ def materialize_view(
     full: bool = False,
     on_stage: Callable[[str], None] | None = None,
     monitoring: bool = True,
+    max_online_shrink: float | None = 0.5,
 ) -> JobResult:
     """Run one materialization job for ``view`` (see the module docstring).
 
     ``monitoring``: measure the rows (see :mod:`contextkit.governance.monitoring`); the view's expectations
-    are checked either way, on the staged rows, before anything is committed.
+    are checked either way, on the staged rows, before anything is committed. A job that leaves
+    the online table empty, or with more than ``max_online_shrink`` (a share) fewer entities than
+    the previous job left, ends with status ``warning`` and says why.
     """
     end = _utc(end or datetime.now(UTC))
     watermark = None if full else last_watermark(registry, workspace, view)
@@ -135,13 +146,18 @@ def materialize_view(
         start = _utc(start)
     if start is not None and start > end:
         start = end
+    # A backfill of a past range leaves the (newer) online values alone.
+    refresh_online = view.online and (watermark is None or end >= watermark)
+    previous_online = (
+        online_snapshot(registry.list_jobs(workspace, view.name, 50)) if refresh_online else None
+    )
     job_id = registry.start_job(
         workspace,
         view.name,
         range_start=start.isoformat() if start else None,
         range_end=end.isoformat(),
         spec_hash=spec_hash(view),
-        details={"full": replace_all},
+        details={"full": replace_all, "online": refresh_online},
     )
     monitor = JobMonitor.start(registry, workspace, view, job_id, as_of=end, enabled=monitoring)
     began = time.perf_counter()
@@ -159,7 +175,7 @@ def materialize_view(
                 table = offline_table(workspace, view.name)
                 staged.append(
                     offline.stage_range(
-                        ws.con, table, query, EVENT_TIMESTAMP, start, end, replace_all
+                        ws.con, table, query, EVENT_TIMESTAMP, start, end, replace_all, job_id
                     )
                 )
                 rows_offline = staged[0].rows
@@ -175,10 +191,9 @@ def materialize_view(
                             start,
                             end,
                             replace_all,
+                            job_id,
                         )
                     )
-            # A backfill of a past range leaves the (newer) online values alone.
-            refresh_online = view.online and (watermark is None or end >= watermark)
             if monitor is not None and not refresh_online and staged:
                 monitor.check_staged(ws.con, staged[0])
             if refresh_online:
@@ -218,9 +233,18 @@ def materialize_view(
         raise
     duration = time.perf_counter() - began
     status, warning = monitor.finish() if monitor is not None else ("succeeded", None)
+    if refresh_online:
+        before = previous_online.rows if previous_online is not None else None
+        shrank = online_change_warning(
+            view, rows_online, before, max_online_shrink, end=end.isoformat()
+        )
+        if shrank is not None:
+            status, warning = "warning", "; ".join(w for w in (shrank, warning) if w)
     registry.finish_job(
         job_id, status, rows_offline=rows_offline, rows_online=rows_online, error=warning
     )
+    if view.offline:
+        _collect_after_job(registry, offline, workspace, view)
     return JobResult(
         job_id, view.name, status, start, end, rows_offline, rows_online, duration, error=warning
     )
@@ -234,6 +258,62 @@ def _utc(value: datetime) -> datetime:
 def _describe_failure(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def collect_garbage(
+    registry: RegistryStore,
+    offline: ParquetOfflineStore,
+    *,
+    tables: list[str] | None = None,
+    grace_s: float = GC_GRACE_S,
+    dry_run: bool = False,
+) -> list[Garbage]:
+    """Remove (or with ``dry_run`` only list) offline files no committed version references and
+    no reader can still use: of ``tables``, default every table in the store.
+
+    Jobs whose process is gone are marked abandoned first; tables a running job writes are
+    skipped whole; staging folders of jobs that no longer run go at once, everything else only
+    after ``grace_s`` (see :meth:`ParquetOfflineStore.collect_garbage`).
+    """
+    registry.reap_abandoned_jobs()
+    busy = set()
+    for job in registry.running_jobs():
+        busy |= {offline_table(job.workspace, job.view), inputs_table(job.workspace, job.view)}
+
+    def job_running(job_id: str) -> bool | None:
+        job = registry.get_job(job_id)
+        return None if job is None else job.status == "running"
+
+    found: list[Garbage] = []
+    for table in offline.tables() if tables is None else tables:
+        if table in busy:
+            continue
+        found += offline.collect_garbage(
+            table, grace_s=grace_s, job_running=job_running, dry_run=dry_run
+        )
+    return found
+
+
+def _collect_after_job(
+    registry: RegistryStore, offline: ParquetOfflineStore, workspace: str, view: FeatureViewSpec
+) -> None:
+    """What earlier (replaced, or killed) jobs of this view left: the job succeeded whatever
+    happens here, so a failure is logged, not raised."""
+    tables = [offline_table(workspace, view.name)]
+    if view.is_aggregate:
+        tables.append(inputs_table(workspace, view.name))
+    try:
+        removed = collect_garbage(registry, offline, tables=tables)
+    except Exception as exc:  # noqa: BLE001 - the data is committed; the next run retries
+        log.warning("could not remove unused offline files of %s: %s", view.name, exc)
+        return
+    if removed:
+        log.info(
+            "removed %d unused offline file(s) of %s (%d bytes)",
+            len(removed),
+            view.name,
+            sum(g.bytes for g in removed),
+        )
 
 
 def drop_view_data(

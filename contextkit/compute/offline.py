@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.streaming import log_arrow, stream_offline_sql
-from contextkit.errors import BadRequestError, NotFoundError
+from contextkit.errors import BadRequestError, NotFoundError, StoreUnavailableError
 from contextkit.framework import transformations
 from contextkit.framework.realtime import run_realtime
 from contextkit.framework.specs import (
@@ -392,9 +392,10 @@ def _register_events(
 
     base = None
     if isinstance(events, str | Path):
-        base = _parquet_events(con, str(events))
-        if base is None:
-            events = _read_parquet_in_order(con, str(events))
+        with _reading_events(con, str(events)):
+            base = _parquet_events(con, str(events))
+            if base is None:
+                events = _read_parquet_in_order(con, str(events))
     if base is None:
         table = _to_arrow(events, timestamp_key)
         _check_event_names(table.column_names)
@@ -418,6 +419,31 @@ def _register_events(
         f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS SELECT *, {time} AS {EVENT_TS} FROM ({base})"
     )
     return types
+
+
+@contextmanager
+def _reading_events(con: duckdb.DuckDBPyConnection, path: str) -> Iterator[None]:
+    """DuckDB's errors reading the events' Parquet file(s) as a :class:`BadRequestError` that
+    names them (DuckDB's own message quotes the SQL it ran)."""
+    import duckdb
+
+    hint = (
+        "pass the path of a Parquet file, or a glob of them "
+        f"(a relative path is read from {str(Path.cwd())!r})"
+    )
+    try:
+        found = bool(_parquet_files(con, path))
+    except duckdb.Error:
+        found = True  # not a local path (DuckDB reads URLs too): let the read say what is wrong
+    if not found:
+        raise BadRequestError(f"no events file matches {path!r}", hint=hint)
+    try:
+        yield
+    except duckdb.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadRequestError(
+            f"cannot read the events in {path!r} as Parquet: {reason}", hint=hint
+        ) from None
 
 
 def _parquet_events(con: duckdb.DuckDBPyConnection, path: str) -> str | None:
@@ -760,9 +786,25 @@ def _resolve(
                 f"view {view.name!r} has no offline data",
                 hint="materialize it first, or pass from_source=True",
             )
-        return _ViewRequest(view, features, OFFLINE_STORE, files)
+        return _ViewRequest(view, features, OFFLINE_STORE, _present(view, files))
     covered = bool(files) and earliest is not None and _covered(ctx, view, earliest, latest)
-    return _ViewRequest(view, features, OFFLINE_STORE if covered else SOURCE, files)
+    if not covered:
+        return _ViewRequest(view, features, SOURCE, files)
+    return _ViewRequest(view, features, OFFLINE_STORE, _present(view, files))
+
+
+def _present(view: AnyView, files: list[Path]) -> list[Path]:
+    """``files``, once each is known to be on disk: the offline store lists them, and one
+    deleted by hand must be an error that says so, not DuckDB's, and never a silent gap."""
+    gone = [f for f in files if not f.exists()]
+    if gone:
+        raise StoreUnavailableError(
+            f"{len(gone)} of the {len(files)} offline file(s) of view {view.name!r} are gone, "
+            f"such as {str(gone[0])!r}",
+            hint=f"rebuild them with `contextkit materialize {view.name} --full`, or pass "
+            "from_source=True to compute the features from the sources",
+        )
+    return files
 
 
 def _covered(ctx: Runtime, view: FeatureViewSpec, earliest: datetime, latest: datetime) -> bool:

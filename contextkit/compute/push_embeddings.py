@@ -10,8 +10,17 @@ ingest returned.
 
 Nothing is lost if the process stops before a record is encoded: it is in the ingest log, and
 ``contextkit materialize`` (a full incremental pass over the log) encodes whatever is missing.
-Encoding failures are logged and counted (``PushEncoder.failures``); the next materialization
-repairs the table.
+
+**Failures are reported, not only logged.** When an encode fails (a hosted model whose key is
+unset, a provider that refuses the call), its records stay out of the vector table until the next
+materialization of the view, and the failure surfaces in three places:
+
+* :meth:`PushEncoder.wait` (``Context.wait_for_embeddings``) raises :class:`PushEmbeddingError`,
+  listing the failures of records pushed to the same repo since the previous call;
+* the process counts them per view (``contextkit_push_embedding_failures_total`` in ``/metrics``);
+* the registry holds an open ``push_encode_failed`` alert of the view (``/v1/alerts``,
+  ``contextkit status``) with the number of records and the last error, until a materialization
+  of the view (which encodes what is missing from the log) resolves it.
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+from contextkit.errors import ContextKitError
 
 if TYPE_CHECKING:
     from contextkit.framework.specs import EmbeddingViewSpec
@@ -32,6 +44,31 @@ log = logging.getLogger("contextkit.compute.push_embeddings")
 
 MAX_WAIT_S = 0.2
 MAX_BATCH = 256
+ALERT_KIND = "push_encode_failed"
+_KEPT_FAILURES = 100  # unreported failures kept per repo (the oldest are dropped)
+
+
+class PushEmbeddingError(ContextKitError):
+    """Records pushed to a source behind an embedding view could not be encoded; they are in the
+    ingest log, and the next materialization of the view encodes them. ``details["failures"]``
+    lists each failed encode (workspace, view, records, error, at)."""
+
+    code = "push_embedding_failed"
+    http_status = 500
+
+
+@dataclass(frozen=True)
+class PushFailure:
+    """One failed encode of a micro-batch: which view, how many records, why, and when."""
+
+    workspace: str
+    view: str
+    records: int
+    error: str
+    at: float  # Unix seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -53,6 +90,9 @@ class PushEncoder:
         self._idle = threading.Condition(self._lock)
         self.failures = 0
         self.encoded = 0
+        # Per registry file: failures not yet reported by wait(), and failed encodes per view.
+        self._unreported: dict[str, list[PushFailure]] = {}
+        self._counts: dict[str, dict[tuple[str, str], int]] = {}
 
     def submit(
         self, ctx: Runtime, workspace: str, view: EmbeddingViewSpec, rows: Sequence[dict]
@@ -66,8 +106,14 @@ class PushEncoder:
                 self._thread.start()
         self._queue.put(_Job(ctx, workspace, view, list(rows)))
 
-    def wait(self, timeout: float = 30.0) -> bool:
-        """Block until every queued record is encoded (True) or ``timeout`` passes (False)."""
+    def wait(self, timeout: float = 30.0, *, registry: str | None = None) -> bool:
+        """Block until every queued record is processed: True when done, False when ``timeout``
+        passed first.
+
+        Raises :class:`PushEmbeddingError` when an encode of records pushed to the repo whose
+        registry file is ``registry`` (None: any repo) failed since the previous call; those
+        failures are then reported (a second call does not raise them again).
+        """
         deadline = time.monotonic() + timeout
         with self._idle:
             while self._pending:
@@ -75,7 +121,20 @@ class PushEncoder:
                 if left <= 0:
                     return False
                 self._idle.wait(left)
+            if registry is None:
+                failed = [f for found in self._unreported.values() for f in found]
+                self._unreported.clear()
+            else:
+                failed = self._unreported.pop(registry, [])
+        if failed:
+            raise _error(failed)
         return True
+
+    def failure_counts(self, registry: str) -> dict[tuple[str, str], int]:
+        """Failed encodes of this process per ``(workspace, view)`` of one repo (its registry
+        file), since the process started."""
+        with self._lock:
+            return dict(self._counts.get(registry, {}))
 
     def _run(self) -> None:
         while True:
@@ -102,12 +161,102 @@ class PushEncoder:
             for group in groups.values():
                 try:
                     self.encoded += _encode(group)
-                except Exception:
-                    self.failures += 1
-                    log.exception("push-based encoding of %s failed", group[0].view.name)
+                except Exception as exc:
+                    self._failed(group, exc)
             with self._idle:
                 self._pending -= len(jobs)
                 self._idle.notify_all()
+
+    def _failed(self, jobs: list[_Job], exc: Exception) -> None:
+        """Count, keep (for wait) and raise an alert for a failed encode of one view's jobs.
+        Runs before the jobs leave the pending count, so a waiter sees the failure."""
+        ctx, workspace, view = jobs[0].ctx, jobs[0].workspace, jobs[0].view.name
+        failure = PushFailure(
+            workspace, view, sum(len(j.rows) for j in jobs), _describe(exc), time.time()
+        )
+        log.error(
+            "push-based encoding of %d record(s) of %s/%s failed: %s",
+            failure.records,
+            workspace,
+            view,
+            failure.error,
+            exc_info=exc,
+        )
+        registry = _registry_key(ctx)
+        with self._lock:
+            self.failures += 1
+            counts = self._counts.setdefault(registry, {})
+            counts[(workspace, view)] = counts.get((workspace, view), 0) + 1
+            kept = self._unreported.setdefault(registry, [])
+            kept.append(failure)
+            del kept[:-_KEPT_FAILURES]
+        try:
+            _raise_alert(ctx, failure)
+        except Exception:  # the encoder thread must go on; the failure is counted and kept
+            log.exception("recording the alert of a failed push-based encode of %s failed", view)
+
+
+def _registry_key(ctx: Runtime) -> str:
+    return str(ctx.config.registry_path.resolve())
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ContextKitError):
+        text = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+    else:
+        lines = str(exc).strip().splitlines()
+        text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return text[:500]
+
+
+def _error(failed: list[PushFailure]) -> PushEmbeddingError:
+    records = sum(f.records for f in failed)
+    views = sorted({f.view for f in failed})
+    return PushEmbeddingError(
+        f"{records} pushed record(s) could not be encoded into embedding view(s) "
+        f"{', '.join(views)}: {failed[-1].error}",
+        hint="they are kept in the ingest log: fix the cause, then run `contextkit materialize "
+        f"{' '.join(views)}` to encode them",
+        details={"failures": [f.to_dict() for f in failed]},
+    )
+
+
+def _raise_alert(ctx: Runtime, failure: PushFailure) -> None:
+    """Open (or update) the view's ``push_encode_failed`` alert in the registry, adding up the
+    records that failed since it was opened."""
+    from contextkit.stores.registry import AlertRecord
+
+    registry = ctx.registry
+    current = next(
+        (a for a in registry.list_alerts(failure.workspace, failure.view) if a.kind == ALERT_KIND),
+        None,
+    )
+    before = current.details if current is not None else {}
+    records = int(before.get("records", 0)) + failure.records
+    encodes = int(before.get("failed_encodes", 0)) + 1
+    first = float(before.get("first_at", failure.at))
+    registry.open_alert(
+        AlertRecord(
+            id=uuid.uuid4().hex[:12],
+            workspace=failure.workspace,
+            view=failure.view,
+            kind=ALERT_KIND,
+            subject="",
+            severity="error",
+            message=f"{records} pushed record(s) are not searchable: {encodes} push-based "
+            f"encode(s) failed, the last with {failure.error}; fix the cause and run "
+            f"`contextkit materialize {failure.view}`",
+            details={
+                "records": records,
+                "failed_encodes": encodes,
+                "first_at": first,
+                "last_error": failure.error,
+            },
+            job_id=None,
+            created_at=failure.at,
+            updated_at=failure.at,
+        )
+    )
 
 
 def _encode(jobs: list[_Job]) -> int:

@@ -87,6 +87,11 @@ class IngestResult:
     ingested_at: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def rejected(self) -> int:
+        """How many records were refused (a record with several errors counts once)."""
+        return len({e["index"] for e in self.errors})
+
     def to_response(self) -> dict[str, Any]:
         return {
             "workspace": self.workspace,
@@ -94,7 +99,7 @@ class IngestResult:
             "dry_run": self.dry_run,
             "accepted": self.accepted,
             "duplicates": self.duplicates,
-            "rejected": len(self.errors),
+            "rejected": self.rejected,
             "errors": self.errors,
             "views_updated": self.views_updated,
             "ingested_at": self.ingested_at,
@@ -298,16 +303,20 @@ def ingest_records(
     good, errors = check_records(source, keys, records, now=now, max_future_s=limits.max_future_s)
     result = IngestResult(source_name, workspace, dry_run, 0, errors=errors)
     if errors and not partial:
+        problems = "" if len(errors) == result.rejected else f" ({len(errors)} problems)"
         raise IngestError(
-            f"{len(errors)} of {len(records)} record(s) do not fit push source {source_name!r}; "
-            "nothing was written",
+            f"{result.rejected} of {len(records)} record(s) do not fit push source "
+            f"{source_name!r}{problems}; nothing was written",
             hint="fix the records listed in details.errors, or send partial=true to write the "
             "valid ones",
-            details={"errors": errors[:100], "rejected": len(errors)},
+            details={"errors": errors[:100], "rejected": result.rejected},
         )
     result.timings_ms["validate"] = round((time.perf_counter() - began) * 1000, 3)
-    if dry_run:
-        result.accepted = len(good)
+    if dry_run:  # what a real run would write: idempotency keys already logged are duplicates
+        fresh = _unseen(good, _logged_ids(ctx, workspace, source, good))
+        kept = {r.index for r in fresh}
+        result.duplicates = [r.index for r in good if r.index not in kept]
+        result.accepted = len(fresh)
         return result
     if good:
         write_began = time.perf_counter()
@@ -348,14 +357,7 @@ def _write(
     with online.transaction() as w:
         w.ensure_table(log, [], columns, log=True)
         ids = [r.ingest_id for r in records if r.ingest_id is not None]
-        seen = w.existing(log, "ingest_id", ids) if ids else set()
-        fresh: list[Record] = []
-        for r in records:
-            if r.ingest_id is not None:
-                if r.ingest_id in seen:
-                    continue
-                seen.add(r.ingest_id)
-            fresh.append(r)
+        fresh = _unseen(records, w.existing(log, "ingest_id", ids) if ids else set())
         if not fresh:
             return []
         rows = [[r.ingest_id, *(_sqlite_value(t, r.values[n]) for n, t in columns)] for r in fresh]
@@ -367,6 +369,31 @@ def _write(
             else:
                 _upsert_latest(w, workspace, view, fresh, seqs)
     return fresh
+
+
+def _unseen(records: list[Record], seen: set[Any]) -> list[Record]:
+    """The records an ingest writes: those without an idempotency key, and the first record of
+    each key that is not in ``seen`` (the keys already logged)."""
+    seen = set(seen)
+    fresh: list[Record] = []
+    for r in records:
+        if r.ingest_id is not None:
+            if r.ingest_id in seen:
+                continue
+            seen.add(r.ingest_id)
+        fresh.append(r)
+    return fresh
+
+
+def _logged_ids(ctx: Runtime, workspace: str, source: PushSourceSpec, records: list[Record]):
+    """The records' idempotency keys already in the source's log, for a dry run: looked up as
+    a real ingest does, in a transaction that writes nothing."""
+    ids = [r.ingest_id for r in records if r.ingest_id is not None]
+    log = log_table(workspace, source.name)
+    if not ids or not ctx.online.has_table(log):
+        return set()
+    with ctx.online.transaction() as w:
+        return w.existing(log, "ingest_id", ids)
 
 
 def _upsert_latest(w, workspace, view, records, seqs) -> None:
@@ -438,6 +465,13 @@ def _after_commit(ctx: Runtime, workspace: str, source: PushSourceSpec, records:
     rows = [r.values for r in records]
     for view in views:
         push_encoder().submit(ctx, workspace, view, rows)
+
+
+def last_ingest_time(ctx: Runtime, workspace: str, source: str) -> float | None:
+    """When the newest record pushed to ``source`` arrived (Unix seconds); None when nothing was
+    ingested. What ``contextkit status`` reports as a stream view's freshness."""
+    us = ctx.online.last_ingested_at(log_table(workspace, source))
+    return None if us is None else us / US
 
 
 # -- online reads ----------------------------------------------------------------------------------

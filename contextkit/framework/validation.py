@@ -4,13 +4,15 @@ Checks (each error names the file and line of the object and gives a hint): refe
 entities, sources and views; dependency cycles; missing or unreadable source files; timestamp
 columns of the wrong type; SQL that does not bind (run with LIMIT 0 in DuckDB against the sources'
 real schemas); join keys and timestamps missing from a view's output; features over missing or
-non-numeric columns; services over unknown views or features.
+non-numeric columns; services over unknown views or features; prompt views whose model litellm
+does not know (offline) or whose params are not generation parameters.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from contextkit.config import LLMConfig
 from contextkit.errors import ContextKitError, DefinitionError, ValidationErrors
 from contextkit.framework import transformations
 from contextkit.framework.definitions import Definition
@@ -778,6 +780,33 @@ class _Checker:
             return None
         return prompt.model_copy(update={"variables": sorted(set(used))})
 
+    def check_prompt_llm(self, prompt: PromptViewSpec, llm: LLMConfig) -> None:
+        """The prompt view's ``model`` is one litellm knows (offline) or the repo declares
+        (``llm.models``, or any name when ``llm.api_base`` is set), and its ``params`` are
+        generation parameters from the one allow list: a repo may not pick the endpoint, key
+        or headers through params either."""
+        from contextkit.prompts import (
+            LLMNotConfiguredError,
+            LLMParamError,
+            check_generation_params,
+            check_model,
+        )
+
+        try:
+            check_generation_params(prompt.params, where="params")
+        except LLMParamError as exc:
+            self.error(
+                prompt,
+                exc.message,
+                hint="allowed: " + ", ".join(exc.allowed) + "; the endpoint and key come from "
+                "llm.api_base and llm.api_key_env in contextkit.yaml",
+            )
+        if prompt.model:
+            try:
+                check_model(prompt.model, declared=llm.models, api_base=llm.api_base)
+            except LLMNotConfiguredError as exc:
+                self.error(prompt, exc.message, hint=exc.hint)
+
     # -- services --------------------------------------------------------------------------
     def check_service(
         self,
@@ -877,11 +906,15 @@ def _arrow_types(view: EmbeddingViewSpec) -> dict:
 
 
 def validate(
-    specs: list[AnySpec], root: Path, models: dict[str, dict] | None = None
+    specs: list[AnySpec],
+    root: Path,
+    models: dict[str, dict] | None = None,
+    llm: LLMConfig | None = None,
 ) -> list[AnySpec]:
     """Check ``specs`` against each other and the data; return them enriched with schemas.
 
-    ``models`` is the repo config's ``models:`` section (embedding views name one). Raises
+    ``models`` is the repo config's ``models:`` section (embedding views name one), ``llm`` its
+    ``llm:`` section (prompt views' models are checked against it). Raises
     :class:`ValidationErrors` listing every problem found.
     """
     checker = _Checker(specs, root)
@@ -921,6 +954,7 @@ def validate(
         servable = {**checked, **streams, **realtime}
         prompts: dict[str, PromptViewSpec] = {}
         for name, prompt in checker.prompts.items():
+            checker.check_prompt_llm(prompt, llm or LLMConfig())
             result = checker.check_prompt(prompt, servable, embedded)
             if result is not None:
                 prompts[name] = result

@@ -30,7 +30,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from contextkit.errors import AuthenticationError, BadRequestError, NotFoundError
+from contextkit.errors import (
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from contextkit.stores.errors import MissingError
 from contextkit.stores.registry import ApiKeyRecord, RegistryStore
 
@@ -42,6 +47,8 @@ GRANTS: dict[str, frozenset[str]] = {
     INGESTER: frozenset({INGESTER}),
     ADMIN: frozenset({READER, INGESTER, ADMIN}),
 }
+# What a route that requires a role does, as refusals word it.
+ACTIONS = {READER: "read", INGESTER: "ingest into", ADMIN: "administer"}
 KINDS = ("service", "user")
 ALL_WORKSPACES = "*"
 KEY_PREFIX = "ck"
@@ -111,6 +118,40 @@ class ApiKey:
         """Whether this key may act in ``workspace`` with ``role`` (ignores revocation)."""
         in_scope = self.workspace == ALL_WORKSPACES or self.workspace == workspace
         return in_scope and role in GRANTS[self.role]
+
+    def refusal(
+        self, workspace: str, role: str, *, default_workspace: bool = False
+    ) -> PermissionDeniedError:
+        """The 403 for a request this key may not make (``allows`` is False): what is missing
+        and how to get it. A missing role comes first, since no workspace would help then. Never
+        names the key's own workspace, nor (``default_workspace``) the server's default one."""
+        action = ACTIONS.get(role, role)
+        if workspace == ALL_WORKSPACES:
+            return PermissionDeniedError(
+                "this endpoint needs a key for all workspaces ('*')",
+                hint="create one with `contextkit access create-key --name NAME "
+                f"--workspace '*' --role {role}`",
+            )
+        where = (
+            "the server's default workspace" if default_workspace else f"workspace {workspace!r}"
+        )
+        if role not in GRANTS[self.role]:
+            target = "WORKSPACE" if default_workspace else workspace
+            return PermissionDeniedError(
+                f"this API key has the role {self.role}, which may not {action} {where}",
+                hint=f"this needs the role {role} (or admin): use a key with it, or have an admin "
+                f"create one with `contextkit access create-key --name NAME --workspace {target} "
+                f"--role {role}`",
+            )
+        if default_workspace:
+            return PermissionDeniedError(
+                f"this API key may not {action} {where}",
+                hint="name the workspace your key is for in the request",
+            )
+        return PermissionDeniedError(
+            f"this API key may not {action} {where}",
+            hint=f"use a key with the role {role} (or admin) in workspace {workspace!r}",
+        )
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,15 @@ vectors (0: same direction; 1: orthogonal).
 **Freshness** (:func:`freshness`): the age of the newest value a view serves (now minus the
 newest event time of its online snapshot; for embedding views the time since its newest
 successful job), checked against the view's ``max_staleness``, its ``ttl`` and its
-``batch_schedule``.
+``batch_schedule``. An online snapshot with no entity is ``empty``, whatever its age: the view
+serves nothing. Stream views are fresh as of their newest ingested record
+(:func:`stream_freshness`); realtime views are computed at request time (``request_time``).
 
 **Alerts**: expectations (:mod:`contextkit.framework.expectations`) a job's rows failed, open until a later
-job of the view passes them; plus, computed when asked, views whose last job failed and views that
-are stale, expired or late.
+job of the view passes them; failed push-based encodes (:mod:`contextkit.compute.push_embeddings`), open
+until a job of the view encodes what is missing; plus, computed when asked, views whose last job
+failed, views that are stale, expired, empty or late, and views whose newest job shrank the online
+table by more than ``monitoring.max_online_shrink`` (:func:`online_change_warning`).
 """
 
 from __future__ import annotations
@@ -48,9 +52,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from contextkit.compute.push_embeddings import ALERT_KIND as PUSH_ALERT_KIND
 from contextkit.errors import ContextKitError, NotFoundError
 from contextkit.framework.expectations import Outcome, evaluate, format_age
-from contextkit.framework.specs import EmbeddingViewSpec, FeatureViewSpec
+from contextkit.framework.specs import (
+    EmbeddingViewSpec,
+    FeatureViewSpec,
+    RealtimeFeatureViewSpec,
+    StreamFeatureViewSpec,
+)
 from contextkit.stores.registry import (
     COMPLETED_STATUSES,
     AlertRecord,
@@ -806,16 +816,20 @@ def reference_stats(
 
 
 # -- freshness -------------------------------------------------------------------------------------
-FRESHNESS_STATES = ("fresh", "late", "stale", "expired", "never")
+FRESHNESS_STATES = ("fresh", "late", "stale", "expired", "empty", "never", "request_time")
+
+AnyView = FeatureViewSpec | EmbeddingViewSpec | StreamFeatureViewSpec | RealtimeFeatureViewSpec
 
 
 @dataclass(frozen=True)
 class Freshness:
     """How old a view's served data is, and whether that is within its declared limits.
 
-    ``state``: ``never`` (no job ever wrote it), ``expired`` (the newest value is older than the
-    view's ttl: nothing is served), ``stale`` (older than ``max_staleness``), ``late`` (no
-    successful job for more than twice the ``batch_schedule``: a run was missed), or ``fresh``.
+    ``state``: ``never`` (no job ever wrote it; a stream view: no record ingested), ``empty``
+    (its online table holds no entity: nothing is served), ``expired`` (the newest value is older
+    than the view's ttl: nothing is served), ``stale`` (older than ``max_staleness``), ``late``
+    (no successful job for more than twice the ``batch_schedule``: a run was missed),
+    ``request_time`` (a realtime view: computed per request, nothing is stored), or ``fresh``.
     """
 
     state: str
@@ -827,12 +841,84 @@ class Freshness:
     ttl_s: int | None
     max_staleness_s: int | None
     reasons: list[str] = field(default_factory=list)
+    online_rows: int | None = None  # entities in the online table (None: unknown or none kept)
+    last_ingest: float | None = None  # stream views: when the newest record arrived
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["newest_event"] = _iso_s(self.newest_event)
         out["materialized_at"] = _iso_s(self.materialized_at)
+        out["last_ingest"] = _iso_s(self.last_ingest)
         return out
+
+
+@dataclass(frozen=True)
+class OnlineSnapshot:
+    """What the newest job that refreshed a view's online table left there, and what the job
+    before it (that refreshed it) had left."""
+
+    job: JobRecord
+    rows: int
+    previous_rows: int | None
+    previous_job: str | None
+
+
+def refreshed_online(job: JobRecord) -> bool:
+    """Whether a completed job replaced its view's online table (a backfill of a past range or
+    an offline-only view does not). Jobs recorded before this was kept count when they wrote
+    entities."""
+    if job.status not in COMPLETED_STATUSES:
+        return False
+    if "online" in job.details:
+        return bool(job.details["online"])
+    return bool(job.rows_online)
+
+
+def online_snapshot(jobs: Iterable[JobRecord]) -> OnlineSnapshot | None:
+    """The online snapshot of a view from its jobs (newest first); None when no job wrote it."""
+    found = [j for j in jobs if refreshed_online(j)][:2]
+    if not found:
+        return None
+    previous = found[1] if len(found) > 1 else None
+    return OnlineSnapshot(
+        found[0],
+        int(found[0].rows_online or 0),
+        None if previous is None else int(previous.rows_online or 0),
+        None if previous is None else previous.id,
+    )
+
+
+def online_change_warning(
+    view: FeatureViewSpec,
+    rows: int,
+    previous: int | None,
+    max_shrink: float | None,
+    *,
+    end: str | None = None,
+) -> str | None:
+    """Why a job's online snapshot of ``rows`` entities (``previous`` before it) is suspicious,
+    or None: it is empty (always), or it lost more than ``max_shrink`` (a share) of a populated
+    table. The job's warning and the view's alert share this text."""
+    where = f"online table of {view.name!r}"
+    if rows == 0:
+        before = f", the previous job left {previous:,}" if previous else ""
+        why = (
+            f"no entity has a value within the ttl ({format_age(view.ttl_seconds)}) before the "
+            f"job's end{f' {end}' if end else ''}"
+            if view.ttl_seconds
+            else "the view's query returned no row as of the job's end"
+        )
+        return (
+            f"the {where} is empty: this job left 0 entities{before}; the view serves nothing "
+            f"({why}: check --end and the source's newest rows)"
+        )
+    if previous and max_shrink is not None and rows < previous * (1.0 - max_shrink):
+        lost = 1.0 - rows / previous
+        return (
+            f"the {where} shrank by {lost:.0%}: {rows:,} entities, {previous:,} before "
+            f"(monitoring.max_online_shrink is {max_shrink:.0%})"
+        )
+    return None
 
 
 def _iso_s(seconds: float | None) -> str | None:
@@ -854,8 +940,10 @@ def freshness(
     stats: JobStatsRecord | None,
     *,
     now: float | None = None,
+    online: OnlineSnapshot | None = None,
 ) -> Freshness:
-    """The freshness of ``view`` given its newest completed job and that job's statistics."""
+    """The freshness of ``view`` given its newest completed job, the statistics of its online
+    snapshot (``stats``) and what that snapshot holds (``online``; None: not known)."""
     now = time.time() if now is None else now
     embedding = isinstance(view, EmbeddingViewSpec)
     schedule = None if embedding else view.batch_schedule_seconds
@@ -884,7 +972,55 @@ def freshness(
     if ttl and age is not None and age > ttl and not embedding:
         state = "expired"
         reasons.insert(0, f"newest value is {format_age(age)} old, past the ttl {format_age(ttl)}")
-    return Freshness(state, newest, age, materialized, lag, schedule, ttl, limit, reasons)
+    rows = None if online is None or embedding or not view.online else online.rows
+    if rows == 0:
+        state = "empty"
+        before = (
+            f" (the job before, {online.previous_job}, left {online.previous_rows:,})"
+            if online.previous_rows
+            else ""
+        )
+        reasons.insert(
+            0,
+            f"the online table is empty, the view serves nothing: job {online.job.id} left 0 "
+            f"entities{before}",
+        )
+    return Freshness(
+        state, newest, age, materialized, lag, schedule, ttl, limit, reasons, online_rows=rows
+    )
+
+
+def stream_freshness(
+    view: StreamFeatureViewSpec, last_ingest: float | None, *, now: float | None = None
+) -> Freshness:
+    """A stream view's freshness: the time since its source's newest ingested record. Past the
+    view's ttl (or its largest window) every value it served has aged out: ``expired``."""
+    now = time.time() if now is None else now
+    ttl = view.ttl_seconds or view.max_window_seconds or None
+    if last_ingest is None:
+        return Freshness(
+            "never", None, None, None, None, None, ttl, None,
+            [f"no record ingested into push source {view.source!r} yet"],
+        )  # fmt: skip
+    age = max(0.0, now - last_ingest)
+    state, reasons = "fresh", [f"newest record ingested {format_age(age)} ago"]
+    if ttl and age > ttl:
+        state = "expired"
+        reasons.insert(
+            0, f"no record ingested for {format_age(age)}, past the ttl {format_age(ttl)}"
+        )
+    return Freshness(
+        state, None, age, None, None, None, ttl, None, reasons, last_ingest=last_ingest
+    )
+
+
+def realtime_freshness(view: RealtimeFeatureViewSpec) -> Freshness:
+    """A realtime view is computed at request time: nothing is materialized, nothing ages."""
+    inputs = f" from {', '.join(view.inputs)} and the request" if view.inputs else ""
+    return Freshness(
+        "request_time", None, None, None, None, None, None, None,
+        [f"computed at request time{inputs}; nothing is materialized"],
+    )  # fmt: skip
 
 
 # -- the facade: what the CLI, the server and the UI read ----------------------------------------
@@ -895,7 +1031,7 @@ class Alert:
     id: str
     workspace: str
     view: str
-    source: str  # "expectation", "freshness" or "job"
+    source: str  # "expectation", "push", "freshness", "job" or "online"
     kind: str
     subject: str
     severity: str
@@ -970,40 +1106,75 @@ class Monitoring:
         self.ctx = ctx
         self.registry = ctx.registry
 
-    def _views(self, workspace: str | None) -> dict[str, FeatureViewSpec | EmbeddingViewSpec]:
+    def _views(self, workspace: str | None) -> dict[str, AnyView]:
         specs = self.ctx.specs(workspace)
-        return {**specs.views, **specs.embedding_views}
+        return {
+            **specs.views,
+            **specs.embedding_views,
+            **specs.stream_views,
+            **specs.realtime_views,
+        }
 
     def status(self, workspace: str | None = None, *, now: float | None = None) -> list[ViewStatus]:
-        """Every materialized view of the workspace with its newest job, freshness and alerts."""
+        """Every view of the workspace (batch, stream, realtime and embedding views) with its
+        newest job, freshness and alerts."""
         name = workspace or self.ctx.workspace
         views = self._views(name)
         latest = {j.view: j for j in self.registry.latest_jobs(name)}
         completed = {j.view: j for j in self.registry.last_succeeded_jobs() if j.workspace == name}
         stats = {s.view: s for s in self.registry.latest_job_stats(name, with_stats=False)}
-        stored = {}
+        stored: dict[str, list[Alert]] = {}
         for record in self.registry.list_alerts(name):
             stored.setdefault(record.view, []).append(_stored_alert(record))
+        max_shrink = self.ctx.config.monitoring.max_online_shrink
+        ingested: dict[str, float | None] = {}
         out = []
         for view_name in sorted(views):
             view = views[view_name]
-            fresh = freshness(view, completed.get(view_name), stats.get(view_name), now=now)
-            alerts = stored.get(view_name, []) + _live_alerts(
-                name, view, latest.get(view_name), fresh
-            )
+            done = completed.get(view_name)
+            view_stats = stats.get(view_name)
+            snapshot = None
+            if isinstance(view, StreamFeatureViewSpec):
+                if view.source not in ingested:
+                    from contextkit.compute.streaming import last_ingest_time
+
+                    ingested[view.source] = last_ingest_time(self.ctx, name, view.source)
+                fresh = stream_freshness(view, ingested[view.source], now=now)
+            elif isinstance(view, RealtimeFeatureViewSpec):
+                fresh = realtime_freshness(view)
+            else:
+                if isinstance(view, FeatureViewSpec) and view.online and done is not None:
+                    snapshot = online_snapshot(self.registry.list_jobs(name, view_name, 50))
+                fresh = freshness(
+                    view, done, self._snapshot_stats(view_stats, snapshot), now=now,
+                    online=snapshot,
+                )  # fmt: skip
+            alerts = [
+                a for a in stored.get(view_name, []) if not _repaired(a, done)
+            ] + _live_alerts(name, view, latest.get(view_name), fresh, snapshot, max_shrink)
             out.append(
                 ViewStatus(
                     name,
                     view_name,
                     view.kind,
                     latest.get(view_name),
-                    completed.get(view_name),
-                    stats.get(view_name),
+                    done,
+                    view_stats,
                     fresh,
                     sorted(alerts, key=_alert_order),
                 )
             )
         return out
+
+    def _snapshot_stats(
+        self, newest: JobStatsRecord | None, snapshot: OnlineSnapshot | None
+    ) -> JobStatsRecord | None:
+        """The statistics of the job that wrote the online snapshot: the newest measured job's,
+        unless that one did not refresh it (a backfill), else the snapshot job's own."""
+        if snapshot is None or (newest is not None and newest.job_id == snapshot.job.id):
+            return newest
+        record = self.registry.get_job_stats(snapshot.job.id)
+        return record if record is not None and record.scope == "online" else None
 
     def alerts(
         self, workspace: str | None = None, *, include_resolved: bool = False
@@ -1118,11 +1289,24 @@ def _stored_alert(record: AlertRecord) -> Alert:
     )
 
 
+def _repaired(alert: Alert, completed: JobRecord | None) -> bool:
+    """A failed push-based encode is repaired by a job of the view that started after it (a
+    materialization encodes whatever the ingest log holds that the table lacks); with monitoring
+    on, that job also resolves the stored alert."""
+    return (
+        alert.kind == PUSH_ALERT_KIND
+        and completed is not None
+        and completed.started_at > alert.updated_at
+    )
+
+
 def _live_alerts(
     workspace: str,
-    view: FeatureViewSpec | EmbeddingViewSpec,
+    view: AnyView,
     last_job: JobRecord | None,
     fresh: Freshness,
+    snapshot: OnlineSnapshot | None = None,
+    max_shrink: float | None = None,
 ) -> list[Alert]:
     out = []
     now = time.time()
@@ -1142,8 +1326,10 @@ def _live_alerts(
                 updated_at=last_job.finished_at or last_job.started_at,
             )
         )
-    if fresh.state in ("late", "stale", "expired"):
-        fail = view.expectations is not None and view.expectations.on_failure == "fail"
+    if fresh.state in ("late", "stale", "expired", "empty"):
+        expectations = getattr(view, "expectations", None)
+        fail = expectations is not None and expectations.on_failure == "fail"
+        error = fresh.state == "empty" or (fresh.state == "stale" and fail)
         out.append(
             Alert(
                 id=f"freshness:{workspace}:{view.name}",
@@ -1152,13 +1338,32 @@ def _live_alerts(
                 source="freshness",
                 kind=fresh.state,
                 subject="",
-                severity="error" if fresh.state == "stale" and fail else "warning",
+                severity="error" if error else "warning",
                 message="; ".join(fresh.reasons),
-                job_id=None,
-                since=fresh.materialized_at or now,
+                job_id=snapshot.job.id if fresh.state == "empty" and snapshot else None,
+                since=fresh.materialized_at or fresh.last_ingest or now,
                 updated_at=now,
             )
         )
+    if snapshot is not None and snapshot.rows > 0 and isinstance(view, FeatureViewSpec):
+        shrank = online_change_warning(view, snapshot.rows, snapshot.previous_rows, max_shrink)
+        if shrank is not None:
+            job = snapshot.job
+            out.append(
+                Alert(
+                    id=f"online:{workspace}:{view.name}",
+                    workspace=workspace,
+                    view=view.name,
+                    source="online",
+                    kind="online_shrink",
+                    subject="",
+                    severity="warning",
+                    message=f"job {job.id}: {shrank}",
+                    job_id=job.id,
+                    since=job.finished_at or job.started_at,
+                    updated_at=job.finished_at or job.started_at,
+                )
+            )
     return out
 
 

@@ -18,7 +18,15 @@ _STATE_COLORS = {
     "late": "yellow",
     "stale": "red",
     "expired": "red",
+    "empty": "bold red",
     "never": "dim",
+    "request_time": "cyan",
+}
+_KINDS = {
+    "batch_feature_view": "features",
+    "stream_feature_view": "stream",
+    "realtime_feature_view": "realtime",
+    "embedding_view": "embedding",
 }
 _JOB_COLORS = {"succeeded": "green", "warning": "yellow", "failed": "red", "running": "cyan"}
 
@@ -51,14 +59,21 @@ def status_table(statuses: Sequence[ViewStatus], workspace: str, now: float | No
         table.add_column(column, no_wrap=column in ("view", "freshness"))
     for s in statuses:
         job = s.last_job
-        if job is None:
+        fresh = s.freshness
+        age = "-" if fresh.data_age_s is None else f"{format_age(fresh.data_age_s)} old"
+        if s.kind == "stream_feature_view":  # updated at ingest: no job
+            last = "[dim]no jobs: updated at ingest[/]"
+            if fresh.last_ingest is not None:
+                age = f"ingested {format_age(now - fresh.last_ingest)} ago"
+        elif s.kind == "realtime_feature_view":
+            last, age = "[dim]no jobs[/]", "at request time"
+        elif job is None:
             last = "[dim]never run[/]"
         else:
             color = _JOB_COLORS.get(job.status, "white")
             when = format_age(now - (job.finished_at or job.started_at))
             last = f"[{color}]{job.status}[/] {when} ago"
-        fresh = s.freshness
-        age = "-" if fresh.data_age_s is None else f"{format_age(fresh.data_age_s)} old"
+        rows = s.stats.rows if s.stats else fresh.online_rows
         counts = {"error": 0, "warning": 0}
         for alert in s.alerts:
             counts[alert.severity] = counts.get(alert.severity, 0) + 1
@@ -69,9 +84,9 @@ def status_table(statuses: Sequence[ViewStatus], workspace: str, now: float | No
         )
         table.add_row(
             s.name,
-            "embedding" if s.kind == "embedding_view" else "features",
+            _KINDS.get(s.kind, s.kind),
             last,
-            _num(s.stats.rows if s.stats else None),
+            _num(rows),
             age,
             f"[{_STATE_COLORS.get(fresh.state, 'white')}]{fresh.state}[/]",
             _psi(s.stats.max_drift if s.stats else None),
@@ -109,6 +124,16 @@ def quality_tables(quality: dict[str, Any]) -> list[Any]:
     stats = quality.get("stats")
     view = quality["view"]
     if not stats:
+        if quality.get("kind") == "stream_feature_view":
+            return [
+                f"{view!r} is a stream view: it is updated as records are ingested, and no "
+                "materialization job measures it (`contextkit status` shows its last ingest)."
+            ]
+        if quality.get("kind") == "realtime_feature_view":
+            return [
+                f"{view!r} is a realtime view: it is computed at request time and nothing is "
+                "materialized, so there are no quality statistics."
+            ]
         return [f"No quality statistics for {view!r} yet: run `contextkit materialize {view}`."]
     drift = stats.get("drift") or {}
     reference = drift.get("reference_job") or "none (first measured job)"

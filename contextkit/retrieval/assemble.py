@@ -259,6 +259,7 @@ def parse_request(
         options[search.name] = (k, merged or None)
     if model is not None and not isinstance(model, str):
         raise BadRequestError("model must be a string", details={"field": "model"})
+    params = _generation_params(params)
     return ContextRequest(
         entities=keys,
         query=query,
@@ -267,8 +268,17 @@ def parse_request(
         render=bool(render),
         complete=bool(complete),
         model=model,
-        params=dict(params or {}),
+        params=params,
     )
+
+
+def _generation_params(params: Any) -> dict[str, Any]:
+    """The request's ``params``, checked against the one allow list of generation parameters
+    (``prompts.GENERATION_PARAMS``): anything else is a 400 before any retrieval or call."""
+    from contextkit.prompts import check_generation_params
+
+    with translating:
+        return check_generation_params(params)
 
 
 def _is_list(value: Any) -> bool:
@@ -565,7 +575,23 @@ def completion_call(ctx: Runtime, plan: ContextPlan, request: ContextRequest) ->
             details={"field": "model"},
         )
     llm = ctx.config.llm
-    api_key = os.environ.get(llm.api_key_env) if llm.api_key_env else None
+    if request.model is not None:  # the request chose it: an unknown name is the request's fault
+        _check_request_model(request.model, llm)
+    api_key = None
+    if llm.api_key_env:
+        api_key = os.environ.get(llm.api_key_env)
+        if not api_key:
+            from contextkit.prompts import LLMAuthError
+
+            missing = LLMAuthError(
+                f"no API key for {model!r}: the variable {llm.api_key_env} named by "
+                "llm.api_key_env in contextkit.yaml is not set in the server's environment",
+                setting=llm.api_key_env,
+                model=model,
+                hint=f"set {llm.api_key_env} where the server runs",
+                attempts=0,
+            )
+            raise leaf_error(missing) from None
     return {
         "model": model,
         "params": {**(plan.prompt.params if plan.prompt else {}), **request.params},
@@ -574,6 +600,15 @@ def completion_call(ctx: Runtime, plan: ContextPlan, request: ContextRequest) ->
         "api_base": llm.api_base,
         "api_key": api_key,
     }
+
+
+def _check_request_model(model: str, llm: Any) -> None:
+    from contextkit.prompts import LLMNotConfiguredError, check_model
+
+    try:
+        check_model(model, declared=llm.models, api_base=llm.api_base)
+    except LLMNotConfiguredError as exc:
+        raise BadRequestError(exc.message, hint=exc.hint, details={"field": "model"}) from None
 
 
 async def complete_async(

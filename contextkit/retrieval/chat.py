@@ -28,7 +28,6 @@ and ``param`` added to contextkit's ``code``, ``message`` and ``details``.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import BadRequestError, ContextKitError, NotFoundError
+from contextkit.prompts.llm import GENERATION_PARAM_TYPES, LLMParamError, check_generation_params
 
 if TYPE_CHECKING:
     from contextkit.framework.workspace import Runtime
@@ -68,22 +68,9 @@ HEADERS = {
 _JSON_HEADERS = ("entities", "request_context")
 
 # OpenAI request parameters passed to the LLM as they are; they override the prompt's `params`.
-_NUMBER, _INTEGER, _STRING, _OBJECT = "a number", "an integer", "a string", "an object"
-_STOP = "a string or a list of strings"
-SAMPLING_PARAMS = {
-    "temperature": _NUMBER,
-    "top_p": _NUMBER,
-    "presence_penalty": _NUMBER,
-    "frequency_penalty": _NUMBER,
-    "max_tokens": _INTEGER,
-    "max_completion_tokens": _INTEGER,
-    "seed": _INTEGER,
-    "stop": _STOP,
-    "user": _STRING,
-    "reasoning_effort": _STRING,
-    "response_format": _OBJECT,
-    "logit_bias": _OBJECT,
-}
+# The one allow list of generation parameters (prompts.llm), shared with /v1/context and the
+# prompt views' params=: name -> the JSON type it takes.
+SAMPLING_PARAMS = GENERATION_PARAM_TYPES
 # OpenAI parameters this endpoint cannot honour: refused unless null/false/empty (or, for
 # `modalities`, ["text"]).
 UNSUPPORTED_PARAMS = {
@@ -235,7 +222,9 @@ def parse_chat_request(
         raise ChatRequestError(
             f"unknown parameter(s): {', '.join(unknown)}",
             param=unknown[0],
-            hint='contextkit\'s own fields go in the "contextkit" object '
+            hint="the generation parameters allowed: "
+            + ", ".join(sorted(SAMPLING_PARAMS))
+            + '; contextkit\'s own fields go in the "contextkit" object '
             '(extra_body={"contextkit": {...}} in the OpenAI SDK)',
             code="unsupported_parameter",
         )
@@ -273,8 +262,7 @@ def parse_chat_request(
             hint="send n=1 or leave it out; make several requests for several answers",
             code="unsupported_parameter",
         )
-    params = {name: _param(body, name, kind) for name, kind in SAMPLING_PARAMS.items()}
-    params = {name: value for name, value in params.items() if value is not None}
+    params = _sampling_params(body)
 
     messages = parse_messages(body.get("messages"))
     last = _last_user_index(messages)
@@ -422,22 +410,11 @@ def _typed(data: Mapping[str, Any], name: str, kind: type, expected: str, prefix
     return value
 
 
-def _param(body: Mapping[str, Any], name: str, expected: str) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = {
-        _NUMBER: is_number and math.isfinite(value),
-        _INTEGER: isinstance(value, int) and not isinstance(value, bool),
-        _STRING: isinstance(value, str),
-        _OBJECT: isinstance(value, dict),
-        _STOP: isinstance(value, str)
-        or (isinstance(value, list) and all(isinstance(s, str) for s in value)),
-    }[expected]
-    if not ok:
-        raise _invalid(name, expected)
-    return value
+def _sampling_params(body: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return check_generation_params({k: body[k] for k in SAMPLING_PARAMS if k in body}, where="")
+    except LLMParamError as exc:
+        raise _invalid(exc.param, SAMPLING_PARAMS[exc.param]) from None
 
 
 _EXTENSION_TYPES: dict[str, tuple[type, str]] = {

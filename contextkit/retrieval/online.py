@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from contextkit.compute.layout import online_table
 from contextkit.errors import BadRequestError
 from contextkit.framework.specs import ContextServiceSpec
-from contextkit.stores.errors import StoreFailure
+from contextkit.stores.errors import StoreFailure, StoreUnavailable
 from contextkit.stores.online import OnlineStore
 from contextkit.types import (
     Bool,
@@ -286,6 +286,8 @@ def _read_rows(
         return _compute_realtime(reader, read, raw, request, now)
     try:
         rows = store.read(read.table, read.keys, read.columns, key_rows)
+    except StoreUnavailable:
+        raise  # the store is damaged: an error, never values reported missing
     except StoreFailure:
         return [None] * len(key_rows)  # not materialized (or nothing ingested) yet
     ttl = getattr(read.spec, "ttl_seconds", None)
@@ -347,29 +349,50 @@ def _stored(value: Any, dtype: str) -> Any:
     return value
 
 
-_INT_PATTERN = re.compile(r"^-?[0-9]+$")
+_INT_PATTERN = re.compile(r"-?0*([0-9]+)")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT64_DIGITS = len(str(_INT64_MAX))  # 19
 
 
 def _coerce_key(name: str, dtype: str, value: Any) -> Any:
     if dtype == Int64:
         number = None
+        too_long = False
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             number = int(value)  # also numpy integers
-        elif isinstance(value, str) and _INT_PATTERN.match(value):
-            number = int(value)  # Tecton's wire format sends int64 keys as strings
+        elif isinstance(value, str) and (match := _INT_PATTERN.fullmatch(value)):
+            # Tecton's wire format sends int64 keys as strings. Python refuses to convert more
+            # than 4,300 digits (leading zeros count), and no more than 19 digits fit anyway.
+            digits = match.group(1)
+            too_long = len(digits) > _INT64_DIGITS
+            if not too_long:
+                number = -int(digits) if value.startswith("-") else int(digits)
         if number is not None and _INT64_MIN <= number <= _INT64_MAX:
             return number
+        if number is not None or too_long:
+            raise BadRequestError(
+                f"join key {name!r} is out of the int64 range, got {_shown(value)}",
+                hint=f"int64 keys lie between {_INT64_MIN} and {_INT64_MAX}",
+                details={"join_key": name, "expected": dtype},
+            )
     elif dtype == String:
         if isinstance(value, str):
             return value
     elif value is not None:
         return value
     raise BadRequestError(
-        f"join key {name!r} must be {dtype}, got {value!r}",
+        f"join key {name!r} must be {dtype}, got {_shown(value)}",
         hint=f"send {name} values of type {dtype}",
         details={"join_key": name, "expected": dtype},
     )
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value as an error message quotes it: the start of a long one, with its length."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _iso_from_micros(micros: int | None) -> str | None:

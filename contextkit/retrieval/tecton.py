@@ -59,6 +59,8 @@ GRPC_CODES = {
     504: 4,  # DEADLINE_EXCEEDED
 }
 
+BATCH_PATH = "/api/v1/feature-service/get-features-batch"
+
 # Tecton's proto-JSON accepts each field in camelCase and in snake_case; clients send either.
 _OPTIONS = {
     "names": ("includeNames", "include_names"),
@@ -141,10 +143,10 @@ def parse_get_features(body: Mapping[str, Any], *, batch: bool = False) -> Tecto
         for i, item in enumerate(data):
             if not isinstance(item, Mapping):
                 raise BadRequestError(f"`params.requestData[{i}]` must be an object")
-            rows.append(_join_key_map(item, f"params.requestData[{i}]"))
+            rows.append(_join_key_map(item, f"params.requestData[{i}]", batch=True))
             contexts.append(_request_context_map(item, f"params.requestData[{i}]"))
     else:
-        rows = [_join_key_map(params, "params")]
+        rows = [_join_key_map(params, "params", batch=False)]
         contexts = [_request_context_map(params, "params")]
     return TectonRequest(service, workspace, rows, options, batch, contexts)
 
@@ -306,12 +308,26 @@ def _metadata_options(raw: Any) -> MetadataOptions:
     return MetadataOptions(**flags)
 
 
-def _join_key_map(container: Mapping[str, Any], path: str) -> dict[str, Any]:
+def _join_key_map(container: Mapping[str, Any], path: str, *, batch: bool) -> dict[str, Any]:
     keys = _param(container, "joinKeyMap", "join_key_map")
     if keys is None:
         keys = {}
     if not isinstance(keys, Mapping):
         raise BadRequestError(f"`{path}.joinKeyMap` must be an object")
+    for name, value in keys.items():
+        if isinstance(value, list | Mapping):
+            # Tecton's clients show the message only, so it says where batches go.
+            kind = "a list" if isinstance(value, list) else "an object"
+            where = (
+                "one requestData item is one entity"
+                if batch
+                else f"get-features reads one entity; send several to {BATCH_PATH}"
+            )
+            raise BadRequestError(
+                f"join key {name!r} in `{path}.joinKeyMap` must be one value, got {kind} ({where})",
+                hint='send "requestData": [{"joinKeyMap": {...}}, ...], one item per entity',
+                details={"join_key": name},
+            )
     return dict(keys)
 
 

@@ -12,6 +12,7 @@ from contextkit.prompts import (
     LLMAuthError,
     LLMBadRequestError,
     LLMError,
+    LLMParamError,
     LLMProviderError,
     LLMRateLimitError,
     LLMTimeoutError,
@@ -129,7 +130,8 @@ def test_401_is_an_auth_error_naming_the_key_variable_and_not_retried(arun, open
         arun(complete("hi", MODEL, **llm))
 
     assert len(openai_stub.requests_to("/v1/chat/completions")) == 1
-    assert caught.value.http_status == 502 and caught.value.provider_status == 401
+    assert caught.value.http_status == 503 and caught.value.provider_status == 401
+    assert caught.value.code == "llm_not_configured"
     assert "OPENAI_API_KEY" in caught.value.hint
 
 
@@ -179,6 +181,6 @@ def test_unreachable_provider_is_a_provider_error(arun):
     assert caught.value.attempts == 2
 
 
-def test_reserved_params_are_rejected_when_called(arun):
-    with pytest.raises(ValueError, match="params may not set model"):
+def test_params_outside_the_allow_list_are_rejected_when_called(arun):
+    with pytest.raises(LLMParamError, match="params.model is not an allowed"):
         arun(complete("hi", MODEL, params={"model": "other"}))

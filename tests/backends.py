@@ -1,0 +1,354 @@
+"""Real servers for backend tests: redis-server, PostgreSQL 15 and moto's S3 server.
+
+Each fixture starts the real program on a free loopback port in its own temp dir, waits until it
+answers (PING, ``pg_isready``, an HTTP request), and stops it at the end of the session. Tests
+share one server per session and keep apart by naming: a key prefix, a database, a bucket of their
+own. A test that needs to break a server (SIGKILL) asks ``redis_factory`` for a private one.
+
+A server program that is not installed skips the test with the reason, except in CI (``CI=true``)
+where it fails it: CI must never go green by skipping the backends. ``make test`` installs them.
+
+Loaded by ``tests/conftest.py`` (``pytest_plugins``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+READY_TIMEOUT_S = 60.0  # generous: the machine is shared and may be slow
+POSTGRES_BIN_DIRS = ["/usr/lib/postgresql/15/bin"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def missing_server(reason: str) -> None:
+    """Skip the test, or fail it in CI, where every backend must be there."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: backend tests must not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait(ready: Callable[[], bool], what: str, log: Path, proc: subprocess.Popen | None) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer within {READY_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+
+def _redis_pong(port: int, password: str | None) -> bool:
+    """True when redis-server answers PING (after AUTH when it has a password)."""
+
+    def command(*parts: str) -> bytes:
+        out = f"*{len(parts)}\r\n".encode()
+        for p in parts:
+            out += f"${len(p.encode())}\r\n{p}\r\n".encode()
+        return out
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.settimeout(1)
+            if password is not None:
+                s.sendall(command("AUTH", password))
+                if not s.recv(256).startswith(b"+OK"):
+                    return False
+            s.sendall(command("PING"))
+            return s.recv(256).startswith(b"+PONG")  # -LOADING while it loads a dataset
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    """One redis-server process without persistence: a restart starts it empty."""
+
+    binary: str
+    dir: Path
+    port: int = field(default_factory=free_port)
+    password: str | None = None
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "redis.log"
+
+    def start(self) -> None:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--logfile", str(self.log),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        _wait(lambda: _redis_pong(self.port, self.password), "redis-server", self.log, self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once and loses every write (no persistence)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=15)
+
+    def restart(self) -> None:
+        """Start again on the same port (empty), after :meth:`kill` or :meth:`stop`."""
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing_server("redis-server is not installed (Debian package redis-server)")
+    return binary  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def redis_factory(tmp_path_factory) -> Iterator[Callable[..., RedisServer]]:
+    """Start a private redis-server: ``redis_factory(password=None)``; all stop at the end."""
+    started: list[RedisServer] = []
+
+    def start(password: str | None = None) -> RedisServer:
+        server = RedisServer(_redis_binary(), tmp_path_factory.mktemp("redis"), password=password)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_factory) -> RedisServer:
+    """The session's shared redis-server, with a password (so URLs carry one to mask)."""
+    return redis_factory(password="s3cret-" + uuid.uuid4().hex[:8])
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    for candidate in POSTGRES_BIN_DIRS:
+        if (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway cluster: user ``ck`` with trust auth on 127.0.0.1."""
+
+    bin: Path
+    dir: Path
+    port: int = field(default_factory=free_port)
+    user: str = "ck"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        command = list(args)
+        if os.geteuid() == 0:  # postgres refuses to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=120, check=False, cwd=self.dir
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def start(self) -> None:
+        data = self.dir / "data"
+        if not data.exists():
+            self._run(str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", self.user,
+                      "--no-sync", "-E", "UTF8")  # fmt: skip
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "pg.log"),
+                  "-o", options, "-w", "-t", str(int(READY_TIMEOUT_S)), "start")  # fmt: skip
+        isready = [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
+                   "-U", self.user]  # fmt: skip
+        _wait(
+            lambda: subprocess.run(isready, capture_output=True, check=False).returncode == 0,
+            "postgres",
+            self.dir / "pg.log",
+            None,
+        )
+
+    def create_database(self, name: str | None = None) -> str:
+        """A new empty database; returns its URL."""
+        name = name or "t_" + uuid.uuid4().hex[:12]
+        self._run(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
+                  self.user, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
+                  f'CREATE DATABASE "{name}"')  # fmt: skip
+        return self.url(name)
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w",
+                  "stop", check=False)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL 15 cluster; ``create_database()`` gives each test its own db."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        missing_server("PostgreSQL is not installed (Debian package postgresql: initdb, pg_ctl)")
+    # Not under pytest's tmp dirs: their parents are private to root, and postgres runs as the
+    # postgres user when we are root.
+    root = Path(tempfile.mkdtemp(prefix="ck-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, user="postgres")
+    server = PostgresServer(bin_dir, root)  # type: ignore[arg-type]
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- S3 (moto) -----------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Server:
+    """moto's standalone server as an S3-compatible endpoint."""
+
+    binary: str
+    dir: Path
+    port: int = field(default_factory=free_port)
+    access_key: str = "testing"
+    secret_key: str = "testing"
+    region: str = "us-east-1"
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point a client at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.endpoint + "/", timeout=2) as response:
+                return response.status < 500
+        except urllib.error.HTTPError as exc:
+            return exc.code < 500
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        log = self.dir / "moto.log"
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, "-H", "127.0.0.1", "-p", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        _wait(self._answers, "moto_server", log, self.proc)
+
+    def create_bucket(self, name: str | None = None) -> str:
+        """A new empty bucket (names need 3+ characters); returns its name."""
+        import boto3
+
+        name = name or "ck-" + uuid.uuid4().hex[:12]
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        ).create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+def _moto_binary() -> str | None:
+    beside = Path(sys.executable).parent / "moto_server"
+    return str(beside) if beside.exists() else shutil.which("moto_server")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """The session's moto S3 server; ``create_bucket()`` gives each test its own bucket."""
+    binary = _moto_binary()
+    if binary is None:
+        missing_server('moto_server is not installed (pip install "moto[server]")')
+    server = S3Server(binary, tmp_path_factory.mktemp("s3"))  # type: ignore[arg-type]
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
