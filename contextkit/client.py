@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from contextkit.retrieval.datasets import RenderedDataset
     from contextkit.stores.vector import LanceVectorStore
 
+
 class Context:
     """One repo's registry and stores, bound to a workspace. Create it with :func:`connect`.
 
@@ -320,8 +321,8 @@ class Context:
         """Block until every pushed record is encoded into its embedding views (push-based
         updates run in a background thread); False if ``timeout`` seconds passed first.
 
-        Raises ``PushEmbeddingError`` (``contextkit.compute.push_embeddings``) when records pushed to
-        this repo since the previous call could not be encoded; ``details["failures"]`` lists
+        Raises ``PushEmbeddingError`` (``contextkit.compute.push_embeddings``) when records pushed
+        to this repo since the previous call could not be encoded; ``details["failures"]`` lists
         them. They stay in the ingest log: ``materialize`` of the view encodes them."""
         from contextkit.compute.push_embeddings import push_encoder
 
@@ -368,8 +369,8 @@ class Context:
     ) -> RenderedDataset:
         """A prompt view rendered for each event with that time's features (and, with
         ``documents=True`` or a list of search names, the documents its searches returned
-        then). Lazy; see :mod:`contextkit.retrieval.datasets`. The events carry the join keys, the time,
-        ``query`` and request-context columns::
+        then). Lazy; see :mod:`contextkit.retrieval.datasets`. The events carry the join keys, the
+        time, ``query`` and request-context columns::
 
             ds = ctx.generate_dataset(events, "support_assistant", label_column="answer")
             ds.to_jsonl("train.jsonl")   # {"messages": [...]} per event; or to_pandas()

@@ -228,3 +228,18 @@ class _Translating:
 
 
 translating = _Translating()
+
+
+class ExpectationFailedError(ContextKitError):
+    """A job's rows failed an expectation of a view declared with on_expectation_failure="fail";
+    the job is failed and the stores are left as they were."""
+
+    code = "expectation_failed"
+    http_status = 422
+
+
+class MonitoringError(ContextKitError):
+    """The quality statistics of a job could not be computed."""
+
+    code = "monitoring_error"
+    http_status = 500

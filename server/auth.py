@@ -3,9 +3,9 @@
 Two steps. *Authentication* runs in the ops middleware for every path except the open ones
 (``/health``, ``/docs``, ``/openapi.json``), before routing: it reads the key from
 ``Authorization: Bearer <key>`` (or Tecton's ``Authorization: Tecton-key <key>``) and verifies it
-against the registry (cached, see :meth:`contextkit.governance.access.Access.authenticate`). Missing,
-invalid, revoked or expired keys get 401, whatever the path, so an anonymous client learns nothing
-about routes or bodies. *Authorization* runs when a route asks
+against the registry (cached, see :meth:`contextkit.governance.access.Access.authenticate`).
+Missing, invalid, revoked or expired keys get 401, whatever the path, so an anonymous client learns
+nothing about routes or bodies. *Authorization* runs when a route asks
 ``state.context(request, workspace, role)`` for its context: a key used on another workspace, or
 for a role it lacks, gets 403. A route author writes no auth code. Each refusal is logged as one
 JSON line with the reason, the key's public id when known, the client and the request id, never

@@ -1,8 +1,8 @@
 """Ingest routes: ``POST /v1/ingest`` (contextkit's shape, or Tecton's) and ``POST /ingest``
 (Tecton's Stream Ingest API path, answered in Tecton's shapes).
 
-A 200 means the records are durably written (see :mod:`contextkit.compute.streaming`) and the next read
-sees them. One bad record rejects the whole batch with a 400 listing every error by index,
+A 200 means the records are durably written (see :mod:`contextkit.compute.streaming`) and the next
+read sees them. One bad record rejects the whole batch with a 400 listing every error by index,
 unless ``partial`` is true; ``rejected`` counts records, not errors (a record may have several).
 """
 

@@ -33,10 +33,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from contextkit.client import Context
+from contextkit.compute.quality.drift import PSI_SIGNIFICANT
 from contextkit.errors import NotFoundError, PermissionDeniedError
 from contextkit.framework.expectations import format_age
 from contextkit.governance.lineage import lineage
-from contextkit.governance.monitoring import PSI_SIGNIFICANT, job_dict, summarize_alerts
+from contextkit.governance.monitoring import job_dict, summarize_alerts
 from contextkit.server import charts
 from contextkit.server.common import READER, ServerState
 

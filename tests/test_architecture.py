@@ -78,9 +78,9 @@ def _layer(module: str) -> int | None:
     best: tuple[int, int] | None = None  # (prefix length, layer index): the longest prefix wins
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(prefix) > best[0]:
-                    best = (len(prefix), index)
+            inside = module == prefix or module.startswith(prefix + ".")
+            if inside and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), index)
     return None if best is None else best[1]
 
 
@@ -109,7 +109,9 @@ def test_no_module_imports_a_layer_above_its_own():
             if _is_leaf(target):
                 continue
             if _layer(target) > own:
-                upward.append(f"{module} ({LAYERS[own][0]}) -> {target} ({LAYERS[_layer(target)][0]})")
+                upward.append(
+                    f"{module} ({LAYERS[own][0]}) -> {target} ({LAYERS[_layer(target)][0]})"
+                )
     assert not upward, "imports that point upward:\n" + "\n".join(upward)
 
 

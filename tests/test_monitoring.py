@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import contextkit
+from contextkit.compute.quality.drift import centroid_shift, psi
 from contextkit.errors import ContextKitError, DefinitionError, ValidationErrors
-from contextkit.governance.monitoring import centroid_shift, psi
 from contextkit.stores.registry import SCHEMA_VERSION, SQLiteRegistry
 
 CLI = str(Path(sys.executable).parent / "contextkit")

@@ -1,1 +1,2 @@
-"""Unified compute: materialization jobs (feature and embedding views), offline point-in-time retrieval, streaming ingest."""
+"""Unified compute: materialization jobs (feature and embedding views), offline point-in-time
+retrieval, streaming ingest."""

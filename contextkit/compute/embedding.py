@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.layout import vector_table
 from contextkit.compute.materialize import JobResult, spec_hash
+from contextkit.compute.quality.job_monitor import JobMonitor
+from contextkit.compute.quality.statistics import sample_vectors
 from contextkit.errors import BadRequestError, ContextKitError, StoreError, leaf_error
 from contextkit.framework import transformations
 from contextkit.framework.specs import EmbeddingViewSpec, FeatureViewSpec, FileSourceSpec
-from contextkit.governance.monitoring import JobMonitor, sample_vectors
 from contextkit.stores.registry import RegistryStore
 
 if TYPE_CHECKING:
@@ -63,8 +64,8 @@ def materialize_embedding_view(
 ) -> JobResult:
     """Encode the view's new or changed documents into its vector table, in one commit.
 
-    ``monitoring``: measure the documents and vectors (see :mod:`contextkit.governance.monitoring`); the
-    view's expectations are checked either way, on the documents, before anything is encoded.
+    ``monitoring``: measure the documents and vectors (see :mod:`contextkit.compute.quality`);
+    the view's expectations are checked either way, on the documents, before anything is encoded.
 
     ``pushed`` maps the name of a push source the view reads to an Arrow table of its events.
     ``full`` rebuilds the table from scratch (every chunk encoded again). The table is also

@@ -28,11 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from contextkit.compute.layout import inputs_table, offline_table, online_table
+from contextkit.compute.quality.job_monitor import JobMonitor
+from contextkit.compute.quality.online_change import online_change_warning, online_snapshot
 from contextkit.errors import ContextKitError, StoreError
 from contextkit.framework import transformations
 from contextkit.framework.specs import METADATA_FIELDS, FeatureViewSpec, FileSourceSpec
 from contextkit.framework.transformations import EVENT_TIMESTAMP, quote
-from contextkit.governance.monitoring import JobMonitor, online_change_warning, online_snapshot
 from contextkit.stores.errors import StoreFailure
 from contextkit.stores.offline import GC_GRACE_S, Garbage, ParquetOfflineStore
 from contextkit.stores.online import OnlineStore
@@ -132,10 +133,10 @@ def materialize_view(
 ) -> JobResult:
     """Run one materialization job for ``view`` (see the module docstring).
 
-    ``monitoring``: measure the rows (see :mod:`contextkit.governance.monitoring`); the view's expectations
-    are checked either way, on the staged rows, before anything is committed. A job that leaves
-    the online table empty, or with more than ``max_online_shrink`` (a share) fewer entities than
-    the previous job left, ends with status ``warning`` and says why.
+    ``monitoring``: measure the rows (see :mod:`contextkit.compute.quality`); the view's
+    expectations are checked either way, on the staged rows, before anything is committed. A job
+    that leaves the online table empty, or with more than ``max_online_shrink`` (a share) fewer
+    entities than the previous job left, ends with status ``warning`` and says why.
     """
     end = _utc(end or datetime.now(UTC))
     watermark = None if full else last_watermark(registry, workspace, view)

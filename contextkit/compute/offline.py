@@ -635,7 +635,9 @@ def _rows_sql(files: list[Path]) -> str:
     return f"SELECT * FROM read_parquet([{listed}], hive_partitioning = false)"
 
 
-def _attribute_join(ws: transformations.Workspace, request: _ViewRequest, events: dict[str, str]) -> str:
+def _attribute_join(
+    ws: transformations.Workspace, request: _ViewRequest, events: dict[str, str]
+) -> str:
     view = request.view
     if request.use == OFFLINE_STORE:
         rows = _rows_sql(request.files)
@@ -662,7 +664,9 @@ def _attribute_join(ws: transformations.Workspace, request: _ViewRequest, events
     )
 
 
-def _aggregate_join(ws: transformations.Workspace, request: _ViewRequest, events: dict[str, str]) -> str:
+def _aggregate_join(
+    ws: transformations.Workspace, request: _ViewRequest, events: dict[str, str]
+) -> str:
     view = request.view
     if request.use == OFFLINE_STORE:
         inputs = _rows_sql(request.files)
@@ -705,7 +709,11 @@ def _aggregate_join(ws: transformations.Workspace, request: _ViewRequest, events
 
 
 def _stream_join(
-    ws: transformations.Workspace, request: _ViewRequest, events: dict[str, str], log: str, alias: str
+    ws: transformations.Workspace,
+    request: _ViewRequest,
+    events: dict[str, str],
+    log: str,
+    alias: str,
 ) -> str:
     """A stream view's features per event row, from its source's events (``log``)."""
     view = request.view

@@ -454,7 +454,8 @@ def _merge_tiles(w, workspace, view, records, seqs, now: datetime) -> None:
 
 def _after_commit(ctx: Runtime, workspace: str, source: PushSourceSpec, records: list[Record]):
     """Work that follows a durable write: queue the records for the embedding views over the
-    source (encoded in micro-batches by a background thread; see contextkit.compute.push_embeddings)."""
+    source (encoded in micro-batches by a background thread; see
+    contextkit.compute.push_embeddings)."""
     views = [
         v for v in ctx.specs().embedding_views.values() if v.online and source.name in v.sources
     ]
@@ -596,6 +597,7 @@ def log_arrow(ctx: Runtime, workspace: str, source: PushSourceSpec):
     import pyarrow.parquet as pq
 
     from contextkit.framework import transformations
+
     schema = _log_schema(source)
     parts = []
     if source.batch_source:
@@ -603,9 +605,8 @@ def log_arrow(ctx: Runtime, workspace: str, source: PushSourceSpec):
         con = transformations.connect_duckdb()
         try:
             cols = ", ".join(quote(c.name) for c in source.columns)
-            table = con.sql(
-                f"SELECT {cols} FROM ({transformations.source_scan_sql(batch, ctx.config.root.resolve())})"
-            ).to_arrow_table()
+            scan = transformations.source_scan_sql(batch, ctx.config.root.resolve())
+            table = con.sql(f"SELECT {cols} FROM ({scan})").to_arrow_table()
         finally:
             con.close()
         seq = pa.array(range(-table.num_rows, 0), pa.int64())

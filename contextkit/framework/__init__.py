@@ -1,1 +1,2 @@
-"""The declarative framework: SDK objects, specs, repo loading, transformations, validation, plan/apply."""
+"""The declarative framework: SDK objects, specs, repo loading, transformations, validation,
+plan/apply."""

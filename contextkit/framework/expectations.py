@@ -11,10 +11,10 @@ A view declares them as keyword arguments::
         on_expectation_failure="warn",                # or "fail"
     )
 
-:func:`expectations_spec` turns them into an :class:`~contextkit.framework.specs.ExpectationsSpec` (raising
-``ValueError`` for malformed ones); :func:`expectation_problems` checks them against a view's
-columns at ``plan`` time; :func:`evaluate` checks them against the statistics of a job's rows (see
-:mod:`contextkit.governance.monitoring`). Everything here is pure: no I/O, no heavy imports.
+:func:`expectations_spec` turns them into an :class:`~contextkit.framework.specs.ExpectationsSpec`
+(raising ``ValueError`` for malformed ones); :func:`expectation_problems` checks them against a
+view's columns at ``plan`` time; :func:`evaluate` checks them against the statistics of a job's rows
+(see :mod:`contextkit.compute.quality`). Everything here is pure: no I/O, no heavy imports.
 """
 
 from __future__ import annotations

@@ -96,7 +96,9 @@ class _Checker:
                 continue
             raw = source.model_copy(update={"timestamp_field": None})
             try:
-                columns = transformations.describe(con, transformations.source_scan_sql(raw, self.root))
+                columns = transformations.describe(
+                    con, transformations.source_scan_sql(raw, self.root)
+                )
             except Exception as exc:
                 self.error(
                     source,
@@ -322,7 +324,9 @@ class _Checker:
                     )
                     ok = False
                     continue
-                out.append(f.model_copy(update={"dtype": transformations.aggregate_dtype(f, col_type)}))
+                out.append(
+                    f.model_copy(update={"dtype": transformations.aggregate_dtype(f, col_type)})
+                )
         return out if ok else None
 
     # -- push sources, stream and realtime views ----------------------------------------------
@@ -422,7 +426,9 @@ class _Checker:
                     "window (e.g. aggregation_interval='1m' for 1h and 1d windows)",
                 )
                 continue
-            features.append(f.model_copy(update={"dtype": transformations.aggregate_dtype(f, col_type)}))
+            features.append(
+                f.model_copy(update={"dtype": transformations.aggregate_dtype(f, col_type)})
+            )
         names = [f.name for f in view.features]
         for dup in sorted({n for n in names if names.count(n) > 1}):
             self.error(view, f"feature name {dup!r} is used twice")

@@ -1,7 +1,7 @@
 """Rich renderings of monitoring data for the CLI: ``contextkit status`` and ``contextkit quality``.
 
-Kept apart from :mod:`contextkit.governance.monitoring` (which computes) so that importing the numbers never
-imports rich, and the CLI commands stay thin.
+Kept apart from :mod:`contextkit.governance.monitoring` (which computes) so that importing the
+numbers never imports rich, and the CLI commands stay thin.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from contextkit.compute.quality.drift import PSI_MODERATE, PSI_SIGNIFICANT
 from contextkit.framework.expectations import format_age
-from contextkit.governance.monitoring import PSI_MODERATE, PSI_SIGNIFICANT, Alert, ViewStatus
+from contextkit.governance.monitoring import Alert, ViewStatus
 
 _STATE_COLORS = {
     "fresh": "green",
@@ -143,11 +144,11 @@ def quality_tables(quality: dict[str, Any]) -> list[Any]:
         f"{reference}"
     )
     if stats.get("newest_event_us") is not None:
-        from contextkit.governance.monitoring import _iso
+        from contextkit.compute.quality.statistics import iso_micros
 
         header += (
-            f"; event times {_iso(stats.get('oldest_event_us'))} .. "
-            f"{_iso(stats.get('newest_event_us'))}"
+            f"; event times {iso_micros(stats.get('oldest_event_us'))} .. "
+            f"{iso_micros(stats.get('newest_event_us'))}"
         )
     out.append(header)
     if not stats.get("complete", True):

@@ -1,1 +1,2 @@
-"""The retrieval system: online feature reads, context assembly, chat, rendered datasets, the Tecton wire format."""
+"""The retrieval system: online feature reads, context assembly, chat, rendered datasets, the Tecton
+wire format."""

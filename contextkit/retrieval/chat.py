@@ -16,7 +16,8 @@ One chat request, step by step:
    entities and request context, the LLM and its sampling parameters. Tools, ``n > 1``, logprobs
    and audio are refused (400), never silently dropped.
 2. The service's features and documents are retrieved with the **last user message** as the
-   query, and its prompt view rendered within its token budget (:mod:`contextkit.retrieval.assemble`).
+   query, and its prompt view rendered within its token budget
+   (:mod:`contextkit.retrieval.assemble`).
 3. :func:`merge_conversation` puts the rendered prompt around the conversation.
 4. The LLM is called through litellm (``assemble.complete_async`` / ``stream_async``); the answer
    is returned as OpenAI's ``chat.completion`` object, or as ``chat.completion.chunk`` objects.

@@ -1,10 +1,11 @@
 """Tecton's HTTP feature-serving wire format, mapped onto contextkit's online retrieval.
 
-A Tecton *feature service* is a contextkit :class:`~contextkit.framework.specs.ContextServiceSpec`; its
-features keep their ``<view>.<feature>`` names. This module only translates: it parses a
+A Tecton *feature service* is a contextkit :class:`~contextkit.framework.specs.ContextServiceSpec`;
+its features keep their ``<view>.<feature>`` names. This module only translates: it parses a
 ``get-features`` / ``get-features-batch`` body into a :class:`TectonRequest`, reads the values
 with the service's reader, as ``ctx.get_features`` does (so they equal what the SDK returns), and
-shapes them the way Tecton's clients parse them. The server route (``contextkit.server.tecton``) is a thin shell over it::
+shapes them the way Tecton's clients parse them. The server route (``contextkit.server.tecton``) is
+a thin shell over it::
 
     body = {"params": {"featureServiceName": "svc", "joinKeyMap": {"user_id": "1"}}}
     request = parse_get_features(body)

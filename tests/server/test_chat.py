@@ -4,7 +4,8 @@ The official ``openai`` package talks to a real ``contextkit serve`` process (au
 key as the SDK's ``api_key``) serving the quickstart; the LLM behind litellm is the local OpenAI
 stub (the network edge), which records what it was sent. The stub answers ``"echo: <last user
 message>"``, so an answer proves which message came last. Then the merging of a rendered prompt
-with a conversation, and the request parsing, through the SDK functions of ``contextkit.retrieval.chat``.
+with a conversation, and the request parsing, through the SDK functions of
+``contextkit.retrieval.chat``.
 """
 
 from __future__ import annotations

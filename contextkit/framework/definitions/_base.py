@@ -65,4 +65,3 @@ class Definition:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
-
