@@ -321,7 +321,7 @@ class Context:
         """Block until every pushed record is encoded into its embedding views (push-based
         updates run in a background thread); False if ``timeout`` seconds passed first.
 
-        Raises ``PushEmbeddingError`` (``contextkit.compute.push_embeddings``) when records pushed
+        Raises ``PushEmbeddingError`` (``contextkit.errors``) when records pushed
         to this repo since the previous call could not be encoded; ``details["failures"]`` lists
         them. They stay in the ingest log: ``materialize`` of the view encodes them."""
         from contextkit.compute.push_embeddings import push_encoder

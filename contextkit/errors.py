@@ -1,8 +1,39 @@
-"""Errors raised by contextkit.
+"""Errors raised by contextkit: the one tree of the core, every subclass defined here.
 
 Every error carries a short machine-readable ``code``, a message that says what went wrong and
 where, and a ``hint`` that says how to fix it. The CLI prints them as one line plus the hint; the
-server turns them into ``{"error": {"code", "message", "details"}}`` with the matching HTTP status.
+server turns them into ``{"error": {"code", "message", "details"}}`` with the matching HTTP status::
+
+    class                          code                    HTTP  raised by
+    ContextKitError                error                   400
+    └── ConfigError                config_error            400  config (contextkit.yaml)
+    └── DefinitionError            invalid_definition      400  framework: loading, validation
+    └── ValidationErrors           invalid_repo            400  framework: every problem of a plan
+    └── NotFoundError              not_found               404  every part
+    └── BadRequestError            bad_request             400  every part
+        └── IngestError            invalid_records         400  compute.streaming
+        └── ChatRequestError       bad_request             400  retrieval.chat
+            └── InvalidChatBody    invalid_request         422  retrieval.chat
+    └── RegistryError              registry_error          500  stores.registry, translated
+    └── StoreError                 store_error             500  stores, translated
+        └── StoreUnavailableError  store_error             503  a store's data missing or damaged
+    └── InternalError              internal_error          500  the server's last resort
+    └── WorkspaceError             workspace_error         409  framework.workspace
+    └── AuthenticationError        unauthenticated         401  governance.access
+        └── KeyRejected            unauthenticated         401  governance.access
+    └── PermissionDeniedError      permission_denied       403  governance.access
+    └── PayloadTooLargeError       payload_too_large       413  server limits
+    └── RateLimitedError           rate_limited            429  server limits
+    └── BatchTooLargeError         batch_too_large         413  compute.streaming
+    └── ExpectationFailedError     expectation_failed      422  compute.quality
+    └── MonitoringError            monitoring_error        500  compute.quality
+    └── RealtimeFeatureError       realtime_feature_error  500  framework.realtime
+    └── PushEmbeddingError         push_embedding_failed   500  compute.push_embeddings
+
+The leaves (``stores``, ``embeddings``, ``prompts``) import nothing of the core, so they keep
+their own small bases; :func:`translate_store_errors` and :data:`translating` turn their errors
+into this tree once, where the core calls them. The codes and statuses above are read from the
+classes by ``tests/test_errors.py`` (indentation = subclass), so this drawing cannot drift.
 """
 
 from __future__ import annotations
@@ -161,6 +192,92 @@ class RateLimitedError(ContextKitError):
 _LEAF_MODULES = ("contextkit.embeddings", "contextkit.prompts", "contextkit.stores")
 
 
+class ExpectationFailedError(ContextKitError):
+    """A job's rows failed an expectation of a view declared with on_expectation_failure="fail";
+    the job is failed and the stores are left as they were."""
+
+    code = "expectation_failed"
+    http_status = 422
+
+
+class MonitoringError(ContextKitError):
+    """The quality statistics of a job could not be computed."""
+
+    code = "monitoring_error"
+    http_status = 500
+
+
+class RealtimeFeatureError(ContextKitError):
+    """A realtime view's function raised, or returned something other than its features."""
+
+    code = "realtime_feature_error"
+    http_status = 500
+
+
+class IngestError(BadRequestError):
+    """Records that do not fit the push source; ``details["errors"]`` lists them by index."""
+
+    code = "invalid_records"
+
+
+class BatchTooLargeError(ContextKitError):
+    code = "batch_too_large"
+    http_status = 413
+
+
+class PushEmbeddingError(ContextKitError):
+    """Records pushed to a source behind an embedding view could not be encoded; they are in the
+    ingest log, and the next materialization of the view encodes them. ``details["failures"]``
+    lists each failed encode (workspace, view, records, error, at)."""
+
+    code = "push_embedding_failed"
+    http_status = 500
+
+
+class ChatRequestError(BadRequestError):
+    """A chat request this endpoint cannot serve as asked (400). ``param`` is the OpenAI
+    request parameter at fault (``"messages[2].content"``, ``"n"``, ``"contextkit.entities"``)."""
+
+    def __init__(
+        self, message: str, *, param: str | None, hint: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint, details={"field": param} if param else None)
+        self.param = param
+        if code:
+            self.code = code
+
+
+class InvalidChatBody(ChatRequestError):
+    """A chat body of the wrong shape: a field of the wrong JSON type, a missing field (422)."""
+
+    code = "invalid_request"
+    http_status = 422
+
+    def __init__(self, message: str, *, param: str, problem: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.details = {"errors": [{"path": f"body.{param}", "message": problem or message}]}
+
+
+class KeyRejected(AuthenticationError):
+    """A key that is not (or no longer) valid. ``reason`` and ``key_id`` are for the log only:
+    the client sees the message, which names neither the key nor whose it was."""
+
+    def __init__(self, reason: str, key_id: str | None = None) -> None:
+        message = {
+            "invalid": "the API key is not valid",
+            "revoked": "the API key has been revoked",
+            "expired": "the API key has expired",
+        }[reason]
+        super().__init__(
+            message,
+            hint="send `Authorization: Bearer <key>` with an active key (an admin creates one "
+            "with `contextkit access create-key`)",
+        )
+        self.reason = reason
+        self.key_id = key_id
+
+
+# -- translating the leaves' errors, once, at the boundary -----------------------------------------
 def leaf_error(exc: BaseException) -> ContextKitError | None:
     """A leaf layer's error (embeddings, prompts, stores) as a :class:`ContextKitError`.
 
@@ -228,18 +345,3 @@ class _Translating:
 
 
 translating = _Translating()
-
-
-class ExpectationFailedError(ContextKitError):
-    """A job's rows failed an expectation of a view declared with on_expectation_failure="fail";
-    the job is failed and the stores are left as they were."""
-
-    code = "expectation_failed"
-    http_status = 422
-
-
-class MonitoringError(ContextKitError):
-    """The quality statistics of a job could not be computed."""
-
-    code = "monitoring_error"
-    http_status = 500

@@ -18,9 +18,9 @@ import logging
 
 from fastapi import Request
 
-from contextkit.errors import AuthenticationError
-from contextkit.governance.access import Access, ApiKey, KeyRejected
-from contextkit.server.ops import Metrics
+from contextkit.errors import AuthenticationError, KeyRejected
+from contextkit.governance.access import Access, ApiKey
+from contextkit.server.metrics import Metrics
 
 log = logging.getLogger("contextkit.auth")
 

@@ -23,7 +23,7 @@ from fastapi.responses import Response
 
 from contextkit.client import Context
 from contextkit.errors import ContextKitError
-from contextkit.server.ops import Metrics
+from contextkit.server.metrics import Metrics
 
 # Roles a route may require, weakest first (see the access-control docs).
 READER, INGESTER, ADMIN = "reader", "ingester", "admin"

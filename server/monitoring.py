@@ -21,7 +21,7 @@ from contextkit.errors import BadRequestError, NotFoundError
 from contextkit.governance.lineage import lineage
 from contextkit.governance.monitoring import FRESHNESS_STATES, ViewStatus, job_dict
 from contextkit.server.common import READER, ServerState, json_response, ok_example
-from contextkit.server.ops import Metrics
+from contextkit.server.metrics import Metrics
 
 JOB_STATUSES = ("running", "succeeded", "warning", "failed")
 

@@ -9,7 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 import contextkit
-from contextkit.compute.streaming import IngestError, ingest_records, log_arrow
+from contextkit.compute.streaming import ingest_records, log_arrow
+from contextkit.errors import IngestError
 from contextkit.server.app import create_app
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

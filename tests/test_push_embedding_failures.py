@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from openai_stub import OpenAIStub
 
 import contextkit
-from contextkit.compute.push_embeddings import PushEmbeddingError, push_encoder
+from contextkit.compute.push_embeddings import push_encoder
+from contextkit.errors import PushEmbeddingError
 from contextkit.server.app import create_app
 
 CLI = str(Path(sys.executable).parent / "contextkit")

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from contextkit.errors import ContextKitError
+from contextkit.errors import ContextKitError, PushEmbeddingError
 
 if TYPE_CHECKING:
     from contextkit.framework.specs import EmbeddingViewSpec
@@ -46,15 +46,6 @@ MAX_WAIT_S = 0.2
 MAX_BATCH = 256
 ALERT_KIND = "push_encode_failed"
 _KEPT_FAILURES = 100  # unreported failures kept per repo (the oldest are dropped)
-
-
-class PushEmbeddingError(ContextKitError):
-    """Records pushed to a source behind an embedding view could not be encoded; they are in the
-    ingest log, and the next materialization of the view encodes them. ``details["failures"]``
-    lists each failed encode (workspace, view, records, error, at)."""
-
-    code = "push_embedding_failed"
-    http_status = 500
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.layout import log_table, online_table, tiles_table
-from contextkit.errors import BadRequestError, ContextKitError, NotFoundError, WorkspaceError
+from contextkit.errors import (
+    BadRequestError,
+    BatchTooLargeError,
+    IngestError,
+    NotFoundError,
+    WorkspaceError,
+)
 from contextkit.framework.specs import AggregateSpec, PushSourceSpec, StreamFeatureViewSpec
 from contextkit.framework.transformations import quote
 from contextkit.types import (
@@ -49,17 +55,6 @@ if TYPE_CHECKING:
 
 US = 1_000_000
 EVENT_TIMESTAMP = "event_timestamp"
-
-
-class IngestError(BadRequestError):
-    """Records that do not fit the push source; ``details["errors"]`` lists them by index."""
-
-    code = "invalid_records"
-
-
-class BatchTooLargeError(ContextKitError):
-    code = "batch_too_large"
-    http_status = 413
 
 
 # -- record validation ----------------------------------------------------------------------------

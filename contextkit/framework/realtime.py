@@ -16,16 +16,9 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from contextkit.errors import ContextKitError, DefinitionError
+from contextkit.errors import DefinitionError, RealtimeFeatureError
 from contextkit.framework.specs import RealtimeFeatureViewSpec
 from contextkit.types import Bool, Float64, Int64, String, Timestamp
-
-
-class RealtimeFeatureError(ContextKitError):
-    """A realtime view's function raised, or returned something other than its features."""
-
-    code = "realtime_feature_error"
-    http_status = 500
 
 
 @lru_cache(maxsize=256)

@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass
 
 from contextkit.errors import (
-    AuthenticationError,
     BadRequestError,
+    KeyRejected,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -289,22 +289,3 @@ class Access:
         if status != "active":
             raise KeyRejected(status, found.id)
         return found
-
-
-class KeyRejected(AuthenticationError):
-    """A key that is not (or no longer) valid. ``reason`` and ``key_id`` are for the log only:
-    the client sees the message, which names neither the key nor whose it was."""
-
-    def __init__(self, reason: str, key_id: str | None = None) -> None:
-        message = {
-            "invalid": "the API key is not valid",
-            "revoked": "the API key has been revoked",
-            "expired": "the API key has expired",
-        }[reason]
-        super().__init__(
-            message,
-            hint="send `Authorization: Bearer <key>` with an active key (an admin creates one "
-            "with `contextkit access create-key`)",
-        )
-        self.reason = reason
-        self.key_id = key_id

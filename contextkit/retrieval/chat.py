@@ -35,7 +35,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from contextkit.errors import BadRequestError, ContextKitError, NotFoundError
+from contextkit.errors import (
+    ChatRequestError,
+    ContextKitError,
+    InvalidChatBody,
+    NotFoundError,
+)
 from contextkit.prompts.llm import GENERATION_PARAM_TYPES, LLMParamError, check_generation_params
 
 if TYPE_CHECKING:
@@ -96,30 +101,6 @@ CONVERSATION_ROLES = ("user", "assistant")
 
 
 # -- errors ---------------------------------------------------------------------------------------
-
-
-class ChatRequestError(BadRequestError):
-    """A chat request this endpoint cannot serve as asked (400). ``param`` is the OpenAI
-    request parameter at fault (``"messages[2].content"``, ``"n"``, ``"contextkit.entities"``)."""
-
-    def __init__(
-        self, message: str, *, param: str | None, hint: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message, hint=hint, details={"field": param} if param else None)
-        self.param = param
-        if code:
-            self.code = code
-
-
-class InvalidChatBody(ChatRequestError):
-    """A chat body of the wrong shape: a field of the wrong JSON type, a missing field (422)."""
-
-    code = "invalid_request"
-    http_status = 422
-
-    def __init__(self, message: str, *, param: str, problem: str | None = None) -> None:
-        super().__init__(message, param=param)
-        self.details = {"errors": [{"path": f"body.{param}", "message": problem or message}]}
 
 
 def _invalid(param: str, expected: str) -> InvalidChatBody:
