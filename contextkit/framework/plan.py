@@ -12,8 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from contextkit.framework.specs import METADATA_FIELDS
-from contextkit.framework.validation import AnySpec
+from contextkit.framework.specs import METADATA_FIELDS, AnySpec
 from contextkit.stores.registry import RegistryStore
 
 Action = Literal["create", "update", "delete"]
