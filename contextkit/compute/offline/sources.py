@@ -1,0 +1,159 @@
+"""Which views a request reads and where from: the offline store when it covers the events,
+else the sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from contextkit.compute.offline.reserved import (
+    INGEST_LOG,
+    OFFLINE_STORE,
+    REALTIME,
+    SOURCE,
+    AnyView,
+    ViewRequest,
+)
+from contextkit.errors import NotFoundError, StoreUnavailableError
+from contextkit.framework.specs import (
+    FeatureViewSpec,
+    RealtimeFeatureViewSpec,
+    StreamFeatureViewSpec,
+)
+
+if TYPE_CHECKING:
+    from contextkit.framework.workspace import Runtime
+
+
+def resolve_refs(
+    ctx: Runtime, service_or_views: str | Sequence[str]
+) -> list[tuple[AnyView, list[str]]]:
+    """The views and features of a service, or of the named views (all their features)."""
+    specs = ctx.specs()
+    if isinstance(service_or_views, str) and service_or_views in specs.services:
+        refs = [(r.view, r.features) for r in specs.services[service_or_views].features]
+    else:
+        names = [service_or_views] if isinstance(service_or_views, str) else service_or_views
+        refs = [(n, None) for n in names]
+    return select_features(ctx, refs)
+
+
+def select_features(
+    ctx: Runtime, refs: Sequence[tuple[str, Sequence[str] | None]]
+) -> list[tuple[AnyView, list[str]]]:
+    """``(view name, features or None for all)`` pairs as specs and feature lists, each view once
+    (the first time it is named, with the union of the features asked for)."""
+    views = ctx.specs().feature_views
+    out: dict[str, tuple[AnyView, list[str]]] = {}
+    for name, selected in refs:
+        view = views.get(name)
+        if view is None:
+            specs = ctx.specs()
+            raise NotFoundError(
+                f"no service or feature view named {name!r} in workspace {ctx.workspace!r}",
+                hint="services: "
+                + (", ".join(sorted(specs.services)) or "none")
+                + "; views: "
+                + (", ".join(sorted(views)) or "none"),
+            )
+        _view, features = out.setdefault(name, (view, []))
+        for feature in selected or [f.name for f in view.features]:
+            if feature not in features:
+                features.append(feature)
+    return list(out.values())
+
+
+def resolve(
+    ctx: Runtime,
+    view: AnyView,
+    features: list[str],
+    from_source: bool | None,
+    earliest: datetime | None,
+    latest: datetime | None,
+) -> ViewRequest:
+    from contextkit.compute.layout import inputs_table, offline_table
+
+    if isinstance(view, StreamFeatureViewSpec):
+        return ViewRequest(view, features, INGEST_LOG, [])
+    if isinstance(view, RealtimeFeatureViewSpec):
+        return ViewRequest(view, features, REALTIME, [])
+    table = inputs_table if view.is_aggregate else offline_table
+    files = ctx.offline.files(table(ctx.workspace, view.name))
+    if from_source:
+        return ViewRequest(view, features, SOURCE, files)
+    if from_source is False:
+        if not files:
+            raise NotFoundError(
+                f"view {view.name!r} has no offline data",
+                hint="materialize it first, or pass from_source=True",
+            )
+        return ViewRequest(view, features, OFFLINE_STORE, _present(view, files))
+    covered = bool(files) and earliest is not None and _covered(ctx, view, earliest, latest)
+    if not covered:
+        return ViewRequest(view, features, SOURCE, files)
+    return ViewRequest(view, features, OFFLINE_STORE, _present(view, files))
+
+
+def _present(view: AnyView, files: list[Path]) -> list[Path]:
+    """``files``, once each is known to be on disk: the offline store lists them, and one
+    deleted by hand must be an error that says so, not DuckDB's, and never a silent gap."""
+    gone = [f for f in files if not f.exists()]
+    if gone:
+        raise StoreUnavailableError(
+            f"{len(gone)} of the {len(files)} offline file(s) of view {view.name!r} are gone, "
+            f"such as {str(gone[0])!r}",
+            hint=f"rebuild them with `contextkit materialize {view.name} --full`, or pass "
+            "from_source=True to compute the features from the sources",
+        )
+    return files
+
+
+def _covered(ctx: Runtime, view: FeatureViewSpec, earliest: datetime, latest: datetime) -> bool:
+    """Whether the offline store holds every row the events need for this view.
+
+    Needed: the view's rows from ``earliest`` less its lookback (the largest window or ttl; for
+    an attribute view without ttl its whole history, as the latest row may be of any age) up to
+    ``latest``. Held: the ranges of the successful jobs since the last full one, provided no job
+    of another definition ran since (it wrote its own rows).
+    """
+    from contextkit.compute.materialize import spec_hash
+    from contextkit.stores.registry import COMPLETED_STATUSES
+
+    current = spec_hash(view)
+    ranges: list[tuple[datetime | None, datetime]] = []
+    for job in ctx.registry.list_jobs(ctx.workspace, view.name, limit=500):
+        if job.status == "failed":  # it published nothing that is read here
+            continue
+        if job.spec_hash != current:  # also one still running (or that crashed while writing)
+            return False
+        if job.status not in COMPLETED_STATUSES or not job.range_end:
+            continue  # "warning" jobs (an expectation failed, data written) count as completed
+        start = datetime.fromisoformat(job.range_start) if job.range_start else None
+        ranges.append((start, datetime.fromisoformat(job.range_end)))
+        if job.details.get("full"):
+            break
+    else:
+        return False  # no full job (among the last 500): what came before is unknown
+    needed = None
+    if view.is_aggregate or view.ttl_seconds:
+        lookback = max(view.max_window_seconds, view.ttl_seconds or 0)
+        try:
+            needed = earliest - timedelta(seconds=lookback)
+        except OverflowError:  # before datetime.min: the whole history is needed
+            needed = None
+    return _holds(ranges, needed, latest)
+
+
+def _holds(ranges: list[tuple[datetime | None, datetime]], start: datetime | None, last) -> bool:
+    """Whether the ranges ``[s, e)`` (``s`` None: from the beginning) hold all of ``[start, last]``
+    (``start`` None: from the beginning) without a gap."""
+    spans: list[list] = []
+    for s, e in sorted(ranges, key=lambda r: (r[0] is not None, r[0])):
+        if spans and (s is None or s <= spans[-1][1]):
+            spans[-1][1] = max(spans[-1][1], e)
+        else:
+            spans.append([s, e])
+    return any((s is None or (start is not None and s <= start)) and last < e for s, e in spans)
