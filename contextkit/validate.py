@@ -11,6 +11,7 @@ does not know (offline) or whose params are not generation parameters.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contextkit import compute
 from contextkit.compute import EVENT_TIMESTAMP, Workspace
@@ -36,7 +37,10 @@ from contextkit.specs import (
     SearchSpec,
     StreamFeatureViewSpec,
 )
-from contextkit.types import NUMERIC_DTYPES, String, Timestamp
+from contextkit.types import NUMERIC_DTYPES, Bool, Float64, Int64, String, Timestamp
+
+if TYPE_CHECKING:
+    from contextkit.prompts import RenderLimits
 
 # What a prompt template can read at the top level (see PromptView).
 TEMPLATE_NAMES = ("features", "documents", "request", "query", "entities")
@@ -63,8 +67,9 @@ def _object_error(obj: _Definition, message: str, root: str) -> DefinitionError:
 
 
 class _Checker:
-    def __init__(self, specs: list[AnySpec], root: Path) -> None:
+    def __init__(self, specs: list[AnySpec], root: Path, render_limits=None) -> None:
         self.root = root
+        self.render_limits = render_limits  # prompts.RenderLimits of the sample renders
         self.errors: list[DefinitionError] = []
         self.entities = {s.name: s for s in specs if isinstance(s, EntitySpec)}
         self.sources = {s.name: s for s in specs if isinstance(s, FileSourceSpec)}
@@ -778,7 +783,55 @@ class _Checker:
                 )
         if len(self.errors) > before:
             return None
+        self.check_sample_render(prompt, template, views, names, key_types)
+        if len(self.errors) > before:
+            return None
         return prompt.model_copy(update={"variables": sorted(set(used))})
+
+    def check_sample_render(self, prompt, template, views, searches, key_types) -> None:
+        """Render the template once with a sample of every value it may read (one value per
+        feature, ``top_k`` documents per search) within the render limits: a template that
+        cannot render even that in time, or builds too much text, fails here, not in serving.
+        Only limit errors count: the sample's values are not the data's."""
+        from contextkit.prompts import PromptError, PromptLimitError
+
+        features = {}
+        for ref in prompt.features:
+            view = views.get(ref.view)
+            if view is not None:
+                wanted = ref.features or [f.name for f in view.features]
+                dtypes = {f.name: f.dtype for f in view.features}
+                features[ref.view] = {name: _sample_value(dtypes.get(name)) for name in wanted}
+        top_k = {s.name: s.top_k for s in prompt.searches}
+        context = {
+            "features": features,
+            "documents": {name: _sample_documents(name, top_k.get(name, 5)) for name in searches},
+            "request": {f.name: _sample_value(f.dtype) for f in prompt.request_context},
+            "query": "a sample question",
+            "entities": {key: _sample_value(dtype) for key, (_, dtype) in key_types.items()},
+        }
+        limits = self.render_limits
+        try:
+            if prompt.format == "messages":
+                template.render_messages(context, model=prompt.model, limits=limits)
+            else:
+                template.render(context, model=prompt.model, limits=limits)
+        except PromptLimitError as exc:
+            setting = {"timeout_s": "render_timeout_s"}.get(exc.limit, exc.limit)
+            where = None
+            if exc.line:
+                line = _TemplateLine(exc.template or "", exc.line)
+                where = _template_location(prompt, line, self.root)
+            self.errors.append(
+                DefinitionError(
+                    f"prompt {prompt.name!r}: a sample render failed: {exc.reason}",
+                    location=where or _prompt_error(prompt, exc, self.root).location,
+                    hint="make the template loop over fewer items and build less text, or raise "
+                    f"prompts.{setting} in contextkit.yaml",
+                )
+            )
+        except PromptError:
+            pass  # a missing or odd sample value: the data decides, at request time
 
     def check_prompt_llm(self, prompt: PromptViewSpec, llm: LLMConfig) -> None:
         """The prompt view's ``model`` is one litellm knows (offline) or the repo declares
@@ -832,6 +885,42 @@ class _Checker:
         names = [s.name for s in service.searches]
         for dup in sorted({n for n in names if names.count(n) > 1}):
             self.error(service, f"two searches are named {dup!r}", hint="pass Search(..., name=)")
+
+
+class _TemplateLine:
+    """Where in a prompt's template something happened (the fields of a TemplateVariable
+    that ``_template_location`` reads)."""
+
+    def __init__(self, template: str, line: int) -> None:
+        self.template = template
+        self.line = line
+
+
+def _sample_value(dtype: str | None):
+    from datetime import UTC, datetime
+
+    from contextkit.types import list_item_dtype
+
+    item = list_item_dtype(dtype) if dtype else None
+    if item is not None:
+        return [_sample_value(item)] * 3
+    samples = {Int64: 1, Float64: 1.5, Bool: True, Timestamp: datetime(2024, 1, 1, tzinfo=UTC)}
+    return samples.get(dtype, "sample")
+
+
+def _sample_documents(search: str, top_k: int) -> list[dict]:
+    return [
+        {
+            "id": f"{search}-{i}",
+            "text": f"Sample document {i} of {search}.",
+            "score": 1.0 / (1 + i),
+            "key": {},
+            "metadata": {},
+            "chunk_index": 0,
+            "char_offset": 0,
+        }
+        for i in range(top_k)
+    ]
 
 
 def load_template(prompt: PromptViewSpec, root: Path | None = None):
@@ -910,14 +999,19 @@ def validate(
     root: Path,
     models: dict[str, dict] | None = None,
     llm: LLMConfig | None = None,
+    *,
+    render_limits: RenderLimits | None = None,
 ) -> list[AnySpec]:
     """Check ``specs`` against each other and the data; return them enriched with schemas.
+
+    ``render_limits`` (``prompts.RenderLimits``, default: the defaults) bound each prompt view's
+    sample render.
 
     ``models`` is the repo config's ``models:`` section (embedding views name one), ``llm`` its
     ``llm:`` section (prompt views' models are checked against it). Raises
     :class:`ValidationErrors` listing every problem found.
     """
-    checker = _Checker(specs, root)
+    checker = _Checker(specs, root, render_limits)
     con = compute.connect_duckdb()
     try:
         good_sources = checker.check_sources(con)
