@@ -10,7 +10,7 @@ for one repo config and one workspace. The CLI and the server are thin shells ov
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,7 +145,11 @@ class Context:
         repo = load_repo(repo_path or self.config.root)
         with _translating:
             specs = validate(
-                build_specs(repo), repo.config.root.resolve(), repo.config.models, repo.config.llm
+                build_specs(repo),
+                repo.config.root.resolve(),
+                repo.config.models,
+                repo.config.llm,
+                render_limits=repo.config.prompts.render_limits(),
             )
         with _translating:
             return compute_plan(self.registry, self.workspace, specs)
@@ -575,27 +579,52 @@ class Context:
     def warm(self) -> None:
         """Load what the first requests would (embedding models, vector tables) now, e.g. at
         server start, so that no request pays for it. Views never materialized are skipped."""
+        for _, step in self.warm_steps():
+            step()
+
+    def warm_steps(self) -> Iterator[tuple[str, Callable[[], object]]]:
+        """The steps of :meth:`warm` as ``(description, run)`` pairs, in order (the server logs
+        each with its time). Lazy: run each step before asking for the next, which may depend
+        on it (the registry's specs are read by the first)."""
         from contextkit.compute.embedding import encoder_for
         from contextkit.compute.layout import vector_table
 
+        yield "loading the registry", self.specs
         specs = self.specs()
         if not specs.workspace.live:
             return
+        root = self.config.root.resolve()
         for name, view in specs.embedding_views.items():
             table = vector_table(specs.workspace.name, name)
             with _translating:
                 if not self.vectors.has_table(table):
                     continue
-                encoder_for(view, self.config.models, self.config.root.resolve()).encode(["warm"])
-                self.vectors.warm(table)
+
+            def encode(view=view) -> None:
+                with _translating:
+                    encoder_for(view, self.config.models, root).encode(["warm"])
+
+            def open_table(table=table) -> None:
+                with _translating:
+                    self.vectors.warm(table)
+
+            yield f"warming model {view.model!r} (embedding view {name!r})", encode
+            yield f"opening vector table {table!r}", open_table
         if specs.prompts:
             from contextkit.prompts import get_token_counter
 
-            for prompt in specs.prompts.values():
-                get_token_counter(prompt.model)  # litellm's import and tokenizer: seconds
+            for model in dict.fromkeys(p.model for p in specs.prompts.values()):
+                # litellm's import and the tokenizer: seconds
+                yield (
+                    f"loading the tokenizer of {model!r}",
+                    lambda m=model: get_token_counter(m).count("warm"),
+                )
             for service in specs.services.values():
                 for prompt_name in service.prompts or [None]:
-                    self.context_plan(service.name, prompt_name)
+                    what = f"planning service {service.name!r}" + (
+                        f" with prompt view {prompt_name!r}" if prompt_name else ""
+                    )
+                    yield what, lambda s=service.name, p=prompt_name: self.context_plan(s, p)
 
     def close(self) -> None:
         self.registry.close()

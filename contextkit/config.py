@@ -11,6 +11,7 @@ Example::
       openai_small: {type: litellm, model: text-embedding-3-small, dimension: 1536}
     llm: {timeout_s: 60, retries: 2}   # completions: api_base, api_key_env, models, timeout_s...
     monitoring: {enabled: true}        # data-quality statistics in every materialization job
+    prompts: {render_timeout_s: 2, max_output_chars: 1000000}   # limits of every prompt render
 
 Relative paths are relative to the folder holding the config file.
 """
@@ -79,6 +80,21 @@ class MonitoringConfig(BaseModel):
     max_online_shrink: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class PromptsConfig(BaseModel):
+    """Limits of every prompt render: requests, datasets and `plan`'s sample render
+    (docs/prompts.md#limits). Past one, the render stops with a ``render_limit`` error."""
+
+    model_config = ConfigDict(extra="forbid")
+    render_timeout_s: float = Field(2.0, gt=0)
+    max_output_chars: int = Field(1_000_000, gt=0)
+
+    def render_limits(self) -> Any:
+        """These limits as ``contextkit.prompts.RenderLimits``."""
+        from contextkit.prompts import RenderLimits
+
+        return RenderLimits(timeout_s=self.render_timeout_s, max_output_chars=self.max_output_chars)
+
+
 class RepoConfig(BaseModel):
     """Parsed ``contextkit.yaml``; ``root`` is the folder that holds it."""
 
@@ -93,6 +109,7 @@ class RepoConfig(BaseModel):
     llm: LLMConfig = LLMConfig()
     ingest: IngestConfig = IngestConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    prompts: PromptsConfig = PromptsConfig()
     # Python files (globs relative to the repo root) that are not definitions, e.g. scripts.
     exclude: list[str] = []
     root: Path = Path(".")

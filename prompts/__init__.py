@@ -25,6 +25,9 @@ For the core (``PromptView``, ``POST /v1/context``):
   construction compiles and raises :class:`PromptSyntaxError` with ``line``. ``variables()``
   lists ``TemplateVariable(name, path, line, template)``, e.g. ``path=("features",
   "user_order_stats", "amount_sum_7d")``, to report "unknown feature X at line N" before apply.
+- Limits: every render is bounded by ``RenderLimits(timeout_s=2, max_output_chars=1_000_000)``
+  (pass ``limits=``); past one it raises :class:`PromptLimitError` (``render_limit``, 422). The
+  render checks its own clock, so it may run in a worker thread: nothing has to kill it.
 - Request: render with one context dict. The names are the core's choice; ``variables()``
   validates whatever it picks. Suggested: ``features`` ({view: {feature: value}}),
   ``documents`` ([{"id", "text", "score", "metadata"}], best first), ``query``, ``request``
@@ -55,6 +58,7 @@ from .errors import (
     LLMTimeoutError,
     MissingValueError,
     PromptError,
+    PromptLimitError,
     PromptRenderError,
     PromptSecurityError,
     PromptSyntaxError,
@@ -71,6 +75,7 @@ from .render import (
     CHAT_ROLES,
     ChatTemplate,
     PromptTemplate,
+    RenderLimits,
     TemplateVariable,
     render,
     render_messages,
@@ -93,10 +98,12 @@ __all__ = [
     "LLMTimeoutError",
     "MissingValueError",
     "PromptError",
+    "PromptLimitError",
     "PromptRenderError",
     "PromptSecurityError",
     "PromptSyntaxError",
     "PromptTemplate",
+    "RenderLimits",
     "TemplateVariable",
     "TokenCounter",
     "check_generation_params",

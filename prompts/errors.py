@@ -112,6 +112,36 @@ class PromptRenderError(PromptError):
     code = "prompt_render_error"
 
 
+class PromptLimitError(PromptError):
+    """A render went past one of its :class:`~contextkit.prompts.render.RenderLimits`: it ran
+    longer than ``timeout_s`` or built more than ``max_output_chars`` characters of text.
+
+    ``limit`` names the limit (``"timeout_s"`` or ``"max_output_chars"``), ``value`` its value.
+    422: the request is well-formed, the template cannot serve it within the server's limits.
+    """
+
+    code = "render_limit"
+    http_status = 422
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        value: float,
+        hint: str | None = None,
+        line: int | None = None,
+        template: str | None = None,
+    ) -> None:
+        self.limit = limit
+        self.value = value
+        super().__init__(message, hint=hint, line=line, template=template)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {**super().details, "limit": self.limit, "value": self.value}
+
+
 def _where(template: str | None, line: int | None) -> str:
     parts = []
     if template:

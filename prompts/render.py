@@ -26,7 +26,17 @@ The environment
     ``{% extends %}`` and ``{% import %}`` are rejected when the template is compiled (a prompt is
     one self-contained template). Autoescape is off (prompts are not HTML); ``trim_blocks`` and
     ``lstrip_blocks`` are on, so ``{% for %}``/``{% if %}`` lines leave no blank lines behind.
-    The sandbox stops escapes, not CPU use: a template with nested 100,000-item loops is slow.
+    The sandbox stops escapes; :class:`RenderLimits` bound the time and the text (below).
+
+Limits
+    Every render runs within a :class:`RenderLimits`: ``timeout_s`` (2 s) of wall-clock time and
+    ``max_output_chars`` (1,000,000) characters of rendered text, which also bounds every string
+    the template builds on the way (``~``, ``+``, ``*``, ``%``, filters, method calls). Past
+    either, the render stops with :class:`PromptLimitError` (code ``render_limit``) naming the
+    limit and the template line. A thread cannot be stopped from outside, so the render checks
+    its own clock: at every loop iteration, every call (macros included) and every output chunk.
+    A width or count larger than ``max_output_chars`` (``center(10**9)``, ``"%*s"``) is refused
+    before the string is built.
 
 Missing values
     Undefined values are strict: printing, iterating or testing a value the context does not have
@@ -56,9 +66,11 @@ Templates are compiled once per ``(source, name)`` and cached (256 entries, LRU)
 from __future__ import annotations
 
 import contextvars
+import functools
 import json as _json
+import time
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from datetime import UTC
 from datetime import date as _date
@@ -66,17 +78,20 @@ from datetime import datetime as _datetime
 from datetime import time as _time
 from decimal import Decimal
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
-from jinja2 import nodes
+from jinja2 import nodes, pass_context
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.meta import find_undeclared_variables
 from jinja2.runtime import ChainableUndefined, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 
 from .errors import (
     MissingValueError,
     PromptError,
+    PromptLimitError,
     PromptRenderError,
     PromptSecurityError,
     PromptSyntaxError,
@@ -87,6 +102,7 @@ __all__ = [
     "CHAT_ROLES",
     "ChatTemplate",
     "PromptTemplate",
+    "RenderLimits",
     "TemplateVariable",
     "render",
     "render_messages",
@@ -100,6 +116,27 @@ MAX_POWER_BITS = 4096  # largest integer a template may build with `**`
 _render_model: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "contextkit_prompt_model", default=None
 )
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """How long a render may run and how much text it may build.
+
+    ``timeout_s``: wall-clock seconds of one render (for a chat prompt, of all its messages
+    together); ``max_output_chars``: characters of rendered text (likewise), and of any one
+    string built on the way.
+
+    >>> small = RenderLimits(max_output_chars=5)
+    >>> try:
+    ...     PromptTemplate("{{ 'ab' * 3 }}", name="x").render(limits=small)
+    ... except PromptError as err:
+    ...     print(err.code, err.details["limit"], "-", err.reason)
+    render_limit max_output_chars - '*' would build 6 characters or items, over the limit of 5 \
+(max_output_chars)
+    """
+
+    timeout_s: float = 2.0
+    max_output_chars: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -143,13 +180,23 @@ class PromptTemplate:
         """The top-level names the template reads (``jinja2.meta.find_undeclared_variables``)."""
         return self._compiled.names
 
-    def render(self, context: Mapping[str, Any] | None = None, *, model: str | None = None) -> str:
-        """Render with ``context``. ``model`` picks the tokenizer of ``truncate_tokens``.
+    def render(
+        self,
+        context: Mapping[str, Any] | None = None,
+        *,
+        model: str | None = None,
+        limits: RenderLimits | None = None,
+    ) -> str:
+        """Render with ``context``. ``model`` picks the tokenizer of ``truncate_tokens``;
+        ``limits`` bound the time and the text (default: ``RenderLimits()``, 2 s and 1,000,000
+        characters).
 
-        Raises :class:`MissingValueError`, :class:`PromptSecurityError` or
-        :class:`PromptRenderError`, each with the template line where it happened.
+        Raises :class:`MissingValueError`, :class:`PromptSecurityError`,
+        :class:`PromptLimitError` or :class:`PromptRenderError`, each with the template line
+        where it happened.
         """
-        return _render(self._compiled, context, model)
+        _load_tokenizer([self._compiled], model)
+        return _render(self._compiled, context, model, _Budget(limits))
 
     def __repr__(self) -> str:
         return f"PromptTemplate(name={self.name!r})"
@@ -187,12 +234,19 @@ class ChatTemplate:
         return frozenset().union(*(template.names() for _, template in self.messages))
 
     def render_messages(
-        self, context: Mapping[str, Any] | None = None, *, model: str | None = None
+        self,
+        context: Mapping[str, Any] | None = None,
+        *,
+        model: str | None = None,
+        limits: RenderLimits | None = None,
     ) -> list[dict[str, str]]:
-        """Render every message; contents are stripped, empty messages left out."""
+        """Render every message; contents are stripped, empty messages left out. ``limits``
+        bound all messages together (see :meth:`PromptTemplate.render`)."""
+        _load_tokenizer([template._compiled for _, template in self.messages], model)
+        budget = _Budget(limits)
         out = []
         for role, template in self.messages:
-            content = template.render(context, model=model).strip()
+            content = _render(template._compiled, context, model, budget).strip()
             if content:
                 out.append({"role": role, "content": content})
         return out
@@ -208,9 +262,10 @@ def render(
     *,
     name: str = "<inline>",
     model: str | None = None,
+    limits: RenderLimits | None = None,
 ) -> str:
     """Render a template source in one call (compiled once and cached, like PromptTemplate)."""
-    return PromptTemplate(source, name).render(context, model=model)
+    return PromptTemplate(source, name).render(context, model=model, limits=limits)
 
 
 def render_messages(
@@ -219,9 +274,10 @@ def render_messages(
     *,
     name: str = "<inline>",
     model: str | None = None,
+    limits: RenderLimits | None = None,
 ) -> list[dict[str, str]]:
     """Render ``(role, template)`` pairs to chat messages in one call (see ChatTemplate)."""
-    return ChatTemplate(messages, name).render_messages(context, model=model)
+    return ChatTemplate(messages, name).render_messages(context, model=model, limits=limits)
 
 
 # -- environment ----------------------------------------------------------------------------------
@@ -265,8 +321,195 @@ for _op, _value in {**vars(Undefined), **vars(StrictUndefined)}.items():
 del _FAIL, _op, _value
 
 
+# -- limits -------------------------------------------------------------------------------------
+
+
+class _LimitExceeded(Exception):
+    """Raised inside a render past one of its limits; ``_translate`` adds the template line."""
+
+    def __init__(self, limit: str, value: float, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.message = message
+
+
+class _Budget:
+    """What one render may still spend: its deadline and the characters it has produced (for a
+    chat prompt, shared by all its messages)."""
+
+    __slots__ = ("deadline", "limits", "output_chars")
+
+    def __init__(self, limits: RenderLimits | None, *, clock: bool = True) -> None:
+        self.limits = limits or RenderLimits()
+        self.deadline = time.monotonic() + self.limits.timeout_s if clock else float("inf")
+        self.output_chars = 0
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _LimitExceeded(
+                "timeout_s",
+                self.limits.timeout_s,
+                f"rendering took longer than the limit of {self.limits.timeout_s:g} s (timeout_s)",
+            )
+
+    def check_size(self, value: Any) -> None:
+        if isinstance(value, str) and len(value) > self.limits.max_output_chars:
+            raise self._too_long(f"the template built a string of {len(value):,} characters")
+
+    def check_output(self) -> None:
+        if self.output_chars > self.limits.max_output_chars:
+            raise self._too_long(f"the output reached {self.output_chars:,} characters")
+
+    def check_growth(self, name: str, value: Any, args: Sequence[Any], kwargs: Mapping) -> None:
+        """Refuse, before it runs, a filter or str method that would build more than the limit
+        from small inputs (``center(10**9)``, ``replace`` of a long text, ``batch(10**9, x)``)."""
+        size = _grown_size(name, value, args, kwargs)
+        if size > self.limits.max_output_chars:
+            label = f"{name}()" if name.isidentifier() else name
+            raise self._too_long(f"{label} would build {size:,} characters or items")
+
+    def iterate(self, iterable: Any) -> Any:
+        for item in iterable:
+            self.check_time()
+            yield item
+
+    def _too_long(self, what: str) -> _LimitExceeded:
+        limit = self.limits.max_output_chars
+        return _LimitExceeded(
+            "max_output_chars", limit, f"{what}, over the limit of {limit:,} (max_output_chars)"
+        )
+
+
+# The budget of the render running in this thread; outside a render (Jinja folds constant
+# expressions while compiling) sizes are still checked, against the default limits.
+_render_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
+    "contextkit_prompt_budget", default=None
+)
+_UNTIMED = _Budget(None, clock=False)
+
+# Filters and str methods whose result can be far larger than their inputs: the argument (index
+# after the value, name) that sets the result's width or item count.
+_WIDTH_ARGUMENTS = {
+    "'*'": (0, "times"),
+    "center": (0, "width"),
+    "ljust": (0, "width"),
+    "rjust": (0, "width"),
+    "zfill": (0, "width"),
+    "batch": (0, "linecount"),
+    "slice": (0, "slices"),
+}
+
+
+_GROWING_FILTERS = frozenset({*_WIDTH_ARGUMENTS, "indent", "replace", "join"})
+
+
+def _budget() -> _Budget:
+    return _render_budget.get() or _UNTIMED
+
+
+def _grown_size(name: str, value: Any, args: Sequence[Any], kwargs: Mapping) -> int:
+    def arg(index: int, key: str, default: Any) -> Any:
+        return args[index] if len(args) > index else kwargs.get(key, default)
+
+    if name in _WIDTH_ARGUMENTS:
+        width = arg(*_WIDTH_ARGUMENTS[name], 0)
+        return width if isinstance(width, int) else 0
+    if not isinstance(value, str):
+        return 0
+    if name == "indent":
+        width = arg(0, "width", 4)
+        width = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+        return len(value) + (value.count("\n") + 1) * width
+    if name == "expandtabs":
+        size = arg(0, "tabsize", 8)
+        return len(value) + value.count("\t") * size if isinstance(size, int) else 0
+    if name == "replace":
+        old, new, count = arg(0, "old", None), arg(1, "new", None), arg(2, "count", None)
+        if not isinstance(old, str) or not isinstance(new, str):
+            return 0
+        hits = value.count(old) if old else len(value) + 1
+        if isinstance(count, int) and count >= 0:
+            hits = min(hits, count)
+        return len(value) + hits * (len(new) - len(old))
+    if name == "join" and isinstance(arg(0, "iterable", None), Sized):  # sep.join(items)
+        items = arg(0, "iterable", None)
+        strings = items if isinstance(items, list | tuple) else ()
+        return len(value) * len(items) + sum(len(i) for i in strings if isinstance(i, str))
+    return 0
+
+
+def _bounded_filter(name: str, filter_: Any) -> Any:
+    """``filter_`` with its result's size checked (and, for the growing ones, its arguments)."""
+    first = 1 if getattr(filter_, "jinja_pass_arg", None) is not None else 0
+    grows = name in _GROWING_FILTERS
+
+    @functools.wraps(filter_)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        budget = _budget()
+        if not grows or len(args) <= first:
+            pass
+        elif name == "join" and isinstance(args[first], Sized):
+            separator = args[first + 1] if len(args) > first + 1 else kwargs.get("d", "")
+            budget.check_growth("join", separator, (args[first],), {})
+        else:
+            budget.check_growth(name, args[first], args[first + 1 :], kwargs)
+        result = filter_(*args, **kwargs)
+        budget.check_size(result)
+        return result
+
+    return bounded
+
+
+@pass_context
+def _render_loop(_context: Any, iterable: Any) -> Any:
+    """Wraps every ``{% for %}``'s iterable: the clock is checked at each iteration."""
+    budget = _render_budget.get()
+    return iterable if budget is None else budget.iterate(iterable)
+
+
+@pass_context
+def _render_concat(_context: Any, value: Any) -> Any:
+    """Wraps every ``~`` concatenation and block set: the text is held to the size limit."""
+    _budget().check_size(value)
+    return value
+
+
+class _RouteThroughBudget(NodeTransformer):
+    """Rewrites a parsed template so loops, ``~`` and block sets go through the filters above."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        node.iter = nodes.Filter(node.iter, "_render_loop", [], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        return nodes.Filter(node, "_render_concat", [], [], None, None, lineno=node.lineno)
+
+    def visit_AssignBlock(self, node: nodes.AssignBlock) -> nodes.Node:
+        # {% set x %}...{% endset %}: the block's text (after the user's filter, if any)
+        self.generic_visit(node)
+        node.filter = nodes.Filter(
+            node.filter, "_render_concat", [], [], None, None, lineno=node.lineno
+        )
+        return node
+
+
 class _PromptEnvironment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        # Every call (macros, methods, globals) checks the clock; str methods that can grow a
+        # string far past their inputs are checked before they run, every result after.
+        budget = _budget()
+        budget.check_time()
+        target = getattr(__obj, "__self__", None)
+        if isinstance(target, str):
+            budget.check_growth(getattr(__obj, "__name__", ""), target, args, kwargs)
+        result = super().call(__context, __obj, *args, **kwargs)
+        budget.check_size(result)
+        return result
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
         # Fail at once rather than return an undefined that `default` would quietly swallow.
@@ -283,7 +526,13 @@ class _PromptEnvironment(ImmutableSandboxedEnvironment):
                         f"the result of '*' would have {len(seq) * times:,} items "
                         f"(limit {MAX_SEQUENCE_PRODUCT:,})"
                     )
+                if sized and isinstance(seq, str):
+                    _budget().check_growth("'*'", seq, (len(seq) * times,), {})
             return left * right
+        if operator in ("+", "%"):
+            result = super().call_binop(context, operator, left, right)
+            _budget().check_size(result)
+            return result
         if operator == "**":
             ints = isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0
             if ints and abs(left).bit_length() * right > MAX_POWER_BITS:
@@ -397,6 +646,8 @@ def _make_environment() -> _PromptEnvironment:
         datetime=_filter_datetime,
         date=_filter_date,
     )
+    env.filters = {name: _bounded_filter(name, f) for name, f in env.filters.items()}
+    env.filters.update(_render_loop=_render_loop, _render_concat=_render_concat)
     return env
 
 
@@ -414,6 +665,7 @@ class _Compiled:
     variables: tuple[TemplateVariable, ...]
     names: frozenset[str]
     chains: tuple[tuple[str, int], ...]  # every lookup chain as (display path, line), for errors
+    counts_tokens: bool  # uses truncate_tokens
 
 
 @lru_cache(maxsize=256)
@@ -422,20 +674,24 @@ def _compile(source: str, name: str) -> _Compiled:
     try:
         ast = _ENV.parse(source, name=name, filename=filename)
         _reject_loading(ast, name)
-        code = _ENV.compile(ast, name=name, filename=filename)
+        names = frozenset(find_undeclared_variables(ast))
+        variables = _find_variables(ast, names, name)
+        chains = _lookup_chains(ast)
+        counts_tokens = any(f.name == "truncate_tokens" for f in ast.find_all(nodes.Filter))
+        bounded = _RouteThroughBudget().visit(ast)
+        bounded.set_environment(_ENV)
+        code = _ENV.compile(bounded, name=name, filename=filename)
     except TemplateSyntaxError as error:
         raise _syntax_error(error, name) from None
     template = _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None))
-    names = frozenset(find_undeclared_variables(ast))
-    variables = _find_variables(ast, names, name)
-    return _Compiled(name, filename, template, variables, names, _lookup_chains(ast))
+    return _Compiled(name, filename, template, variables, names, chains, counts_tokens)
 
 
 def _syntax_error(error: TemplateSyntaxError, name: str) -> PromptSyntaxError:
     message = error.message or "invalid template syntax"
     hint = None
     if message.startswith("No filter named"):
-        hint = "available filters: " + ", ".join(sorted(_ENV.filters))
+        hint = "available filters: " + ", ".join(sorted(f for f in _ENV.filters if f[0] != "_"))
     elif message.startswith("No test named"):
         hint = "available tests: " + ", ".join(sorted(_ENV.tests))
     return PromptSyntaxError(message, hint=hint, line=error.lineno, template=name)
@@ -567,16 +823,55 @@ def _target_names(target: nodes.Node) -> set[str]:
 # -- render -------------------------------------------------------------------------------------
 
 
-def _render(compiled: _Compiled, context: Mapping[str, Any] | None, model: str | None) -> str:
-    token = _render_model.set(model)
+def _load_tokenizer(templates: Sequence[_Compiled], model: str | None) -> None:
+    """Load the tokenizer ``truncate_tokens`` will use before the clock starts: the first load
+    (litellm's import, the encoding's file) takes seconds that are no fault of the template."""
+    if any(t.counts_tokens for t in templates):
+        _loaded_tokenizer(model)
+
+
+@lru_cache(maxsize=64)
+def _loaded_tokenizer(model: str | None) -> None:
+    get_token_counter(model).count("load the encoding")
+
+
+def _render(
+    compiled: _Compiled, context: Mapping[str, Any] | None, model: str | None, budget: _Budget
+) -> str:
+    model_token = _render_model.set(model)
+    budget_token = _render_budget.set(budget)
     try:
-        return compiled.template.render(dict(context or {}))
+        template = compiled.template
+        try:
+            chunks = template.root_render_func(template.new_context(dict(context or {})))
+            return _collect(chunks, budget)
+        except Exception:
+            _ENV.handle_exception()  # re-raises it with the template's lines in the traceback
     except PromptError:
         raise
     except Exception as error:
         raise _translate(error, compiled) from None
     finally:
-        _render_model.reset(token)
+        _render_budget.reset(budget_token)
+        _render_model.reset(model_token)
+
+
+def _collect(chunks: Any, budget: _Budget) -> str:
+    """Join the output chunks, counting them against the budget in batches (a Python step per
+    chunk would cost more than the render); past a limit, the error is thrown into the template
+    where the batch ended, so it carries that line."""
+    parts: list[str] = []
+    limit = budget.limits.max_output_chars
+    while batch := list(islice(chunks, 64)):
+        parts += batch
+        budget.output_chars += sum(map(len, batch))
+        if budget.output_chars > limit or time.monotonic() > budget.deadline:
+            try:
+                budget.check_output()
+                budget.check_time()
+            except _LimitExceeded as exceeded:
+                chunks.throw(exceeded)
+    return "".join(parts)
 
 
 def _error_line(error: BaseException, filename: str) -> int | None:
@@ -601,6 +896,15 @@ def _translate(error: Exception, compiled: _Compiled) -> PromptError:
                 f"pass it in the render context, or give the template a fallback: "
                 f"{{{{ {variable} | default('') }}}} or {{% if {variable} is defined %}}"
             ),
+            line=line,
+            template=name,
+        )
+    if isinstance(error, _LimitExceeded):
+        return PromptLimitError(
+            error.message,
+            limit=error.limit,
+            value=error.value,
+            hint="loop over fewer items and build less text, or raise the render limits",
             line=line,
             template=name,
         )

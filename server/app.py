@@ -8,12 +8,18 @@ Access control is chosen explicitly: ``create_app(ctx, auth=True)`` checks API k
 registry on every route that asks ``state.context(...)`` (see :mod:`contextkit.server.auth`),
 ``auth=False`` serves without keys (local development), or pass your own ``Authorizer``.
 ``app_from_env`` is the factory ``contextkit serve --workers N`` hands to uvicorn.
+
+``create_app(..., warm=True)`` (what ``contextkit serve`` builds) warms up in the background
+once the server listens; ``/health`` answers 503 ``starting`` until then (see
+:mod:`contextkit.server.readiness`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,19 +34,25 @@ from contextkit.server import chat, context, features, ingest, monitoring, ops, 
 from contextkit.server.auth import KeyAuthorizer
 from contextkit.server.common import Authorizer, InvalidBody, ServerState, error_response
 from contextkit.server.common import json_response as _json
+from contextkit.server.readiness import Readiness
 from contextkit.stores.errors import StoreFailure
 
 log = logging.getLogger("contextkit.server")
 
 
 def create_app(
-    ctx: Context, *, auth: bool | Authorizer, config: ops.OpsConfig | None = None
+    ctx: Context,
+    *,
+    auth: bool | Authorizer,
+    config: ops.OpsConfig | None = None,
+    warm: bool = False,
 ) -> FastAPI:
     """The contextkit HTTP app serving ``ctx``'s registry and stores.
 
     ``auth``: True checks API keys (:class:`~contextkit.server.auth.KeyAuthorizer`), False
     serves everyone, a callable is used as the ``Authorizer``. ``config``: body and rate limits,
-    access log (:class:`~contextkit.server.ops.OpsConfig`).
+    access log (:class:`~contextkit.server.ops.OpsConfig`). ``warm``: when the server starts,
+    load models, tables and plans in a background thread; ``/health`` is 503 until done.
     """
     config = config or ops.OpsConfig()
     metrics = ops.Metrics()
@@ -48,11 +60,21 @@ def create_app(
         authorize = KeyAuthorizer(ctx.access, metrics) if auth else None
     else:
         authorize = auth
+    readiness = Readiness(ready=not warm)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if warm:  # the server listens already: /health answers "starting" meanwhile
+            readiness.warm_in_background(ctx)
+        yield
+
     app = FastAPI(
         title="contextkit",
         version="0.1.0",
         description=API_DESCRIPTION,
+        lifespan=lifespan,
     )
+    app.state.readiness = readiness
     state = ServerState(ctx, authorize, metrics=metrics)
     app.state.contextkit = state
     install_error_handlers(app)
@@ -133,6 +155,9 @@ sent as `Authorization: Bearer <key>` (or Tecton's `Authorization: Tecton-key <k
 one role (`reader`, `ingester`, `admin`) in one workspace; create them with
 `contextkit access create-key`. A server started with `--no-auth` needs none.
 
+**Readiness.** `GET /health` answers 503 `{"status": "starting"}` while the server warms up
+(models, vector tables, plans) and 200 `{"status": "ok"}` once it is ready.
+
 **Errors** are `{"error": {"code", "message", "details"}}`. Every response carries `X-Request-ID`
 (the one you sent, or a new one); it is in the server's access log too.
 """
@@ -196,8 +221,8 @@ def app_from_settings(settings: ServeSettings) -> FastAPI:
 
     ops.configure_logging()
     ctx = connect(settings.repo, settings.workspace)
-    ctx.warm()  # load embedding models and vector tables now, not in the first request
-    return create_app(ctx, auth=settings.auth, config=settings.ops_config())
+    # Models, vector tables and plans load once the server listens, not in the first request.
+    return create_app(ctx, auth=settings.auth, config=settings.ops_config(), warm=True)
 
 
 def app_from_env() -> FastAPI:

@@ -93,12 +93,26 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+HEALTH_STARTING = {
+    "description": "Not ready: warming up (``starting``) or the warm-up failed (``failed``).",
+    "content": {
+        "application/json": {
+            "example": {"status": "starting", "step": "opening vector table 'x'", "elapsed_s": 3.2}
+        }
+    },
+}
+
+
 def routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health", responses=ok_example({"status": "ok"}))
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @router.get("/health", responses={**ok_example({"status": "ok"}), 503: HEALTH_STARTING})
+    async def health(request: Request) -> Response:
+        """200 once the server is ready; 503 ``starting`` while it warms up (``failed`` if the
+        warm-up failed): a load balancer's readiness check."""
+        readiness = getattr(request.app.state, "readiness", None)
+        status, body = readiness.health() if readiness is not None else (200, {"status": "ok"})
+        return json_response(body, status)
 
     @router.get("/v1/services", responses=ok_example(SERVICES_EXAMPLE))
     async def services(request: Request, workspace: str | None = None) -> Response:

@@ -18,6 +18,8 @@ to the next ``times`` requests, or to all while set when ``times`` is None):
 - ``stub.fail(500)`` / ``stub.fail(401)`` / ``stub.fail(429, times=1)``: answer with that status
   and an OpenAI-style error body;
 - ``stub.delay(2.0)``: sleep before answering (to trigger client timeouts);
+- ``stub.hold(path=...)`` ... ``stub.release()``: keep matching requests unanswered until released
+  (to catch a client in the middle of a call, e.g. a server warming up);
 - ``OpenAIStub(api_key="test")``: answer 401 unless ``Authorization: Bearer test`` is sent;
 - ``stub.reset()``: clear failure modes and recorded requests.
 
@@ -81,7 +83,7 @@ class RecordedRequest:
 
 @dataclass
 class _Failure:
-    kind: str  # "status" or "delay"
+    kind: str  # "status", "delay" or "hold"
     value: float
     times: int | None
     path: str | None
@@ -114,6 +116,7 @@ class OpenAIStub:
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._released = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -189,6 +192,18 @@ class OpenAIStub:
         with self._lock:
             self._failures.append(_Failure("delay", seconds, times, path))
 
+    def hold(self, *, path: str | None = None) -> None:
+        """Keep matching requests unanswered until :meth:`release` (or ``stop``)."""
+        with self._lock:
+            self._released.clear()
+            self._failures.append(_Failure("hold", 0.0, None, path))
+
+    def release(self) -> None:
+        """Answer the requests :meth:`hold` keeps waiting, and hold no new ones."""
+        with self._lock:
+            self._failures[:] = [f for f in self._failures if f.kind != "hold"]
+            self._released.set()
+
     def reset(self) -> None:
         """Forget failure modes and recorded requests."""
         with self._lock:
@@ -231,7 +246,9 @@ class OpenAIStub:
             for failure in self._failures:
                 if not failure.applies(request.path):
                     continue
-                if failure.kind == "delay" and not sleep:
+                if failure.kind == "hold":
+                    sleep = math.inf
+                elif failure.kind == "delay" and not sleep:
                     failure.used += 1
                     sleep = failure.value
                 elif failure.kind == "status" and status is None:
@@ -269,7 +286,11 @@ class _Handler(BaseHTTPRequestHandler):
         )
         stub = self.owner
         sleep, failure = stub._record_and_plan(request)
-        if sleep and stub._stopping.wait(sleep):
+        if sleep == math.inf:
+            while not stub._released.wait(0.05):
+                if stub._stopping.is_set():
+                    return
+        elif sleep and stub._stopping.wait(sleep):
             return
         try:
             if stub.api_key is not None and request.headers.get("authorization") != (

@@ -10,11 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,20 +18,14 @@ from pathlib import Path
 import duckdb
 import pytest
 from openai_stub import OpenAIStub
+from serverproc import running_server
 
 import contextkit
 from contextkit.errors import BadRequestError, ContextKitError, ValidationErrors
 from tests.conftest import DATA_END
 
-CLI = str(Path(sys.executable).parent / "contextkit")
 WORKSPACE = "prod"
 SECRET = "sk-test-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict) -> tuple[int, dict | str, str]:
@@ -84,33 +74,18 @@ def shop(quickstart_data, tmp_path_factory, stub):
 
 
 @pytest.fixture(scope="module")
-def server(shop):
+def server(shop, tmp_path_factory):
     root, _ctx = shop
-    port = free_port()
-    process = subprocess.Popen(
-        [CLI, "serve", "--no-auth", "--port", str(port), "--workspace", WORKSPACE],
+    log = tmp_path_factory.mktemp("context-log") / "serve.log"
+    with running_server(
+        "--no-auth",
+        "--workspace",
+        WORKSPACE,
         cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "STUB_LLM_KEY": SECRET},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):  # loading the model and litellm takes a few seconds
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            process.kill()
-            pytest.fail("server did not start: " + (process.stdout.read() or ""))
-        yield base, process
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+        env={"STUB_LLM_KEY": SECRET},
+        log_path=log,
+    ) as process:
+        yield process.base, process.proc
 
 
 def raw_sql(query: str) -> list[tuple]:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import duckdb
 import pytest
+from serverproc import running_server
 
 CLI = str(Path(sys.executable).parent / "contextkit")
 END = "2030-01-01T00:00:00+00:00"
@@ -25,12 +24,6 @@ END = "2030-01-01T00:00:00+00:00"
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, env=env)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
@@ -75,30 +68,8 @@ def served_repo(tmp_path_factory: pytest.TempPathFactory):
     jobs = run("jobs", cwd=repo)
     assert "succeeded" in jobs.stdout
 
-    port = free_port()
-    server = subprocess.Popen(
-        [CLI, "serve", "--no-auth", "--port", str(port)],
-        cwd=repo,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            server.kill()
-            pytest.fail("server did not start: " + (server.stdout.read() if server.stdout else ""))
-        yield repo, base
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with running_server("--no-auth", cwd=repo, log_path=tmp_path / "serve.log") as server:
+        yield repo, server.base
 
 
 def expected_from_source(repo: Path, users: list[int]) -> dict[int, tuple]:

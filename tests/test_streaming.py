@@ -9,11 +9,6 @@ offline computation from the log equals the online value; acknowledged records s
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -25,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serverproc import ServerProcess
 
 import contextkit
 from contextkit.compute.streaming import (
@@ -38,7 +34,6 @@ from contextkit.errors import BadRequestError, ContextKitError, NotFoundError, V
 from contextkit.framework.transformations import connect_duckdb
 from contextkit.server.app import create_app
 
-CLI = str(Path(sys.executable).parent / "contextkit")
 NOW = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 US = 1_000_000
 
@@ -454,33 +449,14 @@ def test_online_tiles_and_offline_log_equal_a_brute_force(shop, events, splits, 
 # -- durability ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(root: Path, port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [CLI, "serve", "--no-auth", "--port", str(port), "--workspace", "live"],
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(1200):  # up to a minute on a loaded machine
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("server did not start")
+def start_server(root: Path) -> ServerProcess:
+    return ServerProcess("--no-auth", "--workspace", "live", cwd=root).wait_ready()
 
 
 def test_every_acknowledged_record_survives_a_sigkill(shop):
     root, ctx = shop
-    port = free_port()
-    server = start_server(root, port)
+    server = start_server(root)
+    base = server.base
     acked: list[int] = []
     stop = threading.Event()
 
@@ -501,7 +477,7 @@ def test_every_acknowledged_record_survives_a_sigkill(shop):
             ]
             body = json.dumps({"source": "page_views", "records": batch}).encode()
             request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/v1/ingest",
+                f"{base}/v1/ingest",
                 data=body,
                 headers={"content-type": "application/json"},
             )
@@ -518,13 +494,12 @@ def test_every_acknowledged_record_survives_a_sigkill(shop):
     deadline = time.time() + 60
     while len(acked) < 200 and time.time() < deadline and thread.is_alive():
         time.sleep(0.02)
-    os.kill(server.pid, signal.SIGKILL)
-    server.wait(timeout=10)
+    server.kill()
     stop.set()
     thread.join(timeout=10)
     assert len(acked) >= 200
 
-    server = start_server(root, port)
+    server = start_server(root)
     try:
         stored = log_arrow(ctx, "live", ctx.specs().push_sources["page_views"])
         users = set(stored.column("user_id").to_pylist())
@@ -535,7 +510,7 @@ def test_every_acknowledged_record_survives_a_sigkill(shop):
             "request_context": {"budget": 1.0},
         }
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/features",
+            f"{server.base}/v1/features",
             data=json.dumps(body).encode(),
             headers={"content-type": "application/json"},
         )
@@ -545,8 +520,7 @@ def test_every_acknowledged_record_survives_a_sigkill(shop):
         counts = served["results"][names.index("recent_views.product_id_count_1h")]["values"]
         assert counts == [1] * 5
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
 
 
 # -- push-based embedding updates ----------------------------------------------------------------

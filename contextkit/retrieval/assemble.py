@@ -83,6 +83,7 @@ class ContextPlan:
     template: Any  # PromptTemplate | ChatTemplate | None
     request_fields: tuple[RequestFieldSpec, ...]
     needs_query: bool
+    render_limits: Any = None  # prompts.RenderLimits from contextkit.yaml's prompts: section
 
     @property
     def join_keys(self) -> tuple[tuple[str, str], ...]:
@@ -136,6 +137,7 @@ def build_plan(ctx: Runtime, service_name: str, prompt_name: str | None) -> Cont
         template=template,
         request_fields=_request_fields(prompt, reader),
         needs_query=needs_query,
+        render_limits=ctx.config.prompts.render_limits(),
     )
 
 
@@ -483,14 +485,18 @@ def finish_retrieval(
 
 
 def render_prompt(plan: ContextPlan, request: ContextRequest, result: ContextResult) -> None:
-    """Render the plan's prompt into ``result.prompt`` within its token budget."""
-    from contextkit.prompts import fit_to_budget, get_token_counter
+    """Render the plan's prompt into ``result.prompt`` within its token budget and the render
+    limits (each render attempt of the budget fit within the time limit). Blocking: async
+    callers run it in a worker thread."""
+    from contextkit.prompts import PromptLimitError, RenderLimits, fit_to_budget, get_token_counter
 
     prompt = plan.prompt
     if prompt is None or plan.template is None:
         return
     began = time.perf_counter()
     model = request.model or prompt.model
+    get_token_counter(model).count("warm")  # a first load takes seconds: not the template's time
+    limits = plan.render_limits or RenderLimits()
     base = {
         "features": result.template_features(),
         "request": request.request,
@@ -510,8 +516,8 @@ def render_prompt(plan: ContextPlan, request: ContextRequest, result: ContextRes
             grouped[item["search"]].append(item["hit"])
         context = {**base, "documents": grouped}
         if prompt.format == "messages":
-            return plan.template.render_messages(context, model=model)
-        return plan.template.render(context, model=model)
+            return plan.template.render_messages(context, model=model, limits=limits)
+        return plan.template.render(context, model=model, limits=limits)
 
     try:
         if prompt.max_tokens:
@@ -528,6 +534,10 @@ def render_prompt(plan: ContextPlan, request: ContextRequest, result: ContextRes
         if translated is None:
             raise
         translated.details = {**(translated.details or {}), "prompt": prompt.name}
+        if isinstance(exc, PromptLimitError):
+            translated.message = f"prompt view {prompt.name!r}: {exc.message}"
+            translated.hint = _LIMIT_HINTS[exc.limit]
+            translated.details["setting"] = _LIMIT_SETTINGS[exc.limit]
         raise translated from exc
     if dropped:
         kept_ids = {item["id"] for item in flat if item["id"] not in dropped}
@@ -549,6 +559,17 @@ def render_prompt(plan: ContextPlan, request: ContextRequest, result: ContextRes
         "model": model,
     }
     result.metadata["timings_ms"]["render"] = round((time.perf_counter() - began) * 1000, 3)
+
+
+_LIMIT_SETTINGS = {
+    "timeout_s": "prompts.render_timeout_s",
+    "max_output_chars": "prompts.max_output_chars",
+}
+_LIMIT_HINTS = {
+    limit: f"make the template loop over fewer items and build less text, or raise {setting} "
+    "in contextkit.yaml"
+    for limit, setting in _LIMIT_SETTINGS.items()
+}
 
 
 def completion_messages(result: ContextResult) -> list[dict[str, Any]]:
@@ -666,7 +687,8 @@ async def assemble_async(ctx: Runtime, plan: ContextPlan, request: ContextReques
     results = await asyncio.gather(*(loop.run_in_executor(pool, step) for step in steps))
     result = finish_retrieval(plan, request, list(results), began)
     if request.render or request.complete:
-        render_prompt(plan, request, result)
+        # Off the event loop: a slow template must not stall the server's other requests.
+        await loop.run_in_executor(pool, render_prompt, plan, request, result)
     if request.complete:
         await complete_async(ctx, plan, request, result)
     result.metadata["timings_ms"]["total"] = round((time.perf_counter() - began) * 1000, 3)

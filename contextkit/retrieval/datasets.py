@@ -532,6 +532,7 @@ def dataset_plan(
         template=template,
         request_fields=_request_fields(prompt, reader),
         needs_query=needs_query,
+        render_limits=ctx.config.prompts.render_limits(),
     )
     return plan, refs
 

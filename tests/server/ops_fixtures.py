@@ -2,27 +2,23 @@
 
 Two live workspaces, ``prod`` and ``other``, each with the service ``svc`` (user_id -> the sum of
 ``x`` over 7 days), applied and materialized as of ``END``. Plus helpers to run the real console
-script and to start ``contextkit serve`` as a real uvicorn process.
+script and to start ``contextkit serve`` as a real uvicorn process (through ``serverproc``).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import textwrap
-import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from serverproc import CLI, READY_TIMEOUT_S, ServerProcess
 
 import contextkit
 
-CLI = str(Path(sys.executable).parent / "contextkit")
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 END = T0 + timedelta(days=2)
 
@@ -82,51 +78,12 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServeProcess:
-    """``contextkit serve`` as a real process on a free port; stderr goes to ``log_path``."""
+class ServeProcess(ServerProcess):
+    """``contextkit serve`` of ``repo``'s ``prod`` workspace (see :mod:`serverproc`)."""
 
     def __init__(self, repo: Path, *args: str, log_path: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [CLI, "serve", "--repo", str(repo), "--workspace", "prod", "--port", str(self.port),
-             *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        super().__init__("--repo", str(repo), "--workspace", "prod", *args, log_path=log_path)
 
-    def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log()}")
-            try:
-                with urllib.request.urlopen(self.base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server not healthy after {timeout}s: {self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
+    def wait_healthy(self, timeout: float = READY_TIMEOUT_S) -> ServerProcess:
+        """The former name of :meth:`wait_ready`; never waits less than ``READY_TIMEOUT_S``."""
+        return self.wait_ready(max(timeout, READY_TIMEOUT_S))

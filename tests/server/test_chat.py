@@ -75,7 +75,7 @@ def server(shop, tmp_path_factory):
     root, _ctx = shop
     process = ServeProcess(root, log_path=tmp_path_factory.mktemp("chat-log") / "serve.log")
     try:
-        process.wait_healthy(timeout=180)  # loading the embedding model and litellm
+        process.wait_ready()  # loading the embedding model and litellm
         yield process
     finally:
         process.stop()

@@ -239,7 +239,7 @@ def test_serve_requires_keys_by_default_and_logs_json(repo, ctx, tmp_path):
     key = ctx.access.create_key("served", workspace="prod", role="reader").key
     server = ServeProcess(repo, log_path=tmp_path / "serve.log")
     try:
-        server.wait_healthy()
+        server.wait_ready()
         no_key, _ = request(server.base + "/v1/features", FEATURES_BODY)
         ok, headers = request(
             server.base + "/v1/features",
@@ -264,7 +264,7 @@ def test_serve_requires_keys_by_default_and_logs_json(repo, ctx, tmp_path):
 def test_serve_no_auth_warns_loudly(repo, tmp_path):
     server = ServeProcess(repo, "--no-auth", "--no-access-log", log_path=tmp_path / "serve.log")
     try:
-        server.wait_healthy()
+        server.wait_ready()
         status, _ = request(server.base + "/v1/features", FEATURES_BODY)
     finally:
         server.stop()
@@ -277,7 +277,7 @@ def test_serve_with_two_workers_serves_with_auth(repo, ctx, tmp_path):
     key = ctx.access.create_key("workers", workspace="prod", role="reader").key
     server = ServeProcess(repo, "--workers", "2", log_path=tmp_path / "serve.log")
     try:
-        server.wait_healthy()
+        server.wait_ready()
         results = [
             request(
                 server.base + "/v1/features", FEATURES_BODY, {"Authorization": f"Bearer {key}"}

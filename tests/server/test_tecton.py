@@ -17,13 +17,8 @@ Every value is checked against ``ctx.get_features(...)`` for the same entities.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import textwrap
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
+from serverproc import running_server
 
 import contextkit
 from contextkit.errors import ContextKitError
@@ -906,13 +902,6 @@ def test_service_metadata_of_an_unknown_service(client):
 
 
 # -- a real server -------------------------------------------------------------------------------
-CLI = str(Path(sys.executable).parent / "contextkit")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -923,33 +912,10 @@ def live_server(repo, tmp_path):
         key = ctx.access.create_key("tecton-app", workspace="prod", role="reader").key
     finally:
         ctx.close()
-    port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [CLI, "serve", "--repo", str(repo), "--workspace", "prod", "--port", str(port)],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited: {log.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not start within 60 s: {log.read_text()}")
-            time.sleep(0.1)
-        yield base, key
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with running_server(
+        "--repo", str(repo), "--workspace", "prod", log_path=tmp_path / "server.log"
+    ) as server:
+        yield server.base, key
 
 
 def tecton_http_client(key: str) -> httpx.Client:

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import textwrap
-import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from ops_fixtures import CLI, build_repo, free_port
+from ops_fixtures import build_repo
+from serverproc import running_server
 
 import contextkit
 from contextkit.server.app import create_app
@@ -180,30 +178,11 @@ def browser_server(quickstart_data, tmp_path_factory):
     busy = user.sort_values("user_order_stats.order_count_30d", ascending=False).iloc[0]
     ctx.close()
 
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("ui-log") / "serve.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [CLI, "serve", "--no-auth", "--no-access-log", "--port", str(port), "--workspace", "prod"],
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("server did not start: " + Path(log.name).read_text())
-                time.sleep(0.2)
-        yield {"base": base, "chromium": path, "user": busy}
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        log.close()
+    log = tmp_path_factory.mktemp("ui-log") / "serve.log"
+    with running_server(
+        "--no-auth", "--no-access-log", "--workspace", "prod", cwd=root, log_path=log
+    ) as server:
+        yield {"base": server.base, "chromium": path, "user": busy}
 
 
 @pytest.mark.slow

@@ -505,7 +505,12 @@ def test_a_killed_server_is_a_clear_error_and_the_same_store_recovers_when_it_is
     store.replace_table(SPEND, USER_KEY, SPEND_COLS, spend_rows(range(1, 4)))
     assert store.read(SPEND, ["user_id"], ["tier"], [(1,)]) == [("tier1",)]
 
-    server.kill()  # SIGKILL: no shutdown, no persistence
+    ingest(store, [("a", 7, 1.0, T)])
+    # Killed between the watched read and the commit: an outage, not a write conflict.
+    with pytest.raises(StoreServerUnavailable, match="unreachable"), store.transaction() as w:
+        w.get(LATEST, ["user_id"], [(7,)], ["price"])
+        w.upsert(LATEST, ["user_id", "event_timestamp", "price"], [(7, T, 2.0)])
+        server.kill()  # SIGKILL: no shutdown, no persistence
     with pytest.raises(StoreServerUnavailable, match="unreachable") as info:
         store.read(SPEND, ["user_id"], ["tier"], [(1,)])
     assert server.password not in str(info.value)

@@ -11,6 +11,7 @@ does not know (offline) or whose params are not generation parameters.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contextkit.config import LLMConfig
 from contextkit.errors import DefinitionError, ValidationErrors
@@ -28,6 +29,9 @@ from contextkit.framework.transformations import Workspace
 from contextkit.framework.validation.checker import Checker
 from contextkit.framework.validation.messages import object_error
 from contextkit.framework.validation.prompt_views import TEMPLATE_NAMES, load_template
+
+if TYPE_CHECKING:
+    from contextkit.prompts import RenderLimits
 
 __all__ = ["TEMPLATE_NAMES", "build_specs", "load_template", "validate"]
 
@@ -53,14 +57,19 @@ def validate(
     root: Path,
     models: dict[str, dict] | None = None,
     llm: LLMConfig | None = None,
+    *,
+    render_limits: RenderLimits | None = None,
 ) -> list[AnySpec]:
     """Check ``specs`` against each other and the data; return them enriched with schemas.
+
+    ``render_limits`` (``prompts.RenderLimits``, default: the defaults) bound each prompt view's
+    sample render.
 
     ``models`` is the repo config's ``models:`` section (embedding views name one), ``llm`` its
     ``llm:`` section (prompt views' models are checked against it). Raises
     :class:`ValidationErrors` listing every problem found.
     """
-    checker = Checker(specs, root)
+    checker = Checker(specs, root, render_limits)
     con = transformations.connect_duckdb()
     try:
         good_sources = checker.check_sources(con)

@@ -29,8 +29,9 @@ class Checker(
 ):
     """Checks specs against each other and the data, collecting every problem in ``errors``."""
 
-    def __init__(self, specs: list[AnySpec], root: Path) -> None:
+    def __init__(self, specs: list[AnySpec], root: Path, render_limits=None) -> None:
         self.root = root
+        self.render_limits = render_limits  # prompts.RenderLimits of the sample renders
         self.errors: list[DefinitionError] = []
         self.entities = {s.name: s for s in specs if isinstance(s, EntitySpec)}
         self.sources = {s.name: s for s in specs if isinstance(s, FileSourceSpec)}

@@ -125,7 +125,7 @@ class PromptViewChecks:
         try:
             template = load_template(prompt, self.root)
         except PromptError as exc:
-            self.errors.append(_prompt_error(prompt, exc, self.root))
+            self.errors.append(prompt_error(prompt, exc, self.root))
             return None
         selected = {}
         for ref in prompt.features:
@@ -140,7 +140,7 @@ class PromptViewChecks:
         }
         used = []
         for var in template.variables():
-            where = _template_location(prompt, var, self.root)
+            where = template_location(prompt, var, self.root)
             top = var.path[0]
             used.append(var.dotted)
             if top not in TEMPLATE_NAMES:
@@ -186,7 +186,55 @@ class PromptViewChecks:
                 )
         if len(self.errors) > before:
             return None
+        self.check_sample_render(prompt, template, views, names, key_types)
+        if len(self.errors) > before:
+            return None
         return prompt.model_copy(update={"variables": sorted(set(used))})
+
+    def check_sample_render(self, prompt, template, views, searches, key_types) -> None:
+        """Render the template once with a sample of every value it may read (one value per
+        feature, ``top_k`` documents per search) within the render limits: a template that
+        cannot render even that in time, or builds too much text, fails here, not in serving.
+        Only limit errors count: the sample's values are not the data's."""
+        from contextkit.prompts import PromptError, PromptLimitError
+
+        features = {}
+        for ref in prompt.features:
+            view = views.get(ref.view)
+            if view is not None:
+                wanted = ref.features or [f.name for f in view.features]
+                dtypes = {f.name: f.dtype for f in view.features}
+                features[ref.view] = {name: sample_value(dtypes.get(name)) for name in wanted}
+        top_k = {s.name: s.top_k for s in prompt.searches}
+        context = {
+            "features": features,
+            "documents": {name: sample_documents(name, top_k.get(name, 5)) for name in searches},
+            "request": {f.name: sample_value(f.dtype) for f in prompt.request_context},
+            "query": "a sample question",
+            "entities": {key: sample_value(dtype) for key, (_, dtype) in key_types.items()},
+        }
+        limits = self.render_limits
+        try:
+            if prompt.format == "messages":
+                template.render_messages(context, model=prompt.model, limits=limits)
+            else:
+                template.render(context, model=prompt.model, limits=limits)
+        except PromptLimitError as exc:
+            setting = {"timeout_s": "render_timeout_s"}.get(exc.limit, exc.limit)
+            where = None
+            if exc.line:
+                line = TemplateLine(exc.template or "", exc.line)
+                where = template_location(prompt, line, self.root)
+            self.errors.append(
+                DefinitionError(
+                    f"prompt {prompt.name!r}: a sample render failed: {exc.reason}",
+                    location=where or prompt_error(prompt, exc, self.root).location,
+                    hint="make the template loop over fewer items and build less text, or raise "
+                    f"prompts.{setting} in contextkit.yaml",
+                )
+            )
+        except PromptError:
+            pass  # a missing or odd sample value: the data decides, at request time
 
     def check_prompt_llm(self, prompt: PromptViewSpec, llm: LLMConfig) -> None:
         """The prompt view's ``model`` is one litellm knows (offline) or the repo declares
@@ -220,6 +268,42 @@ class PromptViewChecks:
 TEMPLATE_NAMES = ("features", "documents", "request", "query", "entities")
 
 
+class TemplateLine:
+    """Where in a prompt's template something happened (the fields of a TemplateVariable
+    that ``template_location`` reads)."""
+
+    def __init__(self, template: str, line: int) -> None:
+        self.template = template
+        self.line = line
+
+
+def sample_value(dtype: str | None):
+    from datetime import UTC, datetime
+
+    from contextkit.types import Bool, Float64, Int64, Timestamp, list_item_dtype
+
+    item = list_item_dtype(dtype) if dtype else None
+    if item is not None:
+        return [sample_value(item)] * 3
+    samples = {Int64: 1, Float64: 1.5, Bool: True, Timestamp: datetime(2024, 1, 1, tzinfo=UTC)}
+    return samples.get(dtype, "sample")
+
+
+def sample_documents(search: str, top_k: int) -> list[dict]:
+    return [
+        {
+            "id": f"{search}-{i}",
+            "text": f"Sample document {i} of {search}.",
+            "score": 1.0 / (1 + i),
+            "key": {},
+            "metadata": {},
+            "chunk_index": 0,
+            "char_offset": 0,
+        }
+        for i in range(top_k)
+    ]
+
+
 def load_template(prompt: PromptViewSpec, root: Path | None = None):
     """The prompt's compiled template: a ``PromptTemplate``, or for messages a ``ChatTemplate``.
 
@@ -233,7 +317,7 @@ def load_template(prompt: PromptViewSpec, root: Path | None = None):
     return PromptTemplate(prompt.template or "", name=prompt.template_file or prompt.name)
 
 
-def _template_location(prompt: PromptViewSpec, var, root: Path) -> str | None:
+def template_location(prompt: PromptViewSpec, var, root: Path) -> str | None:
     """file:line of a template variable: in its template file, or in the Python file that
     holds the inline template (found by looking for the template's text after the PromptView
     line)."""
@@ -268,7 +352,7 @@ def _inline_line(file: Path, start: int, source: str, template_line: int) -> int
     return None
 
 
-def _prompt_error(prompt: PromptViewSpec, exc, root: Path) -> DefinitionError:
+def prompt_error(prompt: PromptViewSpec, exc, root: Path) -> DefinitionError:
     line = getattr(exc, "line", None)
     template = getattr(exc, "template", None) or ""
     file = prompt.template_file
