@@ -30,8 +30,30 @@ class StoreUnavailable(StoreFailure):
 
 
 class StoreServerUnavailable(StoreFailure):
-    """A store server cannot serve now: unreachable, wrong credentials, read-only or full. The
-    same request may succeed once the server is back (clients reconnect by themselves)."""
+    """A store server cannot serve now: unreachable, wrong credentials, read-only or full, a
+    missing bucket. The same request may succeed once the server is back or the configuration
+    is fixed (clients reconnect by themselves)."""
+
+
+class ObjectStoreUnavailable(StoreServerUnavailable):
+    """An object store (S3, MinIO, R2) cannot serve a store's location: one of the three below,
+    or an error it answered. HTTP 503 ``store_error``; the message names the location and the
+    endpoint (password masked), never a secret key."""
+
+    code = "store_error"
+    http_status = 503
+
+
+class BucketMissing(ObjectStoreUnavailable):
+    """The location's bucket does not exist at the endpoint."""
+
+
+class CredentialsRefused(ObjectStoreUnavailable):
+    """The endpoint refused the credentials (unknown key, wrong secret, expired token, denied)."""
+
+
+class EndpointUnreachable(ObjectStoreUnavailable):
+    """No answer from the endpoint within the connect and request timeouts and retries."""
 
 
 class WriteConflict(StoreFailure):

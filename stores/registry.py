@@ -2,6 +2,8 @@
 
 ``SQLiteRegistry`` keeps everything in one SQLite file; every write is one transaction, so an apply
 either lands whole or not at all. Specs are opaque JSON text here: the core owns their meaning.
+The schema and its migrations are written once, in :mod:`contextkit.stores._registry_schema`,
+for this registry and the PostgreSQL one (:mod:`contextkit.stores.postgres_registry`).
 
 Jobs are leased. A running job records its owner (host, pid and an opaque start token, see
 :mod:`contextkit.stores.process`) and a lease (``heartbeat_at``, ``lease_expires_at``) that the
@@ -26,12 +28,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from contextkit.stores._registry_schema import MIGRATIONS as _MIGRATIONS
+from contextkit.stores._registry_schema import SCHEMA as _SCHEMA
+from contextkit.stores._registry_schema import SCHEMA_VERSION
 from contextkit.stores.errors import ApplyConflictError, MissingError, RegistryVersionError
 from contextkit.stores.process import ProcessIdentity, current_process, owner_alive
 
 log = logging.getLogger("contextkit.registry")
-
-SCHEMA_VERSION = 4
 
 # How long a running job's lease lasts without a heartbeat; its owner renews it every quarter of
 # that. Only readers on another host (or pid namespace) rely on it: on the owner's host a job is
@@ -43,69 +46,6 @@ ABANDONED = "abandoned"
 # Job statuses of a job that wrote the stores: ``warning`` is a success whose data failed an
 # expectation declared with on_expectation_failure="warn".
 COMPLETED_STATUSES = ("succeeded", "warning")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS workspaces (
-    name TEXT PRIMARY KEY, live INTEGER NOT NULL, created_at REAL NOT NULL,
-    version INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS objects (
-    workspace TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
-    version INTEGER NOT NULL, PRIMARY KEY (workspace, kind, name)
-);
-CREATE TABLE IF NOT EXISTS applies (
-    workspace TEXT NOT NULL, version INTEGER NOT NULL, applied_at REAL NOT NULL,
-    applied_by TEXT NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (workspace, version)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY, workspace TEXT NOT NULL, view TEXT NOT NULL, status TEXT NOT NULL,
-    range_start TEXT, range_end TEXT, spec_hash TEXT, rows_offline INTEGER, rows_online INTEGER,
-    started_at REAL NOT NULL, finished_at REAL, error TEXT, details TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_view ON jobs (workspace, view, started_at);
-CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-# Schema version -> the statements that bring a registry of the previous version up to it. A
-# registry file is migrated in place, in one transaction, when a newer contextkit opens it; every
-# step is additive (new tables or columns), so nothing an older version wrote is rewritten.
-_MIGRATIONS: dict[int, str] = {
-    2: """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, principal TEXT NOT NULL,
-    kind TEXT NOT NULL, workspace TEXT NOT NULL, role TEXT NOT NULL, description TEXT NOT NULL,
-    created_at REAL NOT NULL, expires_at REAL, revoked_at REAL
-);
-CREATE INDEX IF NOT EXISTS api_keys_by_principal ON api_keys (principal);
-""",
-    3: """
-CREATE TABLE IF NOT EXISTS job_stats (
-    job_id TEXT PRIMARY KEY, workspace TEXT NOT NULL, view TEXT NOT NULL, created_at REAL NOT NULL,
-    scope TEXT NOT NULL, rows INTEGER, newest_event REAL, max_drift REAL, stats TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS job_stats_by_view ON job_stats (workspace, view, created_at);
-CREATE TABLE IF NOT EXISTS alerts (
-    id TEXT PRIMARY KEY, workspace TEXT NOT NULL, view TEXT NOT NULL, kind TEXT NOT NULL,
-    subject TEXT NOT NULL, severity TEXT NOT NULL, message TEXT NOT NULL, details TEXT NOT NULL,
-    job_id TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, resolved_at REAL,
-    resolved_by TEXT
-);
-CREATE INDEX IF NOT EXISTS alerts_by_view ON alerts (workspace, view, resolved_at);
-""",
-    # Job ownership and leases. Jobs left running by an older contextkit have no owner: they get
-    # a one-day lease from their start, after which they count as abandoned.
-    4: """
-ALTER TABLE jobs ADD COLUMN owner_host TEXT;
-ALTER TABLE jobs ADD COLUMN owner_pid INTEGER;
-ALTER TABLE jobs ADD COLUMN owner_start TEXT;
-ALTER TABLE jobs ADD COLUMN heartbeat_at REAL;
-ALTER TABLE jobs ADD COLUMN lease_expires_at REAL;
-UPDATE jobs SET heartbeat_at = started_at, lease_expires_at = started_at + 86400
-    WHERE status = 'running' AND lease_expires_at IS NULL;
-CREATE INDEX IF NOT EXISTS jobs_running ON jobs (status) WHERE status = 'running';
-""",
-}
 
 
 @dataclass(frozen=True)
@@ -265,8 +205,19 @@ _KEY_COLUMNS = (
 
 
 class RegistryStore(Protocol):
-    """What the core needs from a registry (SQLite now; Postgres is on the plan)."""
+    """What the core needs from a registry: every call it makes (``SQLiteRegistry`` here,
+    ``postgres_registry.PostgresRegistry`` for several nodes).
 
+    Writes are transactions: an ``apply`` lands whole or not at all, and raises
+    ``ApplyConflictError`` (writing nothing) when the workspace is no longer at ``base_version``.
+    ``data_version()`` and ``change_token()`` are cache keys, read on every request: cheap, and
+    different from any earlier value once a commit the caller did not see may have happened
+    (``data_version``: another process's or connection's; ``change_token``: anyone's). ``close()``
+    releases connections; the registry stays usable and reconnects on its next call.
+    """
+
+    def data_version(self) -> int: ...
+    def close(self) -> None: ...
     def list_workspaces(self) -> list[WorkspaceRecord]: ...
     def get_workspace(self, name: str) -> WorkspaceRecord: ...
     def create_workspace(self, name: str, live: bool) -> WorkspaceRecord: ...

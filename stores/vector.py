@@ -1,7 +1,8 @@
 """The vector store: embedding-view chunks in LanceDB tables, written atomically, searched fast.
 
-``LanceVectorStore(path)`` keeps one LanceDB table per name in a local folder (the core names them
-``f"{workspace}__{view}"``). A table holds one row per chunk::
+``LanceVectorStore(path)`` keeps one LanceDB table per name in a local folder or on object storage
+(``s3://bucket/prefix``; the core names them ``f"{workspace}__{view}"``). A table holds one row
+per chunk::
 
     id            string   chunk id (``doc-1#0``), unique
     <key columns>          the parent document's key (one or more columns, their source types)
@@ -43,6 +44,22 @@ in both paths; the Lance path is used when a filter touches a float column holdi
 IEEE order NaN differently). Hybrid queries still pay LanceDB's full-text query (~8 ms).
 ``exact_search_max_rows=0`` turns the copy off. Above the threshold the ANN index built by
 :meth:`LanceVectorStore.ensure_indexes` serves vector queries.
+
+On S3 (``s3://bucket/prefix``) LanceDB reads and writes the object store natively, with the
+endpoint, region and credentials of the standard AWS variables
+(:class:`~contextkit.stores.objectstore.S3Settings`, so MinIO, R2 and moto work) and bounded
+timeouts and retries. What it costs: every LanceDB call is one or more object-store requests,
+so a query LanceDB answers (full-text, hybrid's text leg, ANN above ``exact_search_max_rows``)
+takes tens to hundreds of ms on AWS instead of ~10 ms on a local disk, and opening a table or
+loading the exact-search copy downloads it. Small tables therefore keep being served from the
+in-memory copy: a vector search costs the one version check a query makes (one request; pass
+``read_consistency_interval=timedelta(seconds=1)`` to skip it between checks, so other nodes'
+commits are seen within a second) plus the numpy search. Keep large, hot tables on a local disk
+of the serving nodes if their latency matters. A missing bucket, refused credentials and an
+unreachable endpoint are one :class:`~contextkit.stores.errors.ObjectStoreUnavailable` each,
+checked with one request when the store opens. Nothing of the store is a local file on S3:
+:attr:`LanceVectorStore.path` raises there (use :attr:`~LanceVectorStore.uri` and
+:meth:`~LanceVectorStore.sample_vectors`).
 """
 
 from __future__ import annotations
@@ -64,6 +81,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from contextkit.stores.errors import MissingError, StoreFailure, StoreUnavailable
+from contextkit.stores.objectstore import Location, S3Settings, is_s3, open_location, translate
 
 SYSTEM_COLUMNS = (
     "id",
@@ -91,6 +109,7 @@ _REQUIRED_TYPES = {
     "row_hash": pa.string(),
 }
 _UPDATED_AT = pa.timestamp("us", tz="UTC")
+_STORE = "vector store"
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -145,6 +164,23 @@ class VectorTableLostError(VectorTableMissingError, VectorTableUnreadableError):
 
     code = "store_error"
     http_status = 503
+
+
+def _object_store(doing: str):
+    """On S3, turn the object store's failures in the method into one clear error (missing
+    bucket, refused credentials, unreachable endpoint); other errors pass through."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self: LanceVectorStore, *args: Any, **kwargs: Any) -> Any:
+            if self._loc is None:
+                return method(self, *args, **kwargs)
+            with self._loc.translating(_STORE, doing):
+                return method(self, *args, **kwargs)
+
+        return run
+
+    return wrap
 
 
 def _reads_table(method):
@@ -480,7 +516,8 @@ class _ExactCache:
 
 
 class LanceVectorStore:
-    """Embedding-view tables in a local LanceDB folder.
+    """Embedding-view tables in a LanceDB folder: local, or ``s3://bucket/prefix`` (``s3``: the
+    S3 settings, default from the AWS variables; see the module docstring for what S3 costs).
 
     ``read_consistency_interval`` (default 0: every read checks for a newer version, ~0.3 ms)
     makes writes from other processes visible. ``exact_search_max_rows`` bounds the numpy
@@ -498,6 +535,7 @@ class LanceVectorStore:
         self,
         path: str | Path,
         *,
+        s3: S3Settings | None = None,
         read_consistency_interval: timedelta | None = timedelta(0),
         exact_search_max_rows: int = 20_000,
         ann_min_rows: int = 20_000,
@@ -505,13 +543,30 @@ class LanceVectorStore:
     ) -> None:
         import lancedb
 
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.exact_search_max_rows = exact_search_max_rows
         self.ann_min_rows = ann_min_rows
-        self._db = lancedb.connect(
-            str(self.path), read_consistency_interval=read_consistency_interval
-        )
+        self._loc: Location | None = None
+        self._local: Path | None = None
+        if is_s3(path):
+            self._loc = open_location(path, settings=s3)
+            self.uri = self._loc.url
+            # One bounded request names the problem within seconds; LanceDB's own listing
+            # retries a failing endpoint for a long while before it gives up.
+            self._loc.check(_STORE)
+            assert self._loc.settings is not None
+            with self._loc.translating(_STORE, "opening the LanceDB database"):
+                self._db = lancedb.connect(
+                    self.uri,
+                    storage_options=self._loc.settings.lance_storage_options(),
+                    read_consistency_interval=read_consistency_interval,
+                )
+        else:
+            self._local = Path(path)
+            self._local.mkdir(parents=True, exist_ok=True)
+            self.uri = str(self._local)
+            self._db = lancedb.connect(
+                self.uri, read_consistency_interval=read_consistency_interval
+            )
         self._tables: dict[str, Any] = {}
         self._exact: OrderedDict[str, _ExactCache] = OrderedDict()
         self._layouts: dict[str, _Layout] = {}
@@ -528,10 +583,23 @@ class LanceVectorStore:
             return self._write_locks.setdefault(table, threading.Lock())
 
     def __repr__(self) -> str:
-        return f"LanceVectorStore({str(self.path)!r})"
+        return f"LanceVectorStore({self.uri!r})"
+
+    @property
+    def path(self) -> Path:
+        """The local folder of the store; a store on S3 has none (this raises: use :attr:`uri`,
+        and :meth:`sample_vectors` instead of opening the folder)."""
+        if self._local is None:
+            raise VectorStoreError(
+                f"vector store {self.uri} is on object storage: it has no local path",
+                hint="use LanceVectorStore.uri, and LanceVectorStore.sample_vectors() to read "
+                "vectors",
+            )
+        return self._local
 
     # -- tables -----------------------------------------------------------------------------------
 
+    @_object_store("listing the tables")
     def tables(self) -> list[str]:
         """Names of the tables in the store."""
         names: list[str] = []
@@ -547,6 +615,7 @@ class LanceVectorStore:
         _check_table_name(table)
         return table in self.tables()
 
+    @_object_store("dropping a table")
     def drop_table(self, table: str) -> None:
         """Delete a table and all its versions (no-op when it does not exist)."""
         _check_table_name(table)
@@ -568,10 +637,16 @@ class LanceVectorStore:
                 for key in [k for k in cached if k.startswith(f"{table}@")]:
                     cached.pop(key, None)
 
-    def _unreadable(self, table: str, exc: BaseException) -> VectorTableUnreadableError:
+    def _unreadable(self, table: str, exc: BaseException) -> StoreFailure:
         """The error for a LanceDB failure reading ``table``; its cached state is dropped, so
-        that a rebuilt table is opened afresh."""
+        that a rebuilt table is opened afresh. On S3 an object-store failure (unreachable,
+        refused, no bucket) is that, not a damaged table."""
         self._forget(table)
+        if self._loc is not None and self._loc.s3 is not None:
+            reading = f"reading table {table!r}"
+            failure = translate(exc, _STORE, self._loc.s3, self._loc.settings, reading)
+            if failure is not None:
+                return failure
         try:
             gone = table not in self.tables()
         except Exception:  # the store folder itself is unreadable
@@ -579,14 +654,14 @@ class LanceVectorStore:
         if gone and table in self._opened:
             return self._lost_error(table)
         return VectorTableUnreadableError(
-            f"vector table {table!r} in {str(self.path)!r} cannot be read: {_lance_reason(exc)}",
+            f"vector table {table!r} in {self.uri!r} cannot be read: {_lance_reason(exc)}",
             hint="its files are damaged; rebuild it with `contextkit materialize --full` "
             "(the embedding view)",
         )
 
     def _lost_error(self, table: str) -> VectorTableLostError:
         return VectorTableLostError(
-            f"vector table {table!r} is gone from {str(self.path)!r}: its files were deleted "
+            f"vector table {table!r} is gone from {self.uri!r}: its files were deleted "
             "after this process opened it",
             hint="re-materialize the embedding view (`contextkit materialize`) to rebuild it",
         )
@@ -681,6 +756,7 @@ class LanceVectorStore:
                 self._tables[key] = handle
         return key, handle
 
+    @_object_store("restoring a version")
     def restore(self, table: str, version: int) -> int:
         """Make ``version``'s content current again (as a new version, which is returned)."""
         handle = self._open(table)
@@ -753,6 +829,14 @@ class LanceVectorStore:
         }
 
     @_reads_table
+    def sample_vectors(self, table: str, limit: int = 1000) -> np.ndarray:
+        """Up to ``limit`` vectors of the table (its first rows) as a float32 matrix: what
+        monitoring measures, read through the store (local or S3)."""
+        handle = self._open(table)
+        data = handle.search().select(["vector"]).limit(limit).to_arrow()
+        return _vectors(data.column("vector"))
+
+    @_reads_table
     def fetch_vectors(self, table: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors by chunk id (ids not in the table are left out)."""
         from lancedb.expr import col, lit
@@ -776,6 +860,7 @@ class LanceVectorStore:
 
     # -- writes -----------------------------------------------------------------------------------
 
+    @_object_store("writing a table")
     def apply_changes(
         self,
         table: str,
@@ -907,6 +992,7 @@ class LanceVectorStore:
             )
         return None
 
+    @_object_store("building indexes")
     def ensure_indexes(self, table: str, *, optimize_after: int = 1000) -> IndexReport:
         """Create the missing indexes, and fold new rows into existing ones.
 
