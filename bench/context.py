@@ -323,8 +323,8 @@ class RawParts:
         import lancedb
         import tiktoken  # after offline_tiktoken() below has pointed it at its files
 
-        from contextkit.compute.layout import online_table
         from contextkit.embeddings import HashEncoder
+        from contextkit.materialize import online_table
         from contextkit.stores.online import SQLiteOnlineStore
 
         table = online_table(WORKSPACE, "user_facts")

@@ -128,7 +128,7 @@ def init(
 def plan(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
     """Validate the repo and show what `apply` would change in the workspace."""
     with guard:
-        from contextkit.framework.plan import render_plan
+        from contextkit.plan import render_plan
 
         ctx = _context(repo, workspace)
         _console().print(render_plan(ctx.plan(repo)))
@@ -142,7 +142,7 @@ def apply(
 ) -> None:
     """Validate the repo and apply its changes to the workspace, atomically."""
     with guard:
-        from contextkit.framework.plan import render_plan
+        from contextkit.plan import render_plan
 
         ctx = _context(repo, workspace)
         the_plan = ctx.plan(repo)
@@ -171,7 +171,7 @@ def destroy(
 ) -> None:
     """Remove every object (and its materialized data) from the workspace."""
     with guard:
-        from contextkit.framework.plan import compute_plan, render_plan
+        from contextkit.plan import compute_plan, render_plan
 
         ctx = _context(repo, workspace)
         the_plan = compute_plan(ctx.registry, ctx.workspace, [])
@@ -259,7 +259,7 @@ def workspace_delete(
     """Delete a workspace with its objects, jobs and materialized data."""
     with guard:
         ctx = _context(repo, None)
-        ctx.workspace_record(name)
+        ctx._workspace_record(name)
         if not yes and not typer.confirm(f"Delete workspace {name!r} and its data?", default=False):
             raise typer.Exit(1)
         ctx.delete_workspace(name)
@@ -430,7 +430,7 @@ def gc(
     with guard:
         from rich.table import Table
 
-        from contextkit.compute.materialize import collect_garbage
+        from contextkit.materialize import collect_garbage
         from contextkit.stores.offline import GC_GRACE_S
 
         grace_s = GC_GRACE_S if grace is None else _grace_seconds(grace)
@@ -453,8 +453,8 @@ def gc(
 def _grace_seconds(value: str) -> float:
     import re
 
+    from contextkit.durations import to_seconds
     from contextkit.errors import BadRequestError
-    from contextkit.framework.durations import to_seconds
 
     if re.fullmatch(r"\s*0+\s*[smhdwy]?\s*", value):
         return 0.0
@@ -492,7 +492,7 @@ def status(
             payload = {"workspace": ctx.workspace, "views": [s.to_dict() for s in statuses]}
             print(json.dumps(payload, indent=2))
             return
-        from contextkit.governance.quality_report import alerts_table, status_table
+        from contextkit.quality_report import alerts_table, status_table
 
         console = _console()
         console.print(status_table(statuses, ctx.workspace))
@@ -535,7 +535,7 @@ def quality(
 
             print(json.dumps(report, indent=2, default=str))
             return
-        from contextkit.governance.quality_report import quality_tables
+        from contextkit.quality_report import quality_tables
 
         console = _console()
         for part in quality_tables(report):
@@ -659,8 +659,8 @@ def access_create_key(
 ) -> None:
     """Create an API key; the key is printed once (stdout), the rest goes to stderr."""
     with guard:
+        from contextkit.durations import to_seconds
         from contextkit.errors import BadRequestError
-        from contextkit.framework.durations import to_seconds
 
         try:
             lifetime = to_seconds(expires_in, what="--expires-in") if expires_in else None
@@ -788,7 +788,7 @@ def serve(
 
         ctx = _context(repo, workspace)
         # Resolve the default workspace once, now: fail at start-up, not on every request.
-        record = ctx.workspace_record()
+        record = ctx._workspace_record()
         err = _err_console()
         if not record.live:
             err.print(

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from ops_fixtures import FEATURES_BODY, SPEND, build_repo, run_cli
 
 import contextkit
-from contextkit.governance.access import hash_key
+from contextkit.access import hash_key
 from contextkit.server.app import create_app
 from contextkit.stores.registry import ApiKeyRecord
 
