@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from contextkit.compute import connect_duckdb
+from contextkit.framework.transformations import connect_duckdb
 from contextkit.stores.errors import (
     BucketMissing,
     CredentialsRefused,
@@ -261,7 +261,7 @@ def test_a_listed_file_that_is_gone_is_a_store_error_naming_it(store, location, 
 KILLED_WRITER = """
 import os, signal, sys
 from datetime import datetime, UTC
-from contextkit.compute import connect_duckdb
+from contextkit.framework.transformations import connect_duckdb
 from contextkit.stores.objectstore import S3Settings
 from contextkit.stores.offline import ParquetOfflineStore
 

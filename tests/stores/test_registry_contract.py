@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from contextkit.access import Access, KeyRejected
+from contextkit.governance.access import Access, KeyRejected
 from contextkit.stores._registry_schema import (
     MIGRATIONS,
     SCHEMA,

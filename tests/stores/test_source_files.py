@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from contextkit.compute import connect_duckdb
+from contextkit.framework.transformations import connect_duckdb
 from contextkit.stores.errors import BucketMissing, MissingError
 from contextkit.stores.objectstore import S3Settings
 from contextkit.stores.source_files import resolve_source_files, source_dataset
