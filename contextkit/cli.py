@@ -128,7 +128,7 @@ def init(
 def plan(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
     """Validate the repo and show what `apply` would change in the workspace."""
     with guard:
-        from contextkit.plan import render_plan
+        from contextkit.framework.plan import render_plan
 
         ctx = _context(repo, workspace)
         _console().print(render_plan(ctx.plan(repo)))
@@ -142,7 +142,7 @@ def apply(
 ) -> None:
     """Validate the repo and apply its changes to the workspace, atomically."""
     with guard:
-        from contextkit.plan import render_plan
+        from contextkit.framework.plan import render_plan
 
         ctx = _context(repo, workspace)
         the_plan = ctx.plan(repo)
@@ -171,7 +171,7 @@ def destroy(
 ) -> None:
     """Remove every object (and its materialized data) from the workspace."""
     with guard:
-        from contextkit.plan import compute_plan, render_plan
+        from contextkit.framework.plan import compute_plan, render_plan
 
         ctx = _context(repo, workspace)
         the_plan = compute_plan(ctx.registry, ctx.workspace, [])
@@ -259,7 +259,7 @@ def workspace_delete(
     """Delete a workspace with its objects, jobs and materialized data."""
     with guard:
         ctx = _context(repo, None)
-        ctx._workspace_record(name)
+        ctx.workspace_record(name)
         if not yes and not typer.confirm(f"Delete workspace {name!r} and its data?", default=False):
             raise typer.Exit(1)
         ctx.delete_workspace(name)
@@ -430,7 +430,7 @@ def gc(
     with guard:
         from rich.table import Table
 
-        from contextkit.materialize import collect_garbage
+        from contextkit.compute.materialize import collect_garbage
         from contextkit.stores.offline import GC_GRACE_S
 
         grace_s = GC_GRACE_S if grace is None else _grace_seconds(grace)
@@ -453,8 +453,8 @@ def gc(
 def _grace_seconds(value: str) -> float:
     import re
 
-    from contextkit.durations import to_seconds
     from contextkit.errors import BadRequestError
+    from contextkit.framework.durations import to_seconds
 
     if re.fullmatch(r"\s*0+\s*[smhdwy]?\s*", value):
         return 0.0
@@ -492,7 +492,7 @@ def status(
             payload = {"workspace": ctx.workspace, "views": [s.to_dict() for s in statuses]}
             print(json.dumps(payload, indent=2))
             return
-        from contextkit.quality_report import alerts_table, status_table
+        from contextkit.governance.quality_report import alerts_table, status_table
 
         console = _console()
         console.print(status_table(statuses, ctx.workspace))
@@ -535,7 +535,7 @@ def quality(
 
             print(json.dumps(report, indent=2, default=str))
             return
-        from contextkit.quality_report import quality_tables
+        from contextkit.governance.quality_report import quality_tables
 
         console = _console()
         for part in quality_tables(report):
@@ -659,8 +659,8 @@ def access_create_key(
 ) -> None:
     """Create an API key; the key is printed once (stdout), the rest goes to stderr."""
     with guard:
-        from contextkit.durations import to_seconds
         from contextkit.errors import BadRequestError
+        from contextkit.framework.durations import to_seconds
 
         try:
             lifetime = to_seconds(expires_in, what="--expires-in") if expires_in else None
@@ -779,16 +779,29 @@ def serve(
         Optional[int],  # noqa: UP045
         typer.Option(min=1, help="Requests a key may send at once (default: 1 s worth)."),
     ] = None,
+    mcp_allowed_host: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            help="A Host name[:port] MCP clients reach the server by (besides the loopback "
+            "names and the bound address); repeatable; '*' turns the DNS-rebinding check off."
+        ),
+    ] = None,
+    mcp_ingest: Annotated[
+        bool, typer.Option("--mcp-ingest", help="Offer ingest tools over MCP (ingester keys).")
+    ] = False,
 ) -> None:
-    """Serve the HTTP API with uvicorn; API keys are required unless --no-auth."""
+    """Serve the HTTP API with uvicorn (and MCP at /mcp); API keys are required unless
+    --no-auth."""
     with guard:
+        import os
+
         import uvicorn
 
         from contextkit.server.app import ServeSettings, app_from_settings
 
         ctx = _context(repo, workspace)
         # Resolve the default workspace once, now: fail at start-up, not on every request.
-        record = ctx._workspace_record()
+        record = ctx.workspace_record()
         err = _err_console()
         if not record.live:
             err.print(
@@ -819,17 +832,58 @@ def serve(
             access_log=access_log,
         )
         ctx.close()
+        from contextkit.server.mcp.settings import McpSettings
+
+        mcp_settings = McpSettings.for_bind(
+            host, port, tuple(mcp_allowed_host or ()), ingest=mcp_ingest
+        )
+        os.environ.update(mcp_settings.to_env())  # read back by the app (and by every worker)
         common = {"host": host, "port": port, "access_log": False, "log_level": "info"}
         if workers == 1:
             uvicorn.run(app_from_settings(settings), **common)
         else:
             # Each worker is a new process: it builds its own app from these variables.
-            import os
-
             os.environ.update(settings.to_env())
             uvicorn.run(
                 "contextkit.server.app:app_from_env", factory=True, workers=workers, **common
             )
+
+
+@app.command()
+def mcp(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            envvar="CONTEXTKIT_API_KEY",
+            help="Serve only what this API key may see (default: everything in the registry).",
+        ),
+    ] = None,
+    ingest: Annotated[
+        bool, typer.Option("--ingest", help="Offer ingest tools (to an ingester key).")
+    ] = False,
+) -> None:
+    """Serve MCP over stdio for a local agent host (its services as tools, its prompt views as
+    prompts); see docs/agents.md."""
+    with guard:
+        import logging
+
+        import anyio
+
+        from contextkit.server.mcp.server import local_server, run_stdio
+        from contextkit.server.mcp.settings import McpSettings
+        from contextkit.server.readiness import Readiness
+
+        # stdout carries the protocol: logs go to stderr.
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+        ctx = _context(repo, workspace)
+        ctx.workspace_record()  # an unknown workspace fails now, with its hint
+        if key is not None:
+            ctx.access.authenticate(key)  # so does a bad key
+        warming = Readiness(ready=False).warm_in_background(ctx)  # while the host connects
+        anyio.run(run_stdio, local_server(ctx, McpSettings(ingest=ingest), key))
+        warming.join()  # exiting while a model loads in that thread would abort the process
 
 
 def _fmt_time(epoch: float) -> str:
