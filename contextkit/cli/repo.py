@@ -1,0 +1,124 @@
+"""`contextkit init`, `plan`, `apply`, `destroy` and `versions`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from contextkit.cli.shell import (
+    RepoOpt,
+    WorkspaceOpt,
+    app,
+    fmt_time,
+    guard,
+    open_context,
+    out_console,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+# -- init ------------------------------------------------------------------------------------
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Folder to create the repo in.")] = Path("."),
+    name: Annotated[Optional[str], typer.Option(help="Project name.")] = None,  # noqa: UP045
+) -> None:
+    """Scaffold a context-as-code repo with sample data and a live `prod` workspace."""
+    with guard:
+        from contextkit.scaffold import scaffold
+
+        created = scaffold(path, name)
+        console = out_console()
+        console.print(f"[green]Created a contextkit repo in {path}[/]")
+        for file in created:
+            console.print(f"  {file}")
+        console.print("Next: [bold]contextkit plan[/] then [bold]contextkit apply[/]")
+
+
+# -- plan / apply / destroy ------------------------------------------------------------------
+@app.command()
+def plan(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
+    """Validate the repo and show what `apply` would change in the workspace."""
+    with guard:
+        from contextkit.framework.plan import render_plan
+
+        ctx = open_context(repo, workspace)
+        out_console().print(render_plan(ctx.plan(repo)))
+
+
+@app.command()
+def apply(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Validate the repo and apply its changes to the workspace, atomically."""
+    with guard:
+        from contextkit.framework.plan import render_plan
+
+        ctx = open_context(repo, workspace)
+        the_plan = ctx.plan(repo)
+        console = out_console()
+        console.print(render_plan(the_plan))
+        if the_plan.is_empty:
+            return
+        if not yes and not typer.confirm("Apply these changes?", default=False):
+            console.print("Nothing applied.")
+            raise typer.Exit(1)
+        version = ctx.apply(the_plan)
+        console.print(
+            f"[green]Applied[/] workspace {the_plan.workspace!r} is at version {version}."
+        )
+        if the_plan.live and any(c.rematerialize for c in the_plan.changes):
+            console.print(
+                "Run [bold]contextkit materialize[/] to compute the new or changed views."
+            )
+
+
+@app.command()
+def destroy(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove every object (and its materialized data) from the workspace."""
+    with guard:
+        from contextkit.framework.plan import compute_plan, render_plan
+
+        ctx = open_context(repo, workspace)
+        the_plan = compute_plan(ctx.registry, ctx.workspace, [])
+        console = out_console()
+        console.print(render_plan(the_plan))
+        if the_plan.is_empty:
+            return
+        if not yes and not typer.confirm("Destroy these objects?", default=False):
+            raise typer.Exit(1)
+        ctx.apply(the_plan)
+        console.print(f"[green]Destroyed[/] all objects in {the_plan.workspace!r}.")
+
+
+@app.command()
+def versions(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
+    """List the applied versions of the workspace (who, when, what changed)."""
+    with guard:
+        from rich.table import Table
+
+        ctx = open_context(repo, workspace)
+        table = Table("version", "applied at", "by", "create", "update", "delete", "changed")
+        for record in ctx.registry.list_applies(ctx.workspace):
+            s = record.summary
+            changed = ", ".join(f"{c['action'][0]}:{c['name']}" for c in s.get("changes", []))
+            table.add_row(
+                str(record.version),
+                fmt_time(record.applied_at),
+                record.applied_by,
+                str(s.get("create", 0)),
+                str(s.get("update", 0)),
+                str(s.get("delete", 0)),
+                changed,
+            )
+        out_console().print(table)
