@@ -151,20 +151,36 @@ class Context:
                 repo.config.llm,
                 render_limits=repo.config.prompts.render_limits(),
             )
+        by_name = {s.name: s for s in specs if s.kind == "file_source"}
+        root = repo.config.root.resolve()
+
+        def estimate_rows(spec: Any) -> int | None:
+            from contextkit.stores.source_files import source_dataset
+
+            sources = [by_name[n] for n in getattr(spec, "sources", []) if n in by_name]
+            if not sources:
+                return None
+            return sum(source_dataset(s.path, s.format, root=root).count_rows() for s in sources)
+
         with _translating:
-            return compute_plan(self.registry, self.workspace, specs)
+            return compute_plan(self.registry, self.workspace, specs, estimate_rows=estimate_rows)
 
     def apply(self, plan: Plan) -> int:
-        """Apply a plan atomically; returns the new workspace version."""
-        with _translating:
-            version = apply_plan(self.registry, plan)
-        self.runtime.wrote()
-        if plan.live:
-            for change in plan.changes:
-                if change.action == "delete" and change.kind == "batch_feature_view":
-                    drop_view_data(self.online, self.offline, plan.workspace, change.name)
-                if change.action == "delete" and change.kind == "embedding_view":
-                    self._drop_vectors(plan.workspace, change.name)
+        """Run the plan's ``apply`` steps in order (the registry write, then the data drops of
+        deleted views); returns the new workspace version. Its ``materialize`` steps are left to
+        :meth:`materialize`."""
+        version = plan.base_version
+        for step in plan.steps:
+            if step.run_by != "apply":
+                continue
+            if step.action == "write_registry":
+                with _translating:
+                    version = apply_plan(self.registry, plan)
+                self.runtime.wrote()
+            elif step.action == "drop_data" and step.kind == "embedding_view":
+                self._drop_vectors(plan.workspace, step.name)
+            elif step.action == "drop_data":
+                drop_view_data(self.online, self.offline, plan.workspace, step.name)
         return version
 
     # -- materialization ----------------------------------------------------------------------

@@ -126,6 +126,7 @@ def jobs(
             help="Only jobs with this status (succeeded, warning, failed, running, abandoned)."
         ),
     ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
     """List materialization jobs, newest first (warnings: data that failed an expectation;
     failed (abandoned): its process was killed or died before the job finished)."""
@@ -150,6 +151,12 @@ def jobs(
             for j in found
             if status in (None, j.status) or (status == "abandoned" and j.abandoned)
         ]
+        if json_out:
+            import json
+
+            payload = {"workspace": ctx.workspace, "jobs": [_job_json(j) for j in wanted[:limit]]}
+            print(json.dumps(payload, indent=2, default=str))
+            return
         for j in wanted[:limit]:
             color = {"succeeded": "green", "failed": "red"}.get(j.status, "yellow")
             table.add_row(
@@ -164,6 +171,24 @@ def jobs(
                 j.error or "",
             )
         out_console().print(table)
+
+
+def _job_json(job) -> dict:
+    return {
+        "id": job.id,
+        "view": job.view,
+        "status": job.status,
+        "abandoned": job.abandoned,
+        "range_start": job.range_start,
+        "range_end": job.range_end,
+        "rows_offline": job.rows_offline,
+        "rows_online": job.rows_online,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration_s": job.duration_s,
+        "error": job.error,
+        "owner": job.owner,
+    }
 
 
 @app.command()

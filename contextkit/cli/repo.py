@@ -41,13 +41,41 @@ def init(
 
 # -- plan / apply / destroy ------------------------------------------------------------------
 @app.command()
-def plan(repo: RepoOpt = Path("."), workspace: WorkspaceOpt = None) -> None:
-    """Validate the repo and show what `apply` would change in the workspace."""
-    with guard:
-        from contextkit.framework.plan import render_plan
+def plan(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the plan as JSON (schema in docs/cli.md).")
+    ] = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option(
+            "--detailed-exitcode",
+            help="Exit 0 when there is nothing to change, 2 when changes are pending, 1 on an "
+            "error (for CI).",
+        ),
+    ] = False,
+) -> None:
+    """Validate the repo and show what `apply` would change in the workspace: each change with
+    its consequences, and the steps `apply` (and then `materialize`) would run."""
+    try:
+        with guard:
+            from contextkit.framework.plan import render_plan
 
-        ctx = open_context(repo, workspace)
-        out_console().print(render_plan(ctx.plan(repo)))
+            ctx = open_context(repo, workspace)
+            the_plan = ctx.plan(repo)
+            if json_out:
+                import json
+
+                print(json.dumps(the_plan.to_json(), indent=2, default=str))
+            else:
+                out_console().print(render_plan(the_plan))
+    except typer.Exit as exc:
+        if detailed_exitcode and exc.exit_code:
+            raise typer.Exit(1) from None
+        raise
+    if detailed_exitcode and not the_plan.is_empty:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -73,9 +101,14 @@ def apply(
         console.print(
             f"[green]Applied[/] workspace {the_plan.workspace!r} is at version {version}."
         )
-        if the_plan.live and any(c.rematerialize for c in the_plan.changes):
+        dropped = [s.name for s in the_plan.steps if s.action == "drop_data"]
+        if dropped:
+            console.print(f"Dropped the data of {', '.join(dropped)}.")
+        pending = [s.name for s in the_plan.steps if s.run_by == "materialize"]
+        if pending:
             console.print(
-                "Run [bold]contextkit materialize[/] to compute the new or changed views."
+                f"Run [bold]contextkit materialize[/] to compute {', '.join(pending)}.",
+                highlight=False,
             )
 
 
