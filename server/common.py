@@ -15,11 +15,12 @@ A route that needs no workspace context but must be protected calls
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
 
 from contextkit.client import Context
 from contextkit.errors import ContextKitError
@@ -72,6 +73,50 @@ async def read_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidBody("body must be a JSON object")
     return data
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+# What a JSON value of the type a pydantic error expected is called in our messages.
+_EXPECTED = {
+    "string_type": "a string",
+    "dict_type": "an object",
+    "list_type": "a list",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "a boolean",
+    "float_type": "a number",
+}
+
+
+async def parse_body(request: Request, model: type[Body]) -> Body:
+    """The request body validated against ``model``, the same model the route's OpenAPI schema
+    is built from (one source for both). Parsed by pydantic-core from the raw bytes, not through
+    FastAPI's declared body parameter: bench/body_parsing.py measured this path at 0.80x of the
+    declared one at p50 (about 0.09 ms less per request), which matters on ``/v1/features``,
+    whose whole budget is a fraction of a millisecond. Bad bodies raise
+    :class:`InvalidBody` (422 ``invalid_request``, each error with its ``body.<path>``)."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> InvalidBody:
+    error = exc.errors(include_url=False)[0]
+    kind, loc = error["type"], [str(part) for part in error["loc"]]
+    if kind == "json_invalid":
+        return InvalidBody(f"body is not valid JSON: {error['ctx'].get('error', error['msg'])}")
+    if not loc:
+        return InvalidBody("body must be a JSON object")
+    name = ".".join(loc)
+    if kind == "missing":
+        return InvalidBody(f"`{name}` is required", f"body.{name}", "field required")
+    expected = _EXPECTED.get(kind)
+    if expected is None:
+        return InvalidBody(f"`{name}`: {error['msg']}", f"body.{name}")
+    return InvalidBody(f"`{name}` must be {expected}", f"body.{name}")
 
 
 def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool) -> Any:

@@ -16,17 +16,16 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from contextkit.errors import ContextKitError
 from contextkit.prompts.llm import GENERATION_PARAMS
 from contextkit.server.common import (
     READER,
     ServerState,
-    field,
     json_response,
     ok_example,
-    read_object,
+    parse_body,
 )
 from contextkit.server.features import body_schema
 
@@ -59,6 +58,11 @@ class ContextRequestBody(BaseModel):
         + ", ".join(sorted(GENERATION_PARAMS))
         + " (anything else is a 400: the endpoint, key and headers are the server's).",
     )
+
+    @field_validator("render", "complete", "stream", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        return cls.model_fields[info.field_name].default if value is None else value
 
     model_config = {
         "json_schema_extra": {
@@ -145,24 +149,10 @@ def routes(state: ServerState) -> APIRouter:
         """Everything one LLM call needs: features, documents, the rendered prompt."""
         from contextkit.retrieval.assemble import assemble_async, stream_async
 
-        data = await read_object(request)
-        service = field(data, "service", str, required=True)
-        workspace = field(data, "workspace", str, required=False)
-        options = {
-            "entities": field(data, "entities", dict, required=False),
-            "query": field(data, "query", str, required=False),
-            "request_context": field(data, "request_context", dict, required=False),
-            "top_k": field(data, "top_k", int, required=False),
-            "filter": field(data, "filter", dict, required=False),
-            "searches": field(data, "searches", dict, required=False),
-            "render": _flag(data, "render", True),
-            "complete": _flag(data, "complete", False),
-            "model": field(data, "model", str, required=False),
-            "params": field(data, "params", dict, required=False),
-        }
-        prompt = field(data, "prompt", str, required=False)
-        stream = _flag(data, "stream", False)
-        ctx = state.context(request, workspace, READER, service=service)
+        body = await parse_body(request, ContextRequestBody)
+        service, prompt, stream = body.service, body.prompt, body.stream
+        options = body.model_dump(exclude={"workspace", "service", "prompt", "stream"})
+        ctx = state.context(request, body.workspace, READER, service=service)
         plan, parsed = ctx.context_request(service, prompt, options)
         if not (stream and parsed.complete):
             result = await assemble_async(ctx.runtime, plan, parsed)
@@ -198,8 +188,3 @@ def routes(state: ServerState) -> APIRouter:
         )
 
     return router
-
-
-def _flag(data: dict[str, Any], name: str, default: bool) -> bool:
-    value = field(data, name, bool, required=False)
-    return default if value is None else value

@@ -12,10 +12,9 @@ from contextkit.server.common import (
     READER,
     InvalidBody,
     ServerState,
-    field,
     json_response,
     ok_example,
-    read_object,
+    parse_body,
 )
 
 SERVICES_EXAMPLE = {
@@ -61,8 +60,10 @@ class FeaturesRequest(BaseModel):
 
     workspace: str | None = Field(None, description="Workspace; default: the server's.")
     service: str = Field(..., description="Name of a ContextService.")
-    entities: dict[str, list[Any]] = Field(
-        ..., description="Join key -> list of values, one per entity row (column-major)."
+    entities: dict[str, Any] = Field(
+        ...,
+        description="Join key -> list of values, one per entity row (column-major); a single "
+        "value stands for a one-row list.",
     )
     request_context: dict[str, Any] | None = Field(
         None,
@@ -84,7 +85,8 @@ class FeaturesRequest(BaseModel):
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI ``requestBody`` for a route that parses its body itself (with orjson)."""
+    """OpenAPI ``requestBody`` of a route that validates its body with the same ``model``
+    (:func:`~contextkit.server.common.parse_body`)."""
     return {
         "requestBody": {
             "required": True,
@@ -147,15 +149,12 @@ def routes(state: ServerState) -> APIRouter:
     async def features(request: Request) -> Response:
         """Latest feature values of a service for a batch of entities (column-major)."""
         try:
-            data = await read_object(request)
-            service = field(data, "service", str, required=True)
-            entities = field(data, "entities", dict, required=True)
-            workspace = field(data, "workspace", str, required=False)
-            request_context = field(data, "request_context", dict, required=False)
+            body = await parse_body(request, FeaturesRequest)
         except InvalidBody as exc:
             return exc.response()
-        c = state.context(request, workspace, READER, service=service)
-        result = c.get_features(service, entities, request_context)
+        c = state.context(request, body.workspace, READER, service=body.service)
+        result = c.get_features(body.service, body.entities, body.request_context)
+        # Serialized by hand (orjson) like every hot-path response: see parse_body.
         return json_response(result.to_response())
 
     return router

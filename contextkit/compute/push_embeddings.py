@@ -86,7 +86,7 @@ class PushEncoder:
         self._counts: dict[str, dict[tuple[str, str], int]] = {}
 
     def submit(
-        self, ctx: Runtime, workspace: str, view: EmbeddingViewSpec, rows: Sequence[dict]
+        self, runtime: Runtime, workspace: str, view: EmbeddingViewSpec, rows: Sequence[dict]
     ) -> None:
         with self._lock:
             self._pending += 1
@@ -95,7 +95,7 @@ class PushEncoder:
                     target=self._run, name="contextkit-push-encoder", daemon=True
                 )
                 self._thread.start()
-        self._queue.put(_Job(ctx, workspace, view, list(rows)))
+        self._queue.put(_Job(runtime, workspace, view, list(rows)))
 
     def wait(self, timeout: float = 30.0, *, registry: str | None = None) -> bool:
         """Block until every queued record is processed: True when done, False when ``timeout``
@@ -187,8 +187,8 @@ class PushEncoder:
             log.exception("recording the alert of a failed push-based encode of %s failed", view)
 
 
-def _registry_key(ctx: Runtime) -> str:
-    return str(ctx.config.registry_path.resolve())
+def _registry_key(runtime: Runtime) -> str:
+    return runtime.config.registry_key
 
 
 def _describe(exc: Exception) -> str:
@@ -212,12 +212,12 @@ def _error(failed: list[PushFailure]) -> PushEmbeddingError:
     )
 
 
-def _raise_alert(ctx: Runtime, failure: PushFailure) -> None:
+def _raise_alert(runtime: Runtime, failure: PushFailure) -> None:
     """Open (or update) the view's ``push_encode_failed`` alert in the registry, adding up the
     records that failed since it was opened."""
     from contextkit.stores.registry import AlertRecord
 
-    registry = ctx.registry
+    registry = runtime.registry
     current = next(
         (a for a in registry.list_alerts(failure.workspace, failure.view) if a.kind == ALERT_KIND),
         None,

@@ -568,7 +568,7 @@ class PreparedChat:
         }
 
 
-async def prepare_chat(ctx: Runtime, request: ChatRequest) -> PreparedChat:
+async def prepare_chat(runtime: Runtime, request: ChatRequest) -> PreparedChat:
     """Retrieve the context for the last user message, render the prompt view and merge it with
     the conversation. Raises NotFoundError (unknown service or prompt) and BadRequestError."""
     from contextkit.retrieval.assemble import assemble_async, context_plan, parse_request
@@ -578,35 +578,37 @@ async def prepare_chat(ctx: Runtime, request: ChatRequest) -> PreparedChat:
             f"model {request.model!r} is not a contextkit service",
             hint="use model 'contextkit/<service>', or name the service in "
             f'"contextkit": {{"service": ...}} or the {HEADERS["service"]} header; '
-            + _models_hint(ctx),
+            + _models_hint(runtime),
             details={"field": "model"},
         )
-    plan = context_plan(ctx, request.service, request.prompt)
+    plan = context_plan(runtime, request.service, request.prompt)
     if plan.prompt is None:
         raise ChatRequestError(
             f"service {plan.service!r} has no prompt view, so it cannot chat",
             param="model",
-            hint="add prompts=[...] to the ContextService; " + _models_hint(ctx),
+            hint="add prompts=[...] to the ContextService; " + _models_hint(runtime),
         )
     parsed = parse_request(plan, **request.context_options())
-    result = await assemble_async(ctx, plan, parsed)
+    result = await assemble_async(runtime, plan, parsed)
     messages = merge_conversation(result.prompt or {}, request.messages)
     return PreparedChat(request, plan, parsed, result, messages)
 
 
-def _models_hint(ctx: Runtime) -> str:
-    names = [entry["id"] for entry in chat_models(ctx)["data"]]
+def _models_hint(runtime: Runtime) -> str:
+    names = [entry["id"] for entry in chat_models(runtime)["data"]]
     return "chat models: " + (", ".join(names) or "none (no service has a prompt view)")
 
 
-async def complete_chat(ctx: Runtime, request: ChatRequest) -> PreparedChat:
+async def complete_chat(runtime: Runtime, request: ChatRequest) -> PreparedChat:
     """One chat completion: the answer is in ``.context.completion``, and
     :func:`completion_object` makes OpenAI's ``chat.completion`` object of it."""
     from contextkit.retrieval.assemble import complete_async
 
     began = time.perf_counter()
-    chat = await prepare_chat(ctx, request)
-    await complete_async(ctx, chat.plan, chat.context_request, chat.context, messages=chat.messages)
+    chat = await prepare_chat(runtime, request)
+    await complete_async(
+        runtime, chat.plan, chat.context_request, chat.context, messages=chat.messages
+    )
     chat.context.metadata["timings_ms"]["total"] = round((time.perf_counter() - began) * 1000, 3)
     return chat
 
@@ -698,13 +700,13 @@ class ChatStream:
         }
 
 
-async def start_chat_stream(ctx: Runtime, request: ChatRequest) -> ChatStream:
+async def start_chat_stream(runtime: Runtime, request: ChatRequest) -> ChatStream:
     """Retrieve, render, merge, and start streaming the answer (awaiting its first delta)."""
     from contextkit.retrieval.assemble import stream_async
 
-    chat = await prepare_chat(ctx, request)
+    chat = await prepare_chat(runtime, request)
     deltas = aiter(
-        stream_async(ctx, chat.plan, chat.context_request, chat.context, messages=chat.messages)
+        stream_async(runtime, chat.plan, chat.context_request, chat.context, messages=chat.messages)
     )
     first = await anext(deltas, None)
     return ChatStream(chat, first, deltas)
@@ -713,11 +715,11 @@ async def start_chat_stream(ctx: Runtime, request: ChatRequest) -> ChatStream:
 # -- models ---------------------------------------------------------------------------------------
 
 
-def chat_models(ctx: Runtime) -> dict[str, Any]:
+def chat_models(runtime: Runtime) -> dict[str, Any]:
     """OpenAI's model list for a workspace: ``contextkit/<service>`` for every service with a
     prompt view (its first prompt), and ``contextkit/<service>/<prompt>`` for its other prompts.
     ``created`` is when the workspace was created."""
-    specs = ctx.specs()
+    specs = runtime.specs()
     created = int(specs.workspace.created_at)
     data = []
     for service in specs.services.values():
@@ -746,7 +748,7 @@ class ChatReply:
 
 
 def chat(
-    ctx: Runtime,
+    runtime: Runtime,
     messages: Sequence[Mapping[str, Any]],
     *,
     service: str,
@@ -784,7 +786,7 @@ def chat(
         OWNER: {k: v for k, v in extension.items() if v is not None},
     }
     request = parse_chat_request(body)
-    prepared = _run_coroutine(complete_chat(ctx, request))
+    prepared = _run_coroutine(complete_chat(runtime, request))
     response = completion_object(prepared)
     answer = prepared.context.completion or {}
     return ChatReply(

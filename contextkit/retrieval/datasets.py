@@ -99,7 +99,7 @@ class RenderedDataset:
 
     def __init__(
         self,
-        ctx: Runtime,
+        runtime: Runtime,
         events: Any,
         plan: ContextPlan,
         refs: list[FeatureRefSpec],
@@ -114,10 +114,10 @@ class RenderedDataset:
         on_progress: Progress | None,
         batch_size: int = BATCH_ROWS,
     ) -> None:
-        self._ctx = ctx
+        self._ctx = runtime
         self._events = events
         self.plan = plan
-        self._refs = select_features(ctx, [(r.view, r.features) for r in refs])
+        self._refs = select_features(runtime, [(r.view, r.features) for r in refs])
         self.timestamp_key = timestamp_key
         self.label_column = label_column
         self._from_source = from_source
@@ -435,7 +435,7 @@ class RenderedDataset:
 
 
 def generate_dataset(
-    ctx: Runtime,
+    runtime: Runtime,
     events: Any,
     service_or_prompt: str,
     *,
@@ -451,9 +451,9 @@ def generate_dataset(
 ) -> RenderedDataset:
     """A prompt view rendered for every event (see :meth:`contextkit.client.Context.
     generate_dataset` and the module docstring)."""
-    plan, refs = dataset_plan(ctx, service_or_prompt, prompt)
+    plan, refs = dataset_plan(runtime, service_or_prompt, prompt)
     return RenderedDataset(
-        ctx,
+        runtime,
         events,
         plan,
         refs,
@@ -469,14 +469,14 @@ def generate_dataset(
 
 
 def dataset_plan(
-    ctx: Runtime, name: str, prompt_name: str | None
+    runtime: Runtime, name: str, prompt_name: str | None
 ) -> tuple[ContextPlan, list[FeatureRefSpec]]:
     """The context plan of a service's prompt view (``prompt_name``, default its first), or of
     a prompt view alone, and the feature refs it reads: what ``assemble.build_plan`` computes,
     in any workspace (datasets read the offline data, which dev workspaces have too)."""
     from contextkit.framework.validation import load_template
 
-    specs = ctx.specs()
+    specs = runtime.specs()
     service_refs: list[FeatureRefSpec] = []
     service_searches: list[SearchSpec] = []
     if name in specs.services:
@@ -517,7 +517,7 @@ def dataset_plan(
     by_name: dict[str, SearchSpec] = {s.name: s for s in service_searches}
     for search in prompt.searches:
         by_name.setdefault(search.name, search)
-    template = load_template(prompt, ctx.config.root.resolve())
+    template = load_template(prompt, runtime.config.root.resolve())
     needs_query = "query" in template.names() or any(
         s.query_from == "query" for s in by_name.values()
     )
@@ -532,7 +532,7 @@ def dataset_plan(
         template=template,
         request_fields=_request_fields(prompt, reader),
         needs_query=needs_query,
-        render_limits=ctx.config.prompts.render_limits(),
+        render_limits=runtime.config.prompts.render_limits(),
     )
     return plan, refs
 
@@ -541,7 +541,7 @@ def dataset_plan(
 
 
 def _search_rows(
-    ctx: Runtime,
+    runtime: Runtime,
     table: str,
     spec: SearchSpec,
     requests: list,
@@ -556,7 +556,7 @@ def _search_rows(
     def one(i: int) -> list[dict[str, Any]]:
         top_k, filter_ = requests[i].search_options[spec.name]
         with _row_errors(offset + i), translating:
-            return ctx.vectors.search(
+            return runtime.vectors.search(
                 table,
                 vector=vectors.get(texts[i]) if spec.mode != "text" else None,
                 text=texts[i],

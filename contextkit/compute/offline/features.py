@@ -56,13 +56,13 @@ class OfflineFeatures:
 
     def __init__(
         self,
-        ctx: Runtime,
+        runtime: Runtime,
         events: Any,
         refs: list[tuple[AnyView, list[str]]],
         timestamp_key: str,
         from_source: bool | None,
     ) -> None:
-        self._ctx = ctx
+        self._ctx = runtime
         self._events = events
         self._refs = refs
         self._from_source = from_source

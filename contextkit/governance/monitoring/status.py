@@ -96,12 +96,12 @@ class Monitoring:
         ctx.monitoring.alerts()                  # open alerts, newest first
     """
 
-    def __init__(self, ctx: Runtime) -> None:
-        self.ctx = ctx
-        self.registry = ctx.registry
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.registry = runtime.registry
 
     def _views(self, workspace: str | None) -> dict[str, AnyView]:
-        specs = self.ctx.specs(workspace)
+        specs = self.runtime.specs(workspace)
         return {
             **specs.views,
             **specs.embedding_views,
@@ -112,7 +112,7 @@ class Monitoring:
     def status(self, workspace: str | None = None, *, now: float | None = None) -> list[ViewStatus]:
         """Every view of the workspace (batch, stream, realtime and embedding views) with its
         newest job, freshness and alerts."""
-        name = workspace or self.ctx.workspace
+        name = workspace or self.runtime.workspace
         views = self._views(name)
         latest = {j.view: j for j in self.registry.latest_jobs(name)}
         completed = {j.view: j for j in self.registry.last_succeeded_jobs() if j.workspace == name}
@@ -120,7 +120,7 @@ class Monitoring:
         stored: dict[str, list[Alert]] = {}
         for record in self.registry.list_alerts(name):
             stored.setdefault(record.view, []).append(stored_alert(record))
-        max_shrink = self.ctx.config.monitoring.max_online_shrink
+        max_shrink = self.runtime.config.monitoring.max_online_shrink
         ingested: dict[str, float | None] = {}
         out = []
         for view_name in sorted(views):
@@ -132,7 +132,7 @@ class Monitoring:
                 if view.source not in ingested:
                     from contextkit.compute.streaming import last_ingest_time
 
-                    ingested[view.source] = last_ingest_time(self.ctx, name, view.source)
+                    ingested[view.source] = last_ingest_time(self.runtime, name, view.source)
                 fresh = stream_freshness(view, ingested[view.source], now=now)
             elif isinstance(view, RealtimeFeatureViewSpec):
                 fresh = realtime_freshness(view)
@@ -175,7 +175,7 @@ class Monitoring:
     ) -> list[Alert]:
         """Open alerts of the workspace's views (with ``include_resolved``, resolved ones too),
         errors first, then newest first."""
-        name = workspace or self.ctx.workspace
+        name = workspace or self.runtime.workspace
         views = self._views(name)
         out: list[Alert] = []
         for status in self.status(name):
@@ -195,7 +195,7 @@ class Monitoring:
         "max_drift", "null_rates": {...}, "psi": {...}}, ...]}`` (history newest first).
         """
         spec = self._view(view)
-        workspace = self.ctx.workspace
+        workspace = self.runtime.workspace
         records = self.registry.list_job_stats(workspace, view, limit=runs)
         chosen = None
         if job is not None:
@@ -242,12 +242,12 @@ class Monitoring:
     def set_reference(self, view: str, job: str | None) -> None:
         """Pin the job later jobs of ``view`` measure drift against (None: the previous job)."""
         self._view(view)
-        key = REFERENCE_SETTING.format(workspace=self.ctx.workspace, view=view)
+        key = REFERENCE_SETTING.format(workspace=self.runtime.workspace, view=view)
         if job is None:
             self.registry.set_setting(key, "")
             return
         record = self.registry.get_job_stats(job)
-        if record is None or record.view != view or record.workspace != self.ctx.workspace:
+        if record is None or record.view != view or record.workspace != self.runtime.workspace:
             raise NotFoundError(
                 f"job {job!r} of view {view!r} has no quality statistics to compare with",
                 hint=f"pick a job of {view} from `contextkit quality {view}`",
@@ -258,7 +258,7 @@ class Monitoring:
         views = self._views(None)
         if name not in views:
             raise NotFoundError(
-                f"unknown view {name!r} in workspace {self.ctx.workspace!r}",
+                f"unknown view {name!r} in workspace {self.runtime.workspace!r}",
                 hint="views: " + (", ".join(sorted(views)) or "none applied"),
             )
         return views[name]
