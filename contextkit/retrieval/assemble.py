@@ -50,20 +50,20 @@ MAX_TOP_K = 100
 _pool: ThreadPoolExecutor | None = None
 
 
-def _executor() -> ThreadPoolExecutor:
+def executor() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="contextkit-context")
     return _pool
 
 
-def _run_coroutine(coroutine) -> Any:
+def run_coroutine(coroutine) -> Any:
     """Run a coroutine to completion from sync code, also inside a running loop (a notebook)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coroutine)
-    return _executor().submit(asyncio.run, coroutine).result()
+    return executor().submit(asyncio.run, coroutine).result()
 
 
 # -- the plan: what a service + prompt needs, computed once per registry version ----------------
@@ -115,7 +115,7 @@ def build_plan(ctx: Runtime, service_name: str, prompt_name: str | None) -> Cont
                 f"unknown prompt view {name!r} in workspace {specs.workspace.name!r}",
                 hint="prompt views: " + (", ".join(sorted(specs.prompts)) or "none applied"),
             )
-    refs = _merge_refs([*service.features, *(prompt.features if prompt else [])])
+    refs = merge_refs([*service.features, *(prompt.features if prompt else [])])
     reader = None
     if refs:
         merged = ContextServiceSpec(name=service.name, features=refs)
@@ -135,13 +135,13 @@ def build_plan(ctx: Runtime, service_name: str, prompt_name: str | None) -> Cont
         searches=tuple(searches.values()),
         embedding_views={s.view: specs.embedding_views[s.view] for s in searches.values()},
         template=template,
-        request_fields=_request_fields(prompt, reader),
+        request_fields=request_fields(prompt, reader),
         needs_query=needs_query,
         render_limits=ctx.config.prompts.render_limits(),
     )
 
 
-def _request_fields(
+def request_fields(
     prompt: PromptViewSpec | None, reader: ServiceReader | None
 ) -> tuple[RequestFieldSpec, ...]:
     """The prompt's request fields, plus those the service's realtime views read (required)."""
@@ -151,7 +151,7 @@ def _request_fields(
     return tuple(fields.values())
 
 
-def _merge_refs(refs: Sequence[FeatureRefSpec]) -> list[FeatureRefSpec]:
+def merge_refs(refs: Sequence[FeatureRefSpec]) -> list[FeatureRefSpec]:
     """One ref per view: all features if any ref takes all, else the union of the selections."""
     merged: dict[str, list[str] | None] = {}
     for ref in refs:
@@ -683,7 +683,7 @@ async def assemble_async(ctx: Runtime, plan: ContextPlan, request: ContextReques
     began = time.perf_counter()
     loop = asyncio.get_running_loop()
     steps = retrieve_stage(ctx, plan, request)
-    pool = _executor()
+    pool = executor()
     results = await asyncio.gather(*(loop.run_in_executor(pool, step) for step in steps))
     result = finish_retrieval(plan, request, list(results), began)
     if request.render or request.complete:
@@ -702,12 +702,12 @@ def assemble(ctx: Runtime, plan: ContextPlan, request: ContextRequest) -> Contex
     if len(steps) == 1:
         results = [steps[0]()]
     else:
-        futures = [_executor().submit(step) for step in steps]
+        futures = [executor().submit(step) for step in steps]
         results = [f.result() for f in futures]
     result = finish_retrieval(plan, request, results, began)
     if request.render or request.complete:
         render_prompt(plan, request, result)
     if request.complete:
-        _run_coroutine(complete_async(ctx, plan, request, result))
+        run_coroutine(complete_async(ctx, plan, request, result))
     result.metadata["timings_ms"]["total"] = round((time.perf_counter() - began) * 1000, 3)
     return result

@@ -769,7 +769,7 @@ def chat(
                      service="support_assistant", entities={"user_id": 7}, temperature=0)
         reply.text, reply.context.documents["products"]
     """
-    from contextkit.retrieval.assemble import _run_coroutine
+    from contextkit.retrieval.assemble import run_coroutine
 
     extension = {  # the service and prompt are in the model name
         "entities": dict(entities) if entities is not None else None,
@@ -786,7 +786,7 @@ def chat(
         OWNER: {k: v for k, v in extension.items() if v is not None},
     }
     request = parse_chat_request(body)
-    prepared = _run_coroutine(complete_chat(runtime, request))
+    prepared = run_coroutine(complete_chat(runtime, request))
     response = completion_object(prepared)
     answer = prepared.context.completion or {}
     return ChatReply(

@@ -49,12 +49,12 @@ from contextkit.framework.specs import ContextServiceSpec, FeatureRefSpec, Searc
 from contextkit.retrieval.assemble import (
     ContextPlan,
     ContextResult,
-    _executor,
-    _merge_refs,
-    _request_fields,
     completion_messages,
+    executor,
+    merge_refs,
     parse_request,
     render_prompt,
+    request_fields,
 )
 from contextkit.retrieval.online import ServiceReader
 
@@ -509,7 +509,7 @@ def dataset_plan(
             f"unknown prompt view {prompt_name!r} in workspace {specs.workspace.name!r}",
             hint="prompt views: " + (", ".join(sorted(specs.prompts)) or "none applied"),
         )
-    refs = _merge_refs([*service_refs, *prompt.features])
+    refs = merge_refs([*service_refs, *prompt.features])
     reader = None
     if refs:
         merged = ContextServiceSpec(name=name, features=refs)
@@ -530,7 +530,7 @@ def dataset_plan(
         searches=tuple(by_name.values()),
         embedding_views={s.view: specs.embedding_views[s.view] for s in by_name.values()},
         template=template,
-        request_fields=_request_fields(prompt, reader),
+        request_fields=request_fields(prompt, reader),
         needs_query=needs_query,
         render_limits=runtime.config.prompts.render_limits(),
     )
@@ -566,7 +566,7 @@ def _search_rows(
                 version=versions[i],
             )
 
-    return list(_executor().map(one, range(len(requests))))
+    return list(executor().map(one, range(len(requests))))
 
 
 _NEVER = datetime(1, 1, 2, tzinfo=UTC)  # a null event time: before every version
