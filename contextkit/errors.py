@@ -29,6 +29,8 @@ server turns them into ``{"error": {"code", "message", "details"}}`` with the ma
     └── MonitoringError            monitoring_error        500  compute.quality
     └── RealtimeFeatureError       realtime_feature_error  500  framework.realtime
     └── PushEmbeddingError         push_embedding_failed   500  compute.push_embeddings
+    └── JobConflictError           job_conflict            409  governance.jobs
+    └── JobCancelledError          job_cancelled           409  compute (a cancelled job)
 
 The leaves (``stores``, ``embeddings``, ``prompts``) import nothing of the core, so they keep
 their own small bases; :func:`translate_store_errors` and :data:`translating` turn their errors
@@ -190,6 +192,22 @@ class RateLimitedError(ContextKitError):
 
 
 _LEAF_MODULES = ("contextkit.embeddings", "contextkit.prompts", "contextkit.stores")
+
+
+class JobConflictError(ContextKitError):
+    """A job action that does not fit the job's state: cancelling a finished job, retrying one
+    that still runs."""
+
+    code = "job_conflict"
+    http_status = 409
+
+
+class JobCancelledError(ContextKitError):
+    """Raised inside a job's worker when someone cancelled the job: the job stops at its next
+    batch, leaves the stores as they were and is recorded ``cancelled``."""
+
+    code = "job_cancelled"
+    http_status = 409
 
 
 class ExpectationFailedError(ContextKitError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Version 1: the base schema a new registry starts from.
 SCHEMA = """
@@ -76,6 +76,27 @@ ALTER TABLE jobs ADD COLUMN lease_expires_at REAL;
 UPDATE jobs SET heartbeat_at = started_at, lease_expires_at = started_at + 86400
     WHERE status = 'running' AND lease_expires_at IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (status) WHERE status = 'running';
+""",
+    # Orchestration (see contextkit.stores._job_queue): jobs queued by the jobs API and their
+    # cancellation; per view the schedule's cursor, and every due interval once (its primary key
+    # is the interval), claimed with a lease so two schedulers never run one interval twice.
+    5: """
+ALTER TABLE jobs ADD COLUMN cancel_requested_at REAL;
+ALTER TABLE jobs ADD COLUMN request TEXT;
+CREATE INDEX IF NOT EXISTS jobs_active ON jobs (status) WHERE status IN ('running', 'queued');
+CREATE TABLE IF NOT EXISTS schedules (
+    workspace TEXT NOT NULL, view TEXT NOT NULL, spec_hash TEXT NOT NULL, cursor REAL NOT NULL,
+    updated_at REAL NOT NULL, PRIMARY KEY (workspace, view)
+);
+CREATE TABLE IF NOT EXISTS schedule_intervals (
+    workspace TEXT NOT NULL, view TEXT NOT NULL, spec_hash TEXT NOT NULL,
+    interval_start REAL NOT NULL, interval_end REAL NOT NULL, kind TEXT NOT NULL,
+    full_run INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
+    next_attempt_at REAL NOT NULL, job_id TEXT, error TEXT, owner_host TEXT, owner_pid INTEGER,
+    owner_start TEXT, lease_expires_at REAL, created_at REAL NOT NULL, finished_at REAL,
+    PRIMARY KEY (workspace, view, spec_hash, interval_start)
+);
+CREATE INDEX IF NOT EXISTS schedule_intervals_due ON schedule_intervals (status, next_attempt_at);
 """,
 }
 

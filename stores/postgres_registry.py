@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from contextkit.stores._job_queue import JobQueueMixin
 from contextkit.stores._postgres_connection import (
     ADVISORY_LOCK_CLASS,
     CHANNEL,
@@ -80,14 +81,19 @@ log = logging.getLogger("contextkit.registry")
 
 # The advisory locks (class, hashtext of workspace/view) that serialize a view's alert writes.
 _MONITORING_LOCK_CLASS = ADVISORY_LOCK_CLASS + 1
+# The advisory lock (ADVISORY_LOCK_CLASS, this) that serializes schedulers' interval claims.
+_CLAIM_LOCK = 2
 # How long an apply waits for another apply's lock on the same workspace.
 APPLY_LOCK_TIMEOUT = "30s"
 # Text sorts as SQLite's BINARY collation does, whatever the database's locale.
 C = 'COLLATE "C"'
 
 
-class PostgresRegistry:
+class PostgresRegistry(JobQueueMixin):
     """The registry in a PostgreSQL database (``postgresql://user:password@host:port/db``)."""
+
+    _jq_job_columns = _JOB_COLUMNS
+    _jq_job_record = staticmethod(_job_record)
 
     def __init__(
         self,
@@ -125,6 +131,17 @@ class PostgresRegistry:
             con.execute(f"NOTIFY {CHANNEL}")
         self._commits += 1
         self._changes.bump()
+
+    @contextmanager
+    def _jq_transaction(self, action: str) -> Iterator[Any]:
+        with self._transaction(action) as con:
+            yield lambda sql, params=(): con.execute(sql.replace("?", "%s"), params)
+
+    def _jq_rows(self, sql: str, params: Any = ()) -> list[tuple]:
+        return self._rows("reading the job queue", sql.replace("?", "%s"), params)
+
+    def _jq_lock(self, run) -> None:
+        run("SELECT pg_advisory_xact_lock(?, ?)", (ADVISORY_LOCK_CLASS, _CLAIM_LOCK))
 
     def _rows(self, action: str, sql: str, params: Any = ()) -> list[tuple]:
         with self._db.connection(action) as con:
@@ -180,7 +197,10 @@ class PostgresRegistry:
             locked = con.execute("SELECT 1 FROM workspaces WHERE name = %s FOR UPDATE", (name,))
             if locked.fetchone() is None:
                 raise _missing_workspace(name)
-            for table in ("objects", "applies", "jobs", "job_stats", "alerts"):
+            for table in (
+                "objects", "applies", "jobs", "job_stats", "alerts", "schedules",
+                "schedule_intervals",
+            ):  # fmt: skip
                 con.execute(f"DELETE FROM {table} WHERE workspace = %s", (name,))
             con.execute("DELETE FROM workspaces WHERE name = %s", (name,))
             # A workspace created later under the same name must not inherit these keys.
@@ -271,10 +291,26 @@ class PostgresRegistry:
         """Record a running job owned by this process; its lease is renewed until
         :meth:`finish_job`. Jobs abandoned by other processes are marked first."""
         self.reap_abandoned_jobs()
-        job_id = uuid.uuid4().hex[:12]
+        job_id = fields.get("job_id") or uuid.uuid4().hex[:12]
         owner = current_process()
         now = time.time()
         with self._transaction("starting a job") as con:
+            if fields.get("job_id"):  # a queued job (see _job_queue): its worker starts it
+                cur = con.execute(
+                    "UPDATE jobs SET status = 'running', range_start = %s, range_end = %s, "
+                    "spec_hash = %s, started_at = %s, details = %s, owner_host = %s, "
+                    "owner_pid = %s, owner_start = %s, heartbeat_at = %s, lease_expires_at = %s "
+                    "WHERE id = %s AND status = 'queued'",
+                    (fields.get("range_start"), fields.get("range_end"), fields.get("spec_hash"),
+                     now, json.dumps(fields.get("details") or {}), owner.host, owner.pid,
+                     owner.start, now, now + self.job_lease_s, job_id),
+                )  # fmt: skip
+                if cur.rowcount != 1:
+                    raise MissingError(
+                        f"job {job_id} is no longer queued (cancelled, or started elsewhere)"
+                    )
+                self._leases.hold(job_id)
+                return job_id
             con.execute(
                 "INSERT INTO jobs (id, workspace, view, status, range_start, range_end, spec_hash,"
                 " started_at, details, owner_host, owner_pid, owner_start, heartbeat_at, "

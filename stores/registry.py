@@ -23,11 +23,15 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from contextkit.stores._job_queue import ACTIVE_JOB_STATUSES as ACTIVE_JOB_STATUSES
+from contextkit.stores._job_queue import IntervalRecord, JobQueueMixin
 from contextkit.stores._registry_schema import MIGRATIONS as _MIGRATIONS
 from contextkit.stores._registry_schema import SCHEMA as _SCHEMA
 from contextkit.stores._registry_schema import SCHEMA_VERSION
@@ -243,6 +247,61 @@ class RegistryStore(Protocol):
     def renew_job_leases(self, job_ids: list[str]) -> int: ...
     def reap_abandoned_jobs(self, now: float | None = None) -> list[str]: ...
     def get_setting(self, key: str) -> str | None: ...
+    # Orchestration (stores/_job_queue.py): schedules, due intervals, queued jobs, cancellation.
+    def list_schedules(self) -> dict[tuple[str, str], tuple[str, float]]: ...
+    def advance_schedule(
+        self,
+        workspace: str,
+        view: str,
+        spec_hash: str,
+        expected: tuple[str, float] | None,
+        cursor: float,
+        intervals: list[tuple[float, float, str, bool]],
+        now: float,
+    ) -> bool: ...
+    def drop_schedule(self, workspace: str, view: str, now: float) -> None: ...
+    def due_intervals(self, now: float, limit: int = 1) -> list[IntervalRecord]: ...
+    def claim_interval(
+        self, owner: ProcessIdentity, now: float, lease_s: float
+    ) -> IntervalRecord | None: ...
+    def get_interval(self, key: tuple[str, str, str, float]) -> IntervalRecord | None: ...
+    def renew_interval_leases(
+        self, keys: list[tuple[str, str, str, float]], owner: ProcessIdentity, until: float
+    ) -> int: ...
+    def finish_interval(
+        self,
+        key: tuple[str, str, str, float],
+        owner: ProcessIdentity,
+        status: str,
+        now: float,
+        *,
+        job_id: str | None = None,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> bool: ...
+    def list_intervals(
+        self,
+        workspace: str | None = None,
+        view: str | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+    ) -> list[IntervalRecord]: ...
+    def queue_job(
+        self,
+        workspace: str,
+        view: str,
+        *,
+        range_start: str | None,
+        range_end: str | None,
+        request: dict[str, Any],
+    ) -> str: ...
+    def job_request(self, job_id: str) -> dict[str, Any] | None: ...
+    def active_jobs(
+        self, workspace: str | None = None, view: str | None = None
+    ) -> list[JobRecord]: ...
+    def request_cancel(self, job_id: str, now: float) -> str | None: ...
+    def cancel_requested(self, job_id: str) -> bool: ...
+    def set_job_progress(self, job_id: str, progress: dict[str, Any]) -> None: ...
     def set_setting(self, key: str, value: str) -> None: ...
     def change_token(self) -> tuple[int, int]: ...
     def insert_api_key(self, record: ApiKeyRecord) -> None: ...
@@ -275,8 +334,11 @@ class RegistryStore(Protocol):
     ) -> list[AlertRecord]: ...
 
 
-class SQLiteRegistry:
+class SQLiteRegistry(JobQueueMixin):
     """The embedded registry: one SQLite file, WAL mode, one transaction per write."""
+
+    _jq_job_columns = _JOB_COLUMNS
+    _jq_job_record = staticmethod(_job_record)
 
     def __init__(
         self, path: str | Path, *, create: bool = True, job_lease_s: float = JOB_LEASE_S
@@ -312,6 +374,14 @@ class SQLiteRegistry:
 
     def _transaction(self):
         return _Transaction(self._con(), self)
+
+    @contextmanager
+    def _jq_transaction(self, action: str) -> Iterator[Any]:
+        with self._transaction() as con:
+            yield con.execute
+
+    def _jq_rows(self, sql: str, params: Any = ()) -> list[tuple]:
+        return self._con().execute(sql, params).fetchall()
 
     def _check_schema(self) -> None:
         try:
@@ -395,7 +465,10 @@ class SQLiteRegistry:
     def delete_workspace(self, name: str) -> None:
         self.get_workspace(name)
         with self._transaction() as con:
-            for table in ("objects", "applies", "jobs", "job_stats", "alerts"):
+            for table in (
+                "objects", "applies", "jobs", "job_stats", "alerts", "schedules",
+                "schedule_intervals",
+            ):  # fmt: skip
                 con.execute(f"DELETE FROM {table} WHERE workspace = ?", (name,))
             con.execute("DELETE FROM workspaces WHERE name = ?", (name,))
             # A workspace created later under the same name must not inherit these keys.
@@ -470,10 +543,26 @@ class SQLiteRegistry:
         """Record a running job owned by this process; its lease is renewed until
         :meth:`finish_job`. Jobs abandoned by other processes are marked first."""
         self.reap_abandoned_jobs()
-        job_id = uuid.uuid4().hex[:12]
+        job_id = fields.get("job_id") or uuid.uuid4().hex[:12]
         owner = current_process()
         now = time.time()
         with self._transaction() as con:
+            if fields.get("job_id"):  # a queued job (see _job_queue): its worker starts it
+                cur = con.execute(
+                    "UPDATE jobs SET status = 'running', range_start = ?, range_end = ?, "
+                    "spec_hash = ?, started_at = ?, details = ?, owner_host = ?, owner_pid = ?, "
+                    "owner_start = ?, heartbeat_at = ?, lease_expires_at = ? WHERE id = ? AND "
+                    "status = 'queued'",
+                    (fields.get("range_start"), fields.get("range_end"), fields.get("spec_hash"),
+                     now, json.dumps(fields.get("details") or {}), owner.host, owner.pid,
+                     owner.start, now, now + self.job_lease_s, job_id),
+                )  # fmt: skip
+                if cur.rowcount != 1:
+                    raise MissingError(
+                        f"job {job_id} is no longer queued (cancelled, or started elsewhere)"
+                    )
+                self._leases.hold(job_id)
+                return job_id
             con.execute(
                 "INSERT INTO jobs (id, workspace, view, status, range_start, range_end, spec_hash,"
                 " started_at, details, owner_host, owner_pid, owner_start, heartbeat_at, "

@@ -21,10 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.layout import vector_table
-from contextkit.compute.materialize import JobResult, spec_hash
+from contextkit.compute.materialize import JobResult, cancellation_check, spec_hash
 from contextkit.compute.quality.job_monitor import JobMonitor
 from contextkit.compute.quality.statistics import sample_vectors
-from contextkit.errors import BadRequestError, ContextKitError, StoreError, leaf_error
+from contextkit.errors import (
+    BadRequestError,
+    ContextKitError,
+    JobCancelledError,
+    StoreError,
+    leaf_error,
+)
 from contextkit.framework import transformations
 from contextkit.framework.specs import EmbeddingViewSpec, FeatureViewSpec, FileSourceSpec
 from contextkit.stores.registry import RegistryStore
@@ -61,8 +67,13 @@ def materialize_embedding_view(
     on_stage: Callable[[str], None] | None = None,
     monitoring: bool = True,
     pushed: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> JobResult:
     """Encode the view's new or changed documents into its vector table, in one commit.
+
+    ``job_id`` and ``should_stop``: as for :func:`~contextkit.compute.materialize.materialize_view`
+    (a cancelled job stops at its next encoded batch; the previous table version stays current).
 
     ``monitoring``: measure the documents and vectors (see :mod:`contextkit.compute.quality`);
     the view's expectations are checked either way, on the documents, before anything is encoded.
@@ -82,7 +93,16 @@ def materialize_embedding_view(
         range_end=end.isoformat(),
         spec_hash=spec_hash(view),
         details={"kind": "embedding_view", "full": full},
+        **({"job_id": job_id} if job_id else {}),
     )
+    check = cancellation_check(registry, job_id, should_stop)
+    user_progress = on_progress
+
+    def on_progress(progress: EncodeProgress) -> None:  # noqa: F811 - checks, then reports
+        check()
+        if user_progress is not None:
+            user_progress(progress)
+
     monitor = JobMonitor.start(registry, workspace, view, job_id, as_of=end, enabled=monitoring)
     began = time.perf_counter()
     table = vector_table(workspace, view.name)
@@ -92,6 +112,7 @@ def materialize_embedding_view(
         chunker = Chunker.from_config(chunking, encoder)
         replace = full or _must_rebuild(vectors, table, view, encoder)
         existing = {} if replace else vectors.existing_hashes(table)
+        check()
         stage("reading")
         with transformations.workspace_session(root, sources, views) as ws:
             for name, rows in (pushed or {}).items():  # push sources: their logged events
@@ -114,6 +135,7 @@ def materialize_embedding_view(
             ) as plan:
                 if monitor is not None:  # every document was read; nothing is encoded yet
                     monitor.check_documents(ws.con, plan.stats)
+                check()
                 result = vectors.apply_changes(
                     table,
                     plan.batches(),
@@ -130,6 +152,9 @@ def materialize_embedding_view(
                 lambda: sample_vectors(vectors.path, table), table_version=result.version
             )
     except BaseException as exc:
+        if isinstance(exc, JobCancelledError):
+            registry.finish_job(job_id, "cancelled", error=exc.message)
+            raise
         message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
         registry.finish_job(job_id, "failed", error=message[:500])
         if isinstance(exc, ContextKitError):

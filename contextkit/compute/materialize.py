@@ -30,7 +30,11 @@ from pathlib import Path
 from contextkit.compute.layout import inputs_table, offline_table, online_table
 from contextkit.compute.quality.job_monitor import JobMonitor
 from contextkit.compute.quality.online_change import online_change_warning, online_snapshot
-from contextkit.errors import ContextKitError, StoreError
+from contextkit.errors import (
+    ContextKitError,
+    JobCancelledError,
+    StoreError,
+)
 from contextkit.framework import transformations
 from contextkit.framework.specs import METADATA_FIELDS, FeatureViewSpec, FileSourceSpec
 from contextkit.framework.transformations import EVENT_TIMESTAMP, quote
@@ -81,12 +85,32 @@ def _typed_columns(view: FeatureViewSpec, *, epoch_timestamps: bool) -> str:
     return ", ".join(cols)
 
 
-def _batches(cursor, size: int = 10_000) -> Iterator[tuple]:
+def _batches(
+    cursor, size: int = 10_000, check: Callable[[], None] | None = None
+) -> Iterator[tuple]:
     while True:
+        if check is not None:
+            check()  # raises JobCancelledError: the online transaction rolls back
         rows = cursor.fetchmany(size)
         if not rows:
             return
         yield from rows
+
+
+def cancellation_check(
+    registry: RegistryStore, job_id: str, should_stop: Callable[[], bool] | None = None
+) -> Callable[[], None]:
+    """What a job calls between batches: raises :class:`JobCancelledError` once the job was
+    cancelled (in the registry, or ``should_stop()``, e.g. a worker shutting down)."""
+
+    def check() -> None:
+        if (should_stop is not None and should_stop()) or registry.cancel_requested(job_id):
+            raise JobCancelledError(
+                f"job {job_id} was cancelled",
+                hint="the stores are as they were before the job; retry it to run it again",
+            )
+
+    return check
 
 
 def last_watermark(
@@ -130,8 +154,15 @@ def materialize_view(
     on_stage: Callable[[str], None] | None = None,
     monitoring: bool = True,
     max_online_shrink: float | None = 0.5,
+    job_id: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> JobResult:
     """Run one materialization job for ``view`` (see the module docstring).
+
+    ``job_id``: run the job the jobs API queued under this id (instead of recording a new one).
+    Between batches the job checks whether it was cancelled (``registry.request_cancel``, or
+    ``should_stop()``); a cancelled job raises :class:`JobCancelledError`, leaves the stores as
+    they were and is recorded ``cancelled``.
 
     ``monitoring``: measure the rows (see :mod:`contextkit.compute.quality`); the view's
     expectations are checked either way, on the staged rows, before anything is committed. A job
@@ -159,7 +190,9 @@ def materialize_view(
         range_end=end.isoformat(),
         spec_hash=spec_hash(view),
         details={"full": replace_all, "online": refresh_online},
+        **({"job_id": job_id} if job_id else {}),
     )
+    check = cancellation_check(registry, job_id, should_stop)
     monitor = JobMonitor.start(registry, workspace, view, job_id, as_of=end, enabled=monitoring)
     began = time.perf_counter()
     staged: list = []
@@ -167,6 +200,7 @@ def materialize_view(
     stage = on_stage or (lambda _s: None)
     try:
         with transformations.workspace_session(root, sources, views) as ws:
+            check()
             if view.offline:
                 stage("offline")
                 query = (
@@ -195,6 +229,7 @@ def materialize_view(
                             job_id,
                         )
                     )
+            check()
             if monitor is not None and not refresh_online and staged:
                 monitor.check_staged(ws.con, staged[0])
             if refresh_online:
@@ -211,14 +246,18 @@ def materialize_view(
                     [(k.name, k.dtype or "string") for k in view.join_keys],
                     [(EVENT_TIMESTAMP, Timestamp)]
                     + [(f.name, f.dtype or "string") for f in view.features],
-                    _batches(cursor),
+                    _batches(cursor, check=check),
                 )
+            check()
             stage("commit")
             while staged:
                 staged.pop(0).commit()
     except BaseException as exc:
         for write in staged:
             write.abort()
+        if isinstance(exc, JobCancelledError):
+            registry.finish_job(job_id, "cancelled", error=exc.message)
+            raise
         message = _describe_failure(exc)
         registry.finish_job(job_id, "failed", error=message)
         if isinstance(exc, ContextKitError):
