@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Entity": "contextkit.framework.definitions",
     "FileSource": "contextkit.framework.definitions",
+    "PostgresSource": "contextkit.framework.definitions",
     "Attribute": "contextkit.framework.definitions",
     "Aggregate": "contextkit.framework.definitions",
     "batch_feature_view": "contextkit.framework.definitions",
@@ -50,6 +51,7 @@ _EXPORTS = {
 __all__ = [
     "Entity",
     "FileSource",
+    "PostgresSource",
     "Attribute",
     "Aggregate",
     "batch_feature_view",
@@ -90,6 +92,7 @@ if TYPE_CHECKING:
         EmbeddingView,
         Entity,
         FileSource,
+        PostgresSource,
         PromptView,
         PushSource,
         RealtimeFeatureView,

@@ -25,6 +25,7 @@ PUBLIC = {
     "Float64",
     "Int64",
     "OnlineFeatures",
+    "PostgresSource",
     "PromptView",
     "PushSource",
     "RealtimeFeatureView",

@@ -35,10 +35,13 @@ from contextkit.errors import (
     BatchTooLargeError,
     IngestError,
     NotFoundError,
+    StoreUnavailableError,
     WorkspaceError,
 )
 from contextkit.framework.specs import AggregateSpec, PushSourceSpec, StreamFeatureViewSpec
 from contextkit.framework.transformations import quote
+from contextkit.stores.errors import StoreServerUnavailable
+from contextkit.stores.online import OnlineStore, SQLiteOnlineStore
 from contextkit.types import (
     Bool,
     Float64,
@@ -345,11 +348,42 @@ def _write(
     records: list[Record],
     now: datetime,
 ) -> list[Record]:
-    """One transaction: log, latest values, tiles. Returns the records written (not dups)."""
+    """One transaction: log, latest values, tiles. Returns the records written (not dups).
+
+    With an online store that is not durable (Redis), the log is committed first to the durable
+    ingest log (:func:`ingest_log`), and then everything logged that the online store has not
+    applied yet is applied to it (:func:`apply_log`)."""
     columns = [(c.name, c.dtype or String) for c in source.columns]
     log = log_table(workspace, source.name)
-    online = ctx.online
-    with online.transaction() as w:
+    durable = ingest_log(ctx)
+    if durable is not ctx.online:
+
+        def append(w) -> list[Record]:
+            w.ensure_table(log, [], columns, log=True)
+            ids = [r.ingest_id for r in records if r.ingest_id is not None]
+            fresh = _unseen(records, w.existing(log, "ingest_id", ids) if ids else set())
+            if fresh:
+                rows = [
+                    [r.ingest_id, *(_sqlite_value(t, r.values[n]) for n, t in columns)]
+                    for r in fresh
+                ]
+                w.append_log(log, [n for n, _ in columns], rows, epoch_micros(now))
+            return fresh
+
+        fresh = durable.transact(append)  # durable from here on: the online store may lose it
+        try:
+            apply_log(ctx, workspace, source, views, now)
+        except StoreServerUnavailable as exc:
+            raise StoreUnavailableError(
+                f"{len(fresh)} record(s) of {source.name!r} are in the durable ingest log, but "
+                f"the online store cannot take them now: {exc.message}",
+                hint="they are applied by the next ingest once it is back, or by `contextkit "
+                "online rebuild`; resending with the same idempotency keys writes nothing twice",
+            ) from None
+        return fresh
+
+    def work(w) -> list[Record]:
+        # Run again from the start when a concurrent writer changed what it read (Redis WATCH).
         w.ensure_table(log, [], columns, log=True)
         ids = [r.ingest_id for r in records if r.ingest_id is not None]
         fresh = _unseen(records, w.existing(log, "ingest_id", ids) if ids else set())
@@ -363,7 +397,9 @@ def _write(
                 _merge_tiles(w, workspace, view, fresh, seqs, now)
             else:
                 _upsert_latest(w, workspace, view, fresh, seqs)
-    return fresh
+        return fresh
+
+    return ctx.online.transact(work)
 
 
 def _unseen(records: list[Record], seen: set[Any]) -> list[Record]:
@@ -385,10 +421,141 @@ def _logged_ids(ctx: Runtime, workspace: str, source: PushSourceSpec, records: l
     a real ingest does, in a transaction that writes nothing."""
     ids = [r.ingest_id for r in records if r.ingest_id is not None]
     log = log_table(workspace, source.name)
-    if not ids or not ctx.online.has_table(log):
+    durable = ingest_log(ctx)
+    if not ids or not durable.has_table(log):
         return set()
-    with ctx.online.transaction() as w:
+    with durable.transaction() as w:
         return w.existing(log, "ingest_id", ids)
+
+
+# -- the durable ingest log, when the online store is not durable (Redis) -------------------------
+
+
+def ingest_log(ctx: Runtime) -> OnlineStore:
+    """The store holding push sources' ingest logs: the online store itself when it is the
+    embedded SQLite file (one transaction writes the log and the values), else a durable store
+    beside it: the SQLite file ``ingest_log.db`` next to the online store's path (``synchronous=
+    FULL``). Redis may lose recent writes; this log is what an acknowledged ingest relies on,
+    and what :func:`rebuild_stream_views` restores the online store from."""
+    if isinstance(ctx.online, SQLiteOnlineStore):
+        return ctx.online
+    runtime = getattr(ctx, "runtime", ctx)  # the facade (tests, notebooks) holds a Runtime
+    return runtime.shared(
+        "ingest_log", lambda: SQLiteOnlineStore(ctx.config.online_path.with_name("ingest_log.db"))
+    )
+
+
+def applied_table(workspace: str, source: str) -> str:
+    """The online table holding how far (which log seq) the online store applied a log."""
+    return f"{log_table(workspace, source)}__applied"
+
+
+def apply_log(
+    ctx: Runtime,
+    workspace: str,
+    source: PushSourceSpec,
+    views: list[StreamFeatureViewSpec],
+    now: datetime,
+    batch: int = 5_000,
+) -> int:
+    """Apply the durable log's rows the online store has not applied yet (after the seq kept in
+    :func:`applied_table`), in seq order, in watched transactions: each row is applied once,
+    whichever node or request does it. Returns how many rows were applied."""
+    log = log_table(workspace, source.name)
+    marker = applied_table(workspace, source.name)
+    durable = ingest_log(ctx)
+    names = [c.name for c in source.columns]
+    total = 0
+
+    def work(w) -> int:
+        w.ensure_table(marker, [("log", String)], [("seq", Int64)])
+        row = w.get(marker, ["log"], [(log,)], ["seq"]).get((log,))
+        done = int(row[0]) if row and row[0] is not None else 0
+        pending = durable.read_log(log, names, done, batch)
+        if not pending:
+            return 0
+        records, seqs = [], {}
+        for i, (seq, *values) in enumerate(pending):
+            typed = {
+                c.name: _typed_value(c.dtype or String, v)
+                for c, v in zip(source.columns, values, strict=True)
+            }
+            record = Record(i, typed, values[names.index(source.timestamp_field)], None)
+            records.append(record)
+            seqs[id(record)] = seq
+        for view in views:
+            if view.is_aggregate:
+                _merge_tiles(w, workspace, view, records, seqs, now)
+            else:
+                _upsert_latest(w, workspace, view, records, seqs)
+        w.upsert(marker, ["log", "seq"], [[log, pending[-1][0]]])
+        return len(pending)
+
+    while True:
+        applied = ctx.online.transact(work)
+        total += applied
+        if applied < batch:
+            return total
+
+
+def _typed_value(dtype: str, value: Any) -> Any:
+    """A logged (stored) value as the typed value a record holds."""
+    if value is None:
+        return None
+    if dtype == Timestamp:
+        return _from_us(value)
+    if dtype == Bool:
+        return bool(value)
+    return value
+
+
+def rebuild_stream_views(
+    ctx: Runtime, views: Sequence[str] | None = None, now: datetime | None = None
+) -> dict[str, int]:
+    """Restore the online values of stream views (all, or those named) from the durable log:
+    their latest values and tiles are dropped and every logged row is applied again, in seq
+    order. Returns the rows applied per push source."""
+    specs = ctx.specs()
+    workspace = specs.workspace.name
+    now = now or datetime.now(UTC)
+    out: dict[str, int] = {}
+    for source in specs.push_sources.values():
+        online_views = [
+            v for v in specs.stream_views.values() if v.source == source.name and v.online
+        ]
+        if views is not None and not any(v.name in views for v in online_views):
+            continue
+        for view in online_views:  # every view of the source: they share one applied seq
+            ctx.online.drop_table(
+                tiles_table(workspace, view.name)
+                if view.is_aggregate
+                else online_table(workspace, view.name)
+            )
+        ctx.online.drop_table(applied_table(workspace, source.name))
+        out[source.name] = apply_log(ctx, workspace, source, online_views, now)
+    return out
+
+
+def stream_views_to_rebuild(ctx: Runtime) -> list[str]:
+    """Stream views whose push source has logged rows the online store has lost all trace of
+    (its applied marker is gone: an emptied Redis); the SQLite online store holds its own log,
+    so it has none."""
+    durable = ingest_log(ctx)
+    if durable is ctx.online:
+        return []
+    specs = ctx.specs()
+    workspace = specs.workspace.name
+    found = []
+    for source in specs.push_sources.values():
+        log = log_table(workspace, source.name)
+        if not durable.read_log(log, [], 0, 1):
+            continue
+        if ctx.online.has_table(applied_table(workspace, source.name)):
+            continue
+        found += [
+            v.name for v in specs.stream_views.values() if v.source == source.name and v.online
+        ]
+    return found
 
 
 def _upsert_latest(w, workspace, view, records, seqs) -> None:
@@ -466,7 +633,7 @@ def _after_commit(ctx: Runtime, workspace: str, source: PushSourceSpec, records:
 def last_ingest_time(ctx: Runtime, workspace: str, source: str) -> float | None:
     """When the newest record pushed to ``source`` arrived (Unix seconds); None when nothing was
     ingested. What ``contextkit status`` reports as a stream view's freshness."""
-    us = ctx.online.last_ingested_at(log_table(workspace, source))
+    us = ingest_log(ctx).last_ingested_at(log_table(workspace, source))
     return None if us is None else us / US
 
 
@@ -663,7 +830,7 @@ def _sqlite_log(ctx: Runtime, workspace: str, source: PushSourceSpec, after_seq:
     import pyarrow as pa
 
     schema = _log_schema(source)
-    rows = ctx.online.read_log(
+    rows = ingest_log(ctx).read_log(
         log_table(workspace, source.name), [c.name for c in source.columns], after_seq, 2**62
     )
     if not rows:

@@ -21,6 +21,7 @@ from contextkit.errors import DefinitionError, ValidationErrors
 from contextkit.framework.definitions import (
     BatchFeatureView,
     ContextService,
+    DatabaseSource,
     Definition,
     EmbeddingView,
     Entity,
@@ -39,6 +40,7 @@ SKIP_DIRS = {".contextkit", ".venv", "venv", "__pycache__", "data", "node_module
 NAMESPACES = {
     Entity: "entity",
     FileSource: "source or view",
+    DatabaseSource: "source or view",
     PushSource: "source or view",
     BatchFeatureView: "source or view",
     StreamFeatureView: "source or view",

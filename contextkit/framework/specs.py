@@ -63,6 +63,21 @@ class FileSourceSpec(_ObjectSpec):
     columns: list[FieldSpec] = Field(default_factory=list)
 
 
+class DatabaseSourceSpec(_ObjectSpec):
+    """A table or query of a database read through ADBC (``PostgresSource``). ``connection`` is
+    a URL without a password or ``env:NAME`` (the URL read from the environment when the source
+    is read): a password is never stored."""
+
+    kind: Literal["database_source"] = "database_source"
+    dialect: Literal["postgres"] = "postgres"
+    connection: str
+    table: str | None = None
+    query: str | None = None
+    timestamp_field: str | None = None
+    # The result's columns and their dtypes, read at validation time.
+    columns: list[FieldSpec] = Field(default_factory=list)
+
+
 class AttributeSpec(_Spec):
     kind: Literal["attribute"] = "attribute"
     name: str
@@ -294,6 +309,7 @@ class ContextServiceSpec(_ObjectSpec):
 AnySpec = (
     EntitySpec
     | FileSourceSpec
+    | DatabaseSourceSpec
     | PushSourceSpec
     | FeatureViewSpec
     | StreamFeatureViewSpec

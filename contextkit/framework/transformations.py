@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import DefinitionError, StoreError
+from contextkit.framework.database_sources import DatabaseTables
 from contextkit.framework.specs import (
     AggregateSpec,
+    DatabaseSourceSpec,
     EmbeddingViewSpec,
     FeatureViewSpec,
     FieldSpec,
@@ -110,7 +112,11 @@ class Workspace:
         self.root = root
         self.sources = sources
         self.views = views
+        self.databases = DatabaseTables(con)  # database sources, read by range on demand
         for source in sources.values():
+            if isinstance(source, DatabaseSourceSpec):
+                self.databases.register_empty(source)
+                continue
             if not source_file_exists(source, root):
                 raise StoreError(
                     f"source {source.name!r}: file not found: {source.path}",
@@ -132,6 +138,7 @@ class Workspace:
         ts = quote(view.timestamp_field)
         if view.mode == "sql":
             self._register_upstream(view)
+            self._load_databases(view, start, end)
             body = view.sql
         else:
             body = f"SELECT * FROM {quote(self._run_python(view, start, end))}"
@@ -144,6 +151,14 @@ class Workspace:
             f"SELECT * REPLACE (CAST({ts} AS TIMESTAMPTZ) AS {ts}) FROM ({body}) AS t "
             f"WHERE {' AND '.join(where)}"
         )
+
+    def _load_databases(self, view: FeatureViewSpec, start, end) -> None:
+        """Read the rows of ``[start, end)`` of the view's database sources (range pushed
+        down; see contextkit.framework.database_sources)."""
+        for name in view.sources:
+            source = self.sources.get(name)
+            if isinstance(source, DatabaseSourceSpec):
+                self.databases.ensure(source, start, end)
 
     def _register_upstream(self, view: FeatureViewSpec) -> None:
         for name in view.sources:
@@ -159,8 +174,11 @@ class Workspace:
             sql = offline_features_sql(self, self.views[name])
             ts = EVENT_TIMESTAMP
         else:
+            source = self.sources[name]
+            if isinstance(source, DatabaseSourceSpec):
+                self.databases.ensure(source, lo, hi)
             sql = f"SELECT * FROM {quote(name)}"
-            ts = self.sources[name].timestamp_field
+            ts = source.timestamp_field
         clauses = []
         if ts and lo is not None:
             clauses.append(f"{quote(ts)} >= {ts_literal(lo)}")
@@ -361,9 +379,11 @@ def online_features_sql(ws: Workspace, view: FeatureViewSpec, as_of: datetime) -
     keys = [quote(k) for k in view.join_key_names]
     ts = quote(view.timestamp_field)
     end_lit = ts_literal(as_of)
+    # Rows up to as_of (inclusive) are all that is read: a database source reads no later rows.
+    through = as_of + timedelta(microseconds=1)
     if not view.is_aggregate:
         lo = as_of - timedelta(seconds=view.ttl_seconds) if view.ttl_seconds else None
-        inner = ws.transformation_sql(view, None, None)
+        inner = ws.transformation_sql(view, lo, through)
         where = [f"{ts} <= {end_lit}"]
         if lo is not None:
             where.append(f"{ts} > {ts_literal(lo)}")
@@ -376,7 +396,7 @@ def online_features_sql(ws: Workspace, view: FeatureViewSpec, as_of: datetime) -
         )
     ttl = view.ttl_seconds or view.max_window_seconds
     lookback = max(ttl, view.max_window_seconds)
-    inner = ws.transformation_sql(view, as_of - timedelta(seconds=lookback), None)
+    inner = ws.transformation_sql(view, as_of - timedelta(seconds=lookback), through)
     dtypes = _column_dtypes(view)
     exprs = []
     for f in view.features:

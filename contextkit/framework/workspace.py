@@ -64,6 +64,7 @@ class WorkspaceSpecs:
         by_kind: dict[str, dict[str, Any]] = {
             "entity": self.entities,
             "file_source": self.sources,
+            "database_source": self.sources,  # a table in the views' SQL, like a file
             "batch_feature_view": self.views,
             "embedding_view": self.embedding_views,
             "prompt_view": self.prompts,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # The kinds in the order their columns appear in a drawing, left to right.
-SOURCE_KINDS = ("file_source", "push_source")
+SOURCE_KINDS = ("file_source", "database_source", "push_source")
 VIEW_KINDS = (
     "batch_feature_view", "stream_feature_view", "realtime_feature_view", "embedding_view",
 )  # fmt: skip

@@ -1,8 +1,11 @@
 """Online retrieval: batched feature lookups for a service, column-major results.
 
-A request names a service and gives entity keys column-major (``{"user_id": [1, 2, 3]}``); each
-view of the service is read with one batched query, and the result keeps request order. A key with
-no stored value gives nulls with status ``MISSING``, never an error.
+A request names a service and gives entity keys column-major (``{"user_id": [1, 2, 3]}``); the
+keyed views of the service (batch views and the latest values of stream views) are read together
+with one ``OnlineStore.read_many`` (one round trip on Redis, whatever the number of views and
+keys), aggregate stream views from their tiles, and the result keeps request order. A key with no
+stored value gives nulls with status ``MISSING``, never an error; a store that cannot answer (a
+Redis server down, a damaged file) is a 503 ``store_error``, never values reported missing.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.layout import online_table
-from contextkit.errors import BadRequestError
+from contextkit.errors import BadRequestError, StoreUnavailableError
 from contextkit.framework.specs import ContextServiceSpec
-from contextkit.stores.errors import StoreFailure, StoreUnavailable
-from contextkit.stores.online import OnlineStore
+from contextkit.stores.errors import StoreFailure, StoreServerUnavailable, StoreUnavailable
+from contextkit.stores.online import OnlineStore, TableRead
 from contextkit.types import (
     Bool,
     Int64,
@@ -133,9 +136,16 @@ class ServiceReader:
         now = now or datetime.now(UTC)
         raw: dict[str, list[tuple | None]] = {}
         by_view = {read.view: read for read in self.reads}
+        key_rows = {
+            read.view: list(zip(*(keys[k] for k in read.keys), strict=True)) for read in self.reads
+        }
+        keyed = [r for r in self.reads if r.kind in ("batch", "stream_latest")]
+        if keyed:
+            raw.update(_read_keyed(store, keyed, key_rows, now))
         for read in self.reads:
-            key_rows = list(zip(*(keys[k] for k in read.keys), strict=True))
-            raw[read.view] = _read_rows(self, read, store, key_rows, raw, request, now)
+            if read.view not in raw:
+                rows = key_rows[read.view]
+                raw[read.view] = _read_rows(self, read, store, rows, raw, request, now)
         values: list[list[Any]] = []
         statuses: list[list[str]] = []
         timestamps: list[list[str | None]] = []
@@ -266,6 +276,55 @@ def service_reader(runtime: Runtime, service: str) -> ServiceReader:
     return runtime.cached(("reader", workspace, service), build)
 
 
+def _read_keyed(
+    store: OnlineStore,
+    reads: Sequence[_ViewRead],
+    key_rows: Mapping[str, list[tuple]],
+    now: datetime,
+) -> dict[str, list[tuple | None]]:
+    """The rows of every keyed view (batch, stream latest values) in one ``read_many``: one
+    round trip on a networked store. A view not materialized (or with nothing ingested) yet
+    gives None per key; a store that cannot answer raises."""
+    try:
+        with _store_errors():
+            found = store.read_many(
+                [TableRead(r.table, r.keys, r.columns, key_rows[r.view]) for r in reads]
+            )
+    except StoreFailure as exc:  # a table the store refuses to read as rows (not an outage)
+        raise StoreUnavailableError(exc.message, hint=exc.hint) from None
+    out: dict[str, list[tuple | None]] = {}
+    for read, rows in zip(reads, found, strict=True):
+        n = len(key_rows[read.view])
+        if rows is None:
+            out[read.view] = [None] * n
+            continue
+        ttl = getattr(read.spec, "ttl_seconds", None)
+        if read.kind == "stream_latest" and ttl:
+            oldest = epoch_micros(now) - ttl * 1_000_000
+            rows = [r if r is not None and r[0] > oldest else None for r in rows]
+        out[read.view] = rows
+    return out
+
+
+class _StoreErrors:
+    """``with _store_errors():`` turns a store that cannot answer now (a server down, full or
+    refusing the credentials; data damaged) into a 503 ``store_error`` naming it."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if isinstance(exc, StoreServerUnavailable | StoreUnavailable):
+            raise StoreUnavailableError(
+                exc.message,
+                hint=exc.hint or "the online store is back when its server is: retry",
+            ) from None
+
+
+def _store_errors() -> _StoreErrors:
+    return _StoreErrors()
+
+
 def _read_rows(
     reader: ServiceReader,
     read: _ViewRead,
@@ -275,26 +334,18 @@ def _read_rows(
     request: list[dict[str, Any]],
     now: datetime,
 ) -> list[tuple | None]:
-    """``(event_timestamp_micros, *features)`` per key row, None where nothing is served."""
+    """``(event_timestamp_micros, *features)`` per key row of a tiled or realtime view, None
+    where nothing is served."""
     if read.kind == "stream_tiles":
         from contextkit.compute.streaming import read_stream_aggregates
 
-        return read_stream_aggregates(
-            store, reader.workspace, read.spec, read.columns[1:], key_rows, now
-        )
+        with _store_errors():
+            return read_stream_aggregates(
+                store, reader.workspace, read.spec, read.columns[1:], key_rows, now
+            )
     if read.kind == "realtime":
         return _compute_realtime(reader, read, raw, request, now)
-    try:
-        rows = store.read(read.table, read.keys, read.columns, key_rows)
-    except StoreUnavailable:
-        raise  # the store is damaged: an error, never values reported missing
-    except StoreFailure:
-        return [None] * len(key_rows)  # not materialized (or nothing ingested) yet
-    ttl = getattr(read.spec, "ttl_seconds", None)
-    if read.kind == "stream_latest" and ttl:
-        oldest = epoch_micros(now) - ttl * 1_000_000
-        rows = [r if r is not None and r[0] > oldest else None for r in rows]
-    return rows
+    return list(_read_keyed(store, [read], {read.view: key_rows}, now)[read.view])
 
 
 def _compute_realtime(reader, read, raw, request, now) -> list[tuple | None]:

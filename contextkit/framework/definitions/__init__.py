@@ -40,19 +40,27 @@ from contextkit.framework.definitions.prompt_views import (
     TemplateFile,
 )
 from contextkit.framework.definitions.services import ContextService
-from contextkit.framework.definitions.sources import FileSource, PushSource, RequestSource
+from contextkit.framework.definitions.sources import (
+    DatabaseSource,
+    FileSource,
+    PostgresSource,
+    PushSource,
+    RequestSource,
+)
 
 __all__ = [
     "Aggregate",
     "Attribute",
     "BatchFeatureView",
     "ContextService",
+    "DatabaseSource",
     "Definition",
     "EmbeddingView",
     "Entity",
     "FEATURE_VIEW_TYPES",
     "FeatureSelection",
     "FileSource",
+    "PostgresSource",
     "PromptView",
     "PushSource",
     "RealtimeFeatureView",

@@ -1,4 +1,5 @@
-"""Sources: files read in batch, push sources fed by the ingest API, request sources."""
+"""Sources: files and database tables read in batch, push sources fed by the ingest API, request
+sources."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Literal
 
 from contextkit.framework.definitions._base import Definition, caller_location
 from contextkit.framework.specs import (
+    DatabaseSourceSpec,
     FieldSpec,
     FileSourceSpec,
     PushSourceSpec,
@@ -60,6 +62,90 @@ def _guess_format(path: str) -> str | None:
     if lowered.endswith(".ndjson") or lowered.endswith(".json"):
         return "jsonl"
     return None
+
+
+class DatabaseSource(Definition):
+    """A table or a query of a database, read as Arrow through its ADBC driver.
+
+    The base of :class:`PostgresSource`; a warehouse with an ADBC driver (Snowflake, BigQuery)
+    is another subclass naming its ``dialect`` (see ``contextkit.stores.database_source``).
+    Each materialization reads only the rows of its time range: the range on
+    ``timestamp_field`` is part of the SQL sent to the database.
+    """
+
+    kind = "database_source"
+    dialect = ""
+    label = "database"
+
+    def __init__(
+        self,
+        name: str,
+        connection: str,
+        *,
+        table: str | None = None,
+        query: str | None = None,
+        timestamp_field: str | None = None,
+        description: str | None = None,
+        owner: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(name, description, owner, tags, caller_location())
+        if (table is None) == (query is None):
+            raise self._error(
+                f"source {name!r}: pass exactly one of table= or query=",
+                hint='e.g. table="public.orders" or query="SELECT ... FROM orders"',
+            )
+        if not isinstance(connection, str) or not connection:
+            raise self._error(
+                f"source {name!r}: connection must be a {self.label} URL or env:VARIABLE",
+                hint='e.g. connection="env:PG_URL"',
+            )
+        from contextkit.stores.database_source import has_password
+        from contextkit.stores.errors import mask_url
+
+        if has_password(connection):
+            raise self._error(
+                f"source {name!r}: the connection {mask_url(connection)} holds a password, "
+                "which would be stored in the registry",
+                hint='put the URL in an environment variable and pass connection="env:PG_URL" '
+                "(or leave the password out and set PGPASSWORD / ~/.pgpass)",
+            )
+        if query is not None and query.strip().rstrip(";").strip() == "":
+            raise self._error(f"source {name!r}: query is empty")
+        self.connection = connection
+        self.table = table
+        self.query = query.strip().rstrip(";") if query is not None else None
+        self.timestamp_field = timestamp_field
+
+    def to_spec(self, root: str | None = None) -> DatabaseSourceSpec:
+        return DatabaseSourceSpec(
+            dialect=self.dialect,
+            connection=self.connection,
+            table=self.table,
+            query=self.query,
+            timestamp_field=self.timestamp_field,
+            **self._common(root),
+        )
+
+
+class PostgresSource(DatabaseSource):
+    """A PostgreSQL table or query::
+
+        orders = PostgresSource(
+            name="orders",
+            connection="env:PG_URL",            # postgresql://user:password@host:5432/shop
+            table="public.orders",              # or query="SELECT ... FROM orders JOIN ..."
+            timestamp_field="created_at",
+        )
+
+    Read with ADBC's PostgreSQL driver (binary COPY decoded into Arrow, no row in Python) and
+    registered into DuckDB under the source's name for the views' SQL. A URL holding a password
+    is refused: give it as ``env:NAME`` (resolved when read, never stored) or through libpq's
+    ``PGPASSWORD``/``~/.pgpass``.
+    """
+
+    dialect = "postgres"
+    label = "postgresql://"
 
 
 class PushSource(Definition):

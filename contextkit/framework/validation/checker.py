@@ -8,6 +8,7 @@ from contextkit.errors import DefinitionError
 from contextkit.framework.specs import (
     AnySpec,
     ContextServiceSpec,
+    DatabaseSourceSpec,
     EmbeddingViewSpec,
     EntitySpec,
     FeatureViewSpec,
@@ -34,7 +35,9 @@ class Checker(
         self.render_limits = render_limits  # prompts.RenderLimits of the sample renders
         self.errors: list[DefinitionError] = []
         self.entities = {s.name: s for s in specs if isinstance(s, EntitySpec)}
-        self.sources = {s.name: s for s in specs if isinstance(s, FileSourceSpec)}
+        self.sources = {
+            s.name: s for s in specs if isinstance(s, FileSourceSpec | DatabaseSourceSpec)
+        }
         self.views = {s.name: s for s in specs if isinstance(s, FeatureViewSpec)}
         self.services = {s.name: s for s in specs if isinstance(s, ContextServiceSpec)}
         self.embedding_views = {s.name: s for s in specs if isinstance(s, EmbeddingViewSpec)}

@@ -1,9 +1,11 @@
-"""Checks of file sources and push sources."""
+"""Checks of file sources, database sources and push sources."""
 
 from __future__ import annotations
 
 from contextkit.framework import transformations
+from contextkit.framework.database_sources import DatabaseTables
 from contextkit.framework.specs import (
+    DatabaseSourceSpec,
     FieldSpec,
     FileSourceSpec,
     PushSourceSpec,
@@ -19,6 +21,11 @@ class SourceChecks:
     def check_sources(self, con) -> dict[str, FileSourceSpec]:
         good = {}
         for name, source in self.sources.items():
+            if isinstance(source, DatabaseSourceSpec):
+                checked = self.check_database_source(con, source)
+                if checked is not None:
+                    good[name] = checked
+                continue
             if not transformations.source_file_exists(source, self.root):
                 self.error(
                     source,
@@ -59,6 +66,39 @@ class SourceChecks:
             good[name] = source.model_copy(update={"columns": columns})
         self.sources.update(good)
         return good
+
+    def check_database_source(self, con, source: DatabaseSourceSpec) -> DatabaseSourceSpec | None:
+        """The source's columns as the database reports them (a ``LIMIT 0`` query, no row
+        read), and its timestamp_field checked; None (and an error) when it cannot be read."""
+        from contextkit.stores.errors import StoreFailure
+
+        tables = DatabaseTables(con)
+        try:
+            tables.register_schema(source)
+            columns = transformations.describe(
+                con, f"SELECT * FROM {transformations.quote(source.name)}"
+            )
+        except StoreFailure as exc:
+            self.error(source, exc.message, hint=exc.hint)
+            return None
+        types = {c.name: c.dtype for c in columns}
+        ts = source.timestamp_field
+        if ts is not None and ts not in types:
+            what = f"table {source.table}" if source.table else "the query"
+            self.error(
+                source,
+                f"timestamp_field {ts!r} is not a column of {what}",
+                hint=f"columns are: {', '.join(types)}",
+            )
+            return None
+        if ts is not None and types[ts] != Timestamp:
+            self.error(
+                source,
+                f"timestamp_field {ts!r} has type {types[ts]}, not a timestamp",
+                hint="use a timestamp/timestamptz column, or cast it in the source's query",
+            )
+            return None
+        return source.model_copy(update={"columns": columns})
 
     # -- push sources, stream and realtime views ----------------------------------------------
     def check_push_source(self, source: PushSourceSpec) -> None:
