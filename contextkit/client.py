@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from contextkit.compute.offline import OfflineFeatures
     from contextkit.compute.streaming import IngestResult
     from contextkit.governance.access import Access
+    from contextkit.governance.jobs import JobService
     from contextkit.governance.monitoring import Monitoring
     from contextkit.retrieval.assemble import ContextPlan, ContextRequest, ContextResult
     from contextkit.retrieval.chat import ChatReply
@@ -289,6 +290,14 @@ class Context:
 
     def jobs(self, view: str | None = None, limit: int = 50) -> list[JobRecord]:
         return self.registry.list_jobs(self.workspace, view, limit)
+
+    @property
+    def job_service(self) -> JobService:
+        """Trigger, follow, cancel and retry jobs run by worker threads of this process
+        (``ctx.job_service.trigger("prod", ["view"])``; see docs/control-plane.md)."""
+        from contextkit.governance.jobs import JobService
+
+        return self.runtime.shared("job_service", lambda: JobService(self.runtime))
 
     # -- online retrieval ---------------------------------------------------------------------
     def service_reader(self, service: str) -> ServiceReader:

@@ -30,7 +30,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contextkit.client import Context
 from contextkit.errors import ContextKitError, translate_store_errors
+from contextkit.governance.jobs import JobService
 from contextkit.server import chat, context, features, ingest, monitoring, ops, search, tecton, ui
+from contextkit.server import jobs as jobs_api
 from contextkit.server.auth import KeyAuthorizer
 from contextkit.server.common import Authorizer, InvalidBody, ServerState, error_response
 from contextkit.server.common import json_response as _json
@@ -46,6 +48,7 @@ def create_app(
     auth: bool | Authorizer,
     config: ops.OpsConfig | None = None,
     warm: bool = False,
+    jobs: JobService | None = None,
 ) -> FastAPI:
     """The contextkit HTTP app serving ``ctx``'s registry and stores.
 
@@ -53,6 +56,7 @@ def create_app(
     serves everyone, a callable is used as the ``Authorizer``. ``config``: body and rate limits,
     access log (:class:`~contextkit.server.ops.OpsConfig`). ``warm``: when the server starts,
     load models, tables and plans in a background thread; ``/health`` is 503 until done.
+    ``jobs``: serve the jobs API with this service (the control plane; see server/jobs.py).
     """
     config = config or ops.OpsConfig()
     metrics = ops.Metrics()
@@ -95,6 +99,8 @@ def create_app(
     app.include_router(chat.routes(state))
     app.include_router(monitoring.routes(state))
     app.include_router(ui.routes(state))
+    if jobs is not None:  # the control plane only: data plane nodes never run jobs
+        app.include_router(jobs_api.routes(state, jobs))
     app.include_router(ops.routes(state))  # /metrics last: routes are matched in this order
     return app
 

@@ -114,8 +114,30 @@ def _print_warning(console, result) -> None:
         console.print(f"  [yellow]! {result.error}[/]", highlight=False, soft_wrap=True)
 
 
-@app.command()
+jobs_app = typer.Typer(
+    help="List jobs; run, cancel, retry or show one (`contextkit jobs --help`).",
+    invoke_without_command=True,
+)
+app.add_typer(jobs_app, name="jobs")
+
+RemoteOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--remote",
+        envvar="CONTEXTKIT_CONTROL_PLANE",
+        help="A control plane's URL: act through its jobs API (with --key) instead of this "
+        "repo's registry.",
+    ),
+]
+KeyOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--key", envvar="CONTEXTKIT_API_KEY", help="API key for --remote."),
+]
+
+
+@jobs_app.callback(invoke_without_command=True)
 def jobs(
+    command: typer.Context,
     repo: RepoOpt = Path("."),
     workspace: WorkspaceOpt = None,
     view: Annotated[Optional[str], typer.Option(help="Only this view.")] = None,  # noqa: UP045
@@ -123,13 +145,16 @@ def jobs(
     status: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            help="Only jobs with this status (succeeded, warning, failed, running, abandoned)."
+            help="Only jobs with this status (queued, running, succeeded, warning, failed, "
+            "cancelled, abandoned)."
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
     """List materialization jobs, newest first (warnings: data that failed an expectation;
     failed (abandoned): its process was killed or died before the job finished)."""
+    if command.invoked_subcommand is not None:
+        return
     with guard:
         from rich.table import Table
 
@@ -189,6 +214,164 @@ def _job_json(job) -> dict:
         "error": job.error,
         "owner": job.owner,
     }
+
+
+def _remote(method: str, url: str, path: str, key: str | None, body: dict | None = None) -> dict:
+    """One request to a control plane's jobs API; its errors as ContextKitErrors."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from contextkit.errors import ContextKitError, StoreUnavailableError
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read())["error"]
+        except Exception:  # noqa: BLE001 - not our error shape
+            error = {"code": "error", "message": f"HTTP {exc.code} from {url}", "details": {}}
+        err = ContextKitError(error["message"], hint=(error.get("details") or {}).get("hint"))
+        err.code, err.http_status = error["code"], exc.code
+        raise err from None
+    except urllib.error.URLError as exc:
+        raise StoreUnavailableError(
+            f"cannot reach the control plane at {url} ({exc.reason})",
+            hint="check --remote (or CONTEXTKIT_CONTROL_PLANE) and that `contextkit "
+            "control-plane` runs there",
+        ) from None
+
+
+def _print_job(job: dict) -> None:
+    console = out_console()
+    color = {"succeeded": "green", "failed": "red", "cancelled": "red"}.get(job["status"], "yellow")
+    rows = f"{job.get('rows_offline') or 0} offline rows, {job.get('rows_online') or 0} online"
+    console.print(
+        f"{job['id']}  {job['view']}  [{color}]{job['display_status']}[/]  "
+        f"({job.get('progress') or '-'}; {rows})",
+        highlight=False,
+    )
+    span = f"{job.get('range_start') or 'beginning'} .. {job.get('range_end') or 'now'}"
+    console.print(f"  range: {span}", highlight=False)
+    if job.get("error"):
+        console.print(f"  error: {job['error']}", highlight=False, soft_wrap=True)
+    for line in job.get("log") or []:
+        console.print(f"  | {line}", highlight=False)
+
+
+def _wait_local(ctx, job_ids: list[str]) -> list[dict]:
+    import time
+
+    from contextkit.governance.jobs import FINISHED_STATUSES, job_view
+
+    while True:
+        found = [ctx.registry.get_job(i) for i in job_ids]
+        if all(j is not None and j.status in FINISHED_STATUSES for j in found):
+            return [job_view(j) for j in found]
+        time.sleep(0.2)
+
+
+@jobs_app.command("run")
+def jobs_run(
+    views: Annotated[Optional[list[str]], typer.Argument(help="Views (default: all).")] = None,  # noqa: UP045
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    start: Annotated[Optional[str], typer.Option(help="Range start (ISO 8601).")] = None,  # noqa: UP045
+    end: Annotated[Optional[str], typer.Option(help="Range end (default: now).")] = None,  # noqa: UP045
+    full: Annotated[bool, typer.Option("--full", help="Recompute all history.")] = False,
+    remote: RemoteOpt = None,
+    key: KeyOpt = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the jobs to finish (--no-wait: print their ids).")
+    ] = True,
+) -> None:
+    """Trigger a materialization job per view. With --remote the control plane runs them;
+    otherwise this process does (and always waits)."""
+    with guard:
+        start_t, end_t = parse_time(start, "--start"), parse_time(end, "--end")
+        if remote:
+            body = {"workspace": workspace, "views": views or None, "full": full,
+                    "start": start_t.isoformat() if start_t else None,
+                    "end": end_t.isoformat() if end_t else None}  # fmt: skip
+            found = _remote("POST", remote, "/v1/jobs", key, body)["jobs"]
+            while wait and any(j["status"] in ("queued", "running") for j in found):
+                import time
+
+                time.sleep(0.5)
+                found = [_remote("GET", remote, f"/v1/jobs/{j['id']}", key) for j in found]
+        else:
+            ctx = open_context(repo, workspace)
+            triggered = ctx.job_service.trigger(
+                ctx.workspace, views, start=start_t, end=end_t, full=full, requested_by="cli"
+            )
+            found = _wait_local(ctx, [t.job.id for t in triggered])
+        for job in found:
+            _print_job(job)
+        if any(j["status"] in ("failed", "cancelled") for j in found):
+            raise typer.Exit(1)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    repo: RepoOpt = Path("."),
+    remote: RemoteOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """A job's status, progress, rows, error and log tail."""
+    with guard:
+        if remote:
+            _print_job(_remote("GET", remote, f"/v1/jobs/{job_id}", key))
+            return
+        from contextkit.governance.jobs import job_view
+
+        ctx = open_context(repo, None)
+        _print_job(job_view(ctx.job_service.get(job_id)))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    repo: RepoOpt = Path("."),
+    remote: RemoteOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Cancel a job: a queued one at once, a running one at its next batch (whichever process
+    runs it); it leaves the stores as they were. A finished job cannot be cancelled."""
+    with guard:
+        if remote:
+            _print_job(_remote("POST", remote, f"/v1/jobs/{job_id}/cancel", key, {}))
+            return
+        from contextkit.governance.jobs import job_view
+
+        ctx = open_context(repo, None)
+        _print_job(job_view(ctx.job_service.cancel(job_id)))
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    repo: RepoOpt = Path("."),
+    remote: RemoteOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Run a finished job again (same view, range and --full)."""
+    with guard:
+        if remote:
+            _print_job(_remote("POST", remote, f"/v1/jobs/{job_id}/retry", key, {}))
+            return
+        ctx = open_context(repo, None)
+        found = ctx.job_service.retry(job_id, requested_by="cli")
+        (job,) = _wait_local(ctx, [found.job.id])
+        _print_job(job)
+        if job["status"] in ("failed", "cancelled"):
+            raise typer.Exit(1)
 
 
 @app.command()

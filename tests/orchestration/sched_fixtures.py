@@ -2,8 +2,8 @@
 
 ``daily``: a daily batch view from ``feature_start_time`` T0 over events spread across seven days.
 ``broken``: a pandas view that raises once ``<gate>/break`` exists (made after the apply), so
-every job of it fails. The pandas view ``gated`` blocks while ``<gate>/armed`` exists (a job that a test kills or
-cancels mid-run) and records each call in ``<gate>/calls``.
+every job of it fails. The pandas view ``gated`` blocks while ``<gate>/armed`` exists (a job
+that a test kills or cancels mid-run) and records each call in ``<gate>/calls``.
 """
 
 from __future__ import annotations

@@ -159,9 +159,7 @@ def offline_state(ctx) -> tuple:
     if not files:
         return ()
     con = duckdb.connect()
-    return tuple(
-        con.execute("SELECT * FROM read_parquet(?) ORDER BY ALL", [files]).fetchall()
-    )
+    return tuple(con.execute("SELECT * FROM read_parquet(?) ORDER BY ALL", [files]).fetchall())
 
 
 def test_cancel_mid_job_leaves_the_stores_unchanged(repo, ctx, tmp_path):
