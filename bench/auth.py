@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(server)
             running[name] = server
         for server in running.values():
-            server.wait_healthy(60)
+            server.wait_healthy(300)
         bodies = [body(1 + (i * 104729) % args.users) for i in range(64)]
         plain = {"Content-Type": "application/json"}
         headers = {
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             server = Serve(repo, free_port(), tmp / f"w{n}.log", "--workers", str(n),
                            "--no-access-log")  # fmt: skip
             servers.append(server)
-            server.wait_healthy(90)
+            server.wait_healthy(300)
             run_load(server.port, key, args.clients, max(50, args.load_requests // 10))  # warm
             workers[n] = run_load(server.port, key, args.clients, args.load_requests)
             server.stop()

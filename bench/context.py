@@ -128,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-delay-ms", type=float, default=20.0, help="stub embedding delay")
     p.add_argument("--slow-requests", type=int, default=200, help="timed slow requests")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--server-timeout", type=float, default=120.0)
+    p.add_argument("--server-timeout", type=float, default=300.0)
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--keep", action="store_true", help="keep the temp repo (path is printed)")
     args = p.parse_args(argv)

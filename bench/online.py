@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=1000, help="users in the generated data")
     p.add_argument("--orders", type=int, default=50_000, help="orders in the generated data")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--server-timeout", type=float, default=60.0, help="seconds to wait for /health")
+    p.add_argument(
+        "--server-timeout", type=float, default=300.0, help="seconds to wait for /health (ready)"
+    )
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--keep", action="store_true", help="keep the temp repo (path is printed)")
     args = p.parse_args(argv)

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_quickstart(repo).materialize()
         prof_path = tmp / "server.prof"
         server = ProfiledServer(repo, free_port(), tmp / "server.log", prof_path, args.clock)
-        server.wait_healthy(60)
+        server.wait_healthy(300)
         batches = key_batches(list(range(1, args.users + 1)), args.entities, 64, args.seed)
         began = time.perf_counter()
         samples, errors = time_http(server.port, batches, args.requests, 0)
