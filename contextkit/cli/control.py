@@ -15,12 +15,17 @@ LeaseOpt = Annotated[
     float, typer.Option(min=1, help="Seconds a claim lasts without a heartbeat (taken over after).")
 ]
 AttemptsOpt = Annotated[int, typer.Option(min=1, help="Tries of an interval before its alert.")]
+ChunkOpt = Annotated[
+    int, typer.Option(min=1, help="Longest backfill chunk, in seconds (default 30 days).")
+]
 BackoffOpt = Annotated[
     float, typer.Option(min=0, help="Seconds before the first retry (doubling after).")
 ]
 
 
-def _settings(concurrency: int, tick: float, lease: float, attempts: int, backoff: float):
+def _settings(
+    concurrency: int, tick: float, lease: float, attempts: int, backoff: float, chunk: int
+):
     from contextkit.governance.scheduler import SchedulerSettings
 
     return SchedulerSettings(
@@ -29,6 +34,7 @@ def _settings(concurrency: int, tick: float, lease: float, attempts: int, backof
         lease_s=lease,
         max_attempts=attempts,
         backoff_s=backoff,
+        backfill_chunk_s=chunk,
     )
 
 
@@ -47,6 +53,7 @@ def scheduler(
     lease: LeaseOpt = 120.0,
     max_attempts: AttemptsOpt = 3,
     backoff: BackoffOpt = 60.0,
+    backfill_chunk: ChunkOpt = 30 * 86400,
 ) -> None:
     """Materialize every view of every live workspace at its batch_schedule (backfills in
     chunks, leases in the registry, retries, alerts), flush and prune stream ingest logs. Any
@@ -65,7 +72,7 @@ def scheduler(
         if now is not None:
             fixed = parse_time(now, "--now").timestamp()
             clock = lambda: fixed  # noqa: E731
-        settings = _settings(concurrency, tick, lease, max_attempts, backoff)
+        settings = _settings(concurrency, tick, lease, max_attempts, backoff, backfill_chunk)
         runner = Scheduler(ctx.runtime, settings=settings, **({"clock": clock} if clock else {}))
         if once:
             report = runner.tick(wait=True)
@@ -104,6 +111,7 @@ def control_plane(
     lease: LeaseOpt = 120.0,
     max_attempts: AttemptsOpt = 3,
     backoff: BackoffOpt = 60.0,
+    backfill_chunk: ChunkOpt = 30 * 86400,
 ) -> None:
     """The control plane: the registry-facing API, the web UI, the jobs API (POST /v1/jobs,
     GET /v1/jobs/{id}, cancel, retry) and the scheduler, in one process. It needs write access
@@ -134,7 +142,8 @@ def control_plane(
         thread = None
         if not no_scheduler:
             runner = Scheduler(
-                ctx.runtime, settings=_settings(concurrency, tick, lease, max_attempts, backoff)
+                ctx.runtime,
+                settings=_settings(concurrency, tick, lease, max_attempts, backoff, backfill_chunk),
             )
             thread = threading.Thread(
                 target=runner.run_forever, args=(stop,), name="contextkit-scheduler", daemon=True
