@@ -25,6 +25,7 @@ from ops_fixtures import FEATURES_BODY, SPEND, build_repo, run_cli
 
 import contextkit
 from contextkit.access import hash_key
+from contextkit.governance.jobs import JobService
 from contextkit.server.app import create_app
 from contextkit.stores.registry import ApiKeyRecord
 
@@ -43,7 +44,8 @@ def ctx(repo):
 
 @pytest.fixture(scope="module")
 def client(ctx):
-    with TestClient(create_app(ctx, auth=True), raise_server_exceptions=False) as test_client:
+    app = create_app(ctx, auth=True, jobs=JobService(ctx.runtime))  # the control plane's
+    with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -104,6 +106,15 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/views/{name}", "reader", lambda: {"params": {"workspace": "prod"}}),
     Endpoint("GET", "/v1/jobs", "reader", lambda: {"params": {"workspace": "prod"}}),
     Endpoint("GET", "/v1/alerts", "reader", lambda: {"params": {"workspace": "prod"}}),
+    # The control plane's jobs API: an allowed caller gets 404 (no view "nope", no job
+    # "{job_id}"), after auth; an unknown job is judged in the workspace the request names.
+    Endpoint("POST", "/v1/jobs", "admin", lambda: {"json": {
+        "workspace": "prod", "views": ["nope"]}}),
+    Endpoint("GET", "/v1/jobs/{job_id}", "reader", lambda: {"params": {"workspace": "prod"}}),
+    Endpoint("POST", "/v1/jobs/{job_id}/cancel", "admin", lambda: {
+        "params": {"workspace": "prod"}}),
+    Endpoint("POST", "/v1/jobs/{job_id}/retry", "admin", lambda: {
+        "params": {"workspace": "prod"}}),
     Endpoint("GET", "/metrics", "reader", lambda: {}, all_workspaces=True),
     # The repo has no push source: an allowed caller gets 404 (unknown source), after auth.
     Endpoint("POST", "/v1/ingest", "ingester", lambda: {"json": {
