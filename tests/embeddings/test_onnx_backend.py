@@ -1,0 +1,236 @@
+"""The ONNX Runtime backend: the packaged model exported once per session into a temp cache,
+its vectors against torch's, the cache reused, and the repo-config options that select it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from contextkit.embeddings import (
+    Chunker,
+    Encoder,
+    EncoderConfigError,
+    EncoderFailure,
+    OnnxEncoder,
+    build_encoder,
+    encode_query,
+    export_onnx,
+    onnx_export,
+    packaged_model_path,
+)
+
+pytest.importorskip("onnxruntime")  # the optional ONNX backend (the package imports it lazily)
+
+TEXTS = [
+    "A cat sits on the mat.",
+    "Stock markets fell sharply today after the central bank raised interest rates again.",
+    "How do I get my money back for a broken order?",
+    "waterproof hiking boots with a rubber sole",
+    "List information about the files in the current directory, sorted alphabetically unless "
+    "another order is asked for; with -l, print permissions, owner, size and modification time.",
+]
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    """A cache dir holding the packaged model's fp32 and int8 exports (exported once, ~20 s)."""
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    export_onnx(packaged_model_path(), quantize="int8", cache_dir=cache)  # exports fp32 first
+    return cache
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(onnx_cache):
+    return OnnxEncoder(cache_dir=onnx_cache)
+
+
+@pytest.fixture(scope="session")
+def onnx_int8(onnx_cache):
+    return OnnxEncoder(cache_dir=onnx_cache, quantize="int8")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+# -- vectors ---------------------------------------------------------------------------------------
+
+
+def test_fp32_vectors_match_torch_in_a_padded_batch(minilm, onnx_fp32):
+    expected = minilm.encode(TEXTS)
+    vectors = onnx_fp32.encode(TEXTS)  # texts of different lengths: one padded batch
+    assert isinstance(onnx_fp32, Encoder)
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    assert vectors.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert cosines(vectors, expected).min() >= 0.999
+    assert onnx_fp32.encode([]).shape == (0, 384)
+
+
+def test_int8_vectors_stay_close_to_torch(minilm, onnx_int8):
+    expected = minilm.encode(TEXTS)
+    assert cosines(onnx_int8.encode(TEXTS), expected).min() >= 0.99
+    one = np.stack([onnx_int8.encode_query(t) for t in TEXTS])
+    assert cosines(one, expected).min() >= 0.99
+
+
+def test_batches_are_returned_in_input_order_whatever_the_batch_size(onnx_fp32, onnx_cache):
+    small_batches = OnnxEncoder(cache_dir=onnx_cache, batch_size=2)
+    texts = [TEXTS[i % len(TEXTS)] + f" ({i})" for i in range(7)]
+    np.testing.assert_allclose(small_batches.encode(texts), onnx_fp32.encode(texts), atol=1e-5)
+
+
+def test_text_longer_than_the_model_window_is_truncated_like_torch(minilm, onnx_fp32):
+    long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 80)  # ~720 tokens
+    assert cosines(onnx_fp32.encode([long_text]), minilm.encode([long_text]))[0] >= 0.999
+    assert len(onnx_fp32.token_spans(long_text)) == len(minilm.token_spans(long_text)) > 256
+
+
+def test_token_spans_and_limits_are_the_models(minilm, onnx_fp32):
+    text = "SKU-QJW-2363 waterproof shoes"
+    assert onnx_fp32.token_spans(text) == minilm.token_spans(text)
+    assert (onnx_fp32.dimension, onnx_fp32.max_tokens) == (384, 256)
+    chunker = Chunker.for_encoder(onnx_fp32, size=2, overlap=1)
+    assert [c.text for c in chunker.split("waterproof hiking boots")] == [
+        "waterproof",
+        "proof hiking",
+        "hiking boots",
+    ]
+
+
+def test_the_name_is_the_models_and_the_variant_says_the_backend(minilm, onnx_fp32, onnx_int8):
+    assert onnx_fp32.name == onnx_int8.name == minilm.name
+    assert (minilm.variant, onnx_fp32.variant, onnx_int8.variant) == (
+        "torch",
+        "onnx-fp32",
+        "onnx-int8",
+    )
+    assert len({minilm.cache_identity, onnx_fp32.cache_identity, onnx_int8.cache_identity}) == 3
+
+
+# -- the single-query path and its cache ---------------------------------------------------------
+
+
+def test_encode_query_matches_encode_and_a_repeat_hits_the_cache(onnx_cache):
+    encoder = OnnxEncoder(cache_dir=onnx_cache, query_cache_size=8)
+    first = encoder.encode_query("red running shoes")
+    again = encode_query(encoder, "red running shoes")
+    assert again is first
+    assert (encoder.query_cache.hits, encoder.query_cache.misses) == (1, 1)
+    assert first.shape == (384,) and first.dtype == np.float32
+    assert cosines(first[None], encoder.encode(["red running shoes"]))[0] >= 0.9999
+    with pytest.raises(ValueError):
+        first[0] = 1.0  # cached vectors are shared: read-only
+
+
+# -- the export cache ----------------------------------------------------------------------------
+
+
+def test_a_second_load_reuses_the_export(onnx_cache, monkeypatch):
+    def no_export(*_args, **_kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_export, "_export_float32", no_export)
+    monkeypatch.setattr(onnx_export, "_quantize_int8", no_export)
+    for quantize in (None, "int8"):
+        artifact = export_onnx(packaged_model_path(), quantize=quantize, cache_dir=onnx_cache)
+        assert artifact.created is False and artifact.model_file.is_file()
+        assert artifact.quantize == quantize and artifact.dimension == 384
+    fresh = OnnxEncoder(cache_dir=onnx_cache, quantize="int8")
+    assert fresh.encode(["still works"]).shape == (1, 384)
+    folders = sorted(p.name for p in onnx_cache.iterdir())
+    assert len(folders) == 2 and not [f for f in folders if f.startswith(".")]  # no temp left
+
+
+def test_the_int8_export_records_what_stays_float(onnx_cache):
+    int8 = export_onnx(packaged_model_path(), quantize="int8", cache_dir=onnx_cache)
+    fp32 = export_onnx(packaged_model_path(), cache_dir=onnx_cache)
+    meta = json.loads((int8.folder / "meta.json").read_text())
+    # One feed-forward output projection per layer of the 6-layer model stays float32.
+    assert len(meta["float_nodes"]) == 6
+    assert int8.model_file.stat().st_size < fp32.model_file.stat().st_size / 2  # 34 vs 90 MB
+
+
+def test_the_cache_key_follows_the_model_files_and_the_options(tmp_path):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "modules.json").write_text("[]")
+    folder = onnx_export.cached_variant_folder(model, cache_dir=tmp_path / "cache")
+    assert folder.parent == tmp_path / "cache" and folder.name.startswith("my-model-fp32-")
+    assert folder == onnx_export.cached_variant_folder(model, cache_dir=tmp_path / "cache")
+    int8 = onnx_export.cached_variant_folder(model, quantize="int8", cache_dir=tmp_path / "cache")
+    assert int8 != folder and int8.name.startswith("my-model-int8-")
+    (model / "config.json").write_text("{}")  # the model folder changed: a new entry
+    assert onnx_export.cached_variant_folder(model, cache_dir=tmp_path / "cache") != folder
+
+
+def test_a_concurrent_export_that_finishes_first_wins(tmp_path, monkeypatch):
+    """Two processes export the same variant: the second rename finds the folder published
+    and keeps it; its own temp folder is removed, nothing is half-written."""
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "modules.json").write_text("[]")
+    cache = tmp_path / "cache"
+    final = onnx_export.cached_variant_folder(model, cache_dir=cache)
+
+    def write_variant(folder, marker):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_text(marker)
+        (folder / "meta.json").write_text(json.dumps({"dimension": 4, "max_tokens": 8}))
+
+    def racing_export(_model_path, out):
+        write_variant(final, "first")  # the other process publishes while we export
+        (out / "model.onnx").write_text("second")
+        (out / "meta.json").write_text(json.dumps({"dimension": 4, "max_tokens": 8}))
+
+    monkeypatch.setattr(onnx_export, "_export_float32", racing_export)
+    artifact = export_onnx(model, cache_dir=cache)
+    assert artifact.folder == final and artifact.model_file.read_text() == "first"
+    assert [p.name for p in cache.iterdir()] == [final.name]
+
+
+def test_an_unreadable_cache_entry_says_how_to_recover(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "modules.json").write_text("[]")
+    folder = onnx_export.cached_variant_folder(model, cache_dir=tmp_path)
+    folder.mkdir()
+    (folder / "meta.json").write_text("{not json")
+    with pytest.raises(EncoderFailure, match="unreadable") as err:
+        export_onnx(model, cache_dir=tmp_path)
+    assert str(folder) in err.value.hint
+
+
+# -- repo config ---------------------------------------------------------------------------------
+
+
+def test_backend_onnx_in_a_model_config_builds_an_onnx_encoder_without_exporting(tmp_path):
+    config = {"type": "sentence-transformers", "path": "default", "backend": "onnx"}
+    encoder = build_encoder(
+        "fast", {**config, "quantize": "int8", "cache_dir": "cache"}, base_dir=tmp_path
+    )
+    assert isinstance(encoder, OnnxEncoder) and encoder.quantize == "int8"
+    assert encoder.cache_dir == tmp_path / "cache" and encoder.dimension == 384
+    assert not (tmp_path / "cache").exists()  # building validates only; export is on first use
+    assert type(build_encoder("plain", {"type": "sentence-transformers"})).__name__ == (
+        "SentenceTransformerEncoder"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"quantize": "int8"}, "need backend: onnx"),
+        ({"backend": "tensorrt"}, "unknown backend 'tensorrt'"),
+        ({"backend": "onnx", "quantize": "int4"}, "unknown quantize option 'int4'"),
+        ({"backend": "onnx", "threads": 0}, "threads must be a positive integer"),
+        ({"backend": "onnx", "device": "cuda"}, "runs on CPU"),
+        ({"backend": "onnx", "query_cache_size": -1}, "query_cache_size"),
+    ],
+)
+def test_invalid_backend_options_name_the_problem(options, message):
+    with pytest.raises(EncoderConfigError, match=message) as err:
+        build_encoder("bad", {"type": "sentence-transformers", **options})
+    assert "model 'bad'" in err.value.message
