@@ -98,12 +98,21 @@ class ValidationErrors(ContextKitError):
     code = "invalid_repo"
     exit_code = 2
 
-    def __init__(self, errors: list[DefinitionError]) -> None:
+    def __init__(
+        self, errors: list[DefinitionError], skipped: dict[str, list[str]] | None = None
+    ) -> None:
+        # skipped: a failed object -> the objects that depend on it, not checked (not errors)
         self.errors = errors
+        self.skipped = skipped or {}
         lines = [f"{len(errors)} problem(s) in the repo:"]
         for err in errors:
             lines.append(f"  - {err.message}" + (f"\n    hint: {err.hint}" if err.hint else ""))
-        super().__init__("\n".join(lines), details={"errors": [e.message for e in errors]})
+        for failed, dependents in self.skipped.items():
+            lines.append(f"  skipped because {failed} failed: {', '.join(dependents)}")
+        details: dict[str, Any] = {"errors": [e.message for e in errors]}
+        if self.skipped:
+            details["skipped"] = self.skipped
+        super().__init__("\n".join(lines), details=details)
 
 
 class NotFoundError(ContextKitError):

@@ -38,6 +38,18 @@ only the operator can fix it. A bare :class:`LLMError` with 500 when litellm is 
 
 litellm is imported on first use (it takes seconds), configured not to fetch its model cost map
 or anything else over the network (see ``_litellm``).
+
+``model="contextkit/echo"`` (:data:`ECHO_MODEL`) is answered here, without litellm, a key or a
+network: a deterministic model to try completions with. It answers with the last user message
+it was sent, after a line counting what it received; ``max_tokens`` cuts the answer after that
+many words, and a stream yields it word by word:
+
+>>> result = asyncio.run(complete(messages, "contextkit/echo"))
+>>> print(result.text)
+[contextkit/echo] 1 message(s), 18 characters. Last user message:
+Where is my order?
+>>> result.usage, result.finish_reason
+({'prompt_tokens': 4, 'completion_tokens': 12, 'total_tokens': 16}, 'stop')
 """
 
 from __future__ import annotations
@@ -64,6 +76,7 @@ from .errors import (
 )
 
 __all__ = [
+    "ECHO_MODEL",
     "GENERATION_PARAMS",
     "GENERATION_PARAM_TYPES",
     "CompletionResult",
@@ -73,6 +86,8 @@ __all__ = [
     "stream_complete",
 ]
 
+# The built-in deterministic model: answered locally (see the module's docstring).
+ECHO_MODEL = "contextkit/echo"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF = 0.5
@@ -163,6 +178,11 @@ async def complete(
     (``temperature``, ``max_tokens``, ``response_format``...), anything else raises
     :class:`LLMParamError`. Raises :class:`LLMError` subclasses."""
     call = _call_arguments(messages, model, params, timeout, api_base, api_key)
+    if model == ECHO_MODEL:
+        started = time.perf_counter()
+        text, usage, finish = _echo(call["messages"], call)
+        latency_ms = (time.perf_counter() - started) * 1000
+        return CompletionResult(text, ECHO_MODEL, usage, finish, latency_ms, 1)
     litellm = _load()
     _check_api_key(litellm, model, api_base, api_key)
     started = time.perf_counter()
@@ -196,6 +216,13 @@ async def stream_complete(
     """Stream a chat completion as text deltas (empty deltas are skipped). Same arguments and
     errors as :func:`complete`; ``timeout`` bounds the wait for each chunk."""
     call = {**_call_arguments(messages, model, params, timeout, api_base, api_key), "stream": True}
+    if model == ECHO_MODEL:
+        text, _usage, _finish = _echo(call["messages"], call)
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            yield word if i == len(words) - 1 else word + " "
+            await asyncio.sleep(0)  # a stream: let other tasks run between chunks
+        return
     litellm = _load()
     _check_api_key(litellm, model, api_base, api_key)
     attempt = 0
@@ -228,6 +255,41 @@ async def stream_complete(
         raise _map_error(error, model, attempt, timeout)[0] from error
     finally:
         await _close(stream)
+
+
+def _echo(
+    messages: Sequence[Mapping[str, Any]], call: Mapping[str, Any]
+) -> tuple[str, dict[str, int], str]:
+    """The answer of :data:`ECHO_MODEL`: ``(text, usage, finish_reason)``; tokens are words."""
+
+    def content(message: Mapping[str, Any]) -> str:
+        value = message.get("content")
+        if isinstance(value, list):  # OpenAI content parts
+            return "".join(p.get("text", "") for p in value if isinstance(p, Mapping))
+        return "" if value is None else str(value)
+
+    texts = [content(m) for m in messages]
+    last_user = next(
+        (content(m) for m in reversed(messages) if m.get("role") == "user"),
+        texts[-1] if texts else "",
+    )
+    header = (
+        f"[{ECHO_MODEL}] {len(messages)} message(s), {sum(len(t) for t in texts)} characters. "
+        "Last user message:"
+    )
+    words = f"{header}\n{last_user}".split(" ")
+    limit = call.get("max_tokens") or call.get("max_completion_tokens")
+    finish = "stop"
+    if isinstance(limit, int) and 0 < limit < len(words):
+        words, finish = words[:limit], "length"
+    prompt_tokens = sum(len(t.split()) for t in texts)
+    completion_tokens = sum(len(w.split()) for w in words)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    return " ".join(words), usage, finish
 
 
 def check_generation_params(
@@ -305,7 +367,7 @@ def check_model(model: str, *, declared: Sequence[str] = (), api_base: str | Non
     >>> check_model("openai/my-finetune", declared=["openai/my-finetune"])
     >>> check_model("openai/whatever-the-server-has", api_base="http://127.0.0.1:8000/v1")
     """
-    if model in declared:
+    if model in declared or model == ECHO_MODEL:
         return
     from ._litellm import model_cost
 

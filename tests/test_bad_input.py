@@ -157,9 +157,8 @@ def test_plan_on_a_broken_repo_prints_the_problem_and_a_hint(tmp_path):
     result = run_cli(root, "plan")  # the only workspace is used
 
     stderr = assert_clean_failure(result, 2, "1 problem(s) in the repo", "Binder Error")
-    line = DEFS.splitlines().index(
-        '@batch_feature_view(sources=[events], entities=[user], mode="sql",'
-    )
+    # At the query's line naming the column, inside the view's function.
+    line = next(i for i, ln in enumerate(DEFS.splitlines()) if "SELECT user_id, x" in ln)
     problem = [ln for ln in stderr.splitlines() if ln.strip().startswith("- ")]
     assert len(problem) == 1 and problem[0].strip().startswith(f"- defs.py:{line + 1}:"), stderr
 

@@ -48,6 +48,21 @@ def materialize(
         start_t, end_t = parse_time(start, "--start"), parse_time(end, "--end")
         console = out_console()
         names = views or ctx.specs().materialized_order()
+        if not console.is_terminal:  # CI logs, a pipe: plain progress lines, no redrawn bars
+            plain = PlainProgress(names)
+            try:
+                results = ctx.materialize(
+                    names,
+                    start=start_t,
+                    end=end_t,
+                    full=full,
+                    on_stage=plain.stage,
+                    on_progress=plain.progress,
+                )
+            finally:
+                plain.close()
+            _print_results(console, results)
+            return
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -79,30 +94,119 @@ def materialize(
                 on_stage=on_stage,
                 on_progress=on_progress,
             )
-        for r in results:
-            if r.kind == "embedding_view":
-                d = r.details
-                console.print(
-                    f"{_outcome(r)} {r.view}: {d['documents']} documents, {r.rows_online} chunks "
-                    f"({d['new']} new, {d['changed']} changed, {d['deleted']} deleted, "
-                    f"{d['texts_encoded']} encoded) in {r.duration_s:.2f}s"
-                )
-                _print_warning(console, r)
-                continue
-            span = f"{r.start.isoformat() if r.start else 'beginning'} .. {r.end.isoformat()}"
+        _print_results(console, results)
+
+
+def _print_results(console, results) -> None:
+    for r in results:
+        if r.kind == "embedding_view":
+            d = r.details
             console.print(
-                f"{_outcome(r)} {r.view}: {r.rows_offline} offline rows, {r.rows_online} online "
-                f"entities ({span}) in {r.duration_s:.2f}s"
+                f"{_outcome(r)} {r.view}: {d['documents']} documents, {r.rows_online} chunks "
+                f"({d['new']} new, {d['changed']} changed, {d['deleted']} deleted, "
+                f"{d['texts_encoded']} encoded) in {r.duration_s:.2f}s"
             )
             _print_warning(console, r)
-        warned = [r.view for r in results if r.status == "warning"]
-        if warned:
-            console.print(
-                f"[bold yellow]WARNING: {len(warned)} job(s) ended with warnings: "
-                f"{', '.join(warned)}[/] (`contextkit status` lists the alerts)",
-                highlight=False,
-                soft_wrap=True,
+            continue
+        span = f"{r.start.isoformat() if r.start else 'beginning'} .. {r.end.isoformat()}"
+        console.print(
+            f"{_outcome(r)} {r.view}: {r.rows_offline} offline rows, {r.rows_online} online "
+            f"entities ({span}) in {r.duration_s:.2f}s"
+        )
+        _print_warning(console, r)
+    warned = [r.view for r in results if r.status == "warning"]
+    if warned:
+        console.print(
+            f"[bold yellow]WARNING: {len(warned)} job(s) ended with warnings: "
+            f"{', '.join(warned)}[/] (`contextkit status` lists the alerts)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+class PlainProgress:
+    """Progress of a materialize run as plain lines, for output that is not a terminal: a line
+    when a view starts a stage, and while a view encodes, a line every ``interval`` seconds
+    (``CONTEXTKIT_PROGRESS_INTERVAL``, default 5) with done/total, rate and ETA. A line at most
+    every interval while nothing else changes, so a CI log shows the run is alive."""
+
+    def __init__(self, names: list[str], interval: float | None = None) -> None:
+        import os
+        import threading
+        import time
+
+        self.names = names
+        self.interval = interval or float(os.environ.get("CONTEXTKIT_PROGRESS_INTERVAL", "5"))
+        self.began = time.monotonic()
+        self.current: str | None = None
+        self.stage_name = "waiting"
+        self.started_view = self.began
+        self.done_views: list[str] = []
+        self.last_line = 0.0
+        self.encode: tuple[int, int, float] | None = None  # chunks done, total, docs/s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+        self._ticker.start()
+
+    def _print(self, text: str) -> None:
+        import sys
+        import time
+
+        elapsed = time.monotonic() - self.began
+        sys.stdout.write(f"[{elapsed:7.1f}s] {text}\n")
+        sys.stdout.flush()
+        self.last_line = time.monotonic()
+
+    def _views_done(self) -> str:
+        return f"{len(self.done_views)}/{len(self.names)} views done"
+
+    def stage(self, view: str, stage: str) -> None:
+        import time
+
+        with self._lock:
+            if view != self.current:
+                if self.current is not None:
+                    self.done_views.append(self.current)
+                self.current, self.started_view, self.encode = view, time.monotonic(), None
+            self.stage_name = stage
+            self._print(f"materialize {view}: {stage} ({self._views_done()})")
+
+    def progress(self, view: str, p) -> None:  # an EncodeProgress of an embedding view
+        import time
+
+        with self._lock:
+            self.encode = (p.chunks_done, p.chunks_total, p.docs_per_s)
+            if time.monotonic() - self.last_line >= self.interval:
+                self._print(self._status_line())
+
+    def _status_line(self) -> str:
+        import time
+
+        view = self.current or "-"
+        if self.encode is not None:
+            done, total, docs_per_s = self.encode
+            spent = time.monotonic() - self.started_view
+            rate = done / spent if spent > 0 else 0.0
+            eta = f"{(total - done) / rate:.0f}s" if rate > 0 and total >= done else "unknown"
+            return (
+                f"materialize {view}: encoding {done}/{total} chunks, {rate:.1f} chunks/s "
+                f"({docs_per_s:.1f} docs/s), ETA {eta} ({self._views_done()})"
             )
+        spent = time.monotonic() - self.started_view
+        return f"materialize {view}: {self.stage_name} for {spent:.0f}s ({self._views_done()})"
+
+    def _tick(self) -> None:
+        import time
+
+        while not self._stop.wait(min(self.interval, 1.0)):
+            with self._lock:
+                if self.current and time.monotonic() - self.last_line >= self.interval:
+                    self._print(self._status_line())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._ticker.join(timeout=2)
 
 
 def _outcome(result) -> str:

@@ -46,10 +46,20 @@ WorkspaceOpt = Annotated[
 ]
 
 
+# Width of output that is not a terminal (a pipe, a CI log) when COLUMNS is not set: wide enough
+# that tables are not cut at rich's default of 80 columns.
+PIPE_WIDTH = 240
+
+
 def out_console():
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+        return Console()
+    return Console(width=PIPE_WIDTH)
 
 
 def err_console():

@@ -599,7 +599,9 @@ def completion_call(ctx: Runtime, plan: ContextPlan, request: ContextRequest) ->
     if request.model is not None:  # the request chose it: an unknown name is the request's fault
         _check_request_model(request.model, llm)
     api_key = None
-    if llm.api_key_env:
+    from contextkit.prompts.llm import ECHO_MODEL
+
+    if llm.api_key_env and model != ECHO_MODEL:  # the built-in echo model needs no key
         api_key = os.environ.get(llm.api_key_env)
         if not api_key:
             from contextkit.prompts import LLMAuthError

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
+import inspect
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from contextkit.errors import DefinitionError
 from contextkit.framework.specs import (
@@ -15,7 +19,56 @@ from contextkit.framework.specs import (
 
 def caller_location(depth: int = 2) -> tuple[str, int]:
     frame = sys._getframe(depth)
+    while frame.f_back is not None and frame.f_code is _WRAPPER_CODE:
+        frame = frame.f_back  # the argument check below sits between a definition and its user
     return frame.f_code.co_filename, frame.f_lineno
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def checked_arguments(func: F) -> F:
+    """Check the keyword arguments of a definition (a decorator or ``__init__``) before it runs:
+    an unknown one is a :class:`DefinitionError` at the user's file and line that names the
+    closest known argument (``batch_schedul`` -> "did you mean batch_schedule?"), instead of a
+    ``TypeError`` that points into contextkit."""
+    signature = inspect.signature(func)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return func
+    known = [
+        n
+        for n, p in signature.parameters.items()
+        if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL
+    ]
+    what = func.__qualname__.removesuffix(".__init__")
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            frame = sys._getframe(1)
+            close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"{what} takes: {', '.join(known)}"
+            raise DefinitionError(
+                f"{what}() got an unknown argument {unknown[0]!r}",
+                location=f"{_shown(frame.f_code.co_filename)}:{frame.f_lineno}",
+                hint=hint,
+            )
+        return func(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+_WRAPPER_CODE = checked_arguments(lambda: None).__code__
+
+
+def _shown(file: str) -> str:
+    """A file as the user named it: relative to the working folder when inside it."""
+    with contextlib.suppress(ValueError):
+        relative = os.path.relpath(file)
+        if not relative.startswith(".."):
+            return relative
+    return file
 
 
 class Definition:

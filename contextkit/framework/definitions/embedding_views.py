@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from contextkit.framework.definitions._base import Definition, caller_location
+from contextkit.framework.definitions._base import Definition, caller_location, checked_arguments
 from contextkit.framework.definitions.entities import Entity
 from contextkit.framework.definitions.feature_views import BatchFeatureView, render_sql
 from contextkit.framework.definitions.sources import FileSource
@@ -45,6 +45,7 @@ class EmbeddingView(Definition):
 
     kind = "embedding_view"
 
+    @checked_arguments
     def __init__(
         self,
         name: str,
@@ -160,6 +161,7 @@ class EmbeddingView(Definition):
         )
 
 
+@checked_arguments
 def embedding_view(
     *,
     sources: Sequence[FileSource | BatchFeatureView | str],

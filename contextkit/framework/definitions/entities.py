@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contextkit.framework.definitions._base import Definition, caller_location
+from contextkit.framework.definitions._base import Definition, caller_location, checked_arguments
 from contextkit.framework.specs import (
     EntitySpec,
     FieldSpec,
@@ -20,6 +20,7 @@ class Entity(Definition):
 
     kind = "entity"
 
+    @checked_arguments
     def __init__(
         self,
         name: str,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from contextkit.framework.definitions._base import Definition, caller_location
+from contextkit.framework.definitions._base import Definition, caller_location, checked_arguments
 from contextkit.framework.definitions.entities import Entity
 from contextkit.framework.definitions.features import Aggregate, Attribute
 from contextkit.framework.definitions.sources import FileSource, PushSource, RequestSource
@@ -49,6 +49,7 @@ class StreamFeatureView(Definition):
 
     kind = "stream_feature_view"
 
+    @checked_arguments
     def __init__(
         self,
         name: str,
@@ -114,6 +115,7 @@ class RealtimeFeatureView(Definition):
 
     kind = "realtime_feature_view"
 
+    @checked_arguments
     def __init__(
         self,
         function: Callable[..., Any],
@@ -187,6 +189,7 @@ class RealtimeFeatureView(Definition):
         return self.function(*args, **kwargs)
 
 
+@checked_arguments
 def realtime_feature_view(
     *,
     sources: Sequence[Any],
@@ -244,6 +247,7 @@ class BatchFeatureView(Definition):
 
     kind = "batch_feature_view"
 
+    @checked_arguments
     def __init__(
         self,
         function: Callable[..., Any],
@@ -390,6 +394,7 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+@checked_arguments
 def batch_feature_view(
     *,
     sources: Sequence[FileSource | BatchFeatureView | str],

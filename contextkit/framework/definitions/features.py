@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from contextkit.framework.definitions._base import checked_arguments
 from contextkit.framework.durations import format_seconds, to_seconds
 from contextkit.framework.specs import (
     STREAM_AGGREGATE_FUNCTIONS,
@@ -16,6 +17,7 @@ from contextkit.types import DTYPES, Field
 class Attribute:
     """A plain feature: a column of the transformation's output, served as its latest value."""
 
+    @checked_arguments
     def __init__(self, name: str, dtype: str | None = None, *, description: str = "") -> None:
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"Attribute {name!r}: unknown dtype {dtype!r}; use one of {DTYPES}")
@@ -38,6 +40,7 @@ class Aggregate:
     ``column`` (all rows when ``column`` is None).
     """
 
+    @checked_arguments
     def __init__(
         self,
         column: str | Field | None = None,

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from contextkit.framework.definitions._base import Definition, caller_location
+from contextkit.framework.definitions._base import Definition, caller_location, checked_arguments
 from contextkit.framework.definitions.embedding_views import EmbeddingView
 from contextkit.framework.definitions.feature_views import (
     FEATURE_VIEW_TYPES,
@@ -31,6 +31,7 @@ class Search:
     ``name`` (default: the view's) is how templates and responses refer to its documents.
     """
 
+    @checked_arguments
     def __init__(
         self,
         view: EmbeddingView | str,
@@ -101,6 +102,7 @@ class RequestField:
 
     _REQUIRED = object()
 
+    @checked_arguments
     def __init__(
         self, name: str, dtype: str = "string", *, default: Any = _REQUIRED, description: str = ""
     ) -> None:
@@ -174,6 +176,7 @@ class PromptView(Definition):
 
     kind = "prompt_view"
 
+    @checked_arguments
     def __init__(
         self,
         name: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contextkit.framework.definitions._base import Definition, caller_location
+from contextkit.framework.definitions._base import Definition, caller_location, checked_arguments
 from contextkit.framework.definitions.embedding_views import EmbeddingView
 from contextkit.framework.definitions.feature_views import BatchFeatureView, FeatureSelection
 from contextkit.framework.definitions.prompt_views import (
@@ -31,6 +31,7 @@ class ContextService(Definition):
 
     kind = "context_service"
 
+    @checked_arguments
     def __init__(
         self,
         name: str,

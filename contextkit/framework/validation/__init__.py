@@ -73,6 +73,7 @@ def validate(
     con = transformations.connect_duckdb()
     try:
         good_sources = checker.check_sources(con)
+        checker.failed |= set(checker.sources) - set(good_sources)
         order = checker.view_order()
         ws = Workspace(con, root, good_sources, {})
         for source in checker.push_sources.values():  # empty, with the declared schema
@@ -80,43 +81,72 @@ def validate(
         checked: dict[str, FeatureViewSpec] = {}
         good = set(good_sources)
         for name in order:
-            result = checker.check_view(ws, checker.views[name], good)
+            view = checker.views[name]
+            if checker.blocked(view, view.sources):
+                continue
+            result = checker.check_view(ws, view, good)
             if result is not None:
                 checked[name] = result
                 ws.views[name] = result
                 good.add(name)
+            else:
+                checker.failed.add(name)
         embedded: dict[str, EmbeddingViewSpec] = {}
         for name, view in checker.embedding_views.items():
+            if checker.blocked(view, view.sources):
+                continue
             result = checker.check_embedding_view(ws, view, good, models)
             if result is not None:
                 embedded[name] = result
+            else:
+                checker.failed.add(name)
 
         for source in checker.push_sources.values():
             checker.check_push_source(source)
         streams: dict[str, StreamFeatureViewSpec] = {}
         for name, view in checker.stream_views.items():
+            if checker.blocked(view, [view.source]):
+                continue
             result = checker.check_stream_view(view)
             if result is not None:
                 streams[name] = result
+            else:
+                checker.failed.add(name)
         realtime: dict[str, RealtimeFeatureViewSpec] = {}
         for name, view in checker.realtime_views.items():
+            if checker.blocked(view, view.inputs):
+                continue
             result = checker.check_realtime_view(view, {**checked, **streams})
             if result is not None:
                 realtime[name] = result
+            else:
+                checker.failed.add(name)
         servable = {**checked, **streams, **realtime}
         prompts: dict[str, PromptViewSpec] = {}
         for name, prompt in checker.prompts.items():
+            uses = [r.view for r in prompt.features] + [s.view for s in prompt.searches]
+            if checker.blocked(prompt, uses):
+                continue
             checker.check_prompt_llm(prompt, llm or LLMConfig())
             result = checker.check_prompt(prompt, servable, embedded)
             if result is not None:
                 prompts[name] = result
+            else:
+                checker.failed.add(name)
         for service in checker.services.values():
+            uses = [r.view for r in service.features] + [s.view for s in service.searches]
+            if checker.blocked(service, [*uses, *service.prompts]):
+                continue
             checker.check_service(service, servable, embedded)
+        checker.check_server_groups()
     finally:
         con.close()
     if checker.errors:
-        raise ValidationErrors(checker.errors)
+        raise ValidationErrors(checker.errors, checker.skipped)
     enriched = {**checker.sources, **checked, **streams, **realtime, **embedded, **prompts}
     return [
-        enriched.get(s.name, s) if s.kind not in ("entity", "context_service") else s for s in specs
+        enriched.get(s.name, s)
+        if s.kind not in ("entity", "context_service", "server_group")
+        else s
+        for s in specs
     ]

@@ -37,7 +37,7 @@ class EmbeddingViewChecks:
             ok = False
         for e in view.entities:
             if e not in self.entities:
-                self.error(view, f"unknown entity {e!r}", hint="define it with Entity(...)")
+                self.error(view, f"unknown entity {e!r}", hint=self.entities_hint())
                 ok = False
         if view.mode != "column" and any(s in self.push_sources for s in view.sources):
             self.error(

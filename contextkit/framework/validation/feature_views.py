@@ -60,7 +60,7 @@ class FeatureViewChecks:
                 )
             for e in view.entities:
                 if e not in self.entities:
-                    self.error(view, f"unknown entity {e!r}", hint="define it with Entity(...)")
+                    self.error(view, f"unknown entity {e!r}", hint=self.entities_hint())
         for name in self.views:
             visit(name, [])
         return ordered
@@ -145,6 +145,19 @@ class FeatureViewChecks:
             body = transformations.output_sql(ws, transformation, sample_rows=100)
             return transformations.describe(ws.con, f"SELECT * FROM ({body}) LIMIT 0")
         except ContextKitError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, NameError) and cause.name:
+                # A pandas/arrow function is stored by its source and re-created alone.
+                self.error(
+                    view,
+                    f"the {transformation.mode} transformation reads {cause.name!r}, which is "
+                    "defined outside the function: the function must be self-contained (it is "
+                    "stored by its source code and re-created alone at materialization)",
+                    hint=f"define {cause.name} (or import it) inside the function, or write its "
+                    "value in the function",
+                    at=self._error_line(view, cause, cause.name),
+                )
+                return None
             self.errors.append(
                 exc if isinstance(exc, DefinitionError) else DefinitionError(str(exc))
             )
@@ -154,7 +167,39 @@ class FeatureViewChecks:
                 f"the transformation does not run: {first_line(exc)}",
                 hint="fix the query; source tables are named after the sources, with their "
                 "columns: " + self._columns_hint(view),
+                at=self._error_line(view, exc),
             )
+        return None
+
+    def _error_line(self, view: AnySpec, exc: Exception, name: str | None = None) -> str | None:
+        """``file:line`` of the line inside the view's function that the engine's error names
+        (the first quoted name in its message, such as a column that does not exist); None when
+        it cannot be told."""
+        import re
+
+        if view.location is None:
+            return None
+        names = [name] if name else [n for n in re.findall(r'"([^"\n]+)"', str(exc)) if n.strip()]
+        if not names:
+            return None
+        try:
+            lines = (self.root / view.location.file).read_text().splitlines()
+        except OSError:
+            return None
+        start = view.location.line - 1
+        body = next(
+            (i for i in range(start, len(lines)) if re.match(r"\s*(async\s+)?def\s", lines[i])),
+            start,
+        )
+        end = len(lines)
+        for i in range(body + 1, len(lines)):  # the function ends at the next top-level line
+            if lines[i].strip() and not lines[i][0].isspace() and not lines[i].startswith(")"):
+                end = i
+                break
+        pattern = re.compile(r"(?<![\w.])" + re.escape(names[0]) + r"(?![\w])")
+        for i in [*range(body, end), *range(start, body)]:
+            if pattern.search(lines[i]):
+                return f"{view.location.file}:{i + 1}"
         return None
 
     def _default_timestamp(self, view: FeatureViewSpec) -> str | None:
@@ -234,7 +279,7 @@ class FeatureViewChecks:
             return None
         unknown = [e for e in view.entities if e not in self.entities]
         for e in unknown:
-            self.error(view, f"unknown entity {e!r}", hint="define it with Entity(...)")
+            self.error(view, f"unknown entity {e!r}", hint=self.entities_hint())
         if unknown:
             return None
         types = {c.name: c.dtype for c in source.columns}
