@@ -22,6 +22,7 @@ from contextkit.errors import translating as _translating
 from contextkit.framework.plan import Plan, apply_plan, compute_plan
 from contextkit.framework.specs import ContextServiceSpec, EmbeddingViewSpec
 from contextkit.framework.workspace import SELECTED_WORKSPACE, Runtime, WorkspaceSpecs
+from contextkit.retrieval.cache import read_features
 from contextkit.retrieval.online import OnlineFeatures, ServiceReader, service_reader
 from contextkit.stores.registry import JobRecord, WorkspaceRecord
 
@@ -309,6 +310,8 @@ class Context:
         service: str,
         entities: Mapping[str, Sequence[Any] | Any],
         request_context: Mapping[str, Any] | None = None,
+        *,
+        cache: bool = True,
     ) -> OnlineFeatures:
         """Latest feature values of ``service`` for a batch of entities.
 
@@ -318,9 +321,14 @@ class Context:
 
         A key with no stored value gives nulls (status ``MISSING``), not an error.
         ``request_context`` gives the values realtime feature views read (a value applies to
-        every entity row; a list gives one per row).
+        every entity row; a list gives one per row). A service declared with ``cache=`` is
+        answered from this process's serving cache where it may; ``cache=False`` reads the
+        online store (and leaves the cache as it was).
         """
-        return self.service_reader(service).read(self.online, entities, request_context)
+        reader = self.service_reader(service)
+        return read_features(
+            self.runtime, reader, entities, request_context, read=cache, write=cache
+        )
 
     # -- ingest -----------------------------------------------------------------------------------
     def ingest(

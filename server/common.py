@@ -10,10 +10,16 @@ it. Pass ``service=`` too and the request's metrics carry the service::
 
 A route that needs no workspace context but must be protected calls
 ``state.check_access(request, workspace, role)`` (``"*"``: every workspace).
+
+A server started with ``--server-group NAME`` (``server_group=``) serves only the services of
+that group: ``context(..., service=)`` answers any other service with 404, naming the group that
+serves it. ``/metrics`` then carries the constant ``contextkit_server_group_info{server_group}``
+(a join target for every other series of the process).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,8 +29,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from contextkit.client import Context
-from contextkit.errors import ContextKitError
+from contextkit.errors import ContextKitError, NotFoundError
 from contextkit.server.metrics import Metrics
+
+# How `contextkit serve --server-group NAME` tells the app (and each of its workers) its group.
+SERVER_GROUP_ENV = "CONTEXTKIT_SERVER_GROUP"
 
 # Roles a route may require, weakest first (see the access-control docs).
 READER, INGESTER, ADMIN = "reader", "ingester", "admin"
@@ -157,10 +166,14 @@ class ServerState:
         authorize: Authorizer | None = None,
         *,
         metrics: Metrics | None = None,
+        server_group: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.authorize = authorize
         self.metrics = metrics if metrics is not None else Metrics()
+        # The feature server group this process serves (None: every service).
+        self.server_group = server_group or os.environ.get(SERVER_GROUP_ENV) or None
+        _serving_metrics(self)
         # Path prefix -> how to shape the errors the ops middleware answers itself, before any
         # route runs (401 no/bad key, 413, 429), for clients that expect another error format:
         # ``state.error_shapes["/api/v1/"] = lambda exc: (exc.http_status, {...})``.
@@ -198,4 +211,82 @@ class ServerState:
         request.scope["contextkit.workspace"] = name
         if service is not None and service in found.specs().services:
             request.scope["contextkit.service"] = service
+            if self.server_group is not None:
+                self.check_server_group(found, service)
         return found
+
+    def check_server_group(self, ctx: Context, service: str) -> None:
+        """404 unless this process's server group serves ``service`` (the hint names the group
+        that does)."""
+        specs = ctx.specs()
+        group = self.server_group
+        if group not in specs.server_groups:
+            raise NotFoundError(
+                f"this server serves server group {group!r}, which workspace "
+                f"{specs.workspace.name!r} does not define",
+                hint="server groups: " + (", ".join(sorted(specs.server_groups)) or "none"),
+            )
+        if service in specs.server_groups[group].services:
+            return
+        other = specs.server_group_of(service)
+        raise NotFoundError(
+            f"service {service!r} is not served by server group {group!r}",
+            hint=(
+                f"it is served by server group {other!r}: send the request to a server started "
+                f"with --server-group {other}"
+                if other is not None
+                else "it is in no server group: send the request to a server started without "
+                "--server-group"
+            ),
+            details={"server_group": group, "served_by": other},
+        )
+
+    def serves(self, ctx: Context, service: str) -> bool:
+        """Whether this process serves ``service`` (its group's services, else all)."""
+        if self.server_group is None:
+            return True
+        group = ctx.specs().server_groups.get(self.server_group)
+        return group is not None and service in group.services
+
+
+def _serving_metrics(state: ServerState) -> None:
+    """The server group label and the serving cache's counters on ``/metrics`` (read at scrape
+    time from the process-wide cache, see :mod:`contextkit.retrieval.cache`)."""
+    from contextkit.retrieval.cache import serving_cache
+
+    if state.server_group is not None:
+        state.metrics.collector(
+            "contextkit_server_group_info",
+            "The feature server group this process serves (constant 1).",
+            "gauge",
+            ("server_group",),
+            lambda: [((state.server_group,), 1)],
+        )
+    cache = serving_cache(state.ctx.runtime)
+    for name, help_text, read in (
+        ("hits", "Entity rows answered from the serving cache.", lambda c: c.hits),
+        (
+            "misses",
+            "Entity rows of cached services read from the online store.",
+            lambda c: c.misses,
+        ),
+        (
+            "bypassed",
+            "Entity rows of cached services read with the cache bypassed.",
+            lambda c: c.bypassed,
+        ),
+    ):
+        state.metrics.collector(
+            f"contextkit_serving_cache_{name}_total",
+            help_text,
+            "counter",
+            ("service",),
+            lambda read=read: [((s,), v) for s, v in read(cache).items()],
+        )
+    state.metrics.collector(
+        "contextkit_serving_cache_entries",
+        "Entity rows held in the serving cache.",
+        "gauge",
+        (),
+        lambda: [((), len(cache))],
+    )

@@ -70,6 +70,11 @@ class FeaturesRequest(BaseModel):
         description="Values the service's realtime feature views read: one value for every "
         "entity row, or a list with one per row.",
     )
+    cache: bool = Field(
+        True,
+        description="Whether a service declared with `cache=` may answer from the serving "
+        "cache; false reads the online store and leaves the cache as it was.",
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -122,6 +127,8 @@ def routes(state: ServerState) -> APIRouter:
         specs = c.specs()
         out = []
         for service in specs.services.values():
+            if not state.serves(c, service.name):  # another server group's
+                continue
             reader = c.service_reader(service.name) if specs.workspace.live else None
             out.append(
                 {
@@ -153,7 +160,7 @@ def routes(state: ServerState) -> APIRouter:
         except InvalidBody as exc:
             return exc.response()
         c = state.context(request, body.workspace, READER, service=body.service)
-        result = c.get_features(body.service, body.entities, body.request_context)
+        result = c.get_features(body.service, body.entities, body.request_context, cache=body.cache)
         # Serialized by hand (orjson) like every hot-path response: see parse_body.
         return json_response(result.to_response())
 

@@ -32,6 +32,7 @@ PUBLIC = {
     "RequestField",
     "RequestSource",
     "Search",
+    "ServerGroup",
     "StreamFeatureView",
     "String",
     "TemplateFile",

@@ -46,6 +46,14 @@ def serve(
     mcp_ingest: Annotated[
         bool, typer.Option("--mcp-ingest", help="Offer ingest tools over MCP (ingester keys).")
     ] = False,
+    server_group: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--server-group",
+            help="Serve only the services of this ServerGroup (others answer 404 naming the "
+            "group that serves them).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API with uvicorn (and MCP at /mcp); API keys are required unless
     --no-auth."""
@@ -64,6 +72,28 @@ def serve(
             err.print(
                 f"[yellow]warning:[/] workspace {record.name!r} is a dev workspace: it serves "
                 "no features (apply to a live workspace)"
+            )
+        if server_group is not None:
+            from contextkit.errors import NotFoundError
+            from contextkit.server.common import SERVER_GROUP_ENV
+
+            groups = ctx.specs(record.name).server_groups
+            if server_group not in groups:
+                raise NotFoundError(
+                    f"unknown server group {server_group!r} in workspace {record.name!r}",
+                    hint="server groups: "
+                    + (
+                        ", ".join(sorted(groups))
+                        or "none (declare "
+                        "ServerGroup(name, services=[...]) in the repo and apply it)"
+                    ),
+                )
+            # Read by the app's ServerState, in this process and in every worker.
+            os.environ[SERVER_GROUP_ENV] = server_group
+            err.print(
+                f"serving server group {server_group!r}: "
+                + ", ".join(groups[server_group].services),
+                highlight=False,
             )
         if no_auth:
             err.print(

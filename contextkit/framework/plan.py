@@ -41,6 +41,7 @@ KIND_ORDER = (
     "embedding_view",
     "prompt_view",
     "context_service",
+    "server_group",
 )
 _ORDER = {kind: i for i, kind in enumerate(KIND_ORDER)}
 # Kinds whose data is computed by `materialize`.
@@ -72,6 +73,7 @@ _KIND_LABEL = {
     "embedding_view": "embedding view",
     "prompt_view": "prompt view",
     "context_service": "service",
+    "server_group": "server group",
 }
 
 

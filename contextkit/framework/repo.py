@@ -29,6 +29,7 @@ from contextkit.framework.definitions import (
     PromptView,
     PushSource,
     RealtimeFeatureView,
+    ServerGroup,
     StreamFeatureView,
 )
 
@@ -48,6 +49,7 @@ NAMESPACES = {
     EmbeddingView: "source or view",
     PromptView: "source or view",
     ContextService: "service",
+    ServerGroup: "server group",
 }
 
 
@@ -159,6 +161,8 @@ def _referenced(obj: Definition) -> list[Definition]:
         refs = [*obj.views(), *obj.embedding_views()]
     elif isinstance(obj, ContextService):
         refs = [*obj.views(), *obj.embedding_views(), *obj.prompt_views()]
+    elif isinstance(obj, ServerGroup):
+        refs = obj.service_objects()
     else:
         refs = []
     return [o for o in refs if isinstance(o, Definition)]

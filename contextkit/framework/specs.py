@@ -307,6 +307,16 @@ class ContextServiceSpec(_ObjectSpec):
 
 
 AnySpec = (
+    # Serving cache: how long the data plane may answer from memory (None: no cache). At most
+    # 24 h; an apply or a materialization of one of the service's views invalidates it sooner.
+    cache_seconds: float | None = None
+
+
+class ServerGroupSpec(_ObjectSpec):
+    """A feature server group: the services ``contextkit serve --server-group NAME`` serves."""
+
+    kind: Literal["server_group"] = "server_group"
+    services: list[str]
     EntitySpec
     | FileSourceSpec
     | DatabaseSourceSpec
@@ -320,6 +330,7 @@ AnySpec = (
 )
 ObjectSpec = Annotated[AnySpec, Field(discriminator="kind")]
 
+    | ServerGroupSpec
 # Fields whose change does not require re-materializing a view.
 METADATA_FIELDS = frozenset(
     {

@@ -33,6 +33,7 @@ from contextkit.framework.specs import (
     PushSourceSpec,
     RealtimeFeatureViewSpec,
     StreamFeatureViewSpec,
+    ServerGroupSpec,
 )
 from contextkit.stores.offline import ParquetOfflineStore
 from contextkit.stores.online import OnlineStore, SQLiteOnlineStore
@@ -62,6 +63,7 @@ class WorkspaceSpecs:
         self.stream_views: dict[str, StreamFeatureViewSpec] = {}
         self.realtime_views: dict[str, RealtimeFeatureViewSpec] = {}
         by_kind: dict[str, dict[str, Any]] = {
+        self.server_groups: dict[str, ServerGroupSpec] = {}
             "entity": self.entities,
             "file_source": self.sources,
             "database_source": self.sources,  # a table in the views' SQL, like a file
@@ -73,6 +75,7 @@ class WorkspaceSpecs:
             "stream_feature_view": self.stream_views,
             "realtime_feature_view": self.realtime_views,
         }
+            "server_group": self.server_groups,
         for record in records:
             target = by_kind.get(record.kind)
             if target is None:
@@ -124,6 +127,13 @@ class WorkspaceSpecs:
             )
         return self.services[name]
 
+
+    def server_group_of(self, service: str) -> str | None:
+        """The server group that serves ``service`` (None: in no group)."""
+        for group in self.server_groups.values():
+            if service in group.services:
+                return group.name
+        return None
 
 class Runtime:
     """One repo's registry and stores, bound to a workspace: what the parts below the facade use.

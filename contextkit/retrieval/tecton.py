@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.materialize import last_watermark
 from contextkit.errors import BadRequestError, ContextKitError, NotFoundError
+from contextkit.retrieval.cache import read_features
 from contextkit.retrieval.online import MISSING, PRESENT, service_reader
 from contextkit.types import Bool, Float64, Int64, String, Timestamp, list_item_dtype
 
@@ -113,14 +114,18 @@ class TectonRequest:
     options: MetadataOptions
     batch: bool
     contexts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per row
+    # requestOptions.readFromCache / writeToCache: the serving cache (retrieval/cache.py).
+    read_cache: bool = True
+    write_cache: bool = True
 
 
 def parse_get_features(body: Mapping[str, Any], *, batch: bool = False) -> TectonRequest:
     """Parse a Tecton request body ``{"params": {...}}``; raises :class:`BadRequestError`.
 
     Single: ``featureServiceName``, ``workspaceName``, ``joinKeyMap``, ``requestContextMap``,
-    ``metadataOptions`` (or their snake_case forms). Batch: ``requestData`` is a list of
-    ``{"joinKeyMap", "requestContextMap"}`` instead of the two maps.
+    ``metadataOptions``, ``requestOptions`` (``readFromCache``/``writeToCache``, both true
+    unless set false: the serving cache) or their snake_case forms. Batch: ``requestData`` is a
+    list of ``{"joinKeyMap", "requestContextMap"}`` instead of the two maps.
     """
     params = body.get("params")
     if not isinstance(params, Mapping):
@@ -149,7 +154,25 @@ def parse_get_features(body: Mapping[str, Any], *, batch: bool = False) -> Tecto
     else:
         rows = [_join_key_map(params, "params", batch=False)]
         contexts = [_request_context_map(params, "params")]
-    return TectonRequest(service, workspace, rows, options, batch, contexts)
+    read_cache, write_cache = _request_options(_param(params, "requestOptions", "request_options"))
+    return TectonRequest(
+        service, workspace, rows, options, batch, contexts, read_cache, write_cache
+    )
+
+
+def _request_options(raw: Any) -> tuple[bool, bool]:
+    """``(readFromCache, writeToCache)`` of ``params.requestOptions`` (both default true)."""
+    if raw is None:
+        return True, True
+    if not isinstance(raw, Mapping):
+        raise BadRequestError("`params.requestOptions` must be an object")
+    out = []
+    for camel, snake in (("readFromCache", "read_from_cache"), ("writeToCache", "write_to_cache")):
+        value = _param(raw, camel, snake)
+        if value is not None and not isinstance(value, bool):
+            raise BadRequestError(f"`params.requestOptions.{camel}` must be a boolean")
+        out.append(value is not False)
+    return out[0], out[1]
 
 
 _ABSENT = object()
@@ -183,7 +206,14 @@ def get_features(runtime: Runtime, request: TectonRequest, *, started: float) ->
                 f"missing requestContextMap field {name!r}",
                 hint=f"service {request.service!r} computes realtime features from it",
             )
-    features = reader.read(runtime.online, entities, request_context or None)
+    features = read_features(
+        runtime,
+        reader,
+        entities,
+        request_context or None,
+        read=request.read_cache,
+        write=request.write_cache,
+    )
     store_seconds = time.perf_counter() - store_started
 
     n = len(request.rows)

@@ -39,6 +39,7 @@ from contextkit.framework.definitions.prompt_views import (
     Search,
     TemplateFile,
 )
+from contextkit.framework.definitions.server_groups import ServerGroup
 from contextkit.framework.definitions.services import ContextService
 from contextkit.framework.definitions.sources import (
     DatabaseSource,
@@ -67,6 +68,7 @@ __all__ = [
     "RequestField",
     "RequestSource",
     "Search",
+    "ServerGroup",
     "StreamFeatureView",
     "TemplateFile",
     "batch_feature_view",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from contextkit.framework.definitions._base import Definition, caller_location, checked_arguments
 from contextkit.framework.definitions.embedding_views import EmbeddingView
@@ -27,6 +28,10 @@ class ContextService(Definition):
     searches=[Search(product_docs, top_k=5)], prompts=[support_prompt])``. One request to it
     returns all of its features, the documents of its searches and, rendered, one of its
     prompts (the first by default). A prompt's own features and searches join the service's.
+
+    ``cache=timedelta(minutes=5)`` lets the data plane answer feature lookups from an
+    in-memory LRU for up to that long (at most 24 h); an apply or a materialization of one of
+    its views invalidates it sooner (see docs/concepts.md, "Serving cache").
     """
 
     kind = "context_service"
@@ -42,8 +47,15 @@ class ContextService(Definition):
         description: str | None = None,
         owner: str | None = None,
         tags: dict[str, str] | None = None,
+        cache: timedelta | None = None,
     ) -> None:
         super().__init__(name, description, owner, tags, caller_location())
+        if cache is not None and not isinstance(cache, timedelta):
+            raise self._error(
+                f"service {name!r}: cache must be a timedelta, got {cache!r}",
+                hint="pass cache=timedelta(minutes=5)",
+            )
+        self.cache = cache
         if not features and not searches and not prompts:
             raise self._error(
                 f"service {name!r} has nothing to serve",
@@ -72,5 +84,6 @@ class ContextService(Definition):
             features=feature_refs(self, self.features),
             searches=search_specs(self, self.searches),
             prompts=prompts,
+            cache_seconds=self.cache.total_seconds() if self.cache is not None else None,
             **self._common(root),
         )

@@ -16,6 +16,7 @@ from contextkit.framework.specs import (
     PromptViewSpec,
     PushSourceSpec,
     RealtimeFeatureViewSpec,
+    ServerGroupSpec,
     StreamFeatureViewSpec,
 )
 from contextkit.framework.validation.embedding_views import EmbeddingViewChecks
@@ -45,6 +46,7 @@ class Checker(
         self.push_sources = {s.name: s for s in specs if isinstance(s, PushSourceSpec)}
         self.stream_views = {s.name: s for s in specs if isinstance(s, StreamFeatureViewSpec)}
         self.realtime_views = {s.name: s for s in specs if isinstance(s, RealtimeFeatureViewSpec)}
+        self.server_groups = {s.name: s for s in specs if isinstance(s, ServerGroupSpec)}
         self.order = [s.name for s in specs]
         # Objects that failed a check (or were skipped because something they use failed), and
         # what was skipped because of which failure: one error per mistake.

@@ -1,0 +1,263 @@
+"""The serving cache: a bounded in-memory LRU of feature values per entity row, in the data plane.
+
+A service declares ``ContextService(..., cache=timedelta(minutes=5))`` (at most 24 h, checked at
+``plan``); then each process that serves it (``contextkit serve``, or a ``Context`` in an app)
+keeps the feature values it read for one entity row for up to that long, and answers the next
+lookup of the same keys from memory instead of the online store.
+
+An entry is keyed by (workspace, service, *generation*, join key values), where the generation is
+the workspace's applied version and the id of the last completed materialization job of each of
+the service's batch views. Both live in the registry, so an apply or a materialization from any
+process invalidates every entry of the services it touches: the generation is read again only
+when the registry changed (``RegistryStore.change_token()``, one cheap call per request), and
+entries of an older generation are never read again (they age out of the LRU). Values written
+without a job (stream views' ingest) are served from the cache until the entry expires.
+
+Bounds: at most ``max_entries`` entity rows in all (default :data:`DEFAULT_MAX_ENTRIES`, or
+``CONTEXTKIT_SERVING_CACHE_ENTRIES``), least recently used evicted first, and each entry expires
+after its service's ``cache`` duration. Rows are cached only when every join key value is a
+plain ``int`` or ``str`` (so ``1``, ``1.0`` and ``True`` never share an entry) and the service
+reads no request context (realtime views computed from the request are never cached).
+
+A request may bypass it: ``read=False`` reads the online store (``cache: false`` in
+``/v1/features``; ``requestOptions.readFromCache: false`` in the Tecton API), ``write=False``
+keeps what was read out of the cache (``writeToCache: false``). Hits, misses and bypassed rows
+are counted per service (``/metrics``: ``contextkit_serving_cache_*``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from contextkit.retrieval.online import OnlineFeatures, ServiceReader
+
+if TYPE_CHECKING:
+    from contextkit.framework.workspace import Runtime
+
+DEFAULT_MAX_ENTRIES = 100_000
+MAX_ENTRIES_ENV = "CONTEXTKIT_SERVING_CACHE_ENTRIES"
+
+# (expires_at (monotonic seconds), join key values as the reader coerced them, feature values,
+# statuses, event timestamps): the last three one item per feature column of the service.
+_Entry = tuple[float, tuple[Any, ...], tuple[Any, ...], tuple[str, ...], tuple[Any, ...]]
+_CACHEABLE_KEY_TYPES = (int, str)
+
+
+class ServingCache:
+    """One process's serving cache (shared by every workspace's ``Runtime``: see
+    :func:`serving_cache`)."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        # (workspace, service) -> (registry change token, generation, ttl seconds or None)
+        self._generations: dict[tuple[str, str], tuple[Any, Hashable, float | None]] = {}
+        self._lock = threading.Lock()
+        self.hits: dict[str, int] = {}
+        self.misses: dict[str, int] = {}
+        self.bypassed: dict[str, int] = {}
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._generations.clear()
+
+    # -- the read path ----------------------------------------------------------------------
+    def read(
+        self,
+        runtime: Runtime,
+        reader: ServiceReader,
+        entities: Mapping[str, Sequence[Any] | Any],
+        request_context: Mapping[str, Any] | None = None,
+        *,
+        read: bool = True,
+        write: bool = True,
+    ) -> OnlineFeatures:
+        """The service's features for ``entities``, from the cache where it may answer."""
+        generation, ttl = self._generation(runtime, reader)
+        rows = None
+        if ttl is not None and not reader.request_fields:
+            rows = _row_keys(reader, entities)
+        if rows is None:  # not a cached service, or keys that are never cached: as uncached
+            return reader.read(runtime.online, entities, request_context)
+        service = reader.service
+        if not read:
+            _count(self.bypassed, service, len(rows), self._lock)
+            result = reader.read(runtime.online, entities, request_context)
+            if write:
+                self._store(reader, generation, ttl, rows, result)
+            return result
+        now = time.monotonic()
+        prefix = (reader.workspace, service, generation)
+        found: dict[tuple[Any, ...], _Entry] = {}
+        missing: list[tuple[Any, ...]] = []
+        with self._lock:
+            entries = self._entries
+            for row in rows:
+                if row in found:
+                    continue
+                key = (*prefix, row)
+                entry = entries.get(key)
+                if entry is not None and entry[0] > now:
+                    entries.move_to_end(key)
+                    found[row] = entry
+                else:
+                    if entry is not None:
+                        del entries[key]
+                    if row not in missing:
+                        missing.append(row)
+        _count(self.misses, service, sum(1 for r in rows if r not in found), self._lock)
+        _count(self.hits, service, sum(1 for r in rows if r in found), self._lock)
+        if missing:
+            names = [k for k, _ in reader.join_keys]
+            sub = {name: [row[i] for row in missing] for i, name in enumerate(names)}
+            result = reader.read(runtime.online, sub, request_context)
+            fresh = _entries_of(result, ttl + now)
+            found.update(zip(missing, fresh, strict=True))
+            if write:
+                self._put(prefix, zip(missing, fresh, strict=True))
+        return _assemble(reader, [found[row] for row in rows])
+
+    # -- internals --------------------------------------------------------------------------
+    def _generation(self, runtime: Runtime, reader: ServiceReader) -> tuple[Hashable, float | None]:
+        token = runtime.registry.change_token()
+        key = (reader.workspace, reader.service)
+        known = self._generations.get(key)
+        if known is not None and known[0] == token:
+            return known[1], known[2]
+        specs = runtime.specs(reader.workspace)
+        spec = specs.services.get(reader.service)
+        ttl = spec.cache_seconds if spec is not None else None
+        batch_views = {r.view for r in reader.reads if r.kind == "batch"}
+        jobs = tuple(
+            sorted(
+                (job.view, job.id)
+                for job in runtime.registry.last_succeeded_jobs()
+                if job.workspace == reader.workspace and job.view in batch_views
+            )
+        )
+        generation = (specs.workspace.version, jobs)
+        self._generations[key] = (token, generation, ttl)
+        return generation, ttl
+
+    def _store(
+        self,
+        reader: ServiceReader,
+        generation: Hashable,
+        ttl: float,
+        rows: list[tuple[Any, ...]],
+        result: OnlineFeatures,
+    ) -> None:
+        fresh = _entries_of(result, ttl + time.monotonic())
+        self._put((reader.workspace, reader.service, generation), zip(rows, fresh, strict=True))
+
+    def _put(self, prefix: tuple[Any, ...], items: Any) -> None:
+        with self._lock:
+            entries = self._entries
+            for row, entry in items:
+                key = (*prefix, row)
+                entries[key] = entry
+                entries.move_to_end(key)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+                self.evictions += 1
+
+
+def serving_cache(runtime: Runtime) -> ServingCache:
+    """The process's serving cache (one per opened registry, shared by its workspaces)."""
+
+    def create() -> ServingCache:
+        raw = os.environ.get(MAX_ENTRIES_ENV)
+        return ServingCache(int(raw) if raw else DEFAULT_MAX_ENTRIES)
+
+    return runtime.shared("serving_cache", create)
+
+
+def read_features(
+    runtime: Runtime,
+    reader: ServiceReader,
+    entities: Mapping[str, Sequence[Any] | Any],
+    request_context: Mapping[str, Any] | None = None,
+    *,
+    read: bool = True,
+    write: bool = True,
+) -> OnlineFeatures:
+    """Feature values of ``reader``'s service through the process's serving cache (a service
+    without ``cache=`` reads the online store, as :meth:`ServiceReader.read` does)."""
+    return serving_cache(runtime).read(
+        runtime, reader, entities, request_context, read=read, write=write
+    )
+
+
+def _count(counter: dict[str, int], service: str, n: int, lock: threading.Lock) -> None:
+    if n:
+        with lock:
+            counter[service] = counter.get(service, 0) + n
+
+
+def _row_keys(
+    reader: ServiceReader, entities: Mapping[str, Sequence[Any] | Any]
+) -> list[tuple[Any, ...]] | None:
+    """One tuple of join key values per entity row, or None when the request is not one the
+    cache answers (anything odd is left to the reader, which names the mistake)."""
+    if not isinstance(entities, Mapping) or len(entities) != len(reader.join_keys):
+        return None
+    columns = []
+    for name, _ in reader.join_keys:
+        column = entities.get(name)
+        if column is None:
+            return None
+        if isinstance(column, list | tuple):
+            pass
+        elif type(column) in _CACHEABLE_KEY_TYPES:
+            column = [column]
+        else:
+            return None
+        if not column or any(type(v) not in _CACHEABLE_KEY_TYPES for v in column):
+            return None
+        columns.append(column)
+    n = len(columns[0])
+    if any(len(c) != n for c in columns):
+        return None
+    return list(zip(*columns, strict=True))
+
+
+def _entries_of(result: OnlineFeatures, expires: float) -> list[_Entry]:
+    keys = list(zip(*result.join_keys.values(), strict=True))
+    values = list(zip(*result.values, strict=True)) if result.values else [()] * len(keys)
+    statuses = list(zip(*result.statuses, strict=True)) if result.statuses else [()] * len(keys)
+    stamps = (
+        list(zip(*result.event_timestamps, strict=True))
+        if result.event_timestamps
+        else [()] * len(keys)
+    )
+    return [
+        (expires, key, v, s, t) for key, v, s, t in zip(keys, values, statuses, stamps, strict=True)
+    ]
+
+
+def _assemble(reader: ServiceReader, entries: list[_Entry]) -> OnlineFeatures:
+    names = [k for k, _ in reader.join_keys]
+    columns = len(reader.feature_names)
+    return OnlineFeatures(
+        workspace=reader.workspace,
+        service=reader.service,
+        join_keys={name: [e[1][i] for e in entries] for i, name in enumerate(names)},
+        join_key_types=dict(reader.join_keys),
+        names=list(reader.feature_names),
+        types=list(reader.feature_types),
+        values=[[e[2][c] for e in entries] for c in range(columns)],
+        statuses=[[e[3][c] for e in entries] for c in range(columns)],
+        event_timestamps=[[e[4][c] for e in entries] for c in range(columns)],
+    )
