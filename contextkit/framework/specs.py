@@ -304,9 +304,6 @@ class ContextServiceSpec(_ObjectSpec):
     features: list[FeatureRefSpec]
     searches: list[SearchSpec] = Field(default_factory=list)
     prompts: list[str] = Field(default_factory=list)
-
-
-AnySpec = (
     # Serving cache: how long the data plane may answer from memory (None: no cache). At most
     # 24 h; an apply or a materialization of one of the service's views invalidates it sooner.
     cache_seconds: float | None = None
@@ -317,6 +314,9 @@ class ServerGroupSpec(_ObjectSpec):
 
     kind: Literal["server_group"] = "server_group"
     services: list[str]
+
+
+AnySpec = (
     EntitySpec
     | FileSourceSpec
     | DatabaseSourceSpec
@@ -327,10 +327,10 @@ class ServerGroupSpec(_ObjectSpec):
     | EmbeddingViewSpec
     | PromptViewSpec
     | ContextServiceSpec
+    | ServerGroupSpec
 )
 ObjectSpec = Annotated[AnySpec, Field(discriminator="kind")]
 
-    | ServerGroupSpec
 # Fields whose change does not require re-materializing a view.
 METADATA_FIELDS = frozenset(
     {
