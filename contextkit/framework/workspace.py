@@ -32,8 +32,8 @@ from contextkit.framework.specs import (
     PromptViewSpec,
     PushSourceSpec,
     RealtimeFeatureViewSpec,
-    StreamFeatureViewSpec,
     ServerGroupSpec,
+    StreamFeatureViewSpec,
 )
 from contextkit.stores.offline import ParquetOfflineStore
 from contextkit.stores.online import OnlineStore, SQLiteOnlineStore
@@ -62,8 +62,8 @@ class WorkspaceSpecs:
         self.push_sources: dict[str, PushSourceSpec] = {}
         self.stream_views: dict[str, StreamFeatureViewSpec] = {}
         self.realtime_views: dict[str, RealtimeFeatureViewSpec] = {}
-        by_kind: dict[str, dict[str, Any]] = {
         self.server_groups: dict[str, ServerGroupSpec] = {}
+        by_kind: dict[str, dict[str, Any]] = {
             "entity": self.entities,
             "file_source": self.sources,
             "database_source": self.sources,  # a table in the views' SQL, like a file
@@ -74,8 +74,8 @@ class WorkspaceSpecs:
             "push_source": self.push_sources,
             "stream_feature_view": self.stream_views,
             "realtime_feature_view": self.realtime_views,
-        }
             "server_group": self.server_groups,
+        }
         for record in records:
             target = by_kind.get(record.kind)
             if target is None:
@@ -127,13 +127,13 @@ class WorkspaceSpecs:
             )
         return self.services[name]
 
-
     def server_group_of(self, service: str) -> str | None:
         """The server group that serves ``service`` (None: in no group)."""
         for group in self.server_groups.values():
             if service in group.services:
                 return group.name
         return None
+
 
 class Runtime:
     """One repo's registry and stores, bound to a workspace: what the parts below the facade use.
