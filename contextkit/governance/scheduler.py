@@ -220,7 +220,9 @@ class Scheduler:
             report.flushed[f"{workspace}/{name}"] = flush_log(scoped, workspace, source)
             seq_key = f"ingest_flushed_seq:{workspace}:{name}"
             flushed_seq = int(self.registry.get_setting(seq_key) or 0)
-            marks = [m for m in state["marks"] if m[1] < flushed_seq] + [[now, flushed_seq]]
+            marks = state["marks"]  # (when, flushed seq): the first time each seq was flushed
+            if flushed_seq and all(m[1] < flushed_seq for m in marks):
+                marks = [*marks, [now, flushed_seq]]
             old = [m for m in marks if now - m[0] >= self.settings.log_retention_s]
             if old:
                 upto = max(m[1] for m in old)
