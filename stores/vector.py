@@ -69,6 +69,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ _REQUIRED_TYPES = {
     "row_hash": pa.string(),
 }
 _UPDATED_AT = pa.timestamp("us", tz="UTC")
+_perf = time.perf_counter
+_monotonic = time.monotonic
 _STORE = "vector store"
 
 
@@ -239,6 +242,8 @@ class IndexReport:
     rows: int
     created: list[str] = field(default_factory=list)
     optimized: bool = False
+    plan: SearchPlan | None = None  # how vector queries are answered now
+    calibrated: bool = False  # the plan was measured in this call (not only carried on)
 
 
 # -- filters -------------------------------------------------------------------------------------
@@ -493,6 +498,96 @@ def _ann_config(rows: int, dim: int) -> Any:
     return IvfPq(distance_type="cosine", num_partitions=int(math.sqrt(rows)), num_sub_vectors=sub)
 
 
+CALIBRATION_TARGET = 0.99
+"""The share of exact search's top-k that a calibrated ANN query must find."""
+CALIBRATION_K = 10
+CALIBRATION_SAMPLE = 200
+RECALIBRATE_GROWTH = 0.10
+"""A plan is measured again once the table's row count moved this much (or an index changed)."""
+_PLAN_FOLDER = "_contextkit_search"
+_PLAN_REREAD_S = 2.0
+# Query parameters tried in order of cost until one reaches the target recall. HNSW over 8-bit
+# scalar-quantized vectors ranks by approximate distances: without a refine step (re-scoring
+# ``refine_factor`` x k candidates with the stored float vectors) its recall@10 stalled at ~0.97
+# here whatever ``ef``; with refine_factor 2 it reached 1.0 at ef 32 (30k clustered vectors).
+_HNSW_GRID: tuple[dict[str, int], ...] = (
+    {"ef": 16},
+    {"ef": 32},
+    {"ef": 32, "refine_factor": 2},
+    {"ef": 64, "refine_factor": 2},
+    {"ef": 64, "refine_factor": 4},
+    {"ef": 128, "refine_factor": 4},
+    {"ef": 256, "refine_factor": 4},
+    {"ef": 256, "refine_factor": 8},
+    {"ef": 512, "refine_factor": 8},
+    {"ef": 1024, "refine_factor": 16},
+)
+_IVF_GRID: tuple[dict[str, int], ...] = tuple(
+    {"nprobes": n, "refine_factor": r} for n in (16, 32, 64, 128, 256, 512) for r in (5, 10, 20)
+)
+
+
+def _scaled(params: Mapping[str, int], limit: int, k: int) -> dict[str, int]:
+    """Calibrated parameters for a query of ``limit`` rows: ``ef`` grows with the depth asked
+    (calibrated for ``k``) and stays at least ``limit x refine_factor``, as LanceDB requires."""
+    out = dict(params)
+    if "ef" in out:
+        refine = out.get("refine_factor", 1)
+        out["ef"] = max(out["ef"], math.ceil(out["ef"] * limit / max(k, 1)), limit * refine)
+    return out
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How vector queries on one table are answered, chosen by :meth:`LanceVectorStore.calibrate`
+    from measurements on the table's own vectors (kept next to the tables, read by every process
+    that serves it).
+
+    ``method`` is ``"exact"`` (cosine over an in-memory copy, numpy) or ``"ann"`` (LanceDB's
+    index with ``params``: ``ef`` for HNSW, ``nprobes``/``refine_factor`` for IVF_PQ). ``recall``
+    is the ANN's recall@``k`` against exact search over ``sample`` of the table's rows used as
+    queries (their own row left out), at ``params``; None when the table has no ANN index.
+    ``exact_p50_ms`` / ``ann_p50_ms``: the measured query times (None: not measured, e.g. exact
+    search over a table too large for the in-memory copy).
+    """
+
+    method: str
+    rows: int
+    version: int
+    k: int
+    sample: int
+    target: float
+    recall: float | None
+    params: dict[str, int]
+    index: str | None
+    exact_p50_ms: float | None
+    ann_p50_ms: float | None
+    calibrated_at: str
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "rows": self.rows,
+            "version": self.version,
+            "k": self.k,
+            "sample": self.sample,
+            "target": self.target,
+            "recall": self.recall,
+            "params": dict(self.params),
+            "index": self.index,
+            "exact_p50_ms": self.exact_p50_ms,
+            "ann_p50_ms": self.ann_p50_ms,
+            "calibrated_at": self.calibrated_at,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchPlan:
+        fields = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
 @dataclass
 class _Layout:
     """What a search needs to know about one version of a table."""
@@ -504,6 +599,7 @@ class _Layout:
     columns: list[str]  # returned with each hit
     rows_over_exact_limit: bool = False
     vector_index: bool = False  # an ANN index answers vector queries
+    plan: SearchPlan | None = None  # the table's calibrated search plan, if any
 
 
 @dataclass
@@ -540,10 +636,12 @@ class LanceVectorStore:
         exact_search_max_rows: int = 20_000,
         ann_min_rows: int = 20_000,
         exact_cache_tables: int = 8,
+        exact_cache_max_bytes: int = 512 * 2**20,
     ) -> None:
         import lancedb
 
         self.exact_search_max_rows = exact_search_max_rows
+        self.exact_cache_max_bytes = exact_cache_max_bytes
         self.ann_min_rows = ann_min_rows
         self._loc: Location | None = None
         self._local: Path | None = None
@@ -570,6 +668,7 @@ class LanceVectorStore:
         self._tables: dict[str, Any] = {}
         self._exact: OrderedDict[str, _ExactCache] = OrderedDict()
         self._layouts: dict[str, _Layout] = {}
+        self._plans: dict[str, tuple[SearchPlan | None, float]] = {}  # table -> (plan, read at)
         self._exact_cap = exact_cache_tables
         self._lock = threading.RLock()  # guards the dicts only; never held across I/O-heavy work
         self._write_locks: dict[str, threading.Lock] = {}
@@ -625,6 +724,7 @@ class LanceVectorStore:
                 self._opened.discard(table)
             if table in self.tables():
                 self._db.drop_table(table)
+            self._delete_plan(table)
 
     def _forget(self, table: str) -> None:
         """Drop every cached handle, layout and exact-search copy of ``table``."""
@@ -632,6 +732,7 @@ class LanceVectorStore:
             self._tables.pop(table, None)
             self._exact.pop(table, None)
             self._layouts.pop(table, None)
+            self._plans.pop(table, None)
             # Checkouts of its versions (a new table with this name restarts at version 1).
             for cached in (self._tables, self._exact, self._layouts):
                 for key in [k for k in cached if k.startswith(f"{table}@")]:
@@ -993,7 +1094,9 @@ class LanceVectorStore:
         return None
 
     @_object_store("building indexes")
-    def ensure_indexes(self, table: str, *, optimize_after: int = 1000) -> IndexReport:
+    def ensure_indexes(
+        self, table: str, *, optimize_after: int = 1000, calibrate: bool = True
+    ) -> IndexReport:
         """Create the missing indexes, and fold new rows into existing ones.
 
         - a full-text index on ``text`` (BM25; English stemming, stop words, lower-casing);
@@ -1003,7 +1106,9 @@ class LanceVectorStore:
           which also compacts files and prunes versions older than 7 days.
 
         Rows not yet indexed are still found (LanceDB searches them flat), only slower. Call it
-        after :meth:`apply_changes`; building an ANN index takes seconds to minutes.
+        after :meth:`apply_changes`; building an ANN index takes seconds to minutes. Then
+        (``calibrate``) the table's search plan is measured when it is new or stale
+        (:meth:`ensure_search_plan`): exact or ANN, and the ANN's query parameters.
         """
         from lancedb.index import FTS, BTree
 
@@ -1030,7 +1135,233 @@ class LanceVectorStore:
             if lag > max(optimize_after, rows // 10):
                 handle.optimize()
                 report.optimized = True
-            return report
+        if calibrate and rows:
+            report.plan, report.calibrated = self.ensure_search_plan(table)
+        return report
+
+    # -- calibration ------------------------------------------------------------------------------
+
+    def _plan_location(self, table: str) -> str:
+        name = f"{table}.json"
+        if self._local is not None:
+            return str(self._local / _PLAN_FOLDER / name)
+        assert self._loc is not None
+        return self._loc.join(_PLAN_FOLDER, name)
+
+    def _read_plan(self, table: str) -> SearchPlan | None:
+        where = self._plan_location(table)
+        try:
+            if self._local is not None:
+                raw = Path(where).read_text()
+            else:
+                assert self._loc is not None
+                with self._loc.filesystem.open_input_stream(where) as f:
+                    raw = f.read().decode()
+            return SearchPlan.from_dict(json.loads(raw))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            return None  # unreadable or from another release: searched as if uncalibrated
+
+    def _write_plan(self, table: str, plan: SearchPlan) -> None:
+        where = self._plan_location(table)
+        raw = json.dumps(plan.as_dict(), indent=1)
+        if self._local is not None:
+            target = Path(where)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{threading.get_ident()}.tmp")
+            partial.write_text(raw)
+            partial.replace(target)  # readers see the old plan or the new one, never half
+        else:
+            assert self._loc is not None
+            with self._loc.filesystem.open_output_stream(where) as f:  # one PUT
+                f.write(raw.encode())
+        with self._lock:
+            self._plans[table] = (plan, _monotonic())
+
+    def _delete_plan(self, table: str) -> None:
+        where = self._plan_location(table)
+        try:
+            if self._local is not None:
+                Path(where).unlink(missing_ok=True)
+            else:
+                assert self._loc is not None
+                self._loc.filesystem.delete_file(where)
+        except (FileNotFoundError, OSError):
+            pass
+        with self._lock:
+            self._plans.pop(table, None)
+
+    def _current_plan(self, table: str) -> SearchPlan | None:
+        """The table's plan, re-read at most every two seconds while it is missing or older
+        than the table (another process calibrates after its commit)."""
+        if "@" in table:
+            return None  # a checkout of an old version: searched as before calibration
+        now = _monotonic()
+        with self._lock:
+            cached = self._plans.get(table)
+        if cached is not None and now - cached[1] < _PLAN_REREAD_S:
+            return cached[0]
+        plan = self._read_plan(table)
+        with self._lock:
+            self._plans[table] = (plan, now)
+        return plan
+
+    @_reads_table
+    def search_plan(self, table: str) -> SearchPlan | None:
+        """The table's calibrated search plan (None before :meth:`calibrate` ran on it)."""
+        self._open(table)
+        return self._read_plan(table)
+
+    @_object_store("calibrating a table")
+    @_reads_table
+    def ensure_search_plan(
+        self, table: str, *, growth: float = RECALIBRATE_GROWTH, force: bool = False
+    ) -> tuple[SearchPlan, bool]:
+        """The table's search plan, calibrated again when there is none, when the ANN index
+        appeared, went or changed kind, or when the row count moved by ``growth`` (10%) since it
+        was measured; otherwise the plan is only moved on to the current version. Returns the
+        plan and whether it was measured now. Call it after :meth:`ensure_indexes`."""
+        handle = self._open(table)
+        rows = handle.count_rows()
+        version = int(handle.version)
+        index = _vector_index_type(handle)
+        plan = self._read_plan(table)
+        stale = (
+            force
+            or plan is None
+            or plan.index != index
+            or abs(rows - plan.rows) > growth * max(plan.rows, 1)
+        )
+        if stale:
+            return self.calibrate(table), True
+        assert plan is not None
+        if plan.version != version:
+            plan = SearchPlan.from_dict({**plan.as_dict(), "version": version})
+            self._write_plan(table, plan)
+        return plan, False
+
+    @_object_store("calibrating a table")
+    @_reads_table
+    def calibrate(
+        self,
+        table: str,
+        *,
+        k: int = CALIBRATION_K,
+        sample: int = CALIBRATION_SAMPLE,
+        target: float = CALIBRATION_TARGET,
+        seed: int = 0,
+    ) -> SearchPlan:
+        """Measure exact and ANN search on ``sample`` of the table's own vectors and store the
+        plan every process then follows (see :class:`SearchPlan`).
+
+        Each sampled row is a query; its own row is left out of both rankings. The truth is
+        exact cosine search (numpy over the in-memory copy when the table fits
+        ``exact_cache_max_bytes``, else LanceDB's flat search). With an ANN index, the query
+        parameters are raised step by step (``ef`` for HNSW; ``nprobes`` x ``refine_factor``
+        for IVF_PQ) until recall@k reaches ``target``. Exact search wins when it is measured no
+        slower than the ANN at those parameters, or when no parameters reach the target and the
+        table fits in memory.
+        """
+        handle = self._open(table)
+        version = int(handle.version)
+        layout = self._layout(table, handle, version)
+        rows = handle.count_rows()
+        index = _vector_index_type(handle)
+        now = datetime.now(UTC).isoformat()
+        base = {"rows": rows, "version": version, "k": k, "target": target, "index": index}
+        if rows <= k + 1 or self.exact_search_max_rows <= 0 and index is None:
+            plan = SearchPlan(
+                method="exact", sample=0, recall=None, params={}, exact_p50_ms=None,
+                ann_p50_ms=None, calibrated_at=now, reason="too few rows to measure",
+                **base,
+            )  # fmt: skip
+            self._write_plan(table, plan)
+            return plan
+        fits = rows * layout.dim * 4 <= self.exact_cache_max_bytes
+        cache = self._load_exact(table, version) if fits else None
+        rng = np.random.default_rng(seed)
+        picks = np.sort(rng.choice(rows, size=min(sample, rows), replace=False))
+        if cache is not None:
+            queries, query_ids = cache.matrix[picks], [cache.ids[i] for i in picks]
+        else:
+            got = handle.take_offsets(picks.tolist()).select(["id", "vector"]).to_arrow()
+            queries, query_ids = _vectors(got.column("vector")), got.column("id").to_pylist()
+
+        def top(rows_: list[dict[str, Any]], own: str) -> list[str]:
+            return [r["id"] for r in rows_ if r["id"] != own][:k]
+
+        truth, exact_ms = [], []
+        for q, own in zip(queries, query_ids, strict=True):
+            began = _perf()
+            if cache is not None:
+                found = _exact_search(cache, q, [], k + 1)
+            else:
+                found = _lance_vector_search(
+                    handle, q, [], k + 1, ["id"], bypass_index=index is not None
+                )
+            exact_ms.append((_perf() - began) * 1000)
+            truth.append(set(top(found, own)))
+        exact_p50 = float(np.median(exact_ms)) if cache is not None else None
+
+        recall, params, ann_p50 = None, {}, None
+        reached = False
+        if index is not None:
+            grid = _IVF_GRID if index.startswith("IvfPq") else _HNSW_GRID
+            wanted = max(1, sum(len(t) for t in truth))
+            allowed = math.floor((1.0 - target) * wanted + 1e-9)
+            for candidate in grid:
+                hits, misses, took = 0, 0, []
+                for q, own, want in zip(queries, query_ids, truth, strict=True):
+                    began = _perf()
+                    found = _lance_vector_search(
+                        handle, q, [], k + 1, ["id"], exact=False,
+                        params=_scaled(candidate, k + 1, k + 1),
+                    )  # fmt: skip
+                    took.append((_perf() - began) * 1000)
+                    got = len(want & set(top(found, own)))
+                    hits, misses = hits + got, misses + len(want) - got
+                    if misses > allowed and candidate is not grid[-1]:
+                        break  # cannot reach the target: try the next parameters
+                recall = hits / max(1, hits + misses) if misses > allowed else hits / wanted
+                params, ann_p50 = dict(candidate), float(np.median(took))
+                if misses <= allowed:
+                    reached = True
+                    break
+        if index is None:
+            method, reason = "exact", "no ANN index"
+        elif reached and exact_p50 is not None and exact_p50 <= ann_p50:
+            method, reason = "exact", "exact search measured no slower than the ANN"
+        elif reached:
+            method, reason = "ann", f"ANN reached recall {recall:.3f} faster than exact search"
+        elif fits:
+            method, reason = "exact", f"no ANN parameters reached recall {target}"
+        else:
+            method = "ann"
+            reason = (
+                f"no ANN parameters reached recall {target} and the table is too large for "
+                "exact search in memory"
+            )
+        plan = SearchPlan(
+            method=method,
+            sample=len(query_ids),
+            recall=None if recall is None else round(recall, 4),
+            params=params,
+            exact_p50_ms=None if exact_p50 is None else round(exact_p50, 3),
+            ann_p50_ms=None if ann_p50 is None else round(ann_p50, 3),
+            calibrated_at=now,
+            reason=reason,
+            **base,
+        )
+        self._write_plan(table, plan)
+        with self._lock:  # searches pick the plan up with the next layout check
+            self._layouts.pop(table, None)
+            if method == "exact" and cache is not None:
+                self._exact[table] = cache
+                self._exact.move_to_end(table)
+                while len(self._exact) > self._exact_cap:
+                    self._exact.popitem(last=False)
+        return plan
 
     # -- search -----------------------------------------------------------------------------------
 
@@ -1097,12 +1428,24 @@ class LanceVectorStore:
         e.g. at server start, so that no request pays for it."""
         handle = self._open(table)
         version = int(handle.version)
-        self._exact_cache(table, handle, version, self._layout(table, handle, version))
+        layout = self._layout(table, handle, version)
+        if handle.count_rows() == 0:
+            return
+        # One real query with a stored vector: loads the exact copy, or the ANN index's files
+        # (whatever the table's size; a large table's first query no longer pays for it).
+        first = _vectors(handle.search().select(["vector"]).limit(1).to_arrow().column("vector"))
+        if first.any():
+            self._vector_leg(table, handle, version, layout, first[0], [], CALIBRATION_K)
 
     def _layout(self, table: str, handle: Any, version: int) -> _Layout:
         with self._lock:
             layout = self._layouts.get(table)
         if layout is not None and layout.version == version:
+            if layout.plan is None or layout.plan.version != version:
+                # calibration may land just after the commit that this layout was built for
+                plan = self._current_plan(table)
+                if plan is not layout.plan:
+                    layout.plan, layout.rows_over_exact_limit = plan, False
             return layout
         schema = handle.schema
         layout = _Layout(
@@ -1114,6 +1457,7 @@ class LanceVectorStore:
                 f.name for f in schema if f.name not in ("vector", "content_hash", "row_hash")
             ],
             vector_index=any(tuple(i.columns) == ("vector",) for i in handle.list_indices()),
+            plan=self._current_plan(table),
         )
         with self._lock:
             self._layouts[table] = layout
@@ -1129,29 +1473,55 @@ class LanceVectorStore:
         conditions: list[Condition],
         k: int,
     ) -> list[dict[str, Any]]:
+        plan = layout.plan
         cache = self._exact_cache(table, handle, version, layout)
         if cache is not None and not any(c.column in cache.nan_columns for c in conditions):
             return _exact_search(cache, query, conditions, k)
         # A flat (exact) Lance search orders its ties by id like the numpy path; an ANN
         # search's order at the cut is approximate anyway, so it asks for no extra rows.
+        ann = layout.vector_index and (plan is None or plan.method == "ann")
         return _lance_vector_search(
-            handle, query, conditions, k, layout.columns, exact=not layout.vector_index
+            handle,
+            query,
+            conditions,
+            k,
+            layout.columns,
+            exact=not ann,
+            params=_scaled(plan.params, k, plan.k) if ann and plan is not None else None,
+            bypass_index=layout.vector_index and not ann,
         )
+
+    def _exact_row_limit(self, layout: _Layout) -> int:
+        """How many rows the table may have to be served from the in-memory copy: the plan's
+        choice when it is calibrated (exact up to the memory bound, never when ANN won), else
+        the fixed ``exact_search_max_rows``."""
+        if self.exact_search_max_rows <= 0:
+            return 0
+        plan = layout.plan
+        if plan is None:
+            return self.exact_search_max_rows
+        if plan.method == "ann":
+            return 0
+        return max(self.exact_search_max_rows, self.exact_cache_max_bytes // (4 * layout.dim))
 
     def _exact_cache(
         self, table: str, handle: Any, version: int, layout: _Layout
     ) -> _ExactCache | None:
-        if self.exact_search_max_rows <= 0 or layout.rows_over_exact_limit:
+        limit = self._exact_row_limit(layout)
+        if limit <= 0 or layout.rows_over_exact_limit:
             return None
         with self._lock:
             cache = self._exact.get(table)
             if cache is not None and cache.version == version:
                 self._exact.move_to_end(table)
                 return cache
-        # version=... pins the read, so a commit landing meanwhile cannot mix into the cache
-        if handle.count_rows() > self.exact_search_max_rows:
+        if handle.count_rows() > limit:
             layout.rows_over_exact_limit = True
             return None
+        return self._load_exact(table, version)
+
+    def _load_exact(self, table: str, version: int) -> _ExactCache:
+        # version=... pins the read, so a commit landing meanwhile cannot mix into the cache
         pinned = self._db.open_table(table.split("@", 1)[0], version=version)
         data = pinned.to_arrow()
         matrix = _vectors(data.column("vector"))
@@ -1179,6 +1549,14 @@ class LanceVectorStore:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _vector_index_type(handle: Any) -> str | None:
+    """The kind of the ANN index on ``vector`` (``IvfHnswSq``, ``IvfPq``, ...), None if none."""
+    for index in handle.list_indices():
+        if tuple(index.columns) == ("vector",):
+            return str(index.index_type)
+    return None
 
 
 def _check_table_name(table: str) -> None:
@@ -1376,6 +1754,8 @@ def _lance_vector_search(
     k: int,
     columns: list[str],
     exact: bool = True,
+    params: Mapping[str, int] | None = None,
+    bypass_index: bool = False,
 ) -> list[dict[str, Any]]:
     expr = compile_filter(conditions)
     # Exact searches fetch a few extra rows so that ties at the cut are ordered by id, as in
@@ -1386,6 +1766,10 @@ def _lance_vector_search(
         .limit(k + 8 if exact else k)
         .select([*columns, "_distance"])
     )
+    for name, value in (params or {}).items():
+        builder = getattr(builder, name)(int(value))  # ef, nprobes, refine_factor
+    if bypass_index:
+        builder = builder.bypass_vector_index()
     if expr is not None:
         builder = builder.where(expr, prefilter=True)
     rows = builder.to_arrow().to_pylist()

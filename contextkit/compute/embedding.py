@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from contextkit.compute.layout import vector_table
 from contextkit.compute.materialize import JobResult, cancellation_check, spec_hash
 from contextkit.compute.quality.job_monitor import JobMonitor
-from contextkit.compute.quality.statistics import sample_vectors
+from contextkit.compute.quality.statistics import VECTOR_SAMPLE
 from contextkit.errors import (
     BadRequestError,
     ContextKitError,
@@ -149,7 +149,7 @@ def materialize_embedding_view(
         chunks = vectors.count_rows(table) if vectors.has_table(table) else 0
         if monitor is not None and chunks:
             monitor.add_vectors(
-                lambda: sample_vectors(vectors.path, table), table_version=result.version
+                lambda: vectors.sample_vectors(table, VECTOR_SAMPLE), table_version=result.version
             )
     except BaseException as exc:
         if isinstance(exc, JobCancelledError):
@@ -180,6 +180,9 @@ def materialize_embedding_view(
         "dimension": encoder.dimension,
         "table_version": result.version,
         "indexes_created": report.created if report else [],
+        # how vector queries are answered (exact or ANN, its parameters, the recall reached)
+        "search": report.plan.as_dict() if report and report.plan else None,
+        "search_calibrated": bool(report and report.calibrated),
         **plan.stats.as_dict(),
     }
     status, warning = monitor.finish() if monitor is not None else ("succeeded", None)
@@ -272,8 +275,18 @@ def search_view(
     top_k: int = 10,
     filter: Mapping[str, Any] | None = None,
     mode: str = "vector",
+    group_by: str | None = None,
 ) -> Documents:
-    """Search one embedding view (see :meth:`contextkit.client.Context.search`)."""
+    """Search one embedding view (see :meth:`contextkit.client.Context.search`).
+
+    ``group_by="document"``: the ``top_k`` best documents instead of chunks, each scored by its
+    best chunk, which comes along as its ``highlight`` (see :func:`group_documents`)."""
+    if group_by not in (None, "chunk", "document"):
+        raise BadRequestError(
+            f"unknown group_by {group_by!r}",
+            hint='use "document" (one hit per document, its best chunk as the highlight) or '
+            '"chunk" (the default)',
+        )
     timings: dict[str, float] = {}
     if mode in ("vector", "hybrid") and vector is None:
         if not isinstance(query, str) or not query.strip():
@@ -286,13 +299,64 @@ def search_view(
         vector = encoder.encode([query])[0]
         timings["encode"] = (time.perf_counter() - began) * 1000
     began = time.perf_counter()
-    hits = vectors.search(
-        vector_table(workspace, view.name),
-        vector=vector,
-        text=query,
-        mode=mode,  # type: ignore[arg-type]
-        top_k=top_k,
-        filter=filter,
-    )
+    table = vector_table(workspace, view.name)
+
+    def run(k: int) -> list[dict[str, Any]]:
+        return vectors.search(
+            table,
+            vector=vector,
+            text=query,
+            mode=mode,  # type: ignore[arg-type]
+            top_k=k,
+            filter=filter,
+        )
+
+    hits = group_documents(run, top_k) if group_by == "document" else run(top_k)
     timings["search"] = (time.perf_counter() - began) * 1000
     return Documents(view.name, mode, hits, timings)
+
+
+_MAX_DEPTH = 1000  # the vector store's top_k limit
+
+
+def group_documents(
+    run: Callable[[int], list[dict[str, Any]]], top_k: int, *, depth: int | None = None
+) -> list[dict[str, Any]]:
+    """The ``top_k`` best documents from chunk hits: ``run(k)`` returns the best ``k`` chunks.
+
+    Asks for ``max(4 x top_k, top_k + 20)`` chunks, four times deeper while fewer documents
+    come out (up to 1,000 chunks). A document scores its best chunk's score; its hit is
+    ``{"id": the document's key (values joined by '|'), "key", "score", "text": the best chunk's
+    text, "metadata", "highlight": {"id", "text", "chunk_index", "char_offset"} of that chunk,
+    "matched_chunks": how many of its chunks were among the candidates}`` (plus ``"scores"``
+    for hybrid).
+    """
+    depth = min(_MAX_DEPTH, depth or max(4 * top_k, top_k + 20))
+    while True:
+        chunks = run(depth)
+        documents: dict[tuple, dict[str, Any]] = {}
+        for hit in chunks:
+            key = tuple(hit["key"].values())
+            doc = documents.get(key)
+            if doc is not None:
+                doc["matched_chunks"] += 1
+                continue
+            documents[key] = doc = {
+                "id": "|".join(str(v) for v in key),
+                "key": hit["key"],
+                "score": hit["score"],
+                "text": hit["text"],
+                "metadata": hit["metadata"],
+                "highlight": {
+                    "id": hit["id"],
+                    "text": hit["text"],
+                    "chunk_index": hit["chunk_index"],
+                    "char_offset": hit["char_offset"],
+                },
+                "matched_chunks": 1,
+            }
+            if "scores" in hit:
+                doc["scores"] = hit["scores"]
+        if len(documents) >= top_k or len(chunks) < depth or depth >= _MAX_DEPTH:
+            return list(documents.values())[:top_k]
+        depth = min(_MAX_DEPTH, depth * 4)

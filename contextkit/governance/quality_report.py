@@ -189,6 +189,17 @@ def quality_tables(quality: dict[str, Any]) -> list[Any]:
             f"{_num(norm.get('mean'))}), {vectors['zero']} zero, {vectors['non_finite']} "
             f"non-finite; centroid shift {'-' if shift is None else f'{shift:.4f}'}"
         )
+    plan = quality.get("search")
+    if plan:
+        params = ", ".join(f"{k} {v}" for k, v in (plan.get("params") or {}).items()) or "-"
+        recall = "-" if plan.get("recall") is None else f"{plan['recall']:.3f}"
+        out.append(
+            f"vector search: {plan['method']} ({plan.get('reason') or ''}); ANN index "
+            f"{plan.get('index') or 'none'}, parameters {params}, recall@{plan.get('k')} vs "
+            f"exact {recall} on {plan.get('sample')} sampled rows (target "
+            f"{plan.get('target')}); p50 exact {_num(plan.get('exact_p50_ms'))} ms, ANN "
+            f"{_num(plan.get('ann_p50_ms'))} ms; measured at {_num(plan.get('rows'))} rows"
+        )
     expectations = stats.get("expectations") or []
     if expectations:
         checks = Table(title="Expectations", title_justify="left")

@@ -227,6 +227,10 @@ class Monitoring:
             for r in records
         ]
         pinned = self.registry.get_setting(REFERENCE_SETTING.format(workspace=workspace, view=view))
+        # an embedding view's search plan (exact or ANN, parameters, recall reached) is in the
+        # details of its job record
+        record = self.registry.get_job(chosen.job_id) if chosen else None
+        search_plan = (record.details or {}).get("search") if record else None
         return {
             "workspace": workspace,
             "view": view,
@@ -237,6 +241,7 @@ class Monitoring:
             "stats": chosen.stats if chosen else None,
             "reference": pinned or "previous",
             "history": history,
+            "search": search_plan,
         }
 
     def set_reference(self, view: str, job: str | None) -> None:
