@@ -78,6 +78,7 @@ class Chunker:
         self.overlap = overlap
         self.token_spans = token_spans or whitespace_spans
         self.tokenizer_name = "whitespace" if token_spans is None else "encoder"
+        self.mode = unit  # "auto" when sized by auto()
 
     def __repr__(self) -> str:
         return f"Chunker(unit={self.unit!r}, size={self.size}, overlap={self.overlap})"
@@ -109,13 +110,45 @@ class Chunker:
         return chunker
 
     @classmethod
+    def auto(cls, encoder: Any = None, *, overlap: int | None = None) -> Chunker:
+        """Chunks that fill the model's input window: ``max_tokens`` minus its special tokens,
+        counted with its own tokenizer, consecutive chunks sharing ``overlap`` tokens (default
+        an eighth of the window). Without a tokenizer, whitespace words sized to three quarters
+        of the window (a word is ~1.3 model tokens in English); without a known window, 2,000
+        characters with 200 of overlap."""
+        max_tokens = getattr(encoder, "max_tokens", None) if encoder is not None else None
+        spans = getattr(encoder, "token_spans", None) if encoder is not None else None
+        if max_tokens and max_tokens > _SPECIAL_TOKENS + 1:
+            window = max_tokens - _SPECIAL_TOKENS
+            size = window if spans is not None else max(1, window * 3 // 4)
+            shared = size // 8 if overlap is None else overlap
+            chunker = cls(
+                unit="tokens", size=size, overlap=min(shared, size - 1), token_spans=spans
+            )
+        else:
+            shared = 200 if overlap is None else overlap
+            chunker = cls(unit="chars", size=2000, overlap=min(shared, 1999))
+        chunker.mode = "auto"
+        return chunker
+
+    @classmethod
     def from_config(cls, config: Mapping[str, Any] | None, encoder: Any = None) -> Chunker | None:
         """Build from a view's ``chunking`` option: ``{"by": "tokens", "size": 200,
-        "overlap": 20}``. ``None`` (or ``{"by": "none"}``) means one chunk per document."""
+        "overlap": 20}``. ``None`` (or ``{"by": "none"}``) means one chunk per document;
+        ``{"by": "auto"}`` (``overlap`` optional) chunks to the model's window (:meth:`auto`)."""
         if config is None:
             return None
         options = dict(config)
         unit = options.pop("by", options.pop("unit", "chars"))
+        if unit == "auto":
+            options.pop("size", None)  # the model's window decides
+            overlap = options.pop("overlap", None)
+            if options:
+                raise ChunkingError(
+                    f"unknown chunking option(s): {', '.join(sorted(options))}",
+                    hint="auto chunking takes only overlap",
+                )
+            return cls.auto(encoder, overlap=overlap or None)
         size = options.pop("size", 1000 if unit == "chars" else 200)
         overlap = options.pop("overlap", 0)
         if options:

@@ -36,6 +36,11 @@ class SearchRequest(BaseModel):
         '"price": {"lt": 50}}; operators eq ne lt lte gt gte in not_in contains.',
     )
     mode: Literal["vector", "text", "hybrid"] = Field("vector", description="How to search.")
+    group_by: Literal["document"] | None = Field(
+        None,
+        description='"document": the top_k best documents instead of chunks, each scored by its '
+        "best chunk, returned as its highlight.",
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -90,6 +95,7 @@ def routes(state: ServerState) -> APIRouter:
         top_k = field(data, "top_k", int, required=False)
         filter_ = field(data, "filter", dict, required=False)
         mode = field(data, "mode", str, required=False) or "vector"
+        group_by = field(data, "group_by", str, required=False)
         ctx = state.context(request, workspace, READER)
         result = await run_in_threadpool(
             ctx.search,
@@ -99,6 +105,7 @@ def routes(state: ServerState) -> APIRouter:
             top_k=10 if top_k is None else top_k,
             filter=filter_,
             mode=mode,
+            **({"group_by": group_by} if group_by is not None else {}),
         )
         return json_response(result.to_response())
 

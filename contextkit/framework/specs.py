@@ -213,9 +213,10 @@ class FeatureRefSpec(_Spec):
 
 
 class ChunkingSpec(_Spec):
-    """How an embedding view splits each document: windows of ``size`` units, ``overlap`` shared."""
+    """How an embedding view splits each document: windows of ``size`` units, ``overlap`` shared
+    (``by="auto"``: windows of the model's input limit in its tokens, ``size`` unused, 0)."""
 
-    by: Literal["chars", "tokens"]
+    by: Literal["chars", "tokens", "auto"]
     size: int
     overlap: int = 0
 
@@ -265,6 +266,8 @@ class SearchSpec(_Spec):
     mode: Literal["vector", "text", "hybrid"] = "vector"
     filter: dict[str, Any] | None = None
     query_from: str = "query"
+    # "document": one hit per document (its best chunk as the highlight); None: chunks
+    group_by: Literal["document"] | None = None
 
 
 class RequestFieldSpec(_Spec):

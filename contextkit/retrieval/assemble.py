@@ -442,6 +442,7 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
                         top_k=top_k,
                         filter=filter_,
                         mode=spec.mode,
+                        group_by=spec.group_by,
                     )
                     out.append((spec.name, value, (time.perf_counter() - began) * 1000))
             return out

@@ -32,7 +32,10 @@ class EmbeddingView(Definition):
 
     ``model`` is a key of the repo config's ``models:`` (``minilm``, the packaged
     all-MiniLM-L6-v2, is always there). ``chunking`` is None (one chunk per document) or
-    ``{"by": "chars" | "tokens", "size": n, "overlap": m}``. ``metadata`` columns are stored next
+    ``{"by": "chars" | "tokens", "size": n, "overlap": m}``, or ``"auto"`` (``{"by": "auto",
+    "overlap": m}``): chunks that fill the model's input window in its own tokens, an eighth of
+    it shared by consecutive chunks unless ``overlap`` says (so no text is truncated by the
+    model). ``metadata`` columns are stored next
     to each vector, for filters and display. When the source holds several rows per key, the
     latest by ``timestamp_field`` (default: the source's) is the document. To build the text
     with a transformation, use the :func:`embedding_view` decorator.
@@ -54,7 +57,7 @@ class EmbeddingView(Definition):
         text: str,
         *,
         model: str = "minilm",
-        chunking: Mapping[str, Any] | None = None,
+        chunking: Mapping[str, Any] | str | None = None,
         metadata: Sequence[str] = (),
         timestamp_field: str | None = None,
         online: bool = True,
@@ -97,6 +100,8 @@ class EmbeddingView(Definition):
         self.entities = list(entities)
         self.text = text
         self.model = model
+        if isinstance(chunking, str):  # chunking="auto" (or "none")
+            chunking = {"by": chunking}
         self.chunking = dict(chunking) if chunking is not None else None
         self.metadata = list(metadata)
         self.timestamp_field = timestamp_field
@@ -127,7 +132,15 @@ class EmbeddingView(Definition):
         if self.chunking is not None:
             options = dict(self.chunking)
             by = options.pop("by", options.pop("unit", "chars"))
-            if by != "none":
+            if by == "auto":
+                overlap = options.pop("overlap", 0)
+                if options or not isinstance(overlap, int) or overlap < 0:
+                    raise self._error(
+                        f"embedding view {self.name!r}: chunking {self.chunking!r} is not valid",
+                        hint='auto chunking takes only an overlap: {"by": "auto", "overlap": 32}',
+                    )
+                chunking = ChunkingSpec(by="auto", size=0, overlap=overlap)
+            elif by != "none":
                 unknown = sorted(set(options) - {"size", "overlap"})
                 if unknown or by not in ("chars", "tokens"):
                     raise self._error(

@@ -29,6 +29,9 @@ class Search:
     ``Search(product_docs, top_k=5, mode="hybrid", filter={"category": "shoes"})``. The query
     text is the request's ``query``, or the request-context field named by ``query_from``.
     ``name`` (default: the view's) is how templates and responses refer to its documents.
+    ``group_by="document"`` returns the ``top_k`` best documents rather than chunks (a long
+    text's chunks cannot flood the top k): each scored by its best chunk, shown as
+    ``highlight``.
     """
 
     @checked_arguments
@@ -41,6 +44,7 @@ class Search:
         filter: Mapping[str, Any] | None = None,
         query_from: str = "query",
         name: str | None = None,
+        group_by: str | None = None,
     ) -> None:
         self.view = view
         view_name = view if isinstance(view, str) else view.name
@@ -53,6 +57,12 @@ class Search:
         self.mode = mode
         self.filter = dict(filter) if filter is not None else None
         self.query_from = query_from
+        if group_by not in (None, "document"):
+            raise ValueError(
+                f"Search over {view_name!r}: group_by must be 'document' (one hit per "
+                "document, its best chunk as the highlight) or None (chunks)"
+            )
+        self.group_by = group_by
 
     def to_spec(self) -> SearchSpec:
         return SearchSpec(
@@ -62,6 +72,7 @@ class Search:
             mode=self.mode,  # type: ignore[arg-type]
             filter=self.filter,
             query_from=self.query_from,
+            group_by=self.group_by,  # type: ignore[arg-type]
         )
 
 

@@ -1,0 +1,180 @@
+"""Whole documents over long texts (issue 19 item 3) and the search plan in a job record.
+
+- ``chunking="auto"`` splits to the model's window with overlap;
+- ``group_by="document"`` on ``ctx.search``, ``/v1/search`` and ``Search``: one hit per
+  document, scored by its best chunk, which comes along as the highlight;
+- an embedding job records the vector table's calibrated search plan in its details.
+
+A real repo in a tmp dir, served by TestClient; the only stand-in is the OpenAI stub behind the
+hosted embedding model (the network edge).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from openai_stub import make_openai_stub, openai_stub  # noqa: F401  (fixtures)
+
+import contextkit
+from contextkit.compute.embedding import group_documents
+from contextkit.embeddings.chunking import Chunker, whitespace_spans
+from contextkit.framework.definitions.embedding_views import EmbeddingView
+from contextkit.framework.definitions.prompt_views import Search
+from contextkit.server.app import create_app
+
+
+class WindowedModel:
+    """What the chunker asks of an encoder: its input limit and its tokenizer's spans."""
+
+    max_tokens = 12
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return whitespace_spans(text)
+
+
+def test_auto_chunking_fills_the_model_window_with_overlap():
+    chunker = Chunker.from_config({"by": "auto"}, WindowedModel())
+    assert (chunker.unit, chunker.size, chunker.overlap, chunker.mode) == ("tokens", 10, 1, "auto")
+    text = " ".join(f"w{i}" for i in range(25))
+    chunks = chunker.split(text)
+    assert [len(c.text.split()) for c in chunks] == [10, 10, 7]
+    assert chunks[1].text.split()[0] == "w9"  # one token shared with the chunk before
+    for c in chunks:
+        assert text[c.char_offset : c.char_offset + len(c.text)] == c.text
+    # an explicit overlap; no tokenizer: words at 3/4 of the window; no window: characters
+    assert Chunker.from_config({"by": "auto", "overlap": 3}, WindowedModel()).overlap == 3
+
+    class NoTokenizer:
+        max_tokens = 130
+
+    assert (Chunker.auto(NoTokenizer()).unit, Chunker.auto(NoTokenizer()).size) == ("tokens", 96)
+    assert (Chunker.auto(None).unit, Chunker.auto(None).size) == ("chars", 2000)
+
+
+def test_an_embedding_view_takes_chunking_auto():
+    view = EmbeddingView(name="v", source="s", entities=["e"], text="body", chunking="auto")
+    spec = view.to_spec()
+    assert spec.chunking.by == "auto" and spec.chunking.overlap == 0
+    with pytest.raises(Exception, match=r"chunking .*auto.* is not valid"):
+        EmbeddingView(
+            name="v", source="s", entities=["e"], text="body", chunking={"by": "auto", "size": 9}
+        ).to_spec()
+    assert Search("v", group_by="document").to_spec().group_by == "document"
+    with pytest.raises(ValueError, match="group_by"):
+        Search("v", group_by="chunks")
+
+
+def test_group_documents_keeps_the_best_chunk_and_asks_deeper_when_short():
+    # document a has many chunks at the top, so the first depth holds too few documents
+    chunks = [
+        {"id": f"a#{i}", "key": {"doc_id": "a"}, "score": 1 - i / 100, "text": f"a{i}",
+         "metadata": {}, "chunk_index": i, "char_offset": 10 * i}
+        for i in range(30)
+    ] + [
+        {"id": f"{d}#0", "key": {"doc_id": d}, "score": 0.5 - n / 100, "text": d,
+         "metadata": {"n": n}, "chunk_index": 0, "char_offset": 0}
+        for n, d in enumerate("bcd")
+    ]  # fmt: skip
+    asked = []
+
+    def run(k):
+        asked.append(k)
+        return chunks[:k]
+
+    docs = group_documents(run, 3)
+    assert asked == [23, 92]  # max(4 x 3, 3 + 20), then four times deeper
+    assert [d["id"] for d in docs] == ["a", "b", "c"]
+    assert docs[0]["highlight"] == {"id": "a#0", "text": "a0", "chunk_index": 0, "char_offset": 0}
+    assert docs[0]["matched_chunks"] == 30 and docs[0]["score"] == 1.0
+    assert docs[1]["metadata"] == {"n": 0} and docs[1]["matched_chunks"] == 1
+
+
+DEFS = """\
+from contextkit import ContextService, EmbeddingView, Entity, FileSource, Search
+
+doc = Entity(name="doc", join_keys=["doc_id"])
+docs = FileSource(name="docs", path="data/docs.parquet", timestamp_field="updated_at")
+doc_text = EmbeddingView(name="doc_text", source=docs, entities=[doc], text="body", model="stub",
+                         chunking={"by": "chars", "size": 40, "overlap": 5})
+by_doc = ContextService(name="by_doc",
+                        searches=[Search(doc_text, top_k=3, group_by="document")])
+"""
+
+
+def repo(root: Path, stub_url: str) -> Path:
+    root.mkdir(parents=True)
+    (root / "contextkit.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            project: documents
+            models:
+              stub:
+                type: litellm
+                model: openai/stub-embedding
+                api_base: {stub_url}
+                dimension: 8
+                api_key_env: STUB_OPENAI_KEY
+                max_retries: 0
+            """
+        )
+    )
+    (root / "defs.py").write_text(DEFS)
+    (root / "data").mkdir()
+    bodies = [
+        " ".join(f"garden hose part {j} of document {i}." for j in range(8)) for i in range(5)
+    ]
+    table = pa.table(
+        {
+            "doc_id": [f"d{i}" for i in range(5)],
+            "body": bodies,
+            "updated_at": pa.array([1_700_000_000_000_000 + i for i in range(5)]).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+    pq.write_table(table, root / "data" / "docs.parquet")
+    return root
+
+
+def test_documents_not_chunks_over_sdk_http_and_services(tmp_path, openai_stub, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("STUB_OPENAI_KEY", "sk-test")
+    root = repo(tmp_path / "repo", openai_stub.base_url)
+    ctx = contextkit.connect(root, "prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    job = ctx.materialize(["doc_text"])[0]
+    plan = job.details["search"]
+    assert plan["method"] == "exact" and plan["rows"] == job.rows_online > 5
+    assert plan["reason"] == "no ANN index" and job.details["search_calibrated"] is True
+
+    chunks = ctx.search("doc_text", "garden hose part 3", top_k=10, mode="text")
+    assert len({tuple(h["key"].values()) for h in chunks}) < 10  # chunks repeat documents
+    docs = ctx.search("doc_text", "garden hose part 3", top_k=4, mode="text", group_by="document")
+    best = {}
+    for h in ctx.search("doc_text", "garden hose part 3", top_k=1000, mode="text"):
+        best.setdefault(h["key"]["doc_id"], h)  # the first chunk of a document is its best
+    assert len(docs) == 4 and len({d["id"] for d in docs}) == 4
+    for d in docs:
+        assert d["id"] == d["key"]["doc_id"]
+        assert d["highlight"]["id"].startswith(d["id"] + "#") and d["matched_chunks"] >= 1
+        assert d["highlight"]["id"] == best[d["id"]]["id"] and d["score"] == best[d["id"]]["score"]
+
+    with TestClient(create_app(ctx, auth=False), raise_server_exceptions=False) as client:
+        body = {"view": "doc_text", "query": "garden hose", "top_k": 3, "group_by": "document"}
+        response = client.post("/v1/search", json=body)
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert len({r["id"] for r in results}) == 3
+        assert all("highlight" in r for r in results)
+        bad = client.post("/v1/search", json={**body, "group_by": "page"})
+        assert bad.status_code == 400, bad.text
+        assert "group_by" in bad.json()["error"]["message"]
+        context = client.post("/v1/context", json={"service": "by_doc", "query": "garden hose"})
+        assert context.status_code == 200, context.text
+        assert "highlight" in context.text
+    ctx.close()
