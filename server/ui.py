@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from contextkit.client import Context
 from contextkit.compute.quality.drift import PSI_SIGNIFICANT
-from contextkit.errors import NotFoundError, PermissionDeniedError
+from contextkit.errors import ContextKitError, NotFoundError, PermissionDeniedError
 from contextkit.framework.expectations import format_age
 from contextkit.governance.lineage import lineage
 from contextkit.governance.monitoring import job_dict, summarize_alerts
@@ -47,6 +47,7 @@ STATIC = HERE / "static"
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml"}  # fmt: skip
 VIEW_KINDS = ("batch_feature_view", "embedding_view")
+LOADING = '<p class="muted">Loading…</p>'
 
 
 def _environment():
@@ -474,7 +475,17 @@ def routes(state: ServerState) -> APIRouter:
 
     @router.get("/ui")
     @router.get("/ui/{path:path}")
-    async def page(path: str = "") -> Response:
-        return HTMLResponse(shell, headers={"Cache-Control": "no-cache"})
+    def page(request: Request, path: str = "") -> Response:
+        # Without auth the page's content is rendered into the shell (a first paint that needs
+        # no script); the script then takes over. With auth the shell holds no data.
+        content = LOADING
+        if state.authorize is None:
+            try:
+                content = ui.render(request, path)
+            except ContextKitError:
+                content = LOADING  # the script fetches the partial and shows the error
+        return HTMLResponse(
+            shell.replace("{{CONTENT}}", content), headers={"Cache-Control": "no-cache"}
+        )
 
     return router
