@@ -127,17 +127,21 @@ class JobQueueMixin:
             ).fetchone()
             if (tuple(found) if found else None) != (tuple(expected) if expected else None):
                 return False
+            # The write is the compare-and-set (the read above is not enough where two
+            # transactions read at once: PostgreSQL's READ COMMITTED).
             if found is None:
-                run(
+                moved = run(
                     "INSERT INTO schedules VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (workspace, view, spec_hash, cursor, now),
-                )
+                ).rowcount
             else:
-                run(
+                moved = run(
                     "UPDATE schedules SET spec_hash = ?, cursor = ?, updated_at = ? "
-                    "WHERE workspace = ? AND view = ?",
-                    (spec_hash, cursor, now, workspace, view),
-                )
+                    "WHERE workspace = ? AND view = ? AND spec_hash = ? AND cursor = ?",
+                    (spec_hash, cursor, now, workspace, view, found[0], found[1]),
+                ).rowcount
+            if moved != 1:
+                return False
             if found is not None and found[0] != spec_hash:
                 run(
                     "UPDATE schedule_intervals SET status = 'superseded', finished_at = ? WHERE "
