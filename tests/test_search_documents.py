@@ -178,3 +178,47 @@ def test_documents_not_chunks_over_sdk_http_and_services(tmp_path, openai_stub, 
         assert context.status_code == 200, context.text
         assert "highlight" in context.text
     ctx.close()
+
+
+LONG_DEFS = """\
+from contextkit import EmbeddingView, Entity, FileSource
+
+doc = Entity(name="doc", join_keys=["doc_id"])
+docs = FileSource(name="docs", path="data/docs.parquet", timestamp_field="updated_at")
+whole = EmbeddingView(name="whole", source=docs, entities=[doc], text="body")
+chunked = EmbeddingView(name="chunked", source=docs, entities=[doc], text="body", chunking="auto")
+"""
+
+
+def test_plan_warns_when_texts_exceed_the_model_window_without_chunking(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "contextkit.yaml").write_text("project: long\n")
+    (root / "defs.py").write_text(LONG_DEFS)
+    (root / "data").mkdir()
+    long = " ".join(["encyclopedia"] * 400)  # far past MiniLM's 256 tokens
+    bodies = [long if i % 4 == 0 else f"short text {i}" for i in range(40)]  # 10 of 40
+    table = pa.table(
+        {
+            "doc_id": [f"d{i}" for i in range(40)],
+            "body": bodies,
+            "updated_at": pa.array([1_700_000_000_000_000 + i for i in range(40)]).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+    pq.write_table(table, root / "data" / "docs.parquet")
+    ctx = contextkit.connect(root, "dev")
+    ctx.create_workspace("dev")
+    plan = ctx.plan(root)
+    warnings = [w for w in plan.warnings if "model's window" in w]
+    assert len(warnings) == 1, plan.warnings
+    assert "25.0% of 40 sampled texts" in warnings[0]
+    assert "'whole'" in warnings[0] or "whole" in warnings[0]
+    assert "defs.py:5" in warnings[0] and "256 tokens" in warnings[0]
+    assert 'chunking="auto"' in warnings[0]
+    # the finding describes the data, not the view: it is not stored, so applying it and
+    # planning again shows no change
+    ctx.apply(plan)
+    assert ctx.plan(root).is_empty
+    ctx.close()

@@ -111,6 +111,7 @@ ConsequenceCode = Literal[
     "meaning_changed",
     "breaks_consumers",
     "drops_data",
+    "long_texts",
 ]
 
 
@@ -439,6 +440,19 @@ def _consequences(
                     "and are served as they are until `contextkit materialize` runs",
                 )
             )
+    long_texts = getattr(new_spec, "long_texts", None)  # embedding views without chunking
+    if long_texts:
+        where = f" ({new_spec.location})" if getattr(new_spec, "location", None) else ""
+        out.append(
+            Consequence(
+                "long_texts",
+                "warning",
+                f"{long_texts['share']:.1%} of {long_texts['sampled']:,} sampled texts of "
+                f"{label} {name}{where} are longer than its model's window of "
+                f"{long_texts['window']} tokens (longest {long_texts['longest']:,}) and would be "
+                'truncated: set chunking="auto" to split them to the window',
+            )
+        )
     if live and change.action == "delete" and kind in MATERIALIZED_KINDS:
         what = "vectors" if kind == "embedding_view" else "online values and offline rows"
         out.append(Consequence("drops_data", "warning", f"drops the {what} of {label} {name}"))

@@ -244,6 +244,9 @@ class EmbeddingViewSpec(_ObjectSpec):
     model_name: str | None = None
     dimension: int | None = None
     expectations: ExpectationsSpec | None = None
+    # Filled by validation, never stored nor diffed (it describes the data, not the view): the
+    # share of sampled texts longer than the model's window when the view does not chunk.
+    long_texts: dict[str, Any] | None = Field(default=None, exclude=True)
 
     @property
     def join_key_names(self) -> list[str]:

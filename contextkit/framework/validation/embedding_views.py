@@ -132,14 +132,60 @@ class EmbeddingViewChecks:
         model = self._check_model(view, models)
         if model is None or not ok:
             return None
+        long_texts = None
+        if view.chunking is None:
+            long_texts = self._long_texts(ws, probe, models)
         return probe.model_copy(
             update={
                 "join_keys": [FieldSpec(name=k.name, dtype=types[k.name]) for k in join_keys],
                 "metadata_schema": metadata_schema,
                 "model_name": model[0],
                 "dimension": model[1],
+                "long_texts": long_texts,
             }
         )
+
+    def _long_texts(
+        self, ws: Workspace, view: EmbeddingViewSpec, models: dict | None, sample: int = 2000
+    ) -> dict | None:
+        """For a view without chunking: how many of ``sample`` texts (a reservoir sample of the
+        view's output) are longer than the model's window, in its own tokens, so that the model
+        would silently truncate them. None when the model states no window, or all fit. Counted
+        with the model folder's tokenizer when it has one (not the model: no weights are
+        loaded), else whitespace words (a lower bound). Never fails a plan."""
+        from contextkit.embeddings import get_encoder
+
+        try:
+            encoder = get_encoder(view.model, models, base_dir=self.root)
+            window = getattr(encoder, "max_tokens", None)
+            if not window:
+                return None
+            body = transformations.output_sql(
+                ws, transformations.embedding_transformation(view), sample_rows=sample
+            )
+            column = transformations.quote(view.text_column)
+            texts = [
+                t
+                for (t,) in ws.con.execute(
+                    f"SELECT {column} FROM ({body}) WHERE {column} IS NOT NULL "
+                    f"USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE (7)"
+                ).fetchall()
+            ]
+            # a token covers at least one character: shorter texts cannot exceed the window
+            candidates = [t for t in texts if len(t) > window - 2]
+            lengths = _token_counts(encoder, candidates)
+        except Exception:  # a size check never fails validation
+            return None
+        over = [n for n in lengths if n > window]
+        if not texts or not over:
+            return None
+        return {
+            "sampled": len(texts),
+            "over": len(over),
+            "share": len(over) / len(texts),
+            "window": int(window),
+            "longest": max(over),
+        }
 
     def _check_model(
         self, view: EmbeddingViewSpec, models: dict | None
@@ -164,3 +210,17 @@ def arrow_types(view: EmbeddingViewSpec) -> dict:
 
     columns = [*view.join_keys, *view.metadata_schema]
     return {f.name: arrow_type(f.dtype or String) for f in columns}
+
+
+def _token_counts(encoder: object, texts: list[str]) -> list[int]:
+    """Tokens per text as the model sees them (special tokens included)."""
+    if not texts:
+        return []
+    path = getattr(encoder, "path", None)
+    if path is not None and (path / "tokenizer.json").exists():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tokenizer.no_truncation()
+        return [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    return [len(t.split()) for t in texts]
