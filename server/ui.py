@@ -234,6 +234,7 @@ class UI:
                     "views": sorted(views),
                     "embedding_views": sorted(searched),
                     "prompts": [p.name for p in prompt_specs],
+                    "server_group": specs.server_group_of(service.name),
                 }
             )
         alerts = [a for s in statuses for a in s.alerts]
@@ -243,6 +244,7 @@ class UI:
             # The views with a page here (stream and realtime views have none yet).
             statuses=[s for s in statuses if s.kind in ("batch_feature_view", "embedding_view")],
             services=services,
+            server_groups=sorted(specs.server_groups.values(), key=lambda g: g.name),
             prompts=sorted(specs.prompts),
             sources=sorted(specs.sources),
             counts=summarize_alerts(alerts),
@@ -333,7 +335,13 @@ class UI:
             highlight=node,
         )
         return "service.html", self._base(
-            c, "services", service=service, views=views, prompts=prompts, lineage_svg=svg
+            c,
+            "services",
+            service=service,
+            views=views,
+            prompts=prompts,
+            lineage_svg=svg,
+            server_group=specs.server_group_of(name),
         )
 
     def prompt(self, request: Request, workspace: str, name: str) -> tuple[str, dict[str, Any]]:

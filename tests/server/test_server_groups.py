@@ -245,3 +245,23 @@ def test_an_unknown_server_group_fails_at_start(deployed: Path) -> None:
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "unknown server group 'nope'" in output and "helpdesk, payments" in output
+
+
+def test_the_ui_shows_groups_their_services_and_the_cache(deployed: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from contextkit.server.app import create_app
+
+    ctx = contextkit.connect(deployed, "prod")
+    try:
+        with TestClient(create_app(ctx, auth=False)) as client:
+            overview = client.get("/ui/partial/w/prod").text
+            service = client.get("/ui/partial/w/prod/services/checkout").text
+    finally:
+        ctx.close()
+    table = overview.split('class="grid compact server-groups"', 1)[1].split("</table>", 1)[0]
+    rows = [row for row in table.split("<tr>")[2:]]
+    assert "helpdesk" in rows[0] and ">support</a>" in rows[0]
+    assert "payments" in rows[1] and ">checkout</a>" in rows[1]
+    assert 'Served by server group <strong class="server-group">payments</strong>' in service
+    assert "serving cache 300 s" in service
