@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +31,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contextkit.client import Context
 from contextkit.errors import ContextKitError, translate_store_errors
 from contextkit.governance.jobs import JobService
-from contextkit.server import chat, context, features, ingest, monitoring, ops, search, tecton, ui
+from contextkit.server import (
+    chat,
+    context,
+    features,
+    ingest,
+    monitoring,
+    openai_embeddings,
+    ops,
+    search,
+    tecton,
+    ui,
+)
 from contextkit.server import jobs as jobs_api
 from contextkit.server.auth import KeyAuthorizer
 from contextkit.server.common import Authorizer, InvalidBody, ServerState, error_response
 from contextkit.server.common import json_response as _json
+from contextkit.server.mcp.settings import McpSettings
 from contextkit.server.readiness import Readiness
 from contextkit.stores.errors import StoreFailure
 
@@ -48,6 +60,7 @@ def create_app(
     auth: bool | Authorizer,
     config: ops.OpsConfig | None = None,
     warm: bool = False,
+    mcp: McpSettings | None = None,
     jobs: JobService | None = None,
 ) -> FastAPI:
     """The contextkit HTTP app serving ``ctx``'s registry and stores.
@@ -57,6 +70,7 @@ def create_app(
     access log (:class:`~contextkit.server.ops.OpsConfig`). ``warm``: when the server starts,
     load models, tables and plans in a background thread; ``/health`` is 503 until done.
     ``jobs``: serve the jobs API with this service (the control plane; see server/jobs.py).
+    ``mcp``: how ``/mcp`` is served (:mod:`contextkit.server.mcp`; default: loopback hosts).
     """
     config = config or ops.OpsConfig()
     metrics = ops.Metrics()
@@ -70,7 +84,9 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if warm:  # the server listens already: /health answers "starting" meanwhile
             readiness.warm_in_background(ctx)
-        yield
+        # /mcp's session manager must run while the app does, or its requests hang.
+        async with mcp_endpoint.running() if mcp_endpoint is not None else nullcontext():
+            yield
 
     app = FastAPI(
         title="contextkit",
@@ -98,11 +114,25 @@ def create_app(
     app.include_router(ingest.routes(state))
     app.include_router(chat.routes(state))
     app.include_router(monitoring.routes(state))
+    app.include_router(openai_embeddings.routes(state))
     app.include_router(ui.routes(state))
     if jobs is not None:  # the control plane only: data plane nodes never run jobs
         app.include_router(jobs_api.routes(state, jobs))
+    mcp_endpoint = _mount_mcp(app, state, mcp or McpSettings())
     app.include_router(ops.routes(state))  # /metrics last: routes are matched in this order
     return app
+
+
+def _mount_mcp(app: FastAPI, state: ServerState, settings: McpSettings):
+    """``/mcp`` (the ``mcp`` extra); without the ``mcp`` package the rest of the API serves."""
+    try:
+        from contextkit.server.mcp.endpoint import mount
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("mcp", "mcp_types"):
+            raise
+        log.info("MCP is off: install contextkit[mcp] to serve /mcp")
+        return None
+    return mount(app, state, settings)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -228,7 +258,13 @@ def app_from_settings(settings: ServeSettings) -> FastAPI:
     ops.configure_logging()
     ctx = connect(settings.repo, settings.workspace)
     # Models, vector tables and plans load once the server listens, not in the first request.
-    return create_app(ctx, auth=settings.auth, config=settings.ops_config(), warm=True)
+    return create_app(
+        ctx,
+        auth=settings.auth,
+        config=settings.ops_config(),
+        warm=True,
+        mcp=McpSettings.from_env(),  # `contextkit serve` sets them from its flags
+    )
 
 
 def app_from_env() -> FastAPI:
