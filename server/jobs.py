@@ -1,11 +1,16 @@
-"""The jobs API of the control plane: ``POST /v1/jobs`` (trigger), ``GET /v1/jobs/{job_id}``,
-``POST /v1/jobs/{job_id}/cancel`` and ``POST /v1/jobs/{job_id}/retry``.
+"""The control plane's API: jobs (``POST /v1/jobs`` to trigger, ``GET /v1/jobs/{job_id}``,
+``POST /v1/jobs/{job_id}/cancel`` and ``POST /v1/jobs/{job_id}/retry``) and ``POST /v1/apply``
+(apply over HTTP, for CI/CD: ``contextkit apply --remote URL``).
 
 Served only by ``contextkit control-plane`` (the app is given a
 :class:`~contextkit.governance.jobs.JobService`); data plane nodes (``contextkit serve``) never run
-jobs. Triggering, cancelling and retrying need the ``admin`` role in the job's workspace, reading
-a job the ``reader`` role. A trigger answers 202 at once with one job per view; a view whose
-queued or running job overlaps the requested range answers that job (``started: false``).
+jobs nor apply. Triggering, cancelling, retrying and applying need the ``admin`` role in the
+workspace, reading a job the ``reader`` role. An apply receives the specs the client validated
+(``contextkit apply --remote`` loads and validates the repo where it runs, with its data), diffs
+them against the workspace and writes them in one transaction; ``base_version`` refuses (409) a
+workspace that changed since the client showed its plan. A trigger answers 202 at once with one
+job per view; a view whose queued or running job overlaps the requested range answers that job
+(``started: false``).
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
+from contextkit.errors import WorkspaceError, translating
+from contextkit.framework.plan import compute_plan
+from contextkit.framework.specs import ObjectSpec
 from contextkit.governance.jobs import JobService, job_view
 from contextkit.server.common import ADMIN, READER, ServerState
 
@@ -64,6 +72,30 @@ class TriggeredJob(JobOut):
 class TriggerJobsResponse(BaseModel):
     job_id: str = Field(description="The first (or only) job's id.")
     jobs: list[TriggeredJob]
+
+
+class ApplyRequest(BaseModel):
+    """A repo's validated specs (``spec.model_dump(mode="json")`` each) for one workspace."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workspace: str | None = Field(None, description="Default: the server's workspace.")
+    specs: list[dict[str, Any]]
+    plan_only: bool = Field(False, description="Only answer the plan; write nothing.")
+    base_version: int | None = Field(
+        None, description="Refuse (409) unless the workspace is still at this version."
+    )
+
+
+class ApplyResponse(BaseModel):
+    workspace: str
+    base_version: int
+    version: int = Field(description="The workspace's version after the call.")
+    applied: bool
+    plan: dict[str, Any] = Field(description="The plan, as `contextkit plan --json` prints it.")
+
+
+_SPECS: TypeAdapter[Any] = TypeAdapter(list[ObjectSpec])
 
 
 def _out(job: Any, **extra: Any) -> dict[str, Any]:
@@ -117,5 +149,36 @@ def routes(state: ServerState, service: JobService) -> APIRouter:
         await run_in_threadpool(job_for, request, job_id, ADMIN, workspace)
         found = await run_in_threadpool(service.retry, job_id)
         return _out(found.job, started=found.started)
+
+    @router.post("/v1/apply", response_model=ApplyResponse)
+    async def apply(request: Request, body: ApplyRequest) -> dict[str, Any]:
+        """Diff the specs against the workspace and apply them in one transaction (``admin``);
+        ``plan_only`` answers the plan alone."""
+        c = state.context(request, body.workspace, ADMIN)
+
+        def run() -> dict[str, Any]:
+            from contextkit.errors import BadRequestError
+
+            try:
+                specs = _SPECS.validate_python(body.specs)
+            except ValueError as exc:
+                raise BadRequestError(
+                    f"the specs are not valid: {str(exc).splitlines()[0]}",
+                    hint="send what `contextkit apply --remote` sends: the validated specs",
+                ) from None
+            with translating:
+                plan = compute_plan(c.registry, c.workspace, specs)
+            if body.base_version is not None and plan.base_version != body.base_version:
+                raise WorkspaceError(
+                    f"workspace {c.workspace!r} changed since the plan was made (version "
+                    f"{body.base_version} -> {plan.base_version})",
+                    hint="run the apply again to see and apply the new plan",
+                )
+            applied = not body.plan_only and not plan.is_empty
+            version = c.apply(plan) if applied else plan.base_version
+            return {"workspace": c.workspace, "base_version": plan.base_version,
+                    "version": version, "applied": applied, "plan": plan.to_json()}  # fmt: skip
+
+        return await run_in_threadpool(run)
 
     return router

@@ -157,3 +157,48 @@ def control_plane(
             service.close(wait=True)
             if thread is not None:
                 thread.join(timeout=60)
+
+
+def apply_remote(repo: Path, workspace: str | None, url: str, key: str | None, yes: bool) -> None:
+    """`contextkit apply --remote URL`: load and validate the repo here (with its data), show
+    the control plane's plan, and apply it there if the workspace did not change meanwhile."""
+    with guard:
+        from contextkit.cli.jobs import _remote
+        from contextkit.cli.shell import out_console
+        from contextkit.framework.repo import load_repo
+        from contextkit.framework.validation import build_specs, validate
+
+        loaded = load_repo(repo)
+        specs = validate(
+            build_specs(loaded),
+            loaded.config.root.resolve(),
+            loaded.config.models,
+            loaded.config.llm,
+            render_limits=loaded.config.prompts.render_limits(),
+        )
+        body = {"workspace": workspace, "specs": [s.model_dump(mode="json") for s in specs]}
+        planned = _remote("POST", url, "/v1/apply", key, {**body, "plan_only": True})
+        plan = planned["plan"]
+        console = out_console()
+        console.print(
+            f"Plan for workspace {planned['workspace']!r} at {url} (version "
+            f"{planned['base_version']}):",
+            highlight=False,
+        )
+        for change in plan["changes"]:
+            console.print(f"  {change['action']:<7} {change['kind']} {change['name']}")
+        for warning in plan["warnings"]:
+            console.print(f"  [yellow]! {warning}[/]", highlight=False)
+        if not plan["changes_pending"]:
+            console.print("No changes.")
+            return
+        if not yes and not typer.confirm("Apply these changes?", default=False):
+            console.print("Nothing applied.")
+            raise typer.Exit(1)
+        done = _remote(
+            "POST", url, "/v1/apply", key, {**body, "base_version": planned["base_version"]}
+        )
+        console.print(
+            f"[green]Applied[/] workspace {done['workspace']!r} is at version {done['version']}.",
+            highlight=False,
+        )

@@ -83,8 +83,25 @@ def apply(
     repo: RepoOpt = Path("."),
     workspace: WorkspaceOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    remote: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            envvar="CONTEXTKIT_CONTROL_PLANE",
+            help="Apply through this control plane's API (with an admin --key) instead of "
+            "writing the registry from here (CI/CD).",
+        ),
+    ] = None,
+    key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="CONTEXTKIT_API_KEY", help="Admin API key for --remote."),
+    ] = None,
 ) -> None:
     """Validate the repo and apply its changes to the workspace, atomically."""
+    if remote:
+        from contextkit.cli.control import apply_remote
+
+        apply_remote(repo, workspace, remote, key, yes)
+        return
     with guard:
         from contextkit.framework.plan import render_plan
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -174,3 +176,36 @@ def test_cli_against_the_control_plane_and_locally(plane):
     assert len(json.loads(listing.stdout)["jobs"]) >= 3
     retried = cli("jobs", "retry", job_id, "-r", str(repo), cwd=repo)
     assert retried.returncode == 0 and "succeeded" in retried.stdout, retried.stderr
+
+
+def test_apply_over_http_with_an_admin_key(plane, tmp_path):
+    base, keys, gate, repo, ctx = plane
+    (gate / "break").unlink(missing_ok=True)  # the pipeline validates the repo: it must pass
+    ci = tmp_path / "ci-checkout"  # what a pipeline has: the repo and its data, no registry
+    shutil.copytree(repo, ci, ignore=shutil.ignore_patterns(".contextkit"))
+    defs = (ci / "sched_defs.py").read_text()
+    (ci / "sched_defs.py").write_text(defs + textwrap.dedent('''
+        @batch_feature_view(sources=[events], entities=[user], mode="sql",
+                            features=[Attribute("x")])
+        def added_in_ci(events):
+            return f"SELECT user_id, x, ts FROM {events}"
+        '''))
+    before = ctx.registry.get_workspace("prod").version
+    refused = cli("apply", "-r", str(ci), "-w", "prod", "--yes", "--remote", base,
+                  "--key", keys["reader"], cwd=ci)  # fmt: skip
+    assert refused.returncode == 1 and "admin" in refused.stderr, refused.stderr
+    done = cli("apply", "-r", str(ci), "-w", "prod", "--yes", "--remote", base,
+               "--key", keys["admin"], cwd=ci)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "create  batch_feature_view added_in_ci" in done.stdout
+    assert f"version {before + 1}" in done.stdout
+    assert ctx.registry.get_workspace("prod").version == before + 1
+    assert "added_in_ci" in {o.name for o in ctx.registry.list_objects("prod")}
+    again = cli("apply", "-r", str(ci), "-w", "prod", "--yes", "--remote", base,
+                "--key", keys["admin"], cwd=ci)  # fmt: skip
+    assert again.returncode == 0 and "No changes." in again.stdout
+    # A stale plan is refused: the workspace moved since base_version.
+    status, body = call(base, "POST", "/v1/apply", keys["admin"],
+                        {"specs": [], "base_version": before})  # fmt: skip
+    assert status == 409, body
+    assert ctx.registry.get_workspace("prod").version == before + 1

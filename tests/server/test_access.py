@@ -115,6 +115,9 @@ ENDPOINTS = [
         "params": {"workspace": "prod"}}),
     Endpoint("POST", "/v1/jobs/{job_id}/retry", "admin", lambda: {
         "params": {"workspace": "prod"}}),
+    # Apply over HTTP (CI/CD): plan_only, so the matrix writes nothing.
+    Endpoint("POST", "/v1/apply", "admin", lambda: {"json": {
+        "workspace": "prod", "specs": [], "plan_only": True}}),
     Endpoint("GET", "/metrics", "reader", lambda: {}, all_workspaces=True),
     # The repo has no push source: an allowed caller gets 404 (unknown source), after auth.
     Endpoint("POST", "/v1/ingest", "ingester", lambda: {"json": {
