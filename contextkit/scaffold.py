@@ -59,7 +59,14 @@ def user_spend(orders):
 shop_assistant = ContextService(name="shop_assistant", features=[user_spend])
 '''
 
-GITIGNORE = ".contextkit/\n__pycache__/\n"
+GITIGNORE = """\
+# contextkit's local state: the registry (workspaces, applied versions, API keys) and the
+# materialized data (online and offline stores, vectors). The repo's files are the source.
+.contextkit/
+# Secrets (provider keys) kept in a local env file.
+.env
+__pycache__/
+"""
 
 
 def _sample_orders(now: datetime, rows: int = 200, users: int = 20) -> str:
