@@ -615,6 +615,19 @@ class Context:
         for _, step in self.warm_steps():
             step()
 
+    def _rebuild_online_if_empty(self) -> None:
+        """Serving start-up: rebuild the online values an emptied (non-durable) online store
+        lost, from the durable log and the sources; a store that is down now is left to the
+        requests (503) and the next ingest (see contextkit.compute.online_rebuild)."""
+        from contextkit.compute.online_rebuild import rebuild_if_empty
+        from contextkit.stores.errors import StoreServerUnavailable
+
+        with _translating:
+            try:
+                rebuild_if_empty(self.runtime)
+            except StoreServerUnavailable:
+                return  # requests answer 503 meanwhile; the store reconnects by itself
+
     def warm_steps(self) -> Iterator[tuple[str, Callable[[], object]]]:
         """The steps of :meth:`warm` as ``(description, run)`` pairs, in order (the server logs
         each with its time). Lazy: run each step before asking for the next, which may depend
@@ -626,6 +639,7 @@ class Context:
         specs = self.specs()
         if not specs.workspace.live:
             return
+        yield "restoring online values an emptied Redis lost", self._rebuild_online_if_empty
         root = self.config.root.resolve()
         for name, view in specs.embedding_views.items():
             table = vector_table(specs.workspace.name, name)

@@ -1,0 +1,122 @@
+"""Restoring the online store (Redis lost its data) from what is durable.
+
+* Batch feature views: the online part of materialization is run again at the view's watermark
+  (the end of its last successful job of this definition): the same query a job runs, over the
+  view's sources, bulk-written to the online store. Nothing is added to the offline store (its
+  range is empty).
+* Stream views: every row of the durable ingest log is applied again, in seq order
+  (:func:`contextkit.compute.streaming.rebuild_stream_views`).
+
+``contextkit online rebuild [VIEW]`` runs :func:`rebuild_online`; serving runs
+:func:`rebuild_if_empty` at start-up, which rebuilds only the views the registry says were
+materialized (or the log says were ingested) and the online store has no trace of.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from contextkit.compute.layout import online_table
+from contextkit.compute.materialize import last_watermark, materialize_view
+from contextkit.compute.streaming import rebuild_stream_views, stream_views_to_rebuild
+from contextkit.errors import NotFoundError, WorkspaceError
+from contextkit.stores.online import SQLiteOnlineStore
+
+if TYPE_CHECKING:
+    from contextkit.framework.workspace import Runtime
+
+
+@dataclass
+class RebuildResult:
+    """What a rebuild did: rows written per batch view, log rows applied per push source, and
+    the batch views skipped because they were never materialized."""
+
+    batch_rows: dict[str, int] = field(default_factory=dict)
+    log_rows: dict[str, int] = field(default_factory=dict)
+    never_materialized: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "batch_rows": self.batch_rows,
+            "log_rows": self.log_rows,
+            "never_materialized": self.never_materialized,
+        }
+
+
+def rebuild_online(runtime: Runtime, views: Sequence[str] | None = None) -> RebuildResult:
+    """Rebuild the online values of the live workspace's views (all, or those named)."""
+    specs = runtime.specs()
+    workspace = specs.workspace.name
+    if not specs.workspace.live:
+        raise WorkspaceError(
+            f"workspace {workspace!r} is a dev workspace: it has no online values",
+            hint="rebuild a live workspace (--workspace)",
+        )
+    batch = [v for v in specs.views.values() if v.online]
+    streams = [v for v in specs.stream_views.values() if v.online]
+    if views is not None:
+        known = {v.name for v in [*batch, *streams]}
+        unknown = [n for n in views if n not in known]
+        if unknown:
+            raise NotFoundError(
+                f"no online feature view named {', '.join(map(repr, unknown))} in {workspace!r}",
+                hint="online views: " + (", ".join(sorted(known)) or "none applied"),
+            )
+        batch = [v for v in batch if v.name in views]
+        streams = [v for v in streams if v.name in views]
+    result = RebuildResult()
+    for view in batch:
+        watermark = last_watermark(runtime.registry, workspace, view)
+        if watermark is None:
+            result.never_materialized.append(view.name)
+            continue
+        job = materialize_view(
+            registry=runtime.registry,
+            online=runtime.online,
+            offline=runtime.offline,
+            root=runtime.config.root.resolve(),
+            workspace=workspace,
+            view=view,
+            sources=specs.sources,
+            views=specs.views,
+            start=watermark,
+            end=watermark,
+            monitoring=False,
+            max_online_shrink=None,
+        )
+        result.batch_rows[view.name] = job.rows_online
+    if streams:
+        result.log_rows = rebuild_stream_views(
+            runtime, [v.name for v in streams], now=datetime.now(UTC)
+        )
+    return result
+
+
+def views_to_rebuild(runtime: Runtime) -> list[str]:
+    """Online views the registry says were materialized (or whose log has rows) whose online
+    values are gone: the online store was emptied (a Redis restarted without its data)."""
+    specs = runtime.specs()
+    if not specs.workspace.live:
+        return []
+    workspace = specs.workspace.name
+    missing = [
+        v.name
+        for v in specs.views.values()
+        if v.online
+        and not runtime.online.has_table(online_table(workspace, v.name))
+        and last_watermark(runtime.registry, workspace, v) is not None
+    ]
+    return missing + stream_views_to_rebuild(runtime)
+
+
+def rebuild_if_empty(runtime: Runtime) -> RebuildResult | None:
+    """Rebuild what :func:`views_to_rebuild` finds (start-up of serving); None when nothing is
+    missing. The embedded SQLite online store is left alone: it holds its own log, and a missing
+    or damaged file is reported (503), not silently recomputed."""
+    if isinstance(runtime.online, SQLiteOnlineStore):
+        return None
+    missing = views_to_rebuild(runtime)
+    return rebuild_online(runtime, missing) if missing else None
