@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from ops_fixtures import FEATURES_BODY, SPEND, build_repo, run_cli
 
 import contextkit
-from contextkit.access import hash_key
+from contextkit.governance.access import hash_key
 from contextkit.governance.jobs import JobService
 from contextkit.server.app import create_app
 from contextkit.stores.registry import ApiKeyRecord
@@ -73,6 +73,7 @@ class Endpoint:
     request: Callable[[], dict[str, Any]]  # httpx keyword arguments of a valid request in prod
     all_workspaces: bool = False  # needs a key for "*" (it shows every workspace)
     url: str | None = None  # what is requested, when not the template itself
+    any_key: bool = False  # every valid key may use it; what it shows depends on the key (MCP)
 
     @property
     def target(self) -> str:
@@ -126,6 +127,18 @@ ENDPOINTS = [
         "workspace_name": "prod", "records": {"clicks": []}}}),
     # The web UI's page content (not in the schema): a workspace's overview needs a reader key.
     Endpoint("GET", "/ui/partial/{path:path}", "reader", lambda: {}, url="/ui/partial/w/prod"),
+    # OpenAI's embeddings and vector-store search: an allowed caller gets 404 (no such model or
+    # embedding view), after auth.
+    Endpoint("POST", "/v1/embeddings", "reader", lambda: {"json": {
+        "model": "contextkit/nope", "input": "hello", "contextkit": {"workspace": "prod"}}}),
+    Endpoint("POST", "/v1/vector_stores/{vector_store_id}/search", "reader", lambda: {"json": {
+        "query": "hello", "contextkit": {"workspace": "prod"}}},
+        url="/v1/vector_stores/docs/search"),
+    # MCP: any valid key connects; it lists what its key may use (tests/server/test_mcp.py). A
+    # loopback Host: the endpoint's DNS-rebinding protection refuses TestClient's "testserver".
+    Endpoint("POST", "/mcp", "reader", lambda: {"json": {
+        "jsonrpc": "2.0", "id": 1, "method": "tools/list"}}, url="http://localhost/mcp",
+        any_key=True),
 ]  # fmt: skip
 # (method, route template, URL requested): what answers without a key. The docs and the schema
 # describe the API only; the web UI's shell and assets hold no data (a browser loads them before
@@ -148,6 +161,8 @@ CALLERS = [None] + [
 def expected_status(endpoint: Endpoint, caller: tuple[str, str] | None, ok: int) -> int:
     if caller is None:
         return 401
+    if endpoint.any_key:
+        return ok
     role, scope = caller
     in_scope = scope == "all" or (scope == "own" and not endpoint.all_workspaces)
     grants = {
