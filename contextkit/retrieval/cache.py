@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from contextkit.errors import ConfigError
 from contextkit.retrieval.online import OnlineFeatures, ServiceReader
 
 if TYPE_CHECKING:
@@ -179,7 +180,14 @@ def serving_cache(runtime: Runtime) -> ServingCache:
 
     def create() -> ServingCache:
         raw = os.environ.get(MAX_ENTRIES_ENV)
-        return ServingCache(int(raw) if raw else DEFAULT_MAX_ENTRIES)
+        if not raw:
+            return ServingCache()
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise ConfigError(
+                f"{MAX_ENTRIES_ENV} must be a positive integer, got {raw!r}",
+                hint=f"unset it for the default ({DEFAULT_MAX_ENTRIES} entity rows per process)",
+            )
+        return ServingCache(int(raw))
 
     return runtime.shared("serving_cache", create)
 

@@ -172,3 +172,15 @@ def test_cache_out_of_bounds_is_a_plan_error_with_its_line(make_repo) -> None:
     line = defs.splitlines().index(next(x for x in defs.splitlines() if x.startswith("svc ="))) + 1
     assert f"defs.py:{line}" in text
     assert "at most 24 h" in text
+
+
+def test_a_bad_entry_limit_is_a_config_error(repo: Path, monkeypatch) -> None:
+    from contextkit.errors import ConfigError
+
+    ctx = deploy(repo)
+    monkeypatch.setenv(MAX_ENTRIES_ENV, "0")
+    fresh = contextkit.connect(repo, "prod")  # the cache is made on a process's first read
+    with pytest.raises(ConfigError, match="must be a positive integer") as info:
+        fresh.get_features("svc", {"user_id": [1]})
+    assert "unset it" in (info.value.hint or "")
+    ctx.close()
