@@ -41,6 +41,13 @@ class SearchRequest(BaseModel):
         description='"document": the top_k best documents instead of chunks, each scored by its '
         "best chunk, returned as its highlight.",
     )
+    fusion: Literal["rrf", "blend"] | None = Field(
+        None, description='Hybrid: "rrf" (reciprocal rank fusion, default) or "blend" (scores).'
+    )
+    depth: int | None = Field(None, ge=1, le=1000, description="Hybrid: candidates per list.")
+    weights: list[float] | None = Field(
+        None, description="Hybrid: weights of the vector and text lists, e.g. [1, 0.5]."
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -95,7 +102,16 @@ def routes(state: ServerState) -> APIRouter:
         top_k = field(data, "top_k", int, required=False)
         filter_ = field(data, "filter", dict, required=False)
         mode = field(data, "mode", str, required=False) or "vector"
-        group_by = field(data, "group_by", str, required=False)
+        options = {
+            name: value
+            for name, kind in (
+                ("group_by", str),
+                ("fusion", str),
+                ("depth", int),
+                ("weights", list),
+            )
+            if (value := field(data, name, kind, required=False)) is not None
+        }
         ctx = state.context(request, workspace, READER)
         result = await run_in_threadpool(
             ctx.search,
@@ -105,7 +121,7 @@ def routes(state: ServerState) -> APIRouter:
             top_k=10 if top_k is None else top_k,
             filter=filter_,
             mode=mode,
-            **({"group_by": group_by} if group_by is not None else {}),
+            **options,
         )
         return json_response(result.to_response())
 

@@ -276,11 +276,21 @@ def search_view(
     filter: Mapping[str, Any] | None = None,
     mode: str = "vector",
     group_by: str | None = None,
+    fusion: str | None = None,
+    depth: int | None = None,
+    weights: Sequence[float] | None = None,
 ) -> Documents:
     """Search one embedding view (see :meth:`contextkit.client.Context.search`).
 
     ``group_by="document"``: the ``top_k`` best documents instead of chunks, each scored by its
-    best chunk, which comes along as its ``highlight`` (see :func:`group_documents`)."""
+    best chunk, which comes along as its ``highlight`` (see :func:`group_documents`). Hybrid
+    options: ``fusion`` (``"rrf"``, the default, or ``"blend"``), ``depth`` (candidates per
+    list) and ``weights`` (vector, text), see :meth:`LanceVectorStore.search`."""
+    hybrid: dict[str, Any] = {}
+    if mode == "hybrid":
+        hybrid = {"fusion": fusion or "rrf", "depth": depth}
+        if weights is not None:
+            hybrid["weights"] = tuple(weights)
     if group_by not in (None, "chunk", "document"):
         raise BadRequestError(
             f"unknown group_by {group_by!r}",
@@ -309,6 +319,7 @@ def search_view(
             mode=mode,  # type: ignore[arg-type]
             top_k=k,
             filter=filter,
+            **hybrid,
         )
 
     hits = group_documents(run, top_k) if group_by == "document" else run(top_k)

@@ -271,6 +271,10 @@ class SearchSpec(_Spec):
     query_from: str = "query"
     # "document": one hit per document (its best chunk as the highlight); None: chunks
     group_by: Literal["document"] | None = None
+    # hybrid fusion: "rrf" (None) or "blend"; candidates per list; weights (vector, text)
+    fusion: Literal["rrf", "blend"] | None = None
+    depth: int | None = None
+    weights: tuple[float, float] | None = None
 
 
 class RequestFieldSpec(_Spec):

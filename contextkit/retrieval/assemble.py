@@ -443,6 +443,9 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
                         filter=filter_,
                         mode=spec.mode,
                         group_by=spec.group_by,
+                        fusion=spec.fusion,
+                        depth=spec.depth,
+                        weights=spec.weights,
                     )
                     out.append((spec.name, value, (time.perf_counter() - began) * 1000))
             return out

@@ -31,7 +31,9 @@ class Search:
     ``name`` (default: the view's) is how templates and responses refer to its documents.
     ``group_by="document"`` returns the ``top_k`` best documents rather than chunks (a long
     text's chunks cannot flood the top k): each scored by its best chunk, shown as
-    ``highlight``.
+    ``highlight``. Hybrid searches take ``fusion`` (``"rrf"``: reciprocal rank fusion, the
+    default; ``"blend"``: min-max normalised scores summed), ``depth`` (candidates per list,
+    default ``max(2 x top_k, 20)``) and ``weights`` (vector, text; default ``(1, 1)``).
     """
 
     @checked_arguments
@@ -45,6 +47,9 @@ class Search:
         query_from: str = "query",
         name: str | None = None,
         group_by: str | None = None,
+        fusion: str | None = None,
+        depth: int | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         self.view = view
         view_name = view if isinstance(view, str) else view.name
@@ -63,6 +68,22 @@ class Search:
                 "document, its best chunk as the highlight) or None (chunks)"
             )
         self.group_by = group_by
+        if fusion not in (None, "rrf", "blend"):
+            raise ValueError(f"Search over {view_name!r}: fusion must be 'rrf' or 'blend'")
+        if depth is not None and (
+            not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 1000
+        ):
+            raise ValueError(f"Search over {view_name!r}: depth must be an integer in 1..1000")
+        if weights is not None:
+            weights = tuple(weights)
+            if len(weights) != 2 or any(
+                isinstance(w, bool) or not isinstance(w, int | float) or w < 0 for w in weights
+            ):
+                raise ValueError(
+                    f"Search over {view_name!r}: weights must be two non-negative numbers "
+                    "(vector, text)"
+                )
+        self.fusion, self.depth, self.weights = fusion, depth, weights
 
     def to_spec(self) -> SearchSpec:
         return SearchSpec(
@@ -73,6 +94,9 @@ class Search:
             filter=self.filter,
             query_from=self.query_from,
             group_by=self.group_by,  # type: ignore[arg-type]
+            fusion=self.fusion,  # type: ignore[arg-type]
+            depth=self.depth,
+            weights=self.weights,  # type: ignore[arg-type]
         )
 
 
