@@ -8,7 +8,7 @@ PORT   ?= 8000
 QS     := examples/quickstart
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format bench clean quickstart-data chromium
+.PHONY: install run test test-fast lint format bench clean quickstart-data chromium servers
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ run: quickstart-data
 	$(PY) $(QS)/setup.py
 	$(CK) serve --repo $(QS) --workspace prod --port $(PORT) --no-auth
 
-test: install chromium
+test: install chromium servers
 	$(PY) -m pytest -q -n 2 --durations=10
 
 # The web UI test drives Debian's Chromium through Playwright (never `playwright install`).
@@ -42,6 +42,24 @@ chromium:
 		|| (apt-get install -y -qq chromium >/dev/null 2>&1 \
 		    || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1) \
 		|| echo "note: could not install chromium; the browser test will be skipped"
+
+# The backend tests start real redis-server and PostgreSQL 15 (Debian's redis-server and
+# postgresql; tests/backends.py). Installed like chromium: where apt-get can, as root, never
+# failing the build; but under CI=true they must be there (the backend tests fail, not skip).
+SERVER_PACKAGES := redis-server postgresql
+servers:
+	@missing=""; command -v redis-server >/dev/null 2>&1 || missing="redis-server"; \
+	test -x /usr/lib/postgresql/15/bin/initdb || command -v initdb >/dev/null 2>&1 \
+		|| missing="$$missing postgresql"; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 \
+		 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		     apt-get install -y -qq $$missing) >/dev/null 2>&1) \
+		|| echo "note: could not install$$missing"; fi; \
+	command -v redis-server >/dev/null 2>&1 && { test -x /usr/lib/postgresql/15/bin/initdb \
+		|| command -v initdb >/dev/null 2>&1; } \
+		|| { echo "note: redis-server or postgresql missing: the backend tests will be skipped"; \
+		     [ "$$CI" != true ] || { echo "CI=true: $(SERVER_PACKAGES) are required"; exit 1; }; }
 
 test-fast: install
 	$(PY) -m pytest -q -n 2 -m "not slow"

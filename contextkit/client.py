@@ -363,7 +363,7 @@ class Context:
         them. They stay in the ingest log: ``materialize`` of the view encodes them."""
         from contextkit.compute.push_embeddings import push_encoder
 
-        return push_encoder().wait(timeout, registry=str(self.config.registry_path.resolve()))
+        return push_encoder().wait(timeout, registry=self.config.registry_key)
 
     # -- offline retrieval ------------------------------------------------------------------------
     def get_features_for_events(

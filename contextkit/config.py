@@ -7,41 +7,119 @@ Example::
     online_store: {type: sqlite, path: .contextkit/online.db}
     offline_store: {type: parquet, path: .contextkit/offline}
     vector_store: {type: lancedb, path: .contextkit/vectors}
+    # or, for several serving nodes on shared engines (docs/deployment.md):
+    # registry: postgresql://contextkit:${PASSWORD}@db:5432/contextkit
+    # online_store: redis://:password@cache:6379/0      (or {url: ..., prefix: ck:shop})
+    # offline_store: s3://bucket/contextkit/offline
+    # vector_store: s3://bucket/contextkit/vectors
     models:                      # embedding models, by the name views use (minilm is built in)
       openai_small: {type: litellm, model: text-embedding-3-small, dimension: 1536}
     llm: {timeout_s: 60, retries: 2}   # completions: api_base, api_key_env, models, timeout_s...
     monitoring: {enabled: true}        # data-quality statistics in every materialization job
     prompts: {render_timeout_s: 2, max_output_chars: 1000000}   # limits of every prompt render
 
-Relative paths are relative to the folder holding the config file.
+Relative paths are relative to the folder holding the config file. Each store may also be given
+as a string: a path, or a URL (``postgresql://`` registry, ``redis://``/``rediss://`` online
+store, ``s3://bucket/prefix`` offline and vector stores). The environment overrides the file, so
+one image serves every environment: ``CONTEXTKIT_REGISTRY``, ``CONTEXTKIT_ONLINE_STORE``,
+``CONTEXTKIT_OFFLINE_STORE``, ``CONTEXTKIT_VECTOR_STORE`` (S3 endpoint, region and keys come from
+the standard AWS variables). This module is the one place that parses the selection;
+``Runtime.open`` builds the stores from it. Passwords in URLs are never shown: use
+:meth:`RepoConfig.describe_stores` (masked) to display them.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contextkit.errors import ConfigError
 
 CONFIG_NAMES = ("contextkit.yaml", "contextkit.yml")
 
 
+ENV_OVERRIDES = {
+    "registry": "CONTEXTKIT_REGISTRY",
+    "online_store": "CONTEXTKIT_ONLINE_STORE",
+    "offline_store": "CONTEXTKIT_OFFLINE_STORE",
+    "vector_store": "CONTEXTKIT_VECTOR_STORE",
+}
+_POSTGRES = ("postgresql://", "postgres://")
+_REDIS = ("redis://", "rediss://", "unix://")
+
+
+def is_url(value: str) -> bool:
+    return "://" in value
+
+
+def _masked(value: str) -> str:
+    from contextkit.stores.errors import mask_url
+
+    return mask_url(value) if is_url(value) else value
+
+
 class OnlineStoreConfig(BaseModel):
+    """``{type: sqlite, path}`` (default) or ``{type: redis, url, prefix}``; a string is a path
+    or a ``redis://``/``rediss://`` URL. ``prefix`` starts every Redis key (default
+    ``contextkit:<project>``; table names already hold the workspace)."""
+
     model_config = ConfigDict(extra="forbid")
-    type: Literal["sqlite"] = "sqlite"
+    type: Literal["sqlite", "redis"] = "sqlite"
     path: str = ".contextkit/online.db"
+    url: str | None = None
+    prefix: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"type": "redis", "url": value} if value.startswith(_REDIS) else {"path": value}
+        if isinstance(value, Mapping) and "url" in value and "type" not in value:
+            return {**value, "type": "redis"}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> OnlineStoreConfig:
+        if self.type == "redis":
+            if not self.url or not self.url.startswith(_REDIS):
+                raise ValueError("a redis online store needs url: redis://host:port/db")
+        elif self.url is not None or self.prefix is not None:
+            raise ValueError("url and prefix are settings of a redis online store")
+        elif is_url(self.path):
+            raise ValueError(f"{_masked(self.path)} is not a path nor a redis:// or rediss:// URL")
+        return self
 
 
-class OfflineStoreConfig(BaseModel):
+class _FolderStoreConfig(BaseModel):
+    """A local folder or ``s3://bucket/prefix``; a string is the path."""
+
     model_config = ConfigDict(extra="forbid")
+    path: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> _FolderStoreConfig:
+        if is_url(self.path) and not self.path.startswith("s3://"):
+            raise ValueError(
+                f"{_masked(self.path)} is not a folder nor an s3://bucket/prefix location"
+            )
+        return self
+
+
+class OfflineStoreConfig(_FolderStoreConfig):
     type: Literal["parquet"] = "parquet"
     path: str = ".contextkit/offline"
 
 
-class VectorStoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VectorStoreConfig(_FolderStoreConfig):
     type: Literal["lancedb"] = "lancedb"
     path: str = ".contextkit/vectors"
 
@@ -114,17 +192,60 @@ class RepoConfig(BaseModel):
     exclude: list[str] = []
     root: Path = Path(".")
 
+    @model_validator(mode="after")
+    def _check_registry(self) -> RepoConfig:
+        if is_url(self.registry) and not self.registry.startswith(_POSTGRES):
+            raise ValueError(
+                f"registry {_masked(self.registry)} is not a path nor a postgresql:// URL"
+            )
+        return self
+
     def resolve(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() else (self.root / p)
 
+    def _location(self, path: str) -> str:
+        return path if is_url(path) else str(self.resolve(path))
+
+    @property
+    def registry_is_postgres(self) -> bool:
+        return self.registry.startswith(_POSTGRES)
+
     @property
     def registry_path(self) -> Path:
+        """The SQLite registry file (a ConfigError for a Postgres registry)."""
+        if self.registry_is_postgres:
+            raise ConfigError(
+                f"the registry is a PostgreSQL database ({_masked(self.registry)}), not a file",
+                hint="use config.registry_key to name the registry",
+            )
         return self.resolve(self.registry)
+
+    @property
+    def registry_key(self) -> str:
+        """Names the registry, safe to show and to key caches by: the resolved SQLite path, or
+        the Postgres URL with its password masked."""
+        if self.registry_is_postgres:
+            return _masked(self.registry)
+        return str(self.resolve(self.registry).resolve())
 
     @property
     def online_path(self) -> Path:
         return self.resolve(self.online_store.path)
+
+    @property
+    def redis_prefix(self) -> str:
+        return self.online_store.prefix or f"contextkit:{self.project}"
+
+    @property
+    def offline_location(self) -> str:
+        """The offline store's root: a resolved local folder or ``s3://bucket/prefix``."""
+        return self._location(self.offline_store.path)
+
+    @property
+    def vector_location(self) -> str:
+        """The vector store's root: a resolved local folder or ``s3://bucket/prefix``."""
+        return self._location(self.vector_store.path)
 
     @property
     def offline_path(self) -> Path:
@@ -133,6 +254,58 @@ class RepoConfig(BaseModel):
     @property
     def vector_path(self) -> Path:
         return self.resolve(self.vector_store.path)
+
+    def describe_stores(self) -> dict[str, str]:
+        """Where each store lives, passwords masked: what logs, status and errors may show."""
+        online = self.online_store
+        return {
+            "registry": self.registry_key,
+            "online_store": _masked(online.url)
+            if online.type == "redis" and online.url
+            else str(self.online_path),
+            "offline_store": self.offline_location,
+            "vector_store": self.vector_location,
+        }
+
+
+def apply_env_overrides(
+    raw: dict[str, Any], env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``raw`` (the parsed file) with the ``CONTEXTKIT_*`` store variables applied: a variable
+    replaces the store's path or URL; the file's other settings of a store of the same type
+    (a Redis prefix) are kept."""
+    env = os.environ if env is None else env
+    out = dict(raw)
+    for key, name in ENV_OVERRIDES.items():
+        value = (env.get(name) or "").strip()
+        if not value:
+            continue
+        if key == "registry":
+            out[key] = value
+            continue
+        current = out.get(key)
+        if key == "online_store":
+            override = (
+                {"type": "redis", "url": value}
+                if value.startswith(_REDIS)
+                else {
+                    "type": "sqlite",
+                    "path": value,
+                }
+            )
+            if (
+                isinstance(current, Mapping)
+                and current.get("type", "redis" if "url" in current else "sqlite")
+                == override["type"]
+            ):
+                override = {
+                    **{k: v for k, v in current.items() if k not in ("url", "path")},
+                    **override,
+                }
+            out[key] = override
+        else:
+            out[key] = {**current, "path": value} if isinstance(current, Mapping) else value
+    return out
 
 
 def find_config(path: str | Path = ".") -> Path:
@@ -161,11 +334,13 @@ def load_config(path: str | Path = ".") -> RepoConfig:
         raise ConfigError(f"{file}: not valid YAML: {exc}", hint="fix the YAML syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping of settings", hint="see docs/concepts.md")
+    raw = apply_env_overrides(raw)
     try:
         config = RepoConfig(**raw, root=file.parent)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            ".".join(str(p) for p in e["loc"]) + ": " + e["msg"] if e["loc"] else e["msg"]
+            for e in exc.errors()
         )
         raise ConfigError(f"{file}: {problems}", hint="see docs/concepts.md#config") from None
     return config

@@ -16,7 +16,7 @@ server turns them into ``{"error": {"code", "message", "details"}}`` with the ma
             └── InvalidChatBody    invalid_request         422  retrieval.chat
     └── RegistryError              registry_error          500  stores.registry, translated
     └── StoreError                 store_error             500  stores, translated
-        └── StoreUnavailableError  store_error             503  a store's data missing or damaged
+        └── StoreUnavailableError  store_error             503  a store down, or its data damaged
     └── InternalError              internal_error          500  the server's last resort
     └── WorkspaceError             workspace_error         409  framework.workspace
     └── AuthenticationError        unauthenticated         401  governance.access
@@ -145,9 +145,12 @@ class StoreError(ContextKitError):
 
 
 class StoreUnavailableError(StoreError):
-    """A store's data is missing, unreadable or damaged (a vector table deleted under the server,
-    an online SQLite file that is not a database, offline Parquet files gone): HTTP 503, and the
-    hint says what to re-materialize."""
+    """A store cannot serve: its server is down, refuses the credentials, is read-only or full
+    (Redis, PostgreSQL, an S3 endpoint or bucket), or its data is missing, unreadable or damaged
+    (a vector table deleted under the server, an online SQLite file that is not a database,
+    offline Parquet files gone): HTTP 503. The message names the store (password masked); the
+    hint says what to check or re-materialize. Clients reconnect by themselves once the server
+    is back."""
 
     http_status = 503
 
@@ -334,11 +337,20 @@ def translate_store_errors(exc: BaseException) -> ContextKitError:
         ApplyConflictError,
         MissingError,
         RegistryVersionError,
+        StoreServerUnavailable,
         StoreUnavailable,
     )
 
     if isinstance(exc, StoreUnavailable):
         return StoreUnavailableError(exc.message, hint=exc.hint)
+    if isinstance(exc, StoreServerUnavailable):  # Redis, PostgreSQL, S3: down, refused, full
+        return StoreUnavailableError(
+            exc.message,
+            hint=exc.hint
+            or "check that the store's server is running and reachable, and its URL and "
+            "credentials (contextkit.yaml or the CONTEXTKIT_* / AWS_* variables); requests "
+            "succeed again once it is back",
+        )
     if isinstance(exc, RegistryVersionError):
         return RegistryError(exc.message, hint=exc.hint)
     if isinstance(exc, MissingError):

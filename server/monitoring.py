@@ -408,7 +408,7 @@ def quality_collectors(metrics: Metrics, state: ServerState) -> None:
     )
 
     def push_failures():
-        counts = push_encoder().failure_counts(str(state.ctx.config.registry_path.resolve()))
+        counts = push_encoder().failure_counts(state.ctx.config.registry_key)
         seen = set()
         for workspace, statuses, _ in snapshot.get():
             for s in statuses:

@@ -34,11 +34,12 @@ from contextkit.errors import (
     ContextKitError,
     JobCancelledError,
     StoreError,
+    translate_store_errors,
 )
 from contextkit.framework import transformations
 from contextkit.framework.specs import METADATA_FIELDS, FeatureViewSpec, FileSourceSpec
 from contextkit.framework.transformations import EVENT_TIMESTAMP, quote
-from contextkit.stores.errors import StoreFailure
+from contextkit.stores.errors import StoreFailure, StoreServerUnavailable, StoreUnavailable
 from contextkit.stores.offline import GC_GRACE_S, Garbage, ParquetOfflineStore
 from contextkit.stores.online import OnlineStore
 from contextkit.stores.registry import COMPLETED_STATUSES, RegistryStore
@@ -262,6 +263,8 @@ def materialize_view(
         registry.finish_job(job_id, "failed", error=message)
         if isinstance(exc, ContextKitError):
             raise
+        if isinstance(exc, StoreServerUnavailable | StoreUnavailable):  # 503: down, refused
+            raise translate_store_errors(exc) from exc
         if isinstance(exc, StoreFailure):
             raise StoreError(exc.message, hint=exc.hint) from exc
         if isinstance(exc, Exception):

@@ -756,7 +756,6 @@ def log_arrow(ctx: Runtime, workspace: str, source: PushSourceSpec):
     :func:`flush_log` moved there) and the rows of the SQLite log not flushed yet. A row flushed
     twice (a crash between the Parquet write and the watermark) is read once."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from contextkit.framework import transformations
 
@@ -767,14 +766,15 @@ def log_arrow(ctx: Runtime, workspace: str, source: PushSourceSpec):
         con = transformations.connect_duckdb()
         try:
             cols = ", ".join(quote(c.name) for c in source.columns)
-            scan = transformations.source_scan_sql(batch, ctx.config.root.resolve())
+            scan = transformations.source_scan_sql(batch, ctx.config.root.resolve(), con)
             table = con.sql(f"SELECT {cols} FROM ({scan})").to_arrow_table()
         finally:
             con.close()
         seq = pa.array(range(-table.num_rows, 0), pa.int64())
         parts.append(table.append_column("__seq", seq).cast(schema))
-    for file in ctx.offline.files(log_table(workspace, source.name)):
-        parts.append(pq.read_table(file).select(schema.names).cast(schema))
+    flushed = ctx.offline.dataset(log_table(workspace, source.name))  # local or S3
+    if flushed is not None:
+        parts.append(flushed.to_table(columns=schema.names).cast(schema))
     unflushed = _sqlite_log(ctx, workspace, source, _flushed_seq(ctx, workspace, source))
     if unflushed.num_rows:
         parts.append(unflushed)

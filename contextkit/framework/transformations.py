@@ -63,24 +63,49 @@ def connect_duckdb(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def source_scan_sql(source: FileSourceSpec, root: Path) -> str:
-    """A query reading the source's file(s), with its timestamp column as TIMESTAMPTZ."""
-    path = Path(source.path)
-    path = path if path.is_absolute() else root / path
-    p = literal(str(path))
-    if source.format == "parquet":
-        scan = f"read_parquet({p})"
-    elif source.format == "csv":
-        scan = f"read_csv({p}, header = true, auto_detect = true)"
+def source_scan_sql(
+    source: FileSourceSpec, root: Path, con: duckdb.DuckDBPyConnection | None = None
+) -> str:
+    """A query reading the source's file(s), with its timestamp column as TIMESTAMPTZ.
+
+    Local paths are read by DuckDB itself; an ``s3://`` path (DuckDB cannot reach S3 here) is
+    resolved by the object store to a pyarrow dataset registered into ``con`` (required then)."""
+    if is_s3_path(source.path):
+        if con is None:
+            raise ValueError("an s3:// source is scanned through a DuckDB connection")
+        from contextkit.stores.source_files import source_dataset
+
+        name = f"__source__{source.name}"
+        con.register(name, source_dataset(source.path, source.format, root=root))
+        scan = quote(name)
     else:
-        scan = f"read_json({p}, format = 'newline_delimited')"
+        path = Path(source.path)
+        path = path if path.is_absolute() else root / path
+        p = literal(str(path))
+        if source.format == "parquet":
+            scan = f"read_parquet({p})"
+        elif source.format == "csv":
+            scan = f"read_csv({p}, header = true, auto_detect = true)"
+        else:
+            scan = f"read_json({p}, format = 'newline_delimited')"
     if source.timestamp_field:
         ts = quote(source.timestamp_field)
         return f"SELECT * REPLACE (CAST({ts} AS TIMESTAMPTZ) AS {ts}) FROM {scan}"
     return f"SELECT * FROM {scan}"
 
 
+def is_s3_path(path: str) -> bool:
+    return path.startswith("s3://")
+
+
 def source_file_exists(source: FileSourceSpec, root: Path) -> bool:
+    if is_s3_path(source.path):  # listed through the object store (bounded; its errors say why)
+        from contextkit.stores.source_files import resolve_source_files
+
+        suffixes = {"parquet": (".parquet",), "csv": (".csv",)}.get(
+            source.format, (".jsonl", ".json")
+        )
+        return bool(resolve_source_files(source.path, root=root, suffixes=suffixes)[1])
     path = Path(source.path)
     path = path if path.is_absolute() else root / path
     if any(ch in source.path for ch in "*?["):
@@ -125,7 +150,7 @@ class Workspace:
                 )
             con.execute(
                 f"CREATE OR REPLACE TEMP VIEW {quote(source.name)} AS "
-                f"{source_scan_sql(source, root)}"
+                f"{source_scan_sql(source, root, con)}"
             )
 
     def transformation_sql(

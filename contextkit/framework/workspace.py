@@ -15,6 +15,7 @@ version or this process's own writes change it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,7 +36,7 @@ from contextkit.framework.specs import (
     ServerGroupSpec,
     StreamFeatureViewSpec,
 )
-from contextkit.stores.offline import ParquetOfflineStore
+from contextkit.stores.offline import OfflineStore, ParquetOfflineStore
 from contextkit.stores.online import OnlineStore, SQLiteOnlineStore
 from contextkit.stores.registry import ObjectRecord, RegistryStore, SQLiteRegistry, WorkspaceRecord
 
@@ -146,7 +147,7 @@ class Runtime:
         config: RepoConfig,
         registry: RegistryStore,
         online: OnlineStore,
-        offline: ParquetOfflineStore,
+        offline: OfflineStore,
         workspace: str | None = None,
     ) -> None:
         self.config = config
@@ -159,11 +160,24 @@ class Runtime:
 
     @classmethod
     def open(cls, config: RepoConfig, workspace: str | None = None) -> Runtime:
-        """Open the stores the config names."""
-        with translating:
-            registry = SQLiteRegistry(config.registry_path)
-        online = SQLiteOnlineStore(config.online_path)
-        offline = ParquetOfflineStore(config.offline_path)
+        """Open the stores the config names (the one place that builds them): a SQLite or
+        PostgreSQL registry, a SQLite or Redis online store, offline Parquet in a folder or on
+        S3 (the vector store opens on first use, :attr:`vectors`). A store that cannot be
+        reached is a ``store_error`` naming it (password masked) within its connect timeout;
+        nothing is left open then."""
+        opened: list[Any] = []
+        try:
+            with translating:
+                registry = _open_registry(config)
+                opened.append(registry)
+                online = _open_online(config)
+                opened.append(online)
+                offline = ParquetOfflineStore(config.offline_location)
+        except BaseException:
+            for store in reversed(opened):
+                with contextlib.suppress(Exception):  # best effort
+                    store.close()
+            raise
         return cls(config, registry, online, offline, workspace)
 
     def use(self, workspace: str) -> Runtime:
@@ -187,14 +201,19 @@ class Runtime:
         def open_vectors() -> LanceVectorStore:
             from contextkit.stores.vector import LanceVectorStore
 
-            return LanceVectorStore(self.config.vector_path)
+            with translating:
+                return LanceVectorStore(self.config.vector_location)
 
         return self.shared("vectors", open_vectors)
 
     @property
     def has_vectors(self) -> bool:
-        """Whether a vector store exists yet (without creating one)."""
-        return "vectors" in self._shared or self.config.vector_path.exists()
+        """Whether a vector store may hold tables (without creating one locally): always for
+        one on object storage, whose tables are listed through the store."""
+        location = self.config.vector_location
+        if "vectors" in self._shared or location.startswith("s3://"):
+            return True
+        return self.config.vector_path.exists()
 
     # -- workspaces -------------------------------------------------------------------------
     @property
@@ -248,3 +267,21 @@ class Runtime:
     def close(self) -> None:
         self.registry.close()
         self.online.close()
+
+
+def _open_registry(config: RepoConfig) -> RegistryStore:
+    if config.registry_is_postgres:
+        from contextkit.stores.postgres_registry import PostgresRegistry
+
+        return PostgresRegistry(config.registry)
+    return SQLiteRegistry(config.registry_path)
+
+
+def _open_online(config: RepoConfig) -> OnlineStore:
+    settings = config.online_store
+    if settings.type == "redis":
+        from contextkit.stores.redis_online import RedisOnlineStore
+
+        assert settings.url is not None  # checked by the config
+        return RedisOnlineStore(settings.url, prefix=config.redis_prefix)
+    return SQLiteOnlineStore(config.online_path)

@@ -4,7 +4,6 @@ views (windows ending at each event) and stream views (their source's events).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from contextkit.compute.offline.reserved import (
@@ -28,7 +27,6 @@ from contextkit.framework.transformations import (
     EVENT_TIMESTAMP,
     _aggregate_expr,
     _window_clause,
-    literal,
     quote,
 )
 from contextkit.types import (
@@ -85,10 +83,12 @@ def _column_types(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, str]:
     return {r[0]: r[1] for r in con.execute(f"DESCRIBE {sql}").fetchall()}
 
 
-def _rows_sql(files: list[Path]) -> str:
-    listed = ", ".join(literal(str(f)) for f in files)
-    # The day=... folders are the store's layout, not columns.
-    return f"SELECT * FROM read_parquet([{listed}], hive_partitioning = false)"
+def _rows_sql(ws: transformations.Workspace, request: ViewRequest) -> str:
+    """A query of the view's offline rows: its dataset (local files or S3 objects, listed by
+    the store's manifest) registered into the job's DuckDB connection."""
+    name = f"__offline__{request.view.name}"
+    ws.con.register(name, request.dataset)
+    return f"SELECT * FROM {quote(name)}"
 
 
 def attribute_join(
@@ -96,7 +96,7 @@ def attribute_join(
 ) -> str:
     view = request.view
     if request.use == OFFLINE_STORE:
-        rows = _rows_sql(request.files)
+        rows = _rows_sql(ws, request)
     else:
         rows = transformations.offline_features_sql(ws, view)
     key_types = _column_types(ws.con, rows)
@@ -125,7 +125,7 @@ def aggregate_join(
 ) -> str:
     view = request.view
     if request.use == OFFLINE_STORE:
-        inputs = _rows_sql(request.files)
+        inputs = _rows_sql(ws, request)
     else:
         inputs = transformations.aggregate_inputs_sql(ws, view)
     key_types = _column_types(ws.con, inputs)

@@ -5,8 +5,8 @@ and the small records that describe one request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
 
 from contextkit.framework.specs import (
     FeatureViewSpec,
@@ -71,7 +71,9 @@ class ViewRequest:
     view: AnyView
     features: list[str]  # what is computed: the selected features, or all for a realtime input
     use: str  # OFFLINE_STORE, SOURCE, INGEST_LOG or REALTIME
-    files: list[Path]
+    files: list[PurePath]
+    # OFFLINE_STORE: the offline table as a pyarrow dataset (local or S3), scanned by DuckDB.
+    dataset: Any = None
 
 
 @dataclass

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.offline.reserved import (
     INGEST_LOG,
@@ -17,7 +16,7 @@ from contextkit.compute.offline.reserved import (
     AnyView,
     ViewRequest,
 )
-from contextkit.errors import NotFoundError, StoreUnavailableError
+from contextkit.errors import NotFoundError, StoreUnavailableError, translate_store_errors
 from contextkit.framework.specs import (
     FeatureViewSpec,
     RealtimeFeatureViewSpec,
@@ -81,7 +80,8 @@ def resolve(
     if isinstance(view, RealtimeFeatureViewSpec):
         return ViewRequest(view, features, REALTIME, [])
     table = inputs_table if view.is_aggregate else offline_table
-    files = ctx.offline.files(table(ctx.workspace, view.name))
+    name = table(ctx.workspace, view.name)
+    files = ctx.offline.files(name)
     if from_source:
         return ViewRequest(view, features, SOURCE, files)
     if from_source is False:
@@ -90,25 +90,36 @@ def resolve(
                 f"view {view.name!r} has no offline data",
                 hint="materialize it first, or pass from_source=True",
             )
-        return ViewRequest(view, features, OFFLINE_STORE, _present(view, files))
+        return ViewRequest(view, features, OFFLINE_STORE, files, _dataset(ctx, view, name))
     covered = bool(files) and earliest is not None and _covered(ctx, view, earliest, latest)
     if not covered:
         return ViewRequest(view, features, SOURCE, files)
-    return ViewRequest(view, features, OFFLINE_STORE, _present(view, files))
+    return ViewRequest(view, features, OFFLINE_STORE, files, _dataset(ctx, view, name))
 
 
-def _present(view: AnyView, files: list[Path]) -> list[Path]:
-    """``files``, once each is known to be on disk: the offline store lists them, and one
-    deleted by hand must be an error that says so, not DuckDB's, and never a silent gap."""
-    gone = [f for f in files if not f.exists()]
-    if gone:
+def _dataset(ctx: Runtime, view: AnyView, name: str) -> Any:
+    """The view's offline table as a dataset (local or S3), once each listed file is known to
+    exist: one deleted by hand must be an error that says so, not DuckDB's, and never a silent
+    gap."""
+    from contextkit.stores.errors import StoreFailure, StoreUnavailable
+
+    try:
+        found = ctx.offline.dataset(name)
+    except StoreUnavailable as exc:
+        gone = exc.message.split(" file(s) of offline table", 1)[0]
         raise StoreUnavailableError(
-            f"{len(gone)} of the {len(files)} offline file(s) of view {view.name!r} are gone, "
-            f"such as {str(gone[0])!r}",
+            f"{gone} offline file(s) of view {view.name!r} are gone ({exc.message})",
             hint=f"rebuild them with `contextkit materialize {view.name} --full`, or pass "
             "from_source=True to compute the features from the sources",
+        ) from None
+    except StoreFailure as exc:  # the object store down, or refusing the credentials
+        raise translate_store_errors(exc) from exc
+    if found is None:
+        raise NotFoundError(
+            f"view {view.name!r} has no offline data",
+            hint="materialize it first, or pass from_source=True",
         )
-    return files
+    return found
 
 
 def _covered(ctx: Runtime, view: FeatureViewSpec, earliest: datetime, latest: datetime) -> bool:

@@ -103,9 +103,17 @@ class JobMonitor:
         return f"SELECT * FROM {TEMP}"
 
     def check_staged(self, con: duckdb.DuckDBPyConnection, write: Any) -> None:
-        """Measure and check the rows of a staged offline write (a ``StagedWrite``): its files
-        named ``new-*`` hold the job's rows (``kept-*`` ones, rows kept from before)."""
-        self.check_files(con, sorted(str(p) for p in write.staging.rglob("new-*.parquet")))
+        """Measure and check the rows of a staged offline write (a ``StagedWrite``): the job's
+        own rows (``new_rows()``, not those kept from before), local or staged for S3."""
+        rows = write.new_rows()
+        if rows is None:
+            self._measure(con, None, "offline")
+            return
+        con.register("__staged_new_rows", rows)
+        try:
+            self._measure(con, "__staged_new_rows", "offline")
+        finally:
+            con.unregister("__staged_new_rows")
 
     def check_files(self, con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> None:
         """Measure and check the offline rows in Parquet ``files``."""

@@ -359,15 +359,3 @@ def measure_vectors(
             if shift is not None:
                 out["drift"] = {"centroid_shift": shift, "reference_job": reference.get("job_id")}
     return out
-
-
-def sample_vectors(path: Any, table: str, limit: int = VECTOR_SAMPLE) -> Any:
-    """Up to ``limit`` vectors of a LanceDB table (its first rows) as a numpy matrix."""
-    import lancedb
-    import numpy as np
-
-    handle = lancedb.connect(str(path)).open_table(table)
-    column = handle.search().select(["vector"]).limit(limit).to_arrow().column("vector")
-    values = column.combine_chunks()
-    flat = np.asarray(values.values.to_numpy(zero_copy_only=False))
-    return flat.reshape(-1, values.type.list_size)

@@ -36,7 +36,7 @@ class SourceChecks:
             raw = source.model_copy(update={"timestamp_field": None})
             try:
                 columns = transformations.describe(
-                    con, transformations.source_scan_sql(raw, self.root)
+                    con, transformations.source_scan_sql(raw, self.root, con)
                 )
             except Exception as exc:
                 self.error(
