@@ -24,8 +24,8 @@ The MCP answers are checked against the HTTP one (same features, same documents,
 before timing. The server's and this client's CPU time per request are printed beside the wall
 times: unlike wall times, they hardly move with other processes' load.
 
-    python bench/mcp.py                      # ~2-4 min on 2 cores
-    python bench/mcp.py --requests 300       # quicker
+    python bench/mcp_latency.py                      # ~2-4 min on 2 cores
+    python bench/mcp_latency.py --requests 300       # quicker
 
 Only 127.0.0.1 is contacted; the server is stopped at the end, also on errors.
 """
@@ -341,7 +341,7 @@ async def measure(port: int, key: str, args: argparse.Namespace, meter: CpuMeter
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = console()
-    out.print(f"[bold]bench/mcp.py[/]: {machine_line()}")
+    out.print(f"[bold]bench/mcp_latency.py[/]: {machine_line()}")
     work = Path(tempfile.mkdtemp(prefix="contextkit-bench-mcp-"))
     server = None
     try:
