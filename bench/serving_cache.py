@@ -59,7 +59,8 @@ offline_store: {type: parquet, path: .contextkit/offline}
 """
 END = datetime(2024, 6, 1, tzinfo=UTC)
 # This script's folder is first on sys.path when run as a file; a script there named like a
-# package the server imports (bench/mcp.py) would shadow it. Nothing here imports from bench/.
+# package the server imports would shadow it (as bench/mcp.py did before its rename). Nothing
+# here imports from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
