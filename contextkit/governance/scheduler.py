@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -131,7 +132,12 @@ class Scheduler:
             futures.append((interval, future))
         if wait:
             for interval, future in futures:
-                report.finished[interval.key] = future.result()
+                while True:  # keep the claims' leases alive while waiting
+                    try:
+                        report.finished[interval.key] = future.result(self.settings.lease_s / 4)
+                        break
+                    except FutureTimeout:
+                        self._renew(self.clock())
         return report
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
