@@ -99,6 +99,15 @@ MISTAKES = [
         [],
     ),
     (
+        "source argument typo",
+        'path="data/tickets.parquet", timestamp_field="ts")',
+        'path="data/tickets.parquet", timestamp_feild="ts")',
+        "timestamp_feild",
+        ["FileSource()", "'timestamp_feild'"],
+        ["did you mean timestamp_field?"],
+        [],
+    ),
+    (
         "pandas view reads a module-level constant",
         'tickets["resolution_min"] > 15',
         'tickets["resolution_min"] > SLOW_MINUTES',

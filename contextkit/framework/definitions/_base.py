@@ -46,11 +46,14 @@ def checked_arguments(func: F) -> F:
     def checked(*args: Any, **kwargs: Any) -> Any:
         unknown = [k for k in kwargs if k not in known]
         if unknown:
+            name = what
+            if func.__name__ == "__init__" and args:  # a subclass inheriting the check
+                name = type(args[0]).__name__
             frame = sys._getframe(1)
             close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else f"{what} takes: {', '.join(known)}"
+            hint = f"did you mean {close[0]}?" if close else f"{name} takes: {', '.join(known)}"
             raise DefinitionError(
-                f"{what}() got an unknown argument {unknown[0]!r}",
+                f"{name}() got an unknown argument {unknown[0]!r}",
                 location=f"{_shown(frame.f_code.co_filename)}:{frame.f_lineno}",
                 hint=hint,
             )

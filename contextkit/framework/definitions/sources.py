@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from contextkit.framework.definitions._base import Definition, caller_location
+from contextkit.framework.definitions._base import Definition, caller_location, checked_arguments
 from contextkit.framework.specs import (
     DatabaseSourceSpec,
     FieldSpec,
@@ -24,6 +24,7 @@ class FileSource(Definition):
 
     kind = "file_source"
 
+    @checked_arguments
     def __init__(
         self,
         name: str,
@@ -77,6 +78,7 @@ class DatabaseSource(Definition):
     dialect = ""
     label = "database"
 
+    @checked_arguments
     def __init__(
         self,
         name: str,
@@ -166,6 +168,7 @@ class PushSource(Definition):
 
     kind = "push_source"
 
+    @checked_arguments
     def __init__(
         self,
         name: str,
