@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -48,6 +49,11 @@ class SearchRequest(BaseModel):
     weights: list[float] | None = Field(
         None, description="Hybrid: weights of the vector and text lists, e.g. [1, 0.5]."
     )
+    rerank: str | dict[str, Any] | None = Field(
+        None,
+        description='A reranker stage: "local:<cross-encoder folder>" or {"model": <litellm '
+        'rerank model>, "depth": 50, "api_base": ..., "api_key_env": ...}.',
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -84,6 +90,32 @@ SEARCH_EXAMPLE = {
 }
 
 
+def _http_rerank(value: Any) -> Any:
+    """A request's ``rerank``: a model name, or ``{"model", "depth"}``. Where to call and with
+    which key (``api_base``, ``api_key_env``) and ``local:`` folders outside the repo are the
+    repo's to say (a ``Search`` in a service), never a request's."""
+    from contextkit.errors import BadRequestError
+
+    if value is None:
+        return None
+    options = {"model": value} if isinstance(value, str) else value
+    if not isinstance(options, dict):
+        raise BadRequestError("rerank must be a model name or an object")
+    refused = sorted(set(options) & {"api_base", "api_key_env"})
+    model = options.get("model")
+    if refused or (
+        isinstance(model, str)
+        and model.startswith("local:")
+        and (Path(model[6:]).is_absolute() or ".." in Path(model[6:]).parts)
+    ):
+        raise BadRequestError(
+            "a search request cannot name "
+            + (", ".join(refused) if refused else "a cross-encoder folder outside the repo"),
+            hint="declare the reranker on a Search of a service, or use a folder inside the repo",
+        )
+    return options
+
+
 def routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
@@ -102,6 +134,7 @@ def routes(state: ServerState) -> APIRouter:
         top_k = field(data, "top_k", int, required=False)
         filter_ = field(data, "filter", dict, required=False)
         mode = field(data, "mode", str, required=False) or "vector"
+        rerank = _http_rerank(data.get("rerank"))
         options = {
             name: value
             for name, kind in (
@@ -122,6 +155,7 @@ def routes(state: ServerState) -> APIRouter:
             filter=filter_,
             mode=mode,
             **options,
+            **({"rerank": rerank} if rerank is not None else {}),
         )
         return json_response(result.to_response())
 

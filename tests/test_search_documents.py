@@ -222,3 +222,62 @@ def test_plan_warns_when_texts_exceed_the_model_window_without_chunking(tmp_path
     ctx.apply(plan)
     assert ctx.plan(root).is_empty
     ctx.close()
+
+
+def tiny_cross_encoder(folder: Path) -> Path:
+    """A one-layer BERT cross-encoder with random weights, built and saved here (no download)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True)
+    words = ["garden", "hose", "part", "of", "doc", ".", *(str(i) for i in range(10))]
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])
+    )
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=128, num_labels=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_local_cross_encoder_reranks_the_candidates(tmp_path, openai_stub, monkeypatch):  # noqa: F811
+    from sentence_transformers import CrossEncoder
+
+    monkeypatch.setenv("STUB_OPENAI_KEY", "sk-test")
+    root = repo(tmp_path / "repo", openai_stub.base_url)
+    model = tiny_cross_encoder(root / "models" / "tiny-ce")
+    ctx = contextkit.connect(root, "prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize(["doc_text"])
+    first = ctx.search("doc_text", "garden hose part 3", top_k=12, mode="text")
+    result = ctx.search(
+        "doc_text", "garden hose part 3", top_k=4, mode="text",
+        rerank={"model": "local:models/tiny-ce", "depth": 12},
+    )  # fmt: skip
+    assert len(result) == 4
+    assert result.timings_ms["rerank"] > 0 and result.timings_ms["rerank_candidates"] == 12
+    expected = CrossEncoder(str(model)).predict([("garden hose part 3", h["text"]) for h in first])
+    by_id = {h["id"]: float(s) for h, s in zip(first, expected, strict=True)}
+    best = sorted(by_id.values(), reverse=True)[:4]
+    assert [h["score"] for h in result] == pytest.approx(best, abs=1e-5)
+    for h in result:
+        assert h["scores"]["rerank"] == pytest.approx(by_id[h["id"]], abs=1e-5)
+        assert h["scores"]["retrieval"] == next(f["score"] for f in first if f["id"] == h["id"])
+
+    with TestClient(create_app(ctx, auth=False), raise_server_exceptions=False) as client:
+        body = {"view": "doc_text", "query": "garden hose", "top_k": 2, "mode": "text"}
+        ok = client.post("/v1/search", json={**body, "rerank": "local:models/tiny-ce"})
+        assert ok.status_code == 200, ok.text
+        assert "rerank" in ok.json()["metadata"]["timings_ms"]
+        for refused in (f"local:{model}", {"model": "cohere/x", "api_base": "http://10.0.0.1"}):
+            bad = client.post("/v1/search", json={**body, "rerank": refused})
+            assert bad.status_code == 400, bad.text
+        missing = client.post("/v1/search", json={**body, "rerank": "local:models/none"})
+        assert missing.status_code == 400 and "does not exist" in missing.text
+    ctx.close()

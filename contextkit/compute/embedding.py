@@ -279,13 +279,20 @@ def search_view(
     fusion: str | None = None,
     depth: int | None = None,
     weights: Sequence[float] | None = None,
+    rerank: Any = None,
+    root: Path | None = None,
 ) -> Documents:
     """Search one embedding view (see :meth:`contextkit.client.Context.search`).
 
     ``group_by="document"``: the ``top_k`` best documents instead of chunks, each scored by its
     best chunk, which comes along as its ``highlight`` (see :func:`group_documents`). Hybrid
     options: ``fusion`` (``"rrf"``, the default, or ``"blend"``), ``depth`` (candidates per
-    list) and ``weights`` (vector, text), see :meth:`LanceVectorStore.search`."""
+    list) and ``weights`` (vector, text), see :meth:`LanceVectorStore.search`. ``rerank``: a
+    reranker stage over the first ``depth`` candidates (see :mod:`contextkit.compute.rerank`;
+    ``root`` resolves a relative ``local:`` folder)."""
+    from contextkit.compute import rerank as reranking
+
+    rerank_with = reranking.rerank_options(rerank, root)
     hybrid: dict[str, Any] = {}
     if mode == "hybrid":
         hybrid = {"fusion": fusion or "rrf", "depth": depth}
@@ -322,8 +329,14 @@ def search_view(
             **hybrid,
         )
 
-    hits = group_documents(run, top_k) if group_by == "document" else run(top_k)
+    first = max(top_k, rerank_with.depth) if rerank_with is not None else top_k
+    hits = group_documents(run, first) if group_by == "document" else run(first)
     timings["search"] = (time.perf_counter() - began) * 1000
+    if rerank_with is not None:
+        began = time.perf_counter()
+        hits = reranking.rerank(rerank_with, query or "", hits, top_k)
+        timings["rerank"] = (time.perf_counter() - began) * 1000
+        timings["rerank_candidates"] = float(first)
     return Documents(view.name, mode, hits, timings)
 
 

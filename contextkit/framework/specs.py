@@ -275,6 +275,8 @@ class SearchSpec(_Spec):
     fusion: Literal["rrf", "blend"] | None = None
     depth: int | None = None
     weights: tuple[float, float] | None = None
+    # a reranker stage: {"model": "local:<folder>" | <litellm rerank model>, "depth": 50, ...}
+    rerank: dict[str, Any] | None = None
 
 
 class RequestFieldSpec(_Spec):

@@ -446,6 +446,8 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
                         fusion=spec.fusion,
                         depth=spec.depth,
                         weights=spec.weights,
+                        rerank=spec.rerank,
+                        root=ctx.config.root.resolve(),
                     )
                     out.append((spec.name, value, (time.perf_counter() - began) * 1000))
             return out

@@ -34,6 +34,9 @@ class Search:
     ``highlight``. Hybrid searches take ``fusion`` (``"rrf"``: reciprocal rank fusion, the
     default; ``"blend"``: min-max normalised scores summed), ``depth`` (candidates per list,
     default ``max(2 x top_k, 20)``) and ``weights`` (vector, text; default ``(1, 1)``).
+    ``rerank`` adds a reranker stage over the first ``depth`` (50) candidates:
+    ``"local:<cross-encoder folder>"`` or a litellm rerank model, e.g.
+    ``{"model": "cohere/rerank-english-v3.0", "depth": 50, "api_key_env": "COHERE_API_KEY"}``.
     """
 
     @checked_arguments
@@ -50,6 +53,7 @@ class Search:
         fusion: str | None = None,
         depth: int | None = None,
         weights: Sequence[float] | None = None,
+        rerank: str | Mapping[str, Any] | None = None,
     ) -> None:
         self.view = view
         view_name = view if isinstance(view, str) else view.name
@@ -84,6 +88,16 @@ class Search:
                     "(vector, text)"
                 )
         self.fusion, self.depth, self.weights = fusion, depth, weights
+        if isinstance(rerank, str):
+            rerank = {"model": rerank}
+        if rerank is not None and (
+            not isinstance(rerank, Mapping) or not isinstance(rerank.get("model"), str)
+        ):
+            raise ValueError(
+                f"Search over {view_name!r}: rerank must be a model name or "
+                '{"model": ..., "depth": 50}'
+            )
+        self.rerank = dict(rerank) if rerank is not None else None
 
     def to_spec(self) -> SearchSpec:
         return SearchSpec(
@@ -97,6 +111,7 @@ class Search:
             fusion=self.fusion,  # type: ignore[arg-type]
             depth=self.depth,
             weights=self.weights,  # type: ignore[arg-type]
+            rerank=self.rerank,
         )
 
 

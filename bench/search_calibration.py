@@ -1,0 +1,163 @@
+"""Calibrated vector search on REAL embeddings: numpy exact vs raw LanceDB (ANN with its
+defaults, and flat) vs contextkit's store (the calibrated plan, and the calibrated ANN forced).
+
+Vectors: ``bench/search_corpus.py`` (real passages from the man pages and Python's standard
+library, encoded by the packaged all-MiniLM-L6-v2 through ONNX int8); queries: the eval sets'
+queries (``bench/evalsets``), encoded the same way, so queries are not rows of the table. Per
+size, one table is written through ``LanceVectorStore.apply_changes`` + ``ensure_indexes`` (the
+calls ``materialize`` makes; ANN index and calibration included, ``ann_min_rows`` lowered so
+every size gets an index) and then, in ``--rounds`` interleaved rounds:
+
+* ``numpy exact``: brute-force cosine over the float32 matrix (the truth for recall@10);
+* ``lancedb ann default``: ``table.search(q).distance_type("cosine").limit(10)`` (ef = 1.5 x k);
+* ``lancedb flat``: the same with ``bypass_vector_index()``;
+* ``store calibrated``: ``LanceVectorStore.search`` following the calibrated plan;
+* ``store ann calibrated``: the store, on a copy of the table, with a memory bound that rules
+  the exact copy out, so the ANN serves with its calibrated parameters.
+
+    python bench/search_corpus.py --rows 20000           # encode once (slow on 2 cores)
+    python bench/search_calibration.py --sizes 20000 --queries 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from contextkit.stores.vector import LanceVectorStore
+
+
+def table_rows(vectors: np.ndarray, texts: list[str]) -> pa.RecordBatch:
+    n, dim = vectors.shape
+    ids = [f"p{i}" for i in range(n)]
+    digest = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+    return pa.record_batch(
+        {
+            "id": pa.array([f"{i}#0" for i in ids]),
+            "passage": pa.array(ids),
+            "chunk_index": pa.array([0] * n, pa.int32()),
+            "char_offset": pa.array([0] * n, pa.int64()),
+            "text": pa.array(texts),
+            "content_hash": pa.array(digest),
+            "row_hash": pa.array(digest),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+        }
+    )
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray, args) -> dict:
+    vectors = vectors[:n]
+    folder = Path(tempfile.mkdtemp(prefix=f"ck-search-{n}-"))
+    began = time.perf_counter()
+    store = LanceVectorStore(folder, ann_min_rows=min(n, 20_000))
+    store.apply_changes("t", [table_rows(vectors, texts[:n])], dim=vectors.shape[1],
+                        key_columns=["passage"])  # fmt: skip
+    report = store.ensure_indexes("t")
+    build_s = time.perf_counter() - began
+    plan = report.plan
+    # The forced-ANN store works on a copy: a plan is stored with the tables, and its
+    # calibration must not replace the one the calibrated store follows.
+    forced_folder = folder.with_name(folder.name + "-ann")
+    shutil.copytree(folder, forced_folder)
+    forced = LanceVectorStore(forced_folder, exact_cache_max_bytes=1)
+    began = time.perf_counter()
+    forced_plan = forced.calibrate("t")
+    calibrate_s = time.perf_counter() - began
+    served = LanceVectorStore(folder)
+    served.warm("t")
+    assert served.search_plan("t") == plan
+    forced.warm("t")
+    import lancedb
+
+    raw = lancedb.connect(str(folder)).open_table("t")
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    k = 10
+
+    def numpy_exact(q):
+        sims = np.einsum("ij,j->i", unit, q / np.linalg.norm(q))
+        top = np.argpartition(-sims, k)[:k]
+        return [f"p{i}#0" for i in top[np.argsort(-sims[top])]]
+
+    def lance(q, flat=False):
+        b = raw.search(q).distance_type("cosine").limit(k).select(["id"])
+        if flat:
+            b = b.bypass_vector_index()
+        return b.to_arrow().column("id").to_pylist()
+
+    paths = {
+        "numpy exact": numpy_exact,
+        "lancedb ann default": lance,
+        "lancedb flat": lambda q: lance(q, flat=True),
+        "store calibrated": lambda q: [h["id"] for h in served.search("t", vector=q, top_k=k)],
+        "store ann calibrated": lambda q: [h["id"] for h in forced.search("t", vector=q, top_k=k)],
+    }
+    truth = [set(numpy_exact(q)) for q in queries]
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    recall: dict[str, float] = {}
+    for name, fn in paths.items():  # untimed: recall, and warm-up
+        hits = sum(len(set(fn(q)) & t) for q, t in zip(queries, truth, strict=True))
+        recall[name] = hits / (k * len(queries))
+    order = list(paths)
+    per_round = np.array_split(np.arange(len(queries)), args.rounds)
+    for r, part in enumerate(per_round):
+        for name in order[r % len(order):] + order[: r % len(order)]:
+            fn = paths[name]
+            for i in part:
+                began = time.perf_counter()
+                fn(queries[i])
+                times[name].append((time.perf_counter() - began) * 1000)
+    return {
+        "rows": n,
+        "build_s": round(build_s, 1),
+        "plan": plan.as_dict() if plan else None,
+        "forced_ann_plan": forced_plan.as_dict(),
+        "calibrate_s": round(calibrate_s, 1),
+        "paths": {
+            p: {"recall@10": round(recall[p], 4), "p50_ms": round(pct(times[p], 50), 3),
+                "p99_ms": round(pct(times[p], 99), 3)}
+            for p in paths
+        },  # fmt: skip
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=Path("/tmp/ckbench"))
+    ap.add_argument("--vectors", default="vectors_20000.npy")
+    ap.add_argument("--sizes", default="20000")
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    vectors = np.load(args.data / args.vectors)
+    texts = (args.data / "texts.txt").read_text().split("\n")
+    rng = np.random.default_rng(7)
+    all_q = np.load(args.data / "queries.npy")
+    queries = all_q[rng.choice(len(all_q), size=min(args.queries, len(all_q)), replace=False)]
+    out = []
+    for n in sorted(int(s) for s in args.sizes.split(",")):
+        if n > len(vectors):
+            print(f"skipping {n}: only {len(vectors)} encoded vectors", file=sys.stderr)
+            continue
+        result = run_size(n, vectors, texts, queries, args)
+        out.append(result)
+        print(json.dumps(result, indent=1), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
