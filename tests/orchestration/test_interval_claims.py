@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 INTERVALS = 40
 WORKER = """
 import json, sys
@@ -78,3 +80,38 @@ def test_postgres_processes_claim_each_interval_once(postgres_server):
     finally:
         registry.close()
 
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_queued_job_lifecycle(backend, tmp_path, request):
+    """Queued -> running (by its worker) -> cancel requested -> cancelled, and a cancelled
+    queued job is never started, on both registries."""
+    if backend == "postgres":
+        from contextkit.stores.postgres_registry import PostgresRegistry
+
+        registry = PostgresRegistry(request.getfixturevalue("postgres_server").create_database())
+    else:
+        from contextkit.stores.registry import SQLiteRegistry
+
+        registry = SQLiteRegistry(tmp_path / "registry.db")
+    from contextkit.stores.errors import MissingError
+
+    try:
+        first = registry.queue_job("prod", "v", range_start=None, range_end="2024-05-02",
+                                   request={"full": True})  # fmt: skip
+        second = registry.queue_job("prod", "v", range_start=None, range_end=None, request={})
+        assert [j.id for j in registry.active_jobs("prod", "v")] == [first, second]
+        assert registry.job_request(first) == {"full": True}
+        assert registry.start_job("prod", "v", job_id=first, spec_hash="h") == first
+        assert registry.get_job(first).status == "running"
+        assert not registry.cancel_requested(first)
+        assert registry.request_cancel(first, 1.0) == "running"
+        assert registry.cancel_requested(first)
+        registry.finish_job(first, "cancelled", error="cancelled")
+        assert registry.request_cancel(second, 1.0) == "cancelled"
+        with pytest.raises(MissingError):
+            registry.start_job("prod", "v", job_id=second)
+        assert registry.get_job(second).status == "cancelled"
+        assert registry.active_jobs() == []
+        assert registry.request_cancel("nope", 1.0) is None
+    finally:
+        registry.close()

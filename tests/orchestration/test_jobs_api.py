@@ -184,12 +184,15 @@ def test_apply_over_http_with_an_admin_key(plane, tmp_path):
     ci = tmp_path / "ci-checkout"  # what a pipeline has: the repo and its data, no registry
     shutil.copytree(repo, ci, ignore=shutil.ignore_patterns(".contextkit"))
     defs = (ci / "sched_defs.py").read_text()
-    (ci / "sched_defs.py").write_text(defs + textwrap.dedent('''
+    (ci / "sched_defs.py").write_text(
+        defs
+        + textwrap.dedent("""
         @batch_feature_view(sources=[events], entities=[user], mode="sql",
                             features=[Attribute("x")])
         def added_in_ci(events):
             return f"SELECT user_id, x, ts FROM {events}"
-        '''))
+        """)
+    )
     before = ctx.registry.get_workspace("prod").version
     refused = cli("apply", "-r", str(ci), "-w", "prod", "--yes", "--remote", base,
                   "--key", keys["reader"], cwd=ci)  # fmt: skip
