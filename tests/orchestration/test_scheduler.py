@@ -5,6 +5,7 @@ and a job cancelled mid-run that leaves the stores as they were."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import timedelta
 
 import duckdb
@@ -197,3 +198,11 @@ def test_cancel_mid_job_leaves_the_stores_unchanged(repo, ctx, tmp_path):
     assert job.status == "cancelled"
     after = (offline_state(ctx), ctx.get_features("svc", entities={"user_id": [1, 2]}).to_dict())
     assert after == before
+
+
+def test_concurrency_limit_per_scheduler(ctx):
+    one = Scheduler(ctx.runtime, clock=Clock(NOW), settings=replace(SETTINGS, concurrency=1))
+    report = one.tick(wait=True)
+    assert report.planned == 9 and len(report.claimed) == 1  # three views due, one at a time
+    two = Scheduler(ctx.runtime, clock=Clock(NOW), settings=SETTINGS)
+    assert len(two.tick(wait=True).claimed) == 2
