@@ -22,7 +22,7 @@ DAY = 86400
 
 CONFIG = """\
 project: sched
-registry: .contextkit/registry.db
+registry: REGISTRY
 online_store: {type: sqlite, path: .contextkit/online.db}
 offline_store: {type: parquet, path: .contextkit/offline}
 """
@@ -81,12 +81,15 @@ def events_table() -> pa.Table:
     )
 
 
-def build(root: Path, gate: Path, *, dev: bool = True) -> Path:
-    """Write and apply the repo (workspace ``prod`` live, and ``dev`` a dev workspace); the
-    ``broken`` view's source is corrupted after the apply. Nothing is materialized."""
+def build(
+    root: Path, gate: Path, *, dev: bool = True, registry: str = ".contextkit/registry.db"
+) -> Path:
+    """Write and apply the repo (workspace ``prod`` live, and ``dev`` a dev workspace; the
+    registry a SQLite path or a PostgreSQL URL); then ``broken`` starts failing. Nothing is
+    materialized."""
     (root / "data").mkdir(parents=True, exist_ok=True)
     (gate / "calls").mkdir(parents=True, exist_ok=True)
-    (root / "contextkit.yaml").write_text(CONFIG)
+    (root / "contextkit.yaml").write_text(CONFIG.replace("REGISTRY", registry))
     defs = textwrap.dedent(DEFS) + GATED.replace("GATE", repr(str(gate)))
     (root / "sched_defs.py").write_text(defs)
     pq.write_table(events_table(), root / "data" / "events.parquet")

@@ -37,7 +37,14 @@ def repo(tmp_path):
     return root
 
 
-def test_two_schedulers_racing_never_run_an_interval_twice(repo):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_schedulers_racing_never_run_an_interval_twice(backend, tmp_path, request):
+    if backend == "postgres":  # the same race on a PostgreSQL registry
+        url = request.getfixturevalue("postgres_server").create_database()
+        repo = build(tmp_path / "repo", tmp_path / "gate", dev=False, registry=url)
+        (tmp_path / "gate" / "break").unlink()
+    else:
+        repo = request.getfixturevalue("repo")
     claimed = 0
     for _round in range(4):  # a view's intervals run in order: one per view and round
         racing = [
