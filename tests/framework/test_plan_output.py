@@ -244,6 +244,12 @@ def test_plan_json_and_detailed_exitcode_from_the_cli(repo):
     ctx.create_workspace("prod", live=True)
     ctx.close()
 
+    # What `contextkit plan` prints is the plan's text, line for line (not cut when piped).
+    text = run_cli(repo, "plan")
+    ctx = contextkit.connect(repo, "prod")
+    assert text.returncode == 0 and text.stdout == format_plan(ctx.plan(repo)) + "\n"
+    ctx.close()
+
     pending = run_cli(repo, "plan", "--json", "--detailed-exitcode")
     assert pending.returncode == 2, pending.stderr
     data = json.loads(pending.stdout)
