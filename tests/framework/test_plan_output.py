@@ -141,8 +141,11 @@ STEPS = [
     ("01_create", None),
     (
         "02_template_edit",
-        ("Keep answers short.", "Keep answers short and link the article you used.",
-         "templates/system.jinja"),
+        (
+            "Keep answers short.",
+            "Keep answers short and link the article you used.",
+            "templates/system.jinja",
+        ),
     ),
     (
         "03_feature_added",
