@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -329,7 +330,7 @@ def events_table(scale: float = 1.0):
         {
             "user_id": pa.array(range(n), pa.int64()),
             "x": pa.array([i * scale for i in range(n)], pa.float64()),
-            "ts": pa.array([DATA_END.replace(day=1)] * n, pa.timestamp("us", tz="UTC")),
+            "ts": pa.array([DATA_END - timedelta(days=1)] * n, pa.timestamp("us", tz="UTC")),
         }
     )
 
@@ -439,4 +440,49 @@ def test_two_nodes_serve_one_deployment_and_ride_out_store_outages(
     finally:
         for node in nodes:
             node.stop()
+        ctx.close()
+
+
+# -- sources and offline reads on S3 --------------------------------------------------------------
+
+
+def test_an_s3_file_source_materializes_and_offline_reads_come_from_s3(
+    make_repo, s3_server, s3_env, monkeypatch
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    bucket = s3_server.create_bucket()
+    s3 = fs.S3FileSystem(
+        endpoint_override=s3_server.endpoint,
+        scheme="http",
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        region=s3_server.region,
+    )
+    pq.write_table(events_table(scale=2.0), f"{bucket}/raw/events.parquet", filesystem=s3)
+    defs = DEFS.replace('path="data/events.parquet"', f'path="s3://{bucket}/raw/events.parquet"')
+    root = make_repo({"defs.py": defs})
+    monkeypatch.setenv("CONTEXTKIT_OFFLINE_STORE", f"s3://{bucket}/offline")
+    ctx = contextkit.connect(root, WORKSPACE)
+    try:
+        ctx.create_workspace(WORKSPACE, live=True)
+        ctx.apply(ctx.plan(root))  # validation reads the source's schema from S3
+        [job] = ctx.materialize(end=DATA_END)
+        assert job.status == "succeeded" and job.rows_offline == 20
+        online = ctx.get_features("svc", entities={"user_id": [3, 7]}).to_dict()
+        assert online["latest.x"] == [6.0, 14.0]
+        assert not (root / ".contextkit" / "offline").exists()  # the offline store is S3
+
+        events = pa.table(
+            {
+                "user_id": pa.array([3, 7], pa.int64()),
+                "ts": pa.array([DATA_END, DATA_END], pa.timestamp("us", tz="UTC")),
+            }
+        )
+        for from_source in (False, True):  # the offline store on S3, then the S3 source
+            got = ctx.get_features_for_events(events, "svc", from_source=from_source).to_arrow()
+            assert got.column("latest__x").to_pylist() == [6.0, 14.0], from_source
+    finally:
         ctx.close()
