@@ -15,6 +15,7 @@ no traceback reaches the user. Heavy libraries are imported inside commands so `
 from contextkit.cli import repo, workspaces, jobs, monitoring, datasets, access, serve  # noqa: F401
 from contextkit.cli import control  # noqa: F401 - scheduler, control-plane
 from contextkit.cli import online  # noqa: F401
+from contextkit.cli import eval  # noqa: F401 - contextkit eval
 
 # isort: on
 from contextkit.cli.entry import main
