@@ -437,6 +437,10 @@ def test_two_nodes_serve_one_deployment_and_ride_out_store_outages(
             postgres_server.start()
         for base in bases:
             wait_for(lambda base=base: values(base) == first[0], "serving again after Postgres")
+        for node in nodes:  # the outages were logged, the password never
+            log = node.log()
+            assert "store_error" in log or "503" in log
+            assert redis.password not in log
     finally:
         for node in nodes:
             node.stop()
