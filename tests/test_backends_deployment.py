@@ -307,6 +307,28 @@ def test_apply_with_a_read_only_role_is_refused_and_changes_nothing(make_repo, p
         ctx.close()
 
 
+def test_a_registry_of_a_newer_schema_is_refused_naming_it_and_left_as_it_is(
+    tmp_path, postgres_server
+):
+    from contextkit.errors import RegistryError
+
+    url = postgres_server.create_database()
+    registry = PostgresRegistry(url)
+    with registry._db.connection("writing a newer version") as con:
+        con.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    registry.close()
+    root = write_config(tmp_path / "r", f"registry: {url}\n")
+    with pytest.raises(RegistryError) as err:
+        contextkit.connect(root)
+    assert "999" in err.value.message or "newer" in err.value.message
+    assert err.value.hint
+    import psycopg
+
+    with psycopg.connect(url) as con:
+        [(version,)] = con.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version == "999"
+
+
 DEFS = """
 from datetime import timedelta
 from contextkit import Attribute, ContextService, Entity, FileSource, batch_feature_view
