@@ -121,6 +121,10 @@ def get_token_counter(model: str | None = None) -> TokenCounter:
     """The :class:`TokenCounter` for ``model`` (None: the approximation). Never uses the network."""
     if not model:
         return _approximate(None, "no model given")
+    from .llm import ECHO_MODEL
+
+    if model == ECHO_MODEL:  # answered locally: importing litellm (seconds) would buy nothing
+        return _approximate(model, "the built-in echo model has no tokenizer")
     try:
         from ._litellm import load_litellm
 

@@ -115,3 +115,20 @@ def test_openai_client_chats_with_a_service_on_the_echo_model(server):
     chunks = client.chat.completions.create(**chat, stream=True)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text
+
+
+def test_the_echo_model_never_imports_litellm():
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, sys\n"
+        "from contextkit.prompts.llm import complete\n"
+        "from contextkit.prompts.tokens import count_tokens\n"
+        "asyncio.run(complete('hi', 'contextkit/echo'))\n"
+        "assert count_tokens('hello there', 'contextkit/echo') > 0\n"
+        "print('litellm' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
