@@ -158,3 +158,51 @@ def test_an_ingest_while_redis_is_down_is_logged_and_applied_when_it_returns(sho
     assert got["last_click.price"] == [9.5] and got["click_count.price_count_1d"] == [1]
     log = ingest_log(ctx.runtime)
     assert log is not ctx.online and len(log.read_log("prod__clicks__log", [], 0, 10)) == 1
+
+
+def test_contextkit_online_rebuild_restores_an_emptied_redis(make_repo, redis_factory, monkeypatch):
+    """The CLI on a repo whose online store is Redis by configuration (CONTEXTKIT_ONLINE_STORE)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    server = redis_factory()
+    monkeypatch.setenv("CONTEXTKIT_ONLINE_STORE", server.url)
+    events = pa.table(
+        {
+            "user_id": pa.array(range(5), pa.int64()),
+            "x": pa.array([float(i) for i in range(5)], pa.float64()),
+            "ts": pa.array([T0] * 5, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    root = make_repo({"defs.py": DEFS}, data={"events.parquet": events})
+    ctx = contextkit.connect(root, workspace="prod")
+    assert isinstance(ctx.online, RedisOnlineStore)
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize(end=T0 + timedelta(days=1))
+    now = datetime.now(UTC).isoformat()
+    ingest_records(ctx, "clicks", [{"user_id": 2, "price": 4.5, "ts": now}])
+    server.kill()
+    server.restart()
+    assert served(ctx, [2]) == {
+        "profile.x": [None], "last_click.price": [None], "click_count.price_count_1d": [None]
+    }  # fmt: skip
+    cli = Path(sys.executable).with_name("contextkit")
+    done = subprocess.run(
+        [str(cli), "online", "rebuild", "--repo", str(root), "--workspace", "prod", "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    result = json.loads(done.stdout)
+    assert result["batch_rows"] == {"profile": 5} and result["log_rows"] == {"clicks": 1}
+    assert served(ctx, [2]) == {
+        "profile.x": [2.0], "last_click.price": [4.5], "click_count.price_count_1d": [1]
+    }  # fmt: skip
+    bad = subprocess.run(
+        [str(cli), "online", "rebuild", "nope", "--repo", str(root), "--workspace", "prod"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "no online feature view named 'nope'" in bad.stderr + bad.stdout
+    server.restart()
