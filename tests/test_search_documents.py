@@ -11,6 +11,7 @@ hosted embedding model (the network edge).
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -281,3 +282,87 @@ def test_a_local_cross_encoder_reranks_the_candidates(tmp_path, openai_stub, mon
         missing = client.post("/v1/search", json={**body, "rerank": "local:models/none"})
         assert missing.status_code == 400 and "does not exist" in missing.text
     ctx.close()
+
+
+class RerankStub:
+    """A Cohere-style ``POST /v1/rerank`` on 127.0.0.1: scores each document by how many of the
+    query's words it holds; records the requests; ``fail`` makes it answer 500."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        stub = self
+        self.requests: list[dict] = []
+        self.fail = False
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                      "body": body})  # fmt: skip
+                if stub.fail:
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b'{"message": "overloaded"}')
+                    return
+                words = set(body["query"].lower().split())
+                scored = [
+                    {"index": i, "relevance_score": float(len(words & set(d.lower().split())))}
+                    for i, d in enumerate(body["documents"])
+                ]
+                scored.sort(key=lambda r: -r["relevance_score"])
+                meta = {"billed_units": {"search_units": 1}}
+                out = json.dumps({"id": "r1", "results": scored[: body.get("top_n")],
+                                  "meta": meta}).encode()  # fmt: skip
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_hosted_rerank_model_through_litellm(tmp_path, openai_stub, monkeypatch):  # noqa: F811
+    from contextkit.errors import BadRequestError
+
+    monkeypatch.setenv("STUB_OPENAI_KEY", "sk-test")
+    monkeypatch.setenv("STUB_RERANK_KEY", "rr-secret")
+    root = repo(tmp_path / "repo", openai_stub.base_url)
+    ctx = contextkit.connect(root, "prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize(["doc_text"])
+    stub = RerankStub()
+    try:
+        options = {"model": "cohere/rerank-english-v3.0", "api_base": stub.url,
+                   "api_key_env": "STUB_RERANK_KEY", "depth": 8}  # fmt: skip
+        first = ctx.search("doc_text", "part 3 of doc 4", top_k=8, mode="text")
+        result = ctx.search("doc_text", "part 3 of doc 4", top_k=3, mode="text", rerank=options)
+        sent = stub.requests[-1]
+        # litellm speaks Cohere's v2 rerank API here
+        assert sent["path"].endswith("/rerank") and sent["auth"] == "Bearer rr-secret"
+        assert sent["body"]["documents"] == [h["text"] for h in first]  # the candidates, in order
+        words = {"part", "3", "of", "doc", "4"}
+        expected = sorted(
+            (float(len(words & set(h["text"].lower().split()))) for h in first), reverse=True
+        )[:3]
+        assert [h["score"] for h in result] == expected
+        assert all("retrieval" in h["scores"] for h in result)
+        assert result.timings_ms["rerank"] > 0
+        stub.fail = True
+        with pytest.raises(BadRequestError, match="rerank model 'cohere/rerank-english-v3.0'"):
+            ctx.search("doc_text", "part 3", top_k=3, mode="text", rerank=options)
+    finally:
+        stub.close()
+        ctx.close()
