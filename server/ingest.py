@@ -23,7 +23,6 @@ from contextkit.server.common import (
     field,
     json_response,
     ok_example,
-    parse_body,
     read_object,
 )
 from contextkit.server.features import body_schema
@@ -34,18 +33,17 @@ class IngestRequest(BaseModel):
 
     workspace: str | None = Field(None, description="Workspace; default: the server's.")
     source: str = Field(..., description="Name of a PushSource.")
-    records: list[Any] = Field(
+    records: list[dict[str, Any]] = Field(
         ...,
         description="Objects with every field of the source's schema, or "
-        '{"record": {...}, "idempotency_key": "..."} envelopes (a record that is neither is '
-        "reported by its index, with the others').",
+        '{"record": {...}, "idempotency_key": "..."} envelopes.',
     )
-    dry_run: bool | None = Field(
+    dry_run: bool = Field(
         False,
         description="Only validate, writing nothing: the answer counts what a real request would "
         "(records whose idempotency key is already logged are duplicates, not accepted).",
     )
-    partial: bool | None = Field(False, description="Write the valid records even if some are not.")
+    partial: bool = Field(False, description="Write the valid records even if some are not.")
 
     model_config = {
         "json_schema_extra": {
@@ -169,6 +167,13 @@ def _records(data: dict[str, Any]) -> tuple[str, list[Any], str | None]:
     return source, rows, field(data, "workspace", str, required=False)
 
 
+def _flags(data: dict[str, Any]) -> tuple[bool, bool]:
+    return (
+        bool(field(data, "dry_run", bool, required=False)),
+        bool(field(data, "partial", bool, required=False)),
+    )
+
+
 def routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
@@ -177,14 +182,12 @@ def routes(state: ServerState) -> APIRouter:
     )
     async def ingest(request: Request) -> Response:
         """Push records to a push source; the next read sees them."""
-        body = await parse_body(request, IngestRequest)
-        ctx = state.context(request, body.workspace, INGESTER)
+        data = await read_object(request)
+        source, records, workspace = _records(data)
+        dry_run, partial = _flags(data)
+        ctx = state.context(request, workspace, INGESTER)
         result = await run_in_threadpool(
-            ctx.ingest,
-            body.source,
-            body.records,
-            dry_run=bool(body.dry_run),
-            partial=bool(body.partial),
+            ctx.ingest, source, records, dry_run=dry_run, partial=partial
         )
         return json_response(result.to_response())
 
