@@ -18,10 +18,10 @@ with the vector store::
                             dim=encoder.dimension, key_columns=["doc_id"])
 
 Modules: ``encoders`` (the ``Encoder`` protocol, sentence-transformers / litellm / hash encoders,
-``build_encoder``, ``get_encoder``, ``encode_query``), ``onnx_encoder`` (the same local models on
-ONNX Runtime), ``onnx_export`` (exporting and caching their ONNX files), ``query_cache`` (the LRU
-of query vectors), ``chunking`` (character and token windows), ``pipeline``
-(``plan_encode`` -> ``EncodePlan``), ``errors`` (every error raised here).
+``encode_query``), ``models`` (``build_encoder``, ``get_encoder`` from a repo's ``models:``),
+``onnx_encoder`` (the same local models on ONNX Runtime), ``onnx_export`` (exporting and caching
+their ONNX files), ``query_cache`` (the LRU of query vectors), ``chunking`` (character and token
+windows), ``pipeline`` (``plan_encode`` -> ``EncodePlan``), ``errors`` (every error raised here).
 """
 
 from .chunking import Chunk, Chunker, whitespace_spans, whole_text
@@ -32,11 +32,8 @@ from .encoders import (
     HashEncoder,
     LiteLLMEncoder,
     SentenceTransformerEncoder,
-    build_encoder,
     encode_query,
-    get_encoder,
     l2_normalize,
-    model_configs,
     packaged_model_path,
 )
 from .errors import (
@@ -46,6 +43,7 @@ from .errors import (
     EncoderFailure,
     PipelineInputError,
 )
+from .models import build_encoder, get_encoder, model_configs
 from .onnx_encoder import OnnxEncoder
 from .onnx_export import OnnxArtifact, default_cache_dir, export_onnx
 from .pipeline import (

@@ -192,7 +192,7 @@ class EmbeddingViewChecks:
     ) -> tuple[str, int | None] | None:
         """The model's identity and dimension, from the config alone (no model load, no call)."""
         from contextkit.embeddings import Chunker, EmbeddingError, get_encoder
-        from contextkit.embeddings.encoders import known_dimension
+        from contextkit.embeddings.models import known_dimension
 
         try:
             encoder = get_encoder(view.model, models, base_dir=self.root)
