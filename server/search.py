@@ -78,7 +78,7 @@ SEARCH_EXAMPLE = {
         {
             "id": "1274#0",
             "text": "The Basecamp Co Zen 3 Waterproof Hiking Boots is a weatherproof ...",
-            "score": 0.0325,
+            "score": 1.62,
             "scores": {"vector": 0.71, "text": 6.2},
             "key": {"product_id": 1274},
             "metadata": {"name": "Basecamp Co Zen 3 Waterproof Hiking Boots", "price": 129.0},
