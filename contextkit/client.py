@@ -579,8 +579,18 @@ class Context:
         top_k: int = 10,
         filter: Mapping[str, Any] | None = None,
         mode: str = "vector",
+        group_by: str | None = None,
+        fusion: str | None = None,
+        depth: int | None = None,
+        weights: Sequence[float] | None = None,
+        rerank: str | Mapping[str, Any] | None = None,
     ) -> Documents:
-        """The ``top_k`` chunks of an embedding view most similar to ``query`` (or ``vector``).
+        """The ``top_k`` chunks of an embedding view most similar to ``query`` (or ``vector``);
+        with ``group_by="document"`` the ``top_k`` best documents, each scored by its best
+        chunk, which it carries as ``highlight``. Hybrid: ``fusion`` (``"blend"``, default, or
+        ``"rrf"``), ``depth`` (candidates per list, 50) and ``weights`` (vector, text).
+        ``rerank``: a reranker stage (``"local:<cross-encoder folder>"`` or a litellm rerank
+        model, see :mod:`contextkit.compute.rerank`).
 
         ``mode``: ``"vector"`` (cosine similarity of the query encoded with the view's model),
         ``"text"`` (BM25 full-text) or ``"hybrid"`` (both, fused by reciprocal rank).
@@ -607,6 +617,12 @@ class Context:
                 top_k=top_k,
                 filter=filter,
                 mode=mode,
+                group_by=group_by,
+                fusion=fusion,
+                depth=depth,
+                weights=weights,
+                rerank=rerank,
+                root=self.config.root.resolve(),
             )
 
     def warm(self) -> None:
