@@ -203,9 +203,6 @@ class RateLimitedError(ContextKitError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
-_LEAF_MODULES = ("contextkit.embeddings", "contextkit.prompts", "contextkit.stores")
-
-
 class JobConflictError(ContextKitError):
     """A job action that does not fit the job's state: cancelling a finished job, retrying one
     that still runs."""
@@ -220,6 +217,9 @@ class JobCancelledError(ContextKitError):
 
     code = "job_cancelled"
     http_status = 409
+
+
+_LEAF_MODULES = ("contextkit.embeddings", "contextkit.prompts", "contextkit.stores")
 
 
 class ExpectationFailedError(ContextKitError):

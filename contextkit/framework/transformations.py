@@ -268,7 +268,7 @@ def compile_python_transformation(view: FeatureViewSpec) -> Callable[..., Any]:
     return namespace[view.function_name]
 
 
-def _aggregate_expr(
+def aggregate_expr(
     feature: AggregateSpec,
     ts: str,
     dtype: str | None,
@@ -314,7 +314,7 @@ def aggregate_dtype(feature: AggregateSpec, column_dtype: str | None) -> str | N
     return column_dtype
 
 
-def _window_clause(seconds: int) -> str:
+def window_clause(seconds: int) -> str:
     micros = seconds * 1_000_000 - 1
     return f"RANGE BETWEEN to_microseconds({micros}) PRECEDING AND CURRENT ROW"
 
@@ -378,10 +378,10 @@ def offline_features_sql(
     for f in view.features:
         assert isinstance(f, AggregateSpec)
         column_dtype = dtypes.get(f.column) if f.column else None
-        expr = _aggregate_expr(f, ts, column_dtype, over=f"w{f.window_seconds}")
+        expr = aggregate_expr(f, ts, column_dtype, over=f"w{f.window_seconds}")
         exprs.append(f"{expr} AS {quote(f.name)}")
     window_defs = ", ".join(
-        f"w{s} AS (PARTITION BY {partition} ORDER BY {ts} {_window_clause(s)})" for s in windows
+        f"w{s} AS (PARTITION BY {partition} ORDER BY {ts} {window_clause(s)})" for s in windows
     )
     sql = (
         f"SELECT {', '.join(keys)}, {ts} AS {EVENT_TIMESTAMP}, {', '.join(exprs)} "
@@ -428,7 +428,7 @@ def online_features_sql(ws: Workspace, view: FeatureViewSpec, as_of: datetime) -
         assert isinstance(f, AggregateSpec)
         lo = ts_literal(as_of - timedelta(seconds=f.window_seconds))
         column_dtype = dtypes.get(f.column) if f.column else None
-        expr = _aggregate_expr(f, ts, column_dtype, where=f"{ts} > {lo}")
+        expr = aggregate_expr(f, ts, column_dtype, where=f"{ts} > {lo}")
         exprs.append(f"{expr} AS {quote(f.name)}")
     ttl_lo = ts_literal(as_of - timedelta(seconds=ttl))
     return (

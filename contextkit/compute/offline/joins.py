@@ -25,9 +25,9 @@ from contextkit.framework.specs import (
 )
 from contextkit.framework.transformations import (
     EVENT_TIMESTAMP,
-    _aggregate_expr,
-    _window_clause,
+    aggregate_expr,
     quote,
+    window_clause,
 )
 from contextkit.types import (
     dtype_from_duckdb,
@@ -145,7 +145,7 @@ def aggregate_join(
     partition = ", ".join(keys)
     windows = sorted({f.window_seconds for f in view.features if isinstance(f, AggregateSpec)})
     window_defs = [
-        f"w{s} AS (PARTITION BY {partition} ORDER BY {TIME} {_window_clause(s)})"
+        f"w{s} AS (PARTITION BY {partition} ORDER BY {TIME} {window_clause(s)})"
         for s in sorted({*windows, ttl})
     ]
     present = f"COUNT(*) FILTER (WHERE {INPUT}) OVER w{ttl} > 0"
@@ -154,7 +154,7 @@ def aggregate_join(
         feature = view.feature(name)
         assert isinstance(feature, AggregateSpec)
         column_dtype = dtypes.get(feature.column) if feature.column else None
-        expr = _aggregate_expr(
+        expr = aggregate_expr(
             feature, TIME, column_dtype, where=INPUT, over=f"w{feature.window_seconds}"
         )
         exprs.append(f"CASE WHEN {present} THEN {expr} END AS {quote(f'{view.name}__{name}')}")

@@ -28,31 +28,31 @@ if TYPE_CHECKING:
 
 
 def resolve_refs(
-    ctx: Runtime, service_or_views: str | Sequence[str]
+    runtime: Runtime, service_or_views: str | Sequence[str]
 ) -> list[tuple[AnyView, list[str]]]:
     """The views and features of a service, or of the named views (all their features)."""
-    specs = ctx.specs()
+    specs = runtime.specs()
     if isinstance(service_or_views, str) and service_or_views in specs.services:
         refs = [(r.view, r.features) for r in specs.services[service_or_views].features]
     else:
         names = [service_or_views] if isinstance(service_or_views, str) else service_or_views
         refs = [(n, None) for n in names]
-    return select_features(ctx, refs)
+    return select_features(runtime, refs)
 
 
 def select_features(
-    ctx: Runtime, refs: Sequence[tuple[str, Sequence[str] | None]]
+    runtime: Runtime, refs: Sequence[tuple[str, Sequence[str] | None]]
 ) -> list[tuple[AnyView, list[str]]]:
     """``(view name, features or None for all)`` pairs as specs and feature lists, each view once
     (the first time it is named, with the union of the features asked for)."""
-    views = ctx.specs().feature_views
+    views = runtime.specs().feature_views
     out: dict[str, tuple[AnyView, list[str]]] = {}
     for name, selected in refs:
         view = views.get(name)
         if view is None:
-            specs = ctx.specs()
+            specs = runtime.specs()
             raise NotFoundError(
-                f"no service or feature view named {name!r} in workspace {ctx.workspace!r}",
+                f"no service or feature view named {name!r} in workspace {runtime.workspace!r}",
                 hint="services: "
                 + (", ".join(sorted(specs.services)) or "none")
                 + "; views: "
@@ -66,7 +66,7 @@ def select_features(
 
 
 def resolve(
-    ctx: Runtime,
+    runtime: Runtime,
     view: AnyView,
     features: list[str],
     from_source: bool | None,
@@ -80,8 +80,8 @@ def resolve(
     if isinstance(view, RealtimeFeatureViewSpec):
         return ViewRequest(view, features, REALTIME, [])
     table = inputs_table if view.is_aggregate else offline_table
-    name = table(ctx.workspace, view.name)
-    files = ctx.offline.files(name)
+    name = table(runtime.workspace, view.name)
+    files = runtime.offline.files(name)
     if from_source:
         return ViewRequest(view, features, SOURCE, files)
     if from_source is False:
@@ -90,21 +90,21 @@ def resolve(
                 f"view {view.name!r} has no offline data",
                 hint="materialize it first, or pass from_source=True",
             )
-        return ViewRequest(view, features, OFFLINE_STORE, files, _dataset(ctx, view, name))
-    covered = bool(files) and earliest is not None and _covered(ctx, view, earliest, latest)
+        return ViewRequest(view, features, OFFLINE_STORE, files, _dataset(runtime, view, name))
+    covered = bool(files) and earliest is not None and _covered(runtime, view, earliest, latest)
     if not covered:
         return ViewRequest(view, features, SOURCE, files)
-    return ViewRequest(view, features, OFFLINE_STORE, files, _dataset(ctx, view, name))
+    return ViewRequest(view, features, OFFLINE_STORE, files, _dataset(runtime, view, name))
 
 
-def _dataset(ctx: Runtime, view: AnyView, name: str) -> Any:
+def _dataset(runtime: Runtime, view: AnyView, name: str) -> Any:
     """The view's offline table as a dataset (local or S3), once each listed file is known to
     exist: one deleted by hand must be an error that says so, not DuckDB's, and never a silent
     gap."""
     from contextkit.stores.errors import StoreFailure, StoreUnavailable
 
     try:
-        found = ctx.offline.dataset(name)
+        found = runtime.offline.dataset(name)
     except StoreUnavailable as exc:
         gone = exc.message.split(" file(s) of offline table", 1)[0]
         raise StoreUnavailableError(
@@ -122,7 +122,7 @@ def _dataset(ctx: Runtime, view: AnyView, name: str) -> Any:
     return found
 
 
-def _covered(ctx: Runtime, view: FeatureViewSpec, earliest: datetime, latest: datetime) -> bool:
+def _covered(runtime: Runtime, view: FeatureViewSpec, earliest: datetime, latest: datetime) -> bool:
     """Whether the offline store holds every row the events need for this view.
 
     Needed: the view's rows from ``earliest`` less its lookback (the largest window or ttl; for
@@ -135,7 +135,7 @@ def _covered(ctx: Runtime, view: FeatureViewSpec, earliest: datetime, latest: da
 
     current = spec_hash(view)
     ranges: list[tuple[datetime | None, datetime]] = []
-    for job in ctx.registry.list_jobs(ctx.workspace, view.name, limit=500):
+    for job in runtime.registry.list_jobs(runtime.workspace, view.name, limit=500):
         if job.status == "failed":  # it published nothing that is read here
             continue
         if job.spec_hash != current:  # also one still running (or that crashed while writing)
