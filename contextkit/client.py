@@ -655,7 +655,10 @@ class Context:
         specs = self.specs()
         if not specs.workspace.live:
             return
-        yield "restoring online values an emptied Redis lost", self._rebuild_online_if_empty
+        from contextkit.compute.online_rebuild import rebuilds_on_start
+
+        if rebuilds_on_start(self.runtime):
+            yield "restoring online values an emptied Redis lost", self._rebuild_online_if_empty
         root = self.config.root.resolve()
         for name, view in specs.embedding_views.items():
             table = vector_table(specs.workspace.name, name)

@@ -112,11 +112,17 @@ def views_to_rebuild(runtime: Runtime) -> list[str]:
     return missing + stream_views_to_rebuild(runtime)
 
 
+def rebuilds_on_start(runtime: Runtime) -> bool:
+    """Whether serving start-up checks the online store for lost values: not for the embedded
+    SQLite store, which holds its own log (a missing or damaged file is reported, 503, not
+    silently recomputed)."""
+    return not isinstance(runtime.online, SQLiteOnlineStore)
+
+
 def rebuild_if_empty(runtime: Runtime) -> RebuildResult | None:
     """Rebuild what :func:`views_to_rebuild` finds (start-up of serving); None when nothing is
-    missing. The embedded SQLite online store is left alone: it holds its own log, and a missing
-    or damaged file is reported (503), not silently recomputed."""
-    if isinstance(runtime.online, SQLiteOnlineStore):
+    missing or the store is not one that loses values (:func:`rebuilds_on_start`)."""
+    if not rebuilds_on_start(runtime):
         return None
     missing = views_to_rebuild(runtime)
     return rebuild_online(runtime, missing) if missing else None

@@ -304,7 +304,7 @@ def test_the_core_gets_the_same_answers_from_both_stores(make_repo, redis_server
         prefix = "e2e" + uuid.uuid4().hex[:8]
         if name == "redis":
             ctx.online.close()
-            ctx.online = RedisOnlineStore(redis_server.url, prefix=prefix)
+            ctx.runtime.online = RedisOnlineStore(redis_server.url, prefix=prefix)
         try:
             ctx.create_workspace("live", live=True)
             ctx.apply(ctx.plan(root))
