@@ -113,7 +113,7 @@ def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray,
     order = list(paths)
     per_round = np.array_split(np.arange(len(queries)), args.rounds)
     for r, part in enumerate(per_round):
-        for name in order[r % len(order):] + order[: r % len(order)]:
+        for name in order[r % len(order) :] + order[: r % len(order)]:
             fn = paths[name]
             for i in part:
                 began = time.perf_counter()
@@ -126,8 +126,11 @@ def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray,
         "forced_ann_plan": forced_plan.as_dict(),
         "calibrate_s": round(calibrate_s, 1),
         "paths": {
-            p: {"recall@10": round(recall[p], 4), "p50_ms": round(pct(times[p], 50), 3),
-                "p99_ms": round(pct(times[p], 99), 3)}
+            p: {
+                "recall@10": round(recall[p], 4),
+                "p50_ms": round(pct(times[p], 50), 3),
+                "p99_ms": round(pct(times[p], 99), 3),
+            }
             for p in paths
         },  # fmt: skip
     }

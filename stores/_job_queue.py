@@ -335,9 +335,7 @@ class JobQueueMixin:
         rows = self._jq_rows("SELECT request FROM jobs WHERE id = ?", (job_id,))
         return json.loads(rows[0][0]) if rows and rows[0][0] else None
 
-    def active_jobs(
-        self, workspace: str | None = None, view: str | None = None
-    ) -> list[JobRecord]:  # noqa: F821 - registry.JobRecord (importing it would be a circle)
+    def active_jobs(self, workspace: str | None = None, view: str | None = None) -> list[JobRecord]:  # noqa: F821 - registry.JobRecord (importing it would be a circle)
         """Queued and running jobs (of one view), oldest first."""
         self.reap_abandoned_jobs()  # type: ignore[attr-defined]
         where = "status IN ('queued', 'running')"
