@@ -284,8 +284,11 @@ def search_view(
     weights: Sequence[float] | None = None,
     rerank: Any = None,
     root: Path | None = None,
+    version: int | None = None,
 ) -> Documents:
-    """Search one embedding view (see :meth:`contextkit.client.Context.search`).
+    """Search one embedding view (see :meth:`contextkit.client.Context.search`); ``version``
+    searches a past version of its table (rendered datasets search the version of each event's
+    time), with the same fusion, grouping and reranking as a search of the current one.
 
     ``group_by="document"``: the ``top_k`` best documents instead of chunks, each scored by its
     best chunk, which comes along as its ``highlight`` (see :func:`group_documents`). Hybrid
@@ -332,6 +335,7 @@ def search_view(
             mode=mode,  # type: ignore[arg-type]
             top_k=k,
             filter=filter,
+            version=version,
             **hybrid,
         )
 

@@ -378,7 +378,14 @@ class RenderedDataset:
                 for _version, exact in versions:
                     counts["as_of" if exact else "oldest_kept"] += 1
                 found[spec.name] = _search_rows(
-                    ctx, table, spec, requests, texts, vectors, [v for v, _ in versions], offset
+                    ctx,
+                    self.plan.workspace,
+                    spec,
+                    requests,
+                    texts,
+                    vectors,
+                    [v for v, _ in versions],
+                    offset,
                 )
         return found
 
@@ -542,7 +549,7 @@ def dataset_plan(
 
 def _search_rows(
     runtime: Runtime,
-    table: str,
+    workspace: str,
     spec: SearchSpec,
     requests: list,
     texts: list[str],
@@ -553,18 +560,31 @@ def _search_rows(
     """One search for each row, in the row's table version, in threads (LanceDB's queries and
     numpy's exact search release the GIL), in row order."""
 
+    from contextkit.compute.embedding import search_view
+
+    view = runtime.specs(workspace).embedding_views[spec.view]
+
     def one(i: int) -> list[dict[str, Any]]:
         top_k, filter_ = requests[i].search_options[spec.name]
         with _row_errors(offset + i), translating:
-            return runtime.vectors.search(
-                table,
+            return search_view(  # the online search's options, in the row's table version
+                runtime.vectors,
+                None,
+                workspace,
+                view,
+                query=texts[i],
                 vector=vectors.get(texts[i]) if spec.mode != "text" else None,
-                text=texts[i],
-                mode=spec.mode,  # type: ignore[arg-type]
                 top_k=top_k,
                 filter=filter_,
+                mode=spec.mode,
+                group_by=spec.group_by,
+                fusion=spec.fusion,
+                depth=spec.depth,
+                weights=spec.weights,
+                rerank=spec.rerank,
+                root=runtime.config.root.resolve(),
                 version=versions[i],
-            )
+            ).hits
 
     return list(executor().map(one, range(len(requests))))
 
