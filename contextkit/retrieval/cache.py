@@ -86,6 +86,8 @@ class ServingCache:
         write: bool = True,
     ) -> OnlineFeatures:
         """The service's features for ``entities``, from the cache where it may answer."""
+        if reader.cache_seconds is None:  # the reader is rebuilt when the setting changes
+            return reader.read(runtime.online, entities, request_context)
         generation, ttl = self._generation(runtime, reader)
         rows = None
         if ttl is not None and not reader.request_fields:

@@ -65,6 +65,7 @@ class ServiceReader:
     feature_types: tuple[str, ...]
     request_fields: tuple[tuple[str, str], ...] = ()
     output: tuple[str, ...] = ()  # the views returned, in the service's order
+    cache_seconds: float | None = None  # the service's serving cache (None: not cached)
 
     @classmethod
     def build(
@@ -121,6 +122,7 @@ class ServiceReader:
             tuple(types),
             tuple(request.items()),
             tuple(refs),
+            service.cache_seconds,
         )
 
     def read(
