@@ -1,11 +1,15 @@
-"""Request-body parsing on the hot path: FastAPI's declared body parameter vs ``parse_body``.
+"""Request-body parsing and response serialization on the hot path: FastAPI's declared body
+parameter vs ``parse_body``, and a declared response model vs ``json_response`` (orjson).
 
 The server validates every body against one pydantic model per route (the same model its OpenAPI
 schema comes from). Two ways to run that model: declare it as the handler's parameter (FastAPI
 reads the body, decodes the JSON, then validates the Python objects) or call
 ``server.common.parse_body`` (pydantic-core validates the raw bytes in one step). This script
 times both on the same ``POST /v1/features`` body through the ASGI stack, in interleaved rounds,
-with no store work behind them, so the difference is the parsing path alone::
+with no store work behind them, so the difference is the parsing path alone. The second pair
+answers the same ``/v1/features`` response (``FEATURES_EXAMPLE``, 2 entities x 3 columns) either
+through the declared ``FeaturesResponse`` model (FastAPI validates and serializes it) or by hand
+with orjson, the path the route takes::
 
     python bench/body_parsing.py              # 20 rounds x 500 requests per path
     python bench/body_parsing.py --rounds 5   # quicker
@@ -23,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from contextkit.server.common import json_response, parse_body
-from contextkit.server.features import FeaturesRequest
+from contextkit.server.features import FEATURES_EXAMPLE, FeaturesRequest, FeaturesResponse
 
 JSON = {"content-type": "application/json"}
 BODY = b'{"workspace": "prod", "service": "support_assistant", "entities": {"user_id": [1, 2]}}'
@@ -41,7 +45,24 @@ def build_app() -> FastAPI:
         body = await parse_body(request, FeaturesRequest)
         return json_response({"service": body.service})
 
+    @app.post("/answer_declared", response_model=FeaturesResponse)
+    async def answer_declared(request: Request) -> dict:
+        body = await parse_body(request, FeaturesRequest)
+        return {**FEATURES_EXAMPLE, "metadata": {**FEATURES_EXAMPLE["metadata"], "x": body.service}}
+
+    @app.post("/answer_orjson", response_model=FeaturesResponse)
+    async def answer_orjson(request: Request) -> Response:
+        body = await parse_body(request, FeaturesRequest)
+        answer = {
+            **FEATURES_EXAMPLE,
+            "metadata": {**FEATURES_EXAMPLE["metadata"], "x": body.service},
+        }
+        return json_response(answer)
+
     return app
+
+
+PAIRS = (("/declared", "/parse_body"), ("/answer_declared", "/answer_orjson"))
 
 
 async def time_path(client: httpx.AsyncClient, path: str, n: int) -> list[float]:
@@ -57,18 +78,20 @@ async def time_path(client: httpx.AsyncClient, path: str, n: int) -> list[float]
 async def main(rounds: int, n: int) -> None:
     transport = httpx.ASGITransport(app=build_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-        await time_path(client, "/declared", 200)  # warm both paths
-        await time_path(client, "/parse_body", 200)
-        samples: dict[str, list[float]] = {"/declared": [], "/parse_body": []}
+        for pair in PAIRS:
+            for path in pair:
+                await time_path(client, path, 200)  # warm every path
+        samples: dict[str, list[float]] = {path: [] for pair in PAIRS for path in pair}
         for _ in range(rounds):
             for path in samples:
                 samples[path] += await time_path(client, path, n)
     p50 = {p: statistics.median(v) * 1e6 for p, v in samples.items()}
     p99 = {p: statistics.quantiles(v, n=100)[98] * 1e6 for p, v in samples.items()}
-    print(f"{'path':<14}{'p50 us':>10}{'p99 us':>10}")
+    print(f"{'path':<18}{'p50 us':>10}{'p99 us':>10}")
     for path in samples:
-        print(f"{path:<14}{p50[path]:>10.1f}{p99[path]:>10.1f}")
-    print(f"parse_body / declared at p50: {p50['/parse_body'] / p50['/declared']:.2f}x")
+        print(f"{path:<18}{p50[path]:>10.1f}{p99[path]:>10.1f}")
+    for declared, by_hand in PAIRS:
+        print(f"{by_hand} / {declared} at p50: {p50[by_hand] / p50[declared]:.2f}x")
 
 
 if __name__ == "__main__":

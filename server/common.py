@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
 from contextkit.client import Context
 from contextkit.errors import ContextKitError, NotFoundError
@@ -82,6 +82,18 @@ async def read_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidBody("body must be a JSON object")
     return data
+
+
+class NullIsAbsent(BaseModel):
+    """A request body where a JSON ``null`` means "not given": the field takes its default (or
+    is reported missing), as clients of the routes have always been answered."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {name: value for name, value in data.items() if value is not None}
+        return data
 
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from contextkit.server.common import (
     READER,
@@ -89,6 +89,59 @@ class FeaturesRequest(BaseModel):
     }
 
 
+class FeatureColumn(BaseModel):
+    """One column of ``results``: a join key or a feature, one entry per entity row."""
+
+    values: list[Any]
+    statuses: list[str] = Field(description="PRESENT or MISSING, per row.")
+    event_timestamps: list[str | None] = Field(description="ISO 8601 (UTC), per row.")
+
+
+class FeaturesMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")  # what the read adds (cache, timings) travels on
+
+    workspace: str
+    service: str
+    feature_names: list[str] = Field(description="Join keys, then `<view>.<feature>` names.")
+    types: list[str]
+
+
+class FeaturesResponse(BaseModel):
+    """Answer of ``POST /v1/features``: column-major, aligned with ``metadata.feature_names``."""
+
+    metadata: FeaturesMetadata
+    results: list[FeatureColumn]
+
+
+class ServiceFeature(BaseModel):
+    name: str
+    type: str
+
+
+class ServiceInfo(BaseModel):
+    name: str
+    description: str | None
+    views: list[str]
+    join_keys: dict[str, str] | None = Field(description="null in a dev workspace.")
+    features: list[ServiceFeature] | None = Field(description="null in a dev workspace.")
+
+
+class ServicesResponse(BaseModel):
+    """Answer of ``GET /v1/services``."""
+
+    workspace: str
+    services: list[ServiceInfo]
+
+
+class Health(BaseModel):
+    """Answer of ``GET /health``: ``ok``, or (503) ``starting``/``failed`` with the step."""
+
+    status: str
+    step: str | None = None
+    elapsed_s: float | None = None
+    error: str | None = None
+
+
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI ``requestBody`` of a route that validates its body with the same ``model``
     (:func:`~contextkit.server.common.parse_body`)."""
@@ -113,7 +166,11 @@ HEALTH_STARTING = {
 def routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health", responses={**ok_example({"status": "ok"}), 503: HEALTH_STARTING})
+    @router.get(
+        "/health",
+        response_model=Health,
+        responses={**ok_example({"status": "ok"}), 503: HEALTH_STARTING},
+    )
     async def health(request: Request) -> Response:
         """200 once the server is ready; 503 ``starting`` while it warms up (``failed`` if the
         warm-up failed): a load balancer's readiness check."""
@@ -122,7 +179,7 @@ def routes(state: ServerState) -> APIRouter:
         return json_response(body, status)
 
     @router.get("/v1/services", responses=ok_example(SERVICES_EXAMPLE))
-    async def services(request: Request, workspace: str | None = None) -> Response:
+    async def services(request: Request, workspace: str | None = None) -> ServicesResponse:
         c = state.context(request, workspace, READER)
         specs = c.specs()
         out = []
@@ -131,26 +188,27 @@ def routes(state: ServerState) -> APIRouter:
                 continue
             reader = c.service_reader(service.name) if specs.workspace.live else None
             out.append(
-                {
-                    "name": service.name,
-                    "description": service.description,
-                    "views": [ref.view for ref in service.features],
-                    "join_keys": dict(reader.join_keys) if reader else None,
-                    "features": (
+                ServiceInfo(
+                    name=service.name,
+                    description=service.description,
+                    views=[ref.view for ref in service.features],
+                    join_keys=dict(reader.join_keys) if reader else None,
+                    features=(
                         [
-                            {"name": n, "type": t}
+                            ServiceFeature(name=n, type=t)
                             for n, t in zip(reader.feature_names, reader.feature_types, strict=True)
                         ]
                         if reader
                         else None
                     ),
-                }
+                )
             )
-        return json_response({"workspace": specs.workspace.name, "services": out})
+        return ServicesResponse(workspace=specs.workspace.name, services=out)
 
     @router.post(
         "/v1/features",
         openapi_extra=body_schema(FeaturesRequest),
+        response_model=FeaturesResponse,
         responses=ok_example(FEATURES_EXAMPLE),
     )
     async def features(request: Request) -> Response:

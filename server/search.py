@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from contextkit.server.common import (
     READER,
+    NullIsAbsent,
     ServerState,
-    field,
     json_response,
     ok_example,
-    read_object,
+    parse_body,
 )
 from contextkit.server.features import body_schema
 
 
-class SearchRequest(BaseModel):
-    """Body of ``POST /v1/search``."""
+def _one_of(*values: str) -> dict[str, Any]:
+    """The allowed values, for the schema only: the search itself checks them, so an unknown
+    value is its 400 ``invalid_search`` naming the choices, not a 422 of the body's types."""
+    return {"enum": list(values)}
+
+
+class SearchRequest(NullIsAbsent):
+    """Body of ``POST /v1/search``. Types are checked here (a wrong one is a 422); values
+    (``top_k`` range, ``mode``, ``fusion``, ``group_by``, filters) by the search, as 400s."""
 
     workspace: str | None = Field(None, description="Workspace; default: the server's.")
     view: str = Field(..., description="Name of an embedding view.")
@@ -30,29 +37,44 @@ class SearchRequest(BaseModel):
     vector: list[float] | None = Field(
         None, description="A ready query vector (same model and dimension as the view)."
     )
-    top_k: int = Field(10, ge=1, le=1000, description="How many chunks to return.")
+    top_k: int = Field(
+        10,
+        description="How many chunks to return.",
+        json_schema_extra={"minimum": 1, "maximum": 1000},
+    )
     filter: dict[str, Any] | None = Field(
         None,
         description='Structured filter on key and metadata columns, e.g. {"category": "shoes", '
         '"price": {"lt": 50}}; operators eq ne lt lte gt gte in not_in contains.',
     )
-    mode: Literal["vector", "text", "hybrid"] = Field("vector", description="How to search.")
-    group_by: Literal["document"] | None = Field(
+    mode: str = Field(
+        "vector",
+        description="How to search.",
+        json_schema_extra=_one_of("vector", "text", "hybrid"),
+    )
+    group_by: str | None = Field(
         None,
         description='"document": the top_k best documents instead of chunks, each scored by its '
         "best chunk, returned as its highlight.",
+        json_schema_extra=_one_of("document"),
     )
-    fusion: Literal["rrf", "blend"] | None = Field(
-        None, description='Hybrid: "rrf" (reciprocal rank fusion, default) or "blend" (scores).'
+    fusion: str | None = Field(
+        None,
+        description='Hybrid: "blend" (scores, the default) or "rrf" (reciprocal rank fusion).',
+        json_schema_extra=_one_of("rrf", "blend"),
     )
-    depth: int | None = Field(None, ge=1, le=1000, description="Hybrid: candidates per list.")
+    depth: int | None = Field(
+        None,
+        description="Hybrid: candidates per list.",
+        json_schema_extra={"minimum": 1, "maximum": 1000},
+    )
     weights: list[float] | None = Field(
         None, description="Hybrid: weights of the vector and text lists, e.g. [1, 0.5]."
     )
     rerank: str | dict[str, Any] | None = Field(
         None,
         description='A reranker stage: "local:<cross-encoder folder>" or {"model": <litellm '
-        'rerank model>, "depth": 50, "api_base": ..., "api_key_env": ...}.',
+        'rerank model>, "depth": 50}.',
     )
 
     model_config = {
@@ -69,6 +91,40 @@ class SearchRequest(BaseModel):
             ]
         }
     }
+
+
+class SearchHit(BaseModel):
+    """One chunk (or, with ``group_by``, one document) found, best first."""
+
+    # What a stage adds travels on: "highlight" and "matched_chunks" (group_by), the reranker's
+    # score in "scores".
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    text: str
+    score: float
+    key: dict[str, Any] = Field(description="The entity's join key values.")
+    metadata: dict[str, Any] = Field(description="The view's metadata columns.")
+    chunk_index: int | None = Field(None, description="Absent on documents (group_by).")
+    char_offset: int | None = Field(None, description="Absent on documents (group_by).")
+    scores: dict[str, float] | None = Field(
+        None, description="Hybrid and reranked hits: the score of each list and stage."
+    )
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="allow")  # more keys (counts of candidates) may come along
+
+    timings_ms: dict[str, float] = Field(description="Where the time went, per stage.")
+
+
+class SearchResponse(BaseModel):
+    """Answer of ``POST /v1/search``."""
+
+    view: str
+    mode: str
+    results: list[SearchHit]
+    metadata: Timings
 
 
 SEARCH_EXAMPLE = {
@@ -122,41 +178,32 @@ def routes(state: ServerState) -> APIRouter:
     @router.post(
         "/v1/search",
         openapi_extra=body_schema(SearchRequest),
+        response_model=SearchResponse,
         responses=ok_example(SEARCH_EXAMPLE),
     )
     async def search(request: Request) -> Response:
         """The chunks of an embedding view closest to a query, best first."""
-        data = await read_object(request)
-        view = field(data, "view", str, required=True)
-        workspace = field(data, "workspace", str, required=False)
-        query = field(data, "query", str, required=False)
-        vector = field(data, "vector", list, required=False)
-        top_k = field(data, "top_k", int, required=False)
-        filter_ = field(data, "filter", dict, required=False)
-        mode = field(data, "mode", str, required=False) or "vector"
-        rerank = _http_rerank(data.get("rerank"))
-        options = {
-            name: value
-            for name, kind in (
-                ("group_by", str),
-                ("fusion", str),
-                ("depth", int),
-                ("weights", list),
-            )
-            if (value := field(data, name, kind, required=False)) is not None
-        }
-        ctx = state.context(request, workspace, READER)
+        body = await parse_body(request, SearchRequest)
+        options = body.model_dump(
+            include={"group_by", "fusion", "depth", "weights"}, exclude_none=True
+        )
+        rerank = _http_rerank(body.rerank)
+        if rerank is not None:
+            options["rerank"] = rerank
+        ctx = state.context(request, body.workspace, READER)
         result = await run_in_threadpool(
             ctx.search,
-            view,
-            query,
-            vector=vector,
-            top_k=10 if top_k is None else top_k,
-            filter=filter_,
-            mode=mode,
+            body.view,
+            body.query,
+            vector=body.vector,
+            top_k=body.top_k,
+            filter=body.filter,
+            mode=body.mode,
             **options,
-            **({"rerank": rerank} if rerank is not None else {}),
         )
+        # Serialized by hand (orjson), not through SearchResponse: hits carry the view's metadata
+        # values as stored, and pydantic would write their datetimes as "...Z" where orjson (and
+        # every answer so far) writes "+00:00". The model is the documented shape.
         return json_response(result.to_response())
 
     return router
