@@ -148,9 +148,29 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": inline_schema(model)}},
         }
     }
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its nested models written in place: a ``#/$defs/..``
+    reference inside a route's OpenAPI would point at the document's root, where there are none.
+    (The models of bodies hold no recursive types.)"""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
 
 
 HEALTH_STARTING = {
@@ -219,7 +239,9 @@ def routes(state: ServerState) -> APIRouter:
             return exc.response()
         c = state.context(request, body.workspace, READER, service=body.service)
         result = c.get_features(body.service, body.entities, body.request_context, cache=body.cache)
-        # Serialized by hand (orjson) like every hot-path response: see parse_body.
+        # Serialized by hand (orjson), not through FeaturesResponse (the documented shape):
+        # bench/body_parsing.py times the declared model's path at 1.06x this one at p50 on
+        # this answer (about 30 us of a sub-millisecond budget).
         return json_response(result.to_response())
 
     return router

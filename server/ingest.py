@@ -8,35 +8,38 @@ unless ``partial`` is true; ``rejected`` counts records, not errors (a record ma
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Discriminator, Field, RootModel, Tag
 from starlette.concurrency import run_in_threadpool
 
 from contextkit.errors import ContextKitError
 from contextkit.server.common import (
     INGESTER,
     InvalidBody,
+    NullIsAbsent,
     ServerState,
-    field,
     json_response,
     ok_example,
-    read_object,
+    parse_body,
 )
 from contextkit.server.features import body_schema
 
 
-class IngestRequest(BaseModel):
-    """Body of ``POST /v1/ingest``."""
+class IngestRequest(NullIsAbsent):
+    """contextkit's ingest body (``POST /v1/ingest``)."""
 
     workspace: str | None = Field(None, description="Workspace; default: the server's.")
     source: str = Field(..., description="Name of a PushSource.")
-    records: list[dict[str, Any]] = Field(
+    # Each record is checked against the source's schema by the ingest itself, which answers
+    # a 400 listing every bad record by index.
+    records: list[Any] = Field(
         ...,
         description="Objects with every field of the source's schema, or "
         '{"record": {...}, "idempotency_key": "..."} envelopes.',
+        json_schema_extra={"items": {"type": "object"}},
     )
     dry_run: bool = Field(
         False,
@@ -66,6 +69,92 @@ class IngestRequest(BaseModel):
             ]
         }
     }
+
+    def target(self) -> tuple[str, list[Any], str | None]:
+        """``(source, records, workspace)``."""
+        return self.source, self.records, self.workspace
+
+
+class TectonIngestRequest(NullIsAbsent):
+    """Tecton's Stream Ingest API body: the records keyed by their push source."""
+
+    workspace_name: str | None = Field(None, description="Workspace; default: the server's.")
+    workspace: str | None = Field(None, description="Same as workspace_name.")
+    records: dict[str, list[Any]] = Field(
+        ...,
+        description='Exactly one push source: {"<source>": [{"record": {...}}, ...]}.',
+        json_schema_extra={"minProperties": 1, "maxProperties": 1},
+    )
+    dry_run: bool = Field(False, description="Only validate, writing nothing.")
+    partial: bool = Field(
+        False, description="``/v1/ingest`` only: write the valid records even if some are not."
+    )
+
+    def target(self) -> tuple[str, list[Any], str | None]:
+        """``(source, records, workspace)``."""
+        if len(self.records) != 1:
+            raise InvalidBody(
+                "records must hold exactly one push source", "body.records", "one source"
+            )
+        ((source, rows),) = self.records.items()
+        return source, rows, self.workspace_name or self.workspace
+
+
+def _shape(data: Any) -> str | None:
+    """Tecton's shape keys its records by source; anything else is contextkit's."""
+    if not isinstance(data, dict):
+        return None
+    return "tecton" if isinstance(data.get("records"), dict) else "contextkit"
+
+
+class IngestBody(
+    RootModel[
+        Annotated[
+            Annotated[IngestRequest, Tag("contextkit")]
+            | Annotated[TectonIngestRequest, Tag("tecton")],
+            Discriminator(_shape),
+        ]
+    ]
+):
+    """Body of ``POST /v1/ingest`` and ``POST /ingest``: contextkit's shape or Tecton's."""
+
+
+class IngestResponse(BaseModel):
+    """Answer of ``POST /v1/ingest``."""
+
+    workspace: str
+    source: str
+    dry_run: bool
+    accepted: int = Field(description="Records written (or, dry run, that would be).")
+    duplicates: list[int] = Field(description="Indexes of records whose idempotency key is known.")
+    rejected: int = Field(description="Records refused (one with several errors counts once).")
+    errors: list[dict[str, Any]] = Field(description='{"index", "field", "message"} per problem.')
+    views_updated: list[str]
+    ingested_at: str | None
+    metadata: dict[str, Any] = Field(description="timings_ms per stage.")
+
+
+class _ViewCount(BaseModel):
+    featureViewName: str
+    onlineRecordIngestCount: str
+    offlineRecordIngestCount: str
+
+
+class _SourceCount(BaseModel):
+    dataSourceName: str
+    offlineRecordIngestCount: str
+
+
+class _IngestMetrics(BaseModel):
+    featureViewIngestMetrics: list[_ViewCount]
+    dataSourceIngestMetrics: list[_SourceCount]
+
+
+class TectonIngestResponse(BaseModel):
+    """Answer of ``POST /ingest`` (Tecton's shape; counts are strings, as Tecton sends them)."""
+
+    workspaceName: str
+    ingestMetrics: _IngestMetrics
 
 
 INGEST_EXAMPLE = {
@@ -132,6 +221,7 @@ _TECTON_ERRORS = {
 
 def _tecton_openapi() -> dict[str, Any]:
     return {
+        **body_schema(IngestBody),
         "responses": {
             str(status): {
                 "description": when,
@@ -143,53 +233,28 @@ def _tecton_openapi() -> dict[str, Any]:
                 },
             }
             for status, (when, kind) in _TECTON_ERRORS.items()
-        }
+        },
     }
-
-
-def _records(data: dict[str, Any]) -> tuple[str, list[Any], str | None]:
-    """(source, records, workspace) from either body shape."""
-    records = data.get("records")
-    if isinstance(records, dict):  # Tecton: {"records": {"<source>": [{"record": {...}}]}}
-        if len(records) != 1:
-            raise InvalidBody(
-                "records must hold exactly one push source", "body.records", "one source"
-            )
-        ((source, rows),) = records.items()
-        if not isinstance(rows, list):
-            raise InvalidBody(f"records.{source} must be a list", f"body.records.{source}")
-        workspace = data.get("workspace_name", data.get("workspace"))
-        if workspace is not None and not isinstance(workspace, str):
-            raise InvalidBody("`workspace_name` must be a string", "body.workspace_name")
-        return source, rows, workspace
-    source = field(data, "source", str, required=True)
-    rows = field(data, "records", list, required=True)
-    return source, rows, field(data, "workspace", str, required=False)
-
-
-def _flags(data: dict[str, Any]) -> tuple[bool, bool]:
-    return (
-        bool(field(data, "dry_run", bool, required=False)),
-        bool(field(data, "partial", bool, required=False)),
-    )
 
 
 def routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
     @router.post(
-        "/v1/ingest", openapi_extra=body_schema(IngestRequest), responses=ok_example(INGEST_EXAMPLE)
+        "/v1/ingest",
+        openapi_extra=body_schema(IngestBody),
+        response_model=IngestResponse,
+        responses=ok_example(INGEST_EXAMPLE),
     )
-    async def ingest(request: Request) -> Response:
+    async def ingest(request: Request) -> IngestResponse:
         """Push records to a push source; the next read sees them."""
-        data = await read_object(request)
-        source, records, workspace = _records(data)
-        dry_run, partial = _flags(data)
+        body = (await parse_body(request, IngestBody)).root
+        source, records, workspace = body.target()
         ctx = state.context(request, workspace, INGESTER)
         result = await run_in_threadpool(
-            ctx.ingest, source, records, dry_run=dry_run, partial=partial
+            ctx.ingest, source, records, dry_run=body.dry_run, partial=body.partial
         )
-        return json_response(result.to_response())
+        return IngestResponse.model_validate(result.to_response())
 
     # Refusals the ops middleware makes before the route runs (401, 413, 429), in Tecton's shape.
     state.error_shapes["/ingest"] = lambda exc: (
@@ -197,16 +262,20 @@ def routes(state: ServerState) -> APIRouter:
         _tecton_error(None, _tecton_type(exc), exc.message),
     )
 
-    @router.post("/ingest", responses=ok_example(TECTON_EXAMPLE), openapi_extra=_tecton_openapi())
-    async def tecton_ingest(request: Request) -> Response:
+    @router.post(
+        "/ingest",
+        response_model=TectonIngestResponse,
+        responses=ok_example(TECTON_EXAMPLE),
+        openapi_extra=_tecton_openapi(),
+    )
+    async def tecton_ingest(request: Request) -> Response | TectonIngestResponse:
         """Tecton's Stream Ingest API: ``{"workspace_name", "dry_run", "records": {...}}``."""
-        workspace = None
+        workspace = source = None
         try:
-            data = await read_object(request)
-            source, records, workspace = _records(data)
-            dry_run = bool(field(data, "dry_run", bool, required=False))
+            body = (await parse_body(request, IngestBody)).root
+            source, records, workspace = body.target()
             ctx = state.context(request, workspace, INGESTER)
-            result = await run_in_threadpool(ctx.ingest, source, records, dry_run=dry_run)
+            result = await run_in_threadpool(ctx.ingest, source, records, dry_run=body.dry_run)
         except InvalidBody as exc:
             return json_response(_tecton_error(workspace, "InvalidArgument", exc.message), 400)
         except ContextKitError as exc:
@@ -223,30 +292,28 @@ def routes(state: ServerState) -> APIRouter:
                     for e in errors
                 ]
             return json_response(body, exc.http_status)
-        return json_response(
-            _tecton_ok(result.workspace, source, result.accepted, result.views_updated)
-        )
+        return _tecton_ok(result.workspace, source, result.accepted, result.views_updated)
 
     return router
 
 
-def _tecton_ok(workspace: str, source: str, count: int, views: list[str]) -> dict[str, Any]:
-    return {
-        "workspaceName": workspace,
-        "ingestMetrics": {
-            "featureViewIngestMetrics": [
-                {
-                    "featureViewName": view,
-                    "onlineRecordIngestCount": str(count),
-                    "offlineRecordIngestCount": str(count),
-                }
+def _tecton_ok(workspace: str, source: str, count: int, views: list[str]) -> TectonIngestResponse:
+    return TectonIngestResponse(
+        workspaceName=workspace,
+        ingestMetrics=_IngestMetrics(
+            featureViewIngestMetrics=[
+                _ViewCount(
+                    featureViewName=view,
+                    onlineRecordIngestCount=str(count),
+                    offlineRecordIngestCount=str(count),
+                )
                 for view in views
             ],
-            "dataSourceIngestMetrics": [
-                {"dataSourceName": source, "offlineRecordIngestCount": str(count)}
+            dataSourceIngestMetrics=[
+                _SourceCount(dataSourceName=source, offlineRecordIngestCount=str(count))
             ],
-        },
-    }
+        ),
+    )
 
 
 def _tecton_error(workspace: str | None, kind: str, message: str) -> dict[str, Any]:
