@@ -1,0 +1,120 @@
+"""Query building: one ranked list from one source, with no store state. Exact cosine search
+in numpy over an in-memory copy (:class:`ExactCache`), LanceDB vector search (flat or through
+the ANN index, with query parameters) and BM25 full-text search; each returns rows best first,
+ties by id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from contextkit.stores._vector_common import (
+    InvalidSearchError,
+)
+from contextkit.stores._vector_filters import Condition, compile_filter, filter_mask
+
+
+@dataclass
+class ExactCache:
+    version: int
+    table: pa.Table  # every column but the vector
+    matrix: np.ndarray  # (n, dim) float32, rows L2-normalized
+    ids: np.ndarray
+    nan_columns: frozenset[str]
+
+
+def query_vector(vector: Any, dim: int) -> np.ndarray:
+    if vector is None:
+        raise InvalidSearchError("a vector search needs the query vector (encode the query text)")
+    try:
+        query = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSearchError(f"the query vector is not a list of numbers: {exc}") from None
+    if query.ndim != 1 or query.shape[0] != dim:
+        raise InvalidSearchError(
+            f"the query vector has shape {query.shape}, the table stores {dim} dimensions",
+            hint="encode the query with the view's model",
+        )
+    if not np.isfinite(query).all():
+        raise InvalidSearchError("the query vector holds NaN or infinite values")
+    if not query.any():
+        raise InvalidSearchError("the query vector is all zeros (cosine similarity is undefined)")
+    return query
+
+
+def exact_search(
+    cache: ExactCache, query: np.ndarray, conditions: list[Condition], k: int
+) -> list[dict[str, Any]]:
+    # einsum, not ``matrix @ q``: BLAS runs a matrix-vector product on a thread pool, and on a
+    # busy 2-core machine that took 8 ms at 5k x 384 against 0.4 ms single-threaded here.
+    similarity = np.einsum("ij,j->i", cache.matrix, query / np.linalg.norm(query))
+    if conditions:
+        mask = filter_mask(conditions, cache.table)
+        similarity = np.where(mask, similarity, -np.inf)
+        available = int(mask.sum())
+    else:
+        available = len(similarity)
+    k = min(k, available)
+    if k == 0:
+        return []
+    # Candidates: the k most similar rows plus any within rounding of the k-th, so that rows
+    # whose distances tie once computed as 1 - similarity are all there to be ordered by id.
+    kth = np.partition(similarity, len(similarity) - k)[len(similarity) - k]
+    candidates = np.flatnonzero(similarity >= kth - 1e-6)
+    distances = (np.float32(1.0) - similarity[candidates]).astype(np.float32)
+    order = sorted(range(len(candidates)), key=lambda i: (distances[i], cache.ids[candidates[i]]))
+    chosen = [int(candidates[i]) for i in order[:k]]
+    rows = cache.table.take(pa.array(chosen, pa.int64())).to_pylist()
+    for row, i in zip(rows, order[:k], strict=True):
+        row["_distance"] = float(distances[i])
+    return rows
+
+
+def lance_vector_search(
+    handle: Any,
+    query: np.ndarray,
+    conditions: list[Condition],
+    k: int,
+    columns: list[str],
+    exact: bool = True,
+    params: Mapping[str, int] | None = None,
+    bypass_index: bool = False,
+) -> list[dict[str, Any]]:
+    expr = compile_filter(conditions)
+    # Exact searches fetch a few extra rows so that ties at the cut are ordered by id, as in
+    # the numpy path; that costs the ANN index real work (~0.6 ms at 200k), for nothing.
+    builder = (
+        handle.search(query, vector_column_name="vector")
+        .distance_type("cosine")
+        .limit(k + 8 if exact else k)
+        .select([*columns, "_distance"])
+    )
+    for name, value in (params or {}).items():
+        builder = getattr(builder, name)(int(value))  # ef, nprobes, refine_factor
+    if bypass_index:
+        builder = builder.bypass_vector_index()
+    if expr is not None:
+        builder = builder.where(expr, prefilter=True)
+    rows = builder.to_arrow().to_pylist()
+    rows.sort(key=lambda r: (r["_distance"], r["id"]))
+    return rows[:k]
+
+
+def text_leg(
+    handle: Any, text: str, conditions: list[Condition], k: int, columns: list[str]
+) -> list[dict[str, Any]]:
+    from lancedb.query import MatchQuery
+
+    expr = compile_filter(conditions)
+    # MatchQuery: the text is tokenized as-is (no query syntax to inject), terms are ORed.
+    builder = handle.search(MatchQuery(text, "text")).limit(k + 8).select([*columns, "_score"])
+    if expr is not None:
+        builder = builder.where(expr, prefilter=True)
+    rows = builder.to_arrow().to_pylist()
+    rows.sort(key=lambda r: (-r["_score"], r["id"]))
+    return rows[:k]

@@ -1,0 +1,254 @@
+"""Search: :meth:`VectorSearch.search` validates a request, picks the vector path the table's plan
+chose (the in-memory exact copy, LanceDB flat, or the ANN index) and fuses hybrid legs; it caches
+per table version what a search needs (:class:`Layout`, the exact copy). A mixin of
+:class:`~contextkit.stores.vector.LanceVectorStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from contextkit.stores._vector_common import (
+    MAX_TOP_K,
+    SYSTEM_COLUMNS,
+    InvalidSearchError,
+    as_matrix,
+    key_columns_of,
+    reads_table,
+)
+from contextkit.stores._vector_filters import Condition, parse_filter
+from contextkit.stores._vector_fusion import as_hit, blend, parse_weights, rrf_fuse
+from contextkit.stores._vector_plan import CALIBRATION_K, SearchPlan, scaled_params
+from contextkit.stores._vector_query import (
+    ExactCache,
+    exact_search,
+    lance_vector_search,
+    query_vector,
+    text_leg,
+)
+
+
+@dataclass
+class Layout:
+    """What a search needs to know about one version of a table."""
+
+    version: int
+    keys: list[str]
+    filterable: dict[str, pa.DataType]
+    dim: int
+    columns: list[str]  # returned with each hit
+    rows_over_exact_limit: bool = False
+    vector_index: bool = False  # an ANN index answers vector queries
+    plan: SearchPlan | None = None  # the table's calibrated search plan, if any
+
+
+class VectorSearch:
+    # -- search -----------------------------------------------------------------------------------
+
+    @reads_table
+    def search(
+        self,
+        table: str,
+        *,
+        vector: Sequence[float] | np.ndarray | None = None,
+        text: str | None = None,
+        mode: Literal["vector", "text", "hybrid"] = "vector",
+        top_k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        fusion: Literal["rrf", "blend"] = "rrf",
+        depth: int | None = None,
+        weights: tuple[float, float] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ``top_k`` best chunks, best first (of the table's ``version``, default the current
+        one; see :meth:`version_at`).
+
+        Each hit: ``{"id", "text", "score", "key": {key columns}, "metadata": {metadata
+        columns}, "chunk_index", "char_offset"}``; hybrid hits add ``"scores": {"vector": cosine
+        similarity or None, "text": BM25 or None}``. ``vector`` (the encoded query, same model as
+        the table) is needed for ``vector`` and ``hybrid``, ``text`` for ``text`` and ``hybrid``.
+        Hybrid runs both searches (each ``max(2 * top_k, 20)`` deep, same filter) and fuses the
+        two rankings with reciprocal rank fusion: score = sum over lists of 1 / (60 + rank),
+        ties broken by best rank then id. Hybrid options: ``depth`` (candidates per list,
+        default ``max(2 * top_k, 20)``), ``weights`` (vector, text; default ``(1, 1)``) and
+        ``fusion``: ``"rrf"`` (score = sum of weight / (60 + rank)) or ``"blend"`` (each list's
+        scores min-max normalised over its candidates, score = the weighted sum, a chunk missing
+        from a list counting 0 there). Bad input raises :class:`InvalidSearchError` or
+        :class:`InvalidFilterError`; a missing table :class:`VectorTableMissingError`.
+        """
+        if mode not in ("vector", "text", "hybrid"):
+            raise InvalidSearchError(
+                f"unknown search mode {mode!r}", hint="use 'vector', 'text' or 'hybrid'"
+            )
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidSearchError(
+                f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}"
+            )
+        if version is None:
+            handle = self._open(table)
+            # One round trip to learn the current version (it also picks up other writers'
+            # commits); everything else about the table is cached per version.
+            version = int(handle.version)
+        else:  # a checkout: its caches are its own (keyed table@version), never invalidated
+            table, handle = self._open_version(table, version)
+        layout = self._layout(table, handle, version)
+        conditions = parse_filter(filter, layout.filterable)
+        query = None
+        if mode in ("vector", "hybrid"):
+            query = query_vector(vector, layout.dim)
+        if mode in ("text", "hybrid") and (not isinstance(text, str) or not text.strip()):
+            raise InvalidSearchError(f"{mode} search needs a non-empty query text")
+        if mode == "vector":
+            rows = self._vector_leg(table, handle, version, layout, query, conditions, top_k)
+            return [as_hit(row, 1.0 - row["_distance"], layout.keys) for row in rows]
+        if mode == "text":
+            rows = text_leg(handle, text, conditions, top_k, layout.columns)
+            return [as_hit(row, row["_score"], layout.keys) for row in rows]
+        if fusion not in ("rrf", "blend"):
+            raise InvalidSearchError(
+                f"unknown fusion {fusion!r}", hint="use 'rrf' (rank fusion) or 'blend' (scores)"
+            )
+        if depth is None:
+            depth = max(2 * top_k, 20)
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_TOP_K:
+            raise InvalidSearchError(
+                f"depth must be an integer from 1 to {MAX_TOP_K}, got {depth!r}"
+            )
+        depth = max(depth, top_k)
+        wv, wt = parse_weights(weights)
+        by_vector = self._vector_leg(table, handle, version, layout, query, conditions, depth)
+        by_text = text_leg(handle, text, conditions, depth, layout.columns)
+        if fusion == "blend":
+            return blend(by_vector, by_text, top_k, layout.keys, wv, wt)
+        return rrf_fuse(by_vector, by_text, top_k, layout.keys, weights=(wv, wt))
+
+    @reads_table
+    def warm(self, table: str) -> None:
+        """Load what the first search would (table handle, layout, exact-search cache) now,
+        e.g. at server start, so that no request pays for it."""
+        handle = self._open(table)
+        version = int(handle.version)
+        layout = self._layout(table, handle, version)
+        if handle.count_rows() == 0:
+            return
+        # One real query with a stored vector: loads the exact copy, or the ANN index's files
+        # (whatever the table's size; a large table's first query no longer pays for it).
+        first = as_matrix(handle.search().select(["vector"]).limit(1).to_arrow().column("vector"))
+        if first.any():
+            self._vector_leg(table, handle, version, layout, first[0], [], CALIBRATION_K)
+
+    def _layout(self, table: str, handle: Any, version: int) -> Layout:
+        with self._lock:
+            layout = self._layouts.get(table)
+        if layout is not None and layout.version == version:
+            if layout.plan is None or layout.plan.version != version:
+                # calibration may land just after the commit that this layout was built for
+                plan = self._current_plan(table)
+                if plan is not layout.plan:
+                    layout.plan, layout.rows_over_exact_limit = plan, False
+            return layout
+        schema = handle.schema
+        layout = Layout(
+            version=version,
+            keys=key_columns_of(schema),
+            filterable={f.name: f.type for f in schema if f.name not in SYSTEM_COLUMNS},
+            dim=schema.field("vector").type.list_size,
+            columns=[
+                f.name for f in schema if f.name not in ("vector", "content_hash", "row_hash")
+            ],
+            vector_index=any(tuple(i.columns) == ("vector",) for i in handle.list_indices()),
+            plan=self._current_plan(table),
+        )
+        with self._lock:
+            self._layouts[table] = layout
+        return layout
+
+    def _vector_leg(
+        self,
+        table: str,
+        handle: Any,
+        version: int,
+        layout: Layout,
+        query: np.ndarray,
+        conditions: list[Condition],
+        k: int,
+    ) -> list[dict[str, Any]]:
+        plan = layout.plan
+        cache = self._exact_cache(table, handle, version, layout)
+        if cache is not None and not any(c.column in cache.nan_columns for c in conditions):
+            return exact_search(cache, query, conditions, k)
+        # A flat (exact) Lance search orders its ties by id like the numpy path; an ANN
+        # search's order at the cut is approximate anyway, so it asks for no extra rows.
+        ann = layout.vector_index and (plan is None or plan.method == "ann")
+        return lance_vector_search(
+            handle,
+            query,
+            conditions,
+            k,
+            layout.columns,
+            exact=not ann,
+            params=scaled_params(plan.params, k, plan.k) if ann and plan is not None else None,
+            bypass_index=layout.vector_index and not ann,
+        )
+
+    def _exact_row_limit(self, layout: Layout) -> int:
+        """How many rows the table may have to be served from the in-memory copy: the plan's
+        choice when it is calibrated (exact up to the memory bound, never when ANN won), else
+        the fixed ``exact_search_max_rows``."""
+        if self.exact_search_max_rows <= 0:
+            return 0
+        plan = layout.plan
+        if plan is None:
+            return self.exact_search_max_rows
+        if plan.method == "ann":
+            return 0
+        return max(self.exact_search_max_rows, self.exact_cache_max_bytes // (4 * layout.dim))
+
+    def _exact_cache(
+        self, table: str, handle: Any, version: int, layout: Layout
+    ) -> ExactCache | None:
+        limit = self._exact_row_limit(layout)
+        if limit <= 0 or layout.rows_over_exact_limit:
+            return None
+        with self._lock:
+            cache = self._exact.get(table)
+            if cache is not None and cache.version == version:
+                self._exact.move_to_end(table)
+                return cache
+        if handle.count_rows() > limit:
+            layout.rows_over_exact_limit = True
+            return None
+        return self._load_exact(table, version)
+
+    def _load_exact(self, table: str, version: int) -> ExactCache:
+        # version=... pins the read, so a commit landing meanwhile cannot mix into the cache
+        pinned = self._db.open_table(table.split("@", 1)[0], version=version)
+        data = pinned.to_arrow()
+        matrix = as_matrix(data.column("vector"))
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        rest = data.drop_columns(["vector", "content_hash", "row_hash"]).combine_chunks()
+        nan_columns = frozenset(
+            f.name
+            for f in rest.schema
+            if pa.types.is_floating(f.type) and pc.any(pc.is_nan(rest.column(f.name))).as_py()
+        )
+        cache = ExactCache(
+            version=version,
+            table=rest,
+            matrix=np.ascontiguousarray(matrix / norms, dtype=np.float32),
+            ids=np.asarray(rest.column("id").to_pylist(), dtype=object),
+            nan_columns=nan_columns,
+        )
+        with self._lock:
+            self._exact[table] = cache
+            self._exact.move_to_end(table)
+            while len(self._exact) > self._exact_cap:
+                self._exact.popitem(last=False)
+        return cache
