@@ -107,6 +107,8 @@ _EXPECTED = {
     "int_from_float": "an integer",
     "bool_type": "a boolean",
     "float_type": "a number",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
 }
 
 
@@ -119,22 +121,31 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
     :class:`InvalidBody` (422 ``invalid_request``, each error with its ``body.<path>``).
 
     A ``RootModel`` body is a tagged union of shapes (``/v1/ingest``: contextkit's or Tecton's):
-    its errors' paths start with the shape's tag, which the message leaves out."""
+    its errors' paths start with the shape's tag, which the message leaves out. A model with an
+    ``error_path(loc)`` classmethod names the fields in its messages itself (Tecton's bodies
+    name them in camelCase, whichever case the client sent)."""
     raw = await request.body()
     try:
         return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        raise _invalid(exc, tagged=issubclass(model, RootModel)) from None
+        path = getattr(model, "error_path", None) or _dotted
+        raise _invalid(exc, path, tagged=issubclass(model, RootModel)) from None
 
 
-def _invalid(exc: ValidationError, *, tagged: bool = False) -> InvalidBody:
+def _dotted(loc: list[str | int]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _invalid(
+    exc: ValidationError, path: Callable[[list[str | int]], str], *, tagged: bool
+) -> InvalidBody:
     error = exc.errors(include_url=False)[0]
-    kind, loc = error["type"], [str(part) for part in error["loc"]][1 if tagged else 0 :]
+    kind, loc = error["type"], list(error["loc"])[1 if tagged else 0 :]
     if kind == "json_invalid":
         return InvalidBody(f"body is not valid JSON: {error['ctx'].get('error', error['msg'])}")
     if not loc:
         return InvalidBody("body must be a JSON object")
-    name = ".".join(loc)
+    name = path(loc)
     if kind == "missing":
         return InvalidBody(f"`{name}` is required", f"body.{name}", "field required")
     expected = _EXPECTED.get(kind)

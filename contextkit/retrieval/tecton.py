@@ -1,14 +1,13 @@
 """Tecton's HTTP feature-serving wire format, mapped onto contextkit's online retrieval.
 
 A Tecton *feature service* is a contextkit :class:`~contextkit.framework.specs.ContextServiceSpec`;
-its features keep their ``<view>.<feature>`` names. This module only translates: it parses a
-``get-features`` / ``get-features-batch`` body into a :class:`TectonRequest`, reads the values
-with the service's reader, as ``ctx.get_features`` does (so they equal what the SDK returns), and
-shapes them the way Tecton's clients parse them. The server route (``contextkit.server.tecton``) is
-a thin shell over it::
+its features keep their ``<view>.<feature>`` names. This module only translates: a parsed
+``get-features`` / ``get-features-batch`` body (the server's models read the JSON) becomes a
+:class:`TectonRequest`, whose values it reads with the service's reader, as ``ctx.get_features``
+does (so they equal what the SDK returns), and shapes them the way Tecton's clients parse them.
+The server route (``contextkit.server.tecton``) is a thin shell over it::
 
-    body = {"params": {"featureServiceName": "svc", "joinKeyMap": {"user_id": "1"}}}
-    request = parse_get_features(body)
+    request = tecton_request("svc", None, [{"user_id": "1"}], [{}], MetadataOptions(), batch=False)
     body = get_features(runtime, request, started=time.perf_counter())
     body["result"]["features"]       # e.g. ["18", 2]: int64 values are JSON strings, as in Tecton
 
@@ -63,17 +62,6 @@ GRPC_CODES = {
 
 BATCH_PATH = "/api/v1/feature-service/get-features-batch"
 
-# Tecton's proto-JSON accepts each field in camelCase and in snake_case; clients send either.
-_OPTIONS = {
-    "names": ("includeNames", "include_names"),
-    "data_types": ("includeDataTypes", "include_data_types"),
-    "effective_times": ("includeEffectiveTimes", "include_effective_times"),
-    "slo_info": ("includeSloInfo", "include_slo_info"),
-    "serving_status": ("includeServingStatus", "include_serving_status"),
-    "descriptions": ("includeFeatureDescriptions", "include_feature_descriptions"),
-    "tags": ("includeFeatureTags", "include_feature_tags"),
-}
-
 
 @dataclass(frozen=True)
 class MetadataOptions:
@@ -119,60 +107,45 @@ class TectonRequest:
     write_cache: bool = True
 
 
-def parse_get_features(body: Mapping[str, Any], *, batch: bool = False) -> TectonRequest:
-    """Parse a Tecton request body ``{"params": {...}}``; raises :class:`BadRequestError`.
-
-    Single: ``featureServiceName``, ``workspaceName``, ``joinKeyMap``, ``requestContextMap``,
-    ``metadataOptions``, ``requestOptions`` (``readFromCache``/``writeToCache``, both true
-    unless set false: the serving cache) or their snake_case forms. Batch: ``requestData`` is a
-    list of ``{"joinKeyMap", "requestContextMap"}`` instead of the two maps.
-    """
-    params = body.get("params")
-    if not isinstance(params, Mapping):
+def tecton_request(
+    service: str,
+    workspace: str | None,
+    join_key_maps: list[dict[str, Any]],
+    contexts: list[dict[str, Any]],
+    options: MetadataOptions,
+    *,
+    batch: bool,
+    read_cache: bool = True,
+    write_cache: bool = True,
+) -> TectonRequest:
+    """A ``get-features`` (``batch=False``, one join key map) or ``get-features-batch`` request
+    from its parts, once the body is parsed (the server's models parse it: they read each field
+    in camelCase or snake_case). Raises :class:`BadRequestError` for a batch without rows and a
+    join key given several values (one map is one entity)."""
+    if batch and not join_key_maps:
         raise BadRequestError(
-            'the body must be {"params": {...}}',
-            hint='send {"params": {"featureServiceName": ..., "joinKeyMap": {...}}}',
+            "`params.requestData` must be a non-empty list",
+            hint='send "requestData": [{"joinKeyMap": {...}}, ...]',
         )
-    service = _service_name(params)
-    workspace = _param(params, "workspaceName", "workspace_name")
-    if workspace is not None and not isinstance(workspace, str):
-        raise BadRequestError("`params.workspaceName` must be a string")
-    options = _metadata_options(_param(params, "metadataOptions", "metadata_options"))
-    if batch:
-        data = _param(params, "requestData", "request_data")
-        if not isinstance(data, list) or not data:
-            raise BadRequestError(
-                "`params.requestData` must be a non-empty list",
-                hint='send "requestData": [{"joinKeyMap": {...}}, ...]',
-            )
-        rows, contexts = [], []
-        for i, item in enumerate(data):
-            if not isinstance(item, Mapping):
-                raise BadRequestError(f"`params.requestData[{i}]` must be an object")
-            rows.append(_join_key_map(item, f"params.requestData[{i}]", batch=True))
-            contexts.append(_request_context_map(item, f"params.requestData[{i}]"))
-    else:
-        rows = [_join_key_map(params, "params", batch=False)]
-        contexts = [_request_context_map(params, "params")]
-    read_cache, write_cache = _request_options(_param(params, "requestOptions", "request_options"))
+    for i, keys in enumerate(join_key_maps):
+        _one_entity(keys, f"params.requestData[{i}]" if batch else "params", batch=batch)
     return TectonRequest(
-        service, workspace, rows, options, batch, contexts, read_cache, write_cache
+        service, workspace, join_key_maps, options, batch, contexts, read_cache, write_cache
     )
 
 
-def _request_options(raw: Any) -> tuple[bool, bool]:
-    """``(readFromCache, writeToCache)`` of ``params.requestOptions`` (both default true)."""
-    if raw is None:
-        return True, True
-    if not isinstance(raw, Mapping):
-        raise BadRequestError("`params.requestOptions` must be an object")
-    out = []
-    for camel, snake in (("readFromCache", "read_from_cache"), ("writeToCache", "write_to_cache")):
-        value = _param(raw, camel, snake)
-        if value is not None and not isinstance(value, bool):
-            raise BadRequestError(f"`params.requestOptions.{camel}` must be a boolean")
-        out.append(value is not False)
-    return out[0], out[1]
+def service_name(name: str | None, service_id: str | None) -> str:
+    """The service a request names: exactly one of ``featureServiceName`` and
+    ``featureServiceId`` (contextkit services have no separate ids: an id is the name)."""
+    if (name is None) == (service_id is None):
+        raise BadRequestError(
+            "exactly one of `params.featureServiceName` and `params.featureServiceId` must be set",
+            hint="send featureServiceName: the name of a context service",
+        )
+    value = name if name is not None else service_id
+    if not value:
+        raise BadRequestError("`params.featureServiceName` must be a non-empty string")
+    return value
 
 
 _ABSENT = object()
@@ -273,17 +246,6 @@ def service_metadata(runtime: Runtime, service: str) -> dict[str, Any]:
     }
 
 
-def parse_service_metadata(body: Mapping[str, Any]) -> tuple[str, str | None]:
-    """``(service, workspace)`` of a ``feature-service/metadata`` request body."""
-    params = body.get("params")
-    if not isinstance(params, Mapping):
-        raise BadRequestError('the body must be {"params": {...}}')
-    workspace = _param(params, "workspaceName", "workspace_name")
-    if workspace is not None and not isinstance(workspace, str):
-        raise BadRequestError("`params.workspaceName` must be a string")
-    return _service_name(params), workspace
-
-
 def error_body(exc: ContextKitError) -> tuple[int, dict[str, Any]]:
     """``(status, body)`` of an error in Tecton's shape: ``{"error", "message", "code"}``.
 
@@ -305,46 +267,7 @@ def error_body(exc: ContextKitError) -> tuple[int, dict[str, Any]]:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _param(params: Mapping[str, Any], camel: str, snake: str) -> Any:
-    value = params.get(camel)
-    return params.get(snake) if value is None else value
-
-
-def _service_name(params: Mapping[str, Any]) -> str:
-    name = _param(params, "featureServiceName", "feature_service_name")
-    # contextkit services have no separate ids: an id is the service's name.
-    service_id = _param(params, "featureServiceId", "feature_service_id")
-    if (name is None) == (service_id is None):
-        raise BadRequestError(
-            "exactly one of `params.featureServiceName` and `params.featureServiceId` must be set",
-            hint="send featureServiceName: the name of a context service",
-        )
-    value = name if name is not None else service_id
-    if not isinstance(value, str) or not value:
-        raise BadRequestError("`params.featureServiceName` must be a non-empty string")
-    return value
-
-
-def _metadata_options(raw: Any) -> MetadataOptions:
-    if raw is None:
-        return MetadataOptions()
-    if not isinstance(raw, Mapping):
-        raise BadRequestError("`params.metadataOptions` must be an object of booleans")
-    flags = {}
-    for field, (camel, snake) in _OPTIONS.items():
-        value = _param(raw, camel, snake)
-        if value is not None and not isinstance(value, bool):
-            raise BadRequestError(f"`params.metadataOptions.{camel}` must be true or false")
-        flags[field] = bool(value)
-    return MetadataOptions(**flags)
-
-
-def _join_key_map(container: Mapping[str, Any], path: str, *, batch: bool) -> dict[str, Any]:
-    keys = _param(container, "joinKeyMap", "join_key_map")
-    if keys is None:
-        keys = {}
-    if not isinstance(keys, Mapping):
-        raise BadRequestError(f"`{path}.joinKeyMap` must be an object")
+def _one_entity(keys: Mapping[str, Any], path: str, *, batch: bool) -> None:
     for name, value in keys.items():
         if isinstance(value, list | Mapping):
             # Tecton's clients show the message only, so it says where batches go.
@@ -359,15 +282,6 @@ def _join_key_map(container: Mapping[str, Any], path: str, *, batch: bool) -> di
                 hint='send "requestData": [{"joinKeyMap": {...}}, ...], one item per entity',
                 details={"join_key": name},
             )
-    return dict(keys)
-
-
-def _request_context_map(container: Mapping[str, Any], path: str) -> dict[str, Any]:
-    """The values realtime feature views read (clients always send a map, often empty)."""
-    context = _param(container, "requestContextMap", "request_context_map")
-    if context is not None and not isinstance(context, Mapping):
-        raise BadRequestError(f"`{path}.requestContextMap` must be an object")
-    return dict(context or {})
 
 
 def _entities(rows: list[dict[str, Any]], join_keys: list[str]) -> dict[str, list[Any]]:
@@ -466,7 +380,7 @@ __all__ = [
     "TectonRequest",
     "error_body",
     "get_features",
-    "parse_get_features",
-    "parse_service_metadata",
     "service_metadata",
+    "service_name",
+    "tecton_request",
 ]
