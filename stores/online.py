@@ -34,8 +34,28 @@ _SQLITE_TYPES = {
 }
 
 
+# One lock per (file, log) for flushes, shared by every store object of the process.
+_FLUSH_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_FLUSH_LOCKS_GUARD = threading.Lock()
+
+
 def _q(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
+
+
+def retry_conflicts(
+    transaction: Callable[[], AbstractContextManager[Any]], work: Callable[[Any], T], attempts: int
+) -> T:
+    """``work(writer)`` in ``transaction()``, again (up to ``attempts`` times in all) when it
+    ends in a :class:`WriteConflict` (what every store's ``transact`` does)."""
+    for attempt in range(attempts):
+        try:
+            with transaction() as writer:
+                return work(writer)
+        except WriteConflict:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 class TableRead(NamedTuple):
@@ -164,14 +184,7 @@ class OnlineStore(ABC):
     def transact(self, work: Callable[[OnlineWriter], T], attempts: int = 5) -> T:
         """Run ``work(writer)`` in a :meth:`transaction`, again (up to ``attempts`` times in
         all) when it ends in a :class:`WriteConflict`; ``work`` must have no other effects."""
-        for attempt in range(attempts):
-            try:
-                with self.transaction() as writer:
-                    return work(writer)
-            except WriteConflict:
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return retry_conflicts(self.transaction, work, attempts)
 
     @abstractmethod
     def read_range(
@@ -486,6 +499,16 @@ class SQLiteOnlineStore(OnlineStore):
             if "no such table" in str(exc):
                 return []
             raise self._unreadable(exc) from None
+
+    @contextmanager
+    def exclusive(self, table: str) -> Iterator[None]:
+        """Held while an ingest log is flushed to the offline store: one flusher at a time in
+        this process (the file is one node's; a shared log is
+        :class:`~contextkit.stores.ingest_log.PostgresIngestLog`)."""
+        with _FLUSH_LOCKS_GUARD:
+            lock = _FLUSH_LOCKS.setdefault((str(self.path.resolve()), table), threading.Lock())
+        with lock:
+            yield
 
     def last_ingested_at(self, table: str) -> int | None:
         """When the newest row of an ingest log arrived (``ingested_at``, epoch microseconds);

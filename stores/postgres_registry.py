@@ -53,6 +53,7 @@ from contextkit.stores.errors import (
     StoreServerUnavailable,
     WriteConflict,
 )
+from contextkit.stores.ingest_log import PostgresIngestLog
 from contextkit.stores.process import current_process
 from contextkit.stores.registry import (
     _ALERT_COLUMNS,
@@ -111,6 +112,7 @@ class PostgresRegistry(JobQueueMixin):
         self._changes = ChangeListener(self._db)
         self._commits = 0  # commits made through this object
         # A registry dropped without close() must not leave its listener running.
+        self._ingest_log: PostgresIngestLog | None = None
         weakref.finalize(self, _release, self._changes, self._db)
         open_schema(self._db, create=create)
 
@@ -637,6 +639,14 @@ class PostgresRegistry(JobQueueMixin):
         return cur.rowcount > 0
 
     # -- settings ------------------------------------------------------------------------
+    # -- the ingest log ------------------------------------------------------------------
+    def ingest_log(self) -> PostgresIngestLog:
+        """The push sources' ingest log in this database, shared by every node (one object per
+        registry, on its connection pool)."""
+        if self._ingest_log is None:
+            self._ingest_log = PostgresIngestLog(self._db)
+        return self._ingest_log
+
     def get_setting(self, key: str) -> str | None:
         row = self._row("reading a setting", "SELECT value FROM settings WHERE key = %s", (key,))
         return row[0] if row else None

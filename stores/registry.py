@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from contextkit.stores._job_queue import ACTIVE_JOB_STATUSES as ACTIVE_JOB_STATUSES
 from contextkit.stores._job_queue import IntervalRecord, JobQueueMixin
@@ -37,6 +37,9 @@ from contextkit.stores._registry_schema import SCHEMA as _SCHEMA
 from contextkit.stores._registry_schema import SCHEMA_VERSION
 from contextkit.stores.errors import ApplyConflictError, MissingError, RegistryVersionError
 from contextkit.stores.process import ProcessIdentity, current_process, owner_alive
+
+if TYPE_CHECKING:
+    from contextkit.stores.ingest_log import IngestLog
 
 log = logging.getLogger("contextkit.registry")
 
@@ -247,6 +250,9 @@ class RegistryStore(Protocol):
     def renew_job_leases(self, job_ids: list[str]) -> int: ...
     def reap_abandoned_jobs(self, now: float | None = None) -> list[str]: ...
     def get_setting(self, key: str) -> str | None: ...
+    # The push sources' ingest log shared by every node (in the registry's database), or None:
+    # the embedded registry leaves the log to each node's SQLite file (compute.streaming.log).
+    def ingest_log(self) -> IngestLog | None: ...
     # Orchestration (stores/_job_queue.py): schedules, due intervals, queued jobs, cancellation.
     def list_schedules(self) -> dict[tuple[str, str], tuple[str, float]]: ...
     def advance_schedule(
@@ -877,6 +883,10 @@ class SQLiteRegistry(JobQueueMixin):
                 (at, key_id),
             )
         return cur.rowcount > 0
+
+    def ingest_log(self) -> None:
+        """None: with the embedded registry, each node keeps its ingest log in SQLite."""
+        return None
 
     # -- settings --------------------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:

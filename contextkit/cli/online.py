@@ -26,8 +26,9 @@ def online_rebuild(
     workspace: WorkspaceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Rebuild online values: batch views at their last materialized time, stream views from
-    the durable ingest log (every acknowledged record)."""
+    """Rebuild online values: batch views at their last materialized time (from the offline
+    store, or their sources when they have no offline data), stream views from the durable
+    ingest log (every acknowledged record)."""
     with guard:
         from contextkit.compute.online_rebuild import rebuild_online
 
@@ -38,7 +39,9 @@ def online_rebuild(
             return
         console = out_console()
         for name, rows in result.batch_rows.items():
-            console.print(f"{name}: {rows} entities written")
+            origin = {"offline": "the offline store", "sources": "its sources"}
+            read = origin.get(result.read_from.get(name, ""), "")
+            console.print(f"{name}: {rows} entities written" + (f" (from {read})" if read else ""))
         for name, rows in result.log_rows.items():
             console.print(f"push source {name}: {rows} logged records applied")
         for name in result.never_materialized:

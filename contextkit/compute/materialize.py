@@ -98,6 +98,29 @@ def _batches(
         yield from rows
 
 
+def online_rows_sql(view: FeatureViewSpec, features_sql: str) -> str:
+    """``features_sql`` (latest values per entity) typed as the online table stores them."""
+    return f"SELECT {_typed_columns(view, epoch_timestamps=True)} FROM ({features_sql})"
+
+
+def replace_online_table(
+    online: OnlineStore,
+    con,
+    workspace: str,
+    view: FeatureViewSpec,
+    query: str,
+    check: Callable[[], None] | None = None,
+) -> int:
+    """Replace the view's online table with the rows of ``query`` (see :func:`online_rows_sql`),
+    read in batches from DuckDB; returns the number of entities."""
+    return online.replace_table(
+        online_table(workspace, view.name),
+        [(k.name, k.dtype or "string") for k in view.join_keys],
+        [(EVENT_TIMESTAMP, Timestamp)] + [(f.name, f.dtype or "string") for f in view.features],
+        _batches(con.execute(query), check=check),
+    )
+
+
 def cancellation_check(
     registry: RegistryStore, job_id: str, should_stop: Callable[[], bool] | None = None
 ) -> Callable[[], None]:
@@ -235,20 +258,10 @@ def materialize_view(
                 monitor.check_staged(ws.con, staged[0])
             if refresh_online:
                 stage("online")
-                query = (
-                    f"SELECT {_typed_columns(view, epoch_timestamps=True)} FROM "
-                    f"({transformations.online_features_sql(ws, view, end)})"
-                )
+                query = online_rows_sql(view, transformations.online_features_sql(ws, view, end))
                 if monitor is not None:
                     query = monitor.check(ws.con, query, scope="online")
-                cursor = ws.con.execute(query)
-                rows_online = online.replace_table(
-                    online_table(workspace, view.name),
-                    [(k.name, k.dtype or "string") for k in view.join_keys],
-                    [(EVENT_TIMESTAMP, Timestamp)]
-                    + [(f.name, f.dtype or "string") for f in view.features],
-                    _batches(cursor, check=check),
-                )
+                rows_online = replace_online_table(online, ws.con, workspace, view, query, check)
             check()
             stage("commit")
             while staged:

@@ -1,9 +1,14 @@
 """Restoring the online store (Redis lost its data) from what is durable.
 
-* Batch feature views: the online part of materialization is run again at the view's watermark
-  (the end of its last successful job of this definition): the same query a job runs, over the
-  view's sources, bulk-written to the online store. Nothing is added to the offline store (its
-  range is empty).
+* Batch feature views, at the view's watermark (the end of its last successful job of this
+  definition): the latest row per entity within the ttl, computed by the same query a job's
+  online step runs, and bulk-written to the online store. When the view has offline data, the
+  query reads the offline store (the view's Parquet rows; an aggregate view's stored input rows,
+  so its windows are recomputed exactly), not the sources, which may have changed or be slow to
+  read. A view without offline data (``offline=False``, or never written offline) falls back to
+  its sources: the online part of materialization is run again, adding nothing offline. The
+  offline rows of a job's range end before its end, so a source row timestamped exactly at the
+  watermark is served after a rebuild from sources but not from the offline store.
 * Stream views: every row of the durable ingest log is applied again, in seq order
   (:func:`contextkit.compute.streaming.rebuild_stream_views`).
 
@@ -19,10 +24,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from contextkit.compute.layout import online_table
-from contextkit.compute.materialize import last_watermark, materialize_view
+from contextkit.compute.layout import inputs_table, offline_table, online_table
+from contextkit.compute.materialize import (
+    last_watermark,
+    materialize_view,
+    online_rows_sql,
+    replace_online_table,
+)
 from contextkit.compute.streaming import rebuild_stream_views, stream_views_to_rebuild
 from contextkit.errors import NotFoundError, WorkspaceError
+from contextkit.framework import transformations
+from contextkit.framework.specs import FeatureViewSpec
+from contextkit.framework.transformations import EVENT_TIMESTAMP, quote, ts_literal
 from contextkit.stores.online import SQLiteOnlineStore
 
 if TYPE_CHECKING:
@@ -37,12 +50,15 @@ class RebuildResult:
     batch_rows: dict[str, int] = field(default_factory=dict)
     log_rows: dict[str, int] = field(default_factory=dict)
     never_materialized: list[str] = field(default_factory=list)
+    # Where each rebuilt batch view was read from: "offline" (the offline store) or "sources".
+    read_from: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "batch_rows": self.batch_rows,
             "log_rows": self.log_rows,
             "never_materialized": self.never_materialized,
+            "read_from": self.read_from,
         }
 
 
@@ -73,6 +89,10 @@ def rebuild_online(runtime: Runtime, views: Sequence[str] | None = None) -> Rebu
         if watermark is None:
             result.never_materialized.append(view.name)
             continue
+        rows = _from_offline(runtime, workspace, view, watermark)
+        if rows is not None:
+            result.batch_rows[view.name], result.read_from[view.name] = rows, "offline"
+            continue
         job = materialize_view(
             registry=runtime.registry,
             online=runtime.online,
@@ -87,12 +107,58 @@ def rebuild_online(runtime: Runtime, views: Sequence[str] | None = None) -> Rebu
             monitoring=False,
             max_online_shrink=None,
         )
-        result.batch_rows[view.name] = job.rows_online
+        result.batch_rows[view.name], result.read_from[view.name] = job.rows_online, "sources"
     if streams:
         result.log_rows = rebuild_stream_views(
             runtime, [v.name for v in streams], now=datetime.now(UTC)
         )
     return result
+
+
+class _OfflineRows:
+    """Stands in for the sources' :class:`~contextkit.framework.transformations.Workspace` in
+    ``online_features_sql``: the view's transformation output read back from the offline store
+    (registered in DuckDB as ``name``), its ``event_timestamp`` named as the view's timestamp."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def transformation_sql(
+        self, view: FeatureViewSpec, start: datetime | None = None, end: datetime | None = None
+    ) -> str:
+        ts = quote(view.timestamp_field)
+        where = [f"{EVENT_TIMESTAMP} >= {ts_literal(start)}"] if start is not None else []
+        if end is not None:
+            where.append(f"{EVENT_TIMESTAMP} < {ts_literal(end)}")
+        return (
+            f"SELECT * EXCLUDE ({EVENT_TIMESTAMP}), {EVENT_TIMESTAMP} AS {ts} FROM {self.name}"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+        )
+
+
+def _from_offline(
+    runtime: Runtime, workspace: str, view: FeatureViewSpec, watermark: datetime
+) -> int | None:
+    """Rewrite the view's online table from its offline data as of ``watermark`` (see the
+    module docstring); None when it has none, and the sources must be read instead."""
+    if not view.offline:
+        return None
+    table = (inputs_table if view.is_aggregate else offline_table)(workspace, view.name)
+    rows = runtime.offline.dataset(table)
+    if rows is None:
+        return None
+    con = transformations.connect_duckdb()
+    try:
+        con.register("__offline_rows", rows)
+        features = transformations.online_features_sql(
+            _OfflineRows("__offline_rows"),  # type: ignore[arg-type]
+            view,
+            watermark,
+        )
+        query = online_rows_sql(view, features)
+        return replace_online_table(runtime.online, con, workspace, view, query)
+    finally:
+        con.close()
 
 
 def views_to_rebuild(runtime: Runtime) -> list[str]:

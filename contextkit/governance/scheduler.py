@@ -215,7 +215,7 @@ class Scheduler:
         if not specs.push_sources:
             return
         from contextkit.compute.layout import log_table
-        from contextkit.compute.streaming import flush_log
+        from contextkit.compute.streaming import flush_log, ingest_log
 
         scoped = self.runtime.use(workspace)
         for name, source in specs.push_sources.items():
@@ -232,9 +232,9 @@ class Scheduler:
             old = [m for m in marks if now - m[0] >= self.settings.log_retention_s]
             if old:
                 upto = max(m[1] for m in old)
-                table = log_table(workspace, name)
-                if scoped.online.has_table(table):
-                    with scoped.online.transaction() as writer:
+                table, durable = log_table(workspace, name), ingest_log(scoped)
+                if durable.has_table(table):
+                    with durable.transaction() as writer:
                         report.pruned[f"{workspace}/{name}"] = writer.delete_before(
                             table, "seq", upto + 1
                         )

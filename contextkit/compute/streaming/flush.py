@@ -1,0 +1,118 @@
+"""The ingest log's offline side: flushing logged rows to the offline store as Parquet, and
+reading every event of a push source (batch source, flushed Parquet, unflushed log) as Arrow."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from contextkit.compute.layout import log_table
+from contextkit.compute.streaming.log import ingest_log
+from contextkit.compute.streaming.records import from_us
+from contextkit.framework.specs import PushSourceSpec
+from contextkit.framework.transformations import quote
+from contextkit.types import Bool, String, Timestamp, arrow_type
+
+if TYPE_CHECKING:
+    from contextkit.framework.workspace import Runtime
+
+
+def log_arrow(ctx: Runtime, workspace: str, source: PushSourceSpec):
+    """Every event of a push source as one Arrow table, with ``__seq`` (arrival order): the
+    batch source's rows (negative seqs, in file order), the Parquet log (what
+    :func:`flush_log` moved there) and the rows of the ingest log not flushed yet. A row flushed
+    twice (a crash between the Parquet write and the watermark) is read once."""
+    import pyarrow as pa
+
+    from contextkit.framework import transformations
+
+    schema = _log_schema(source)
+    parts = []
+    if source.batch_source:
+        batch = ctx.specs().sources[source.batch_source]
+        con = transformations.connect_duckdb()
+        try:
+            cols = ", ".join(quote(c.name) for c in source.columns)
+            scan = transformations.source_scan_sql(batch, ctx.config.root.resolve(), con)
+            table = con.sql(f"SELECT {cols} FROM ({scan})").to_arrow_table()
+        finally:
+            con.close()
+        seq = pa.array(range(-table.num_rows, 0), pa.int64())
+        parts.append(table.append_column("__seq", seq).cast(schema))
+    flushed = ctx.offline.dataset(log_table(workspace, source.name))  # local or S3
+    if flushed is not None:
+        parts.append(flushed.to_table(columns=schema.names).cast(schema))
+    unflushed = _logged_rows(ctx, workspace, source, _flushed_seq(ctx, workspace, source))
+    if unflushed.num_rows:
+        parts.append(unflushed)
+    if not parts:
+        return schema.empty_table()
+    table = pa.concat_tables(parts)
+    if len(parts) > 1:  # read each seq once
+        con = transformations.connect_duckdb()
+        try:
+            con.register("__log", table)
+            table = con.sql(
+                "SELECT * FROM __log QUALIFY row_number() OVER (PARTITION BY __seq) = 1 "
+                "ORDER BY __seq"
+            ).to_arrow_table()
+        finally:
+            con.close()
+    return table
+
+
+def flush_log(ctx: Runtime, workspace: str, source: PushSourceSpec) -> int:
+    """Append the log's rows not yet in the offline store to it, as one Parquet file of the
+    offline table ``<workspace>__<source>__log``; returns how many rows. The rows stay in the
+    log (their idempotency keys are checked there); readers take the log's rows after the
+    flushed watermark. ``materialize`` and the scheduler run it for every push source; one
+    flusher at a time holds the log (on every node, for a shared PostgreSQL log), so a row is
+    flushed once."""
+    table = log_table(workspace, source.name)
+    with ingest_log(ctx).exclusive(table):
+        after = _flushed_seq(ctx, workspace, source)
+        rows = _logged_rows(ctx, workspace, source, after)
+        if not rows.num_rows:
+            return 0
+        ctx.offline.append(table, rows)
+        last = max(rows.column("__seq").to_pylist())
+        ctx.registry.set_setting(_flushed_key(workspace, source), str(last))
+        return rows.num_rows
+
+
+def _flushed_key(workspace: str, source: PushSourceSpec) -> str:
+    return f"ingest_flushed_seq:{workspace}:{source.name}"
+
+
+def _flushed_seq(ctx: Runtime, workspace: str, source: PushSourceSpec) -> int:
+    return int(ctx.registry.get_setting(_flushed_key(workspace, source)) or 0)
+
+
+def _log_schema(source: PushSourceSpec):
+    import pyarrow as pa
+
+    return pa.schema(
+        [(c.name, arrow_type(c.dtype or String)) for c in source.columns] + [("__seq", pa.int64())]
+    )
+
+
+def _logged_rows(ctx: Runtime, workspace: str, source: PushSourceSpec, after_seq: int):
+    """The log's rows after ``after_seq``, typed, as an Arrow table with ``__seq``."""
+    import pyarrow as pa
+
+    schema = _log_schema(source)
+    rows = ingest_log(ctx).read_log(
+        log_table(workspace, source.name), [c.name for c in source.columns], after_seq, 2**62
+    )
+    if not rows:
+        return schema.empty_table()
+    columns = list(zip(*rows, strict=True))
+    arrays = []
+    for i, c in enumerate(source.columns, start=1):
+        values = columns[i]
+        if c.dtype == Timestamp:
+            values = [None if v is None else from_us(v) for v in values]
+        elif c.dtype == Bool:
+            values = [None if v is None else bool(v) for v in values]
+        arrays.append(pa.array(values, schema.field(c.name).type))
+    arrays.append(pa.array(columns[0], pa.int64()))
+    return pa.table(arrays, schema=schema)

@@ -1,0 +1,142 @@
+"""The ingest log shared by every node (issue 14 item 6): with a PostgreSQL registry, push
+sources' durable log lives in the registry database, so two nodes (two repos, each with its own
+local folder, on one PostgreSQL + Redis and one offline folder) may both take ingests: every
+record is served by both, once, and flushed to the offline store once even when both nodes
+flush at the same time.
+
+Real servers (tests/backends.py): PostgreSQL 15 and redis-server.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import contextkit
+from contextkit.compute.layout import log_table
+from contextkit.compute.streaming import ingest_log, ingest_records
+from contextkit.stores.ingest_log import PostgresIngestLog
+
+pytest_plugins = ["backends"]
+
+DEFS = """
+from contextkit import (
+    Aggregate, Attribute, ContextService, Entity, Field, Float64, Int64, PushSource,
+    StreamFeatureView, Timestamp,
+)
+
+user = Entity(name="user", join_keys=["user_id"])
+clicks = PushSource(
+    name="clicks",
+    schema=[Field("user_id", Int64), Field("price", Float64), Field("ts", Timestamp)],
+    timestamp_field="ts",
+)
+last_click = StreamFeatureView(
+    name="last_click", source=clicks, entities=[user], features=[Attribute("price")],
+)
+click_count = StreamFeatureView(
+    name="click_count", source=clicks, entities=[user],
+    features=[Aggregate("price", "count", "1d"), Aggregate("price", "sum", "1d")],
+    aggregation_interval="1h",
+)
+svc = ContextService(name="svc", features=[last_click, click_count])
+"""
+
+USERS = 6
+
+
+@pytest.fixture
+def nodes(tmp_path, postgres_server, redis_server):
+    """Two connected nodes of one deployment (separate repo folders, shared stores)."""
+    stores = (
+        f"registry: {postgres_server.create_database()}\n"
+        f"online_store: {{url: '{redis_server.url}', prefix: 'ck:{uuid.uuid4().hex[:8]}'}}\n"
+        f"offline_store: {tmp_path / 'offline'}\n"
+    )
+    roots = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "defs.py").write_text(DEFS)
+        (root / "contextkit.yaml").write_text(f"project: shop\n{stores}")
+        roots.append(root)
+    first = contextkit.connect(roots[0], workspace="prod")
+    first.create_workspace("prod", live=True)
+    first.apply(first.plan(roots[0]))
+    second = contextkit.connect(roots[1], workspace="prod")
+    yield first, second, roots
+    first.close()
+    second.close()
+
+
+def served(ctx, users: list[int]) -> dict:
+    result = ctx.service_reader("svc").read(ctx.online, {"user_id": users})
+    return dict(zip(result.names, result.values, strict=True))
+
+
+def test_records_ingested_on_two_nodes_are_served_by_both_and_flushed_once(nodes):
+    a, b, roots = nodes
+    assert isinstance(ingest_log(a), PostgresIngestLog)
+    now = datetime.now(UTC)
+    sent: dict[str, tuple[int, float]] = {}  # idempotency key -> (user, price)
+    lock = threading.Lock()
+
+    def ingest(node, thread: int) -> None:
+        for batch in range(8):
+            records = []
+            for i in range(3):
+                key = f"{thread}-{batch}-{i}"
+                user, price = (thread + batch + i) % USERS, float(thread * 100 + batch * 3 + i)
+                ts = (now - timedelta(seconds=1000 - batch * 10 - i)).isoformat()
+                records.append({"record": {"user_id": user, "price": price, "ts": ts},
+                                "idempotency_key": key})  # fmt: skip
+                with lock:
+                    sent[key] = (user, price)
+            # The same batch again on the other node: its keys are logged already.
+            ingest_records(node, "clicks", records)
+            other = b if node is a else a
+            again = ingest_records(other, "clicks", records)
+            assert again.accepted == 0 and again.duplicates == [0, 1, 2]
+
+    threads = [threading.Thread(target=ingest, args=(n, t)) for t, n in enumerate([a, b, a, b])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(sent) == 4 * 8 * 3
+
+    users = list(range(USERS))
+    counts = [sum(1 for u, _ in sent.values() if u == user) for user in users]
+    sums = [sum(p for u, p in sent.values() if u == user) for user in users]
+    for node in (a, b):
+        got = served(node, users)
+        assert got["click_count.price_count_1d"] == counts
+        assert got["click_count.price_sum_1d"] == pytest.approx(sums)
+        assert all(v is not None for v in got["last_click.price"])
+
+    # A record taken by node B is served by node A on the next read.
+    late = {"user_id": 99, "price": 7.5, "ts": datetime.now(UTC).isoformat()}
+    ingest_records(b, "clicks", [late])
+    assert served(a, [99])["last_click.price"] == [7.5]
+
+    flushed: list[int] = []
+    flushers = [
+        threading.Thread(target=lambda n=n: flushed.append(n.flush_ingest_logs()["clicks"]))
+        for n in (a, b, a, b)
+    ]
+    for t in flushers:
+        t.start()
+    for t in flushers:
+        t.join()
+    total = len(sent) + 1
+    assert sorted(flushed) == [0, 0, 0, total]  # one flusher took every row, the others none
+    offline = b.offline.dataset(log_table("prod", "clicks")).to_table()
+    assert offline.num_rows == total and len(set(offline.column("__seq").to_pylist())) == total
+    assert sorted(offline.column("price").to_pylist()) == sorted(
+        [p for _, p in sent.values()] + [7.5]
+    )
+    for root in roots:  # no node kept a log of its own
+        assert not list(root.rglob("ingest_log.db"))
