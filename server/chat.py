@@ -122,6 +122,68 @@ class ChatCompletionBody(BaseModel):
     }
 
 
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    refusal: None
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatContext(BaseModel):
+    """The answer's ``contextkit`` object: what was retrieved and rendered for the chat."""
+
+    workspace: str
+    service: str
+    prompt: str | None
+    llm_model: str | None
+    entities: dict[str, Any]
+    documents: dict[str, list[str]] = Field(description="Ids of the hits, per search.")
+    dropped: list[str]
+    truncated: bool
+    prompt_tokens: int | None
+    timings_ms: dict[str, Any]
+
+
+class ChatCompletion(BaseModel):
+    """Answer of ``POST /v1/chat/completions`` (OpenAI's ``chat.completion``, plus
+    ``contextkit``); streamed, ``chat.completion.chunk`` events instead."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: None
+    contextkit: ChatContext
+
+
+class ChatModel(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """Answer of ``GET /v1/models``."""
+
+    object: Literal["list"]
+    data: list[ChatModel]
+
+
 COMPLETION_EXAMPLE = {
     "id": "chatcmpl-6f1c0a9d2b7e4c1f8a3d5e90",
     "object": "chat.completion",
@@ -233,16 +295,18 @@ def routes(state: ServerState) -> APIRouter:
     @router.post(
         "/v1/chat/completions",
         openapi_extra=_chat_openapi(),
+        response_model=ChatCompletion,
         responses=_chat_responses(),
     )
-    async def chat_completions(request: Request) -> Response:
+    async def chat_completions(request: Request) -> Response | ChatCompletion:
         """OpenAI's chat completion, answered with a context service's features and documents."""
         try:
             data = await read_object(request)
             chat = parse_chat_request(data, request.headers)
             ctx = state.context(request, chat.workspace, READER, service=chat.service)
             if not chat.stream:
-                return json_response(completion_object(await complete_chat(ctx.runtime, chat)))
+                answer = completion_object(await complete_chat(ctx.runtime, chat))
+                return ChatCompletion.model_validate(answer)
             stream = await start_chat_stream(ctx.runtime, chat)
         except InvalidBody as exc:
             return _error(_as_error(exc))
@@ -266,17 +330,17 @@ def routes(state: ServerState) -> APIRouter:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @router.get("/v1/models", responses=ok_example(MODELS_EXAMPLE))
+    @router.get("/v1/models", response_model=ModelList, responses=ok_example(MODELS_EXAMPLE))
     async def models(
         request: Request,
         workspace: str | None = None,
         header_workspace: str | None = Header(None, alias=HEADERS["workspace"]),
-    ) -> Response:
+    ) -> Response | ModelList:
         """The chat models: ``contextkit/<service>`` for every service with a prompt view."""
         try:
             name = workspace or header_workspace or None
             ctx = state.context(request, name, READER)
-            return json_response(chat_models(ctx.runtime))
+            return ModelList.model_validate(chat_models(ctx.runtime))
         except StoreFailure as exc:
             return _error(translate_store_errors(exc))
         except ContextKitError as exc:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from contextkit.client import Context
@@ -38,11 +38,11 @@ from contextkit.errors import BadRequestError, ContextKitError, NotFoundError, t
 from contextkit.server.common import (
     READER,
     InvalidBody,
+    NullIsAbsent,
     ServerState,
-    field,
     json_response,
     ok_example,
-    read_object,
+    parse_body,
 )
 from contextkit.server.features import body_schema
 
@@ -65,20 +65,34 @@ COMPARISONS = {
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
-class ContextkitOptions(BaseModel):
+class ContextkitOptions(NullIsAbsent):
+    """The ``contextkit`` object (``extra_body={"contextkit": {...}}`` in the OpenAI SDK)."""
+
+    # Other keys are kept so the route can refuse them by name (a 400 with OpenAI's param).
+    model_config = ConfigDict(extra="allow")
+
     workspace: str | None = Field(None, description="Workspace; default: the server's.")
-    mode: Literal["vector", "text", "hybrid"] | None = Field(
-        None, description="vector_stores search only: how to search (default vector)."
+    mode: str | None = Field(
+        None,
+        description="vector_stores search only: how to search (default vector).",
+        json_schema_extra={"enum": ["vector", "text", "hybrid"]},
     )
 
 
-class EmbeddingsBody(BaseModel):
-    """Body of ``POST /v1/embeddings`` (OpenAI's)."""
+_TEXTS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 
-    input: str | list[str] = Field(..., description="A text, or up to 2048 texts.")
+
+class EmbeddingsBody(NullIsAbsent):
+    """Body of ``POST /v1/embeddings`` (OpenAI's). Types are checked here (a wrong one is a
+    422); values (empty or too many texts, token arrays, formats) by the route, as OpenAI's 400s
+    naming the parameter."""
+
+    input: Any = Field(None, description="A text, or up to 2048 texts.", json_schema_extra=_TEXTS)
     model: str = Field(..., description="contextkit/<model>: a model of the repo's config.")
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="base64: little-endian float32 bytes."
+    encoding_format: str = Field(
+        "float",
+        description="base64: little-endian float32 bytes.",
+        json_schema_extra={"enum": ["float", "base64"]},
     )
     dimensions: int | None = Field(None, description="Must be the model's dimension.")
     user: str | None = Field(None, description="Ignored.")
@@ -89,28 +103,25 @@ class EmbeddingsBody(BaseModel):
     }
 
 
-class ComparisonFilter(BaseModel):
-    key: str
-    type: Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin"]
-    value: str | float | bool | list[str | float]
-
-
-class CompoundFilter(BaseModel):
-    type: Literal["and", "or"]
-    filters: list[dict[str, Any]]
-
-
-class RankingOptions(BaseModel):
+class RankingOptions(NullIsAbsent):
     ranker: str | None = Field(None, description="Accepted; contextkit ranks by its mode.")
     score_threshold: float | None = Field(None, description="Drop hits scoring less.")
 
 
-class VectorStoreSearchBody(BaseModel):
+class VectorStoreSearchBody(NullIsAbsent):
     """Body of ``POST /v1/vector_stores/{view}/search`` (OpenAI's)."""
 
-    query: str | list[str] = Field(..., description="The query (a list is searched as one).")
-    filters: ComparisonFilter | CompoundFilter | None = None
-    max_num_results: int = Field(10, ge=1, le=MAX_RESULTS)
+    query: Any = Field(
+        None, description="The query (a list is searched as one).", json_schema_extra=_TEXTS
+    )
+    filters: dict[str, Any] | None = Field(
+        None,
+        description='A comparison {"key", "type": eq|ne|gt|gte|lt|lte|in|nin, "value"} or '
+        '{"type": "and"|"or", "filters": [...]}; an "or" only of eq comparisons of one key.',
+    )
+    max_num_results: int = Field(
+        10, description=f"1 to {MAX_RESULTS}.", json_schema_extra={"minimum": 1, "maximum": 50}
+    )
     ranking_options: RankingOptions | None = None
     rewrite_query: bool | None = Field(None, description="Accepted; no rewriting is done.")
     contextkit: ContextkitOptions | None = None
@@ -126,6 +137,51 @@ class VectorStoreSearchBody(BaseModel):
             ]
         }
     }
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 of float32 bytes.")
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    """Answer of ``POST /v1/embeddings``."""
+
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingsUsage
+
+
+class TextContent(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class SearchResult(BaseModel):
+    file_id: str = Field(description="The document's entity key.")
+    filename: str
+    score: float
+    attributes: dict[str, str | int | float | bool] = Field(
+        description="Key and metadata columns, chunk_id and chunk_index."
+    )
+    content: list[TextContent]
+
+
+class SearchResultsPage(BaseModel):
+    """Answer of ``POST /v1/vector_stores/{view}/search``."""
+
+    object: Literal["vector_store.search_results.page"]
+    search_query: list[str]
+    data: list[SearchResult]
+    has_more: bool
+    next_page: str | None
 
 
 EMBEDDINGS_EXAMPLE = {
@@ -184,52 +240,63 @@ def routes(state: ServerState) -> APIRouter:
     @router.post(
         "/v1/embeddings",
         openapi_extra=body_schema(EmbeddingsBody),
+        response_model=EmbeddingsResponse,
         responses=ok_example(EMBEDDINGS_EXAMPLE),
     )
     async def embeddings(request: Request) -> Response:
         """OpenAI's embeddings, by the repo's embedding models (``contextkit/<model>``)."""
         try:
-            data = await read_object(request)
-            ctx = state.context(request, _workspace(data, request), READER)
-            model = field(data, "model", str, required=True)
-            texts = _texts(data.get("input"))
-            fmt = field(data, "encoding_format", str, required=False) or "float"
-            if fmt not in ("float", "base64"):
+            body = await parse_body(request, EmbeddingsBody)
+            ctx = state.context(request, _workspace(body.contextkit, request), READER)
+            texts = _texts(body.input)
+            if body.encoding_format not in ("float", "base64"):
                 raise _invalid("encoding_format", "`encoding_format` must be float or base64")
-            dimensions = field(data, "dimensions", int, required=False)
-            body = await run_in_threadpool(_embed, ctx, model, texts, fmt, dimensions)
-            return json_response(body)
+            answer = await run_in_threadpool(
+                _embed, ctx, body.model, texts, body.encoding_format, body.dimensions
+            )
         except InvalidBody as exc:
             return _error(_as_error(exc))
         except ContextKitError as exc:
             return _error(exc)
+        # Serialized by hand (orjson), not through EmbeddingsResponse (the documented shape):
+        # 2,048 vectors of 384 floats took 0.12-0.15 s with orjson and 0.66-0.68 s validated and
+        # written by the model, on this 2-core machine (same bytes).
+        return json_response(answer)
 
     @router.post(
         "/v1/vector_stores/{vector_store_id}/search",
         openapi_extra=body_schema(VectorStoreSearchBody),
+        response_model=SearchResultsPage,
         responses=ok_example(SEARCH_EXAMPLE),
     )
-    async def vector_store_search(request: Request, vector_store_id: str) -> Response:
+    async def vector_store_search(
+        request: Request, vector_store_id: str
+    ) -> Response | SearchResultsPage:
         """OpenAI's vector-store search over an embedding view (the vector store id)."""
         try:
-            data = await read_object(request)
-            ctx = state.context(request, _workspace(data, request), READER)
-            query = _query(data.get("query"))
-            top_k = field(data, "max_num_results", int, required=False) or 10
-            if not 1 <= top_k <= MAX_RESULTS:
+            body = await parse_body(request, VectorStoreSearchBody)
+            ctx = state.context(request, _workspace(body.contextkit, request), READER)
+            query = _query(body.query)
+            if not 1 <= body.max_num_results <= MAX_RESULTS:
                 raise _invalid("max_num_results", f"`max_num_results` must be 1 to {MAX_RESULTS}")
-            filters = data.get("filters")
-            condition = _filter(filters, "filters") if filters is not None else None
-            threshold = _threshold(data.get("ranking_options"))
-            mode = _options(data).get("mode") or "vector"
+            condition = _filter(body.filters, "filters") if body.filters is not None else None
+            threshold = body.ranking_options.score_threshold if body.ranking_options else None
+            mode = _options(body.contextkit).mode or "vector"
             documents = await run_in_threadpool(
-                ctx.search, vector_store_id, query, top_k=top_k, filter=condition, mode=mode
+                ctx.search,
+                vector_store_id,
+                query,
+                top_k=body.max_num_results,
+                filter=condition,
+                mode=mode,
             )
-            return json_response(_page(vector_store_id, query, documents.hits, threshold))
         except InvalidBody as exc:
             return _error(_as_error(exc))
         except ContextKitError as exc:
             return _error(exc)
+        return SearchResultsPage.model_validate(
+            _page(vector_store_id, query, documents.hits, threshold)
+        )
 
     return router
 
@@ -297,21 +364,18 @@ def _embed(
 # -- vector-store search ------------------------------------------------------------------------
 
 
-def _options(data: dict[str, Any]) -> dict[str, Any]:
-    options = field(data, OWNER, dict, required=False) or {}
-    unknown = sorted(set(options) - {"workspace", "mode"})
+def _options(options: ContextkitOptions | None) -> ContextkitOptions:
+    options = options or ContextkitOptions()
+    unknown = sorted(options.model_extra or {})
     if unknown:
         raise _invalid(OWNER, f"unknown `{OWNER}` option(s): {', '.join(unknown)}")
-    if options.get("mode") not in (None, "vector", "text", "hybrid"):
+    if options.mode not in (None, "vector", "text", "hybrid"):
         raise _invalid(f"{OWNER}.mode", f"`{OWNER}.mode` must be vector, text or hybrid")
     return options
 
 
-def _workspace(data: dict[str, Any], request: Request) -> str | None:
-    name = _options(data).get("workspace") or request.headers.get(WORKSPACE_HEADER)
-    if name is not None and not isinstance(name, str):
-        raise _invalid(f"{OWNER}.workspace", f"`{OWNER}.workspace` must be a string")
-    return name
+def _workspace(options: ContextkitOptions | None, request: Request) -> str | None:
+    return _options(options).workspace or request.headers.get(WORKSPACE_HEADER)
 
 
 def _query(value: Any) -> str:
@@ -375,19 +439,6 @@ def _any_of(parts: list[Any], param: str) -> dict[str, Any]:
         hint="contextkit's filters are conjunctive; use `in` for one of several values",
         details={"field": param},
     )
-
-
-def _threshold(options: Any) -> float | None:
-    if options is None:
-        return None
-    if not isinstance(options, Mapping):
-        raise _invalid("ranking_options", "`ranking_options` must be an object")
-    threshold = options.get("score_threshold")
-    if threshold is not None and (
-        not isinstance(threshold, int | float) or isinstance(threshold, bool)
-    ):
-        raise _invalid("ranking_options.score_threshold", "`score_threshold` must be a number")
-    return threshold
 
 
 def _attribute(value: Any) -> Any:
