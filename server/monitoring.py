@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from contextkit.client import Context
@@ -20,10 +20,106 @@ from contextkit.compute.push_embeddings import push_encoder
 from contextkit.errors import BadRequestError, NotFoundError
 from contextkit.governance.lineage import lineage
 from contextkit.governance.monitoring import FRESHNESS_STATES, ViewStatus, job_dict
-from contextkit.server.common import READER, ServerState, json_response, ok_example
+from contextkit.server.common import READER, ServerState, ok_example
 from contextkit.server.metrics import Metrics
 
 JOB_STATUSES = ("running", "succeeded", "warning", "failed")
+
+
+class JobSummary(BaseModel):
+    """A materialization job (times in ISO 8601)."""
+
+    id: str
+    workspace: str
+    view: str
+    status: str = Field(description="queued, running, succeeded, warning, failed, cancelled")
+    range_start: str | None
+    range_end: str | None
+    rows_offline: int | None
+    rows_online: int | None
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    error: str | None
+    kind: str
+
+
+class Alert(BaseModel):
+    id: str
+    workspace: str
+    view: str
+    source: str = Field(description="expectation, push, freshness, job or online")
+    kind: str
+    subject: str
+    severity: str = Field(description="error or warning")
+    message: str
+    job_id: str | None
+    since: str | None
+    updated_at: str | None
+    resolved_at: str | None
+
+
+class ViewSummary(BaseModel):
+    """A view: what it is (by kind: features or the embedded text and metadata, model and
+    dimension, source, inputs) and its state (newest job, rows, drift, freshness, alerts)."""
+
+    model_config = ConfigDict(extra="allow")  # the fields of its kind
+
+    name: str
+    kind: str
+    description: str
+    owner: str | None
+    entities: list[str]
+    join_keys: list[dict[str, Any]]
+    features: list[dict[str, Any]]
+    online: bool
+    expectations: dict[str, Any] | None
+    last_job: JobSummary | None
+    rows: int | None
+    max_drift: float | None
+    freshness: dict[str, Any] = Field(description="state, data age, lag, schedule, reasons.")
+    alerts: list[Alert]
+
+
+class ViewsResponse(BaseModel):
+    """Answer of ``GET /v1/views``."""
+
+    workspace: str
+    views: list[ViewSummary]
+
+
+class Lineage(BaseModel):
+    upstream: list[str]
+    downstream: list[str]
+    graph: dict[str, Any] = Field(description="The view's neighbourhood: nodes and edges.")
+
+
+class ViewDetail(BaseModel):
+    """Answer of ``GET /v1/views/{name}``."""
+
+    workspace: str
+    view: ViewSummary
+    spec: dict[str, Any] = Field(description="The applied spec, as the registry holds it.")
+    lineage: Lineage
+    job: str | None = Field(description="The id of the newest measured job.")
+    stats: dict[str, Any] | None = Field(description="Its statistics: columns, vectors, ...")
+    history: list[dict[str, Any]] = Field(description="The recent runs, newest first.")
+
+
+class JobsResponse(BaseModel):
+    """Answer of ``GET /v1/jobs``."""
+
+    workspace: str
+    jobs: list[JobSummary]
+
+
+class AlertsResponse(BaseModel):
+    """Answer of ``GET /v1/alerts``."""
+
+    workspace: str
+    alerts: list[Alert]
+    counts: dict[str, int] = Field(description="Open alerts per severity.")
+
 
 _FRESHNESS_EXAMPLE = {
     "state": "fresh",
@@ -215,31 +311,33 @@ def routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
     @router.get("/v1/views", responses=ok_example(VIEWS_EXAMPLE))
-    async def views(request: Request, workspace: str | None = None) -> Response:
+    async def views(request: Request, workspace: str | None = None) -> ViewsResponse:
         """The views of a workspace (batch, stream, realtime and embedding), each with its newest
         job, row count, freshness (stream views: since their newest ingested record; realtime
         views: computed at request time), drift and open alerts."""
         c = state.context(request, workspace, READER)
 
-        def build() -> dict[str, Any]:
+        def build() -> ViewsResponse:
             specs = _views(c)
             statuses = c.monitoring.status()
-            return {
-                "workspace": c.workspace,
-                "views": [view_summary(specs[s.name], s) for s in statuses],
-            }
+            return ViewsResponse(
+                workspace=c.workspace,
+                views=[
+                    ViewSummary.model_validate(view_summary(specs[s.name], s)) for s in statuses
+                ],
+            )
 
-        return json_response(await run_in_threadpool(build))
+        return await run_in_threadpool(build)
 
     @router.get("/v1/views/{name}", responses=ok_example(VIEW_EXAMPLE))
     async def view(
         request: Request, name: str, workspace: str | None = None, runs: str | None = None
-    ) -> Response:
+    ) -> ViewDetail:
         """One view: its spec, lineage (upstream and downstream objects), the statistics of its
         newest measured job and a summary of its recent runs (``runs``, default 30)."""
         c = state.context(request, workspace, READER)
         count = _int_param(runs, "runs", 30, 500)
-        return json_response(await run_in_threadpool(view_detail, c, name, count))
+        return ViewDetail.model_validate(await run_in_threadpool(view_detail, c, name, count))
 
     @router.get("/v1/jobs", responses=ok_example(JOBS_EXAMPLE))
     async def jobs(
@@ -248,7 +346,7 @@ def routes(state: ServerState) -> APIRouter:
         view: str | None = None,
         status: str | None = None,
         limit: str | None = None,
-    ) -> Response:
+    ) -> JobsResponse:
         """Materialization jobs, newest first; filter by ``view`` and ``status`` (running,
         succeeded, warning, failed); ``limit`` (default 50, at most 1000)."""
         c = state.context(request, workspace, READER)
@@ -261,12 +359,14 @@ def routes(state: ServerState) -> APIRouter:
             )
         found = c.jobs(view, count if status is None else max(count, 1000))
         selected = [j for j in found if status in (None, j.status)][:count]
-        return json_response({"workspace": c.workspace, "jobs": [job_dict(j) for j in selected]})
+        return JobsResponse.model_validate(
+            {"workspace": c.workspace, "jobs": [job_dict(j) for j in selected]}
+        )
 
     @router.get("/v1/alerts", responses=ok_example(ALERTS_EXAMPLE))
     async def alerts(
         request: Request, workspace: str | None = None, include_resolved: bool = False
-    ) -> Response:
+    ) -> AlertsResponse:
         """Open alerts of the workspace's views, errors first: expectations the newest data
         failed, failed push-based encodes, stale, expired, empty or late views, online tables a
         job shrank, and views whose last job failed."""
@@ -276,7 +376,7 @@ def routes(state: ServerState) -> APIRouter:
         for a in found:
             if a.resolved_at is None:
                 counts[a.severity] = counts.get(a.severity, 0) + 1
-        return json_response(
+        return AlertsResponse.model_validate(
             {"workspace": c.workspace, "alerts": [a.to_dict() for a in found], "counts": counts}
         )
 
