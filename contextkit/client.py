@@ -230,7 +230,9 @@ class Context:
                 with _translating:
                     result = materialize_embedding_view(
                         registry=self.registry,
-                        vectors=self.vectors,
+                        # opened only when something needs encoding (a no-op never imports it)
+                        vectors=lambda: self.vectors,
+                        vector_location=self.config.vector_location,
                         root=self.config.root.resolve(),
                         workspace=specs.workspace.name,
                         view=specs.embedding_views[name],

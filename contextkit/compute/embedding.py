@@ -13,6 +13,9 @@ comparable) and asks the store; results are plain dicts ``{"id", "text", "score"
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +61,7 @@ def encoder_for(view: EmbeddingViewSpec, models: Mapping[str, Any] | None, root:
 def materialize_embedding_view(
     *,
     registry: RegistryStore,
-    vectors: LanceVectorStore,
+    vectors: LanceVectorStore | Callable[[], LanceVectorStore],
     root: Path,
     workspace: str,
     view: EmbeddingViewSpec,
@@ -72,6 +75,7 @@ def materialize_embedding_view(
     pushed: Mapping[str, Any] | None = None,
     job_id: str | None = None,
     should_stop: Callable[[], bool] | None = None,
+    vector_location: str | Path | None = None,
 ) -> JobResult:
     """Encode the view's new or changed documents into its vector table, in one commit.
 
@@ -84,9 +88,23 @@ def materialize_embedding_view(
     ``pushed`` maps the name of a push source the view reads to an Arrow table of its events.
     ``full`` rebuilds the table from scratch (every chunk encoded again). The table is also
     rebuilt when it no longer fits the view: another vector dimension, key or metadata columns.
-    """
-    from contextkit.embeddings import Chunker, plan_encode
 
+    ``vectors`` is the store, or a function that opens it, with ``vector_location`` (where its
+    tables live): then a run with nothing to do never opens it, so never imports LanceDB. Nothing
+    to do means the view's documents, spec and model are those of its last job, whose table has
+    not been written since (see :func:`_unchanged_since`); the job is recorded with the last
+    job's numbers and ``unchanged_since`` naming it.
+    """
+    from contextkit.embeddings import Chunker, EncodeStats, plan_encode
+
+    opened: list[LanceVectorStore] = []
+
+    def store() -> LanceVectorStore:
+        if not opened:
+            opened.append(vectors() if callable(vectors) else vectors)
+        return opened[0]
+
+    location = vector_location if callable(vectors) else vectors.uri
     end = datetime.now(UTC)
     stage = on_stage or (lambda _s: None)
     job_id = registry.start_job(
@@ -109,50 +127,98 @@ def materialize_embedding_view(
     monitor = JobMonitor.start(registry, workspace, view, job_id, as_of=end, enabled=monitoring)
     began = time.perf_counter()
     table = vector_table(workspace, view.name)
+    previous = None
     try:
         encoder = encoder_for(view, models, root)
-        chunking = view.chunking.model_dump() if view.chunking else None
-        chunker = Chunker.from_config(chunking, encoder)
-        replace = full or _must_rebuild(vectors, table, view, encoder)
-        existing = {} if replace else vectors.existing_hashes(table)
         check()
         stage("reading")
         with transformations.workspace_session(root, sources, views) as ws:
             for name, rows in (pushed or {}).items():  # push sources: their logged events
                 ws.con.register(name, rows)
             documents = transformations.embedding_documents_sql(ws, view)
+            # Pushed documents are also written by the push path: never skipped.
+            fingerprint = (
+                None if pushed else documents_fingerprint(ws.con, documents, view, encoder)
+            )
+            if not full and fingerprint is not None:
+                previous = _unchanged_since(
+                    registry, workspace, view.name, job_id, fingerprint, location, table
+                )
             reader = ws.con.sql(documents).to_arrow_reader(_ROWS_PER_BATCH)
             if monitor is not None:
                 reader = monitor.watch_documents(reader)
-            stage("encoding")
-            with plan_encode(
-                reader,
-                encoder=encoder,
-                key_columns=view.join_key_names,
-                text_column=view.text_column,
-                metadata_columns=view.metadata,
-                chunker=chunker,
-                existing=existing,
-                fetch_vectors=None if replace else (lambda ids: vectors.fetch_vectors(table, ids)),
-                on_progress=on_progress,
-            ) as plan:
-                if monitor is not None:  # every document was read; nothing is encoded yet
-                    monitor.check_documents(ws.con, plan.stats)
-                check()
-                result = vectors.apply_changes(
-                    table,
-                    plan.batches(),
-                    plan.delete_ids,
-                    dim=encoder.dimension,
-                    key_columns=view.join_key_names,
-                    replace=replace,
+            if previous is not None:
+                stage("unchanged")
+                stats = EncodeStats(
+                    documents=int(previous.details.get("documents") or 0),
+                    chunks=int(previous.details.get("chunks") or 0),
+                    unchanged=int(previous.details.get("chunks") or 0),
                 )
-        stage("indexing")
-        report = vectors.ensure_indexes(table) if vectors.has_table(table) else None
-        chunks = vectors.count_rows(table) if vectors.has_table(table) else 0
+                if monitor is not None:
+                    for _batch in reader:  # the documents' statistics, as on any run
+                        pass
+                    monitor.check_documents(ws.con, stats)
+            else:
+                chunking = view.chunking.model_dump() if view.chunking else None
+                chunker = Chunker.from_config(chunking, encoder)
+                vectors_now = store()
+                replace = full or _must_rebuild(vectors_now, table, view, encoder)
+                existing = {} if replace else vectors_now.existing_hashes(table)
+                check()
+                stage("encoding")
+                with plan_encode(
+                    reader,
+                    encoder=encoder,
+                    key_columns=view.join_key_names,
+                    text_column=view.text_column,
+                    metadata_columns=view.metadata,
+                    chunker=chunker,
+                    existing=existing,
+                    fetch_vectors=None
+                    if replace
+                    else (lambda ids: vectors_now.fetch_vectors(table, ids)),
+                    on_progress=on_progress,
+                ) as plan:
+                    if monitor is not None:  # every document was read; nothing is encoded yet
+                        monitor.check_documents(ws.con, plan.stats)
+                    check()
+                    result = vectors_now.apply_changes(
+                        table,
+                        plan.batches(),
+                        plan.delete_ids,
+                        dim=encoder.dimension,
+                        key_columns=view.join_key_names,
+                        replace=replace,
+                    )
+                stats = plan.stats
+        if previous is not None:
+            chunks = int(previous.rows_online or 0)
+            version = previous.details.get("table_version")
+            run = {
+                "full": False,
+                "table_version": version,
+                "indexes_created": [],
+                "search": previous.details.get("search"),
+                "search_calibrated": False,
+                "unchanged_since": previous.details.get("unchanged_since") or previous.id,
+            }
+        else:
+            stage("indexing")
+            vectors_now = store()
+            report = vectors_now.ensure_indexes(table) if vectors_now.has_table(table) else None
+            chunks = vectors_now.count_rows(table) if vectors_now.has_table(table) else 0
+            version = result.version
+            run = {
+                "full": replace,
+                "table_version": version,
+                "indexes_created": report.created if report else [],
+                # how vector queries are answered (exact or ANN, its parameters, the recall)
+                "search": report.plan.as_dict() if report and report.plan else None,
+                "search_calibrated": bool(report and report.calibrated),
+            }
         if monitor is not None and chunks:
             monitor.add_vectors(
-                lambda: vectors.sample_vectors(table, VECTOR_SAMPLE), table_version=result.version
+                lambda: store().sample_vectors(table, VECTOR_SAMPLE), table_version=version
             )
     except BaseException as exc:
         if isinstance(exc, JobCancelledError):
@@ -178,21 +244,19 @@ def materialize_embedding_view(
     duration = time.perf_counter() - began
     details = {
         "kind": "embedding_view",
-        "full": replace,
         "model": encoder.name,
         "dimension": encoder.dimension,
-        "table_version": result.version,
-        "indexes_created": report.created if report else [],
-        # how vector queries are answered (exact or ANN, its parameters, the recall reached)
-        "search": report.plan.as_dict() if report and report.plan else None,
-        "search_calibrated": bool(report and report.calibrated),
-        **plan.stats.as_dict(),
+        **run,
+        **stats.as_dict(),
     }
+    if fingerprint is not None:  # what the next run compares (see _unchanged_since)
+        details["documents_fingerprint"] = fingerprint
+        details["table_state"] = table_state(location, table)
     status, warning = monitor.finish() if monitor is not None else ("succeeded", None)
     registry.finish_job(
         job_id,
         status,
-        rows_offline=plan.stats.documents,
+        rows_offline=stats.documents,
         rows_online=chunks,
         details=details,
         error=warning,
@@ -203,13 +267,75 @@ def materialize_embedding_view(
         status,
         None,
         end,
-        plan.stats.documents,
+        stats.documents,
         chunks,
         duration,
         kind="embedding_view",
         details=details,
         error=warning,
     )
+
+
+def documents_fingerprint(
+    con: Any, documents: str, view: EmbeddingViewSpec, encoder: Encoder
+) -> str | None:
+    """A digest of what decides a view's vector table: its spec, its model (name, dimension,
+    normalisation) and every document row (keys, text, metadata, as JSON), in any order. None
+    when the model's dimension is unknown without calling it (a hosted model without
+    ``dimension``): such views always take the full path."""
+    from contextkit.embeddings.models import known_dimension
+
+    dimension = known_dimension(encoder)
+    if dimension is None:
+        return None
+    # Order-independent: a 128-bit XOR of the rows' MD5s, a sum of their 64-bit hashes, and the
+    # count; one pass, constant memory.
+    ((count, xor, total),) = con.execute(
+        "SELECT count(*), bit_xor(md5_number(j)), sum(hash(j)) FROM "
+        f"(SELECT CAST(to_json(d) AS VARCHAR) AS j FROM ({documents}) AS d)"
+    ).fetchall()
+    identity = [spec_hash(view), encoder.name, dimension, encoder.normalize, count, str(xor)]
+    identity.append(str(total))
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
+
+
+def table_state(location: str | Path | None, table: str) -> str | None:
+    """A token that changes whenever a local vector table is written, read without LanceDB: the
+    names of its version manifests (every commit adds one; pruning removes some). None on object
+    storage or when the folder is not laid out so (then nothing is skipped)."""
+    if location is None or str(location).startswith("s3://"):
+        return None
+    versions = Path(location) / f"{table}.lance" / "_versions"
+    try:
+        names = sorted(n for n in os.listdir(versions) if n.endswith(".manifest"))
+    except OSError:
+        return None
+    if not names:
+        return None
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]
+
+
+def _unchanged_since(
+    registry: RegistryStore,
+    workspace: str,
+    view: str,
+    job_id: str,
+    fingerprint: str,
+    location: str | Path | None,
+    table: str,
+) -> Any:
+    """The view's last job when this run has nothing to do, else None: it succeeded, saw the
+    same fingerprint (documents, spec, model), and the table is as it left it."""
+    state = table_state(location, table)
+    if state is None:
+        return None
+    for job in registry.list_jobs(workspace, view, 5):
+        if job.id == job_id or job.status in ("queued", "running"):
+            continue
+        ok = job.status in ("succeeded", "warning")
+        same = job.details.get("documents_fingerprint") == fingerprint
+        return job if ok and same and job.details.get("table_state") == state else None
+    return None
 
 
 def _must_rebuild(

@@ -79,7 +79,8 @@ def run_view(
         with translating:
             return materialize_embedding_view(
                 registry=runtime.registry,
-                vectors=runtime.vectors,
+                vectors=lambda: runtime.vectors,  # opened only when something needs encoding
+                vector_location=runtime.config.vector_location,
                 root=root,
                 workspace=workspace,
                 view=view,
