@@ -44,11 +44,14 @@ chromium:
 		|| echo "note: could not install chromium; the browser test will be skipped"
 
 # The backend tests start real redis-server and PostgreSQL 15 (Debian's redis-server and
-# postgresql; tests/backends.py). Installed like chromium: where apt-get can, as root, never
-# failing the build; but under CI=true they must be there (the backend tests fail, not skip).
-SERVER_PACKAGES := redis-server postgresql
+# postgresql; tests/backends.py; openssl makes the TLS Redis's throwaway CA, and redis-server's
+# redis-tools brings redis-cli for the Redis Cluster). Installed like chromium: where apt-get
+# can, as root, never failing the build; but under CI=true they must be there (the backend
+# tests fail, not skip).
+SERVER_PACKAGES := redis-server postgresql openssl
 servers:
 	@missing=""; command -v redis-server >/dev/null 2>&1 || missing="redis-server"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	test -x /usr/lib/postgresql/15/bin/initdb || command -v initdb >/dev/null 2>&1 \
 		|| missing="$$missing postgresql"; \
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

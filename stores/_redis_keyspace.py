@@ -317,11 +317,29 @@ class Keyspace:
                 f"{action}: {where} is loading its dataset",
                 hint="wait until Redis has loaded its data, then retry",
             )
+        if isinstance(exc, redis.ConnectionError) and ("SSL" in upper or "TLS" in upper):
+            return StoreServerUnavailable(
+                f"{action}: the TLS handshake with {where} failed ({text})",
+                hint="for a certificate from a private CA add ?ssl_ca_certs=/path/to/ca.pem to "
+                "the rediss:// URL; a server without TLS takes redis://, not rediss://",
+            )
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             return StoreServerUnavailable(
                 f"{action}: {where} is unreachable ({text})",
                 hint="check that Redis runs and the URL's host and port; reads and writes "
                 "resume by themselves once it answers",
+            )
+        cluster_errors = (
+            redis.exceptions.AskError,  # MovedError is one
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.ClusterCrossSlotError,
+        )
+        if isinstance(exc, cluster_errors) or upper.startswith(("MOVED ", "ASK ", "CROSSSLOT")):
+            return StoreServerUnavailable(
+                f"{action}: {where} is a Redis Cluster node ({text}); Redis Cluster is not "
+                "supported",
+                hint="point the online store at a standalone Redis (a primary, with replicas for "
+                "failover): see docs/deployment.md",
             )
         if isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in upper:
             return StoreServerUnavailable(

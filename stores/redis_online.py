@@ -42,6 +42,9 @@ the connection pool reconnects by itself when the server is back.
 Values are JSON (orjson), normalized by column type as SQLite's column affinity would store
 them, so both stores return the same Python values. Not supported: Redis Cluster (MULTI needs
 one slot), non-finite floats (stored as null). A Redis at maxmemory keeps serving reads.
+
+**TLS**: ``rediss://`` URLs verify the server's certificate; ``?ssl_ca_certs=/path/ca.pem`` (any
+of redis-py's ``ssl_*`` URL options) names a private CA. A failed handshake says so.
 """
 
 from __future__ import annotations

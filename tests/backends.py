@@ -1,4 +1,5 @@
-"""Real servers for backend tests: redis-server, PostgreSQL 15 and moto's S3 server.
+"""Real servers for backend tests: redis-server (plain, TLS-only with a throwaway CA, and a
+3-master Redis Cluster), PostgreSQL 15 and moto's S3 server.
 
 Each fixture starts the real program on a free loopback port in its own temp dir, waits until it
 answers (PING, ``pg_isready``, an HTTP request), and stops it at the end of the session. Tests
@@ -17,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -79,8 +81,9 @@ def _stop(proc: subprocess.Popen) -> None:
 # -- Redis ---------------------------------------------------------------------------------------
 
 
-def _redis_pong(port: int, password: str | None) -> bool:
-    """True when redis-server answers PING (after AUTH when it has a password)."""
+def _redis_pong(port: int, password: str | None, ca: Path | None = None) -> bool:
+    """True when redis-server answers PING (after AUTH when it has a password); over TLS,
+    trusting ``ca``, when given."""
 
     def command(*parts: str) -> bytes:
         out = f"*{len(parts)}\r\n".encode()
@@ -89,7 +92,12 @@ def _redis_pong(port: int, password: str | None) -> bool:
         return out
 
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as plain:
+            s = plain
+            if ca is not None:
+                s = ssl.create_default_context(cafile=str(ca)).wrap_socket(
+                    plain, server_hostname="127.0.0.1"
+                )
             s.settimeout(1)
             if password is not None:
                 s.sendall(command("AUTH", password))
@@ -102,18 +110,53 @@ def _redis_pong(port: int, password: str | None) -> bool:
 
 
 @dataclass
+class TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """Generate a CA and a server certificate for IP 127.0.0.1 with the ``openssl`` command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        missing_server("openssl is not installed (Debian package openssl)")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    cert, key, csr = folder / "server.crt", folder / "server.key", folder / "server.csr"
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "2", "-subj", "/CN=contextkit test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "2", "-extfile", folder / "san.ext"],
+    ):  # fmt: skip
+        subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=60)
+    return TlsFiles(ca, cert, key)
+
+
+@dataclass
 class RedisServer:
-    """One redis-server process without persistence: a restart starts it empty."""
+    """One redis-server process without persistence: a restart starts it empty. With ``tls``
+    it listens for TLS only (``rediss://``; the URL names the CA to trust)."""
 
     binary: str
     dir: Path
     port: int = field(default_factory=free_port)
     password: str | None = None
     proc: subprocess.Popen | None = None
+    tls: TlsFiles | None = None
+    cluster: bool = False  # a Redis Cluster node (see ``redis_cluster``)
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
@@ -121,9 +164,14 @@ class RedisServer:
         return self.dir / "redis.log"
 
     def start(self) -> None:
+        listen = ["--port", str(self.port)]
+        if self.tls is not None:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                      "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                      "--tls-ca-cert-file", str(self.tls.ca)]  # fmt: skip
         args = [
             self.binary,
-            "--port", str(self.port),
+            *listen,
             "--bind", "127.0.0.1",
             "--dir", str(self.dir),
             "--logfile", str(self.log),
@@ -133,8 +181,13 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                     "--cluster-config-file", str(self.dir / "nodes.conf")]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        _wait(lambda: _redis_pong(self.port, self.password), "redis-server", self.log, self.proc)
+        ca = self.tls.ca if self.tls is not None else None
+        answers = lambda: _redis_pong(self.port, self.password, ca)  # noqa: E731
+        _wait(answers, "redis-server", self.log, self.proc)
 
     def kill(self) -> None:
         """SIGKILL: the server dies at once and loses every write (no persistence)."""
@@ -161,11 +214,14 @@ def _redis_binary() -> str:
 
 @pytest.fixture(scope="session")
 def redis_factory(tmp_path_factory) -> Iterator[Callable[..., RedisServer]]:
-    """Start a private redis-server: ``redis_factory(password=None)``; all stop at the end."""
+    """Start a private redis-server: ``redis_factory(password=None, tls=False)``; all stop at
+    the end."""
     started: list[RedisServer] = []
 
-    def start(password: str | None = None) -> RedisServer:
-        server = RedisServer(_redis_binary(), tmp_path_factory.mktemp("redis"), password=password)
+    def start(password: str | None = None, tls: bool = False) -> RedisServer:
+        folder = tmp_path_factory.mktemp("redis")
+        files = make_tls_files(folder / "tls") if tls else None
+        server = RedisServer(_redis_binary(), folder, password=password, tls=files)
         started.append(server)
         server.start()
         return server
@@ -179,6 +235,56 @@ def redis_factory(tmp_path_factory) -> Iterator[Callable[..., RedisServer]]:
 def redis_server(redis_factory) -> RedisServer:
     """The session's shared redis-server, with a password (so URLs carry one to mask)."""
     return redis_factory(password="s3cret-" + uuid.uuid4().hex[:8])
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(redis_factory) -> RedisServer:
+    """A redis-server that speaks TLS only (a throwaway CA and certificate), with a password."""
+    return redis_factory(password="s3cret-" + uuid.uuid4().hex[:8], tls=True)
+
+
+@dataclass
+class RedisCluster:
+    """Redis Cluster: three masters (no replicas), every slot assigned and the state ``ok``."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+
+def _cluster_ok(cli: str, port: int) -> bool:
+    done = subprocess.run(
+        [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10
+    )
+    return "cluster_state:ok" in done.stdout
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on loopback (``redis-cli --cluster create``)."""
+    binary, cli = _redis_binary(), shutil.which("redis-cli")
+    if cli is None:
+        missing_server("redis-cli is not installed (Debian package redis-tools)")
+    nodes = [
+        RedisServer(binary, tmp_path_factory.mktemp("redis-cluster"), cluster=True)
+        for _ in range(3)
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        _wait(lambda: all(_cluster_ok(cli, n.port) for n in nodes), "redis cluster",
+              nodes[0].log, None)  # fmt: skip
+        yield RedisCluster(nodes)
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------

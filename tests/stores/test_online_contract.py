@@ -1,9 +1,10 @@
 """One contract for every online store: SQLite and Redis answer the core's calls alike.
 
-Each story runs against both stores (a real redis-server from tests/backends.py), driving the
-interface the way the core does: materialization replaces a view's table, serving reads many
-entities across views in one call, ingest writes the log, latest values and tiles in one
-transaction, and stream reads aggregate tiles over a window. Then the core itself runs on each
+Each story runs against both stores (a real redis-server from tests/backends.py, plain and over
+TLS: ``rediss://`` with a throwaway CA), driving the interface the way the core does:
+materialization replaces a view's table, serving reads many entities across views in one call,
+ingest writes the log, latest values and tiles in one transaction, and stream reads aggregate
+tiles over a window. Then the core itself runs on each
 store (apply, materialize, ingest, read) and must give the same answers. Redis-only stories
 cover what SQLite cannot do: expiry, concurrent writers, a server that is down, read-only,
 full, or killed and restarted.
@@ -45,14 +46,16 @@ def drop_prefix(url: str, prefix: str) -> None:
     client.close()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-tls"])
 def store(request, tmp_path: Path) -> Iterator[OnlineStore]:
     if request.param == "sqlite":
         store: OnlineStore = SQLiteOnlineStore(tmp_path / "online.db")
         yield store
         store.close()
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: RedisServer = request.getfixturevalue(
+        "redis_tls_server" if request.param == "redis-tls" else "redis_server"
+    )
     prefix = "t" + uuid.uuid4().hex[:10]
     store = RedisOnlineStore(server.url, prefix=prefix)
     yield store
@@ -291,20 +294,22 @@ def test_a_transaction_that_raises_writes_nothing(store):
     assert ingest(store, [("z", 7, 9.0, T + 5)]) != [], "the rolled back id was not kept"
 
 
-def test_the_core_gets_the_same_answers_from_both_stores(make_repo, redis_server):
-    """apply, materialize, ingest and read through the public SDK on each store."""
+def test_the_core_gets_the_same_answers_from_both_stores(make_repo, redis_server, redis_tls_server):
+    """apply, materialize, ingest and read through the public SDK on each store (and Redis over
+    TLS)."""
     import contextkit
     from contextkit.compute.streaming import ingest_records
 
     now = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
     answers = []
-    for name in ("sqlite", "redis"):
+    servers = {"redis": redis_server, "redis-tls": redis_tls_server}
+    for name in ("sqlite", "redis", "redis-tls"):
         root = make_repo({"defs.py": CORE_DEFS}, data={"orders.parquet": orders()}, name=name)
         ctx = contextkit.connect(root, workspace="live")
         prefix = "e2e" + uuid.uuid4().hex[:8]
-        if name == "redis":
+        if name in servers:
             ctx.online.close()
-            ctx.runtime.online = RedisOnlineStore(redis_server.url, prefix=prefix)
+            ctx.runtime.online = RedisOnlineStore(servers[name].url, prefix=prefix)
         try:
             ctx.create_workspace("live", live=True)
             ctx.apply(ctx.plan(root))
@@ -326,10 +331,10 @@ def test_the_core_gets_the_same_answers_from_both_stores(make_repo, redis_server
             answers[-1] += (log.to_arrow().to_pylist(),)
         finally:
             ctx.close()
-            if name == "redis":
-                drop_prefix(redis_server.url, prefix)
-    sqlite, redis_ = answers
-    assert redis_ == sqlite
+            if name in servers:
+                drop_prefix(servers[name].url, prefix)
+    sqlite, redis_, redis_tls = answers
+    assert redis_ == sqlite and redis_tls == sqlite
     values = dict(zip(sqlite[0], sqlite[1], strict=True))
     assert values["spend.amount_sum_2d"] == [30.0, 5.0, None, 30.0]
     assert values["recent.product_id_count_1h"] == [2, 0, None, 2]
@@ -455,6 +460,37 @@ def test_an_unreachable_server_is_a_clear_error_with_the_password_masked():
     assert "hunter2" not in str(info.value) and info.value.hint
     with pytest.raises(StoreServerUnavailable):
         store.replace_table(SPEND, USER_KEY, SPEND_COLS, spend_rows(range(1, 3)))
+
+
+def test_rediss_from_the_configuration_and_an_untrusted_certificate(tmp_path, redis_tls_server):
+    """``online_store: rediss://...?ssl_ca_certs=`` in contextkit.yaml opens a TLS store; without
+    the CA the handshake fails with an error saying so, the password masked."""
+    import contextkit
+
+    (tmp_path / "contextkit.yaml").write_text(
+        f"project: shop\nonline_store: {{url: '{redis_tls_server.url}', prefix: 'cfg'}}\n"
+    )
+    ctx = contextkit.connect(tmp_path)
+    try:
+        assert isinstance(ctx.online, RedisOnlineStore) and not ctx.online.has_table(SPEND)
+        assert redis_tls_server.password not in repr(ctx.online)
+    finally:
+        ctx.close()
+    untrusted = RedisOnlineStore(redis_tls_server.url.split("?")[0], prefix="x")
+    with pytest.raises(StoreServerUnavailable, match="TLS handshake") as info:
+        untrusted.has_table(SPEND)
+    assert "ssl_ca_certs" in (info.value.hint or "")
+    assert redis_tls_server.password not in str(info.value) + repr(untrusted)
+
+
+def test_a_redis_cluster_is_refused_with_a_clear_error(redis_cluster):
+    """A 3-master Redis Cluster (not supported: an ingest is one transaction over several
+    tables, a read one MGET over several views): the first key another master owns is one
+    clear error naming the store and what to use instead, not a MOVED reply."""
+    store = RedisOnlineStore(redis_cluster.url, prefix="cl")
+    with pytest.raises(StoreServerUnavailable, match="Redis Cluster is not supported") as info:
+        store.replace_table(SPEND, USER_KEY, SPEND_COLS, spend_rows(range(1, 200)))
+    assert "standalone Redis" in (info.value.hint or "")
 
 
 def test_a_wrong_password_is_a_clear_error(redis_server):
