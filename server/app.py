@@ -32,6 +32,7 @@ from contextkit.client import Context
 from contextkit.errors import ContextKitError, translate_store_errors
 from contextkit.governance.jobs import JobService
 from contextkit.server import (
+    admin,
     chat,
     context,
     features,
@@ -115,9 +116,10 @@ def create_app(
     app.include_router(chat.routes(state))
     app.include_router(monitoring.routes(state))
     app.include_router(openai_embeddings.routes(state))
-    app.include_router(ui.routes(state))
+    app.include_router(ui.routes(state, jobs=jobs))
     if jobs is not None:  # the control plane only: data plane nodes never run jobs
         app.include_router(jobs_api.routes(state, jobs))
+        app.include_router(admin.routes(state))  # API keys and the audit log
     mcp_endpoint = _mount_mcp(app, state, mcp or McpSettings())
     app.include_router(ops.routes(state))  # /metrics last: routes are matched in this order
     return app

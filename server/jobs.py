@@ -25,7 +25,9 @@ from starlette.concurrency import run_in_threadpool
 from contextkit.errors import WorkspaceError, translating
 from contextkit.framework.plan import compute_plan
 from contextkit.framework.specs import ObjectSpec
+from contextkit.governance.audit import APPLY, JOBS_CANCEL, JOBS_RETRY, JOBS_TRIGGER
 from contextkit.governance.jobs import JobService, job_view
+from contextkit.server.admin import actor_of, audited
 from contextkit.server.common import ADMIN, READER, ServerState
 
 
@@ -117,15 +119,20 @@ def routes(state: ServerState, service: JobService) -> APIRouter:
     async def trigger_jobs(request: Request, body: TriggerJobsRequest) -> dict[str, Any]:
         """Queue a materialization job per view and answer their ids at once (``admin``)."""
         workspace = body.workspace or state.default_workspace
-        state.check_access(request, workspace, ADMIN)
-        triggered = await run_in_threadpool(
-            service.trigger,
-            workspace,
-            body.views,
-            start=body.start,
-            end=body.end,
-            full=body.full,
-        )
+        target = ",".join(body.views or []) or None
+        details = {"full": body.full, "start": body.start, "end": body.end}
+        async with audited(state, request, JOBS_TRIGGER, workspace, target, details) as entry:
+            state.check_access(request, workspace, ADMIN)
+            triggered = await run_in_threadpool(
+                service.trigger,
+                workspace,
+                body.views,
+                start=body.start,
+                end=body.end,
+                full=body.full,
+                requested_by=actor_of(request).label,
+            )
+            entry.details["jobs"] = {t.job.view: t.job.id for t in triggered}
         jobs = [_out(t.job, started=t.started) for t in triggered]
         return {"job_id": jobs[0]["id"], "jobs": jobs}
 
@@ -139,24 +146,32 @@ def routes(state: ServerState, service: JobService) -> APIRouter:
     async def cancel_job(request: Request, job_id: str, workspace: str | None = None):
         """Cancel a job (``admin``): a queued one at once, a running one at its next batch (it
         leaves the stores as they were). A finished job answers 409."""
-        await run_in_threadpool(job_for, request, job_id, ADMIN, workspace)
-        return _out(await run_in_threadpool(service.cancel, job_id))
+        found = await run_in_threadpool(service.registry.get_job, job_id)
+        where = found.workspace if found is not None else workspace or state.default_workspace
+        async with audited(state, request, JOBS_CANCEL, where, job_id):
+            await run_in_threadpool(job_for, request, job_id, ADMIN, workspace)
+            return _out(await run_in_threadpool(service.cancel, job_id))
 
     @router.post("/v1/jobs/{job_id}/retry", status_code=202, response_model=TriggeredJob)
     async def retry_job(request: Request, job_id: str, workspace: str | None = None):
         """Run a finished job again, same view, range and ``full`` (``admin``); 409 while it
         still runs."""
-        await run_in_threadpool(job_for, request, job_id, ADMIN, workspace)
-        found = await run_in_threadpool(service.retry, job_id)
+        job = await run_in_threadpool(service.registry.get_job, job_id)
+        where = job.workspace if job is not None else workspace or state.default_workspace
+        async with audited(state, request, JOBS_RETRY, where, job_id) as entry:
+            await run_in_threadpool(job_for, request, job_id, ADMIN, workspace)
+            found = await run_in_threadpool(
+                service.retry, job_id, requested_by=actor_of(request).label
+            )
+            entry.details["job"] = found.job.id
         return _out(found.job, started=found.started)
 
     @router.post("/v1/apply", response_model=ApplyResponse)
     async def apply(request: Request, body: ApplyRequest) -> dict[str, Any]:
         """Diff the specs against the workspace and apply them in one transaction (``admin``);
         ``plan_only`` answers the plan alone."""
-        c = state.context(request, body.workspace, ADMIN)
 
-        def run() -> dict[str, Any]:
+        def run(c: Any) -> dict[str, Any]:
             from contextkit.errors import BadRequestError
 
             try:
@@ -179,6 +194,12 @@ def routes(state: ServerState, service: JobService) -> APIRouter:
             return {"workspace": c.workspace, "base_version": plan.base_version,
                     "version": version, "applied": applied, "plan": plan.to_json()}  # fmt: skip
 
-        return await run_in_threadpool(run)
+        where = body.workspace or state.default_workspace
+        details: dict[str, Any] = {"plan_only": body.plan_only}
+        async with audited(state, request, APPLY, where, details=details) as entry:
+            c = state.context(request, body.workspace, ADMIN)
+            out = await run_in_threadpool(run, c)
+            entry.details.update(applied=out["applied"], version=out["version"])
+        return out
 
     return router

@@ -23,7 +23,9 @@ from contextkit.governance.monitoring import FRESHNESS_STATES, ViewStatus, job_d
 from contextkit.server.common import READER, ServerState, ok_example
 from contextkit.server.metrics import Metrics
 
-JOB_STATUSES = ("running", "succeeded", "warning", "failed")
+# Every status a job can have (queued and cancelled: jobs of the jobs API), and "abandoned": the
+# failed jobs whose process died before they finished.
+JOB_STATUSES = ("queued", "running", "succeeded", "warning", "failed", "cancelled", "abandoned")
 
 
 class JobSummary(BaseModel):
@@ -347,8 +349,9 @@ def routes(state: ServerState) -> APIRouter:
         status: str | None = None,
         limit: str | None = None,
     ) -> JobsResponse:
-        """Materialization jobs, newest first; filter by ``view`` and ``status`` (running,
-        succeeded, warning, failed); ``limit`` (default 50, at most 1000)."""
+        """Materialization jobs, newest first; filter by ``view`` and ``status`` (queued,
+        running, succeeded, warning, failed, cancelled, or abandoned: failed because its process
+        died); ``limit`` (default 50, at most 1000)."""
         c = state.context(request, workspace, READER)
         count = _int_param(limit, "limit", 50, 1000)
         if status is not None and status not in JOB_STATUSES:
@@ -358,7 +361,12 @@ def routes(state: ServerState) -> APIRouter:
                 details={"field": "status"},
             )
         found = c.jobs(view, count if status is None else max(count, 1000))
-        selected = [j for j in found if status in (None, j.status)][:count]
+        wanted = (
+            (lambda j: j.abandoned)
+            if status == "abandoned"
+            else (lambda j: status in (None, j.status))
+        )
+        selected = [j for j in found if wanted(j)][:count]
         return JobsResponse.model_validate(
             {"workspace": c.workspace, "jobs": [job_dict(j) for j in selected]}
         )

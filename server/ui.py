@@ -15,8 +15,16 @@ How it fits together:
   partial request. The playground and the search page call ``POST /v1/context`` and
   ``POST /v1/search`` from the browser, with the same key.
 
-Everything is read-only. Charts are inline SVG computed server-side
-(:mod:`contextkit.server.charts`).
+Charts are inline SVG computed server-side (:mod:`contextkit.server.charts`).
+
+Admin actions. On the control plane (``create_app(..., jobs=...)``: ``contextkit control-plane``)
+a caller with the ``admin`` role in the workspace sees buttons to trigger, cancel and retry jobs
+(the Jobs page follows running jobs live), an Access page (create, list and revoke API keys, with
+each principal's roles) and an Audit page. The buttons call the same JSON API as every client
+(``POST /v1/jobs``, ``/v1/jobs/{id}/cancel|retry``, ``/v1/access/keys``), with the same key and
+checks, so every action is audited once, as ``via: ui`` (:mod:`contextkit.server.admin`); a
+reader is shown no buttons and would get 403 from those routes. Data plane nodes
+(``contextkit serve``) show no admin actions.
 """
 
 from __future__ import annotations
@@ -36,10 +44,14 @@ from contextkit.client import Context
 from contextkit.compute.quality.drift import PSI_SIGNIFICANT
 from contextkit.errors import ContextKitError, NotFoundError, PermissionDeniedError
 from contextkit.framework.expectations import format_age
+from contextkit.governance.access import ALL_WORKSPACES, ROLES
+from contextkit.governance.audit import AuditLog, audit_dict
+from contextkit.governance.jobs import JobService, job_view
 from contextkit.governance.lineage import lineage
 from contextkit.governance.monitoring import job_dict, summarize_alerts
 from contextkit.server import charts
-from contextkit.server.common import READER, ServerState
+from contextkit.server.admin import keys_of
+from contextkit.server.common import ADMIN, READER, ServerState
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates" / "ui"
@@ -48,6 +60,9 @@ STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; char
                 ".svg": "image/svg+xml"}  # fmt: skip
 VIEW_KINDS = ("batch_feature_view", "embedding_view")
 LOADING = '<p class="muted">Loading…</p>'
+JOB_STATUSES = ("queued", "running", "succeeded", "warning", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+REFRESH_MS = 1000  # how often a page showing queued or running jobs reloads itself
 
 
 def _environment():
@@ -119,8 +134,9 @@ def object_link(workspace: str, kind: str, name: str) -> str:
 class UI:
     """The page builders; each returns ``(template, context)`` for a partial."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, jobs: JobService | None = None) -> None:
         self.state = state
+        self.job_service = jobs  # the control plane's: admin actions are offered only there
         self.env = _environment()
         self.pages: list[tuple[re.Pattern[str], Callable[..., tuple[str, dict[str, Any]]]]] = [
             (re.compile(r""), self.home),
@@ -137,6 +153,8 @@ class UI:
             (re.compile(r"w/(?P<workspace>[^/]+)/alerts"), self.alerts),
             (re.compile(r"w/(?P<workspace>[^/]+)/playground"), self.playground),
             (re.compile(r"w/(?P<workspace>[^/]+)/search"), self.search),
+            (re.compile(r"w/(?P<workspace>[^/]+)/access"), self.access),
+            (re.compile(r"w/(?P<workspace>[^/]+)/audit"), self.audit),
         ]
 
     def render(self, request: Request, path: str) -> str:
@@ -148,12 +166,33 @@ class UI:
             if match:
                 args = {k: unquote(v) for k, v in match.groupdict().items()}
                 template, context = page(request, **args)
+                if context.get("ws") is not None and "admin" not in context:
+                    context["admin"] = self._admin(request, context["ws"])
                 return self.env.get_template(template).render(**context)
         raise NotFoundError(f"no UI page at /ui/{path}", hint="start at /ui")
 
     # -- helpers -----------------------------------------------------------------------------
     def _ctx(self, request: Request, workspace: str) -> Context:
         return self.state.context(request, workspace, READER)
+
+    def _admin(self, request: Request, workspace: str) -> bool:
+        """Whether to offer admin actions: on the control plane, to an admin of the workspace."""
+        if self.job_service is None:
+            return False
+        try:
+            self.state.check_access(request, workspace, ADMIN)
+        except PermissionDeniedError:
+            return False
+        return True
+
+    def _admin_ctx(self, request: Request, workspace: str) -> Context:
+        """The context of an admin-only page (404 off the control plane, 403 to non-admins)."""
+        if self.job_service is None:
+            raise NotFoundError(
+                "API keys and the audit log are managed on the control plane",
+                hint="open this page on the server `contextkit control-plane` runs",
+            )
+        return self.state.context(request, workspace, ADMIN)
 
     def _readable(self, request: Request, names: list[str]) -> list[str]:
         """The workspaces the caller may read (a missing or bad key is a 401 here)."""
@@ -248,6 +287,7 @@ class UI:
             prompts=sorted(specs.prompts),
             sources=sorted(specs.sources),
             counts=summarize_alerts(alerts),
+            schedule=schedule(c, time.time()),
             now=time.time(),
         )
 
@@ -383,13 +423,46 @@ class UI:
         view = request.query_params.get("view") or None
         status = request.query_params.get("status") or None
         found = [j for j in c.jobs(view, 500) if status in (None, j.status)][:200]
+        rows = [{**job_dict(j), **_live(j)} for j in found]
         return "jobs.html", self._base(
             c,
             "jobs",
-            jobs=[job_dict(j) for j in found],
+            jobs=rows,
             view=view,
             status=status,
+            statuses=JOB_STATUSES,
             views=sorted([*c.specs().views, *c.specs().embedding_views]),
+            refresh_ms=REFRESH_MS if any(r["status"] in ACTIVE for r in rows) else None,
+        )
+
+    def access(self, request: Request, workspace: str) -> tuple[str, dict[str, Any]]:
+        c = self._admin_ctx(request, workspace)
+        show_all = request.query_params.get("all") == "1"
+        keys = keys_of(self.state, c.workspace, include_inactive=show_all)
+        now = time.time()
+        roles: dict[str, dict[str, set[str]]] = {}  # principal -> workspace -> roles
+        for k in keys:
+            if k.status(now) == "active":
+                roles.setdefault(k.principal, {}).setdefault(k.workspace, set()).add(k.role)
+        return "access.html", self._base(
+            c,
+            "access",
+            keys=[{"key": k, "status": k.status(now)} for k in keys],
+            roles={
+                p: {w: sorted(r) for w, r in sorted(ws.items())} for p, ws in sorted(roles.items())
+            },  # fmt: skip
+            role_names=ROLES,
+            show_all=show_all,
+            all_workspaces=ALL_WORKSPACES,
+            now=now,
+        )
+
+    def audit(self, request: Request, workspace: str) -> tuple[str, dict[str, Any]]:
+        c = self._admin_ctx(request, workspace)
+        action = request.query_params.get("action") or None
+        rows = AuditLog(c.registry).list(c.workspace, action=action, limit=200)
+        return "audit.html", self._base(
+            c, "audit", entries=[audit_dict(r) for r in rows], action=action, now=time.time()
         )
 
     def alerts(self, request: Request, workspace: str) -> tuple[str, dict[str, Any]]:
@@ -452,14 +525,59 @@ class UI:
         return "search.html", self._base(c, "search", views=views, chosen=chosen)
 
 
+def _live(job: Any) -> dict[str, Any]:
+    """What the Jobs page adds to a job's row: its stage, log tail and who asked for it."""
+    found = job_view(job)
+    return {"progress": found["progress"], "log": found["log"][-5:],
+            "display_status": found["display_status"]}  # fmt: skip
+
+
+def schedule(c: Context, now: float) -> dict[str, dict[str, Any]]:
+    """Per scheduled view, when the scheduler runs it next: ``{"state", "at"}`` (``at``: Unix
+    seconds). ``due``: intervals are waiting (``pending`` of them); ``running``; ``planned``: the
+    next period ends at ``at``; ``unplanned``: no scheduler has planned the current definition
+    yet (it will at its next tick, backfill first). Dev workspaces are never scheduled."""
+    from contextkit.compute.materialize import spec_hash
+    from contextkit.governance.scheduler import SchedulerSettings
+
+    specs = c.specs()
+    if not specs.workspace.live:
+        return {}
+    registry = c.registry
+    cursors = {v: found for (w, v), found in registry.list_schedules().items() if w == c.workspace}
+    waiting: dict[str, dict[str, int]] = {}
+    for state in ("pending", "running"):
+        for interval in registry.list_intervals(c.workspace, status=state):
+            counts = waiting.setdefault(interval.view, {})
+            counts[state] = counts.get(state, 0) + 1
+    periods = {name: (int(v.batch_schedule_seconds), spec_hash(v)) for name, v in
+               specs.views.items() if v.online or v.offline}  # fmt: skip
+    every = SchedulerSettings().embedding_every_s
+    periods.update({name: (every, None) for name in specs.embedding_views})
+    out = {}
+    for name, (period, digest) in periods.items():
+        counts, found = waiting.get(name, {}), cursors.get(name)
+        if counts.get("running"):
+            out[name] = {"state": "running", "at": None, "pending": counts.get("pending", 0)}
+        elif counts.get("pending"):
+            out[name] = {"state": "due", "at": None, "pending": counts["pending"]}
+        elif found is None or (digest is not None and found[0] != digest):
+            out[name] = {"state": "unplanned", "at": None, "pending": 0}
+        else:
+            out[name] = {"state": "planned", "at": found[1] + period, "pending": 0}
+        out[name]["period_s"] = period
+    return out
+
+
 def _shell(auth: bool) -> str:
     html = (TEMPLATES / "shell.html").read_text()
     return html.replace("{{AUTH}}", "true" if auth else "false")
 
 
-def routes(state: ServerState) -> APIRouter:
+def routes(state: ServerState, jobs: JobService | None = None) -> APIRouter:
+    """The UI's routes (``jobs``: the control plane's job service; admin actions need it)."""
     router = APIRouter(include_in_schema=False)
-    ui = UI(state)
+    ui = UI(state, jobs)
     shell = _shell(state.authorize is not None)
 
     @router.get("/ui/static/{name}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Version 1: the base schema a new registry starts from.
 SCHEMA = """
@@ -97,6 +97,17 @@ CREATE TABLE IF NOT EXISTS schedule_intervals (
     PRIMARY KEY (workspace, view, spec_hash, interval_start)
 );
 CREATE INDEX IF NOT EXISTS schedule_intervals_due ON schedule_intervals (status, next_attempt_at);
+""",
+    # The audit log of admin actions (see contextkit.stores._audit_log): who (the key's id and
+    # principal), what, when, in which workspace, through what, and how it ended.
+    6: """
+CREATE TABLE IF NOT EXISTS audit_log (
+    id TEXT PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, key_id TEXT, via TEXT NOT NULL,
+    action TEXT NOT NULL, workspace TEXT, target TEXT, outcome TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_by_workspace ON audit_log (workspace, at);
+CREATE INDEX IF NOT EXISTS audit_log_by_time ON audit_log (at);
 """,
 }
 

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from contextkit.stores._audit_log import AuditLogMixin
 from contextkit.stores._job_queue import JobQueueMixin
 from contextkit.stores._postgres_connection import (
     ADVISORY_LOCK_CLASS,
@@ -90,7 +91,7 @@ APPLY_LOCK_TIMEOUT = "30s"
 C = 'COLLATE "C"'
 
 
-class PostgresRegistry(JobQueueMixin):
+class PostgresRegistry(JobQueueMixin, AuditLogMixin):
     """The registry in a PostgreSQL database (``postgresql://user:password@host:port/db``)."""
 
     _jq_job_columns = _JOB_COLUMNS
@@ -111,8 +112,8 @@ class PostgresRegistry(JobQueueMixin):
         self._leases = _LeaseKeeper(_LeaseRenewal(self))  # type: ignore[arg-type]
         self._changes = ChangeListener(self._db)
         self._commits = 0  # commits made through this object
-        # A registry dropped without close() must not leave its listener running.
         self._ingest_log: PostgresIngestLog | None = None
+        # A registry dropped without close() must not leave its listener running.
         weakref.finalize(self, _release, self._changes, self._db)
         open_schema(self._db, create=create)
 
@@ -638,7 +639,6 @@ class PostgresRegistry(JobQueueMixin):
             )
         return cur.rowcount > 0
 
-    # -- settings ------------------------------------------------------------------------
     # -- the ingest log ------------------------------------------------------------------
     def ingest_log(self) -> PostgresIngestLog:
         """The push sources' ingest log in this database, shared by every node (one object per
@@ -647,6 +647,7 @@ class PostgresRegistry(JobQueueMixin):
             self._ingest_log = PostgresIngestLog(self._db)
         return self._ingest_log
 
+    # -- settings ------------------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:
         row = self._row("reading a setting", "SELECT value FROM settings WHERE key = %s", (key,))
         return row[0] if row else None

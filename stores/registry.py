@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from contextkit.stores._audit_log import AuditLogMixin, AuditRecord
 from contextkit.stores._job_queue import ACTIVE_JOB_STATUSES as ACTIVE_JOB_STATUSES
 from contextkit.stores._job_queue import IntervalRecord, JobQueueMixin
 from contextkit.stores._registry_schema import MIGRATIONS as _MIGRATIONS
@@ -338,9 +339,30 @@ class RegistryStore(Protocol):
         open_only: bool = True,
         limit: int = 500,
     ) -> list[AlertRecord]: ...
+    def record_audit(
+        self,
+        *,
+        at: float,
+        actor: str,
+        key_id: str | None,
+        via: str,
+        action: str,
+        workspace: str | None,
+        target: str | None,
+        outcome: str,
+        details: dict[str, Any] | None = None,
+    ) -> str: ...
+    def list_audit(
+        self,
+        workspace: str | None = None,
+        *,
+        action: str | None = None,
+        actor: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]: ...
 
 
-class SQLiteRegistry(JobQueueMixin):
+class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
     """The embedded registry: one SQLite file, WAL mode, one transaction per write."""
 
     _jq_job_columns = _JOB_COLUMNS

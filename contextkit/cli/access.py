@@ -1,15 +1,23 @@
-"""`contextkit access create-key|list|revoke`."""
+"""`contextkit access create-key|list|revoke` and `contextkit audit` (the audit log).
+
+Key changes made here, on the registry directly, are recorded in the audit log as the local user
+(``user@host``, ``via: cli``); through a control plane (``--remote``) the server records them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from contextkit.cli.shell import (
     RepoOpt,
+    WorkspaceOpt,
     access_app,
+    app,
     err_console,
     fmt_time,
     guard,
@@ -18,7 +26,8 @@ from contextkit.cli.shell import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from contextkit.client import Context
+    from contextkit.governance.audit import Entry
 
 
 # -- access ----------------------------------------------------------------------------------
@@ -46,14 +55,18 @@ def access_create_key(
             lifetime = to_seconds(expires_in, what="--expires-in") if expires_in else None
         except ValueError as exc:
             raise BadRequestError(str(exc)) from None
-        new = open_context(repo, None).access.create_key(
-            name,
-            workspace=workspace,
-            role=role,
-            kind=kind,
-            description=description,
-            expires_in_s=lifetime,
-        )
+        ctx = open_context(repo, None)
+        details = {"principal": name, "role": role, "kind": kind}
+        with local_audit(ctx, "keys.create", workspace, details=details) as entry:
+            new = ctx.access.create_key(
+                name,
+                workspace=workspace,
+                role=role,
+                kind=kind,
+                description=description,
+                expires_in_s=lifetime,
+            )
+            entry.target = new.record.id
         k = new.record
         where = "every workspace" if k.workspace == "*" else f"workspace {k.workspace!r}"
         err = err_console()
@@ -128,10 +141,94 @@ def access_revoke(
                 "give a key id or --name, not both and not neither",
                 hint="`contextkit access revoke KEY_ID` or `contextkit access revoke --name app`",
             )
-        access = open_context(repo, None).access
-        revoked = [access.revoke(key_id)] if key_id else access.revoke_principal(name or "")
+        ctx = open_context(repo, None)
+        record = ctx.registry.find_api_key(key_id) if key_id else None
+        where = record.workspace if record is not None else None
+        with local_audit(ctx, "keys.revoke", where, target=key_id or name) as entry:
+            access = ctx.access
+            revoked = [access.revoke(key_id)] if key_id else access.revoke_principal(name or "")
+            entry.details["revoked"] = [k.id for k in revoked]
         for k in revoked:
             out_console().print(
                 f"Revoked key {k.id} of {k.principal!r} ({k.role} in {k.workspace!r}).",
                 highlight=False,
             )
+
+
+@contextmanager
+def local_audit(
+    ctx: Context,
+    action: str,
+    workspace: str | None,
+    *,
+    target: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Iterator[Entry]:
+    """An admin action this CLI makes on the registry itself, recorded as the local user."""
+    from contextkit.governance.audit import Actor, AuditLog
+
+    log = AuditLog(ctx.registry)
+    with log.action(
+        Actor.local(), action, workspace=workspace, target=target, details=details
+    ) as entry:
+        yield entry
+
+
+@app.command("audit")
+def audit(
+    repo: RepoOpt = Path("."),
+    workspace: WorkspaceOpt = None,
+    action: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="Only this action (apply, jobs.trigger, jobs.cancel, jobs.retry, "
+            "keys.create, keys.revoke)."
+        ),
+    ] = None,  # fmt: skip
+    actor: Annotated[Optional[str], typer.Option(help="Only this principal.")] = None,  # noqa: UP045
+    limit: Annotated[int, typer.Option(help="How many.")] = 50,
+    remote: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="CONTEXTKIT_CONTROL_PLANE", help="Read it from this control plane."),
+    ] = None,
+    key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(envvar="CONTEXTKIT_API_KEY", help="Admin API key for --remote."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """The audit log of admin actions (apply, jobs, keys), newest first: who, what, when, where,
+    through what (api, ui, cli) and the outcome."""
+    with guard:
+        if remote:
+            from urllib.parse import urlencode
+
+            from contextkit.cli.jobs import _remote
+
+            query = {"workspace": workspace, "action": action, "actor": actor, "limit": limit}
+            path = "/v1/audit?" + urlencode({k: v for k, v in query.items() if v is not None})
+            found = _remote("GET", remote, path, key)
+            where, entries = found["workspace"], found["entries"]
+        else:
+            from contextkit.governance.audit import AuditLog, audit_dict
+
+            ctx = open_context(repo, workspace)
+            rows = AuditLog(ctx.registry).list(ctx.workspace, action=action, actor=actor,
+                                                limit=limit)  # fmt: skip
+            where, entries = ctx.workspace, [audit_dict(r) for r in rows]
+        if json_out:
+            import json
+
+            print(json.dumps({"workspace": where, "entries": entries}, indent=2, default=str))
+            return
+        from rich.table import Table
+
+        table = Table("when (UTC)", "who", "key", "via", "action", "workspace", "target",
+                      "outcome")  # fmt: skip
+        for e in entries:
+            color = "green" if e["outcome"] == "ok" else "red"
+            table.add_row(
+                fmt_time(e["at"]), e["actor"], e["key_id"] or "-", e["via"], e["action"],
+                e["workspace"] or "-", e["target"] or "-", f"[{color}]{e['outcome']}[/]",
+            )  # fmt: skip
+        out_console().print(table)

@@ -410,10 +410,17 @@ def jobs_run(
                 time.sleep(0.5)
                 found = [_remote("GET", remote, f"/v1/jobs/{j['id']}", key) for j in found]
         else:
+            from contextkit.governance.audit import Actor, AuditLog
+
             ctx = open_context(repo, workspace)
-            triggered = ctx.job_service.trigger(
-                ctx.workspace, views, start=start_t, end=end_t, full=full, requested_by="cli"
-            )
+            target = ",".join(views or []) or None
+            with AuditLog(ctx.registry).action(
+                Actor.local(), "jobs.trigger", workspace=ctx.workspace, target=target
+            ) as entry:
+                triggered = ctx.job_service.trigger(
+                    ctx.workspace, views, start=start_t, end=end_t, full=full, requested_by="cli"
+                )
+                entry.details["jobs"] = {t.job.view: t.job.id for t in triggered}
             found = _wait_local(ctx, [t.job.id for t in triggered])
         for job in found:
             _print_job(job)
@@ -452,10 +459,17 @@ def jobs_cancel(
         if remote:
             _print_job(_remote("POST", remote, f"/v1/jobs/{job_id}/cancel", key, {}))
             return
+        from contextkit.governance.audit import Actor, AuditLog
         from contextkit.governance.jobs import job_view
 
         ctx = open_context(repo, None)
-        _print_job(job_view(ctx.job_service.cancel(job_id)))
+        found = ctx.registry.get_job(job_id)
+        where = found.workspace if found is not None else None
+        with AuditLog(ctx.registry).action(
+            Actor.local(), "jobs.cancel", workspace=where, target=job_id
+        ):
+            cancelled = ctx.job_service.cancel(job_id)
+        _print_job(job_view(cancelled))
 
 
 @jobs_app.command("retry")
@@ -470,8 +484,16 @@ def jobs_retry(
         if remote:
             _print_job(_remote("POST", remote, f"/v1/jobs/{job_id}/retry", key, {}))
             return
+        from contextkit.governance.audit import Actor, AuditLog
+
         ctx = open_context(repo, None)
-        found = ctx.job_service.retry(job_id, requested_by="cli")
+        record = ctx.registry.get_job(job_id)
+        where = record.workspace if record is not None else None
+        with AuditLog(ctx.registry).action(
+            Actor.local(), "jobs.retry", workspace=where, target=job_id
+        ) as entry:
+            found = ctx.job_service.retry(job_id, requested_by="cli")
+            entry.details["job"] = found.job.id
         (job,) = _wait_local(ctx, [found.job.id])
         _print_job(job)
         if job["status"] in ("failed", "cancelled"):

@@ -114,7 +114,11 @@ def apply(
         if not yes and not typer.confirm("Apply these changes?", default=False):
             console.print("Nothing applied.")
             raise typer.Exit(1)
-        version = ctx.apply(the_plan)
+        from contextkit.cli.access import local_audit
+
+        with local_audit(ctx, "apply", the_plan.workspace) as entry:
+            version = ctx.apply(the_plan)
+            entry.details.update(applied=True, version=version)
         console.print(
             f"[green]Applied[/] workspace {the_plan.workspace!r} is at version {version}."
         )

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from contextkit.framework.durations import format_seconds
+from contextkit.framework.expectations import format_age
 from contextkit.framework.specs import METADATA_FIELDS, AnySpec
 from contextkit.stores.registry import RegistryStore
 
@@ -112,6 +113,7 @@ ConsequenceCode = Literal[
     "breaks_consumers",
     "drops_data",
     "long_texts",
+    "schedule_too_short",
 ]
 
 
@@ -494,6 +496,52 @@ def _consequences(
     return out
 
 
+# How many of a view's newest completed jobs say how long its jobs typically take.
+TYPICAL_JOBS = 5
+
+
+def _schedule_consequences(
+    registry: RegistryStore, workspace: str, spec: AnySpec
+) -> list[Consequence]:
+    """A warning when a batch view's ``batch_schedule`` is shorter than its jobs typically take
+    (the median of its newest completed jobs): the scheduler would start each run before the
+    previous one ended, and the view would fall further behind every period."""
+    if spec.kind != "batch_feature_view" or not (
+        getattr(spec, "online", False) or getattr(spec, "offline", False)
+    ):
+        return []
+    period = int(spec.batch_schedule_seconds)
+    took = [
+        j.duration_s
+        for j in registry.list_jobs(workspace, spec.name, 4 * TYPICAL_JOBS)
+        if j.status in ("succeeded", "warning") and j.duration_s is not None
+    ][:TYPICAL_JOBS]
+    if not took:
+        return []
+    typical = sorted(took)[len(took) // 2]
+    if typical <= period:
+        return []
+    longest = max(took)
+    unit = 3600 if longest >= 3600 else 60
+    enough = int(-(-longest // unit) * unit)  # the longest run, rounded up to an hour or minute
+    measured = (
+        f"its last job took {format_age(took[0])}"
+        if len(took) == 1
+        else f"its last {len(took)} completed jobs took {format_age(typical)} (median; longest "
+        f"{format_age(longest)})"
+    )
+    return [
+        Consequence(
+            "schedule_too_short",
+            "warning",
+            f"batch_schedule of {spec.name} is {format_seconds(period)}, but {measured}: each "
+            "scheduled run would start before the previous one ends, and the view would fall "
+            f"further behind every period; set batch_schedule=timedelta(seconds={enough}) "
+            f"({format_seconds(enough)}) or longer, or make its transformation faster",
+        )
+    ]
+
+
 # -- the plan -------------------------------------------------------------------------------------
 def compute_plan(
     registry: RegistryStore,
@@ -529,6 +577,8 @@ def compute_plan(
             )
             rows = rows_of(spec) if change.rematerialize else None
             consequences = _consequences(change, None, spec, specs, ws.live, rows)
+            if ws.live:
+                consequences += _schedule_consequences(registry, workspace, spec)
             changes.append(_with(change, consequences=tuple(consequences)))
             continue
         old, new = _comparable(current[key]), _comparable(spec_json)
@@ -546,6 +596,8 @@ def compute_plan(
         )
         rows = rows_of(spec) if change.rematerialize else None
         consequences = _consequences(change, old, spec, specs, ws.live, rows)
+        if ws.live:
+            consequences += _schedule_consequences(registry, workspace, spec)
         changes.append(_with(change, consequences=tuple(consequences)))
     for key in current:
         if key not in desired:

@@ -1,6 +1,7 @@
 // contextkit web UI: loads each page's server-rendered content from /ui/partial/<path> with the
 // API key kept in this browser, follows links without reloading, and runs the playground and
-// the search page against the JSON API. No framework, no build step.
+// the search page against the JSON API. Admin actions (jobs, API keys) call the same JSON API as
+// every client, marked `X-ContextKit-Client: ui` for the audit log. No framework, no build step.
 "use strict";
 
 const KEY_STORAGE = "contextkit.apiKey";
@@ -91,6 +92,8 @@ function partialUrl(path) {
 }
 
 let loading = 0;
+let refreshTimer = null;
+let lastResult = null; // the last admin action's message, kept across the page's reloads
 
 async function load(path, push) {
   const ticket = ++loading;
@@ -121,6 +124,17 @@ async function load(path, push) {
   const kind = page && page.dataset.page;
   if (kind === "playground") initPlayground(page);
   if (kind === "search") initSearch(page);
+  if (page) initActions(page);
+  const here = location.pathname + location.search;
+  if (lastResult && lastResult.path === here) showActionResult(lastResult);
+  else lastResult = null;
+  clearTimeout(refreshTimer);
+  if (page && page.dataset.refresh) {
+    // Queued or running jobs on the page: follow them until they finish.
+    refreshTimer = setTimeout(() => {
+      if (location.pathname + location.search === here) load(here, false);
+    }, Number(page.dataset.refresh));
+  }
   for (const form of content.querySelectorAll("form[data-nav-form]")) {
     form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -151,6 +165,102 @@ document.getElementById("sign-out").addEventListener("click", () => {
   showKeyState();
   showLogin("Signed out.");
 });
+
+// -- admin actions ----------------------------------------------------------------------------
+// Forms and buttons marked data-action call the JSON API (the server checks the key's role and
+// records the action in the audit log); the page then reloads to show the new state.
+function initActions(page) {
+  for (const form of page.querySelectorAll("form[data-action]")) {
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      runAction(form.dataset.action, form, form.querySelector("button[type=submit]"));
+    });
+  }
+  for (const button of page.querySelectorAll("button[data-action]")) {
+    button.addEventListener("click", () => runAction(button.dataset.action, button, button));
+  }
+}
+
+function actionRequest(action, source) {
+  const data = source.tagName === "FORM" ? new FormData(source) : null;
+  if (action === "trigger") {
+    const view = data.get("view");
+    return ["/v1/jobs", { workspace: source.dataset.workspace, views: view ? [view] : null,
+                          full: data.get("full") === "on" }];
+  }
+  if (action === "cancel" || action === "retry") {
+    return ["/v1/jobs/" + encodeURIComponent(source.dataset.job) + "/" + action, {}];
+  }
+  if (action === "create-key") {
+    const days = data.get("expires_days");
+    return ["/v1/access/keys", {
+      name: String(data.get("name")).trim(), workspace: data.get("workspace"),
+      role: data.get("role"), kind: data.get("kind"), description: data.get("description") || "",
+      expires_in_s: days ? Math.round(Number(days) * 86400) : null,
+    }];
+  }
+  if (action === "revoke-key") {
+    return ["/v1/access/keys/" + encodeURIComponent(source.dataset.key) + "/revoke", {}];
+  }
+  throw new Error("unknown action " + action);
+}
+
+function actionMessage(action, result) {
+  if (action === "trigger") {
+    return "Queued: " + result.jobs.map((j) =>
+      j.view + " (job " + j.id + (j.started ? "" : ", already queued or running") + ")").join(", ");
+  }
+  if (action === "cancel") return "Cancel requested for job " + result.id + " (" + result.display_status + ").";
+  if (action === "retry") return "Job " + result.id + " queued again.";
+  if (action === "create-key") {
+    return "Created key " + result.record.id + " for " + result.record.principal + " (" +
+      result.record.role + " in " + result.record.workspace + "):";
+  }
+  if (action === "revoke-key") return "Revoked key " + result.id + " of " + result.principal + ".";
+  return "Done.";
+}
+
+async function runAction(action, source, button) {
+  const [url, body] = actionRequest(action, source);
+  const path = location.pathname + location.search;
+  if (button) button.disabled = true;
+  let response;
+  try {
+    response = await fetch(url, {
+      method: "POST",
+      headers: authHeaders({ "content-type": "application/json", "x-contextkit-client": "ui" }),
+      body: JSON.stringify(body),
+    });
+  } catch (err) {
+    if (button) button.disabled = false;
+    return showActionResult({ path, message: "The server cannot be reached: " + err, error: true });
+  }
+  if (response.status === 401) return showLogin(await errorMessage(response));
+  if (!response.ok) {
+    if (button) button.disabled = false;
+    return showActionResult({ path, message: await errorMessage(response), error: true });
+  }
+  const result = await response.json();
+  lastResult = { path, message: actionMessage(action, result), error: false,
+                 secret: action === "create-key" ? result.key : null };
+  await load(path, false);
+}
+
+function showActionResult(found) {
+  lastResult = found;
+  let slot = content.querySelector('[data-slot="action-result"]');
+  if (!slot) {
+    slot = el("p", { "data-slot": "action-result" });
+    (content.querySelector(".page") || content).prepend(slot);
+  }
+  slot.className = "action-result " + (found.error ? "error" : "ok");
+  slot.hidden = false;
+  slot.replaceChildren(found.message);
+  if (found.secret) {
+    slot.append(" ", el("code", { class: "new-key", text: found.secret }),
+      el("span", { class: "muted small", text: " copy it now: it is shown only once" }));
+  }
+}
 
 // -- the playground ---------------------------------------------------------------------------
 function formatAge(seconds) {

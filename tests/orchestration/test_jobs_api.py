@@ -212,3 +212,30 @@ def test_apply_over_http_with_an_admin_key(plane, tmp_path):
                         {"specs": [], "base_version": before})  # fmt: skip
     assert status == 409, body
     assert ctx.registry.get_workspace("prod").version == before + 1
+
+
+def test_every_admin_action_is_in_the_audit_log(plane):
+    """After the tests above: the control plane recorded each API call with its key's principal
+    (refusals too), and the local CLI runs as the local user; `contextkit audit` reads both."""
+    base, keys, _gate, repo, _ctx = plane
+    remote = cli("audit", "--remote", base, "--key", keys["admin"], "--limit", "500", "--json",
+                 cwd=repo)  # fmt: skip
+    assert remote.returncode == 0, remote.stderr
+    entries = json.loads(remote.stdout)["entries"]
+    seen = {(e["action"], e["actor"], e["via"], e["outcome"]) for e in entries}
+    assert {
+        ("jobs.trigger", "ops", "api", "ok"),
+        ("jobs.trigger", "app", "api", "denied"),
+        ("jobs.cancel", "ops", "api", "ok"),
+        ("jobs.cancel", "ops", "api", "job_conflict"),
+        ("apply", "ops", "api", "ok"),
+        ("apply", "app", "api", "denied"),
+    } <= seen, seen
+    assert {e["workspace"] for e in entries} <= {"prod", "*"}
+    local = cli("audit", "-r", str(repo), "-w", "prod", "--action", "jobs.retry", "--json",
+                cwd=repo)  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    (retry,) = [e for e in json.loads(local.stdout)["entries"] if e["via"] == "cli"]
+    assert "@" in retry["actor"] and retry["key_id"] is None and retry["outcome"] == "ok"
+    refused = cli("audit", "--remote", base, "--key", keys["reader"], cwd=repo)
+    assert refused.returncode == 1 and "admin" in refused.stderr

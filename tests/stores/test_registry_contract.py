@@ -626,6 +626,25 @@ def test_a_key_revoked_through_another_registry_object_is_refused_on_the_next_re
     wait_for(refused, "the revoke to reach the server's cache")
 
 
+def test_the_audit_log_keeps_each_action_newest_first(registry):
+    common = {"key_id": "abc123def456", "via": "api", "target": None, "details": {"n": 1}}
+    registry.record_audit(at=100.0, actor="ops", action="apply", workspace="prod",
+                          outcome="ok", **common)  # fmt: skip
+    registry.record_audit(at=200.0, actor="app", action="jobs.trigger", workspace="prod",
+                          outcome="denied", **common)  # fmt: skip
+    registry.record_audit(at=300.0, actor="root", action="keys.create", workspace="*",
+                          outcome="ok", **common)  # fmt: skip
+    registry.record_audit(at=400.0, actor="ops", action="apply", workspace="dev", outcome="ok",
+                          **common)  # fmt: skip
+    prod = registry.list_audit("prod")
+    assert [(e.at, e.actor, e.outcome) for e in prod] == [
+        (300.0, "root", "ok"), (200.0, "app", "denied"), (100.0, "ops", "ok")
+    ]  # fmt: skip
+    assert prod[-1].details == {"n": 1} and prod[-1].key_id == "abc123def456"
+    assert [e.workspace for e in registry.list_audit(action="apply")] == ["dev", "prod"]
+    assert [e.at for e in registry.list_audit(actor="ops", limit=1)] == [400.0]
+
+
 def test_settings_are_read_and_overwritten(registry):
     assert registry.get_setting("selected_workspace") is None
     registry.set_setting("selected_workspace", "prod")
