@@ -42,9 +42,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Advisory lock keys of the ingest log (second key; the first is the registry's class):
-# creating the tables, and one per log held while it is flushed (see ``exclusive``).
+# Advisory locks of the ingest log: (the registry's class, this) while creating the tables;
+# (this class, a hash of the log's name) while a log is flushed (see ``exclusive``). The
+# registry's own classes are ADVISORY_LOCK_CLASS and ADVISORY_LOCK_CLASS + 1 (alerts).
 _CREATE_LOCK = 0x4C0
+_FLUSH_LOCK_CLASS = ADVISORY_LOCK_CLASS + 2
 _TABLES = """
 CREATE TABLE IF NOT EXISTS ingest_log_seqs (
     log TEXT PRIMARY KEY,
@@ -164,15 +166,13 @@ class PostgresIngestLog:
 
     @contextmanager
     def exclusive(self, table: str) -> Iterator[None]:
-        """A session advisory lock on the log, on a connection held for the block: a second
-        flusher (another node's scheduler) waits, then finds nothing left to flush."""
+        """A transaction-level advisory lock on the log, held on one connection for the block:
+        a second flusher (another node's scheduler) waits, then finds nothing left to flush.
+        However the block ends, the transaction ends and the lock goes with it."""
         key = zlib.crc32(table.encode()) - 2**31  # an int4, stable across processes
-        with self._db.connection("locking the ingest log for a flush") as con:
-            con.execute("SELECT pg_advisory_lock(%s, %s)", (ADVISORY_LOCK_CLASS + 1, key))
-            try:
-                yield
-            finally:
-                con.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_LOCK_CLASS + 1, key))
+        with self._db.connection("locking the ingest log for a flush") as con, con.transaction():
+            con.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_FLUSH_LOCK_CLASS, key))
+            yield
 
 
 class _PostgresLogWriter:
