@@ -669,8 +669,10 @@ class Context:
                     continue
 
             def encode(view=view) -> None:
-                with _translating:
-                    encoder_for(view, self.config.models, root).encode(["warm"])
+                from contextkit.embeddings import encode_query
+
+                with _translating:  # the path searches take: loads (or exports) the model
+                    encode_query(encoder_for(view, self.config.models, root), "warm")
 
             def open_table(table=table) -> None:
                 with _translating:

@@ -447,8 +447,12 @@ def search_view(
                 hint='send "query": "..." (encoded with the view\'s model) or "vector": [...]',
             )
         assert encoder is not None
+        from contextkit.embeddings import encode_query
+
         began = time.perf_counter()
-        vector = encoder.encode([query])[0]
+        # The single-query path (no batching, the encoder's LRU cache; ONNX Runtime when the
+        # model is configured with backend: onnx), not a batch of one.
+        vector = encode_query(encoder, query)
         timings["encode"] = (time.perf_counter() - began) * 1000
     began = time.perf_counter()
     table = vector_table(workspace, view.name)

@@ -400,6 +400,7 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
     group of searches sharing a model and a query text (the query is encoded once for all of
     them). Each returns a list of ``(name, value, milliseconds)``."""
     from contextkit.compute.embedding import encoder_for, search_view
+    from contextkit.embeddings import encode_query
 
     def features():
         began = time.perf_counter()
@@ -429,7 +430,7 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
                 if any(s.mode != "text" for s in group):
                     view = plan.embedding_views[group[0].view]
                     encoder = encoder_for(view, ctx.config.models, ctx.config.root.resolve())
-                    vector = encoder.encode([text])[0]
+                    vector = encode_query(encoder, text)
                 for spec in group:
                     top_k, filter_ = request.search_options[spec.name]
                     value = search_view(

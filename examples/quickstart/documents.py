@@ -10,7 +10,7 @@ product_docs = EmbeddingView(
     source=products,
     entities=[product],
     text="description",
-    model="minilm",  # the packaged all-MiniLM-L6-v2 (built in; see docs/embeddings.md)
+    model="minilm",  # the packaged all-MiniLM-L6-v2, on ONNX Runtime (contextkit.yaml)
     metadata=["name", "category", "brand", "price", "sku"],
     description="Product descriptions, one document per product.",
 )
