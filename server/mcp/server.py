@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from contextkit.governance.access import ApiKey
+    from contextkit.retrieval.assemble import ContextResult
 
 log = logging.getLogger("contextkit.mcp")
 
@@ -258,16 +259,8 @@ class ContextkitMcp:
 
     async def _run_tool(self, ctx: Context, tool: ToolDef, args: dict[str, Any]) -> Any:
         if tool.kind == "get_context":
-            call = partial(
-                ctx.get_context,
-                tool.target,
-                args.get("entities"),
-                query=args.get("query"),
-                request_context=args.get("request_context"),
-                prompt=args.get("prompt"),
-                top_k=args.get("top_k"),
-            )
-            return context_result(await _in_thread(call))
+            request = {k: args.get(k) for k in ("entities", "query", "request_context", "top_k")}
+            return context_result(await _assemble(ctx, tool.target, args.get("prompt"), request))
         if tool.kind == "get_features":
             entities = {k: v if isinstance(v, list) else [v] for k, v in args["entities"].items()}
             # On the event loop, as POST /v1/features does: an online-store read costs less
@@ -337,8 +330,7 @@ class ContextkitMcp:
                 )
             request = _prompt_request(prompt, dict(params.arguments or {}))
             ctx = gate.context(prompt.workspace, READER, service=prompt.service)
-            call = partial(ctx.get_context, prompt.service, prompt=prompt.view, **request)
-            result = await _in_thread(call)
+            result = await _assemble(ctx, prompt.service, prompt.view, request)
         return prompt_messages(prompt, result)
 
     async def _list_resources(self, rctx: Any, _params: Any) -> types.ListResourcesResult:
@@ -422,6 +414,29 @@ class ContextkitMcp:
 
 def _service_of(tool: ToolDef) -> str | None:
     return tool.target if tool.kind in ("get_context", "get_features") else None
+
+
+async def _assemble(
+    ctx: Context, service: str, prompt: str | None, request: dict[str, Any]
+) -> ContextResult:
+    """A context request assembled as ``POST /v1/context`` does it: parsed on the event loop,
+    the service's lookups and searches fanned out to the retrieval pool, rendered off the loop
+    (no extra hop through a worker thread that would then wait on the pool)."""
+    from contextkit.retrieval.assemble import assemble_async
+
+    options = {
+        "top_k": None,
+        "filter": None,
+        "searches": None,
+        "render": True,
+        "complete": False,
+        "model": None,
+        "params": None,
+        **request,
+    }
+    with translating:
+        plan, parsed = ctx.context_request(service, prompt, options)
+        return await assemble_async(ctx.runtime, plan, parsed)
 
 
 async def _in_thread(call: Callable[[], Any]) -> Any:
