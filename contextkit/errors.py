@@ -31,6 +31,7 @@ server turns them into ``{"error": {"code", "message", "details"}}`` with the ma
     └── PushEmbeddingError         push_embedding_failed   500  compute.push_embeddings
     └── JobConflictError           job_conflict            409  governance.jobs
     └── JobCancelledError          job_cancelled           409  compute (a cancelled job)
+    └── RerankError                rerank_failed           502  compute.rerank (the provider failed)
 
 The leaves (``stores``, ``embeddings``, ``prompts``) import nothing of the core, so they keep
 their own small bases; :func:`translate_store_errors` and :data:`translating` turn their errors
@@ -217,6 +218,15 @@ class JobCancelledError(ContextKitError):
 
     code = "job_cancelled"
     http_status = 409
+
+
+class RerankError(ContextKitError):
+    """A hosted rerank model failed upstream: the provider answered an error, timed out,
+    refused the key or could not be reached (HTTP 502, like an LLM provider's failure). Bad
+    rerank options are a :class:`BadRequestError` (400)."""
+
+    code = "rerank_failed"
+    http_status = 502
 
 
 _LEAF_MODULES = ("contextkit.embeddings", "contextkit.prompts", "contextkit.stores")

@@ -11,6 +11,8 @@ Serves, on 127.0.0.1 and a free port, from a background thread (stdlib ``http.se
   8) or the request's ``dimensions`` sets the length; ``encoding_format: "base64"`` is honoured
   (the openai SDK asks for it by default).
 - ``GET /v1/models``: the ``models`` given to the constructor.
+- ``POST .../rerank`` (Cohere's shape, which litellm's ``rerank`` sends for ``cohere/...`` models):
+  scores each document by how many of the query's words it holds, best first, ``top_n`` of them.
 
 Failure modes, switchable per test (they apply to every path unless ``path=`` narrows them, and
 to the next ``times`` requests, or to all while set when ``times`` is None):
@@ -305,6 +307,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chat(body or {})
             elif method == "POST" and path == "/v1/embeddings":
                 self._embeddings(body or {})
+            elif method == "POST" and path.endswith("/rerank"):
+                self._rerank(body or {})
             else:
                 self._error(404, f"Unknown route {method} {path}", "unknown_url")
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeouts)
@@ -329,6 +333,17 @@ class _Handler(BaseHTTPRequestHandler):
         kind, default = kinds.get(status, ("server_error", "The stub failed on purpose."))
         error = {"message": message or default, "type": kind, "param": None, "code": code}
         self._send_json(status, {"error": error})
+
+    def _rerank(self, body: dict[str, Any]) -> None:
+        words = set(str(body.get("query", "")).lower().split())
+        scored = [
+            {"index": i, "relevance_score": float(len(words & set(str(d).lower().split())))}
+            for i, d in enumerate(body.get("documents") or [])
+        ]
+        scored.sort(key=lambda r: -r["relevance_score"])
+        top = body.get("top_n") or len(scored)
+        meta = {"billed_units": {"search_units": 1}}
+        self._send_json(200, {"id": "rerank-stub", "results": scored[:top], "meta": meta})
 
     def _models(self) -> None:
         data = [

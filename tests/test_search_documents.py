@@ -334,7 +334,7 @@ class RerankStub:
 
 
 def test_a_hosted_rerank_model_through_litellm(tmp_path, openai_stub, monkeypatch):  # noqa: F811
-    from contextkit.errors import BadRequestError
+    from contextkit.errors import RerankError
 
     monkeypatch.setenv("STUB_OPENAI_KEY", "sk-test")
     monkeypatch.setenv("STUB_RERANK_KEY", "rr-secret")
@@ -360,9 +360,61 @@ def test_a_hosted_rerank_model_through_litellm(tmp_path, openai_stub, monkeypatc
         assert [h["score"] for h in result] == expected
         assert all("retrieval" in h["scores"] for h in result)
         assert result.timings_ms["rerank"] > 0
-        stub.fail = True
-        with pytest.raises(BadRequestError, match="rerank model 'cohere/rerank-english-v3.0'"):
+        stub.fail = True  # a provider failure is upstream's (502), not the request's
+        with pytest.raises(RerankError, match="rerank model 'cohere/rerank-english-v3.0'"):
             ctx.search("doc_text", "part 3", top_k=3, mode="text", rerank=options)
     finally:
         stub.close()
         ctx.close()
+
+
+def test_a_failing_rerank_provider_is_a_502_and_bad_rerank_options_a_400(
+    tmp_path,
+    openai_stub,  # noqa: F811
+    monkeypatch,
+):
+    """Over HTTP, with the local OpenAI stub also serving Cohere's rerank route (the server's
+    environment points litellm's Cohere provider at it: a request may not name api_base): the
+    provider failing (503) or unreachable is 502 ``rerank_failed``; an unknown provider, a model
+    the provider does not know (404) or bad options are 400; it works again once the provider
+    is back."""
+    monkeypatch.setenv("STUB_OPENAI_KEY", "sk-test")
+    monkeypatch.setenv("COHERE_API_KEY", "rr-secret")
+    monkeypatch.setenv("COHERE_API_BASE", openai_stub.base_url)
+    root = repo(tmp_path / "repo", openai_stub.base_url)
+    ctx = contextkit.connect(root, "prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize(["doc_text"])
+    hosted = {"model": "cohere/rerank-english-v3.0", "depth": 8}
+    body = {"view": "doc_text", "query": "part 3 of document 4", "top_k": 3, "mode": "text"}
+    with TestClient(create_app(ctx, auth=False), raise_server_exceptions=False) as client:
+        ok = client.post("/v1/search", json={**body, "rerank": hosted})
+        assert ok.status_code == 200, ok.text
+        rerank_path = openai_stub.requests[-1].path  # litellm's Cohere v2 route under the base
+        assert rerank_path.endswith("/rerank")
+        assert all("rerank" in h["scores"] for h in ok.json()["results"])
+
+        openai_stub.fail(503, path=rerank_path)
+        failed = client.post("/v1/search", json={**body, "rerank": hosted})
+        assert failed.status_code == 502, failed.text
+        error = failed.json()["error"]
+        assert error["code"] == "rerank_failed" and "cohere/rerank-english-v3.0" in error["message"]
+        assert error["details"]["upstream_status"] == 503
+        openai_stub.reset()
+
+        openai_stub.fail(404, path=rerank_path)
+        unknown_model = client.post("/v1/search", json={**body, "rerank": hosted})
+        assert unknown_model.status_code == 400, unknown_model.text
+        openai_stub.reset()
+        for bad in ({"model": "nosuchprovider/x"}, {**hosted, "depth": 0}, {"model": ""}):
+            refused = client.post("/v1/search", json={**body, "rerank": bad})
+            assert refused.status_code == 400, (bad, refused.text)
+            assert refused.json()["error"]["code"] == "bad_request"
+        assert client.post("/v1/search", json={**body, "rerank": hosted}).status_code == 200
+
+        monkeypatch.setenv("COHERE_API_BASE", "http://127.0.0.1:9")  # nothing listens there
+        unreachable = client.post("/v1/search", json={**body, "rerank": hosted})
+        assert unreachable.status_code == 502, unreachable.text
+        assert unreachable.json()["error"]["code"] == "rerank_failed"
+    ctx.close()

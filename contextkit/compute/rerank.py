@@ -9,6 +9,9 @@ and ``/v1/search``) is a model reference or a dict::
     {"model": "cohere/rerank-english-v3.0", "depth": 50, "api_key_env": "COHERE_API_KEY"}
 
 ``depth`` (default 50, at least ``top_k``) is how many candidates the first stage hands over.
+Bad options (an unknown provider or model, a missing folder) are a :class:`BadRequestError`
+(400); a hosted model that fails, times out, refuses the key or cannot be reached is a
+:class:`RerankError` (502, upstream).
 Each reranked hit keeps its first-stage score under ``scores["retrieval"]`` and gets the
 reranker's as ``score`` (and ``scores["rerank"]``); the stage's time is ``timings_ms["rerank"]``.
 """
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contextkit.errors import BadRequestError, ContextKitError
+from contextkit.errors import BadRequestError, ContextKitError, RerankError
 
 DEFAULT_DEPTH = 50
 MAX_DEPTH = 1000
@@ -119,10 +122,18 @@ def scores(options: RerankOptions, query: str, texts: Sequence[str]) -> list[flo
         )
     except ContextKitError:
         raise
-    except Exception as exc:
+    except (litellm.BadRequestError, litellm.NotFoundError) as exc:
+        # litellm refused the options (no such provider), or the provider the model name
         raise BadRequestError(
-            f"the rerank model {options.model!r} failed: {str(exc).strip()[:300]}",
-            hint="check the model name, api_base and the key in api_key_env",
+            f"the rerank model {options.model!r} refused the request: {_reason(exc)}",
+            hint="check the model name (provider/model) and api_base",
+        ) from exc
+    except Exception as exc:  # the provider failed, timed out, refused the key or is unreachable
+        raise RerankError(
+            f"the rerank model {options.model!r} failed upstream: {_reason(exc)}",
+            hint="the rerank provider is failing or unreachable; check api_base, the key in "
+            "api_key_env, and the provider's status",
+            details={"model": options.model, "upstream_status": getattr(exc, "status_code", None)},
         ) from exc
     out = [float("-inf")] * len(texts)
     for result in response.results or []:
@@ -131,6 +142,10 @@ def scores(options: RerankOptions, query: str, texts: Sequence[str]) -> list[flo
         if 0 <= int(index) < len(texts):
             out[int(index)] = float(score)
     return out
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 def rerank(
