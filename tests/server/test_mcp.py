@@ -5,8 +5,8 @@ against ``contextkit mcp``: initialize, list tools/prompts/resources, call every
 (and check its answer against the HTTP API's), get a prompt, read resources; keys without access,
 reader vs admin vs ingester scopes, a workspace a key may not see; bad arguments are tool errors
 and the session lives on; the transport's limits (body size, DNS rebinding); a legacy (2025)
-client; a list-changed event after an apply. The ingest tool (off by default) over stdio, on a
-small push-source repo.
+client; a list-changed event after an apply. The ingest tool (off by default) over stdio and over
+Streamable HTTP (``serve --mcp-ingest``), on a small push-source repo.
 """
 
 from __future__ import annotations
@@ -549,6 +549,53 @@ def test_ingest_is_a_tool_only_when_enabled_and_only_for_ingester_keys(make_repo
     assert read == {"get_context_shopper", "get_features_shopper"}  # no ingest tool
     [row] = features.structured_content["rows"]
     assert row["last_click.product_id"] == 42
+
+
+def test_the_ingest_tool_over_streamable_http_writes_what_any_reader_then_reads(
+    make_repo, tmp_path
+):
+    """``serve --mcp-ingest``: an ingester key pushes records with the tool over HTTP; a reader
+    key sees no ingest tool and reads the pushed values through get_features."""
+    root = make_repo({"defs.py": PUSH_DEFS})
+    ctx = contextkit.connect(root, workspace="prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ingester = ctx.access.create_key("pipeline", workspace="prod", role="ingester").key
+    reader = ctx.access.create_key("app", workspace="prod", role="reader").key
+    ctx.close()
+    now = datetime.now(UTC)
+    records = [
+        {"user_id": 8, "product_id": 51, "ts": (now - timedelta(minutes=2)).isoformat()},
+        {"user_id": 8, "product_id": 52, "ts": (now - timedelta(minutes=1)).isoformat()},
+    ]
+    process = ServeProcess(root, "--mcp-ingest", log_path=tmp_path / "serve.log")
+    try:
+        process.wait_ready()
+
+        async def body():
+            async with over_http(process.base, ingester) as pipeline:
+                listing = tool_names(await pipeline.list_tools())
+                bad = await pipeline.call_tool("ingest_clicks", {"records": [{"user_id": 8}]})
+                ingested = await pipeline.call_tool("ingest_clicks", {"records": records})
+            async with over_http(process.base, reader) as app:
+                read = tool_names(await app.list_tools())
+                try:  # not one of its tools: a protocol error naming the tool
+                    refused = await app.call_tool("ingest_clicks", {"records": records})
+                except MCPError as exc:
+                    refused = exc
+                features = await app.call_tool("get_features_shopper", {"entities": {"user_id": 8}})
+            return listing, bad, ingested, read, refused, features
+
+        listing, bad, ingested, read, refused, features = run(body)
+    finally:
+        process.stop()
+    assert listing == {"ingest_clicks"}  # an ingester key lists only what it may call
+    assert error_of(bad)["code"] == "invalid_request"
+    assert not ingested.is_error and ingested.structured_content["accepted"] == 2
+    assert read == {"get_context_shopper", "get_features_shopper"}
+    assert isinstance(refused, MCPError) and "ingest_clicks" in str(refused)  # not for readers
+    [row] = features.structured_content["rows"]
+    assert row["last_click.product_id"] == 52
 
 
 # -- list-changed (last: it changes the staging workspace) -----------------------------------------
