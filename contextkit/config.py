@@ -17,15 +17,19 @@ Example::
     llm: {timeout_s: 60, retries: 2}   # completions: api_base, api_key_env, models, timeout_s...
     monitoring: {enabled: true}        # data-quality statistics in every materialization job
     prompts: {render_timeout_s: 2, max_output_chars: 1000000}   # limits of every prompt render
+    compute: local               # or ray (a local Ray runtime), ray://head:10001, head:6379, or
+                                 # {engine: ray, address: ..., views: {docs: ray}} (docs/compute.md)
 
 Relative paths are relative to the folder holding the config file. Each store may also be given
 as a string: a path, or a URL (``postgresql://`` registry, ``redis://``/``rediss://`` online
 store, ``s3://bucket/prefix`` offline and vector stores). The environment overrides the file, so
 one image serves every environment: ``CONTEXTKIT_REGISTRY``, ``CONTEXTKIT_ONLINE_STORE``,
 ``CONTEXTKIT_OFFLINE_STORE``, ``CONTEXTKIT_VECTOR_STORE`` (S3 endpoint, region and keys come from
-the standard AWS variables). This module is the one place that parses the selection;
-``Runtime.open`` builds the stores from it. Passwords in URLs are never shown: use
-:meth:`RepoConfig.describe_stores` (masked) to display them.
+the standard AWS variables), and ``CONTEXTKIT_COMPUTE`` (the engine: ``local``, ``ray`` or a Ray
+address; the file's other compute settings are kept, except that ``local`` drops the per-view
+engines). This module is the one place that parses the selection; ``Runtime.open`` builds the
+stores from it. Passwords in URLs are never shown: use :meth:`RepoConfig.describe_stores`
+(masked) to display them.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ ENV_OVERRIDES = {
     "online_store": "CONTEXTKIT_ONLINE_STORE",
     "offline_store": "CONTEXTKIT_OFFLINE_STORE",
     "vector_store": "CONTEXTKIT_VECTOR_STORE",
+    "compute": "CONTEXTKIT_COMPUTE",
 }
 _POSTGRES = ("postgresql://", "postgres://")
 _REDIS = ("redis://", "rediss://", "unix://")
@@ -173,6 +178,93 @@ class PromptsConfig(BaseModel):
         return RenderLimits(timeout_s=self.render_timeout_s, max_output_chars=self.max_output_chars)
 
 
+Engine = Literal["local", "ray"]
+
+
+class EmbeddingComputeConfig(BaseModel):
+    """How embedding views encode on Ray Data: rows per ``map_batches`` batch, encoder actors,
+    and GPUs per actor (None: CPU actors)."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(256, gt=0)
+    concurrency: int = Field(1, gt=0)
+    num_gpus: float | None = Field(None, gt=0)
+
+
+class ComputeConfig(BaseModel):
+    """Which engine runs batch compute (docs/compute.md): ``local`` (DuckDB and the encoder in
+    this process, the default) or ``ray``. A string is a shorthand: ``local``, ``ray`` (start a
+    local Ray runtime on demand), or a Ray address, ``ray://host:port`` (Ray Client) or
+    ``host:port`` (the head's GCS port), which joins that cluster. ``views`` picks the engine per
+    view; ``partitions`` is how many Ray tasks a job is split into (None: twice the cluster's
+    CPUs); an address that does not answer within ``connect_timeout_s`` fails the job."""
+
+    model_config = ConfigDict(extra="forbid")
+    engine: Engine = "local"
+    address: str | None = None
+    views: dict[str, Engine] = {}
+    embedding: EmbeddingComputeConfig = EmbeddingComputeConfig()
+    partitions: int | None = Field(None, gt=0)
+    connect_timeout_s: float = Field(15.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _compute_shorthand(value)
+        if isinstance(value, Mapping) and value.get("address") and "engine" not in value:
+            return {**value, "engine": "ray"}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ComputeConfig:
+        if self.address is not None:
+            address = self.address.strip()
+            if not address or address in ("local", "auto"):
+                raise ValueError(
+                    "compute.address is a Ray cluster address: ray://host:port or host:port "
+                    "(leave it out to start a local Ray runtime)"
+                )
+            if is_url(address) and not address.startswith("ray://"):
+                raise ValueError(f"{address} is not a Ray address (ray://host:port or host:port)")
+            _host_port(address)
+            self.address = address
+        return self
+
+    def engine_for(self, view_name: str) -> Engine:
+        """The engine that computes ``view_name``: its entry in ``views``, else ``engine``."""
+        return self.views.get(view_name, self.engine)
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.engine == "ray" or "ray" in self.views.values()
+
+    @property
+    def ray_address(self) -> str:
+        """What ``ray.init(address=...)`` gets: the configured address, or ``local`` (a new
+        runtime in this process, never a cluster someone else started on this machine)."""
+        return self.address or "local"
+
+    def host_port(self) -> tuple[str, int] | None:
+        """The cluster's host and port, to probe before connecting (None: a local runtime)."""
+        return _host_port(self.address) if self.address else None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address} is not a Ray address: expected ray://host:port or host:port")
+    return host.strip("[]"), int(port)
+
+
+def _compute_shorthand(value: str) -> dict[str, Any]:
+    value = value.strip()
+    if value in ("local", "ray"):
+        return {"engine": value}
+    return {"engine": "ray", "address": value}
+
+
 class RepoConfig(BaseModel):
     """Parsed ``contextkit.yaml``; ``root`` is the folder that holds it."""
 
@@ -188,6 +280,7 @@ class RepoConfig(BaseModel):
     ingest: IngestConfig = IngestConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     prompts: PromptsConfig = PromptsConfig()
+    compute: ComputeConfig = ComputeConfig()
     # Python files (globs relative to the repo root) that are not definitions, e.g. scripts.
     exclude: list[str] = []
     root: Path = Path(".")
@@ -284,6 +377,17 @@ def apply_env_overrides(
             out[key] = value
             continue
         current = out.get(key)
+        if key == "compute":
+            # The engine and address come from the variable; views, embedding... from the file
+            # (`local` means everything local: the per-view engines go too).
+            dropped = ("engine", "address", "views") if value == "local" else ("engine", "address")
+            keep = (
+                {k: v for k, v in current.items() if k not in dropped}
+                if isinstance(current, Mapping)
+                else {}
+            )
+            out[key] = {**keep, **_compute_shorthand(value)}
+            continue
         if key == "online_store":
             override = (
                 {"type": "redis", "url": value}

@@ -32,6 +32,7 @@ server turns them into ``{"error": {"code", "message", "details"}}`` with the ma
     └── JobConflictError           job_conflict            409  governance.jobs
     └── JobCancelledError          job_cancelled           409  compute (a cancelled job)
     └── RerankError                rerank_failed           502  compute.rerank (the provider failed)
+    └── ComputeError               compute_error           503  compute.ray (engine unavailable)
 
 The leaves (``stores``, ``embeddings``, ``prompts``) import nothing of the core, so they keep
 their own small bases; :func:`translate_store_errors` and :data:`translating` turn their errors
@@ -65,6 +66,18 @@ class ContextKitError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> Any:
+        # Pickled whole (hint, details, a subclass's own fields): an error raised in a Ray task
+        # reaches the driver as it was raised, whatever the subclass's __init__ takes.
+        return (_restore_error, (type(self), self.args, self.__dict__))
+
+
+def _restore_error(cls: type[ContextKitError], args: tuple, state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(ContextKitError):
@@ -227,6 +240,16 @@ class RerankError(ContextKitError):
 
     code = "rerank_failed"
     http_status = 502
+
+
+class ComputeError(ContextKitError):
+    """The distributed compute engine cannot run the job: Ray is not installed, the cluster
+    address does not answer within ``compute.connect_timeout_s``, or the cluster lost the job
+    (HTTP 503; nothing was published). A partition that fails for a data reason raises the
+    data error of the local engine instead, naming the view, the partition and the value."""
+
+    code = "compute_error"
+    http_status = 503
 
 
 _LEAF_MODULES = ("contextkit.embeddings", "contextkit.prompts", "contextkit.stores")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.backends"]  # real redis-server, PostgreSQL and S3 (moto) fixtures
+# Real redis-server, PostgreSQL and S3 (moto) fixtures; a real two-node Ray cluster.
+pytest_plugins = ["tests.backends", "tests.ray_backend"]
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart"
