@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -396,13 +396,42 @@ SECOND_SERVICE = """
 svc2 = ContextService(name="svc2", features=[latest])
 """
 
+STREAM = """
+from contextkit import Aggregate, Field, Float64, Int64, PushSource, StreamFeatureView, Timestamp
+
+clicks = PushSource(
+    name="clicks",
+    schema=[Field("user_id", Int64), Field("price", Float64), Field("ts", Timestamp)],
+    timestamp_field="ts",
+)
+click_stats = StreamFeatureView(
+    name="click_stats", source=clicks, entities=[user], aggregation_interval="1h",
+    features=[Aggregate("price", "count", "1d"), Aggregate("price", "sum", "1d")],
+)
+clicks_svc = ContextService(name="clicks_svc", features=[click_stats])
+"""
+
+
+def ingest(base: str, records: list[dict]) -> tuple[int, dict]:
+    return call(
+        base, "/v1/ingest", {"workspace": WORKSPACE, "source": "clicks", "records": records}
+    )
+
+
+def clicks(base: str) -> list:
+    status, body = call(
+        base, "/v1/features", {"service": "clicks_svc", "entities": {"user_id": [1]}}
+    )
+    assert status == 200, body
+    return [r["values"] for r in body["results"]]
+
 
 @pytest.mark.slow
 def test_two_nodes_serve_one_deployment_and_ride_out_store_outages(
     make_repo, postgres_server, redis_factory, s3_server, s3_env
 ):
     redis = redis_factory(password="node-" + uuid.uuid4().hex[:8])
-    root = make_repo({"defs.py": DEFS}, data={"events.parquet": events_table()})
+    root = make_repo({"defs.py": DEFS + STREAM}, data={"events.parquet": events_table()})
     bucket = s3_server.create_bucket()
     (root / "contextkit.yaml").write_text(
         "project: nodes\n"
@@ -425,6 +454,21 @@ def test_two_nodes_serve_one_deployment_and_ride_out_store_outages(
         served = first[0][1]
         assert served[-1][0] == [1.0, 5.0, 19.0, None]  # latest.x; user 99 has none
         assert served[-1][1] == ["PRESENT", "PRESENT", "PRESENT", "MISSING"]
+
+        # Ingest to either node: the durable log is shared (in PostgreSQL), so both nodes serve
+        # every record, and a retry sent to the other node is a duplicate.
+        now = datetime.now(UTC)
+        moments = [(now - timedelta(minutes=i)).isoformat() for i in range(2)]
+        batch = [
+            {"record": {"user_id": 1, "price": price, "ts": moments[i]}, "idempotency_key": f"k{i}"}
+            for i, price in enumerate([2.0, 3.0])
+        ]
+        status, body = ingest(bases[0], batch)
+        assert status == 200 and body["accepted"] == 2, body
+        third = {"user_id": 1, "price": 4.0, "ts": now.isoformat()}
+        status, body = ingest(bases[1], [*batch, third])
+        assert status == 200 and body["accepted"] == 1 and body["duplicates"] == [0, 1], body
+        assert [clicks(base) for base in bases] == [[[1], [3], [9.0]]] * 2  # user_id, count, sum
 
         # An apply made elsewhere is served by every node, without a restart.
         with (root / "defs.py").open("a") as defs:
