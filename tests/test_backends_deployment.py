@@ -7,7 +7,8 @@
 - Bad stores (unreachable, wrong password, missing bucket, read-only role) are one clear error
   naming the store with its password masked, and change nothing.
 - Two real ``contextkit serve`` processes on the same PostgreSQL + Redis + S3 (slow): identical
-  answers, an apply seen by both without a restart, 503 ``store_error`` while Redis or PostgreSQL
+  answers, ingest taken by either node (one shared log) served by both, an apply seen by both
+  without a restart, 503 ``store_error`` while Redis or PostgreSQL
   is gone and recovery by themselves once it is back.
 
 Real servers (tests/backends.py): redis-server, PostgreSQL 15, moto's S3 server.
