@@ -428,75 +428,68 @@ def jobs_run(
             raise typer.Exit(1)
 
 
+def _on_job(
+    job_id: str, repo: Path, remote: str | None, key: str | None, action: str | None
+) -> tuple[dict, bool]:
+    """``(job, here)`` after ``action`` (None: show, ``cancel``, ``retry``) on a job: by the
+    control plane's jobs API with ``--remote``, else here, where cancel and retry are written to
+    the audit log as ``jobs.<action>`` and a retried job is run to its end."""
+    if remote:
+        path = f"/v1/jobs/{job_id}" + (f"/{action}" if action else "")
+        return _remote(
+            "POST" if action else "GET", remote, path, key, {} if action else None
+        ), False
+    from contextkit.governance.jobs import job_view
+
+    ctx = open_context(repo, None)
+    if action is None:
+        return job_view(ctx.job_service.get(job_id)), True
+    from contextkit.governance.audit import Actor, AuditLog
+
+    record = ctx.registry.get_job(job_id)
+    where = record.workspace if record is not None else None
+    with AuditLog(ctx.registry).action(
+        Actor.local(), f"jobs.{action}", workspace=where, target=job_id
+    ) as entry:
+        if action == "cancel":
+            return job_view(ctx.job_service.cancel(job_id)), True
+        found = ctx.job_service.retry(job_id, requested_by="cli")
+        entry.details["job"] = found.job.id
+    (job,) = _wait_local(ctx, [found.job.id])
+    return job, True
+
+
+JobIdArg = Annotated[str, typer.Argument(help="The job's id.")]
+
+
 @jobs_app.command("show")
 def jobs_show(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    repo: RepoOpt = Path("."),
-    remote: RemoteOpt = None,
-    key: KeyOpt = None,
+    job_id: JobIdArg, repo: RepoOpt = Path("."), remote: RemoteOpt = None, key: KeyOpt = None
 ) -> None:
     """A job's status, progress, rows, error and log tail."""
     with guard:
-        if remote:
-            _print_job(_remote("GET", remote, f"/v1/jobs/{job_id}", key))
-            return
-        from contextkit.governance.jobs import job_view
-
-        ctx = open_context(repo, None)
-        _print_job(job_view(ctx.job_service.get(job_id)))
+        _print_job(_on_job(job_id, repo, remote, key, None)[0])
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    repo: RepoOpt = Path("."),
-    remote: RemoteOpt = None,
-    key: KeyOpt = None,
+    job_id: JobIdArg, repo: RepoOpt = Path("."), remote: RemoteOpt = None, key: KeyOpt = None
 ) -> None:
     """Cancel a job: a queued one at once, a running one at its next batch (whichever process
     runs it); it leaves the stores as they were. A finished job cannot be cancelled."""
     with guard:
-        if remote:
-            _print_job(_remote("POST", remote, f"/v1/jobs/{job_id}/cancel", key, {}))
-            return
-        from contextkit.governance.audit import Actor, AuditLog
-        from contextkit.governance.jobs import job_view
-
-        ctx = open_context(repo, None)
-        found = ctx.registry.get_job(job_id)
-        where = found.workspace if found is not None else None
-        with AuditLog(ctx.registry).action(
-            Actor.local(), "jobs.cancel", workspace=where, target=job_id
-        ):
-            cancelled = ctx.job_service.cancel(job_id)
-        _print_job(job_view(cancelled))
+        _print_job(_on_job(job_id, repo, remote, key, "cancel")[0])
 
 
 @jobs_app.command("retry")
 def jobs_retry(
-    job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    repo: RepoOpt = Path("."),
-    remote: RemoteOpt = None,
-    key: KeyOpt = None,
+    job_id: JobIdArg, repo: RepoOpt = Path("."), remote: RemoteOpt = None, key: KeyOpt = None
 ) -> None:
     """Run a finished job again (same view, range and --full)."""
     with guard:
-        if remote:
-            _print_job(_remote("POST", remote, f"/v1/jobs/{job_id}/retry", key, {}))
-            return
-        from contextkit.governance.audit import Actor, AuditLog
-
-        ctx = open_context(repo, None)
-        record = ctx.registry.get_job(job_id)
-        where = record.workspace if record is not None else None
-        with AuditLog(ctx.registry).action(
-            Actor.local(), "jobs.retry", workspace=where, target=job_id
-        ) as entry:
-            found = ctx.job_service.retry(job_id, requested_by="cli")
-            entry.details["job"] = found.job.id
-        (job,) = _wait_local(ctx, [found.job.id])
+        job, here = _on_job(job_id, repo, remote, key, "retry")
         _print_job(job)
-        if job["status"] in ("failed", "cancelled"):
+        if here and job["status"] in ("failed", "cancelled"):
             raise typer.Exit(1)
 
 

@@ -268,12 +268,7 @@ def _entities_schema(
             }
             about += "; one value, or a list of values (one per entity row, all keys alike)"
         properties[name] = {**value, "description": about + "."}
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
+    return _object(properties, list(properties))
 
 
 def _request_schema(
@@ -292,10 +287,7 @@ def _request_schema(
         elif default is not None:
             prop["default"] = default
         properties[name] = prop
-    schema = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = required
-    return schema
+    return _object(properties, required)
 
 
 def _context_tool(
@@ -375,15 +367,15 @@ def _context_tool(
             )
             + ", rendered with the features and documents."
         )
-    lines += _tags(service.tags)
-    tool = types.Tool(
-        name=f"{prefix}get_context_{service.name}",
-        title=f"Get context: {service.name}",
-        description="\n".join(lines),
-        input_schema=_object(properties, required),
-        annotations=_READ_ONLY,
+    return _tool(
+        specs.workspace.name,
+        "get_context",
+        service.name,
+        f"{prefix}get_context_{service.name}",
+        f"Get context: {service.name}",
+        [*lines, *_tags(service.tags)],
+        _object(properties, required),
     )
-    return ToolDef(tool, specs.workspace.name, "get_context", service.name, READER)
 
 
 def _features_tool(ctx: Context, service: Any, prefix: str, entity_of: dict[str, Any]) -> ToolDef:
@@ -417,15 +409,15 @@ def _features_tool(ctx: Context, service: Any, prefix: str, entity_of: dict[str,
             + (f" ({_sentence(view.description).rstrip('.')})" if view.description else "")
             + f": {described}."
         )
-    lines += _tags(service.tags)
-    tool = types.Tool(
-        name=f"{prefix}get_features_{service.name}",
-        title=f"Get features: {service.name}",
-        description="\n".join(lines),
-        input_schema=_object(properties, required),
-        annotations=_READ_ONLY,
+    return _tool(
+        specs.workspace.name,
+        "get_features",
+        service.name,
+        f"{prefix}get_features_{service.name}",
+        f"Get features: {service.name}",
+        [*lines, *_tags(service.tags)],
+        _object(properties, required),
     )
-    return ToolDef(tool, specs.workspace.name, "get_features", service.name, READER)
 
 
 def _filter_schema(view: Any) -> dict[str, Any]:
@@ -462,9 +454,7 @@ def _filter_schema(view: Any) -> dict[str, Any]:
             f"({', '.join(_OPERATORS[kind])}).",
         }
     return {
-        "type": "object",
-        "properties": properties,
-        "additionalProperties": False,
+        **_object(properties, []),
         "description": "Conditions on key and metadata columns, all of which must hold.",
     }
 
@@ -495,24 +485,20 @@ def _search_tool(ws: str, view: Any, prefix: str, max_top_k: int) -> ToolDef:
         + ".",
         *_tags(view.tags),
     ]
-    tool = types.Tool(
-        name=f"{prefix}search_{view.name}",
-        title=f"Search: {view.name}",
-        description="\n".join(lines),
-        input_schema=_object(properties, ["query"]),
-        annotations=_READ_ONLY,
+    return _tool(
+        ws,
+        "search",
+        view.name,
+        f"{prefix}search_{view.name}",
+        f"Search: {view.name}",
+        lines,
+        _object(properties, ["query"]),
     )
-    return ToolDef(tool, ws, "search", view.name, READER)
 
 
 def _ingest_tool(ws: str, source: Any, prefix: str) -> ToolDef:
     columns = {c.name: {**json_schema(c.dtype)} for c in source.columns}
-    record = {
-        "type": "object",
-        "properties": columns,
-        "required": list(columns),
-        "additionalProperties": False,
-    }
+    record = _object(columns, list(columns))
     properties = {
         "records": {
             "type": "array",
@@ -527,14 +513,38 @@ def _ingest_tool(ws: str, source: Any, prefix: str) -> ToolDef:
         "Writes them to the source's log and its stream feature views (needs an ingester key).",
         *_tags(source.tags),
     ]
-    tool = types.Tool(
-        name=f"{prefix}ingest_{source.name}",
-        title=f"Ingest: {source.name}",
-        description="\n".join(lines),
-        input_schema=_object(properties, ["records"]),
-        annotations=_WRITE,
+    return _tool(
+        ws,
+        "ingest",
+        source.name,
+        f"{prefix}ingest_{source.name}",
+        f"Ingest: {source.name}",
+        lines,
+        _object(properties, ["records"]),
+        write=True,
     )
-    return ToolDef(tool, ws, "ingest", source.name, INGESTER)
+
+
+def _tool(
+    ws: str,
+    kind: str,
+    target: str,
+    name: str,
+    title: str,
+    lines: list[str],
+    schema: dict[str, Any],
+    *,
+    write: bool = False,
+) -> ToolDef:
+    """A tool of ``kind`` on ``target``: read-only for readers, or (``write``) for ingesters."""
+    tool = types.Tool(
+        name=name,
+        title=title,
+        description="\n".join(lines),
+        input_schema=schema,
+        annotations=_WRITE if write else _READ_ONLY,
+    )
+    return ToolDef(tool, ws, kind, target, INGESTER if write else READER)
 
 
 def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -630,79 +640,54 @@ def resource_uri(workspace: str, *parts: str) -> str:
 
 def _resources(specs: Any) -> list[ResourceDef]:
     ws = specs.workspace.name
+
+    def resource(kind: str, target: str, title: str, about: str, *parts: str) -> ResourceDef:
+        listed = types.Resource(
+            name=f"{ws}: {title}",
+            uri=resource_uri(ws, *parts),
+            description=about,
+            mime_type="application/json",
+        )
+        return ResourceDef(listed, ws, kind, target)
+
+    def opening(description: str | None) -> str:
+        about = _sentence(description)
+        return about + " " if about else ""
+
     out = [
-        ResourceDef(
-            types.Resource(
-                name=f"{ws}: freshness",
-                uri=resource_uri(ws, "freshness"),
-                description=f"Freshness, newest job and open alerts of every view of {ws!r}.",
-                mime_type="application/json",
-            ),
-            ws,
+        resource(
             "freshness",
             "",
+            "freshness",
+            f"Freshness, newest job and open alerts of every view of {ws!r}.",
+            "freshness",
         )
     ]
     views = {**specs.feature_views, **specs.embedding_views}
     for name in sorted(views):
         view = views[name]
-        about = _sentence(view.description)
+        about = f"Definition ({view.kind}), lineage, freshness and statistics."
         out.append(
-            ResourceDef(
-                types.Resource(
-                    name=f"{ws}: view {name}",
-                    uri=resource_uri(ws, "views", name),
-                    description=(about + " " if about else "")
-                    + f"Definition ({view.kind}), lineage, freshness and statistics.",
-                    mime_type="application/json",
-                ),
-                ws,
-                "view",
-                name,
-            )
+            resource("view", name, f"view {name}", opening(view.description) + about, "views", name)
         )
         out.append(
-            ResourceDef(
-                types.Resource(
-                    name=f"{ws}: lineage of {name}",
-                    uri=resource_uri(ws, "views", name, "lineage"),
-                    description=f"What {name!r} is computed from and what reads it.",
-                    mime_type="application/json",
-                ),
-                ws,
+            resource(
                 "lineage",
                 name,
+                f"lineage of {name}",
+                f"What {name!r} is computed from and what reads it.",
+                "views",
+                name,
+                "lineage",
             )
         )
     for name in sorted(specs.services):
-        about = _sentence(specs.services[name].description)
-        out.append(
-            ResourceDef(
-                types.Resource(
-                    name=f"{ws}: service {name}",
-                    uri=resource_uri(ws, "services", name),
-                    description=(about + " " if about else "") + "Definition of the service.",
-                    mime_type="application/json",
-                ),
-                ws,
-                "service",
-                name,
-            )
-        )
+        about = opening(specs.services[name].description) + "Definition of the service."
+        out.append(resource("service", name, f"service {name}", about, "services", name))
     for name in sorted(specs.prompts):
-        about = _sentence(specs.prompts[name].description)
-        out.append(
-            ResourceDef(
-                types.Resource(
-                    name=f"{ws}: prompt view {name}",
-                    uri=resource_uri(ws, "prompts", name),
-                    description=(about + " " if about else "")
-                    + "Definition of the prompt view (template, features, searches).",
-                    mime_type="application/json",
-                ),
-                ws,
-                "prompt",
-                name,
-            )
+        about = (
+            opening(specs.prompts[name].description)
+            + "Definition of the prompt view (template, features, searches)."
         )
+        out.append(resource("prompt", name, f"prompt view {name}", about, "prompts", name))
     return out
