@@ -73,7 +73,9 @@ class InvalidBody(Exception):
 
 
 async def read_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object (orjson: this is on the hot path)."""
+    """The request body as a JSON object, for a route whose body a translator reads field by
+    field (``/v1/chat/completions``: OpenAI's errors name each parameter); the others parse
+    theirs with their model (:func:`parse_body`)."""
     body = await request.body()
     try:
         data = orjson.loads(body)
@@ -152,35 +154,6 @@ def _invalid(
     if expected is None:
         return InvalidBody(f"`{name}`: {error['msg']}", f"body.{name}")
     return InvalidBody(f"`{name}` must be {expected}", f"body.{name}")
-
-
-def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool) -> Any:
-    """``data[name]`` checked against ``kind`` (``None`` when optional and absent)."""
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise InvalidBody(f"`{name}` is required", f"body.{name}", "field required")
-        return None
-    # bool is an int in Python; a JSON true is never a valid number here.
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
-        names = " or ".join(t.__name__ for t in _tuple(kind))
-        raise InvalidBody(f"`{name}` must be {_JSON_NAMES.get(names, names)}", f"body.{name}")
-    return value
-
-
-def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-_JSON_NAMES = {
-    "str": "a string",
-    "dict": "an object",
-    "list": "a list",
-    "int": "an integer",
-    "bool": "a boolean",
-    "int or float": "a number",
-    "str or list": "a string or a list",
-}
 
 
 class ServerState:
