@@ -2,7 +2,8 @@
 durable ingest log before it is applied to Redis. A real ``redis-server`` is SIGKILLed while
 threads ingest, restarted empty, and every acknowledged record is served again after the
 automatic rebuild (what serving runs at start-up) and after ``rebuild`` (the CLI's function).
-The stores are built explicitly (a Redis online store beside the SQLite registry and log).
+The stores are built explicitly: a Redis online store beside the SQLite registry and one node's
+log, and again beside a PostgreSQL registry holding the shared log.
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ svc = ContextService(name="svc", features=[profile, last_click, click_count])
 """
 
 
-@pytest.fixture
-def shop(make_repo, redis_factory):
+@pytest.fixture(params=["sqlite log", "postgres log"])
+def shop(request, make_repo, redis_factory):
+    """A Redis online store beside the durable log: one node's SQLite file (SQLite registry),
+    or the log shared in a PostgreSQL registry's database."""
     server = redis_factory()
     events = pa.table(
         {
@@ -64,7 +67,14 @@ def shop(make_repo, redis_factory):
         }
     )
     root = make_repo({"defs.py": DEFS}, data={"events.parquet": events})
+    if request.param == "postgres log":
+        database = request.getfixturevalue("postgres_server").create_database()
+        config = (root / "contextkit.yaml").read_text()
+        (root / "contextkit.yaml").write_text(
+            config.replace("registry: .contextkit/registry.db", f"registry: {database}")
+        )
     ctx = contextkit.connect(root, workspace="prod")
+    assert (ctx.registry.ingest_log() is not None) == (request.param == "postgres log")
     ctx.create_workspace("prod", live=True)
     ctx.apply(ctx.plan(root))
     ctx.runtime.online.close()
