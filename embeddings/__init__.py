@@ -53,6 +53,7 @@ from .pipeline import (
     EncodeStats,
     chunk_id,
     content_hash,
+    encode_pending,
     plan_encode,
     rich_progress,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "chunk_id",
     "content_hash",
     "default_cache_dir",
+    "encode_pending",
     "encode_query",
     "export_onnx",
     "get_encoder",

@@ -8,7 +8,10 @@ one atomic write:
    existing hashes and keeps only the chunks to write (without vectors), spilled to a temporary
    Arrow IPC file past ``spill_threshold_bytes``. It knows then which ids to delete.
 2. :meth:`EncodePlan.batches` encodes those chunks in batches of ``encoder.batch_size`` and yields
-   one Arrow record batch per encoder call: bounded memory, whatever the corpus size.
+   one Arrow record batch per encoder call: bounded memory, whatever the corpus size. With
+   ``encoded_by``, the encoding runs elsewhere (a Ray actor pool, see
+   ``contextkit.compute.ray.embedding``): it receives the pending chunks and gives their vectors
+   back, encoded by :func:`encode_pending`; this plan still builds and checks every batch.
 
 The core wires it to the vector store (``contextkit.stores.vector``) like this::
 
@@ -74,6 +77,10 @@ _ENCODE, _REFRESH = 0, 1
 SORT_WINDOW = 16
 _ROWS_PER_DICT_BATCH = 1024
 FetchVectors = Callable[[list[str]], Mapping[str, np.ndarray]]
+EncodedBy = Callable[[Iterator[pa.Table]], Iterable[tuple[pa.Table, np.ndarray]]]
+"""Encodes pending chunks elsewhere: receives the pending windows (see :meth:`EncodePlan.batches`)
+and yields ``(rows, vectors)`` for every pending row, in any order and grouping: ``rows`` as
+received, ``vectors`` (``rows x dimension`` float32) from :func:`encode_pending`."""
 
 
 def chunk_id(key: Sequence[Any], index: int) -> str:
@@ -134,6 +141,13 @@ class EncodeProgress:
     @property
     def docs_per_s(self) -> float:
         return self.documents_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far (None before the first batch)."""
+        if self.chunks_done <= 0 or self.elapsed_s <= 0:
+            return None
+        return (self.chunks_total - self.chunks_done) * self.elapsed_s / self.chunks_done
 
 
 def rich_progress(
@@ -228,6 +242,8 @@ class EncodePlan:
     schema: pa.Schema | None
     batch_size: int
     _pending: _SpillBuffer
+    documents_to_write: int = 0
+    """Documents with at least one chunk to write (what progress counts in remote encoding)."""
     _fetch_vectors: FetchVectors | None = None
     _on_progress: Callable[[EncodeProgress], None] | None = None
     _consumed: bool = field(default=False, repr=False)
@@ -250,36 +266,70 @@ class EncodePlan:
     def close(self) -> None:
         self._pending.close()
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def batches(self, encoded_by: EncodedBy | None = None) -> Iterator[pa.RecordBatch]:
         """Encode the pending chunks and yield them as record batches in :attr:`schema`.
 
         One encoder call per batch (refreshed rows reuse stored vectors). Encoder failures
         propagate (as :class:`EncoderFailure` or whatever the encoder raised) after the batches
         already yielded: the store's write must be all-or-nothing.
+
+        ``encoded_by`` encodes elsewhere (see :data:`EncodedBy`): it gets the pending windows,
+        ordered by text length, and yields their rows with vectors; one record batch is
+        yielded per pair it gives back, checked as a local batch is.
         """
         if self._consumed:
             raise RuntimeError("EncodePlan.batches() can be iterated only once")
         self._consumed = True
-        return self._run()
+        return self._run() if encoded_by is None else self._run_remote(encoded_by)
 
-    def _run(self) -> Iterator[pa.RecordBatch]:
+    def _windows(self) -> Iterator[tuple[pa.Table, int]]:
+        """The pending chunks in windows of ``batch_size * SORT_WINDOW`` rows, each ordered by
+        text length, with how many documents each window starts."""
         import pyarrow.compute as pc
 
+        last_doc = -1
+        # Texts are encoded in batches of similar length: within a window of SORT_WINDOW
+        # batches the rows are ordered by text length before they are cut into batches, so
+        # a model pads each batch to little more than its texts (in source order, batches
+        # hold ~25% padding). One encoder call per batch_size texts, memory bounded by the
+        # window; rows are written by id, so their order does not matter to the store.
+        for window in _rebatch(self._pending, self.batch_size * SORT_WINDOW):
+            docs = window.column("_doc").to_numpy()
+            new_docs = int(np.count_nonzero(np.diff(docs, prepend=last_doc)))
+            last_doc = int(docs[-1])
+            lengths = pc.utf8_length(window.column("text")).to_numpy(zero_copy_only=False)
+            yield window.take(pa.array(np.argsort(lengths, kind="stable"))), new_docs
+
+    def _run_remote(self, encoded_by: EncodedBy) -> Iterator[pa.RecordBatch]:
+        started = time.perf_counter()
+        done = 0
+        total = self.chunks_to_write
+        results = iter(encoded_by(window for window, _ in self._windows()))
+        try:
+            for rows, vectors in results:
+                out = self._encode_batch(rows, vectors)
+                encoded = int(np.count_nonzero(_needs_model(rows)))
+                if encoded:
+                    self.stats.encoder_calls += 1
+                    self.stats.texts_encoded += encoded
+                done += out.num_rows
+                elapsed = time.perf_counter() - started
+                self.stats.encode_seconds = elapsed
+                yield out
+                if self._on_progress is not None:  # batches arrive in any order: docs pro rata
+                    docs = round(self.documents_to_write * done / total) if total else 0
+                    self._on_progress(EncodeProgress(done, total, docs, elapsed))
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # stop the remote work now (a failure or cancel here, or in the store)
+            self.close()
+
+    def _run(self) -> Iterator[pa.RecordBatch]:
         started = time.perf_counter()
         done = docs_done = 0
-        last_doc = -1
         try:
-            # Texts are encoded in batches of similar length: within a window of SORT_WINDOW
-            # batches the rows are ordered by text length before they are cut into batches, so
-            # a model pads each batch to little more than its texts (in source order, batches
-            # hold ~25% padding). One encoder call per batch_size texts, memory bounded by the
-            # window; rows are written by id, so their order does not matter to the store.
-            for window in _rebatch(self._pending, self.batch_size * SORT_WINDOW):
-                docs = window.column("_doc").to_numpy()
-                new_docs = int(np.count_nonzero(np.diff(docs, prepend=last_doc)))
-                last_doc = int(docs[-1])
-                lengths = pc.utf8_length(window.column("text")).to_numpy(zero_copy_only=False)
-                window = window.take(pa.array(np.argsort(lengths, kind="stable")))
+            for window, new_docs in self._windows():
                 for start in range(0, window.num_rows, self.batch_size):
                     out = self._encode_batch(window.slice(start, self.batch_size))
                     done += out.num_rows
@@ -300,7 +350,9 @@ class EncodePlan:
         finally:
             self.close()
 
-    def _encode_batch(self, pending: pa.Table) -> pa.RecordBatch:
+    def _encode_batch(self, pending: pa.Table, encoded: np.ndarray | None = None) -> pa.RecordBatch:
+        """One output batch; ``encoded``: the vectors of the rows to encode, computed elsewhere
+        (then only refreshed rows whose stored vector is gone are encoded here)."""
         n = pending.num_rows
         dim = self.encoder.dimension
         ids = pending.column("id").to_pylist()
@@ -308,6 +360,15 @@ class EncodePlan:
         vectors = np.empty((n, dim), dtype=np.float32)
         to_encode = np.flatnonzero(actions == _ENCODE).tolist()
         refresh = np.flatnonzero(actions == _REFRESH).tolist()
+        if encoded is not None:
+            if encoded.shape != (n, dim):
+                raise EncoderFailure(
+                    f"{self.encoder.name} returned shape {encoded.shape} for {n} chunks, "
+                    f"expected ({n}, {dim})",
+                    model=self.encoder.name,
+                )
+            vectors[to_encode] = encoded[to_encode]
+            to_encode = []
         if refresh and self._fetch_vectors is not None:
             stored = self._fetch_vectors([ids[i] for i in refresh])
             missing = []
@@ -342,11 +403,27 @@ class EncodePlan:
             )
         vector_col = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
         columns = []
-        for name in self.schema.names:
-            columns.append(
-                vector_col if name == "vector" else pending.column(name).combine_chunks()
-            )
+        for f in self.schema:
+            column = vector_col if f.name == "vector" else pending.column(f.name).combine_chunks()
+            # rows that travelled (a remote encode) may come back in an equivalent Arrow type
+            columns.append(column if column.type == f.type else column.cast(f.type))
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+
+def _needs_model(pending: pa.Table) -> np.ndarray:
+    return pending.column("_action").to_numpy() == _ENCODE
+
+
+def encode_pending(encoder: Encoder, pending: pa.Table) -> np.ndarray:
+    """The vectors of a pending window's rows (see :data:`EncodedBy`): one encoder call for the
+    rows that need the model; the other rows (refreshed: their stored vector is reused) get
+    zeros. This is what a remote worker runs; the plan checks the result."""
+    vectors = np.zeros((pending.num_rows, encoder.dimension), dtype=np.float32)
+    rows = np.flatnonzero(_needs_model(pending))
+    if rows.size:
+        texts = pending.column("text").to_pylist()
+        vectors[rows] = np.asarray(encoder.encode([texts[i] for i in rows]), dtype=np.float32)
+    return vectors
 
 
 def _rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
@@ -458,6 +535,7 @@ def plan_encode(
     pending = _SpillBuffer(spill_threshold_bytes, spill_dir)
     seen_ids: set[str] = set()
     seen_docs: set[str] = set()
+    docs_to_write = 0
     out_schema: pa.Schema | None = None
     pending_schema: pa.Schema | None = None
     needed = [*key_columns, text_column, *metadata_columns]
@@ -524,6 +602,8 @@ def plan_encode(
                 cols["ch"].append(chash)
                 cols["rh"].append(rhash)
                 cols["act"].append(action)
+                if not cols["doc"] or cols["doc"][-1] != stats.documents:
+                    docs_to_write += 1
                 cols["doc"].append(stats.documents)
                 take.append(row)
         if take:
@@ -546,6 +626,7 @@ def plan_encode(
         schema=out_schema,
         batch_size=batch_size or encoder.batch_size,
         _pending=pending,
+        documents_to_write=docs_to_write,
         _fetch_vectors=fetch_vectors,
         _on_progress=on_progress,
     )
