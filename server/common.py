@@ -274,6 +274,17 @@ def _serving_metrics(state: ServerState) -> None:
             "Entity rows of cached services read with the cache bypassed.",
             lambda c: c.bypassed,
         ),
+        ("search_hits", "Searches answered from the serving cache.", lambda c: c.search_hits),
+        (
+            "search_misses",
+            "Searches of cached services run against the vector store.",
+            lambda c: c.search_misses,
+        ),
+        (
+            "search_bypassed",
+            "Searches of cached services run with the cache bypassed.",
+            lambda c: c.search_bypassed,
+        ),
     ):
         state.metrics.collector(
             f"contextkit_serving_cache_{name}_total",

@@ -50,6 +50,11 @@ class ContextRequestBody(BaseModel):
         None, description='Per-search overrides: {"products": {"top_k": 3, "filter": {...}}}.'
     )
     render: bool = Field(True, description="Render the prompt.")
+    cache: bool = Field(
+        True,
+        description="False: search without the service's serving cache (a service declared "
+        "with cache= answers identical searches from memory).",
+    )
     complete: bool = Field(False, description="Also call the LLM (through litellm).")
     stream: bool = Field(False, description="With complete: stream the answer as SSE.")
     model: str | None = Field(None, description="Override the prompt view's LLM.")
@@ -60,7 +65,7 @@ class ContextRequestBody(BaseModel):
         + " (anything else is a 400: the endpoint, key and headers are the server's).",
     )
 
-    @field_validator("render", "complete", "stream", mode="before")
+    @field_validator("render", "cache", "complete", "stream", mode="before")
     @classmethod
     def _null_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         return cls.model_fields[info.field_name].default if value is None else value

@@ -23,6 +23,7 @@ prompt and registry version, so a request does no spec work.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from contextkit.framework.specs import (
     RequestFieldSpec,
     SearchSpec,
 )
+from contextkit.retrieval.cache import serving_cache
 from contextkit.retrieval.online import ServiceReader
 from contextkit.types import Timestamp, parse_value
 
@@ -84,6 +86,8 @@ class ContextPlan:
     request_fields: tuple[RequestFieldSpec, ...]
     needs_query: bool
     render_limits: Any = None  # prompts.RenderLimits from contextkit.yaml's prompts: section
+    # The service's serving cache (seconds; None: no cache): its searches' results are kept.
+    cache_seconds: float | None = None
 
     @property
     def join_keys(self) -> tuple[tuple[str, str], ...]:
@@ -138,6 +142,7 @@ def build_plan(ctx: Runtime, service_name: str, prompt_name: str | None) -> Cont
         request_fields=request_fields(prompt, reader),
         needs_query=needs_query,
         render_limits=ctx.config.prompts.render_limits(),
+        cache_seconds=service.cache_seconds,
     )
 
 
@@ -180,6 +185,7 @@ class ContextRequest:
     complete: bool
     model: str | None
     params: dict[str, Any]
+    cache: bool = True  # False: search without the serving cache (and leave it as it was)
 
 
 def parse_request(
@@ -195,6 +201,7 @@ def parse_request(
     complete: bool,
     model: str | None,
     params: Mapping[str, Any] | None,
+    cache: bool | None = True,
 ) -> ContextRequest:
     """Check a request against the plan; every error names the field and says what to send."""
     keys: dict[str, list[Any]] = {}
@@ -271,6 +278,7 @@ def parse_request(
         complete=bool(complete),
         model=model,
         params=params,
+        cache=cache is not False,
     )
 
 
@@ -420,36 +428,55 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
             )
         return text
 
+    # Only a service declared with cache= keeps its search results.
+    cache = serving_cache(ctx) if plan.cache_seconds is not None else None
+
     def group_step(group: list[SearchSpec]):
         def run():
             out = []
             began = time.perf_counter()
             text = query_text(group[0])
-            vector = None
-            with translating:
-                if any(s.mode != "text" for s in group):
+            encoded: list[Any] = []  # the query's vector, encoded once, when a search needs it
+
+            def vector() -> Any:
+                if not encoded:
                     view = plan.embedding_views[group[0].view]
                     encoder = encoder_for(view, ctx.config.models, ctx.config.root.resolve())
-                    vector = encode_query(encoder, text)
+                    encoded.append(encode_query(encoder, text))
+                return encoded[0]
+
+            with translating:
                 for spec in group:
                     top_k, filter_ = request.search_options[spec.name]
-                    value = search_view(
-                        ctx.vectors,
-                        None,
-                        plan.workspace,
-                        plan.embedding_views[spec.view],
-                        query=text,
-                        vector=vector if spec.mode != "text" else None,
-                        top_k=top_k,
-                        filter=filter_,
-                        mode=spec.mode,
-                        group_by=spec.group_by,
-                        fusion=spec.fusion,
-                        depth=spec.depth,
-                        weights=spec.weights,
-                        rerank=spec.rerank,
-                        root=ctx.config.root.resolve(),
-                    )
+
+                    def search(spec=spec, top_k=top_k, filter_=filter_):
+                        return search_view(
+                            ctx.vectors,
+                            None,
+                            plan.workspace,
+                            plan.embedding_views[spec.view],
+                            query=text,
+                            vector=vector() if spec.mode != "text" else None,
+                            top_k=top_k,
+                            filter=filter_,
+                            mode=spec.mode,
+                            group_by=spec.group_by,
+                            fusion=spec.fusion,
+                            depth=spec.depth,
+                            weights=spec.weights,
+                            rerank=spec.rerank,
+                            root=ctx.config.root.resolve(),
+                        )
+
+                    if cache is None:
+                        value = search()
+                    else:  # an identical search of a cached service is answered from memory
+                        filter_key = json.dumps(filter_, sort_keys=True, default=str)
+                        value = cache.search(
+                            ctx, plan.workspace, plan.service, plan.cache_seconds, [spec.view],
+                            (spec.name, text, top_k, filter_key), search,
+                            read=request.cache, write=request.cache,
+                        )  # fmt: skip
                     out.append((spec.name, value, (time.perf_counter() - began) * 1000))
             return out
 

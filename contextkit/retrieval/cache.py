@@ -23,15 +23,24 @@ A request may bypass it: ``read=False`` reads the online store (``cache: false``
 ``/v1/features``; ``requestOptions.readFromCache: false`` in the Tecton API), ``write=False``
 keeps what was read out of the cache (``writeToCache: false``). Hits, misses and bypassed rows
 are counted per service (``/metrics``: ``contextkit_serving_cache_*``).
+
+Search results. A cached service's searches (``ctx.get_context``, ``/v1/context``) are kept too,
+one entry per identical search: the same search of the service, query text, ``top_k`` and filter
+(:meth:`ServingCache.search`). Their generation is the workspace's version and the last completed
+job of each embedding view searched, so an apply or a materialization of the view invalidates
+them; documents pushed to a view without a job are seen once the entry expires. They share the
+LRU's bound with the entity rows (one entry per search) and are counted apart
+(``contextkit_serving_cache_search_{hits,misses,bypassed}_total``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import ConfigError
@@ -64,6 +73,9 @@ class ServingCache:
         self.hits: dict[str, int] = {}
         self.misses: dict[str, int] = {}
         self.bypassed: dict[str, int] = {}
+        self.search_hits: dict[str, int] = {}
+        self.search_misses: dict[str, int] = {}
+        self.search_bypassed: dict[str, int] = {}
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -132,7 +144,64 @@ class ServingCache:
                 self._put(prefix, zip(missing, fresh, strict=True))
         return _assemble(reader, [found[row] for row in rows])
 
+    def search(
+        self,
+        runtime: Runtime,
+        workspace: str,
+        service: str,
+        ttl: float | None,
+        views: Sequence[str],
+        key: Hashable,
+        compute: Callable[[], Any],
+        *,
+        read: bool = True,
+        write: bool = True,
+    ) -> Any:
+        """The result of one search of a cached service (``ttl`` seconds; None: not cached):
+        from the cache when an identical search (``key``) of the same generation of ``views``
+        is there, else ``compute()``, kept for the next one. The caller gets its own copy."""
+        if ttl is None:
+            return compute()
+        prefix = ("search", workspace, service, self._search_generation(runtime, workspace, views))
+        full = (*prefix, key)
+        if not read:
+            _count(self.search_bypassed, service, 1, self._lock)
+        else:
+            now = time.monotonic()
+            with self._lock:
+                entry = self._entries.get(full)
+                if entry is not None and entry[0] > now:
+                    self._entries.move_to_end(full)
+                    self.search_hits[service] = self.search_hits.get(service, 0) + 1
+                    return copy.deepcopy(entry[1])
+                if entry is not None:
+                    del self._entries[full]
+                self.search_misses[service] = self.search_misses.get(service, 0) + 1
+        value = compute()
+        if write:
+            stored = (time.monotonic() + ttl, copy.deepcopy(value))
+            self._put(prefix, [(key, stored)])
+        return value
+
     # -- internals --------------------------------------------------------------------------
+    def _search_generation(self, runtime: Runtime, workspace: str, views: Sequence[str]) -> Any:
+        token = runtime.registry.change_token()
+        key = (workspace, "search", *sorted(views))
+        known = self._generations.get(key)  # type: ignore[call-overload]
+        if known is not None and known[0] == token:
+            return known[1]
+        wanted = set(views)
+        jobs = tuple(
+            sorted(
+                (job.view, job.id)
+                for job in runtime.registry.last_succeeded_jobs()
+                if job.workspace == workspace and job.view in wanted
+            )
+        )
+        generation = (runtime.specs(workspace).workspace.version, jobs)
+        self._generations[key] = (token, generation, None)  # type: ignore[index]
+        return generation
+
     def _generation(self, runtime: Runtime, reader: ServiceReader) -> tuple[Hashable, float | None]:
         token = runtime.registry.change_token()
         key = (reader.workspace, reader.service)

@@ -54,11 +54,11 @@ class ServiceChecks:
                 hint="pass cache=timedelta(minutes=5) (at most timedelta(hours=24)), or leave "
                 "cache out to read the online store on every request",
             )
-        elif not service.features:
+        elif not service.features and not service.searches:
             self.error(
                 service,
-                "cache is set but the service has no features to cache",
-                hint="the serving cache holds feature values only: remove cache=",
+                "cache is set but the service has no features or searches to cache",
+                hint="the serving cache holds feature values and search results: remove cache=",
             )
 
     # -- server groups ---------------------------------------------------------------------
