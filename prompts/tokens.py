@@ -325,13 +325,30 @@ def _litellm_counter(litellm: Any, model: str, bare: str) -> TokenCounter:
             raise _NeedsDownload(f"the tiktoken encoding {encoding} is not bundled or cached")
         method = f"tiktoken:{encoding}"
 
+    exact = _count_function(bare)
+
     def count_text(text: str) -> int:
+        if exact is not None and not getattr(litellm, "disable_token_counter", False):
+            return int(exact(text))
         return int(litellm.token_counter(model=bare, text=text))
 
     def count_messages(messages: list[dict[str, Any]]) -> int:
         return int(litellm.token_counter(model=bare, messages=messages))
 
     return TokenCounter(model, method, True, "", count_text, count_messages)
+
+
+def _count_function(bare: str) -> Callable[[str], int] | None:
+    """The function ``litellm.token_counter(model=bare, text=...)`` counts with, resolved once:
+    the same counts without resolving the model's tokenizer on every call (a prompt's budget
+    counts tens of texts per render; 1,000 dataset rows went from ~0.34 to ~0.13 ms a count).
+    None when litellm's internals moved (then every count goes through ``token_counter``)."""
+    try:
+        from litellm.litellm_core_utils.token_counter import _get_count_function
+
+        return _get_count_function(bare)
+    except (ImportError, AttributeError, TypeError, ValueError, KeyError):
+        return None
 
 
 def _tiktoken_file_available(encoding: str) -> bool:

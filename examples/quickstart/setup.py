@@ -71,11 +71,15 @@ def main() -> int:
         '{"workspace": "prod", "service": "support_assistant", "entities": {"user_id": 7}, '
         '"query": "My hiking boots leak after a week. Can I return them?"}'
     )
-    console.print("\n[bold]Ready.[/] Once the server is up, in another terminal try:\n")
+    # The answer too, with no key: the built-in contextkit/echo model repeats the question after
+    # a line counting what it received (set a provider key and drop "model" for a real answer).
+    answer = context[:-1] + ', "complete": true, "model": "contextkit/echo"}'
+    console.print("\n[bold]Materialized.[/] Once the server logs Ready, in another terminal:\n")
     for path, body in (
         ("/v1/features", features),
         ("/v1/search", search),
         ("/v1/context", context),
+        ("/v1/context", answer),
     ):
         print(
             f"curl -s -X POST http://127.0.0.1:{port}{path} "

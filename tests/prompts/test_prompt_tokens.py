@@ -217,3 +217,19 @@ def test_fit_always_respects_the_budget_and_drops_in_score_order(scores, budget)
     assert dropped_scores == sorted(dropped_scores)
     assert not kept_scores or not dropped_scores or max(dropped_scores) <= min(kept_scores)
     assert len(fit.kept) + len(fit.dropped) == len(docs)
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "gpt-4", "openai/stub-model", "claude-2"])
+def test_exact_counts_are_litellms_own_without_resolving_the_model_per_call(
+    no_network, fresh_counters, model
+):
+    from contextkit.prompts._litellm import load_litellm
+
+    litellm = load_litellm()
+    counter = get_token_counter(model)
+    texts = ["", "Hello world", "naïve café 日本語 😀 ```code```", "word " * 3000, "x" * 20_000]
+    bare = model.rsplit("/", 1)[-1]
+    assert counter.exact
+    assert [counter.count(t) for t in texts] == [
+        litellm.token_counter(model=bare, text=t) if t else 0 for t in texts
+    ]
