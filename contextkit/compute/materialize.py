@@ -30,6 +30,7 @@ from pathlib import Path
 from contextkit.compute.layout import inputs_table, offline_table, online_table
 from contextkit.compute.quality.job_monitor import JobMonitor
 from contextkit.compute.quality.online_change import online_change_warning, online_snapshot
+from contextkit.config import ComputeConfig
 from contextkit.errors import (
     ContextKitError,
     JobCancelledError,
@@ -96,6 +97,11 @@ def _batches(
         if not rows:
             return
         yield from rows
+
+
+def offline_rows_sql(view: FeatureViewSpec, features_sql: str) -> str:
+    """``features_sql`` (offline feature rows) typed as the offline store keeps them."""
+    return f"SELECT {_typed_columns(view, epoch_timestamps=False)} FROM ({features_sql})"
 
 
 def online_rows_sql(view: FeatureViewSpec, features_sql: str) -> str:
@@ -180,8 +186,13 @@ def materialize_view(
     max_online_shrink: float | None = 0.5,
     job_id: str | None = None,
     should_stop: Callable[[], bool] | None = None,
+    compute: ComputeConfig | None = None,
 ) -> JobResult:
     """Run one materialization job for ``view`` (see the module docstring).
+
+    ``compute``: the engine (None: local). With ``compute.engine_for(view) == "ray"`` the rows
+    are computed on Ray, partitioned by entity hash (:mod:`contextkit.compute.ray.features`),
+    and staged, checked and committed here exactly as the local engine's.
 
     ``job_id``: run the job the jobs API queued under this id (instead of recording a new one).
     Between batches the job checks whether it was cancelled (``registry.request_cancel``, or
@@ -194,6 +205,7 @@ def materialize_view(
     entities than the previous job left, ends with status ``warning`` and says why.
     """
     end = _utc(end or datetime.now(UTC))
+    on_ray = compute is not None and compute.engine_for(view.name) == "ray"
     watermark = None if full else last_watermark(registry, workspace, view)
     replace_all = start is None and watermark is None
     if start is None:
@@ -213,7 +225,11 @@ def materialize_view(
         range_start=start.isoformat() if start else None,
         range_end=end.isoformat(),
         spec_hash=spec_hash(view),
-        details={"full": replace_all, "online": refresh_online},
+        details={
+            "full": replace_all,
+            "online": refresh_online,
+            **({"engine": "ray"} if on_ray else {}),
+        },
         **({"job_id": job_id} if job_id else {}),
     )
     check = cancellation_check(registry, job_id, should_stop)
@@ -225,11 +241,25 @@ def materialize_view(
     try:
         with transformations.workspace_session(root, sources, views) as ws:
             check()
+            remote = None
+            if on_ray:
+                from contextkit.compute.ray.features import INPUTS, OFFLINE, ONLINE, run_partitions
+
+                stage("ray")
+                remote = run_partitions(
+                    compute, root=root, sources=sources, views=views, view=view, start=start,
+                    end=end, check=check,
+                    offline=_typed_columns(view, epoch_timestamps=False) if view.offline else None,
+                    online=_typed_columns(view, epoch_timestamps=True) if refresh_online else None,
+                )  # fmt: skip
             if view.offline:
                 stage("offline")
                 query = (
-                    f"SELECT {_typed_columns(view, epoch_timestamps=False)} FROM "
-                    f"({transformations.offline_features_sql(ws, view, start, end)})"
+                    remote.query(ws.con, OFFLINE)
+                    if remote is not None
+                    else offline_rows_sql(
+                        view, transformations.offline_features_sql(ws, view, start, end)
+                    )
                 )
                 table = offline_table(workspace, view.name)
                 staged.append(
@@ -240,7 +270,11 @@ def materialize_view(
                 rows_offline = staged[0].rows
                 if view.is_aggregate:
                     # The inputs too, so point-in-time reads can compute any window exactly.
-                    inputs = transformations.aggregate_inputs_sql(ws, view, start, end)
+                    inputs = (
+                        remote.query(ws.con, INPUTS)
+                        if remote is not None
+                        else transformations.aggregate_inputs_sql(ws, view, start, end)
+                    )
                     staged.append(
                         offline.stage_range(
                             ws.con,
@@ -258,7 +292,11 @@ def materialize_view(
                 monitor.check_staged(ws.con, staged[0])
             if refresh_online:
                 stage("online")
-                query = online_rows_sql(view, transformations.online_features_sql(ws, view, end))
+                query = (
+                    remote.query(ws.con, ONLINE)
+                    if remote is not None
+                    else online_rows_sql(view, transformations.online_features_sql(ws, view, end))
+                )
                 if monitor is not None:
                     query = monitor.check(ws.con, query, scope="online")
                 rows_online = replace_online_table(online, ws.con, workspace, view, query, check)
