@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 import mcp_types as types
-from mcp.server.lowlevel import Server
+from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     ListenHandler,
@@ -68,6 +68,8 @@ if TYPE_CHECKING:
     from contextkit.retrieval.assemble import ContextResult
 
 log = logging.getLogger("contextkit.mcp")
+
+MODERN_PROTOCOL = "2026-07-28"  # clients from this version on listen (subscriptions/listen)
 
 INSTRUCTIONS = """\
 contextkit serves governed, fresh context from a context-as-code repo. get_context_<service> \
@@ -132,6 +134,10 @@ class ContextkitMcp:
         self._contexts: dict[str, Context] = {}
         self._catalogs: dict[str, tuple[Any, WorkspaceCatalog]] = {}
         self._validators: dict[str, Any] = {}
+        # Over stdio (run_stdio), clients of the 2025 protocols get their era's list-changed
+        # notifications on their connection; 2026-07-28 clients listen (subscriptions/listen).
+        self.legacy_notifications = False
+        self._legacy: list[Any] = []
         self.server: Server[Any] = Server(
             "contextkit",
             version=contextkit.__version__,
@@ -230,8 +236,31 @@ class ContextkitMcp:
         nothing to check (None). Without this hook the SDK would run tools/list per call."""
         return None
 
+    def _remember_legacy(self, rctx: Any) -> None:
+        """Remember the session of an older (2025) client at its listings, to send it the
+        ``notifications/*/list_changed`` of its era (over stdio: one long-lived session; a
+        stateless HTTP request has no channel to send them on)."""
+        if not self.legacy_notifications or rctx.protocol_version >= MODERN_PROTOCOL:
+            return
+        if not any(s is rctx.session for s in self._legacy):
+            self._legacy.append(rctx.session)
+
+    async def _notify_legacy(self, kind: str) -> None:
+        for session in list(self._legacy):
+            send = {
+                "tools": session.send_tool_list_changed,
+                "prompts": session.send_prompt_list_changed,
+                "resources": session.send_resource_list_changed,
+            }[kind]
+            try:
+                await send()
+            except Exception:  # the client went away: forget it
+                log.debug("MCP: dropping a closed session", exc_info=True)
+                self._legacy = [s for s in self._legacy if s is not session]
+
     # -- handlers ---------------------------------------------------------------------------------
     async def _list_tools(self, rctx: Any, _params: Any) -> types.ListToolsResult:
+        self._remember_legacy(rctx)
         with _protocol_errors():
             gate = self.gate(rctx.request)
             tools = [
@@ -312,6 +341,7 @@ class ContextkitMcp:
         raise err
 
     async def _list_prompts(self, rctx: Any, _params: Any) -> types.ListPromptsResult:
+        self._remember_legacy(rctx)
         with _protocol_errors():
             gate = self.gate(rctx.request)
             prompts = [p.prompt for c in self.visible(gate, READER) for p in c.prompts.values()]
@@ -334,6 +364,7 @@ class ContextkitMcp:
         return prompt_messages(prompt, result)
 
     async def _list_resources(self, rctx: Any, _params: Any) -> types.ListResourcesResult:
+        self._remember_legacy(rctx)
         with _protocol_errors():
             gate = self.gate(rctx.request)
             resources = [
@@ -406,6 +437,7 @@ class ContextkitMcp:
                             if digest != seen.get(kind):
                                 log.info("MCP: %s list changed", kind)
                                 await self.bus.publish(events[kind])
+                                await self._notify_legacy(kind)
                     seen = digests
             except Exception:  # a registry that is briefly unreadable: try again next time
                 log.warning("MCP: cannot check the registry for changes", exc_info=True)
@@ -545,5 +577,8 @@ async def run_stdio(mcp: ContextkitMcp) -> None:
     """Serve ``mcp`` over this process's stdin/stdout until the client closes them."""
     from mcp.server.stdio import stdio_server
 
+    mcp.legacy_notifications = True
+    changes = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
     async with stdio_server() as (read_stream, write_stream):
-        await mcp.server.run(read_stream, write_stream, mcp.server.create_initialization_options())
+        options = mcp.server.create_initialization_options(changes)
+        await mcp.server.run(read_stream, write_stream, options)

@@ -598,6 +598,53 @@ def test_the_ingest_tool_over_streamable_http_writes_what_any_reader_then_reads(
     assert row["last_click.product_id"] == 52
 
 
+def test_a_2025_client_over_stdio_gets_its_list_changed_notifications(make_repo):
+    """An older (2025) client has no subscriptions/listen: over stdio it gets the
+    ``notifications/tools/list_changed`` of its era on its connection after an apply."""
+    root = make_repo({"defs.py": PUSH_DEFS})
+    ctx = contextkit.connect(root, workspace="prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    changed = anyio.Event()
+    methods: list[str] = []
+
+    async def on_message(message) -> None:
+        method = getattr(message, "method", None)
+        if method is not None:
+            methods.append(method)
+            if method == "notifications/tools/list_changed":
+                changed.set()
+
+    def apply_a_new_service() -> None:
+        (root / "more.py").write_text(
+            "from contextkit import ContextService\nfrom defs import last_click\n"
+            "again = ContextService(name='again', features=[last_click])\n"
+        )
+        ctx.apply(ctx.plan(root))
+
+    async def body():
+        server = StdioServerParameters(
+            command=CLI, args=["mcp", "--repo", str(root), "--workspace", "prod"]
+        )
+        async with Client(
+            server, mode="legacy", message_handler=on_message, read_timeout_seconds=WAIT_S
+        ) as c:
+            assert c.protocol_version != "2026-07-28"
+            before = tool_names(await c.list_tools())
+            await anyio.to_thread.run_sync(apply_a_new_service)
+            with anyio.fail_after(WAIT_S):
+                await changed.wait()
+            return before, tool_names(await c.list_tools())
+
+    try:
+        before, after = run(body)
+    finally:
+        ctx.close()
+    assert "get_context_again" not in before
+    assert {"get_context_again", "get_features_again"} <= after
+    assert "notifications/tools/list_changed" in methods
+
+
 # -- list-changed (last: it changes the staging workspace) -----------------------------------------
 
 EXTRA_SERVICE = """\
