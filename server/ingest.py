@@ -118,6 +118,29 @@ class IngestBody(
 ):
     """Body of ``POST /v1/ingest`` and ``POST /ingest``: contextkit's shape or Tecton's."""
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                *IngestRequest.model_config["json_schema_extra"]["examples"],
+                {
+                    "workspace_name": "prod",
+                    "dry_run": False,
+                    "records": {
+                        "page_views": [
+                            {
+                                "record": {
+                                    "user_id": 7,
+                                    "product_id": 12,
+                                    "ts": "2026-12-01T09:30:00Z",
+                                }
+                            }
+                        ]
+                    },
+                },
+            ]
+        }
+    }
+
 
 class IngestResponse(BaseModel):
     """Answer of ``POST /v1/ingest``."""
