@@ -20,18 +20,19 @@ or before ``t``. Online and offline agree whenever no event is timestamped after
 (ingest refuses events more than ``ingest.max_future_s`` ahead of the server's clock).
 
 The package, one idea per module: ``records`` (checking pushed records, value forms),
-``ingest`` (``ingest_records``), ``log`` (the durable ingest log and applying it online),
+``ingest`` (``ingest_records``), ``durable`` (which store holds the durable ingest log),
+``log`` (applying the log online, restoring stream views),
 ``latest`` and ``tiles`` (the online state of attribute and aggregate stream views), ``reads``
 (aggregate reads over tiles), ``flush`` (the log's offline Parquet side) and ``offline_sql``
 (the views as SQL over the log). The names below are what the rest of contextkit imports.
 """
 
+from contextkit.compute.streaming.durable import ingest_log
 from contextkit.compute.streaming.flush import flush_log, log_arrow
 from contextkit.compute.streaming.ingest import ingest_records
 from contextkit.compute.streaming.log import (
     applied_table,
     apply_log,
-    ingest_log,
     last_ingest_time,
     rebuild_stream_views,
     stream_views_to_rebuild,

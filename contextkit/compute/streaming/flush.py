@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from contextkit.compute.layout import log_table
-from contextkit.compute.streaming.log import ingest_log
-from contextkit.compute.streaming.records import from_us
+from contextkit.compute.streaming.durable import ingest_log
+from contextkit.compute.streaming.records import from_us, stored_value
 from contextkit.framework.specs import PushSourceSpec
 from contextkit.framework.transformations import quote
 from contextkit.types import Bool, String, Timestamp, arrow_type
@@ -77,6 +77,47 @@ def flush_log(ctx: Runtime, workspace: str, source: PushSourceSpec) -> int:
         last = max(rows.column("__seq").to_pylist())
         ctx.registry.set_setting(_flushed_key(workspace, source), str(last))
         return rows.num_rows
+
+
+def flushed_log_rows(
+    ctx: Runtime,
+    workspace: str,
+    source: PushSourceSpec,
+    after: int,
+    before: int | None,
+    limit: int,
+) -> list[tuple]:
+    """Rows of the offline Parquet log with ``after < seq < before`` (``before`` None: up to
+    the flushed watermark), in seq order, each seq once, at most ``limit``: ``(seq, *values)``
+    in the stores' native form, as :meth:`IngestLog.read_log` gives them. For rows the ingest
+    log no longer holds (pruned after their flush)."""
+    import pyarrow.dataset as ds
+
+    if before is None:
+        before = _flushed_seq(ctx, workspace, source) + 1
+    if before <= after + 1:
+        return []
+    data = ctx.offline.dataset(log_table(workspace, source.name))
+    if data is None:
+        return []
+    seq = ds.field("__seq")
+    names = [c.name for c in source.columns]
+    # Seqs have no holes, so this window holds at most ``limit`` seqs (row-group statistics on
+    # __seq let the scan skip the files outside it).
+    window = (seq > after) & (seq < min(before, after + limit + 1))
+    found = data.to_table(columns=["__seq", *names], filter=window)
+    found = found.sort_by("__seq")
+    out: list[tuple] = []
+    last = None
+    dtypes = [c.dtype or String for c in source.columns]
+    for row in found.to_pylist():
+        if row["__seq"] == last:  # flushed twice (a crash before the watermark): once
+            continue
+        last = row["__seq"]
+        out.append((last, *(stored_value(t, row[n]) for t, n in zip(dtypes, names, strict=True))))
+        if len(out) == limit:
+            break
+    return out
 
 
 def _flushed_key(workspace: str, source: PushSourceSpec) -> str:

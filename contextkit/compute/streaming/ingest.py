@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.layout import log_table
+from contextkit.compute.streaming.durable import ingest_log
 from contextkit.compute.streaming.latest import upsert_latest
-from contextkit.compute.streaming.log import apply_log, ingest_log, unseen
+from contextkit.compute.streaming.log import apply_log, unseen
 from contextkit.compute.streaming.records import IngestResult, Record, check_records, stored_value
 from contextkit.compute.streaming.tiles import merge_tiles
 from contextkit.errors import (

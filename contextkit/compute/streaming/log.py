@@ -1,6 +1,7 @@
-"""The durable ingest log and applying it to the online store: which store holds the log,
-the per-source applied marker, ``apply_log`` (each logged row applied once, whichever node
-does it) and restoring stream views from the log."""
+"""Applying the durable ingest log to the online store: the per-source applied marker,
+``apply_log`` (each logged row applied once, whichever node does it; rows the log no longer
+holds, pruned after their flush, are read from the offline Parquet log) and restoring stream
+views."""
 
 from __future__ import annotations
 
@@ -11,40 +12,17 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.layout import log_table, online_table, tiles_table
+from contextkit.compute.streaming.durable import ingest_log
+from contextkit.compute.streaming.flush import flushed_log_rows
 from contextkit.compute.streaming.latest import upsert_latest
 from contextkit.compute.streaming.records import US, Record, typed_value
 from contextkit.compute.streaming.tiles import merge_tiles
 from contextkit.framework.specs import PushSourceSpec, StreamFeatureViewSpec
 from contextkit.stores.errors import WriteConflict
-from contextkit.stores.online import SQLiteOnlineStore
 from contextkit.types import Int64, String
 
 if TYPE_CHECKING:
     from contextkit.framework.workspace import Runtime
-    from contextkit.stores.ingest_log import IngestLog
-
-
-def ingest_log(ctx: Runtime) -> IngestLog:
-    """The store holding push sources' ingest logs (see :mod:`contextkit.stores.ingest_log`):
-
-    - the online store itself when it is the embedded SQLite file (one transaction writes the
-      log and the values);
-    - else the registry's shared log when the registry is PostgreSQL: every node appends to and
-      applies from the same log, so ingest may go to any node;
-    - else a SQLite file ``ingest_log.db`` next to the online store's path (``synchronous=
-      FULL``), one node's.
-
-    Redis may lose recent writes; this log is what an acknowledged ingest relies on, and what
-    :func:`rebuild_stream_views` restores the online store from."""
-    if isinstance(ctx.online, SQLiteOnlineStore):
-        return ctx.online
-    shared = ctx.registry.ingest_log()
-    if shared is not None:
-        return shared
-    runtime = getattr(ctx, "runtime", ctx)  # the facade (tests, notebooks) holds a Runtime
-    return runtime.shared(
-        "ingest_log", lambda: SQLiteOnlineStore(ctx.config.online_path.with_name("ingest_log.db"))
-    )
 
 
 # How many conflicting rounds (each one another applier's commit) apply_log rides out.
@@ -66,18 +44,30 @@ def apply_log(
 ) -> int:
     """Apply the durable log's rows the online store has not applied yet (after the seq kept in
     :func:`applied_table`), in seq order, in watched transactions: each row is applied once,
-    whichever node or request does it. Returns how many rows were applied."""
+    whichever node or request does it. Rows the log no longer holds (pruned by the scheduler
+    after their flush) come from the offline Parquet log. Returns how many rows were applied."""
     log = log_table(workspace, source.name)
     marker = applied_table(workspace, source.name)
     durable = ingest_log(ctx)
     names = [c.name for c in source.columns]
     total = 0
+    from_flushed = False  # the last batch came from the offline Parquet log
 
     def work(w) -> int:
+        nonlocal from_flushed
         w.ensure_table(marker, [("log", String)], [("seq", Int64)])
         row = w.get(marker, ["log"], [(log,)], ["seq"]).get((log,))
         done = int(row[0]) if row and row[0] is not None else 0
         pending = durable.read_log(log, names, done, batch)
+        # Seqs have no holes: rows missing between the marker and the log's first row (or a
+        # log emptied while nothing was applied: an online store that lost everything) were
+        # pruned after their flush, and are read back from the offline Parquet log.
+        from_flushed = False
+        if (pending and pending[0][0] > done + 1) or (not pending and done == 0):
+            before = pending[0][0] if pending else None
+            older = flushed_log_rows(ctx, workspace, source, done, before, batch)
+            if older:
+                pending, from_flushed = older, True
         if not pending:
             return 0
         records, seqs = [], {}
@@ -111,7 +101,7 @@ def apply_log(
             time.sleep(random.uniform(0, 0.002 * min(conflicts, 10)))
             continue
         total += applied
-        if applied < batch:
+        if applied == 0 or (applied < batch and not from_flushed):
             return total
 
 
