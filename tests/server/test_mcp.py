@@ -511,7 +511,8 @@ shopper = ContextService(name="shopper", features=[last_click], description="Rec
 """
 
 
-def test_ingest_is_a_tool_only_when_enabled_and_only_for_ingester_keys(make_repo):
+def push_repo(make_repo) -> tuple[Path, str, str]:
+    """PUSH_DEFS applied to a live ``prod``: (root, an ingester key, a reader key)."""
     root = make_repo({"defs.py": PUSH_DEFS})
     ctx = contextkit.connect(root, workspace="prod")
     ctx.create_workspace("prod", live=True)
@@ -519,11 +520,21 @@ def test_ingest_is_a_tool_only_when_enabled_and_only_for_ingester_keys(make_repo
     ingester = ctx.access.create_key("pipeline", workspace="prod", role="ingester").key
     reader = ctx.access.create_key("app", workspace="prod", role="reader").key
     ctx.close()
+    return root, ingester, reader
+
+
+def two_clicks(user: int, products: tuple[int, int]) -> list[dict[str, Any]]:
+    """Two clicks of ``user`` a minute apart, the second on ``products[1]``."""
     now = datetime.now(UTC)
-    records = [
-        {"user_id": 7, "product_id": 41, "ts": (now - timedelta(minutes=2)).isoformat()},
-        {"user_id": 7, "product_id": 42, "ts": (now - timedelta(minutes=1)).isoformat()},
+    return [
+        {"user_id": user, "product_id": product, "ts": (now - timedelta(minutes=2 - i)).isoformat()}
+        for i, product in enumerate(products)
     ]
+
+
+def test_ingest_is_a_tool_only_when_enabled_and_only_for_ingester_keys(make_repo):
+    root, ingester, reader = push_repo(make_repo)
+    records = two_clicks(user=7, products=(41, 42))
 
     async def body():
         async with over_stdio(root, "--key", ingester) as off:
@@ -556,18 +567,8 @@ def test_the_ingest_tool_over_streamable_http_writes_what_any_reader_then_reads(
 ):
     """``serve --mcp-ingest``: an ingester key pushes records with the tool over HTTP; a reader
     key sees no ingest tool and reads the pushed values through get_features."""
-    root = make_repo({"defs.py": PUSH_DEFS})
-    ctx = contextkit.connect(root, workspace="prod")
-    ctx.create_workspace("prod", live=True)
-    ctx.apply(ctx.plan(root))
-    ingester = ctx.access.create_key("pipeline", workspace="prod", role="ingester").key
-    reader = ctx.access.create_key("app", workspace="prod", role="reader").key
-    ctx.close()
-    now = datetime.now(UTC)
-    records = [
-        {"user_id": 8, "product_id": 51, "ts": (now - timedelta(minutes=2)).isoformat()},
-        {"user_id": 8, "product_id": 52, "ts": (now - timedelta(minutes=1)).isoformat()},
-    ]
+    root, ingester, reader = push_repo(make_repo)
+    records = two_clicks(user=8, products=(51, 52))
     process = ServeProcess(root, "--mcp-ingest", log_path=tmp_path / "serve.log")
     try:
         process.wait_ready()
