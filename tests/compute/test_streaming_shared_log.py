@@ -19,6 +19,7 @@ import contextkit
 from contextkit.compute.layout import log_table
 from contextkit.compute.online_rebuild import rebuild_online
 from contextkit.compute.streaming import ingest_log, ingest_records, log_arrow
+from contextkit.errors import ContextKitError
 from contextkit.stores.ingest_log import PostgresIngestLog
 from tests.compute.test_streaming_rebuild import DEFS  # a push source, two stream views
 
@@ -138,3 +139,19 @@ def test_records_ingested_on_two_nodes_are_served_by_both_and_flushed_once(nodes
     assert rebuild_online(b.runtime).log_rows == {"clicks": total}
     for node in (a, b):
         assert served(node, [*users, 99]) == before
+
+
+def test_an_ingest_while_postgres_is_down_is_a_503_and_writes_nothing(nodes, postgres_server):
+    a, b, _roots = nodes
+    a.specs(), b.specs()  # definitions cached, as on a serving node
+    record = {"user_id": 3, "price": 1.5, "ts": datetime.now(UTC).isoformat()}
+    postgres_server.stop()
+    try:
+        with pytest.raises(ContextKitError) as err:
+            a.ingest("clicks", [{"record": record, "idempotency_key": "pg-down"}])
+        assert err.value.code == "store_error" and err.value.http_status == 503
+    finally:
+        postgres_server.start()
+    assert served(b, [3])["last_click.price"] == [None]  # nothing was applied
+    assert b.ingest("clicks", [{"record": record, "idempotency_key": "pg-down"}]).accepted == 1
+    assert served(a, [3])["last_click.price"] == [1.5]
