@@ -49,7 +49,7 @@ from contextkit.governance.audit import AuditLog, audit_dict
 from contextkit.governance.jobs import JobService, job_view
 from contextkit.governance.lineage import lineage
 from contextkit.governance.monitoring import job_dict, summarize_alerts
-from contextkit.server import charts
+from contextkit.server import charts, ui_search
 from contextkit.server.admin import keys_of
 from contextkit.server.common import ADMIN, READER, ServerState
 
@@ -577,6 +577,7 @@ def _shell(auth: bool) -> str:
 def routes(state: ServerState, jobs: JobService | None = None) -> APIRouter:
     """The UI's routes (``jobs``: the control plane's job service; admin actions need it)."""
     router = APIRouter(include_in_schema=False)
+    router.include_router(ui_search.routes(state))  # the Retrieval page, before the catch-alls
     ui = UI(state, jobs)
     shell = _shell(state.authorize is not None)
 
