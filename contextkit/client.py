@@ -380,7 +380,8 @@ class Context:
         ``events``: a pandas DataFrame, pyarrow Table, Parquet path or DuckDB relation with the
         join keys and ``timestamp_key``. ``from_source``: None picks the offline store when it
         covers the events (else the sources); True/False forces one. Dev workspaces always read
-        the sources::
+        the sources. With ``compute: ray`` (contextkit.yaml or ``CONTEXTKIT_COMPUTE``) the join
+        runs on Ray, partitioned by entity hash, in the same order and dtypes (docs/compute.md)::
 
             ctx.get_features_for_events(events, "support_assistant").to_pandas()
         """
@@ -389,7 +390,8 @@ class Context:
         if not self.specs().workspace.live:
             from_source = True
         refs = resolve_refs(self.runtime, service_or_views)
-        return OfflineFeatures(self.runtime, events, refs, timestamp_key, from_source)
+        compute = self.runtime.config.compute  # compute: ray runs the join on Ray
+        return OfflineFeatures(self.runtime, events, refs, timestamp_key, from_source, compute)
 
     def generate_dataset(
         self,
@@ -430,6 +432,7 @@ class Context:
                 filter=filter,
                 searches=searches,
                 on_progress=on_progress,
+                compute=self.runtime.config.compute,
             )
 
     # -- access control ---------------------------------------------------------------------

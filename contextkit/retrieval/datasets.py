@@ -25,6 +25,11 @@ Output (lazy: nothing runs until a ``to_*`` method):
   documents, ``document_ids`` (per search, the ids rendered).
 
 Row ``i`` of the output is row ``i`` of the events, always; a bad row raises an error naming it.
+
+With ``compute: ray`` (contextkit.yaml), the point-in-time feature join runs on Ray (events
+partitioned by entity hash, see :mod:`contextkit.compute.ray.offline`) and its rows come back in
+event order, a range at a time; searches and rendering stay in this process, batch by batch, so
+memory stays bounded but rendering is not spread over the cluster.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from contextkit.retrieval.online import ServiceReader
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from contextkit.config import ComputeConfig
     from contextkit.framework.workspace import Runtime
 
 QUERY_COLUMN = "query"
@@ -113,8 +119,10 @@ class RenderedDataset:
         searches: Mapping[str, Mapping[str, Any]] | None,
         on_progress: Progress | None,
         batch_size: int = BATCH_ROWS,
+        compute: ComputeConfig | None = None,
     ) -> None:
         self._ctx = runtime
+        self._compute = compute
         self._events = events
         self.plan = plan
         self._refs = select_features(runtime, [(r.view, r.features) for r in refs])
@@ -152,7 +160,12 @@ class RenderedDataset:
     def features(self) -> OfflineFeatures:
         """The point-in-time features the prompts are rendered with (lazy, like the dataset)."""
         return OfflineFeatures(
-            self._ctx, self._events, self._refs, self.timestamp_key, self._from_source
+            self._ctx,
+            self._events,
+            self._refs,
+            self.timestamp_key,
+            self._from_source,
+            compute=self._compute,
         )
 
     # -- outputs ----------------------------------------------------------------------------------
@@ -455,9 +468,12 @@ def generate_dataset(
     filter: Mapping[str, Any] | None = None,
     searches: Mapping[str, Mapping[str, Any]] | None = None,
     on_progress: Progress | None = None,
+    compute: ComputeConfig | None = None,
 ) -> RenderedDataset:
     """A prompt view rendered for every event (see :meth:`contextkit.client.Context.
-    generate_dataset` and the module docstring)."""
+    generate_dataset` and the module docstring). ``compute``: the engine of the point-in-time
+    feature join (``compute: ray`` runs it on Ray, partitioned by entity hash; rendering and
+    searches run here, batch by batch, as the joined rows come back in order); None: local."""
     plan, refs = dataset_plan(runtime, service_or_prompt, prompt)
     return RenderedDataset(
         runtime,
@@ -472,6 +488,7 @@ def generate_dataset(
         filter=filter,
         searches=searches,
         on_progress=on_progress,
+        compute=compute,
     )
 
 

@@ -98,10 +98,17 @@ def _parquet_events(con: duckdb.DuckDBPyConnection, path: str) -> str | None:
     _check_event_names(_parquet_column_names(con, path))
     if "file_row_number" in {n.lower() for n in names}:
         return None
+    # Row id = the rows of the files before (in name order) + the row's number in its file: a
+    # join with one row per file, so the events stream (a window over them would hold them all).
+    offsets = (
+        f"SELECT file_name AS {FILE}, sum(num_rows) OVER (ORDER BY file_name) - num_rows AS "
+        f"{RESERVED}offset FROM parquet_file_metadata({literal(path)})"
+    )
     return (
-        f"SELECT * EXCLUDE ({FILE}, file_row_number), "
-        f"row_number() OVER (ORDER BY {FILE}, file_row_number) - 1 AS {ROW} "
-        f"FROM read_parquet({literal(path)}, filename = {literal(FILE)}, file_row_number = true)"
+        f"SELECT r.* EXCLUDE ({FILE}, file_row_number), "
+        f"CAST(o.{RESERVED}offset + r.file_row_number AS BIGINT) AS {ROW} "
+        f"FROM read_parquet({literal(path)}, filename = {literal(FILE)}, file_row_number = true) "
+        f"AS r JOIN ({offsets}) AS o USING ({FILE})"
     )
 
 

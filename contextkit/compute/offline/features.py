@@ -9,42 +9,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.offline.events import check_result_names, register_events
-from contextkit.compute.offline.joins import aggregate_join, attribute_join, check_keys, stream_join
+from contextkit.compute.offline.joins import check_keys
+from contextkit.compute.offline.query import arrow_result, empty_batch, finish, prepare_query
 from contextkit.compute.offline.reserved import (
     BATCH_ROWS,
     EVENT_TS,
     EVENTS,
     HIDDEN,
     INGEST_LOG,
-    LOG,
     REALTIME,
     RESERVED,
-    ROW,
     AnyView,
+    JoinPlan,
     Prepared,
-    ViewRequest,
 )
 from contextkit.compute.offline.sources import resolve
 from contextkit.compute.streaming import log_arrow
 from contextkit.errors import BadRequestError
 from contextkit.framework import transformations
-from contextkit.framework.realtime import run_realtime
 from contextkit.framework.specs import (
     RealtimeFeatureViewSpec,
 )
 from contextkit.framework.transformations import (
     literal,
-    quote,
 )
 from contextkit.types import (
     String,
-    arrow_type,
-    parse_value,
 )
 
 if TYPE_CHECKING:
     import duckdb
 
+    from contextkit.config import ComputeConfig
     from contextkit.framework.workspace import Runtime
 
 
@@ -61,8 +57,10 @@ class OfflineFeatures:
         refs: list[tuple[AnyView, list[str]]],
         timestamp_key: str,
         from_source: bool | None,
+        compute: ComputeConfig | None = None,
     ) -> None:
         self._ctx = runtime
+        self._compute = compute
         self._events = events
         self._refs = refs
         self._from_source = from_source
@@ -96,15 +94,18 @@ class OfflineFeatures:
 
     def _prepare(self, ws: transformations.Workspace, specs) -> Prepared:
         columns = register_events(ws.con, self._events, self.timestamp_key)
+        return prepare_query(ws, self._plan(ws.con, specs, columns), columns)
+
+    def _plan(self, con: duckdb.DuckDBPyConnection, specs, columns: dict[str, str]) -> JoinPlan:
+        """Check the registered events against the request and decide where each view is read
+        from (from the events' time range); the ingest logs of stream views are read here."""
         check_result_names(list(columns), self.feature_columns)
         needed = _needed_views(specs, self._refs)
         for view, _features in needed:
             check_keys(list(columns), view)
             if isinstance(view, RealtimeFeatureViewSpec):
                 _check_request_columns(columns, view)
-        lo, hi = ws.con.execute(
-            f"SELECT min({EVENT_TS}), max({EVENT_TS}) FROM {EVENTS}"
-        ).fetchall()[0]
+        lo, hi = con.execute(f"SELECT min({EVENT_TS}), max({EVENT_TS}) FROM {EVENTS}").fetchall()[0]
         requests = [
             resolve(self._ctx, view, features, self._from_source, lo, hi)
             for view, features in needed
@@ -121,47 +122,31 @@ class OfflineFeatures:
             if r.use != REALTIME
             for f in r.features
         }
-        query = self._query(ws, specs, requests, columns, where)
-        realtime = [r for r in requests if r.use == REALTIME]
-        inputs = {name: specs.feature_views[name] for r in realtime for name in r.view.inputs}
-        return Prepared(query, list(columns), self._refs, realtime, where, inputs)
+        logs: dict[str, Any] = {}
+        for request in requests:
+            if request.use == INGEST_LOG and request.view.source not in logs:
+                source = specs.push_sources[request.view.source]
+                logs[request.view.source] = log_arrow(self._ctx, self._ctx.workspace, source)
+        inputs = {
+            name: specs.feature_views[name]
+            for r in requests
+            if r.use == REALTIME
+            for name in r.view.inputs
+        }
+        return JoinPlan(requests, self._refs, where, inputs, logs)
 
-    def _query(
-        self,
-        ws: transformations.Workspace,
-        specs,
-        requests: list[ViewRequest],
-        columns: dict[str, str],
-        where: dict[tuple[str, str], str],
-    ) -> str:
-        parts, selects = [], []
-        logs: dict[str, str] = {}
-        for i, request in enumerate(requests):
-            if request.use == REALTIME:
-                continue  # computed in Python from the query's result
-            alias = f"{RESERVED}v{i}"
-            if request.use == INGEST_LOG:
-                source = request.view.source
-                if source not in logs:
-                    logs[source] = quote(f"{LOG}_{len(logs)}")
-                    table = log_arrow(self._ctx, self._ctx.workspace, specs.push_sources[source])
-                    ws.con.register(f"{LOG}_{len(logs) - 1}", table)
-                join = stream_join(ws, request, columns, logs[source], alias)
-            elif request.view.is_aggregate:
-                join = aggregate_join(ws, request, columns)
-            else:
-                join = attribute_join(ws, request, columns)
-            parts.append(f"LEFT JOIN ({join}) AS {alias} USING ({ROW})")
-            name = request.view.name
-            selects += [
-                f"{alias}.{quote(f'{name}__{f}')} AS {quote(where[name, f])}"
-                for f in request.features
-            ]
-        event_cols = ", ".join(f"e.{quote(c)}" for c in columns)
-        return (
-            f"SELECT {', '.join([event_cols, *selects])} FROM {EVENTS} AS e "
-            f"{' '.join(parts)} ORDER BY e.{ROW}"
+    def _on_ray(self) -> bool:
+        """Whether the join runs on Ray: ``compute`` names Ray for any of the asked views."""
+        compute = self._compute
+        return compute is not None and any(
+            compute.engine_for(view.name) == "ray" for view, _features in self._refs
         )
+
+    def _ray_tables(self) -> Iterator[Any]:
+        from contextkit.compute.ray.offline import join_on_ray
+
+        assert self._compute is not None
+        return join_on_ray(self, self._compute)
 
     def sql(self) -> str:
         """The DuckDB query that computes the result (for inspection; realtime views' columns
@@ -171,24 +156,37 @@ class OfflineFeatures:
 
     def to_batches(self, batch_size: int = BATCH_ROWS) -> Iterator[Any]:
         """The result as ``pyarrow.RecordBatch``es of up to ``batch_size`` rows, in input order,
-        streamed (the query runs once; only one batch is held at a time)."""
+        streamed (the query runs once; only one batch is held at a time; on Ray, one chunk of
+        rows in order)."""
+        if self._on_ray():
+            for table in self._ray_tables():
+                yield from table.to_batches(max_chunksize=batch_size)
+            return
         with self._session() as (con, prepared):
             reader = con.sql(prepared.query).to_arrow_reader(batch_size)
             for batch in reader:
-                yield _finish(prepared, batch) if prepared.realtime else batch
+                yield finish(prepared, batch) if prepared.realtime else batch
 
     def to_arrow(self):
         """The result as a ``pyarrow.Table``."""
+        if self._on_ray():
+            import pyarrow as pa
+
+            return pa.concat_tables(list(self._ray_tables()))
         with self._session() as (con, prepared):
-            return _arrow(con, prepared)
+            return arrow_result(con, prepared)
 
     def to_pandas(self):
         """The result as a pandas DataFrame (timestamps tz-aware UTC)."""
+        if self._on_ray():
+            with _duckdb() as con:  # converted by DuckDB, as locally, so the dtypes are the same
+                con.register(f"{RESERVED}result", self.to_arrow())
+                return con.sql(f"SELECT * FROM {RESERVED}result").df()
         with self._session() as (con, prepared):
             if not prepared.realtime:
                 return con.sql(prepared.query).df()
             # Converted by DuckDB, as without realtime views, so the dtypes are the same.
-            con.register(f"{RESERVED}result", _arrow(con, prepared))
+            con.register(f"{RESERVED}result", arrow_result(con, prepared))
             return con.sql(f"SELECT * FROM {RESERVED}result").df()
 
     def to_polars(self):
@@ -202,9 +200,13 @@ class OfflineFeatures:
         return pl.from_arrow(self.to_arrow())
 
     def to_parquet(self, path: str | Path) -> Path:
-        """Write the result to a Parquet file, streaming (nothing is held in memory)."""
+        """Write the result to a Parquet file, streaming (nothing is held in memory; on Ray,
+        the partitions' rows are written chunk by chunk, in input order, as they come back)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if self._on_ray():
+            self._ray_parquet(target)
+            return target
         with self._session() as (con, prepared):
             if not prepared.realtime:
                 con.execute(f"COPY ({prepared.query}) TO {literal(str(target))} (FORMAT parquet)")
@@ -212,27 +214,44 @@ class OfflineFeatures:
             import pyarrow.parquet as pq
 
             reader = con.sql(prepared.query).to_arrow_reader(BATCH_ROWS)
-            schema = _finish(prepared, _empty_batch(reader.schema)).schema
+            schema = finish(prepared, empty_batch(reader.schema)).schema
             with pq.ParquetWriter(target, schema) as writer:
                 for batch in reader:
-                    writer.write_batch(_finish(prepared, batch))
+                    writer.write_batch(finish(prepared, batch))
         return target
 
+    def _ray_parquet(self, target: Path) -> None:
+        """The Ray result written by the same writer as locally: DuckDB's ``COPY`` (reading the
+        chunks as an Arrow stream), or pyarrow's with realtime views."""
+        import itertools
 
-def _arrow(con: duckdb.DuckDBPyConnection, prepared: Prepared):
-    import pyarrow as pa
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    if not prepared.realtime:
-        return con.sql(prepared.query).to_arrow_table()
-    reader = con.sql(prepared.query).to_arrow_reader(BATCH_ROWS)
-    schema = _finish(prepared, _empty_batch(reader.schema)).schema
-    return pa.Table.from_batches([_finish(prepared, b) for b in reader], schema=schema)
+        tables = self._ray_tables()
+        first = next(tables)
+        rest = itertools.chain([first], tables)
+        if any(isinstance(view, RealtimeFeatureViewSpec) for view, _features in self._refs):
+            with pq.ParquetWriter(target, first.schema) as writer:
+                for table in rest:
+                    writer.write_table(table)
+            return
+        batches = (b for table in rest for b in table.to_batches())
+        reader = pa.RecordBatchReader.from_batches(first.schema, batches)
+        with _duckdb() as con:
+            con.register(f"{RESERVED}result", reader)
+            con.execute(
+                f"COPY (SELECT * FROM {RESERVED}result) TO {literal(str(target))} (FORMAT parquet)"
+            )
 
 
-def _empty_batch(schema):
-    import pyarrow as pa
-
-    return pa.RecordBatch.from_pylist([], schema=schema)
+@contextmanager
+def _duckdb() -> Iterator[duckdb.DuckDBPyConnection]:
+    con = transformations.connect_duckdb(None)
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def _needed_views(specs, refs: list[tuple[AnyView, list[str]]]) -> list[tuple[AnyView, list[str]]]:
@@ -260,64 +279,3 @@ def _check_request_columns(columns: dict[str, str], view: RealtimeFeatureViewSpe
                 hint=f"add a {field.dtype or String} column {field.name!r} to the events: each "
                 "row's value is the request context the view's function gets for that event",
             )
-
-
-def _finish(prepared: Prepared, batch):
-    """The result's columns for one batch of the query: realtime views' features computed per
-    row from the batch (the events' request-context columns and the input views' features),
-    hidden input columns left out."""
-    import pyarrow as pa
-
-    computed: dict[tuple[str, str], Any] = {}
-    n = batch.num_rows
-    for request in prepared.realtime:
-        view = request.view
-        assert isinstance(view, RealtimeFeatureViewSpec)
-        request_cols = [
-            (f.name, f.dtype or String, batch.column(f.name).to_pylist())
-            for f in view.request_schema
-        ]
-        input_cols = []
-        for name in view.inputs:
-            upstream = prepared.inputs[name]
-            input_cols.append(
-                [
-                    (f.name, batch.column(prepared.where[name, f.name]).to_pylist())
-                    for f in upstream.features
-                ]
-            )
-        values: dict[str, list[Any]] = {f: [] for f in request.features}
-        for i in range(n):
-            context = {
-                name: _request_value(view, name, dtype, col[i]) for name, dtype, col in request_cols
-            }
-            features = [{name: col[i] for name, col in cols} for cols in input_cols]
-            out = run_realtime(view, context, features)
-            for f in request.features:
-                values[f].append(out[f])
-        for f in request.features:
-            dtype = view.feature(f).dtype or String
-            computed[view.name, f] = pa.array(values[f], arrow_type(dtype))
-    arrays, names = [], []
-    for c in prepared.columns:
-        arrays.append(batch.column(c))
-        names.append(c)
-    for view, features in prepared.outputs:
-        for f in features:
-            name = f"{view.name}__{f}"
-            arrays.append(
-                computed[view.name, f] if (view.name, f) in computed else batch.column(name)
-            )
-            names.append(name)
-    return pa.RecordBatch.from_arrays(arrays, names=names)
-
-
-def _request_value(view: RealtimeFeatureViewSpec, name: str, dtype: str, value: Any) -> Any:
-    try:
-        return parse_value(dtype, value)
-    except ValueError as exc:
-        raise BadRequestError(
-            f"events column {name!r} holds {value!r}, but realtime view {view.name!r} reads "
-            f"{name!r} as {dtype} ({exc})",
-            hint=f"convert the events' {name} values to {dtype} first",
-        ) from None

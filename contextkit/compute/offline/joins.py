@@ -91,6 +91,20 @@ def _rows_sql(ws: transformations.Workspace, request: ViewRequest) -> str:
     return f"SELECT * FROM {quote(name)}"
 
 
+def _bucketed(
+    request: ViewRequest, rows: str, events: dict[str, str], key_types: dict[str, str]
+) -> str:
+    """``rows`` less the entities of other partitions (Ray: ``request.bucket``), when the
+    events' keys have the rows' key types: the same values then hash the same."""
+    if request.bucket is None:
+        return rows
+    keys, parts, index = request.bucket
+    if any(events.get(k) != key_types.get(k) for k in keys):
+        return rows
+    hashed = ", ".join(quote(k) for k in keys)
+    return f"SELECT * FROM ({rows}) WHERE hash({hashed}) % {parts} = {index}"
+
+
 def attribute_join(
     ws: transformations.Workspace, request: ViewRequest, events: dict[str, str]
 ) -> str:
@@ -100,6 +114,7 @@ def attribute_join(
     else:
         rows = transformations.offline_features_sql(ws, view)
     key_types = _column_types(ws.con, rows)
+    rows = _bucketed(request, rows, events, key_types)
     on = [
         f"{_event_key(view, k, events[k], key_types[k])} = f.{quote(k)}"
         for k in view.join_key_names
@@ -129,6 +144,7 @@ def aggregate_join(
     else:
         inputs = transformations.aggregate_inputs_sql(ws, view)
     key_types = _column_types(ws.con, inputs)
+    inputs = _bucketed(request, inputs, events, key_types)
     keys = [quote(k) for k in view.join_key_names]
     event_keys = ", ".join(
         f"{_event_key(view, k, events[k], key_types[k])} AS {quote(k)}" for k in view.join_key_names

@@ -74,6 +74,24 @@ class ViewRequest:
     files: list[PurePath]
     # OFFLINE_STORE: the offline table as a pyarrow dataset (local or S3), scanned by DuckDB.
     dataset: Any = None
+    # On Ray: (join keys, partitions, this partition): only the view's rows whose keys hash to
+    # this partition are read, as only its events' entities are joined (when the keys' types
+    # are the same on both sides, so that the hashes are).
+    bucket: tuple[tuple[str, ...], int, int] | None = None
+
+
+@dataclass
+class JoinPlan:
+    """What the driver decides once, before any query runs: where each view is read from, and
+    the data that only it can read (the ingest logs). Picklable: the Ray engine sends it to every
+    partition's task, which builds the same query over its share of the events."""
+
+    requests: list[ViewRequest]
+    outputs: list[tuple[AnyView, list[str]]]
+    # (view, feature) -> its column in the query's result (hidden realtime inputs included)
+    where: dict[tuple[str, str], str]
+    inputs: dict[str, AnyView]  # every view a realtime view reads, by name
+    logs: dict[str, Any]  # push source name -> its ingest log as an Arrow table
 
 
 @dataclass
