@@ -127,6 +127,8 @@ ENDPOINTS = [
         "workspace_name": "prod", "records": {"clicks": []}}}),
     # The web UI's page content (not in the schema): a workspace's overview needs a reader key.
     Endpoint("GET", "/ui/partial/{path:path}", "reader", lambda: {}, url="/ui/partial/w/prod"),
+    Endpoint("GET", "/ui/partial/w/{workspace}/retrieval", "reader", lambda: {},
+             url="/ui/partial/w/prod/retrieval"),  # the Retrieval page (server/ui_search.py)
     # OpenAI's embeddings and vector-store search: an allowed caller gets 404 (no such model or
     # embedding view), after auth.
     Endpoint("POST", "/v1/embeddings", "reader", lambda: {"json": {
