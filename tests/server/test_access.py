@@ -119,6 +119,14 @@ ENDPOINTS = [
     # Apply over HTTP (CI/CD): plan_only, so the matrix writes nothing.
     Endpoint("POST", "/v1/apply", "admin", lambda: {"json": {
         "workspace": "prod", "specs": [], "plan_only": True}}),
+    # API keys and the audit log (control plane). An allowed caller creates a reader key of
+    # prod; revoking the template's id is a 404 (no such key), after auth in prod.
+    Endpoint("GET", "/v1/access/keys", "admin", lambda: {"params": {"workspace": "prod"}}),
+    Endpoint("POST", "/v1/access/keys", "admin", lambda: {"json": {
+        "workspace": "prod", "name": "matrix-probe", "role": "reader"}}),
+    Endpoint("POST", "/v1/access/keys/{key_id}/revoke", "admin", lambda: {
+        "params": {"workspace": "prod"}}),
+    Endpoint("GET", "/v1/audit", "admin", lambda: {"params": {"workspace": "prod"}}),
     Endpoint("GET", "/metrics", "reader", lambda: {}, all_workspaces=True),
     # The repo has no push source: an allowed caller gets 404 (unknown source), after auth.
     Endpoint("POST", "/v1/ingest", "ingester", lambda: {"json": {
