@@ -665,6 +665,9 @@ class Context:
         if rebuilds_on_start(self.runtime):
             yield "restoring online values an emptied Redis lost", self._rebuild_online_if_empty
         root = self.config.root.resolve()
+        if specs.embedding_views and self.runtime.has_vectors:
+            # LanceDB's import (seconds): a step of its own, not hidden in the next one's check
+            yield "opening the vector store", lambda: self.vectors
         for name, view in specs.embedding_views.items():
             table = vector_table(specs.workspace.name, name)
             with _translating:

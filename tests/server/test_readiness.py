@@ -118,8 +118,9 @@ def test_the_server_answers_starting_until_warm_then_ok_and_logs_ready_last(repo
     steps = [m for m in messages if m.startswith(("warm-up:", "Ready"))]
     assert steps[0] == "warm-up: starting"
     assert steps[1].startswith("warm-up: loading the registry in ")
-    assert steps[2].startswith("warm-up: warming model 'stub' (embedding view 'doc_text') in ")
-    assert steps[3].startswith("warm-up: opening vector table ")
+    assert steps[2].startswith("warm-up: opening the vector store in ")
+    assert steps[3].startswith("warm-up: warming model 'stub' (embedding view 'doc_text') in ")
+    assert steps[4].startswith("warm-up: opening vector table ")
     assert steps[-1].startswith("Ready: workspace 'prod' warmed up in ")
     assert sum(m.startswith("Ready") for m in messages) == 1
 
