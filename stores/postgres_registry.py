@@ -54,7 +54,7 @@ from contextkit.stores.errors import (
     StoreServerUnavailable,
     WriteConflict,
 )
-from contextkit.stores.ingest_log import PostgresIngestLog
+from contextkit.stores.ingest_log import IngestLog, PostgresIngestLog
 from contextkit.stores.process import current_process
 from contextkit.stores.registry import (
     _ALERT_COLUMNS,
@@ -640,7 +640,7 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
         return cur.rowcount > 0
 
     # -- the ingest log ------------------------------------------------------------------
-    def ingest_log(self) -> PostgresIngestLog:
+    def ingest_log(self) -> IngestLog | None:
         """The push sources' ingest log in this database, shared by every node (one object per
         registry, on its connection pool)."""
         if self._ingest_log is None:

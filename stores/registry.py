@@ -906,7 +906,7 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
             )
         return cur.rowcount > 0
 
-    def ingest_log(self) -> None:
+    def ingest_log(self) -> IngestLog | None:
         """None: with the embedded registry, each node keeps its ingest log in SQLite."""
         return None
 
