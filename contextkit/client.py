@@ -244,6 +244,7 @@ class Context:
                         on_stage=stage_cb,
                         pushed=self._pushed_events(specs, specs.embedding_views[name]),
                         monitoring=self.config.monitoring.enabled,
+                        compute=self.config.compute,  # compute: ray encodes on Ray Data
                     )
                 results.append(result)
                 continue

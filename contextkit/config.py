@@ -183,7 +183,7 @@ Engine = Literal["local", "ray"]
 
 class EmbeddingComputeConfig(BaseModel):
     """How embedding views encode on Ray Data: rows per ``map_batches`` batch, encoder actors,
-    and GPUs per actor (None: CPU actors)."""
+    and GPUs per actor (None: one per actor when the cluster has GPUs, else CPU actors)."""
 
     model_config = ConfigDict(extra="forbid")
     batch_size: int = Field(256, gt=0)

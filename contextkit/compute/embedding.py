@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ from contextkit.stores.registry import RegistryStore
 if TYPE_CHECKING:
     import numpy as np
 
+    from contextkit.config import ComputeConfig
     from contextkit.embeddings import EncodeProgress, Encoder
     from contextkit.stores.vector import LanceVectorStore
 
@@ -75,12 +76,17 @@ def materialize_embedding_view(
     pushed: Mapping[str, Any] | None = None,
     job_id: str | None = None,
     should_stop: Callable[[], bool] | None = None,
+    compute: ComputeConfig | None = None,
     vector_location: str | Path | None = None,
 ) -> JobResult:
     """Encode the view's new or changed documents into its vector table, in one commit.
 
     ``job_id`` and ``should_stop``: as for :func:`~contextkit.compute.materialize.materialize_view`
     (a cancelled job stops at its next encoded batch; the previous table version stays current).
+
+    ``compute``: the engine (None: local). When it picks ``ray`` for this view, the chunks to
+    encode go through an actor pool on Ray Data (:mod:`contextkit.compute.ray.embedding`); the
+    plan, the checks and the one commit stay here, so the result is the local engine's.
 
     ``monitoring``: measure the documents and vectors (see :mod:`contextkit.compute.quality`);
     the view's expectations are checked either way, on the documents, before anything is encoded.
@@ -128,7 +134,15 @@ def materialize_embedding_view(
     began = time.perf_counter()
     table = vector_table(workspace, view.name)
     previous = None
+    engine = compute.engine_for(view.name) if compute is not None else "local"
+    pool: list[Any] = []  # the Ray actor pool's settings, once sized
     try:
+        ray = None
+        if engine == "ray":
+            from contextkit.compute.ray.runtime import connect
+
+            stage("connecting to ray")
+            ray = connect(compute)
         encoder = encoder_for(view, models, root)
         check()
         stage("reading")
@@ -182,9 +196,10 @@ def materialize_embedding_view(
                     if monitor is not None:  # every document was read; nothing is encoded yet
                         monitor.check_documents(ws.con, plan.stats)
                     check()
+                    batches = _encoded_batches(plan, ray, compute, view, models, root, stage, pool)
                     result = vectors_now.apply_changes(
                         table,
-                        plan.batches(),
+                        batches,
                         plan.delete_ids,
                         dim=encoder.dimension,
                         key_columns=view.join_key_names,
@@ -244,6 +259,8 @@ def materialize_embedding_view(
     duration = time.perf_counter() - began
     details = {
         "kind": "embedding_view",
+        "engine": engine,
+        **({"ray": pool[0].as_dict()} if pool else {}),
         "model": encoder.name,
         "dimension": encoder.dimension,
         **run,
@@ -336,6 +353,35 @@ def _unchanged_since(
         same = job.details.get("documents_fingerprint") == fingerprint
         return job if ok and same and job.details.get("table_state") == state else None
     return None
+
+
+def _encoded_batches(
+    plan: Any,
+    ray: Any,
+    compute: ComputeConfig | None,
+    view: EmbeddingViewSpec,
+    models: Mapping[str, Any] | None,
+    root: Path,
+    stage: Callable[[str], None],
+    pool: list[Any],
+) -> Iterator[Any]:
+    """The plan's encoded batches: encoded here, or by an actor pool when ``ray`` is connected
+    (the pool's settings are appended to ``pool`` and shown as a stage)."""
+    if ray is None:
+        return plan.batches()
+    from contextkit.compute.ray.embedding import encode_on_ray
+
+    def on_start(settings: Any) -> None:
+        pool.append(settings)
+        stage(
+            f"encoding on ray: {settings.concurrency} actor(s), batches of "
+            f"{settings.batch_size}, {settings.num_gpus:g} GPU(s) each"
+        )
+
+    assert compute is not None
+    return encode_on_ray(
+        plan, ray=ray, compute=compute, view=view, models=models, root=root, on_start=on_start
+    )
 
 
 def _must_rebuild(

@@ -93,6 +93,7 @@ def run_view(
                 pushed=pushed,
                 job_id=job_id,
                 should_stop=should_stop,
+                compute=runtime.config.compute,  # compute: ray encodes on Ray Data
             )
     if name not in specs.views:
         raise unknown_view(workspace, [name], specs)
