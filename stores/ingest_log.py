@@ -65,27 +65,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS ingest_log_ids ON ingest_log (log, ingest_id)
 """
 
 
-class IngestLogWriter(Protocol):
-    """Writes to logs inside one :meth:`IngestLog.transaction` (commit at the end, or none)."""
-
-    def ensure_table(
-        self,
-        table: str,
-        keys: Sequence[tuple[str, str]],
-        columns: Sequence[tuple[str, str]],
-        *,
-        log: bool = False,
-    ) -> None: ...
-    def existing(self, table: str, column: str, values: Sequence[Any]) -> set[Any]: ...
-    def append_log(
-        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], ingested_at: int
-    ) -> tuple[int, int]: ...
-    def delete_before(self, table: str, column: str, low: int) -> int: ...
-
-
 class IngestLog(Protocol):
     """What the core needs from an ingest log (the methods of the same names on
-    :class:`~contextkit.stores.online.OnlineStore` and its writer say what each does)."""
+    :class:`~contextkit.stores.online.OnlineStore` say what each does). Its ``transaction()``
+    yields a writer with :class:`~contextkit.stores.online.OnlineWriter`'s log calls:
+    ``ensure_table(..., log=True)``, ``existing``, ``append_log`` and ``delete_before``."""
 
     def transaction(self) -> AbstractContextManager[Any]: ...
     def transact(self, work: Callable[[Any], T], attempts: int = 5) -> T: ...
