@@ -33,7 +33,7 @@ import pytest
 
 from tests.backends import free_port, missing_server
 
-RAY_READY_TIMEOUT_S = 240.0  # two nodes on a loaded 2-core machine take a minute or more
+RAY_READY_TIMEOUT_S = 480.0  # two nodes on a loaded 2-core machine take minutes at worst
 _AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
@@ -147,7 +147,7 @@ class RayCluster:
                 detail = out.stderr[-2000:] if out is not None else "(timed out)"
                 raise RuntimeError(
                     f"the Ray cluster at {self.address} did not have {count} nodes within "
-                    f"{RAY_READY_TIMEOUT_S:.0f} s:\n{detail}\n{self.log('head.log')}"
+                    f"{RAY_READY_TIMEOUT_S:.0f} s:\n{detail}\n{self.log('node.log')}"
                 )
 
     def log(self, name: str) -> str:
@@ -191,7 +191,10 @@ class RayCluster:
                 os.kill(pids[0], signal.SIGKILL)
                 return pids[0]
             time.sleep(0.02)
-        raise RuntimeError(f"no worker ran {task or 'a task'} on the second node in {timeout_s} s")
+        titles = [" ".join(p.cmdline())[:80] for p in self._processes(self.node)]
+        raise RuntimeError(
+            f"no worker ran {task or 'a task'} on the second node in {timeout_s} s: {titles}"
+        )
 
     def stop(self) -> None:
         """SIGKILL both node processes and everything they started (gcs, raylets, workers)."""

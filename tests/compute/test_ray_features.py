@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -388,3 +390,121 @@ def test_quickstart_equals_local(tmp_path, quickstart_data, ray_cluster):
     for ctx in (local, remote):
         ctx.materialize(views, end=DATA_END)
     assert_same_stores(local, remote, views)
+
+
+# -- failures on the cluster (slow) ----------------------------------------------------------
+
+HELD = """
+from contextkit import Attribute, Entity, FileSource, batch_feature_view
+
+user = Entity(name="user", join_keys=["user_id"])
+events = FileSource(name="events", path="data/events.parquet", timestamp_field="ts")
+
+
+@batch_feature_view(
+    sources=[events],
+    entities=[user],
+    mode="pandas",
+    timestamp_field="ts",
+    features=[Attribute("category"), Attribute("amount")],
+)
+def held(events):
+    # Waits while the test holds the job (the file exists), so a worker can be killed or the
+    # job cancelled mid-task; plan and the local engine run it with no hold.
+    import pathlib
+    import time
+
+    while pathlib.Path(HOLD).exists():
+        time.sleep(0.05)
+    return events[["user_id", "category", "amount", "ts"]]
+"""
+
+
+def held_repo(tmp_path, name: str, compute: dict | None):
+    hold = tmp_path / f"{name}.hold"
+    defs = HELD.replace("HOLD", repr(str(hold)))
+    ctx = open_repo(write_repo(tmp_path / name, defs, {"events.parquet": random_events(3, 300)},
+                               compute))  # fmt: skip
+    return ctx, hold
+
+
+def run_in_thread(work):
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_the_result_is_exact(tmp_path, ray_cluster):
+    end = START + timedelta(days=7)
+    local, _ = held_repo(tmp_path, "local", None)
+    local.materialize(["held"], end=end)
+    remote, hold = held_repo(tmp_path, "ray", ray_compute(ray_cluster))
+    hold.touch()
+    thread, outcome = run_in_thread(lambda: remote.materialize(["held"], end=end))
+    try:
+        killed = ray_cluster.kill_worker("_partition_task", timeout_s=60)
+    finally:
+        hold.unlink()
+    thread.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+    assert killed and outcome["result"][0].status == "succeeded"
+    assert_same_stores(local, remote, ["held"])
+
+
+@pytest.mark.slow
+def test_cancelling_stops_the_tasks_and_publishes_nothing(tmp_path, ray_cluster):
+    from contextkit.errors import JobCancelledError
+
+    remote, hold = held_repo(tmp_path, "ray", ray_compute(ray_cluster))
+    hold.touch()
+    try:
+        thread, outcome = run_in_thread(
+            lambda: remote.materialize(["held"], end=START + timedelta(days=7))
+        )
+        registry = remote.runtime.registry
+        while not ray_cluster.workers("_partition_task"):
+            assert thread.is_alive(), outcome
+        [job] = [j for j in registry.running_jobs() if j.view == "held"]
+        registry.request_cancel(job.id, time.time())
+        thread.join(timeout=300)
+        assert isinstance(outcome.get("error"), JobCancelledError), outcome
+        # The tasks were cancelled (their workers killed), not left holding the cluster.
+        while ray_cluster.workers("_partition_task"):
+            time.sleep(0.05)
+    finally:
+        hold.unlink()
+    assert registry.get_job(job.id).status == "cancelled"
+    assert stored(remote, "held", ["user_id"]) == ([("inputs",)], [])
+
+
+@pytest.mark.slow
+def test_a_bad_row_fails_the_job_naming_view_partition_and_value(tmp_path, ray_cluster):
+    from contextkit.errors import StoreError
+
+    defs = DEFS.replace(
+        'f"SELECT user_id, event_id, amount, category, ts FROM {events}"',
+        'f"SELECT user_id, event_id, CAST(code AS INTEGER) AS amount, category, ts FROM {events}"',
+    )
+    events = random_events(5, 200)
+    codes = ["12"] * events.num_rows
+    codes[137] = "twelve"
+    events = events.append_column("code", pa.array(codes))
+    remote = open_repo(write_repo(tmp_path / "ray", defs, {"events.parquet": events},
+                                  ray_compute(ray_cluster)))  # fmt: skip
+    with pytest.raises(StoreError) as info:
+        remote.materialize(["spend"], end=START + timedelta(days=7))
+    message = str(info.value)
+    assert "'spend'" in message and "partition" in message and "twelve" in message, message
+    assert info.value.details["view"] == "spend" and 0 <= info.value.details["partition"] < 3
+    [job] = remote.runtime.registry.list_jobs("prod", "spend", 1)
+    assert job.status == "failed" and "twelve" in job.error
+    assert stored(remote, "spend", ["user_id"]) == ([("inputs",)], [])
