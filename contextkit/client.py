@@ -264,6 +264,7 @@ class Context:
                     on_stage=stage_cb,
                     monitoring=self.config.monitoring.enabled,
                     max_online_shrink=self.config.monitoring.max_online_shrink,
+                    compute=self.config.compute,  # compute: ray computes partitions on Ray
                 )
             )
         return results

@@ -115,6 +115,7 @@ def run_view(
             max_online_shrink=runtime.config.monitoring.max_online_shrink,
             job_id=job_id,
             should_stop=should_stop,
+            compute=runtime.config.compute,  # compute: ray computes partitions on Ray
         )
 
 
