@@ -485,6 +485,7 @@ class Context:
         complete: bool = False,
         model: str | None = None,
         params: Mapping[str, Any] | None = None,
+        cache: bool = True,
     ) -> ContextResult:
         """Everything an LLM call needs, for one entity: features, documents and the prompt.
 
@@ -498,7 +499,9 @@ class Context:
             result.prompt["messages"], result.documents["products"], result.features
 
         ``top_k``/``filter`` override every search's; ``searches={"products": {"top_k": 3}}``
-        one search's. Bad input raises :class:`BadRequestError` naming the field.
+        one search's. A service declared with ``cache=`` answers identical searches from this
+        process's serving cache; ``cache=False`` searches the vector store (and leaves the cache
+        as it was). Bad input raises :class:`BadRequestError` naming the field.
         """
         from contextkit.retrieval.assemble import assemble
 
@@ -516,6 +519,7 @@ class Context:
                 complete=complete,
                 model=model,
                 params=params,
+                cache=cache,
             ),
         )
         return assemble(self.runtime, plan, request)
