@@ -125,9 +125,15 @@ class PostgresIngestLog:
         return retry_conflicts(self.transaction, work, attempts)
 
     def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple]:
+        """A read; before the first ingest created the tables, nothing (a read creates nothing,
+        so a read-only role may serve)."""
+        import psycopg
+
         with self._db.connection("reading the ingest log") as con:
-            self._ensure(con)
-            return con.execute(sql, params).fetchall()
+            try:
+                return con.execute(sql, params).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return []
 
     def has_table(self, table: str) -> bool:
         return bool(self._rows("SELECT 1 FROM ingest_log_seqs WHERE log = %s", (table,)))

@@ -126,3 +126,21 @@ def test_one_flusher_at_a_time(log):
     for t in threads:
         t.join()
     assert overlapped == [False] * 4
+
+
+def test_reads_before_the_first_ingest_create_nothing_in_postgres(postgres_server):
+    """A serving node's start-up reads the log (is anything to rebuild?): on a database where
+    nothing was ingested yet that is an empty answer, and no table is created (a read-only
+    role may serve)."""
+    import psycopg
+
+    url = postgres_server.create_database()
+    registry = PostgresRegistry(url)
+    try:
+        log = registry.ingest_log()
+        assert log.read_log(LOG, NAMES, 0, 10) == [] and log.last_ingested_at(LOG) is None
+        assert not log.has_table(LOG)
+        with psycopg.connect(url) as con:
+            assert con.execute("SELECT to_regclass('ingest_log')").fetchone() == (None,)
+    finally:
+        registry.close()
