@@ -7,7 +7,9 @@ order) are written to Parquet files and given to ``get_features_for_events`` as 
 driver never holds them as a DataFrame; the result is written with ``to_parquet`` (streamed).
 
 Each measured run is its own Python subprocess, so its peak RSS (``ru_maxrss`` and a 5 ms psutil
-sampler) is the driver's alone; Ray's workers are other processes:
+sampler) is the driver's alone; Ray's workers are other processes. Also reported: the peak of RSS
+less shared pages ("private"): the pages of Ray's object store (shared memory) that the driver
+writes the events into and reads the results from count in its RSS, but are the node's:
 
 * ``local``: the local engine (DuckDB in the process), ``--events`` events;
 * ``ray``: ``compute: {engine: ray, address: <this bench's cluster>}``, the same events; the
@@ -85,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the bench's Ray head node")
     p.add_argument("--partitions", type=int, default=None, help="default: 2 x the cluster's")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--sink", choices=("parquet", "batches"), default="parquet",
+                   help="write to_parquet, or read to_batches() and drop them")  # fmt: skip
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (path is printed)")
     p.add_argument("--part", help=argparse.SUPPRESS)  # internal: one run in this child process
@@ -217,19 +221,27 @@ def stop_cluster(head: subprocess.Popen) -> None:
 
 # -- one measured run (child process) -------------------------------------------------------------
 class PeakRSS:
-    """This process's RSS sampled every 5 ms in a thread; ``peak`` in bytes."""
+    """This process's memory sampled every 5 ms in a thread, in bytes: ``peak`` RSS, and
+    ``peak_private``, RSS less its shared pages (on Ray, the pages of the node's object store
+    that the driver has mapped and touched count in RSS, though they are not its own memory)."""
 
     def __init__(self) -> None:
         import psutil
 
         self._proc = psutil.Process()
         self._stop = threading.Event()
-        self.peak = self._proc.memory_info().rss
+        self.peak = self.peak_private = 0
+        self._sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        info = self._proc.memory_info()
+        self.peak = max(self.peak, info.rss)
+        self.peak_private = max(self.peak_private, info.rss - info.shared)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._sample()
             self._stop.wait(0.005)
 
     def __enter__(self) -> PeakRSS:
@@ -261,10 +273,15 @@ def run_part(args: argparse.Namespace) -> None:
     result = ctx.get_features_for_events(args.events_path, list(VIEWS), from_source=False)
     with PeakRSS() as rss:
         began = time.perf_counter()
-        result.to_parquet(args.out)
+        if args.sink == "parquet":
+            result.to_parquet(args.out)
+        else:
+            for _batch in result.to_batches():
+                pass
         seconds = time.perf_counter() - began
     peak = max(rss.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, "connect_s": connect_s}))
+    print(json.dumps({"seconds": seconds, "peak_rss": peak, "peak_private": rss.peak_private,
+                      "connect_s": connect_s}))  # fmt: skip
 
 
 def child(args: argparse.Namespace, part: str, events: str, out: Path, address: str | None):
@@ -274,6 +291,7 @@ def child(args: argparse.Namespace, part: str, events: str, out: Path, address: 
         cmd += ["--address", address]
     if args.partitions:
         cmd += ["--partitions", str(args.partitions)]
+    cmd += ["--sink", args.sink]
     done = subprocess.run(cmd, capture_output=True, text=True, env=ray_env(), timeout=3600)
     if done.returncode:
         raise RuntimeError(f"{part} run failed:\n{done.stderr[-4000:]}")
@@ -321,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
             "ray_nx": child(args, "ray", big, work / "ray-nx.parquet", address),
         }
         load_after = os.getloadavg()
-        same_output(work / "local.parquet", work / "ray.parquet")
+        if args.sink == "parquet":
+            same_output(work / "local.parquet", work / "ray.parquet")
         report(out, args, runs, big_n, load_before, load_after)
         if args.json:
             args.json.write_text(json.dumps({"machine": machine_line(), "runs": runs}, indent=2))
@@ -339,23 +358,25 @@ def report(out, args, runs, big_n, load_before, load_after) -> None:
 
     local, on_ray, big = runs["local"], runs["ray"], runs["ray_nx"]
     out.print(machine_line())
-    table = Table(title=f"point-in-time join of {args.events:,} events, to_parquet")
-    for name in ("engine", "events", "wall s", "vs local", "driver peak RSS", "vs local"):
+    table = Table(title=f"point-in-time join of {args.events:,} events, to_{args.sink}()")
+    for name in ("engine", "events", "wall s", "vs local", "driver peak RSS", "vs local",
+                 "peak private", "vs local"):  # fmt: skip
         table.add_column(name, justify="right")
-    table.add_row("local", f"{args.events:,}", f"{local['seconds']:.1f}", "1.00x",
-                  fmt_mib(local["peak_rss"]), "1.00x")  # fmt: skip
-    table.add_row(f"ray ({args.cpus} CPUs)", f"{args.events:,}", f"{on_ray['seconds']:.1f}",
-                  ratio(on_ray["seconds"], local["seconds"]), fmt_mib(on_ray["peak_rss"]),
-                  ratio(on_ray["peak_rss"], local["peak_rss"]))  # fmt: skip
-    table.add_row(f"ray ({args.cpus} CPUs)", f"{big_n:,}", f"{big['seconds']:.1f}",
-                  ratio(big["seconds"], local["seconds"]), fmt_mib(big["peak_rss"]),
-                  ratio(big["peak_rss"], local["peak_rss"]))  # fmt: skip
+    rows = [("local", args.events, local), (f"ray ({args.cpus} CPUs)", args.events, on_ray),
+            (f"ray ({args.cpus} CPUs)", big_n, big)]  # fmt: skip
+    for name, events, run in rows:
+        table.add_row(
+            name, f"{events:,}", f"{run['seconds']:.1f}", ratio(run["seconds"], local["seconds"]),
+            fmt_mib(run["peak_rss"]), ratio(run["peak_rss"], local["peak_rss"]),
+            fmt_mib(run["peak_private"]), ratio(run["peak_private"], local["peak_private"]),
+        )  # fmt: skip
     out.print(table)
     out.print(
-        f"driver peak RSS on Ray: {fmt_mib(big['peak_rss'])} at {big_n:,} events vs "
-        f"{fmt_mib(on_ray['peak_rss'])} at {args.events:,} "
-        f"({ratio(big['peak_rss'], on_ray['peak_rss'])}); joining the cluster took "
-        f"{on_ray['connect_s']:.1f} s (not in the wall times); outputs equal"
+        f"driver on Ray, {big_n:,} vs {args.events:,} events: peak RSS "
+        f"{ratio(big['peak_rss'], on_ray['peak_rss'])}, peak private memory (RSS less shared "
+        f"pages: the object store's) {ratio(big['peak_private'], on_ray['peak_private'])}; "
+        f"joining the cluster took {on_ray['connect_s']:.1f} s (not in the wall times); "
+        + ("outputs equal" if args.sink == "parquet" else "results read with to_batches()")
     )
     out.print(load_line(load_before, load_after, "the runs", own=float(args.cpus)))
 

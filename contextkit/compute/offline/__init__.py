@@ -23,6 +23,12 @@ latest values the online path serves at the event's time. Realtime views run the
 event row, in Arrow batches, over the request-context values (taken from the events' columns named
 like the request fields) and their input views' point-in-time features (computed alongside, in the
 same query, whether or not the result shows them).
+
+Modules: ``events`` (reading and checking the events), ``sources`` (where each view is read
+from), ``joins`` (the SQL per view kind), ``query`` (the whole query and the realtime columns,
+shared with the Ray engine), ``features`` (``OfflineFeatures``). With ``compute: ray`` the same
+query runs per entity-hash partition of the events in Ray tasks
+(:mod:`contextkit.compute.ray.offline`, docs/compute.md).
 """
 
 from contextkit.compute.offline.features import OfflineFeatures

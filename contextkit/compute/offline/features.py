@@ -48,6 +48,11 @@ class OfflineFeatures:
     """A lazy point-in-time feature set: computed by ``to_pandas``/``to_arrow``/``to_parquet``.
 
     Columns: the events' own columns, then ``<view>__<feature>`` per feature, in input row order.
+
+    ``compute`` (the repo's ``compute:`` config; None: local) picks the engine: when it names
+    Ray for any asked view, the join runs on Ray (:mod:`contextkit.compute.ray.offline`: events
+    split by entity hash, one DuckDB task per partition, rows back in input order, the same
+    columns and dtypes); otherwise in this process.
     """
 
     def __init__(
