@@ -190,3 +190,21 @@ def keep_bench_folder_off_path() -> None:
     """
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != here]
+
+
+def run_child(cmd: list[str], what: str, timeout: float) -> dict:
+    """Run a benchmark part as its own Python process (``cmd``) and return the JSON it printed
+    on its last ``RESULT {...}`` line; its failure or timeout raises, naming ``what``."""
+    import json
+    import subprocess
+
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what} ran over {timeout:.0f}s") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{what} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}"
+        )
+    return json.loads(lines[-1].removeprefix("RESULT "))

@@ -25,7 +25,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +41,7 @@ from _common import (
     generate_data,
     machine_line,
     ratio,
+    run_child,
 )
 
 VIEW = "user_order_stats"
@@ -257,16 +257,7 @@ def run_part(part: str, repo: Path, end: datetime, args: argparse.Namespace) -> 
         "--end", end.isoformat(), "--orders", str(args.orders), "--users", str(args.users),
         "--seed", str(args.seed),
     ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.part_timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"part {part!r} ran over {args.part_timeout:.0f}s") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"part {part!r} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}"
-        )
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return run_child(cmd, f"part {part!r}", args.part_timeout)
 
 
 # -- main -----------------------------------------------------------------------------------------

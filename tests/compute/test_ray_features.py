@@ -247,8 +247,8 @@ START = datetime(2024, 5, 1, tzinfo=UTC)
 
 
 def random_events(seed: int, n: int, first_id: int = 0, days: float = 6.0) -> pa.Table:
-    """Seeded events of 25 users (one never seen online: user 999 only long ago), timestamps
-    at random microseconds, nulls among the amounts."""
+    """Seeded events of 25 users over ``days`` days, at random microseconds, with nulls among
+    the amounts (some users have no event within a ttl of the end: they are not online)."""
     rng = np.random.default_rng(seed)
     micros = rng.integers(0, int(days * 86400e6), n)
     ts = [START + timedelta(microseconds=int(m)) for m in micros]

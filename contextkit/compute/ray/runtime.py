@@ -94,6 +94,16 @@ def _init(ray: ModuleType, config: ComputeConfig, address: str) -> None:
     }
     if address.startswith("ray://"):  # Ray Client does not take the local-runtime options
         kwargs = {"address": address, "ignore_reinit_error": True, "log_to_driver": False}
+    if address == "local":  # starts processes here: no remote end to hang on
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:
+            raise ComputeError(
+                f"could not start a local Ray runtime: {exc}",
+                hint="check the machine's free memory and /tmp space, or join a cluster with "
+                "compute.address",
+            ) from exc
+        return
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -103,13 +113,12 @@ def _init(ray: ModuleType, config: ComputeConfig, address: str) -> None:
             failure.append(exc)
 
     # A port that accepts connections but is no Ray head (or a head that hangs) must not hang
-    # the job: init runs in a thread the caller stops waiting for. A local runtime is started
-    # here, which takes longer on a loaded machine: it gets four times the timeout.
-    timeout = config.connect_timeout_s * (4 if address == "local" else 1)
+    # the job: init runs in a thread the caller stops waiting for.
+    timeout = config.connect_timeout_s
     thread = threading.Thread(target=run, name="contextkit-ray-init", daemon=True)
     thread.start()
     thread.join(timeout)
-    where = "a local Ray runtime" if address == "local" else f"the Ray cluster at {address}"
+    where = f"the Ray cluster at {address}"
     if thread.is_alive():
         raise ComputeError(
             f"could not connect to {where} within {timeout:g} s",
