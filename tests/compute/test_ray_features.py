@@ -508,3 +508,17 @@ def test_a_bad_row_fails_the_job_naming_view_partition_and_value(tmp_path, ray_c
     [job] = remote.runtime.registry.list_jobs("prod", "spend", 1)
     assert job.status == "failed" and "twelve" in job.error
     assert stored(remote, "spend", ["user_id"]) == ([("inputs",)], [])
+
+
+@pytest.mark.slow
+def test_per_view_engines(tmp_path, ray_cluster):
+    compute = {**ray_compute(ray_cluster), "engine": "local", "views": {"latest": "ray"}}
+    remote = open_repo(
+        write_repo(tmp_path / "mixed", DEFS, {"events.parquet": random_events(9, 300)}, compute)
+    )
+    remote.materialize(["spend", "latest"], end=START + timedelta(days=7))
+    registry = remote.runtime.registry
+    engines = {
+        v: registry.list_jobs("prod", v, 1)[0].details.get("engine") for v in ("spend", "latest")
+    }
+    assert engines == {"spend": None, "latest": "ray"}
