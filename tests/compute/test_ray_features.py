@@ -522,3 +522,18 @@ def test_per_view_engines(tmp_path, ray_cluster):
         v: registry.list_jobs("prod", v, 1)[0].details.get("engine") for v in ("spend", "latest")
     }
     assert engines == {"spend": None, "latest": "ray"}
+
+
+def test_an_unreachable_cluster_fails_the_job_and_publishes_nothing(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    compute = {"address": f"127.0.0.1:{port}", "connect_timeout_s": 2}
+    ctx = open_repo(
+        write_repo(tmp_path / "down", DEFS, {"events.parquet": random_events(1, 50)}, compute)
+    )
+    with pytest.raises(ComputeError, match=f"127.0.0.1:{port}"):
+        ctx.materialize(["latest"], end=START + timedelta(days=7))
+    [job] = ctx.runtime.registry.list_jobs("prod", "latest", 1)
+    assert job.status == "failed" and "does not answer" in job.error
+    assert stored(ctx, "latest", ["user_id"]) == ([("inputs",)], [])

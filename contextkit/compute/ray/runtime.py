@@ -74,10 +74,10 @@ def connect(config: ComputeConfig) -> ModuleType:
             _connected == address or (_connected is None and address == "local")
         ):
             return ray  # this address, or a runtime the caller started themselves
+        _probe(config)  # before leaving a working connection for an address that is down
         if ray.is_initialized():
             ray.shutdown()
             _connected = None
-        _probe(config)
         _init(ray, config, address)
         _connected = address
     return ray
