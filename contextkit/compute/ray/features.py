@@ -18,6 +18,7 @@ table there (each partition is read from the object store as DuckDB scans it).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -156,6 +157,20 @@ class PartitionedRows:
         return f"SELECT * FROM {quote(name)}"
 
 
+def _collect_errors(ray: Any, outputs: list[Any]) -> None:
+    """Read the errors of a failed task's other results (its tables), so Ray does not log each
+    one as an unhandled error; the tables of tasks that succeeded are left unread."""
+    for refs in outputs:
+        try:
+            ray.get(refs[0], timeout=0)
+            continue  # succeeded: its tables are left unread (and freed)
+        except Exception:  # noqa: BLE001 - failed, cancelled or still pending
+            pass
+        for ref in refs[1:]:  # the same error (a pending one times out at once)
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=0)
+
+
 def run_partitions(
     config: ComputeConfig,
     *,
@@ -197,7 +212,13 @@ def run_partitions(
         check()  # raises JobCancelledError: run_tasks cancels what still runs
         return False
 
-    counts = run_tasks(ray, [o[0] for o in outputs], should_stop=stop, what=f"job of {view.name}")
+    try:
+        counts = run_tasks(
+            ray, [o[0] for o in outputs], should_stop=stop, what=f"job of {view.name}"
+        )
+    except BaseException:
+        _collect_errors(ray, outputs)
+        raise
     refs = {OFFLINE: [o[1] for o in outputs], INPUTS: [o[2] for o in outputs]}
     refs[ONLINE] = [o[3] for o in outputs]
     return PartitionedRows(ray, refs, counts, buckets)
