@@ -7,6 +7,7 @@ The config tests are fast; every test that runs Ray uses the session's real two-
 from __future__ import annotations
 
 import math
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -537,3 +538,39 @@ def test_an_unreachable_cluster_fails_the_job_and_publishes_nothing(tmp_path):
     [job] = ctx.runtime.registry.list_jobs("prod", "latest", 1)
     assert job.status == "failed" and "does not answer" in job.error
     assert stored(ctx, "latest", ["user_id"]) == ([("inputs",)], [])
+
+
+@pytest.mark.slow
+def test_a_killed_driver_leaves_the_stores_on_the_previous_version(tmp_path, ray_cluster):
+    remote, hold = held_repo(tmp_path, "ray", ray_compute(ray_cluster))
+    remote.materialize(["held"], end=START + timedelta(days=3))
+    before = stored(remote, "held", ["user_id"])
+    root = Path(remote.runtime.config.root)
+    hold.touch()
+    try:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                from datetime import datetime
+                import contextkit
+                ctx = contextkit.connect({str(root)!r}, workspace="prod")
+                ctx.materialize(["held"], end=datetime.fromisoformat({
+                    (START + timedelta(days=7)).isoformat()!r}))
+                """)],
+            cwd=ROOT,
+        )  # fmt: skip
+        while not ray_cluster.workers("_partition_task"):  # its tasks run (and are held)
+            assert driver.poll() is None, "the driver ended before its tasks ran"
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+        # Ray ends a dead driver's tasks; nothing was published.
+        while ray_cluster.workers("_partition_task"):
+            time.sleep(0.05)
+    finally:
+        hold.unlink()
+    registry = remote.runtime.registry
+    [job] = [j for j in registry.list_jobs("prod", "held", 5) if j.status != "succeeded"]
+    registry.reap_abandoned_jobs()
+    job = registry.get_job(job.id)
+    assert job.status == "failed" and "abandoned" in (job.error or "")
+    assert stored(remote, "held", ["user_id"]) == before and before[1]
