@@ -574,3 +574,28 @@ def test_a_killed_driver_leaves_the_stores_on_the_previous_version(tmp_path, ray
     job = registry.get_job(job.id)
     assert job.status == "failed" and "abandoned" in (job.error or "")
     assert stored(remote, "held", ["user_id"]) == before and before[1]
+
+
+@pytest.mark.slow
+def test_the_cli_runs_on_the_cluster_named_by_the_environment(tmp_path, ray_cluster):
+    import os
+
+    root = write_repo(tmp_path / "cli", DEFS, {"events.parquet": random_events(4, 200)}, None)
+    ctx = open_repo(root)
+    env = {**os.environ, "CONTEXTKIT_COMPUTE": ray_cluster.address}
+    cli = str(Path(sys.executable).parent / "contextkit")
+    end = (START + timedelta(days=6)).isoformat()  # within the ttl of the last events
+    args = [cli, "materialize", "latest", "--repo", str(root), "--workspace", "prod"]
+    done = subprocess.run([*args, "--end", end], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    [job] = ctx.runtime.registry.list_jobs("prod", "latest", 1)
+    assert job.status == "succeeded", job.error
+    assert job.details.get("engine") == "ray" and job.rows_online
+    # A cluster that is down: the CLI fails within seconds, exit code and message say why.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        env["CONTEXTKIT_COMPUTE"] = f"127.0.0.1:{s.getsockname()[1]}"
+    failed = subprocess.run([*args, "--end", end, "--full"], env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert failed.returncode != 0 and "does not answer" in failed.stdout + failed.stderr
