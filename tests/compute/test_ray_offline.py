@@ -14,6 +14,7 @@ and ranges is exercised on small data.
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,11 @@ def activity(rows):
     features=[Attribute("score", Float64)],
 )
 def risk(request, profile):
+    import pathlib
+    import time
+
+    while pathlib.Path(HOLD).exists():  # a test holds the tasks here to kill one's worker
+        time.sleep(0.05)
     if request["amount"] < 0:
         raise ValueError(f"negative amount {request['amount']}")
     a = profile["a"]
@@ -122,7 +128,7 @@ def repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ray_offline") / "repo"
     (root / "data").mkdir(parents=True)
     (root / "contextkit.yaml").write_text(CONFIG)
-    (root / "defs_ray_offline.py").write_text(DEFS)
+    (root / "defs_ray_offline.py").write_text(DEFS.replace("HOLD", repr(str(root / "hold"))))
     pq.write_table(source_rows(rng, 1500, BASE, 30), root / "data" / "rows.parquet")
     ctx = contextkit.connect(root, workspace="prod")
     ctx.create_workspace("prod", live=True)
@@ -293,4 +299,34 @@ def test_a_rendered_dataset_on_ray_is_the_local_one(quickstart_data, compute, tm
         check_exact=False, rtol=1e-12,
     )  # fmt: skip
     assert len(outputs["ray"][0].splitlines()) == n
+    ctx.close()
+
+
+def test_a_killed_worker_is_retried_and_the_result_is_exact(repo, compute, ray_cluster):
+    """A worker SIGKILLed while its partition's task runs: Ray runs the task again, and the
+    rows are still the local engine's, in order."""
+    ctx = contextkit.connect(repo, workspace="prod")
+    events = random_events(np.random.default_rng(13), 300)
+    local, on_ray = both(ctx, compute, events, "risky", False)
+    want = local.to_pandas()
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = on_ray.to_pandas()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    hold = repo / "hold"
+    hold.touch()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        killed = ray_cluster.kill_worker("_join_partition", timeout_s=180)
+    finally:
+        hold.unlink()
+    thread.join(timeout=600)
+    assert killed and not thread.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    assert_same_frames(want, outcome["result"])
     ctx.close()
