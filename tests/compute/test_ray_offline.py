@@ -330,3 +330,15 @@ def test_a_killed_worker_is_retried_and_the_result_is_exact(repo, compute, ray_c
     assert "error" not in outcome, outcome.get("error")
     assert_same_frames(want, outcome["result"])
     ctx.close()
+
+
+def test_no_events_and_one_event_give_the_local_result(repo, compute):
+    """The edges: no events (nothing to spread: the local query gives the empty result's
+    columns and dtypes) and a single event (more partitions asked for than events)."""
+    ctx = contextkit.connect(repo, workspace="prod")
+    events = random_events(np.random.default_rng(14), 5)
+    for subset in (events.iloc[:0], events.iloc[:1]):
+        local, on_ray = both(ctx, compute, subset, "risky", False)
+        assert_same_frames(local.to_pandas(), on_ray.to_pandas())
+        assert on_ray.to_arrow().schema == local.to_arrow().schema
+    ctx.close()
