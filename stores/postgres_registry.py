@@ -47,6 +47,25 @@ from contextkit.stores._postgres_connection import (
     PostgresConnector,
 )
 from contextkit.stores._postgres_schema import open_schema
+from contextkit.stores._registry_records import (
+    ALERT_COLUMNS,
+    JOB_COLUMNS,
+    JOB_LEASE_S,
+    KEY_COLUMNS,
+    STATS_COLUMNS,
+    AlertRecord,
+    ApiKeyRecord,
+    ApplyRecord,
+    JobRecord,
+    JobStatsRecord,
+    LeaseKeeper,
+    ObjectRecord,
+    WorkspaceRecord,
+    abandonment,
+    alert_record,
+    job_record,
+    stats_record,
+)
 from contextkit.stores.errors import (
     ApplyConflictError,
     MissingError,
@@ -56,25 +75,6 @@ from contextkit.stores.errors import (
 )
 from contextkit.stores.ingest_log import IngestLog, PostgresIngestLog
 from contextkit.stores.process import current_process
-from contextkit.stores.registry import (
-    _ALERT_COLUMNS,
-    _JOB_COLUMNS,
-    _KEY_COLUMNS,
-    _STATS_COLUMNS,
-    JOB_LEASE_S,
-    AlertRecord,
-    ApiKeyRecord,
-    ApplyRecord,
-    JobRecord,
-    JobStatsRecord,
-    ObjectRecord,
-    WorkspaceRecord,
-    _abandonment,
-    _alert_record,
-    _job_record,
-    _LeaseKeeper,
-    _stats_record,
-)
 
 if TYPE_CHECKING:
     import psycopg
@@ -94,8 +94,8 @@ C = 'COLLATE "C"'
 class PostgresRegistry(JobQueueMixin, AuditLogMixin):
     """The registry in a PostgreSQL database (``postgresql://user:password@host:port/db``)."""
 
-    _jq_job_columns = _JOB_COLUMNS
-    _jq_job_record = staticmethod(_job_record)
+    _jq_job_columns = JOB_COLUMNS
+    _jq_job_record = staticmethod(job_record)
 
     def __init__(
         self,
@@ -109,7 +109,7 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
         self._db = PostgresConnector(url, connect_timeout_s=connect_timeout_s, pool_size=pool_size)
         self.url = self._db.masked_url  # the password masked: safe to show
         self.job_lease_s = job_lease_s
-        self._leases = _LeaseKeeper(_LeaseRenewal(self))  # type: ignore[arg-type]
+        self._leases = LeaseKeeper(_LeaseRenewal(self))  # type: ignore[arg-type]
         self._changes = ChangeListener(self._db)
         self._commits = 0  # commits made through this object
         self._ingest_log: PostgresIngestLog | None = None
@@ -381,7 +381,7 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
         )
         gone = []
         for job_id, host, pid, start, beat, expires in running:
-            reason = _abandonment(host, pid, start, beat, expires, now)
+            reason = abandonment(host, pid, start, beat, expires, now)
             if reason is not None:
                 gone.append((job_id, reason, expires))
         if not gone:
@@ -412,19 +412,17 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
     def get_job(self, job_id: str) -> JobRecord | None:
         """One job by id (None when unknown), after marking abandoned jobs."""
         self.reap_abandoned_jobs()
-        row = self._row(
-            "reading a job", f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)
-        )
-        return _job_record(row) if row else None
+        row = self._row("reading a job", f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
+        return job_record(row) if row else None
 
     def running_jobs(self) -> list[JobRecord]:
         """Every job still running (after marking abandoned jobs), oldest first."""
         self.reap_abandoned_jobs()
         rows = self._rows(
             "reading running jobs",
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY started_at",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY started_at",
         )
-        return [_job_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     def list_jobs(
         self, workspace: str | None = None, view: str | None = None, limit: int = 50
@@ -433,10 +431,10 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
         where, params = _where(workspace=workspace, view=view)
         rows = self._rows(
             "listing jobs",
-            f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY started_at DESC LIMIT %s",
+            f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY started_at DESC LIMIT %s",
             (*params, limit),
         )
-        return [_job_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     def job_summary(self) -> list[tuple[str, str, str, int]]:
         """``(workspace, view, status, number of jobs)`` over every recorded job."""
@@ -452,12 +450,12 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
         """The newest completed job (succeeded, or warning) of every (workspace, view)."""
         rows = self._rows(
             "reading completed jobs",
-            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE status IN "
+            f"SELECT {JOB_COLUMNS} FROM jobs j WHERE status IN "
             "('succeeded', 'warning') AND started_at = (SELECT max(started_at) FROM jobs WHERE "
             "workspace = j.workspace AND view = j.view AND status IN ('succeeded', 'warning')) "
             f"ORDER BY workspace {C}, view {C}",
         )
-        return [_job_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     def latest_jobs(self, workspace: str | None = None) -> list[JobRecord]:
         """The newest job, whatever its status, of every view (of one workspace, or all)."""
@@ -465,12 +463,12 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
         where, params = ("AND workspace = %s", (workspace,)) if workspace else ("", ())
         rows = self._rows(
             "reading the latest jobs",
-            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE started_at = "
+            f"SELECT {JOB_COLUMNS} FROM jobs j WHERE started_at = "
             "(SELECT max(started_at) FROM jobs WHERE workspace = j.workspace AND view = j.view) "
             f"{where} ORDER BY workspace {C}, view {C}",
             params,
         )
-        return [_job_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     # -- monitoring: job statistics and alerts -------------------------------------------
     def save_job_monitoring(
@@ -540,21 +538,21 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
         status = "AND j.status IN ('succeeded', 'warning')" if completed_only else ""
         rows = self._rows(
             "reading job statistics",
-            f"SELECT {_STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
+            f"SELECT {STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
             f"WHERE s.workspace = %s AND s.view = %s {status} ORDER BY s.created_at DESC "
             "LIMIT %s",
             (workspace, view, limit),
         )
-        return [_stats_record(r) for r in rows]
+        return [stats_record(r) for r in rows]
 
     def get_job_stats(self, job_id: str) -> JobStatsRecord | None:
         row = self._row(
             "reading job statistics",
-            f"SELECT {_STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
+            f"SELECT {STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
             "WHERE s.job_id = %s",
             (job_id,),
         )
-        return _stats_record(row) if row else None
+        return stats_record(row) if row else None
 
     def latest_job_stats(
         self, workspace: str | None = None, *, with_stats: bool = True
@@ -562,7 +560,7 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
         """The newest statistics of a completed job of every view (of one workspace, or all);
         ``with_stats=False`` leaves out the statistics themselves (``stats`` is ``{}``)."""
         where, params = ("AND s.workspace = %s", (workspace,)) if workspace else ("", ())
-        columns = _STATS_COLUMNS if with_stats else _STATS_COLUMNS.replace("s.stats", "'{}'")
+        columns = STATS_COLUMNS if with_stats else STATS_COLUMNS.replace("s.stats", "'{}'")
         rows = self._rows(
             "reading job statistics",
             f"SELECT {columns} FROM job_stats s JOIN jobs j ON j.id = s.job_id WHERE "
@@ -572,7 +570,7 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
             f"ORDER BY s.workspace {C}, s.view {C}",
             params,
         )
-        return [_stats_record(r) for r in rows]
+        return [stats_record(r) for r in rows]
 
     def list_alerts(
         self,
@@ -588,16 +586,16 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
             where = f"{where} AND resolved_at IS NULL" if where else "WHERE resolved_at IS NULL"
         rows = self._rows(
             "reading alerts",
-            f"SELECT {_ALERT_COLUMNS} FROM alerts {where} ORDER BY updated_at DESC LIMIT %s",
+            f"SELECT {ALERT_COLUMNS} FROM alerts {where} ORDER BY updated_at DESC LIMIT %s",
             (*params, limit),
         )
-        return [_alert_record(r) for r in rows]
+        return [alert_record(r) for r in rows]
 
     # -- API keys ------------------------------------------------------------------------
     def insert_api_key(self, record: ApiKeyRecord) -> None:
         with self._transaction("storing an API key") as con:
             con.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES "
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES "
                 "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     record.id,
@@ -615,7 +613,7 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
 
     def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
         row = self._row(
-            "reading an API key", f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = %s", (key_id,)
+            "reading an API key", f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = %s", (key_id,)
         )
         return ApiKeyRecord(*row) if row else None
 
@@ -625,7 +623,7 @@ class PostgresRegistry(JobQueueMixin, AuditLogMixin):
         where, params = _where(workspace=workspace, principal=principal)
         rows = self._rows(
             "listing API keys",
-            f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY principal {C}, created_at",
+            f"SELECT {KEY_COLUMNS} FROM api_keys {where} ORDER BY principal {C}, created_at",
             params,
         )
         return [ApiKeyRecord(*r) for r in rows]
@@ -723,7 +721,7 @@ def _write_alert(
         )
         return
     con.execute(
-        f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES "
+        f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES "
         "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, NULL)",
         (alert.id, workspace, view, alert.kind, alert.subject, alert.severity, alert.message,
          json.dumps(alert.details), alert.job_id, now, now),

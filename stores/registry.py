@@ -3,7 +3,9 @@
 ``SQLiteRegistry`` keeps everything in one SQLite file; every write is one transaction, so an apply
 either lands whole or not at all. Specs are opaque JSON text here: the core owns their meaning.
 The schema and its migrations are written once, in :mod:`contextkit.stores._registry_schema`,
-for this registry and the PostgreSQL one (:mod:`contextkit.stores.postgres_registry`).
+for this registry and the PostgreSQL one (:mod:`contextkit.stores.postgres_registry`), and so are
+the records both return and the job leases (:mod:`contextkit.stores._registry_records`; the
+records are imported from here, their usual home).
 
 Jobs are leased. A running job records its owner (host, pid and an opaque start token, see
 :mod:`contextkit.stores.process`) and a lease (``heartbeat_at``, ``lease_expires_at``) that the
@@ -25,191 +27,47 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from contextkit.stores._audit_log import AuditLogMixin, AuditRecord
 from contextkit.stores._job_queue import ACTIVE_JOB_STATUSES as ACTIVE_JOB_STATUSES
 from contextkit.stores._job_queue import IntervalRecord, JobQueueMixin
+from contextkit.stores._registry_records import (  # re-exported: the records' usual home
+    ABANDONED as ABANDONED,
+)
+from contextkit.stores._registry_records import (
+    ALERT_COLUMNS,
+    JOB_COLUMNS,
+    JOB_LEASE_S,
+    KEY_COLUMNS,
+    STATS_COLUMNS,
+    AlertRecord,
+    ApiKeyRecord,
+    ApplyRecord,
+    JobRecord,
+    JobStatsRecord,
+    LeaseKeeper,
+    ObjectRecord,
+    WorkspaceRecord,
+    abandonment,
+    alert_record,
+    job_record,
+    stats_record,
+)
+from contextkit.stores._registry_records import (
+    COMPLETED_STATUSES as COMPLETED_STATUSES,
+)
 from contextkit.stores._registry_schema import MIGRATIONS as _MIGRATIONS
 from contextkit.stores._registry_schema import SCHEMA as _SCHEMA
 from contextkit.stores._registry_schema import SCHEMA_VERSION
 from contextkit.stores.errors import ApplyConflictError, MissingError, RegistryVersionError
-from contextkit.stores.process import ProcessIdentity, current_process, owner_alive
+from contextkit.stores.process import ProcessIdentity, current_process
 
 if TYPE_CHECKING:
     from contextkit.stores.ingest_log import IngestLog
 
 log = logging.getLogger("contextkit.registry")
-
-# How long a running job's lease lasts without a heartbeat; its owner renews it every quarter of
-# that. Only readers on another host (or pid namespace) rely on it: on the owner's host a job is
-# abandoned as soon as its process is gone.
-JOB_LEASE_S = 120.0
-# The error of a job whose owner went away without finishing it starts with this word.
-ABANDONED = "abandoned"
-
-# Job statuses of a job that wrote the stores: ``warning`` is a success whose data failed an
-# expectation declared with on_expectation_failure="warn".
-COMPLETED_STATUSES = ("succeeded", "warning")
-
-
-@dataclass(frozen=True)
-class WorkspaceRecord:
-    name: str
-    live: bool
-    created_at: float
-    version: int
-
-
-@dataclass(frozen=True)
-class ObjectRecord:
-    kind: str
-    name: str
-    spec: str
-    version: int
-
-
-@dataclass(frozen=True)
-class ApplyRecord:
-    workspace: str
-    version: int
-    applied_at: float
-    applied_by: str
-    summary: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: str
-    workspace: str
-    view: str
-    status: str
-    range_start: str | None
-    range_end: str | None
-    spec_hash: str | None
-    rows_offline: int | None
-    rows_online: int | None
-    started_at: float
-    finished_at: float | None
-    error: str | None
-    details: dict[str, Any]
-    # The lease: who runs the job, and until when it counts as running without a heartbeat.
-    owner_host: str | None = None
-    owner_pid: int | None = None
-    owner_start: str | None = None
-    heartbeat_at: float | None = None
-    lease_expires_at: float | None = None
-
-    @property
-    def duration_s(self) -> float | None:
-        return None if self.finished_at is None else self.finished_at - self.started_at
-
-    @property
-    def abandoned(self) -> bool:
-        """Whether the job failed because its process went away without finishing it."""
-        return self.status == "failed" and (self.error or "").startswith(ABANDONED)
-
-    @property
-    def display_status(self) -> str:
-        """The status as people read it: ``failed (abandoned)`` for an abandoned job."""
-        return f"failed ({ABANDONED})" if self.abandoned else self.status
-
-    @property
-    def owner(self) -> str | None:
-        """``pid N on HOST``, or None for a job recorded without an owner."""
-        if self.owner_host is None or self.owner_pid is None:
-            return None
-        return ProcessIdentity(self.owner_host, self.owner_pid, self.owner_start or "").label
-
-
-@dataclass(frozen=True)
-class ApiKeyRecord:
-    """One API key as stored: its public id and the hash of the secret, never the secret."""
-
-    id: str
-    key_hash: str
-    principal: str
-    kind: str
-    workspace: str
-    role: str
-    description: str
-    created_at: float
-    expires_at: float | None
-    revoked_at: float | None
-
-
-@dataclass(frozen=True)
-class JobStatsRecord:
-    """The data-quality statistics a job computed over the rows it wrote (see
-    :mod:`contextkit.governance.monitoring`); ``status`` is the job's, when read joined with it."""
-
-    job_id: str
-    workspace: str
-    view: str
-    created_at: float
-    scope: str  # which rows: "online", "offline" or "documents"
-    rows: int | None
-    newest_event: float | None  # newest event time among the rows (Unix seconds)
-    max_drift: float | None
-    stats: dict[str, Any]
-    status: str | None = None
-
-
-@dataclass(frozen=True)
-class AlertRecord:
-    """An expectation a view's data failed; open until a later job passes it."""
-
-    id: str
-    workspace: str
-    view: str
-    kind: str
-    subject: str
-    severity: str  # "warning" or "error"
-    message: str
-    details: dict[str, Any]
-    job_id: str | None
-    created_at: float
-    updated_at: float
-    resolved_at: float | None = None
-    resolved_by: str | None = None
-
-
-_JOB_COLUMNS = (
-    "id, workspace, view, status, range_start, range_end, spec_hash, rows_offline, rows_online, "
-    "started_at, finished_at, error, details, owner_host, owner_pid, owner_start, heartbeat_at, "
-    "lease_expires_at"
-)
-
-
-def _job_record(row) -> JobRecord:
-    return JobRecord(*row[:12], json.loads(row[12] or "{}"), *row[13:])
-
-
-_STATS_COLUMNS = (
-    "s.job_id, s.workspace, s.view, s.created_at, s.scope, s.rows, s.newest_event, s.max_drift, "
-    "s.stats, j.status"
-)
-_ALERT_COLUMNS = (
-    "id, workspace, view, kind, subject, severity, message, details, job_id, created_at, "
-    "updated_at, resolved_at, resolved_by"
-)
-
-
-def _stats_record(row) -> JobStatsRecord:
-    return JobStatsRecord(*row[:8], json.loads(row[8]), row[9])
-
-
-def _alert_record(row) -> AlertRecord:
-    return AlertRecord(*row[:7], json.loads(row[7]), *row[8:])
-
-
-_KEY_COLUMNS = (
-    "id, key_hash, principal, kind, workspace, role, description, created_at, expires_at, "
-    "revoked_at"
-)
 
 
 class RegistryStore(Protocol):
@@ -365,15 +223,15 @@ class RegistryStore(Protocol):
 class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
     """The embedded registry: one SQLite file, WAL mode, one transaction per write."""
 
-    _jq_job_columns = _JOB_COLUMNS
-    _jq_job_record = staticmethod(_job_record)
+    _jq_job_columns = JOB_COLUMNS
+    _jq_job_record = staticmethod(job_record)
 
     def __init__(
         self, path: str | Path, *, create: bool = True, job_lease_s: float = JOB_LEASE_S
     ) -> None:
         self.path = Path(path)
         self.job_lease_s = job_lease_s
-        self._leases = _LeaseKeeper(self)
+        self._leases = LeaseKeeper(self)
         if not self.path.exists() and not create:
             raise MissingError(
                 f"no registry at {self.path}",
@@ -657,7 +515,7 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         )
         gone = []
         for job_id, host, pid, start, beat, expires in running.fetchall():
-            reason = _abandonment(host, pid, start, beat, expires, now)
+            reason = abandonment(host, pid, start, beat, expires, now)
             if reason is not None:
                 gone.append((job_id, reason, expires))
         if not gone:
@@ -689,18 +547,18 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         self.reap_abandoned_jobs()
         row = (
             self._con()
-            .execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            .execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
             .fetchone()
         )
-        return _job_record(row) if row else None
+        return job_record(row) if row else None
 
     def running_jobs(self) -> list[JobRecord]:
         """Every job still running (after marking abandoned jobs), oldest first."""
         self.reap_abandoned_jobs()
         rows = self._con().execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY started_at"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY started_at"
         )
-        return [_job_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     def list_jobs(
         self, workspace: str | None = None, view: str | None = None, limit: int = 50
@@ -708,10 +566,10 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         self.reap_abandoned_jobs()
         where, params = _where(workspace=workspace, view=view)
         rows = self._con().execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY started_at DESC LIMIT ?",
+            f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY started_at DESC LIMIT ?",
             (*params, limit),
         )
-        return [_job_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     def job_summary(self) -> list[tuple[str, str, str, int]]:
         """``(workspace, view, status, number of jobs)`` over every recorded job."""
@@ -725,24 +583,24 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
     def last_succeeded_jobs(self) -> list[JobRecord]:
         """The newest completed job (succeeded, or warning) of every (workspace, view)."""
         rows = self._con().execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE status IN "
+            f"SELECT {JOB_COLUMNS} FROM jobs j WHERE status IN "
             "('succeeded', 'warning') AND started_at = (SELECT max(started_at) FROM jobs WHERE "
             "workspace = j.workspace AND view = j.view AND status IN ('succeeded', 'warning')) "
             "ORDER BY workspace, view"
         )
-        return [_job_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     def latest_jobs(self, workspace: str | None = None) -> list[JobRecord]:
         """The newest job, whatever its status, of every view (of one workspace, or all)."""
         self.reap_abandoned_jobs()
         where, params = ("AND workspace = ?", (workspace,)) if workspace else ("", ())
         rows = self._con().execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE started_at = "
+            f"SELECT {JOB_COLUMNS} FROM jobs j WHERE started_at = "
             "(SELECT max(started_at) FROM jobs WHERE workspace = j.workspace AND view = j.view) "
             f"{where} ORDER BY workspace, view",
             params,
         )
-        return [_job_record(r) for r in rows]
+        return [job_record(r) for r in rows]
 
     # -- monitoring: job statistics and alerts ---------------------------------------------
     def save_job_monitoring(
@@ -808,23 +666,23 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         """A view's job statistics, newest first (``completed_only``: of jobs that wrote)."""
         status = "AND j.status IN ('succeeded', 'warning')" if completed_only else ""
         rows = self._con().execute(
-            f"SELECT {_STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
+            f"SELECT {STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
             f"WHERE s.workspace = ? AND s.view = ? {status} ORDER BY s.created_at DESC LIMIT ?",
             (workspace, view, limit),
         )
-        return [_stats_record(r) for r in rows]
+        return [stats_record(r) for r in rows]
 
     def get_job_stats(self, job_id: str) -> JobStatsRecord | None:
         row = (
             self._con()
             .execute(
-                f"SELECT {_STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
+                f"SELECT {STATS_COLUMNS} FROM job_stats s LEFT JOIN jobs j ON j.id = s.job_id "
                 "WHERE s.job_id = ?",
                 (job_id,),
             )
             .fetchone()
         )
-        return _stats_record(row) if row else None
+        return stats_record(row) if row else None
 
     def latest_job_stats(
         self, workspace: str | None = None, *, with_stats: bool = True
@@ -832,7 +690,7 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         """The newest statistics of a completed job of every view (of one workspace, or all);
         ``with_stats=False`` leaves out the statistics themselves (``stats`` is ``{}``)."""
         where, params = ("AND s.workspace = ?", (workspace,)) if workspace else ("", ())
-        columns = _STATS_COLUMNS if with_stats else _STATS_COLUMNS.replace("s.stats", "'{}'")
+        columns = STATS_COLUMNS if with_stats else STATS_COLUMNS.replace("s.stats", "'{}'")
         rows = self._con().execute(
             f"SELECT {columns} FROM job_stats s JOIN jobs j ON j.id = s.job_id WHERE "
             "j.status IN ('succeeded', 'warning') AND s.created_at = (SELECT max(t.created_at) "
@@ -841,7 +699,7 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
             "ORDER BY s.workspace, s.view",
             params,
         )
-        return [_stats_record(r) for r in rows]
+        return [stats_record(r) for r in rows]
 
     def list_alerts(
         self,
@@ -856,16 +714,16 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         if open_only:
             where = f"{where} AND resolved_at IS NULL" if where else "WHERE resolved_at IS NULL"
         rows = self._con().execute(
-            f"SELECT {_ALERT_COLUMNS} FROM alerts {where} ORDER BY updated_at DESC LIMIT ?",
+            f"SELECT {ALERT_COLUMNS} FROM alerts {where} ORDER BY updated_at DESC LIMIT ?",
             (*params, limit),
         )
-        return [_alert_record(r) for r in rows]
+        return [alert_record(r) for r in rows]
 
     # -- API keys --------------------------------------------------------------------------
     def insert_api_key(self, record: ApiKeyRecord) -> None:
         with self._transaction() as con:
             con.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
                     record.key_hash,
@@ -883,7 +741,7 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
     def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
         row = (
             self._con()
-            .execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+            .execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
             .fetchone()
         )
         return ApiKeyRecord(*row) if row else None
@@ -893,7 +751,7 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
     ) -> list[ApiKeyRecord]:
         where, params = _where(workspace=workspace, principal=principal)
         rows = self._con().execute(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys {where} ORDER BY principal, created_at", params
+            f"SELECT {KEY_COLUMNS} FROM api_keys {where} ORDER BY principal, created_at", params
         )
         return [ApiKeyRecord(*r) for r in rows]
 
@@ -941,7 +799,7 @@ def _write_alert(
         )
         return
     con.execute(
-        f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES "
+        f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES "
         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
         (alert.id, workspace, view, alert.kind, alert.subject, alert.severity, alert.message,
          json.dumps(alert.details), alert.job_id, now, now),
@@ -956,81 +814,6 @@ def _migrate(con: sqlite3.Connection, statement: str) -> None:
     except sqlite3.OperationalError as exc:
         if not ("ADD COLUMN" in statement and "duplicate column name" in str(exc)):
             raise
-
-
-def _abandonment(
-    host: str | None,
-    pid: int | None,
-    start: str | None,
-    beat: float | None,
-    expires: float | None,
-    now: float,
-) -> tuple[str, bool] | None:
-    """``(error, judged by the lease)`` for a running job whose owner is gone; None while it may
-    still run."""
-    owner = None if host is None or pid is None else ProcessIdentity(host, pid, start or "")
-    if owner is not None:
-        alive = owner_alive(owner)
-        if alive is True:
-            return None
-        if alive is False:
-            return (
-                f"{ABANDONED}: its process ({owner.label}) ended without finishing the job",
-                False,
-            )
-    if expires is not None and expires < now:
-        seen = "never" if beat is None else datetime.fromtimestamp(beat, UTC).isoformat()
-        who = owner.label if owner is not None else "an unknown process"
-        return (
-            f"{ABANDONED}: no heartbeat from {who} since {seen}; its lease expired",
-            True,
-        )
-    return None
-
-
-class _LeaseKeeper:
-    """Renews the leases of the jobs a registry object started, from one daemon thread that
-    runs while any of them is unfinished (and closes its own connection when it stops)."""
-
-    def __init__(self, registry: SQLiteRegistry) -> None:
-        self._registry = registry
-        self._jobs: set[str] = set()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def hold(self, job_id: str) -> None:
-        with self._lock:
-            self._jobs.add(job_id)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="contextkit-job-leases", daemon=True
-                )
-                self._thread.start()
-
-    def release(self, job_id: str) -> None:
-        with self._lock:
-            self._jobs.discard(job_id)
-            if not self._jobs:
-                self._wake.set()
-
-    def _run(self) -> None:
-        interval = self._registry.job_lease_s / 4
-        try:
-            while True:
-                self._wake.wait(interval)
-                with self._lock:
-                    self._wake.clear()
-                    held = sorted(self._jobs)
-                    if not held:
-                        self._thread = None
-                        return
-                try:
-                    self._registry.renew_job_leases(held)
-                except sqlite3.Error as exc:  # the next beat retries; the lease has slack
-                    log.warning("could not renew the leases of jobs %s: %s", held, exc)
-        finally:
-            self._registry.close()
 
 
 def _where(**equals: Any) -> tuple[str, list[Any]]:
