@@ -8,7 +8,7 @@ PORT   ?= 8000
 QS     := examples/quickstart
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format bench clean quickstart-data chromium servers
+.PHONY: install run test test-slow test-fast lint format bench clean quickstart-data chromium servers
 
 install: $(STAMP)
 
@@ -32,8 +32,14 @@ run: quickstart-data
 	$(PY) $(QS)/setup.py
 	$(CK) serve --repo $(QS) --workspace prod --port $(PORT) --no-auth
 
+# `make test`: every test but the slow ones (a two-node Ray cluster, several serving nodes on
+# PostgreSQL/Redis/S3, a real browser): about 10 minutes on 2 quiet cores. CI (.ci/run) runs
+# both, so the slow tests gate every change too.
 test: install chromium servers
-	$(PY) -m pytest -q -n 2 --durations=10
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=10
+
+test-slow: install chromium servers
+	$(PY) -m pytest -q -n 2 -m slow --durations=10
 
 # The web UI test drives Debian's Chromium through Playwright (never `playwright install`).
 # Installed where apt-get can (as root); a no-op when it is there, and never fails the build.
@@ -64,6 +70,7 @@ servers:
 		|| { echo "note: redis-server or postgresql missing: the backend tests will be skipped"; \
 		     [ "$$CI" != true ] || { echo "CI=true: $(SERVER_PACKAGES) are required"; exit 1; }; }
 
+# The inner loop: no system packages installed first (tests needing a missing server skip).
 test-fast: install
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
