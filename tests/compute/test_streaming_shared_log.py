@@ -155,3 +155,54 @@ def test_an_ingest_while_postgres_is_down_is_a_503_and_writes_nothing(nodes, pos
     assert served(b, [3])["last_click.price"] == [None]  # nothing was applied
     assert b.ingest("clicks", [{"record": record, "idempotency_key": "pg-down"}]).accepted == 1
     assert served(a, [3])["last_click.price"] == [1.5]
+
+
+def test_a_read_only_database_role_serves_but_refuses_ingest_and_writes_nothing(
+    tmp_path, postgres_server, redis_server
+):
+    """A serving node may connect with a role that can only read the registry database: it
+    serves, and an ingest on it (which writes the shared log) is a 503 naming the role and the
+    refused table, writing nothing."""
+    import psycopg
+
+    owner_url = postgres_server.create_database()
+    prefix = f"ck:{uuid.uuid4().hex[:8]}"
+
+    def repo(name: str, registry: str):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "defs.py").write_text(DEFS)
+        (root / "contextkit.yaml").write_text(
+            f"project: shop\nregistry: {registry}\n"
+            f"online_store: {{url: '{redis_server.url}', prefix: '{prefix}'}}\n"
+            f"offline_store: {tmp_path / 'offline'}\n"
+        )
+        return root
+
+    owner_root = repo("owner", owner_url)
+    owner = contextkit.connect(owner_root, workspace="prod")
+    owner.create_workspace("prod", live=True)
+    owner.apply(owner.plan(owner_root))
+    now = datetime.now(UTC).isoformat()
+    ingest_records(owner, "clicks", [{"user_id": 1, "price": 2.5, "ts": now}])
+    role = f"reader_{uuid.uuid4().hex[:8]}"  # roles are cluster-wide: one per test run
+    with psycopg.connect(owner_url, autocommit=True) as con:
+        con.execute(f"CREATE ROLE {role} LOGIN")
+        con.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        con.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    reader_url = owner_url.replace(f"{postgres_server.user}@", f"{role}@")
+    node = contextkit.connect(repo("node", reader_url), workspace="prod")
+    try:
+        assert served(node, [1])["last_click.price"] == [2.5]
+        with pytest.raises(ContextKitError) as refused:
+            node.ingest("clicks", [{"user_id": 2, "price": 9.0, "ts": now}])
+        error = refused.value
+        assert (error.code, error.http_status) == ("store_error", 503)
+        assert role in error.message and "permission denied" in error.message
+        assert "role that may write" in error.hint
+        assert served(owner, [2])["last_click.price"] == [None]
+        log = ingest_log(owner)
+        assert len(log.read_log(log_table("prod", "clicks"), ["price"], 0, 10)) == 1
+    finally:
+        node.close()
+        owner.close()
