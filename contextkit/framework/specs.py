@@ -278,6 +278,19 @@ class SearchSpec(_Spec):
     # a reranker stage: {"model": "local:<folder>" | <litellm rerank model>, "depth": 50, ...}
     rerank: dict[str, Any] | None = None
 
+    def ranking(self) -> dict[str, Any]:
+        """How its hits are found and ranked, as ``search_view``'s keyword arguments (mode,
+        grouping, fusion, depth, weights, reranker): one source for the online search and the
+        same search in rendered datasets, so the two cannot drift apart."""
+        return {
+            "mode": self.mode,
+            "group_by": self.group_by,
+            "fusion": self.fusion,
+            "depth": self.depth,
+            "weights": self.weights,
+            "rerank": self.rerank,
+        }
+
 
 class RequestFieldSpec(_Spec):
     """A request-context value a prompt reads, with its type; optional ones have a default."""

@@ -459,12 +459,7 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
                             vector=vector() if spec.mode != "text" else None,
                             top_k=top_k,
                             filter=filter_,
-                            mode=spec.mode,
-                            group_by=spec.group_by,
-                            fusion=spec.fusion,
-                            depth=spec.depth,
-                            weights=spec.weights,
-                            rerank=spec.rerank,
+                            **spec.ranking(),
                             root=ctx.config.root.resolve(),
                         )
 

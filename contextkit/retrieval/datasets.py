@@ -593,12 +593,7 @@ def _search_rows(
                 vector=vectors.get(texts[i]) if spec.mode != "text" else None,
                 top_k=top_k,
                 filter=filter_,
-                mode=spec.mode,
-                group_by=spec.group_by,
-                fusion=spec.fusion,
-                depth=spec.depth,
-                weights=spec.weights,
-                rerank=spec.rerank,
+                **spec.ranking(),
                 root=runtime.config.root.resolve(),
                 version=versions[i],
             ).hits
