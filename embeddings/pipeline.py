@@ -70,7 +70,10 @@ SYSTEM_COLUMNS = (
     "vector",
     "updated_at",
 )
-"""Column names the vector table reserves (``updated_at`` is added by the store)."""
+"""Column names the vector table reserves (``updated_at`` is added by the store).
+
+The store spells the same tuple (``contextkit.stores.vector.SYSTEM_COLUMNS``: leaves do not import
+each other); tests/embeddings/test_system_columns.py keeps the two equal."""
 
 _ENCODE, _REFRESH = 0, 1
 # How many encoder batches are ordered by text length together (see EncodePlan._run).
