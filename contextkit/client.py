@@ -499,9 +499,10 @@ class Context:
             result.prompt["messages"], result.documents["products"], result.features
 
         ``top_k``/``filter`` override every search's; ``searches={"products": {"top_k": 3}}``
-        one search's. A service declared with ``cache=`` answers identical searches from this
-        process's serving cache; ``cache=False`` searches the vector store (and leaves the cache
-        as it was). Bad input raises :class:`BadRequestError` naming the field.
+        one search's. A service declared with ``cache=`` answers the features of the same
+        entity and request context, and identical searches, from this process's serving cache;
+        ``cache=False`` reads the stores (and leaves the cache as it was). Bad input raises
+        :class:`BadRequestError` naming the field.
         """
         from contextkit.retrieval.assemble import assemble
 

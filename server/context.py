@@ -52,8 +52,9 @@ class ContextRequestBody(BaseModel):
     render: bool = Field(True, description="Render the prompt.")
     cache: bool = Field(
         True,
-        description="False: search without the service's serving cache (a service declared "
-        "with cache= answers identical searches from memory).",
+        description="False: read features and search without the service's serving cache, "
+        "leaving it as it was (a service declared with cache= answers the features of the same "
+        "entity and request context, and identical searches, from memory).",
     )
     complete: bool = Field(False, description="Also call the LLM (through litellm).")
     stream: bool = Field(False, description="With complete: stream the answer as SSE.")

@@ -185,7 +185,7 @@ class ContextRequest:
     complete: bool
     model: str | None
     params: dict[str, Any]
-    cache: bool = True  # False: search without the serving cache (and leave it as it was)
+    cache: bool = True  # False: read features and search without the serving cache (as it was)
 
 
 def parse_request(
@@ -416,7 +416,11 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
         if plan.reader is not None:
             wanted = {name for name, _ in plan.reader.request_fields}
             context = {k: v for k, v in request.request.items() if k in wanted}
-            value = plan.reader.read(ctx.online, request.entities, context)
+            # A service declared with cache= keeps them (keyed by keys and request context).
+            value = serving_cache(ctx).context_features(
+                ctx, plan.reader, plan.cache_seconds, request.entities, context,
+                read=request.cache, write=request.cache,
+            )  # fmt: skip
         return [("features", value, (time.perf_counter() - began) * 1000)]
 
     def query_text(spec: SearchSpec) -> str:

@@ -31,6 +31,15 @@ job of each embedding view searched, so an apply or a materialization of the vie
 them; documents pushed to a view without a job are seen once the entry expires. They share the
 LRU's bound with the entity rows (one entry per search) and are counted apart
 (``contextkit_serving_cache_search_{hits,misses,bypassed}_total``).
+
+Context features. The features of a context request of a cached service have entries of their
+own (:meth:`ServingCache.context_features`): its plan reads the service's features and its
+prompt's, and may read request context for realtime views, so the entry is keyed by the feature
+columns read and those request-context values (each with its type) besides the join keys. Their
+generation is the workspace's version and the last completed job of each batch view read, as for
+``/v1/features``; they count as entity rows in the same counters (``hits``, ``misses``,
+``bypassed``) and share the LRU's bound. ``cache: false`` in ``/v1/context`` bypasses them and
+leaves them as they were.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import ConfigError
@@ -106,15 +116,61 @@ class ServingCache:
             rows = _row_keys(reader, entities)
         if rows is None:  # not a cached service, or keys that are never cached: as uncached
             return reader.read(runtime.online, entities, request_context)
+        prefix = (reader.workspace, reader.service, generation)
+        return self._rows(
+            runtime, reader, prefix, ttl, rows, entities, request_context, read=read, write=write
+        )
+
+    def context_features(
+        self,
+        runtime: Runtime,
+        reader: ServiceReader,
+        ttl: float | None,
+        entities: Mapping[str, Sequence[Any] | Any],
+        request_context: Mapping[str, Any] | None = None,
+        *,
+        read: bool = True,
+        write: bool = True,
+    ) -> OnlineFeatures:
+        """The features of a context request (``ctx.get_context``, ``/v1/context``) of a service
+        cached for ``ttl`` seconds (None: not cached). ``reader`` is the request's plan's: the
+        service's features and its prompt's, so its entries are its own, keyed by its feature
+        columns and the request-context values its realtime views read, besides the keys."""
+        rows = _row_keys(reader, entities) if ttl is not None else None
+        context = _context_key(reader, request_context) if rows is not None else None
+        if rows is None or context is None:
+            return reader.read(runtime.online, entities, request_context)
+        batch_views = [r.view for r in reader.reads if r.kind == "batch"]
+        generation = self._views_generation(runtime, reader.workspace, batch_views)
+        prefix = ("context", reader.workspace, reader.service, generation, reader.feature_names)
+        prefix = (*prefix, context)
+        return self._rows(
+            runtime, reader, prefix, ttl, rows, entities, request_context, read=read, write=write
+        )
+
+    def _rows(
+        self,
+        runtime: Runtime,
+        reader: ServiceReader,
+        prefix: tuple[Any, ...],
+        ttl: float,
+        rows: list[tuple[Any, ...]],
+        entities: Mapping[str, Sequence[Any] | Any],
+        request_context: Mapping[str, Any] | None,
+        *,
+        read: bool,
+        write: bool,
+    ) -> OnlineFeatures:
+        """``rows`` (join key values) under ``prefix``: hits from memory, misses read together."""
         service = reader.service
         if not read:
             _count(self.bypassed, service, len(rows), self._lock)
             result = reader.read(runtime.online, entities, request_context)
             if write:
-                self._store(reader, generation, ttl, rows, result)
+                fresh = _entries_of(result, ttl + time.monotonic())
+                self._put(prefix, zip(rows, fresh, strict=True))
             return result
         now = time.monotonic()
-        prefix = (reader.workspace, service, generation)
         found: dict[tuple[Any, ...], _Entry] = {}
         missing: list[tuple[Any, ...]] = []
         with self._lock:
@@ -162,7 +218,7 @@ class ServingCache:
         is there, else ``compute()``, kept for the next one. The caller gets its own copy."""
         if ttl is None:
             return compute()
-        prefix = ("search", workspace, service, self._search_generation(runtime, workspace, views))
+        prefix = ("search", workspace, service, self._views_generation(runtime, workspace, views))
         full = (*prefix, key)
         if not read:
             _count(self.search_bypassed, service, 1, self._lock)
@@ -184,9 +240,10 @@ class ServingCache:
         return value
 
     # -- internals --------------------------------------------------------------------------
-    def _search_generation(self, runtime: Runtime, workspace: str, views: Sequence[str]) -> Any:
+    def _views_generation(self, runtime: Runtime, workspace: str, views: Sequence[str]) -> Any:
+        """The workspace's version and the last completed job of each of ``views``."""
         token = runtime.registry.change_token()
-        key = (workspace, "search", *sorted(views))
+        key = (workspace, "views", *sorted(views))
         known = self._generations.get(key)  # type: ignore[call-overload]
         if known is not None and known[0] == token:
             return known[1]
@@ -222,17 +279,6 @@ class ServingCache:
         generation = (specs.workspace.version, jobs)
         self._generations[key] = (token, generation, ttl)
         return generation, ttl
-
-    def _store(
-        self,
-        reader: ServiceReader,
-        generation: Hashable,
-        ttl: float,
-        rows: list[tuple[Any, ...]],
-        result: OnlineFeatures,
-    ) -> None:
-        fresh = _entries_of(result, ttl + time.monotonic())
-        self._put((reader.workspace, reader.service, generation), zip(rows, fresh, strict=True))
 
     def _put(self, prefix: tuple[Any, ...], items: Any) -> None:
         with self._lock:
@@ -310,6 +356,35 @@ def _row_keys(
     if any(len(c) != n for c in columns):
         return None
     return list(zip(*columns, strict=True))
+
+
+def _context_key(
+    reader: ServiceReader, request_context: Mapping[str, Any] | None
+) -> tuple[Any, ...] | None:
+    """The request-context values ``reader``'s realtime views read, as part of a cache key
+    (each with its type, so ``1``, ``1.0`` and ``True`` differ), or None when one of them is not
+    a plain value (the request is then answered as uncached)."""
+    given = request_context or {}
+    out = []
+    for name, _ in reader.request_fields:
+        value = _plain(given.get(name))
+        if value is _UNCACHEABLE:
+            return None
+        out.append((name, value))
+    return tuple(out)
+
+
+_UNCACHEABLE = object()
+_PLAIN_TYPES = (type(None), bool, int, float, str, datetime)
+
+
+def _plain(value: Any) -> Any:
+    if type(value) in _PLAIN_TYPES:
+        return (type(value).__name__, value)
+    if isinstance(value, list | tuple):
+        items = tuple(_plain(v) for v in value)
+        return _UNCACHEABLE if _UNCACHEABLE in items else ("list", items)
+    return _UNCACHEABLE
 
 
 def _entries_of(result: OnlineFeatures, expires: float) -> list[_Entry]:
