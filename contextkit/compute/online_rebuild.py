@@ -9,8 +9,12 @@
   its sources: the online part of materialization is run again, adding nothing offline. The
   offline rows of a job's range end before its end, so a source row timestamped exactly at the
   watermark is served after a rebuild from sources but not from the offline store.
-* Stream views: every row of the durable ingest log is applied again, in seq order
-  (:func:`contextkit.compute.streaming.rebuild_stream_views`).
+* Stream views: their push source's ``batch_source`` history (its rows, read as materialization
+  reads a FileSource, less those equal to a logged record: one event counted once), then every
+  row of the durable ingest log (rows pruned after their flush read back from the offline
+  Parquet log), through the same tile and latest-value merges as ingest, in seq order
+  (:func:`contextkit.compute.streaming.rebuild_stream_views`): the answers served before the
+  online store was lost.
 
 ``contextkit online rebuild [VIEW]`` runs :func:`rebuild_online`; serving runs
 :func:`rebuild_if_empty` at start-up, which rebuilds only the views the registry says were
@@ -31,12 +35,15 @@ from contextkit.compute.materialize import (
     online_rows_sql,
     replace_online_table,
 )
-from contextkit.compute.streaming import rebuild_stream_views, stream_views_to_rebuild
+from contextkit.compute.streaming import (
+    ingest_log,
+    rebuild_stream_views,
+    stream_views_to_rebuild,
+)
 from contextkit.errors import NotFoundError, WorkspaceError
 from contextkit.framework import transformations
 from contextkit.framework.specs import FeatureViewSpec
 from contextkit.framework.transformations import EVENT_TIMESTAMP, quote, ts_literal
-from contextkit.stores.online import SQLiteOnlineStore
 
 if TYPE_CHECKING:
     from contextkit.framework.workspace import Runtime
@@ -179,10 +186,12 @@ def views_to_rebuild(runtime: Runtime) -> list[str]:
 
 
 def rebuilds_on_start(runtime: Runtime) -> bool:
-    """Whether serving start-up checks the online store for lost values: not for the embedded
-    SQLite store, which holds its own log (a missing or damaged file is reported, 503, not
-    silently recomputed)."""
-    return not isinstance(runtime.online, SQLiteOnlineStore)
+    """Whether serving start-up checks the online store for lost values: whenever the online
+    store is not the durable ingest log itself (Redis; a node's SQLite file beside the
+    PostgreSQL registry's log, which a node's new or lost disk empties). Not for the embedded
+    SQLite store with a SQLite registry, which holds its own log (a missing or damaged file is
+    reported, 503, not silently recomputed)."""
+    return ingest_log(runtime) is not runtime.online
 
 
 def rebuild_if_empty(runtime: Runtime) -> RebuildResult | None:

@@ -1,5 +1,6 @@
 """The ingest log's offline side: flushing logged rows to the offline store as Parquet, and
-reading every event of a push source (batch source, flushed Parquet, unflushed log) as Arrow."""
+reading every event of a push source (batch source history, flushed Parquet, unflushed log) as
+Arrow."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from contextkit.compute.layout import log_table
 from contextkit.compute.streaming.durable import ingest_log
+from contextkit.compute.streaming.history import batch_rows, history, log_schema
 from contextkit.compute.streaming.records import from_us, stored_value
 from contextkit.framework.specs import PushSourceSpec
-from contextkit.framework.transformations import quote
-from contextkit.types import Bool, String, Timestamp, arrow_type
+from contextkit.types import Bool, String, Timestamp
 
 if TYPE_CHECKING:
     from contextkit.framework.workspace import Runtime
@@ -18,26 +19,29 @@ if TYPE_CHECKING:
 
 def log_arrow(ctx: Runtime, workspace: str, source: PushSourceSpec):
     """Every event of a push source as one Arrow table, with ``__seq`` (arrival order): the
-    batch source's rows (negative seqs, in file order), the Parquet log (what
-    :func:`flush_log` moved there) and the rows of the ingest log not flushed yet. A row flushed
-    twice (a crash between the Parquet write and the watermark) is read once."""
+    batch source's history (its rows no logged record cancels, negative seqs in file order: see
+    :mod:`~contextkit.compute.streaming.history`) and every logged record (:func:`logged_events`).
+    """
+    import pyarrow as pa
+
+    logged = logged_events(ctx, workspace, source)
+    batch = batch_rows(ctx, source)
+    if batch is None or not batch.num_rows:
+        return logged
+    return pa.concat_tables([history(source, batch, logged), logged])
+
+
+def logged_events(ctx: Runtime, workspace: str, source: PushSourceSpec):
+    """Every record logged for a push source, in seq order, as an Arrow table with ``__seq``:
+    the Parquet log (what :func:`flush_log` moved there) and the rows of the ingest log not
+    flushed yet. A row flushed twice (a crash between the Parquet write and the watermark) is
+    read once."""
     import pyarrow as pa
 
     from contextkit.framework import transformations
 
-    schema = _log_schema(source)
+    schema = log_schema(source)
     parts = []
-    if source.batch_source:
-        batch = ctx.specs().sources[source.batch_source]
-        con = transformations.connect_duckdb()
-        try:
-            cols = ", ".join(quote(c.name) for c in source.columns)
-            scan = transformations.source_scan_sql(batch, ctx.config.root.resolve(), con)
-            table = con.sql(f"SELECT {cols} FROM ({scan})").to_arrow_table()
-        finally:
-            con.close()
-        seq = pa.array(range(-table.num_rows, 0), pa.int64())
-        parts.append(table.append_column("__seq", seq).cast(schema))
     flushed = ctx.offline.dataset(log_table(workspace, source.name))  # local or S3
     if flushed is not None:
         parts.append(flushed.to_table(columns=schema.names).cast(schema))
@@ -46,18 +50,22 @@ def log_arrow(ctx: Runtime, workspace: str, source: PushSourceSpec):
         parts.append(unflushed)
     if not parts:
         return schema.empty_table()
+    if flushed is None:  # the ingest log alone: each seq once already
+        return parts[0]
     table = pa.concat_tables(parts)
-    if len(parts) > 1:  # read each seq once
-        con = transformations.connect_duckdb()
-        try:
-            con.register("__log", table)
-            table = con.sql(
+    con = transformations.connect_duckdb()
+    try:  # each seq once, in order
+        con.register("__log", table)
+        return (
+            con.sql(
                 "SELECT * FROM __log QUALIFY row_number() OVER (PARTITION BY __seq) = 1 "
                 "ORDER BY __seq"
-            ).to_arrow_table()
-        finally:
-            con.close()
-    return table
+            )
+            .to_arrow_table()
+            .cast(schema)
+        )
+    finally:
+        con.close()
 
 
 def flush_log(ctx: Runtime, workspace: str, source: PushSourceSpec) -> int:
@@ -128,19 +136,11 @@ def _flushed_seq(ctx: Runtime, workspace: str, source: PushSourceSpec) -> int:
     return int(ctx.registry.get_setting(_flushed_key(workspace, source)) or 0)
 
 
-def _log_schema(source: PushSourceSpec):
-    import pyarrow as pa
-
-    return pa.schema(
-        [(c.name, arrow_type(c.dtype or String)) for c in source.columns] + [("__seq", pa.int64())]
-    )
-
-
 def _logged_rows(ctx: Runtime, workspace: str, source: PushSourceSpec, after_seq: int):
     """The log's rows after ``after_seq``, typed, as an Arrow table with ``__seq``."""
     import pyarrow as pa
 
-    schema = _log_schema(source)
+    schema = log_schema(source)
     rows = ingest_log(ctx).read_log(
         log_table(workspace, source.name), [c.name for c in source.columns], after_seq, 2**62
     )

@@ -10,10 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.layout import log_table
 from contextkit.compute.streaming.durable import ingest_log
-from contextkit.compute.streaming.latest import upsert_latest
-from contextkit.compute.streaming.log import apply_log, unseen
+from contextkit.compute.streaming.log import (
+    apply_log,
+    apply_records,
+    consume_history,
+    history_loaded,
+    load_history,
+    unseen,
+)
 from contextkit.compute.streaming.records import IngestResult, Record, check_records, stored_value
-from contextkit.compute.streaming.tiles import merge_tiles
 from contextkit.errors import (
     BadRequestError,
     BatchTooLargeError,
@@ -149,11 +154,14 @@ def _write(
         rows = [[r.ingest_id, *(stored_value(t, r.values[n]) for n, t in columns)] for r in fresh]
         first_seq, _last = w.append_log(log, [n for n, _ in columns], rows, epoch_micros(now))
         seqs = {id(r): first_seq + i for i, r in enumerate(fresh)}
-        for view in views:
-            if view.is_aggregate:
-                merge_tiles(w, workspace, view, fresh, seqs, now)
-            else:
-                upsert_latest(w, workspace, view, fresh, seqs)
+        applied = fresh
+        if source.batch_source:  # the history first, read as committed (before this append)
+            upto = history_loaded(w, workspace, source)
+            if upto is None:
+                load_history(ctx, w, workspace, source, views, now)
+                upto = first_seq - 1
+            applied = consume_history(w, workspace, source, fresh, seqs, upto)
+        apply_records(w, workspace, views, applied, seqs, now)
         return fresh
 
     return ctx.online.transact(work)

@@ -1,7 +1,7 @@
 """Applying the durable ingest log to the online store: the per-source applied marker,
 ``apply_log`` (each logged row applied once, whichever node does it; rows the log no longer
-holds, pruned after their flush, are read from the offline Parquet log) and restoring stream
-views."""
+holds, pruned after their flush, are read from the offline Parquet log), loading a batch
+source's history first (``load_history``, ``consume_history``) and restoring stream views."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.layout import log_table, online_table, tiles_table
 from contextkit.compute.streaming.durable import ingest_log
-from contextkit.compute.streaming.flush import flushed_log_rows
+from contextkit.compute.streaming.flush import flushed_log_rows, logged_events
+from contextkit.compute.streaming.history import batch_rows, history, row_digest
 from contextkit.compute.streaming.latest import upsert_latest
-from contextkit.compute.streaming.records import US, Record, typed_value
-from contextkit.compute.streaming.tiles import merge_tiles
+from contextkit.compute.streaming.records import US, Record, stored_value, typed_value
+from contextkit.compute.streaming.tiles import merge_tiles, retained_us, tile_of
 from contextkit.framework.specs import PushSourceSpec, StreamFeatureViewSpec
 from contextkit.stores.errors import WriteConflict
-from contextkit.types import Int64, String
+from contextkit.types import Int64, String, epoch_micros
 
 if TYPE_CHECKING:
     from contextkit.framework.workspace import Runtime
@@ -34,6 +35,17 @@ def applied_table(workspace: str, source: str) -> str:
     return f"{log_table(workspace, source)}__applied"
 
 
+def history_table(workspace: str, source: str) -> str:
+    """The online table counting, by digest, the batch source history rows the online store
+    holds that a record logged later may turn out to be (see :func:`load_history`)."""
+    return f"{log_table(workspace, source)}__history"
+
+
+def _history_key(workspace: str, source: str) -> str:
+    """The row of :func:`applied_table` saying the history is loaded, and against which seq."""
+    return f"{log_table(workspace, source)}#history"
+
+
 def apply_log(
     ctx: Runtime,
     workspace: str,
@@ -45,18 +57,23 @@ def apply_log(
     """Apply the durable log's rows the online store has not applied yet (after the seq kept in
     :func:`applied_table`), in seq order, in watched transactions: each row is applied once,
     whichever node or request does it. Rows the log no longer holds (pruned by the scheduler
-    after their flush) come from the offline Parquet log. Returns how many rows were applied."""
+    after their flush) come from the offline Parquet log. A source with a ``batch_source`` has
+    its history loaded first (:func:`load_history`). Returns how many rows were applied."""
     log = log_table(workspace, source.name)
     marker = applied_table(workspace, source.name)
+    mark = _history_key(workspace, source.name)
     durable = ingest_log(ctx)
     names = [c.name for c in source.columns]
     total = 0
-    from_flushed = False  # the last batch came from the offline Parquet log
 
-    def work(w) -> int:
-        nonlocal from_flushed
+    def work(w) -> tuple[int, bool]:
+        """Rows applied, and whether to go on (more may be waiting)."""
         w.ensure_table(marker, [("log", String)], [("seq", Int64)])
-        row = w.get(marker, ["log"], [(log,)], ["seq"]).get((log,))
+        found = w.get(marker, ["log"], [(log,), (mark,)], ["seq"])
+        if source.batch_source and (mark,) not in found:
+            # A transaction of its own: on Redis, reads do not see the transaction's writes.
+            return load_history(ctx, w, workspace, source, views, now), True
+        row = found.get((log,))
         done = int(row[0]) if row and row[0] is not None else 0
         pending = durable.read_log(log, names, done, batch)
         # Seqs have no holes: rows missing between the marker and the log's first row (or a
@@ -69,28 +86,19 @@ def apply_log(
             if older:
                 pending, from_flushed = older, True
         if not pending:
-            return 0
-        records, seqs = [], {}
-        for i, (seq, *values) in enumerate(pending):
-            typed = {
-                c.name: typed_value(c.dtype or String, v)
-                for c, v in zip(source.columns, values, strict=True)
-            }
-            record = Record(i, typed, values[names.index(source.timestamp_field)], None)
-            records.append(record)
-            seqs[id(record)] = seq
-        for view in views:
-            if view.is_aggregate:
-                merge_tiles(w, workspace, view, records, seqs, now)
-            else:
-                upsert_latest(w, workspace, view, records, seqs)
+            return 0, False
+        records, seqs = log_records(source, pending)
+        loaded_upto = found.get((mark,))
+        if loaded_upto is not None:
+            records = consume_history(w, workspace, source, records, seqs, int(loaded_upto[0]))
+        apply_records(w, workspace, views, records, seqs, now)
         w.upsert(marker, ["log", "seq"], [[log, pending[-1][0]]])
-        return len(pending)
+        return len(pending), from_flushed or len(pending) == batch
 
     conflicts = 0
     while True:
         try:
-            applied = ctx.online.transact(work)
+            applied, more = ctx.online.transact(work)
         except WriteConflict:
             # Each conflict is another applier's commit (another request or node): progress.
             # Back off a little and read the marker again, so rows logged here are applied
@@ -101,16 +109,157 @@ def apply_log(
             time.sleep(random.uniform(0, 0.002 * min(conflicts, 10)))
             continue
         total += applied
-        if applied == 0 or (applied < batch and not from_flushed):
+        if not more:
             return total
+
+
+def log_records(source: PushSourceSpec, rows: Sequence[tuple]) -> tuple[list[Record], dict]:
+    """Logged rows ``(seq, *values)`` (the stores' native form) as records, and their seqs (by
+    the record's id), as ingest applies them."""
+    names = [c.name for c in source.columns]
+    at = names.index(source.timestamp_field)
+    records, seqs = [], {}
+    for i, (seq, *values) in enumerate(rows):
+        typed = {
+            c.name: typed_value(c.dtype or String, v)
+            for c, v in zip(source.columns, values, strict=True)
+        }
+        record = Record(i, typed, values[at], None)
+        records.append(record)
+        seqs[id(record)] = seq
+    return records, seqs
+
+
+def apply_records(w, workspace: str, views, records: list[Record], seqs: dict, now) -> None:
+    """Merge records into the stream views' online state: tiles or latest values."""
+    if not records:
+        return
+    for view in views:
+        if view.is_aggregate:
+            merge_tiles(w, workspace, view, records, seqs, now)
+        else:
+            upsert_latest(w, workspace, view, records, seqs)
+
+
+def history_loaded(w, workspace: str, source: PushSourceSpec) -> int | None:
+    """The log seq the source's history was loaded against (None: not loaded), read in ``w``'s
+    transaction."""
+    marker = applied_table(workspace, source.name)
+    w.ensure_table(marker, [("log", String)], [("seq", Int64)])
+    key = _history_key(workspace, source.name)
+    row = w.get(marker, ["log"], [(key,)], ["seq"]).get((key,))
+    return None if row is None else int(row[0])
+
+
+def load_history(
+    ctx: Runtime,
+    w,
+    workspace: str,
+    source: PushSourceSpec,
+    views: list[StreamFeatureViewSpec],
+    now: datetime,
+) -> int:
+    """Load the batch source history (:mod:`~contextkit.compute.streaming.history`) into the
+    online state of the source's stream views, in ``w``'s transaction, and mark it loaded
+    against the log's last seq ``S`` read now (the records the history was computed against).
+    Returns the rows applied.
+
+    A record logged later (seq after ``S``) may equal a history row (the batch file was
+    exported after it was pushed): it is the same event, and :func:`consume_history` skips
+    it. For that, the digests of the history rows that still count in an aggregate window are
+    kept (table :func:`history_table`); older rows, and attribute views, need none: an equal
+    record counted again changes no retained tile and no latest value."""
+    logged = logged_events(ctx, workspace, source)
+    upto = max(logged.column("__seq").to_pylist(), default=0)
+    batch = batch_rows(ctx, source)
+    rows: list[tuple] = []
+    dtypes = [c.dtype or String for c in source.columns]
+    names = [c.name for c in source.columns]
+    if batch is not None and batch.num_rows:
+        kept = history(source, batch, logged)
+        rows = [
+            (r["__seq"], *(stored_value(t, r[n]) for t, n in zip(dtypes, names, strict=True)))
+            for r in kept.to_pylist()
+        ]
+    records, seqs = log_records(source, rows)
+    apply_records(w, workspace, views, records, seqs, now)
+    aggregates = [v for v in views if v.is_aggregate]
+    counts: dict[str, int] = {}
+    if aggregates and rows:
+        now_us = epoch_micros(now)
+        oldest = min(
+            tile_of(now_us, v.aggregation_interval_seconds) - retained_us(v) for v in aggregates
+        )
+        ts = names.index(source.timestamp_field) + 1
+        for row in rows:
+            if row[ts] is not None and row[ts] >= oldest:
+                digest = row_digest(dtypes, row[1:])
+                counts[digest] = counts.get(digest, 0) + 1
+    table = history_table(workspace, source.name)
+    w.ensure_table(table, [("digest", String)], [("n", Int64)])
+    if counts:
+        w.upsert(table, ["digest", "n"], [[d, n] for d, n in counts.items()])
+    w.ensure_table(applied_table(workspace, source.name), [("log", String)], [("seq", Int64)])
+    w.upsert(
+        applied_table(workspace, source.name),
+        ["log", "seq"],
+        [[_history_key(workspace, source.name), upto]],
+    )
+    return len(records)
+
+
+def consume_history(
+    w,
+    workspace: str,
+    source: PushSourceSpec,
+    records: list[Record],
+    seqs: dict,
+    loaded_upto: int,
+) -> list[Record]:
+    """The records to apply: those logged after the history was loaded (seq after
+    ``loaded_upto``) that equal a history row the online state counts are that row's event,
+    already counted; each uses up one count of its digest and is left out."""
+    later = [r for r in records if seqs[id(r)] > loaded_upto]
+    if not later:
+        return records
+    dtypes = [c.dtype or String for c in source.columns]
+    digests = {
+        id(r): row_digest(
+            dtypes,
+            [
+                stored_value(t, r.values[c.name])
+                for t, c in zip(dtypes, source.columns, strict=True)
+            ],
+        )
+        for r in later
+    }
+    table = history_table(workspace, source.name)
+    w.ensure_table(table, [("digest", String)], [("n", Int64)])
+    found = w.get(table, ["digest"], [(d,) for d in set(digests.values())], ["n"])
+    left = {key[0]: int(row[0] or 0) for key, row in found.items()}
+    if not any(left.values()):
+        return records
+    used: set[str] = set()
+    kept = []
+    for r in records:
+        digest = digests.get(id(r))
+        if digest is not None and left.get(digest, 0) > 0:
+            left[digest] -= 1
+            used.add(digest)
+            continue
+        kept.append(r)
+    w.upsert(table, ["digest", "n"], [[d, left[d]] for d in used])
+    return kept
 
 
 def rebuild_stream_views(
     ctx: Runtime, views: Sequence[str] | None = None, now: datetime | None = None
 ) -> dict[str, int]:
-    """Restore the online values of stream views (all, or those named) from the durable log:
-    their latest values and tiles are dropped and every logged row is applied again, in seq
-    order. Returns the rows applied per push source."""
+    """Restore the online values of stream views (all, or those named) from their push source's
+    events: their latest values and tiles are dropped, the batch source's history is loaded
+    (:func:`load_history`) and every logged row is applied again, in seq order: the answers
+    they gave before, a record in both the batch source and the log counted once. Returns the
+    rows applied per push source (history and log)."""
     specs = ctx.specs()
     workspace = specs.workspace.name
     now = now or datetime.now(UTC)
@@ -128,14 +277,15 @@ def rebuild_stream_views(
                 else online_table(workspace, view.name)
             )
         ctx.online.drop_table(applied_table(workspace, source.name))
+        ctx.online.drop_table(history_table(workspace, source.name))
         out[source.name] = apply_log(ctx, workspace, source, online_views, now)
     return out
 
 
 def stream_views_to_rebuild(ctx: Runtime) -> list[str]:
-    """Stream views whose push source has logged rows the online store has lost all trace of
-    (its applied marker is gone: an emptied Redis); the SQLite online store holds its own log,
-    so it has none."""
+    """Stream views whose push source has logged rows or a batch source, of which the online
+    store has no trace (its applied marker is gone: an emptied Redis, a node's new or lost
+    SQLite file); the SQLite online store that holds its own log has none."""
     durable = ingest_log(ctx)
     if durable is ctx.online:
         return []
@@ -144,7 +294,7 @@ def stream_views_to_rebuild(ctx: Runtime) -> list[str]:
     found = []
     for source in specs.push_sources.values():
         log = log_table(workspace, source.name)
-        if not durable.read_log(log, [], 0, 1):
+        if not source.batch_source and not durable.read_log(log, [], 0, 1):
             continue
         if ctx.online.has_table(applied_table(workspace, source.name)):
             continue

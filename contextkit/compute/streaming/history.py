@@ -1,0 +1,109 @@
+"""A push source's ``batch_source`` history: its rows that are not logged records.
+
+A push source may declare a ``batch_source``, a FileSource holding the same events from before
+pushing began (an export of the event table, say). Its rows and the ingest log's records are
+one set of events, for offline reads (:func:`~contextkit.compute.streaming.log_arrow`) and for
+the online values of the source's stream views (:mod:`~contextkit.compute.streaming.log`).
+
+**One event, counted once.** A batch row equal, column by column, to a logged record is that
+record: each logged record cancels one equal batch row (two equal rows in the file and one in
+the log are two events). The rows left are the *history*, numbered ``-n..-1`` in file order: before
+every logged seq, so on an event-time tie a logged record is the later arrival.
+
+**Digests** (:func:`row_digest`) name a row by its values in the stores' native form, so the
+online store can recognize a record logged later as a history row it already counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from contextkit.framework.specs import PushSourceSpec
+from contextkit.framework.transformations import quote
+from contextkit.types import Bool, Float64, Int64, String, Timestamp, arrow_type
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from contextkit.framework.workspace import Runtime
+
+
+def log_schema(source: PushSourceSpec) -> pa.Schema:
+    """The Arrow schema of a push source's events: its columns, then ``__seq``."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [(c.name, arrow_type(c.dtype or String)) for c in source.columns] + [("__seq", pa.int64())]
+    )
+
+
+def batch_rows(ctx: Runtime, source: PushSourceSpec) -> pa.Table | None:
+    """The batch source's rows, read as materialization reads a FileSource (local or s3://),
+    with ``__seq`` ``-n..-1`` in file order; None without a batch source."""
+    import pyarrow as pa
+
+    from contextkit.framework import transformations
+
+    if not source.batch_source:
+        return None
+    batch = ctx.specs().sources[source.batch_source]
+    con = transformations.connect_duckdb()
+    try:
+        cols = ", ".join(quote(c.name) for c in source.columns)
+        scan = transformations.source_scan_sql(batch, ctx.config.root.resolve(), con)
+        table = con.sql(f"SELECT {cols} FROM ({scan})").to_arrow_table()
+    finally:
+        con.close()
+    seq = pa.array(range(-table.num_rows, 0), pa.int64())
+    return table.append_column("__seq", seq).cast(log_schema(source))
+
+
+def history(
+    source: PushSourceSpec, batch: pa.Table, logged: pa.Table, upto: int | None = None
+) -> pa.Table:
+    """The rows of ``batch`` that no logged record (of ``logged``, those with ``__seq <= upto``
+    when given) cancels: the k-th copy of a row in the batch goes when the log holds k copies
+    of it. In seq order."""
+    from contextkit.framework import transformations
+
+    if not batch.num_rows or not logged.num_rows:
+        return batch
+    cols = [quote(c.name) for c in source.columns]
+    same = " AND ".join(f"b.{c} IS NOT DISTINCT FROM l.{c}" for c in cols)
+    copy = f"row_number() OVER (PARTITION BY {', '.join(cols)} ORDER BY __seq) AS __k"
+    where = "" if upto is None else f" WHERE __seq <= {int(upto)}"
+    con = transformations.connect_duckdb()
+    try:
+        con.register("__batch", batch)
+        con.register("__logged", logged)
+        return (
+            con.sql(
+                f"WITH b AS (SELECT *, {copy} FROM __batch), "
+                f"l AS (SELECT {', '.join(cols)}, {copy} FROM __logged{where}) "
+                f"SELECT b.* EXCLUDE (__k) FROM b ANTI JOIN l ON {same} AND b.__k = l.__k "
+                "ORDER BY b.__seq"
+            )
+            .to_arrow_table()
+            .cast(batch.schema)
+        )
+    finally:
+        con.close()
+
+
+def row_digest(dtypes: Sequence[str], values: Sequence[Any]) -> str:
+    """A short name of a row by its values in the stores' native form (timestamps as epoch
+    microseconds, booleans as 0/1): the same for a batch row and the equal logged record,
+    whichever store the log is in."""
+    norm = []
+    for dtype, v in zip(dtypes, values, strict=True):
+        if v is not None:
+            if dtype == Float64:
+                v = float(v)
+            elif dtype in (Int64, Timestamp, Bool):
+                v = int(v)
+        norm.append(v)
+    text = json.dumps(norm, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
