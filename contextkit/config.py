@@ -35,11 +35,13 @@ stores from it. Passwords in URLs are never shown: use :meth:`RepoConfig.describ
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contextkit.errors import ConfigError
 
@@ -196,8 +198,10 @@ class ComputeConfig(BaseModel):
     this process, the default) or ``ray``. A string is a shorthand: ``local``, ``ray`` (start a
     local Ray runtime on demand), or a Ray address, ``ray://host:port`` (Ray Client) or
     ``host:port`` (the head's GCS port), which joins that cluster. ``views`` picks the engine per
-    view; ``partitions`` is how many Ray tasks a job is split into (None: twice the cluster's
-    CPUs); an address that does not answer within ``connect_timeout_s`` fails the job."""
+    view; ``partitions`` is how many entity-hash buckets a job is split into (None: twice the
+    cluster's CPUs); ``time_chunk`` cuts a materialization's range into chunks of that much event
+    time (``7d``, ``12h``, ``90m``, seconds; None: one chunk), each chunk x bucket one Ray task;
+    an address that does not answer within ``connect_timeout_s`` fails the job."""
 
     model_config = ConfigDict(extra="forbid")
     engine: Engine = "local"
@@ -205,7 +209,13 @@ class ComputeConfig(BaseModel):
     views: dict[str, Engine] = {}
     embedding: EmbeddingComputeConfig = EmbeddingComputeConfig()
     partitions: int | None = Field(None, gt=0)
+    time_chunk: timedelta | None = None
     connect_timeout_s: float = Field(15.0, gt=0)
+
+    @field_validator("time_chunk", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _duration(value, "compute.time_chunk")
 
     @model_validator(mode="before")
     @classmethod
@@ -256,6 +266,23 @@ def _host_port(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{address} is not a Ray address: expected ray://host:port or host:port")
     return host.strip("[]"), int(port)
+
+
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _duration(value: Any, what: str) -> Any:
+    """``7d``, ``12h``, ``30m``, ``90s``, ``2w`` or a number of seconds, as a positive timedelta
+    (None stays None; anything else is left to pydantic's own timedelta parsing)."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([wdhms])\s*", value)
+        if match:
+            value = timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        value = timedelta(seconds=value)
+    if isinstance(value, timedelta) and value <= timedelta(0):
+        raise ValueError(f"{what} must be a positive duration (7d, 12h, 30m or seconds)")
+    return value
 
 
 def _compute_shorthand(value: str) -> dict[str, Any]:

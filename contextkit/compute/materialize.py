@@ -191,8 +191,10 @@ def materialize_view(
     """Run one materialization job for ``view`` (see the module docstring).
 
     ``compute``: the engine (None: local). With ``compute.engine_for(view) == "ray"`` the rows
-    are computed on Ray, partitioned by entity hash (:mod:`contextkit.compute.ray.features`),
-    and staged, checked and committed here exactly as the local engine's.
+    are computed on Ray, partitioned by time chunk and entity hash
+    (:mod:`contextkit.compute.ray.features`), and staged, checked and committed here exactly as
+    the local engine's; the job's details (and ``JobResult.details``) say how it was split and
+    how many source rows each task read (``ray``).
 
     ``job_id``: run the job the jobs API queued under this id (instead of recording a new one).
     Between batches the job checks whether it was cancelled (``registry.request_cancel``, or
@@ -219,17 +221,18 @@ def materialize_view(
     previous_online = (
         online_snapshot(registry.list_jobs(workspace, view.name, 50)) if refresh_online else None
     )
+    details: dict = {
+        "full": replace_all,
+        "online": refresh_online,
+        **({"engine": "ray"} if on_ray else {}),
+    }
     job_id = registry.start_job(
         workspace,
         view.name,
         range_start=start.isoformat() if start else None,
         range_end=end.isoformat(),
         spec_hash=spec_hash(view),
-        details={
-            "full": replace_all,
-            "online": refresh_online,
-            **({"engine": "ray"} if on_ray else {}),
-        },
+        details=details,
         **({"job_id": job_id} if job_id else {}),
     )
     check = cancellation_check(registry, job_id, should_stop)
@@ -252,6 +255,8 @@ def materialize_view(
                     offline=_typed_columns(view, epoch_timestamps=False) if view.offline else None,
                     online=_typed_columns(view, epoch_timestamps=True) if refresh_online else None,
                 )  # fmt: skip
+                # How the job was split and what each task read (docs/compute.md).
+                details = {**details, "ray": remote.details()}
             if view.offline:
                 stage("offline")
                 query = (
@@ -335,13 +340,15 @@ def materialize_view(
         if shrank is not None:
             status, warning = "warning", "; ".join(w for w in (shrank, warning) if w)
     registry.finish_job(
-        job_id, status, rows_offline=rows_offline, rows_online=rows_online, error=warning
-    )
+        job_id, status, rows_offline=rows_offline, rows_online=rows_online, error=warning,
+        **({"details": details} if "ray" in details else {}),
+    )  # fmt: skip
     if view.offline:
         _collect_after_job(registry, offline, workspace, view)
     return JobResult(
-        job_id, view.name, status, start, end, rows_offline, rows_online, duration, error=warning
-    )
+        job_id, view.name, status, start, end, rows_offline, rows_online, duration, error=warning,
+        details={"ray": details["ray"]} if "ray" in details else {},
+    )  # fmt: skip
 
 
 def _utc(value: datetime) -> datetime:

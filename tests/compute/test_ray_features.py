@@ -372,6 +372,88 @@ def test_random_data_equals_local_with_late_data_and_ttl(tmp_path, ray_cluster):
     assert job.details.get("engine") == "ray" and job.status == "succeeded"
 
 
+# The same views from a feature_start_time (a first job is a backfill cut into time chunks),
+# served by a service (online reads compared too).
+CHUNKED = DEFS.replace(
+    "from datetime import timedelta", "from datetime import UTC, datetime, timedelta"
+).replace(
+    'mode="sql",', 'mode="sql",\n    feature_start_time=datetime(2024, 5, 1, tzinfo=UTC),'
+) + """
+from contextkit import ContextService
+
+stats = ContextService("stats", features=[spend, latest])
+"""
+
+
+def _rows_read_are_the_shares(job, data: pa.Table, view, chunk: timedelta) -> None:
+    """Every task of ``job`` read only its bucket's source rows of its chunk and lookback:
+    counted again here from the source file, task by task."""
+    import duckdb
+
+    from contextkit.compute.ray.partitions import read_range, time_chunks
+
+    ray = job.details["ray"]
+    assert ray["pushdown"]["pushed"], ray["pushdown"]
+    start, end = datetime.fromisoformat(job.range_start), datetime.fromisoformat(job.range_end)
+    chunks = time_chunks(start, end, chunk)
+    assert (ray["chunks"], ray["tasks"]) == (len(chunks), len(chunks) * ray["buckets"])
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("events", data)
+    for index, bucket, rows in ray["rows_read_per_task"]:
+        lo, hi = chunks[index]
+        last = index == len(chunks) - 1
+        lo, hi = read_range(view, lo, hi, offline=True, online_as_of=end if last else None)
+        [(want,)] = con.execute(
+            "SELECT count(*) FROM events WHERE hash(user_id) % ? = ? AND ts >= ? AND ts < ?",
+            [ray["buckets"], bucket, lo, hi],
+        ).fetchall()
+        assert rows == want, (index, bucket, rows, want)
+    assert ray["rows_read"]["max_task"] < data.num_rows / 2, ray["rows_read"]
+
+
+@pytest.mark.slow
+def test_time_chunks_and_buckets_equal_local_offline_and_online(tmp_path, ray_cluster):
+    """A backfill from feature_start_time in 1-day chunks x 3 buckets (windows of up to 3 days
+    cross every chunk edge), then an incremental job with late data, users never seen before
+    and rows without a user: every stored cell and every online read equals the local
+    engine's, and each task read only its share of the source."""
+    first = random_events(21, 900)
+    local, remote = both(tmp_path, CHUNKED, {"events.parquet": first}, ray_cluster,
+                         time_chunk="1d")  # fmt: skip
+    mid, end = START + timedelta(days=4, hours=5), START + timedelta(days=6, hours=12)
+    for ctx in (local, remote):
+        ctx.materialize(["spend", "latest"], end=mid)
+    assert_same_stores(local, remote, ["spend", "latest"])
+    specs = remote.runtime.specs("prod")
+    [job] = remote.runtime.registry.list_jobs("prod", "spend", 1)
+    assert job.details["ray"]["chunks"] == 5  # [START, mid): 4 days and 5 hours
+    _rows_read_are_the_shares(job, first, specs.views["spend"], timedelta(days=1))
+
+    late = random_events(22, 300, first_id=10_000, days=6.4)
+    newcomers = pa.array([40 + i % 3 if i % 4 else None for i in range(300)], pa.int64())
+    late = late.set_column(0, "user_id", newcomers)  # unknown users, and rows with none
+    data = pa.concat_tables([first, late])
+    for ctx in (local, remote):
+        path = Path(ctx.runtime.config.root) / "data" / "events.parquet"
+        pq.write_table(data, path)
+        [spend, latest] = ctx.materialize(["spend", "latest"], end=end)
+        assert spend.start == mid
+    assert_same_stores(local, remote, ["spend", "latest"])
+    [job] = remote.runtime.registry.list_jobs("prod", "spend", 1)
+    assert job.status == "succeeded" and job.details["ray"]["chunks"] == 3
+    _rows_read_are_the_shares(job, data, specs.views["spend"], timedelta(days=1))
+    assert spend.details["ray"]["rows_read"] == job.details["ray"]["rows_read"]
+    # Online reads: known users, the newcomers, and users nobody has seen.
+    users = {"user_id": [*range(25), 40, 41, 42, 999, -1]}
+    want = local.get_features("stats", users, cache=False).to_dict()
+    got = remote.get_features("stats", users, cache=False).to_dict()
+    assert got.keys() == want.keys()
+    for column, values in want.items():
+        assert_same_rows([(v,) for v in got[column]], [(v,) for v in values], column)
+    assert any(v is not None for v in want["spend.amount_sum_1h"] + want["latest.amount"])
+
+
 @pytest.mark.slow
 def test_quickstart_equals_local(tmp_path, quickstart_data, ray_cluster):
     import shutil
@@ -465,11 +547,12 @@ def test_a_killed_worker_is_retried_and_the_result_is_exact(tmp_path, ray_cluste
 def test_cancelling_stops_the_tasks_and_publishes_nothing(tmp_path, ray_cluster):
     from contextkit.errors import JobCancelledError
 
-    remote, hold = held_repo(tmp_path, "ray", ray_compute(ray_cluster))
+    # A backfill cut into time chunks x buckets (12 tasks): none of them publishes anything.
+    remote, hold = held_repo(tmp_path, "ray", ray_compute(ray_cluster, time_chunk="2d"))
     hold.touch()
     try:
         thread, outcome = run_in_thread(
-            lambda: remote.materialize(["held"], end=START + timedelta(days=7))
+            lambda: remote.materialize(["held"], start=START, end=START + timedelta(days=7))
         )
         registry = remote.runtime.registry
         while not ray_cluster.workers("_partition_task"):
@@ -500,11 +583,12 @@ def test_a_bad_row_fails_the_job_naming_view_partition_and_value(tmp_path, ray_c
     codes[137] = "twelve"
     events = events.append_column("code", pa.array(codes))
     remote = open_repo(write_repo(tmp_path / "ray", defs, {"events.parquet": events},
-                                  ray_compute(ray_cluster)))  # fmt: skip
+                                  ray_compute(ray_cluster, time_chunk="3d")))  # fmt: skip
     with pytest.raises(StoreError) as info:
-        remote.materialize(["spend"], end=START + timedelta(days=7))
+        remote.materialize(["spend"], start=START, end=START + timedelta(days=7))
     message = str(info.value)
     assert "'spend'" in message and "partition" in message and "twelve" in message, message
+    assert "time chunk" in message and 0 <= info.value.details["chunk"] < 3
     assert info.value.details["view"] == "spend" and 0 <= info.value.details["partition"] < 3
     [job] = remote.runtime.registry.list_jobs("prod", "spend", 1)
     assert job.status == "failed" and "twelve" in job.error

@@ -21,34 +21,102 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from contextkit.compute.ray.partitions import (
+    Analysis,
+    Pushdown,
+    analyse,
+    read_range,
+    time_chunks,
+)
 from contextkit.compute.ray.runtime import connect, partition_count, run_tasks, task_options
 from contextkit.config import ComputeConfig
 from contextkit.errors import ContextKitError, StoreError
 from contextkit.framework import transformations
 from contextkit.framework.specs import FeatureViewSpec, FileSourceSpec
-from contextkit.framework.transformations import quote
+from contextkit.framework.transformations import quote, ts_literal
 
-OFFLINE, INPUTS, ONLINE = "offline", "inputs", "online"
+OFFLINE, INPUTS, ONLINE, READ = "offline", "inputs", "online", "read"
 
 
 class _PartitionWorkspace(transformations.Workspace):
-    """A workspace whose view of interest yields only the rows of one entity-hash bucket
-    (upstream views, read through it, stay whole: their keys may differ)."""
+    """A workspace that holds one partition's share of the view's input.
 
-    def __init__(self, *args: Any, view: str, keys: list[str], bucket: int, buckets: int):
+    With a :class:`~contextkit.compute.ray.partitions.Pushdown`, the view's file source is
+    read once, filtered to the task's entity bucket and time range (and to the columns the
+    view uses), into a temp table that takes the source's name: the view's SQL runs on that
+    share only. Without one, the view's whole output is filtered to the bucket (upstream views,
+    read through it, stay whole: their keys may differ). ``read`` counts the source rows the
+    task's queries were given (None: the whole file source, not counted)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        view: FeatureViewSpec,
+        bucket: int,
+        buckets: int,
+        pushdown: Pushdown | None,
+        read_range: tuple[datetime | None, datetime],
+    ):
         super().__init__(*args)
-        self._view, self._bucket, self._buckets = view, bucket, buckets
-        self._hash = f"hash({', '.join(quote(k) for k in keys)})"
+        self._view, self._bucket, self._buckets = view.name, bucket, buckets
+        self._hash = f"hash({', '.join(quote(k) for k in view.join_key_names)})"
+        self._bucket_pushed = pushdown is not None and pushdown.keys is not None
+        self.read: dict[str, int | None] = {
+            name: None for name in view.sources if name in self.sources
+        }
+        if pushdown is not None:
+            self.read[pushdown.source] = self._read_share(pushdown, *read_range)
+
+    def _read_share(self, push: Pushdown, lo: datetime | None, hi: datetime) -> int:
+        name = quote(push.source)
+        have = {r[0].lower(): r[0] for r in self.con.execute(f"DESCRIBE {name}").fetchall()}
+        if push.columns is None:
+            columns = "*"
+        else:
+            wanted = {c.lower() for c in push.columns} | {k.lower() for k in push.keys or ()}
+            wanted |= {push.timestamp.lower()} if push.timestamp else set()
+            columns = ", ".join(quote(have[c]) for c in sorted(wanted) if c in have) or "*"
+        where = []
+        if push.keys and self._buckets > 1:
+            keys = ", ".join(quote(k) for k in push.keys)
+            where.append(f"hash({keys}) % {self._buckets} = {self._bucket}")
+        if push.timestamp:
+            ts = f"CAST({quote(push.timestamp)} AS TIMESTAMPTZ)"
+            if lo is not None:
+                where.append(f"{ts} >= {ts_literal(lo)}")
+            where.append(f"{ts} < {ts_literal(hi)}")
+        share = quote(f"__share__{push.source}")
+        self.con.execute(
+            f"CREATE TEMP TABLE {share} AS SELECT {columns} FROM {name}"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+        )
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {share}")
+        return int(self.con.execute(f"SELECT count(*) FROM {share}").fetchall()[0][0])
 
     def transformation_sql(self, view, start=None, end=None):
         sql = super().transformation_sql(view, start, end)
-        if view.name != self._view or self._buckets == 1:
+        if view.name != self._view or self._buckets == 1 or self._bucket_pushed:
             return sql
         return f"SELECT * FROM ({sql}) WHERE {self._hash} % {self._buckets} = {self._bucket}"
+
+    def _source_frame(self, name, view, lo, hi, limit):
+        frame = super()._source_frame(name, view, lo, hi, limit)
+        if view.name == self._view:  # a pandas/arrow view: its function's input rows
+            self.read[name] = (self.read.get(name) or 0) + len(frame)
+        return frame
+
+    def database_rows(self) -> None:
+        """The rows each database source of the view read (its task's time range)."""
+        for name in self.databases.loaded:
+            if name in self.read:
+                raw = quote(f"__db__{name}")
+                self.read[name] = int(
+                    self.con.execute(f"SELECT count(*) FROM {raw}").fetchall()[0][0]
+                )
 
 
 def bucket_rows(
@@ -63,18 +131,26 @@ def bucket_rows(
     online: str | None,
     bucket: int,
     buckets: int,
+    pushdown: Pushdown | None = None,
 ) -> dict[str, Any]:
     """One partition's rows as Arrow tables, typed as the stores keep them: ``offline`` (feature
-    rows of ``[start, end)``), ``inputs`` (an aggregate view's input rows) and ``online`` (the
-    latest values as of ``end``). ``offline``/``online``: the typed column list the local
-    engine selects for that store (None: not wanted). What a Ray task runs; a pure function of
-    its arguments, so a task run again after its worker died returns the same rows."""
+    rows of ``[start, end)``, one time chunk), ``inputs`` (an aggregate view's input rows) and
+    ``online`` (the latest values as of ``end``), plus ``read``: the source rows the task read,
+    by source (None: a whole file source). ``offline``/``online``: the typed column list the
+    local engine selects for that store (None: not wanted). ``pushdown``: read only the
+    partition's share of the source (see :mod:`contextkit.compute.ray.partitions`). What a Ray
+    task runs; a pure function of its arguments, so a task run again after its worker died
+    returns the same rows."""
     out: dict[str, Any] = {}
     con = transformations.connect_duckdb(threads=1)  # one task, one CPU
     try:
+        needed = read_range(
+            view, start, end, offline=offline is not None,
+            online_as_of=end if online is not None else None,
+        )  # fmt: skip
         ws = _PartitionWorkspace(
-            con, root, sources, views, view=view.name, keys=view.join_key_names,
-            bucket=bucket, buckets=buckets,
+            con, root, sources, views, view=view, bucket=bucket, buckets=buckets,
+            pushdown=pushdown, read_range=needed,
         )  # fmt: skip
         if offline is not None:
             rows = transformations.offline_features_sql(ws, view, start, end)
@@ -86,37 +162,84 @@ def bucket_rows(
         if online is not None:
             rows = transformations.online_features_sql(ws, view, end)
             out[ONLINE] = con.sql(f"SELECT {online} FROM ({rows})").to_arrow_table()
+        ws.database_rows()
+        out[READ] = ws.read
     finally:
         con.close()
     return out
 
 
-def _partition_task(view_name: str, bucket: int, buckets: int, args: dict[str, Any]):
+@dataclass(frozen=True)
+class Part:
+    """One Ray task's share of a job: time chunk ``chunk`` of ``chunks`` (offline rows of
+    ``[start, end)``) and entity bucket ``bucket`` of ``buckets``; ``online``: it computes the
+    latest values too (the last chunk's tasks)."""
+
+    chunk: int
+    chunks: int
+    bucket: int
+    buckets: int
+    start: datetime | None
+    end: datetime
+    offline: bool
+    online: bool
+
+    def describe(self) -> str:
+        where = f"partition {self.bucket} of {self.buckets} (entities by join-key hash)"
+        if self.chunks > 1:
+            lo = self.start.isoformat() if self.start else "the first row"
+            where += (
+                f", time chunk {self.chunk + 1} of {self.chunks} [{lo}, {self.end.isoformat()})"
+            )
+        return where
+
+
+def _partition_task(view_name: str, part: Part, args: dict[str, Any]):
     """The Ray task: :func:`bucket_rows`, with a data error named by view and partition.
-    Returns ``(row counts, offline, inputs, online)``, four objects, so the driver can wait on
-    the small first one and read the tables one at a time."""
+    Returns ``(summary, offline, inputs, online)``, four objects, so the driver can wait on
+    the small first one (row counts and rows read) and read the tables one at a time."""
     try:
-        rows = bucket_rows(bucket=bucket, buckets=buckets, **args)
+        rows = bucket_rows(
+            bucket=part.bucket, buckets=part.buckets, start=part.start, end=part.end,
+            offline=args["offline"] if part.offline else None,
+            online=args["online"] if part.online else None,
+            **{k: v for k, v in args.items() if k not in ("offline", "online")},
+        )  # fmt: skip
     except ContextKitError:
         raise
     except Exception as exc:
-        raise partition_error(view_name, bucket, buckets, exc) from None
-    counts = {name: table.num_rows for name, table in rows.items()}
-    return counts, rows.get(OFFLINE), rows.get(INPUTS), rows.get(ONLINE)
+        raise partition_error(view_name, part, exc) from None
+    read = rows.pop(READ)
+    summary = {
+        "rows": {name: table.num_rows for name, table in rows.items()},
+        "read": read,
+    }
+    return summary, rows.get(OFFLINE), rows.get(INPUTS), rows.get(ONLINE)
 
 
-def partition_error(view: str, bucket: int, buckets: int, exc: BaseException) -> StoreError:
+def partition_error(view: str, part: Part, exc: BaseException) -> StoreError:
     """A partition that failed for a data reason: the view, the partition and DuckDB's message,
     which names the first value it could not use (a string it could not cast, say)."""
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     return StoreError(
-        f"materializing {view!r} failed in partition {bucket} of {buckets} (entities by join-key "
-        f"hash) on the Ray engine: {type(exc).__name__}: {first}"[:800],
+        f"materializing {view!r} failed in {part.describe()} on the Ray engine: "
+        f"{type(exc).__name__}: {first}"[:800],
         hint="a row of the view's sources does not fit the view (a value that cannot be cast, a "
         "type error); fix the data or the view's SQL. Nothing was published.",
-        details={"view": view, "partition": bucket, "partitions": buckets, "error": first},
+        details={
+            "view": view,
+            "partition": part.bucket,
+            "partitions": part.buckets,
+            "chunk": part.chunk,
+            "chunks": part.chunks,
+            "error": first,
+        },
     )
+
+
+# Job details list each task's rows read up to this many tasks (then only the totals).
+MAX_TASKS_LISTED = 512
 
 
 @dataclass
@@ -125,13 +248,50 @@ class PartitionedRows:
     one Arrow stream that DuckDB scans once (see :meth:`query`)."""
 
     ray: Any
+    parts: list[Part]
     refs: dict[str, list[Any]]
-    counts: list[dict[str, int]]
-    partitions: int
+    summaries: list[dict[str, Any]]
+    analysis: Analysis
+    chunk: timedelta | None = None
     _registered: list[str] = field(default_factory=list)
 
+    @property
+    def partitions(self) -> int:
+        return self.parts[0].buckets if self.parts else 1
+
     def rows(self, kind: str) -> int:
-        return sum(c.get(kind, 0) for c in self.counts)
+        return sum(s["rows"].get(kind, 0) for s in self.summaries)
+
+    def rows_read(self) -> list[int | None]:
+        """Per task (in :attr:`parts` order): the source rows it read, all sources together
+        (None: a whole file source, not counted)."""
+        out: list[int | None] = []
+        for summary in self.summaries:
+            counts = list(summary["read"].values())
+            out.append(None if any(c is None for c in counts) else sum(counts))
+        return out
+
+    def details(self) -> dict[str, Any]:
+        """What the job record keeps of the split (``details.ray``)."""
+        read = self.rows_read()
+        counted = [r for r in read if r is not None]
+        out: dict[str, Any] = {
+            "tasks": len(self.parts),
+            "buckets": self.partitions,
+            "chunks": self.parts[0].chunks if self.parts else 1,
+            "time_chunk_s": self.chunk.total_seconds() if self.chunk else None,
+            "pushdown": self.analysis.as_details(),
+            "rows_read": {
+                "total": sum(counted) if len(counted) == len(read) else None,
+                "max_task": max(counted) if counted else None,
+                "min_task": min(counted) if counted else None,
+            },
+        }
+        if len(read) <= MAX_TASKS_LISTED:
+            out["rows_read_per_task"] = [
+                [p.chunk, p.bucket, r] for p, r in zip(self.parts, read, strict=True)
+            ]
+        return out
 
     def query(self, con, kind: str) -> str:
         """A query over every partition's ``kind`` rows, registered in ``con`` as a stream that
@@ -171,6 +331,29 @@ def _collect_errors(ray: Any, outputs: list[Any]) -> None:
                 ray.get(ref, timeout=0)
 
 
+def plan_parts(
+    view: FeatureViewSpec,
+    start: datetime | None,
+    end: datetime,
+    *,
+    buckets: int,
+    chunk: timedelta | None,
+    offline: bool,
+    online: bool,
+) -> list[Part]:
+    """The job's tasks: every time chunk of ``[start, end)`` times every entity bucket (only
+    the last chunk when no offline rows are written: the latest values need only it)."""
+    ranges = time_chunks(start, end, chunk)
+    parts = []
+    for i, (lo, hi) in enumerate(ranges):
+        last = i == len(ranges) - 1
+        if not offline and not last:
+            continue
+        for bucket in range(buckets):
+            parts.append(Part(i, len(ranges), bucket, buckets, lo, hi, offline, online and last))
+    return parts
+
+
 def run_partitions(
     config: ComputeConfig,
     *,
@@ -189,36 +372,44 @@ def run_partitions(
     columns of each store's rows (see :func:`bucket_rows`; None: that store is not written).
     Raises the first partition's data error, or :class:`~contextkit.errors.ComputeError` when
     the cluster cannot run the job."""
+    con = transformations.connect_duckdb(threads=1)
+    try:
+        analysis = analyse(con, view, sources)
+    finally:
+        con.close()
     ray = connect(config)
     buckets = partition_count(config, ray)
+    parts = plan_parts(
+        view, start, end, buckets=buckets, chunk=config.time_chunk,
+        offline=offline is not None, online=online is not None,
+    )  # fmt: skip
     args = {
         "root": root,
         "sources": sources,
         "views": views,
         "view": view,
-        "start": start,
-        "end": end,
         "offline": offline,
         "online": online,
+        "pushdown": analysis.pushdown,
     }
     shared = ray.put(args)  # one copy of the specs in the object store, not one per task
     task = ray.remote(num_returns=4)(_partition_task)
-    outputs = [
-        task.options(**task_options()).remote(view.name, bucket, buckets, shared)
-        for bucket in range(buckets)
-    ]
+    outputs = [task.options(**task_options()).remote(view.name, p, shared) for p in parts]
 
     def stop() -> bool:
         check()  # raises JobCancelledError: run_tasks cancels what still runs
         return False
 
     try:
-        counts = run_tasks(
+        summaries = run_tasks(
             ray, [o[0] for o in outputs], should_stop=stop, what=f"job of {view.name}"
         )
     except BaseException:
         _collect_errors(ray, outputs)
         raise
-    refs = {OFFLINE: [o[1] for o in outputs], INPUTS: [o[2] for o in outputs]}
-    refs[ONLINE] = [o[3] for o in outputs]
-    return PartitionedRows(ray, refs, counts, buckets)
+    refs = {
+        OFFLINE: [o[1] for o, p in zip(outputs, parts, strict=True) if p.offline],
+        INPUTS: [o[2] for o, p in zip(outputs, parts, strict=True) if p.offline],
+        ONLINE: [o[3] for o, p in zip(outputs, parts, strict=True) if p.online],
+    }
+    return PartitionedRows(ray, parts, refs, summaries, analysis, config.time_chunk)
