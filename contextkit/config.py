@@ -10,6 +10,7 @@ Example::
     # or, for several serving nodes on shared engines (docs/deployment.md):
     # registry: postgresql://contextkit:${PASSWORD}@db:5432/contextkit
     # online_store: redis://:password@cache:6379/0      (or {url: ..., prefix: ck:shop})
+    #               redis+cluster://:password@node1:6379/0  (a Redis Cluster: any one master)
     # offline_store: s3://bucket/contextkit/offline
     # vector_store: s3://bucket/contextkit/vectors
     models:                      # embedding models, by the name views use (minilm is built in)
@@ -22,8 +23,9 @@ Example::
 
 Relative paths are relative to the folder holding the config file. Each store may also be given
 as a string: a path, or a URL (``postgresql://`` registry, ``redis://``/``rediss://`` online
-store, ``s3://bucket/prefix`` offline and vector stores). The environment overrides the file, so
-one image serves every environment: ``CONTEXTKIT_REGISTRY``, ``CONTEXTKIT_ONLINE_STORE``,
+store, ``redis+cluster://``/``rediss+cluster://`` for a Redis Cluster, ``s3://bucket/prefix``
+offline and vector stores). The environment overrides the file, so one image serves every
+environment: ``CONTEXTKIT_REGISTRY``, ``CONTEXTKIT_ONLINE_STORE``,
 ``CONTEXTKIT_OFFLINE_STORE``, ``CONTEXTKIT_VECTOR_STORE`` (S3 endpoint, region and keys come from
 the standard AWS variables), and ``CONTEXTKIT_COMPUTE`` (the engine: ``local``, ``ray`` or a Ray
 address; the file's other compute settings are kept, except that ``local`` drops the per-view
@@ -56,7 +58,7 @@ ENV_OVERRIDES = {
     "compute": "CONTEXTKIT_COMPUTE",
 }
 _POSTGRES = ("postgresql://", "postgres://")
-_REDIS = ("redis://", "rediss://", "unix://")
+_REDIS = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 def is_url(value: str) -> bool:
@@ -71,7 +73,8 @@ def _masked(value: str) -> str:
 
 class OnlineStoreConfig(BaseModel):
     """``{type: sqlite, path}`` (default) or ``{type: redis, url, prefix}``; a string is a path
-    or a ``redis://``/``rediss://`` URL. ``prefix`` starts every Redis key (default
+    or a ``redis://``/``rediss://`` URL (``redis+cluster://``/``rediss+cluster://``: a Redis
+    Cluster, named by any one master). ``prefix`` starts every Redis key (default
     ``contextkit:<project>``; table names already hold the workspace)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -93,7 +96,10 @@ class OnlineStoreConfig(BaseModel):
     def _check(self) -> OnlineStoreConfig:
         if self.type == "redis":
             if not self.url or not self.url.startswith(_REDIS):
-                raise ValueError("a redis online store needs url: redis://host:port/db")
+                raise ValueError(
+                    "a redis online store needs url: redis://host:port/db "
+                    "(redis+cluster://host:port/0 for a Redis Cluster)"
+                )
         elif self.url is not None or self.prefix is not None:
             raise ValueError("url and prefix are settings of a redis online store")
         elif is_url(self.path):

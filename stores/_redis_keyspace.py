@@ -1,12 +1,14 @@
 """The Redis online store's keyspace: key names, table metas, stored values, RESP packing.
 
 Shared by ``redis_online`` (the store) and ``_redis_writer`` (its transactions); see the
-``redis_online`` module docstring for the key layout and why it is so.
+``redis_online`` module docstring for the key layout (a single Redis and a Redis Cluster) and
+why it is so.
 """
 
 from __future__ import annotations
 
 import operator
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -103,9 +105,14 @@ class TableMeta:
     canonical: dict[tuple, bool] = field(default_factory=dict)  # row type signature -> stored as is
     pickers: dict[tuple, Callable[[list], tuple] | None] = field(default_factory=dict)
 
+    spread: bool = False  # rows spread over a cluster's slots by key (see ``Keyspace``)
+
     @classmethod
     def decode(cls, raw: bytes, prefix: str, table: str) -> TableMeta:
         d = orjson.loads(raw)
+        # Where the generation's rows live: named in the meta by a cluster store; a meta without
+        # it (every single-node one, written before or since) has them under the prefix.
+        data = d.get("data") or f"{prefix}:d:{table}:{d['gen']}"
         meta = cls(
             raw,
             d["gen"],
@@ -113,9 +120,10 @@ class TableMeta:
             [tuple(k) for k in d["keys"]],
             [tuple(c) for c in d["columns"]],
             d.get("ttl"),
-            f"{prefix}:d:{table}:{d['gen']}:",
-            f"{prefix}:d:{table}:{d['gen']};",
+            data + ":",
+            data + ";",
         )
+        meta.spread = bool(d.get("spread"))
         meta.index = {name: i for i, (name, _) in enumerate(meta.columns)}
         meta.key_norms = [normalizer(t) for _, t in meta.keys]
         meta.col_norms = [normalizer(t) for _, t in meta.columns]
@@ -124,16 +132,33 @@ class TableMeta:
         return meta
 
     @staticmethod
-    def encode(gen: int, layout: str, keys, columns, ttl: int | None) -> bytes:
-        return orjson.dumps(
-            {
-                "gen": gen,
-                "layout": layout,
-                "keys": [list(k) for k in keys],
-                "columns": [list(c) for c in columns],
-                "ttl": ttl,
-            }
-        )
+    def encode(
+        gen: int,
+        layout: str,
+        keys,
+        columns,
+        ttl: int | None,
+        data: str | None = None,
+        spread: bool = False,
+    ) -> bytes:
+        """The stored meta; ``data`` names where the rows live when it is not the single-node
+        place (a cluster store), ``spread`` says they are spread over slots by key."""
+        meta: dict[str, Any] = {
+            "gen": gen,
+            "layout": layout,
+            "keys": [list(k) for k in keys],
+            "columns": [list(c) for c in columns],
+            "ttl": ttl,
+        }
+        if data is not None:
+            meta["data"] = data
+        if spread:
+            meta["spread"] = True
+        return orjson.dumps(meta)
+
+    def pattern(self) -> str:
+        """SCAN pattern of every key of this generation (rows, index, log)."""
+        return glob_escape(self.data[:-1]) + "[:;]*"
 
     def norm_key(self, key_row: Sequence[Any]) -> tuple:
         norms = self.key_norms
@@ -217,6 +242,17 @@ class TableMeta:
         return tuple(out)
 
 
+def glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def slot_of(key: str | bytes) -> int:
+    """The Redis Cluster hash slot of ``key`` (its hash tag's, when it has one)."""
+    from redis.crc import key_slot
+
+    return key_slot(key.encode() if isinstance(key, str) else key)
+
+
 def resp_head(n: int) -> bytes:
     return b"*%d\r\n" % n
 
@@ -252,31 +288,105 @@ def full_row(meta: TableMeta, key: tuple, row: list) -> dict[str, Any]:
 
 
 class Keyspace:
-    """What a store and its writers share on one Redis: the client, the key prefix (key names
-    below), and the translation of Redis errors into store errors naming the masked URL."""
+    """What a store and its writers share on one Redis or one Redis Cluster: the client, the
+    key names below the prefix, and the translation of Redis errors into store errors naming
+    the masked URL.
 
-    def __init__(self, client: Any, prefix: str, masked_url: str) -> None:
-        self.client = client
+    Key names (``T`` is the table's *tag*)::
+
+        T:m:TABLE  T:g:TABLE  T:l:TABLE     meta, generation counter, log lock
+        T:d:TABLE:GEN...        rows of tables written in transactions (stream state, logs)
+        P:d:TABLE:GEN:KEY       rows of replaced (materialized) tables
+
+    On a single Redis ``T`` is the prefix ``P`` (the layout every earlier version wrote). On a
+    cluster ``T`` is ``{P:WORKSPACE}``, a hash tag: every meta, counter, lock and transactional
+    row of a workspace sits in one slot, so a transaction over them (an ingest: log marker,
+    latest values, tiles) is one MULTI/EXEC on one master. Snapshot rows carry no tag: each
+    key hashes on its whole name, so a materialized view spreads over every master."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        prefix: str,
+        masked_url: str,
+        *,
+        cluster: bool = False,
+        password: str | None = None,
+    ) -> None:
+        self._connect = connect
+        self._client: Any = None if cluster else connect()
         self.prefix = prefix
         self.masked_url = masked_url
+        self.cluster = cluster
+        self.password = password
+        self._guard = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The client. A cluster client connects on first use (it learns the slots then), so a
+        store opens while the cluster is down and works once it answers."""
+        client = self._client
+        if client is None:
+            with self._guard:
+                if self._client is None:
+                    self._client = self._connect()
+                client = self._client
+        return client
+
+    def connected(self) -> Any | None:
+        """The client if it exists (a cluster one may not have connected yet)."""
+        return self._client
+
+    @staticmethod
+    def workspace(table: str) -> str:
+        """What a table's name starts with up to its first ``__``: the workspace (every table of
+        a workspace is ``<workspace>__...``, so they all give the same answer)."""
+        return table.split("__", 1)[0]
+
+    def tag(self, table: str) -> str:
+        if not self.cluster:
+            return self.prefix
+        return "{" + f"{self.prefix}:{self.workspace(table)}" + "}"
 
     def meta_key(self, table: str) -> str:
-        return f"{self.prefix}:m:{table}"
+        return f"{self.tag(table)}:m:{table}"
 
-    def pattern(self, table: str, gen: int | None = None) -> str:
-        """SCAN pattern of a table's data keys: one generation's, or all of them."""
-        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in f"{self.prefix}:d:{table}:")
-        return escaped + (f"{gen}[:;]*" if gen is not None else "*")
+    def gen_key(self, table: str) -> str:
+        return f"{self.tag(table)}:g:{table}"
+
+    def lock_key(self, table: str) -> str:
+        return f"{self.tag(table)}:l:{table}"
+
+    def stream_data(self, table: str, gen: int) -> str:
+        """Where a table created in a transaction keeps its rows (with its meta's tag)."""
+        return f"{self.tag(table)}:d:{table}:{gen}"
+
+    def snapshot_data(self, table: str, gen: int) -> str:
+        """Where a replaced table keeps its rows (untagged: spread over a cluster's slots)."""
+        return f"{self.prefix}:d:{table}:{gen}"
+
+    def patterns(self, table: str) -> list[str]:
+        """SCAN patterns of every data key a table may have, whatever its generation."""
+        found = dict.fromkeys(
+            glob_escape(f"{base}:d:{table}:") + "*" for base in (self.prefix, self.tag(table))
+        )
+        return list(found)
+
+    def slot(self, key: str) -> int:
+        return slot_of(key)
 
     @contextmanager
     def translated(self, action: str) -> Iterator[None]:
         """Redis errors as store errors naming the (masked) URL, with a hint."""
         import redis
+        from redis.exceptions import RedisClusterException
 
         try:
             yield
         except StoreFailure:
             raise
+        except RedisClusterException as exc:  # not a RedisError: the cluster client's own
+            raise self.failure(action, exc) from None
         except redis.WatchError as exc:
             if "occurred while watching" in str(exc):  # redis-py's word for a lost connection
                 raise self.failure(action, redis.ConnectionError(str(exc))) from None
@@ -290,11 +400,11 @@ class Keyspace:
 
     def failure(self, action: str, exc: Exception) -> StoreFailure:
         import redis
+        from redis.exceptions import RedisClusterException
 
         text = str(exc)
-        password = self.client.connection_pool.connection_kwargs.get("password")
-        if password:
-            text = text.replace(str(password), "***")
+        if self.password:
+            text = text.replace(self.password, "***")
         where = f"online store {self.masked_url}"
         upper = text.upper()
         if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in upper or "NOAUTH" in upper:
@@ -333,13 +443,28 @@ class Keyspace:
             redis.exceptions.AskError,  # MovedError is one
             redis.exceptions.ClusterDownError,
             redis.exceptions.ClusterCrossSlotError,
+            RedisClusterException,
         )
-        if isinstance(exc, cluster_errors) or upper.startswith(("MOVED ", "ASK ", "CROSSSLOT")):
+        moved = upper.startswith(("MOVED ", "ASK ", "CROSSSLOT"))
+        if not self.cluster and (isinstance(exc, cluster_errors) or moved):
+            scheme = self.masked_url.split("://", 1)[0]
             return StoreServerUnavailable(
-                f"{action}: {where} is a Redis Cluster node ({text}); Redis Cluster is not "
-                "supported",
-                hint="point the online store at a standalone Redis (a primary, with replicas for "
-                "failover): see docs/deployment.md",
+                f"{action}: {where} is a Redis Cluster node ({text})",
+                hint=f"name a cluster with the {scheme}+cluster:// scheme "
+                f"(CONTEXTKIT_ONLINE_STORE={scheme}+cluster://host:port/0): see "
+                "docs/deployment.md",
+            )
+        if isinstance(exc, redis.exceptions.ClusterDownError) or "CLUSTERDOWN" in upper:
+            return StoreServerUnavailable(
+                f"{action}: Redis Cluster {where} is down ({text})",
+                hint="a master without a working replica is down, so the cluster refuses every "
+                "slot; reads and writes resume by themselves once it serves all slots again",
+            )
+        if isinstance(exc, cluster_errors) or moved:
+            return StoreServerUnavailable(
+                f"{action}: Redis Cluster {where} is moving slots or cannot be reached ({text})",
+                hint="check that the cluster's masters run and that the URL names one of them; "
+                "a resharding or failover in progress passes: retry",
             )
         if isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in upper:
             return StoreServerUnavailable(
@@ -369,7 +494,7 @@ class Keyspace:
                     if len(members) < 5000:
                         return
                     start = f"({orjson.loads(members[-1])[0]}"
-            for name in self.client.scan_iter(match=self.pattern(table, meta.gen), count=5000):
+            for name in self.client.scan_iter(match=meta.pattern(), count=5000):
                 suffix = name.decode()[len(meta.data) :]
                 if not name.decode().startswith(meta.data):
                     continue  # the index

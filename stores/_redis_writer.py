@@ -1,6 +1,9 @@
 """Transactions of the Redis online store: WATCHed reads, queued writes, one MULTI/EXEC.
 
-See the ``redis_online`` module docstring for the keys; ``OnlineWriter`` for the contract.
+See the ``redis_online`` module docstring for the keys; ``OnlineWriter`` for the contract. On a
+Redis Cluster every key a transaction touches carries its workspace's hash tag, so the writer
+binds to that slot's master at its first table and runs there as on a single Redis; a table
+of another workspace in the same transaction is refused.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ class RedisOnlineWriter(OnlineWriter):
     def __init__(self, keys: Keyspace, lock_timeout: float) -> None:
         self._keys = keys
         self._lock_timeout = lock_timeout
-        self._redis = keys.client
-        self._pipe = keys.client.pipeline(transaction=True)
+        self._redis: Any = None  # the client of the transaction's master, at the first table
+        self._pipe: Any = None
+        self._slot: int | None = None
         self._metas: dict[str, TableMeta] = {}
         self._new: dict[str, bytes] = {}  # metas to create at commit
         self._queued: list[tuple] = []
@@ -59,7 +63,29 @@ class RedisOnlineWriter(OnlineWriter):
 
     # -- metas and locks --------------------------------------------------------------------------
 
+    def _bind(self, table: str) -> None:
+        """Pick the client at the first table: the store's, or on a cluster the master of the
+        table's slot (every key of the transaction must be in that slot)."""
+        if self._keys.cluster:
+            slot = self._keys.slot(self._keys.meta_key(table))
+            if self._slot is not None and slot != self._slot:
+                raise StoreFailure(
+                    f"online table {table!r} is in another workspace than the tables this "
+                    "transaction already wrote: a Redis Cluster transaction stays in one "
+                    "workspace's slot"
+                )
+            if self._redis is None:
+                cluster = self._keys.client
+                node = cluster.nodes_manager.get_node_from_slot(slot)
+                self._redis = cluster.get_redis_connection(node)
+            self._slot = slot
+        elif self._redis is None:
+            self._redis = self._keys.client
+        if self._pipe is None:
+            self._pipe = self._redis.pipeline(transaction=True)
+
     def _meta(self, table: str) -> TableMeta | None:
+        self._bind(table)
         meta = self._metas.get(table)
         if meta is None:
             key = self._keys.meta_key(table)
@@ -73,7 +99,7 @@ class RedisOnlineWriter(OnlineWriter):
         return meta
 
     def _lock(self, table: str) -> None:
-        key = f"{self._keys.prefix}:l:{table}"
+        key = self._keys.lock_key(table)
         if key in self._locks:
             return
         token = uuid.uuid4().hex
@@ -104,9 +130,10 @@ class RedisOnlineWriter(OnlineWriter):
         with self._translated(f"creating online table {table!r}"):
             if self._meta(table) is not None:
                 return
-            gen = int(self._redis.incr(f"{self._keys.prefix}:g:{table}"))
+            gen = int(self._redis.incr(self._keys.gen_key(table)))
             layout = LOG if log else PART if len(keys) >= 2 else FLAT
-            raw = TableMeta.encode(gen, layout, keys, columns, ttl_seconds or None)
+            data = self._keys.stream_data(table, gen) if self._keys.cluster else None
+            raw = TableMeta.encode(gen, layout, keys, columns, ttl_seconds or None, data=data)
             self._new[table] = raw
             self._metas[table] = TableMeta.decode(raw, self._keys.prefix, table)
             if log:
@@ -250,6 +277,8 @@ class RedisOnlineWriter(OnlineWriter):
 
     def _commit(self) -> None:
         pipe = self._pipe
+        if pipe is None:
+            return  # no table was touched
         try:
             if self._queued or self._new or self._locks:
                 pipe.multi()
@@ -272,6 +301,8 @@ class RedisOnlineWriter(OnlineWriter):
             self._release()
 
     def _release(self) -> None:
+        if self._pipe is None:
+            return
         try:
             self._pipe.reset()  # UNWATCH, connection back to the pool
         finally:

@@ -1,4 +1,5 @@
-"""The Redis online store: the ``OnlineStore`` interface on one Redis server, for several nodes.
+"""The Redis online store: the ``OnlineStore`` interface on one Redis server or a Redis Cluster,
+for several serving nodes.
 
 **Keys.** Every key starts with the store's prefix (one per project, e.g. ``ck:shop``); table
 names already hold the workspace (``<workspace>__<view>``)::
@@ -40,8 +41,41 @@ recent writes on a crash: durability of ingest belongs to a durable log (issue 1
 the connection pool reconnects by itself when the server is back.
 
 Values are JSON (orjson), normalized by column type as SQLite's column affinity would store
-them, so both stores return the same Python values. Not supported: Redis Cluster (MULTI needs
-one slot), non-finite floats (stored as null). A Redis at maxmemory keeps serving reads.
+them, so both stores return the same Python values. Not supported: non-finite floats (stored as
+null). A Redis at maxmemory keeps serving reads.
+
+**Redis Cluster** (``redis+cluster://`` or ``rediss+cluster://``, naming any one master; the
+client learns the others). A cluster runs a multi-key command, a WATCH or a MULTI/EXEC only
+when all its keys hash to one slot, so the keys are placed by what must be atomic:
+
+- *A materialization's publish* is the flip of one key (the meta): atomic wherever the rows
+  are. So a replaced table's rows carry no hash tag (``P:d:TABLE:GEN:KEY``): each entity hashes
+  to its own slot and a view spreads over every master, which is where the bulk of the data
+  (batch views) belongs. Rows are written as ``SET .. GET`` per key (a cluster MSET must stay
+  in one slot), packed per master, one chunk per master in flight.
+- *An ingest* (the log's applied marker, the latest values and the tiles of every stream view
+  of a source, merged read-modify-write) must commit whole, or a retried batch would count
+  tiles twice. It spans entities and views, so no per-entity or per-view tag can hold it; the
+  unit is the workspace: metas, counters, locks and the rows of tables written in transactions
+  carry the tag ``{P:WORKSPACE}`` (``{P:WORKSPACE}:m:TABLE``, ``{P:WORKSPACE}:d:TABLE:GEN:...``),
+  so a transaction is one MULTI/EXEC on that slot's master (the writer binds to it at its first
+  table), and a tile window read is one HGETALL there. The cost: a workspace's stream state
+  lives on one master (its reads and writes do not spread). Workspaces spread over masters.
+- *A request's reads* go out as one cluster pipeline: redis-py sends each master its part at
+  once and reads the answers, so a request costs one round trip per master it touches (in
+  parallel), never one per key or view. Metas (one slot per workspace) are read by one MGET
+  before and one after the data; rows of a spread table by one MGET per slot. The order of
+  commands holds only on one master, so a spread table with a missing row has its meta read
+  once more (that row may be a key a concurrent flip just deleted); see :meth:`_read_tables`.
+
+The meta names where its rows live (``data``; ``spread`` for the untagged ones), and a meta
+without it has them where a single Redis puts them. So the **single-node layout is unchanged**:
+data written by earlier versions is read as it is, with nothing to migrate. A deployment moving
+from a single Redis to a cluster starts the cluster empty and fills it with ``contextkit online
+rebuild`` (data does not travel between servers). A slot migration (resharding) or failover
+during a write fails that write with a clear error (MOVED/ASK, CLUSTERDOWN), to be run again;
+reads follow redirections. A master that is down is a ``503 store_error`` naming the store;
+the store recovers by itself when the cluster serves every slot again.
 
 **TLS**: ``rediss://`` URLs verify the server's certificate; ``?ssl_ca_certs=/path/ca.pem`` (any
 of redis-py's ``ssl_*`` URL options) names a private CA. A failed handshake says so.
@@ -72,6 +106,7 @@ from contextkit.stores._redis_keyspace import (
     resp_bulk,
     resp_command,
     resp_head,
+    slot_of,
 )
 from contextkit.stores._redis_writer import RedisOnlineWriter
 from contextkit.stores.errors import StoreFailure, mask_url
@@ -79,7 +114,8 @@ from contextkit.stores.online import OnlineStore, TableRead
 
 
 class RedisOnlineStore(OnlineStore):
-    """The online store on Redis (``redis://`` or ``rediss://``, password in the URL)."""
+    """The online store on Redis (``redis://`` or ``rediss://``, password in the URL) or on a
+    Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``, naming any one master)."""
 
     def __init__(
         self,
@@ -101,66 +137,149 @@ class RedisOnlineStore(OnlineStore):
         self._chunk = chunk_rows
         self._lock_timeout = lock_timeout
         self._metas: dict[str, TableMeta] = {}
+        scheme, _, rest = url.partition("://")
+        self.cluster = scheme.lower().endswith("+cluster")
+        client_url = f"{scheme[: -len('+cluster')]}://{rest}" if self.cluster else url
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            # One quick retry on a broken connection: after a server restart the pool's old
+            # connections fail once, and the retry reconnects. Timeouts are not retried.
+            "retry": Retry(ExponentialBackoff(0.2, 0.02), 1, (redis.ConnectionError,)),
+        }
         try:
-            self._redis = redis.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout,
-                # One quick retry on a broken connection: after a server restart the pool's
-                # old connections fail once, and the retry reconnects. Timeouts are not retried.
-                retry=Retry(ExponentialBackoff(0.2, 0.02), 1, (redis.ConnectionError,)),
-                health_check_interval=30,
-            )
+            parsed = redis.connection.parse_url(client_url)
         except ValueError as exc:
             raise StoreFailure(
                 f"online store URL {self._masked} is not valid: {exc}",
-                hint="use redis://[:password@]host:port/db or rediss:// for TLS",
+                hint="use redis://[:password@]host:port/db, rediss:// for TLS, or "
+                "redis+cluster://[:password@]host:port/0 for a Redis Cluster",
             ) from None
-        self._keys = Keyspace(self._redis, prefix, self._masked)
+        if self.cluster:
+            connect = self._cluster_connector(client_url, parsed, options)
+        else:
+            client = redis.Redis.from_url(client_url, **options, health_check_interval=30)
+
+            def connect() -> Any:
+                return client
+
+        self._keys = Keyspace(
+            connect, prefix, self._masked, cluster=self.cluster, password=parsed.get("password")
+        )
+
+    def _cluster_connector(
+        self, client_url: str, parsed: dict[str, Any], options: dict[str, Any]
+    ) -> Callable[[], Any]:
+        """What connects the cluster client (on first use: it reads the slot map then)."""
+        if "{" in self.prefix or "}" in self.prefix:
+            raise StoreFailure(
+                f"the Redis key prefix {self.prefix!r} holds a brace; on a Redis Cluster the "
+                "store puts hash tags ({...}) in its keys itself",
+                hint="set online_store.prefix without { or }",
+            )
+        if int(parsed.get("db") or 0) != 0:
+            raise StoreFailure(
+                f"online store URL {self._masked} names database {parsed['db']}; a Redis "
+                "Cluster has database 0 only",
+                hint="end the URL with /0 or leave the database out",
+            )
+
+        def connect() -> Any:
+            from redis.cluster import RedisCluster
+
+            return RedisCluster.from_url(client_url, **options)
+
+        return connect
+
+    @property
+    def _redis(self) -> Any:
+        return self._keys.client
 
     def __repr__(self) -> str:
-        return f"RedisOnlineStore({self._masked!r}, prefix={self.prefix!r})"
+        kind = "Redis Cluster " if self.cluster else ""
+        return f"RedisOnlineStore({kind}{self._masked!r}, prefix={self.prefix!r})"
+
+    def _queue_mget(self, pipe, keys: Sequence[str]) -> Callable[[list], list]:
+        """Queue the reads of ``keys`` (one MGET; on a cluster one per slot, as a cluster MGET
+        must stay in one slot); returns what assembles their values, in order, from the
+        pipeline's replies."""
+        start = len(pipe)
+        if not self.cluster:
+            pipe.execute_command("MGET", *keys)
+            return lambda replies: replies[start]
+        groups: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(slot_of(key), []).append(i)
+        order = list(groups.values())
+        for positions in order:
+            pipe.execute_command("MGET", *(keys[i] for i in positions))
+
+        def assemble(replies: list) -> list:
+            if len(order) == 1:
+                return replies[start]
+            out: list[Any] = [None] * len(keys)
+            for n, positions in enumerate(order):
+                for i, value in zip(positions, replies[start + n], strict=True):
+                    out[i] = value
+            return out
+
+        return assemble
 
     # -- reads ------------------------------------------------------------------------------------
 
     def _read_tables(
-        self, tables: Sequence[str], queue: Callable[[Any, int, TableMeta], None]
-    ) -> list[tuple[TableMeta | None, list[Any]]]:
+        self,
+        tables: Sequence[str],
+        queue: Callable[[Any, int, TableMeta], Callable[[list], Any] | None],
+        unsure: Callable[[Any], bool] | None = None,
+    ) -> list[tuple[TableMeta | None, Any]]:
         """Per table, its meta and the replies of the data commands ``queue(pipe, i, meta)``
-        added for it, all in one pipeline (again for the tables whose meta changed).
+        added for it (or what the function it returns makes of the pipeline's replies), all in
+        one pipeline (again for the tables whose meta changed).
 
         The data commands sit between two MGETs of the tables' metas. When both show the
         generation this store expected, the data was read from that generation whole: metas
         only move to newer generations, and an old one is deleted after the flip. (No MULTI:
-        a Redis at maxmemory refuses to queue even reads, and it must keep serving.)"""
-        out: list[tuple[TableMeta | None, list[Any]] | None] = [None] * len(tables)
+        a Redis at maxmemory refuses to queue even reads, and it must keep serving.)
+
+        On a cluster the pipeline goes to every master at once, and only the commands on the
+        metas' master keep that order. The rows of a replaced table, spread over the masters,
+        may be read after the second MGET: a value read there is still the generation's (it
+        never changes), but a missing one may be a key that the next flip deleted. So a spread
+        table whose answer ``unsure`` finds wanting (a missing row) has its meta read once more
+        before it counts: one more round trip, only then."""
+        out: list[tuple[TableMeta | None, Any] | None] = [None] * len(tables)
         todo = list(range(len(tables)))
         for _ in range(4):
             pipe = self._redis.pipeline(transaction=False)
             meta_keys = [self._keys.meta_key(tables[i]) for i in todo]
-            pipe.mget(meta_keys)
+            metas_before = self._queue_mget(pipe, meta_keys)
             spans = []
             for i in todo:
                 meta = self._metas.get(tables[i])
-                before = len(pipe.command_stack)
-                if meta is not None:
-                    queue(pipe, i, meta)
-                spans.append((i, meta, before, len(pipe.command_stack)))
-            pipe.mget(meta_keys)
+                before = len(pipe)
+                finish = queue(pipe, i, meta) if meta is not None else None
+                spans.append((i, meta, before, len(pipe), finish))
+            metas_after = self._queue_mget(pipe, meta_keys)
             replies = pipe.execute()
-            again = []
-            for (i, meta, before, after), raw, raw_after in zip(
-                spans, replies[0], replies[-1], strict=True
+            again, confirm = [], []
+            for (i, meta, before, after, finish), raw, raw_after in zip(
+                spans, metas_before(replies), metas_after(replies), strict=True
             ):
                 if raw is None:
                     self._metas.pop(tables[i], None)
                     out[i] = (None, [])
                 elif meta is not None and raw == meta.raw == raw_after:
-                    out[i] = (meta, replies[before:after])
+                    data = finish(replies) if finish is not None else replies[before:after]
+                    out[i] = (meta, data)
+                    if meta.spread and unsure is not None and unsure(data):
+                        confirm.append(i)
                 else:
                     if raw == raw_after:
                         self._metas[tables[i]] = TableMeta.decode(raw, self.prefix, tables[i])
                     again.append(i)
+            if confirm:
+                again += self._changed_metas([tables[i] for i in confirm], confirm)
             if not again:
                 return out  # type: ignore[return-value]
             todo = again
@@ -169,19 +288,39 @@ class RedisOnlineStore(OnlineStore):
             hint="a materialization flips them in a loop; retry",
         )
 
+    def _changed_metas(self, tables: Sequence[str], positions: Sequence[int]) -> list[int]:
+        """The positions of those of ``tables`` whose meta is no longer the one this store read
+        them by (their cached meta updated); one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        metas = self._queue_mget(pipe, [self._keys.meta_key(t) for t in tables])
+        changed = []
+        for table, i, raw in zip(tables, positions, metas(pipe.execute()), strict=True):
+            meta = self._metas.get(table)
+            if meta is not None and raw == meta.raw:
+                continue
+            if raw is None:
+                self._metas.pop(table, None)
+            else:
+                self._metas[table] = TableMeta.decode(raw, self.prefix, table)
+            changed.append(i)
+        return changed
+
     def read_many(self, reads: Sequence[TableRead]) -> list[list[tuple | None] | None]:
-        def queue(pipe, i: int, meta: TableMeta) -> None:
+        def queue(pipe, i: int, meta: TableMeta) -> Callable[[list], list] | None:
             r = reads[i]
             if meta.layout == FLAT:
                 if r.key_rows:
-                    pipe.mget([meta.flat_key(k) for k in r.key_rows])
+                    return self._queue_mget(pipe, [meta.flat_key(k) for k in r.key_rows])
             elif meta.layout == PART:
                 for k in r.key_rows:
                     key = meta.norm_key(k)
                     pipe.hget(meta.data + meta.key_suffix(key[:-1]), key_part(key[-1]))
+            return None
 
         with self._keys.translated("reading online features"):
-            found = self._read_tables([r.table for r in reads], queue)
+            found = self._read_tables(
+                [r.table for r in reads], queue, unsure=lambda values: None in values
+            )
         now = now_us()
         out: list[list[tuple | None] | None] = []
         for r, (meta, data) in zip(reads, found, strict=True):
@@ -190,7 +329,7 @@ class RedisOnlineStore(OnlineStore):
                 continue
             if meta.layout == LOG:
                 raise StoreFailure(f"online table {r.table!r} is a log: it has no keyed rows")
-            values = (data[0] if data else []) if meta.layout == FLAT else data
+            values = data
             pick = meta.picker(r.columns)
             rows: list[tuple | None] = []
             if pick is not None and not meta.ttl:  # the common case, kept lean
@@ -233,6 +372,7 @@ class RedisOnlineStore(OnlineStore):
             if meta.layout == PART:
                 for k in unique:
                     pipe.hgetall(meta.data + meta.key_suffix(k))
+            return None
 
         with self._keys.translated("reading online tiles"):
             ((meta, data),) = self._read_tables([table], queue)
@@ -387,18 +527,27 @@ class RedisOnlineStore(OnlineStore):
         ttl_seconds: int | None = None,
     ) -> int:
         with self._keys.translated(f"replacing online table {table!r}"):
-            gen = int(self._redis.incr(f"{self.prefix}:g:{table}"))
-            raw = TableMeta.encode(gen, FLAT, keys, columns, ttl_seconds or None)
+            gen = int(self._redis.incr(self._keys.gen_key(table)))
+            raw = TableMeta.encode(
+                gen,
+                FLAT,
+                keys,
+                columns,
+                ttl_seconds or None,
+                data=self._keys.snapshot_data(table, gen) if self.cluster else None,
+                spread=self.cluster,
+            )
             meta = TableMeta.decode(raw, self.prefix, table)
             try:
-                count = self._write_generation(meta, rows)
+                write = self._write_spread if self.cluster else self._write_generation
+                count = write(meta, rows)
                 old = self._redis.set(self._keys.meta_key(table), raw, get=True)
             except BaseException:
-                self._delete_generation(table, gen)
+                self._unlink_matching(meta.pattern())
                 raise
             self._metas[table] = meta
             if old is not None:
-                self._delete_generation(table, orjson.loads(old)["gen"])
+                self._unlink_matching(TableMeta.decode(old, self.prefix, table).pattern())
         return count
 
     def _write_generation(self, meta: TableMeta, rows: Iterable[Sequence[Any]]) -> int:
@@ -476,29 +625,94 @@ class RedisOnlineStore(OnlineStore):
             conn.read_response()
         return keys - int(existed)
 
-    def _delete_generation(self, table: str, gen: int) -> None:
-        self._unlink_matching(self._keys.pattern(table, gen))
+    def _write_spread(self, meta: TableMeta, rows: Iterable[Sequence[Any]]) -> int:
+        """:meth:`_write_generation` on a cluster: each row's key hashes to its own slot, so
+        rows go to their master as pre-packed ``SET key value [PXAT ms] GET`` commands (a
+        cluster MSET must stay in one slot), one chunk per master in flight at a time. A nil
+        reply is a key new to the generation; returns their number."""
+        from redis.crc import key_slot
+
+        cluster = self._redis
+        nodes = cluster.nodes_manager
+        width = len(meta.keys)
+        ttl = bool(meta.ttl) and EVENT_TIMESTAMP in meta.index
+        owners: dict[int, Any] = {}  # slot -> master
+        lanes: dict[str, _Lane] = {}
+        count = 0
+        try:
+            for row in rows:
+                values = row[width:]
+                key = meta.flat_key(row[:width]).encode()
+                command = resp_bulk(key) + resp_bulk(meta.encode_values(values))
+                ms = meta.expires_ms(values) if ttl else None
+                if ms is None:
+                    command = b"*4\r\n$3\r\nSET\r\n" + command + b"$3\r\nGET\r\n"
+                else:
+                    command = (
+                        b"*6\r\n$3\r\nSET\r\n" + command + b"$4\r\nPXAT\r\n"
+                        + resp_bulk(b"%d" % ms) + b"$3\r\nGET\r\n"
+                    )  # fmt: skip
+                slot = key_slot(key)
+                node = owners.get(slot)
+                if node is None:
+                    node = owners[slot] = nodes.get_node_from_slot(slot)
+                lane = lanes.get(node.name)
+                if lane is None:
+                    lane = lanes[node.name] = _Lane(cluster.get_redis_connection(node))
+                lane.commands.append(command)
+                if len(lane.commands) >= self._chunk:
+                    count += lane.send()
+            for lane in lanes.values():
+                if lane.commands:
+                    count += lane.send()
+            for lane in lanes.values():
+                count += lane.drain()
+        except BaseException:
+            for lane in lanes.values():
+                lane.conn.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            for lane in lanes.values():
+                lane.release()
+        return count
 
     def _unlink_matching(self, pattern: str) -> None:
-        """UNLINK every key matching ``pattern``, SCAN by SCAN (one round trip per SCAN)."""
-        pool = self._redis.connection_pool
+        """UNLINK every key matching ``pattern``, SCAN by SCAN (one round trip per SCAN); on a
+        cluster on every master, one UNLINK per key (their slots differ)."""
+        if not self.cluster:
+            self._unlink_on(self._redis.connection_pool, pattern, per_key=False)
+            return
+        cluster = self._redis
+        for node in cluster.get_primaries():
+            self._unlink_on(cluster.get_redis_connection(node).connection_pool, pattern, True)
+
+    @staticmethod
+    def _unlink_on(pool, pattern: str, per_key: bool) -> None:
+        def unlinks(keys: list[bytes]) -> list[bytes]:
+            if not keys:
+                return []
+            if per_key:
+                return [resp_command([b"UNLINK", k]) for k in keys]
+            return [resp_command([b"UNLINK", *keys])]
+
         conn = pool.get_connection()
         try:
             cursor, keys = b"0", []
-            while True:  # the UNLINK of one batch travels with the SCAN for the next
+            while True:  # the UNLINKs of one batch travel with the SCAN for the next
                 scan = [b"SCAN", cursor, b"MATCH", pattern.encode(), b"COUNT", b"20000"]
-                packed = resp_command(scan)
-                if keys:
-                    packed = resp_command([b"UNLINK", *keys]) + packed
+                sent = unlinks(keys)
+                packed = b"".join([*sent, resp_command(scan)])
                 conn.send_packed_command([packed], check_health=False)
-                if keys:
+                for _ in sent:
                     conn.read_response()
                 cursor, keys = conn.read_response()
                 if cursor in (b"0", 0):
                     break
-            if keys:
-                conn.send_packed_command([resp_command([b"UNLINK", *keys])], check_health=False)
-                conn.read_response()
+            sent = unlinks(keys)
+            if sent:
+                conn.send_packed_command([b"".join(sent)], check_health=False)
+                for _ in sent:
+                    conn.read_response()
         except BaseException:
             conn.disconnect()
             raise
@@ -509,7 +723,8 @@ class RedisOnlineStore(OnlineStore):
         with self._keys.translated(f"dropping online table {table!r}"):
             self._redis.delete(self._keys.meta_key(table))
             self._metas.pop(table, None)
-            self._unlink_matching(self._keys.pattern(table))
+            for pattern in self._keys.patterns(table):
+                self._unlink_matching(pattern)
 
     @contextmanager
     def transaction(self) -> Iterator[RedisOnlineWriter]:
@@ -523,4 +738,44 @@ class RedisOnlineStore(OnlineStore):
             writer._commit()
 
     def close(self) -> None:
-        self._redis.close()
+        client = self._keys.connected()
+        if client is not None:
+            client.close()
+
+
+class _Lane:
+    """One master's connection while a generation is written to a cluster: packed commands
+    queued, sent a chunk at a time, with one chunk's replies left in flight."""
+
+    def __init__(self, node_client: Any) -> None:
+        self.pool = node_client.connection_pool
+        self.conn = self.pool.get_connection()
+        self.commands: list[bytes] = []
+        self.pending: deque[int] = deque()  # replies per chunk sent, unread
+
+    def send(self) -> int:
+        """Send the queued commands, then read the replies of the chunk before (one stays in
+        flight); returns the new keys among the replies read."""
+        self.conn.send_packed_command([b"".join(self.commands)], check_health=False)
+        self.pending.append(len(self.commands))
+        self.commands = []
+        added = 0
+        while len(self.pending) > 1:
+            added += self._read()
+        return added
+
+    def drain(self) -> int:
+        added = 0
+        while self.pending:
+            added += self._read()
+        return added
+
+    def _read(self) -> int:
+        new = 0
+        for _ in range(self.pending.popleft()):
+            if self.conn.read_response() is None:  # an error reply raises
+                new += 1
+        return new
+
+    def release(self) -> None:
+        self.pool.release(self.conn)

@@ -251,7 +251,17 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
+        """A plain ``redis://`` URL of the first master (what a single-node client would use)."""
         return self.nodes[0].url
+
+    @property
+    def cluster_url(self) -> str:
+        """The ``redis+cluster://`` URL the online store takes for a cluster."""
+        return self.url.replace("redis://", "redis+cluster://", 1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def _cluster_ok(cli: str, port: int) -> bool:
@@ -261,30 +271,52 @@ def _cluster_ok(cli: str, port: int) -> bool:
     return "cluster_state:ok" in done.stdout
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
-    """A 3-master Redis Cluster on loopback (``redis-cli --cluster create``)."""
+def start_redis_cluster(folder: Callable[[], Path], masters: int = 3) -> RedisCluster:
+    """Start ``masters`` cluster-enabled redis-servers (each in ``folder()``) and join them
+    with ``redis-cli --cluster create``; returns once every node says ``cluster_state:ok``."""
     binary, cli = _redis_binary(), shutil.which("redis-cli")
     if cli is None:
         missing_server("redis-cli is not installed (Debian package redis-tools)")
-    nodes = [
-        RedisServer(binary, tmp_path_factory.mktemp("redis-cluster"), cluster=True)
-        for _ in range(3)
-    ]
+    cluster = RedisCluster([RedisServer(binary, folder(), cluster=True) for _ in range(masters)])
     try:
-        for node in nodes:
+        for node in cluster.nodes:
             node.start()
         subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
-        _wait(lambda: all(_cluster_ok(cli, n.port) for n in nodes), "redis cluster",
-              nodes[0].log, None)  # fmt: skip
-        yield RedisCluster(nodes)
+        _wait(lambda: all(_cluster_ok(cli, n.port) for n in cluster.nodes), "redis cluster",
+              cluster.nodes[0].log, None)  # fmt: skip
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    """The session's 3-master Redis Cluster on loopback (tests keep apart by key prefix)."""
+    cluster = start_redis_cluster(lambda: tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
     finally:
-        for node in nodes:
-            node.stop()
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_factory(tmp_path_factory) -> Iterator[Callable[[], RedisCluster]]:
+    """A private 3-master cluster, for a test that kills a node; all stop at the end."""
+    started: list[RedisCluster] = []
+
+    def start() -> RedisCluster:
+        cluster = start_redis_cluster(lambda: tmp_path_factory.mktemp("redis-cluster"))
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """One contract for every online store: SQLite and Redis answer the core's calls alike.
 
 Each story runs against both stores (a real redis-server from tests/backends.py, plain and over
-TLS: ``rediss://`` with a throwaway CA), driving the interface the way the core does:
+TLS: ``rediss://`` with a throwaway CA, and a 3-master Redis Cluster: ``redis+cluster://``),
+driving the interface the way the core does:
 materialization replaces a view's table, serving reads many entities across views in one call,
 ingest writes the log, latest values and tiles in one transaction, and stream reads aggregate
 tiles over a window. Then the core itself runs on each
@@ -37,8 +38,17 @@ T = 1_699_999_800_000_000  # event times, microseconds (on a 10-minute tile boun
 
 
 def drop_prefix(url: str, prefix: str) -> None:
+    """Delete a test's keys: ``prefix:...``, and on a cluster also ``{prefix:...}...``."""
     import redis
+    from redis.cluster import RedisCluster
 
+    if url.startswith("redis+cluster://"):
+        client = RedisCluster.from_url(url.replace("+cluster", "", 1))
+        for pattern in (prefix + ":*", "{" + prefix + ":*"):
+            for key in list(client.scan_iter(match=pattern, count=1000)):
+                client.unlink(key)
+        client.close()
+        return
     client = redis.Redis.from_url(url)
     keys = list(client.scan_iter(match=prefix + ":*", count=1000))
     if keys:
@@ -46,21 +56,28 @@ def drop_prefix(url: str, prefix: str) -> None:
     client.close()
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis-tls"])
+def redis_url(request, param: str) -> str:
+    """The URL of the session's server for a store param (redis, redis-tls, redis-cluster)."""
+    if param == "redis-cluster":
+        return request.getfixturevalue("redis_cluster").cluster_url
+    name = "redis_tls_server" if param == "redis-tls" else "redis_server"
+    server: RedisServer = request.getfixturevalue(name)
+    return server.url
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-tls", "redis-cluster"])
 def store(request, tmp_path: Path) -> Iterator[OnlineStore]:
     if request.param == "sqlite":
         store: OnlineStore = SQLiteOnlineStore(tmp_path / "online.db")
         yield store
         store.close()
         return
-    server: RedisServer = request.getfixturevalue(
-        "redis_tls_server" if request.param == "redis-tls" else "redis_server"
-    )
+    url = redis_url(request, request.param)
     prefix = "t" + uuid.uuid4().hex[:10]
-    store = RedisOnlineStore(server.url, prefix=prefix)
+    store = RedisOnlineStore(url, prefix=prefix)
     yield store
     store.close()
-    drop_prefix(server.url, prefix)
+    drop_prefix(url, prefix)
 
 
 @pytest.fixture
@@ -294,22 +311,28 @@ def test_a_transaction_that_raises_writes_nothing(store):
     assert ingest(store, [("z", 7, 9.0, T + 5)]) != [], "the rolled back id was not kept"
 
 
-def test_the_core_gets_the_same_answers_from_both_stores(make_repo, redis_server, redis_tls_server):
+def test_the_core_gets_the_same_answers_from_both_stores(
+    make_repo, redis_server, redis_tls_server, redis_cluster
+):
     """apply, materialize, ingest and read through the public SDK on each store (and Redis over
-    TLS)."""
+    TLS, and a Redis Cluster)."""
     import contextkit
     from contextkit.compute.streaming import ingest_records
 
     now = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
     answers = []
-    servers = {"redis": redis_server, "redis-tls": redis_tls_server}
-    for name in ("sqlite", "redis", "redis-tls"):
+    urls = {
+        "redis": redis_server.url,
+        "redis-tls": redis_tls_server.url,
+        "redis-cluster": redis_cluster.cluster_url,
+    }
+    for name in ("sqlite", *urls):
         root = make_repo({"defs.py": CORE_DEFS}, data={"orders.parquet": orders()}, name=name)
         ctx = contextkit.connect(root, workspace="live")
         prefix = "e2e" + uuid.uuid4().hex[:8]
-        if name in servers:
+        if name in urls:
             ctx.online.close()
-            ctx.runtime.online = RedisOnlineStore(servers[name].url, prefix=prefix)
+            ctx.runtime.online = RedisOnlineStore(urls[name], prefix=prefix)
         try:
             ctx.create_workspace("live", live=True)
             ctx.apply(ctx.plan(root))
@@ -331,10 +354,10 @@ def test_the_core_gets_the_same_answers_from_both_stores(make_repo, redis_server
             answers[-1] += (log.to_arrow().to_pylist(),)
         finally:
             ctx.close()
-            if name in servers:
-                drop_prefix(servers[name].url, prefix)
-    sqlite, redis_, redis_tls = answers
-    assert redis_ == sqlite and redis_tls == sqlite
+            if name in urls:
+                drop_prefix(urls[name], prefix)
+    sqlite, redis_, redis_tls, redis_cluster_ = answers
+    assert redis_ == sqlite and redis_tls == sqlite and redis_cluster_ == sqlite
     values = dict(zip(sqlite[0], sqlite[1], strict=True))
     assert values["spend.amount_sum_2d"] == [30.0, 5.0, None, 30.0]
     assert values["recent.product_id_count_1h"] == [2, 0, None, 2]
@@ -483,14 +506,14 @@ def test_rediss_from_the_configuration_and_an_untrusted_certificate(tmp_path, re
     assert redis_tls_server.password not in str(info.value) + repr(untrusted)
 
 
-def test_a_redis_cluster_is_refused_with_a_clear_error(redis_cluster):
-    """A 3-master Redis Cluster (not supported: an ingest is one transaction over several
-    tables, a read one MGET over several views): the first key another master owns is one
-    clear error naming the store and what to use instead, not a MOVED reply."""
+def test_a_plain_url_to_a_cluster_node_says_to_name_the_cluster(redis_cluster):
+    """A ``redis://`` URL that points at a Redis Cluster master: the first key another master
+    owns is one clear error naming the store and the ``redis+cluster://`` form, not a MOVED
+    reply."""
     store = RedisOnlineStore(redis_cluster.url, prefix="cl")
-    with pytest.raises(StoreServerUnavailable, match="Redis Cluster is not supported") as info:
+    with pytest.raises(StoreServerUnavailable, match="is a Redis Cluster node") as info:
         store.replace_table(SPEND, USER_KEY, SPEND_COLS, spend_rows(range(1, 200)))
-    assert "standalone Redis" in (info.value.hint or "")
+    assert "redis+cluster://" in (info.value.hint or "")
 
 
 def test_a_wrong_password_is_a_clear_error(redis_server):

@@ -1,0 +1,287 @@
+"""The Redis online store on a real 3-master Redis Cluster (``redis+cluster://``), beyond the
+contract that tests/stores/test_online_contract.py runs on it: where the keys land (snapshots
+over every master, a workspace's stream state in one slot), what a request costs (one
+pipeline: one round trip per master), a re-run and a rebuild through the core, expiry, and a
+master that dies (a 503 ``store_error``, and the same store serving again once it is back).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+
+import contextkit
+from contextkit.compute.online_rebuild import rebuild_online
+from contextkit.compute.streaming import ingest_records
+from contextkit.errors import StoreUnavailableError
+from contextkit.server.app import create_app
+from contextkit.stores.errors import StoreFailure
+from contextkit.stores.online import TableRead
+from contextkit.stores.redis_online import RedisOnlineStore
+from tests.stores.test_online_contract import drop_prefix
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+NOW = T0 + timedelta(days=10)
+US = 1_000_000
+
+DEFS = """
+from datetime import timedelta
+from contextkit import (
+    Aggregate, Attribute, ContextService, Entity, Field, FileSource, Float64, Int64, PushSource,
+    StreamFeatureView, Timestamp, batch_feature_view,
+)
+
+user = Entity(name="user", join_keys=["user_id"])
+events = FileSource(name="events", path="data/events.parquet", timestamp_field="ts")
+
+@batch_feature_view(sources=[events], entities=[user], mode="sql", features=[Attribute("x")])
+def latest(events):
+    return f"SELECT user_id, x, ts FROM {events}"
+
+clicks = PushSource(
+    name="clicks",
+    schema=[Field("user_id", Int64), Field("price", Float64), Field("ts", Timestamp)],
+    timestamp_field="ts",
+)
+last_click = StreamFeatureView(
+    name="last_click", source=clicks, entities=[user], features=[Attribute("price")],
+)
+click_sum = StreamFeatureView(
+    name="click_sum", source=clicks, entities=[user],
+    features=[Aggregate("price", "sum", "1d")], aggregation_interval="1h",
+)
+svc = ContextService(name="svc", features=[latest, last_click])
+tiles = ContextService(name="tiles", features=[click_sum])
+"""
+
+
+def events_table(users: int) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array(range(users), pa.int64()),
+            "x": pa.array([float(u) for u in range(users)], pa.float64()),
+            "ts": pa.array([T0] * users, pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def features(result) -> dict:
+    return dict(zip(result.names, result.values, strict=True))
+
+
+def masters(cluster) -> list:
+    import redis
+
+    return [redis.Redis.from_url(node.url) for node in cluster.nodes]
+
+
+def keys_on(client, prefix: str) -> list[bytes]:
+    return [*client.scan_iter(match=prefix + ":*"), *client.scan_iter(match="{" + prefix + ":*")]
+
+
+@pytest.fixture
+def shop(make_repo, redis_cluster):
+    """A repo on the session's cluster, under a key prefix of its own."""
+    root = make_repo({"defs.py": DEFS}, data={"events.parquet": events_table(60)})
+    ctx = contextkit.connect(root, workspace="prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    prefix = "ckc" + uuid.uuid4().hex[:8]
+    store = RedisOnlineStore(redis_cluster.cluster_url, prefix=prefix)
+    ctx.runtime.online.close()
+    ctx.runtime.online = store
+    yield ctx, store
+    ctx.close()
+    drop_prefix(redis_cluster.cluster_url, prefix)
+
+
+def test_snapshots_spread_over_every_master_and_stream_state_stays_in_one_slot(shop, redis_cluster):
+    ctx, store = shop
+    ctx.materialize(end=NOW)
+    clicks = [{"user_id": u, "price": 1.0, "ts": NOW - timedelta(minutes=5)} for u in range(20)]
+    assert ingest_records(ctx, "clicks", clicks, now=NOW).accepted == 20
+
+    per_master = [keys_on(client, store.prefix) for client in masters(redis_cluster)]
+    snapshot = [[k for k in keys if k.startswith(f"{store.prefix}:d:".encode())]
+                for keys in per_master]  # fmt: skip
+    assert all(len(keys) > 5 for keys in snapshot), "60 users over all three masters"
+    assert sum(map(len, snapshot)) == 60
+    tagged = [k for keys in per_master for k in keys if k.startswith(b"{")]
+    assert {k.split(b"}")[0] for k in tagged} == {b"{" + store.prefix.encode() + b":prod"}
+    assert sum(1 for keys in per_master if any(k.startswith(b"{") for k in keys)) == 1, (
+        "the workspace's metas, tiles and latest values on one master"
+    )
+
+
+class PipelineCounter:
+    """Counts the pipelines (one round trip to each master they touch) a store sends."""
+
+    def __init__(self, store: RedisOnlineStore) -> None:
+        self.count = 0
+        client = store._redis
+        make = client.pipeline
+
+        def pipeline(*args, **kwargs):
+            pipe = make(*args, **kwargs)
+            execute = pipe.execute
+
+            def counted(*a, **k):
+                self.count += 1
+                return execute(*a, **k)
+
+            pipe.execute = counted
+            return pipe
+
+        client.pipeline = pipeline
+
+
+def test_a_request_over_every_master_is_one_pipeline(shop):
+    ctx, store = shop
+    ctx.materialize(end=NOW)
+    ingest_records(ctx, "clicks", [{"user_id": 3, "price": 2.5, "ts": NOW}], now=NOW)
+    reader = ctx.service_reader("svc")
+    reader.read(store, {"user_id": [1]}, now=NOW)  # learns the tables' generations
+    counter = PipelineCounter(store)
+    got = features(reader.read(store, {"user_id": list(range(50))}, now=NOW))
+    assert counter.count == 1, "two views, 50 keys on three masters: one pipeline"
+    assert got["latest.x"][:4] == [0.0, 1.0, 2.0, 3.0] and got["last_click.price"][3] == 2.5
+
+    got = features(reader.read(store, {"user_id": [3, 999]}, now=NOW))
+    assert got["latest.x"] == [3.0, None]
+    assert counter.count == 3, "a missing row of a spread view: its meta confirmed once more"
+
+
+def test_a_rerun_writes_the_same_rows_and_a_rebuild_restores_a_lost_workspace(shop, redis_cluster):
+    ctx, store = shop
+    ctx.materialize(end=NOW)
+    now = datetime.now(UTC)  # a rebuild keeps the tiles of the last day before the real now
+    ingest_records(ctx, "clicks", [{"user_id": 7, "price": 4.5, "ts": now}], now=now)
+    users = {"user_id": list(range(60))}
+
+    def served() -> dict:
+        return {
+            **features(ctx.service_reader("svc").read(store, users, now=now)),
+            **features(ctx.service_reader("tiles").read(store, users, now=now)),
+        }
+
+    before = served()
+    assert before["latest.x"][7] == 7.0 and before["click_sum.price_sum_1d"][7] == 4.5
+    keys_before = sum(len(keys_on(c, store.prefix)) for c in masters(redis_cluster))
+
+    jobs = ctx.materialize(end=NOW, full=True)
+    assert [j.rows_online for j in jobs if j.view == "latest"] == [60]
+    assert served() == before
+    keys_after = sum(len(keys_on(c, store.prefix)) for c in masters(redis_cluster))
+    assert keys_after == keys_before, "the replaced generation is deleted on every master"
+
+    drop_prefix(redis_cluster.cluster_url, store.prefix)  # the cluster lost everything
+    assert served()["latest.x"][7] is None
+    result = rebuild_online(ctx.runtime)
+    assert result.batch_rows == {"latest": 60} and result.log_rows == {"clicks": 1}
+    assert served() == before
+
+
+def test_rows_expire_at_their_ttl_on_the_master_that_holds_them(redis_cluster):
+    prefix = "ttl" + uuid.uuid4().hex[:8]
+    store = RedisOnlineStore(redis_cluster.cluster_url, prefix=prefix)
+    ttl, now = 3600, time.time_ns() // 1000
+    rows = [(u, now - 2 * ttl * US, 1.0) for u in range(10)]  # already past their ttl
+    rows += [(u, now - 10 * US, 2.0) for u in range(10, 40)]
+    columns = [("event_timestamp", "timestamp"), ("v", "float64")]
+    try:
+        store.replace_table("prod__t", [("user_id", "int64")], columns, rows, ttl_seconds=ttl)
+        got = store.read("prod__t", ["user_id"], ["v"], [(0,), (10,), (39,)])
+        assert got == [None, (2.0,), (2.0,)]
+        clients = masters(redis_cluster)
+        stored = [(c, k) for c in clients for k in c.scan_iter(match=prefix + ":d:*")]
+        assert len(stored) == 30, "rows past their ttl were never kept"
+        assert all(0 < c.pttl(k) <= ttl * 1000 for c, k in stored)
+    finally:
+        store.close()
+        drop_prefix(redis_cluster.cluster_url, prefix)
+
+
+def test_a_transaction_over_two_workspaces_is_refused(redis_cluster):
+    store = RedisOnlineStore(redis_cluster.cluster_url, prefix="tx" + uuid.uuid4().hex[:8])
+    columns = [("event_timestamp", "timestamp"), ("v", "float64")]
+    try:
+        with pytest.raises(StoreFailure, match="one workspace's slot"), store.transaction() as w:
+            w.ensure_table("a__t", [("k", "int64")], columns)
+            w.ensure_table("b__t", [("k", "int64")], columns)
+        assert not store.has_table("a__t"), "nothing written"
+    finally:
+        store.close()
+        drop_prefix(redis_cluster.cluster_url, store.prefix)
+
+
+@pytest.mark.slow  # a private cluster (~5 s to start) and a master's restart
+def test_a_dead_master_is_a_503_store_error_and_the_store_recovers_when_it_is_back(
+    make_repo, redis_cluster_factory
+):
+    import subprocess
+
+    cluster = redis_cluster_factory()
+    root = make_repo({"defs.py": DEFS}, data={"events.parquet": events_table(30)})
+    ctx = contextkit.connect(root, workspace="prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.runtime.online.close()
+    store = RedisOnlineStore(cluster.cluster_url, prefix="down", connect_timeout=0.5)
+    ctx.runtime.online = store
+    ctx.materialize(end=NOW)
+    reader = ctx.service_reader("svc")
+    assert features(reader.read(store, {"user_id": [1]}, now=NOW))["latest.x"] == [1.0]
+    users = {"user_id": list(range(30))}
+
+    cluster.nodes[1].kill()
+    try:
+        with pytest.raises(StoreUnavailableError) as err:
+            reader.read(store, users, now=NOW)
+        assert err.value.http_status == 503 and err.value.code == "store_error"
+        assert "online store redis+cluster://127.0.0.1" in err.value.message
+        client = TestClient(create_app(ctx, auth=False))
+        answer = client.post("/v1/features", json={"service": "svc", "entities": users})
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "store_error"
+        assert "MISSING" not in answer.text
+    finally:
+        cluster.nodes[1].restart()  # back, empty, with its slots (nodes.conf kept)
+    deadline = time.monotonic() + 60
+    while True:  # wait for the cluster, not for a time
+        info = subprocess.run(
+            ["redis-cli", "-p", str(cluster.nodes[0].port), "cluster", "info"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if "cluster_state:ok" in info.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for _ in range(100):  # the store finds the master again by itself: no restart
+        try:
+            got = features(reader.read(store, users, now=NOW))
+            break
+        except StoreUnavailableError:
+            time.sleep(0.1)
+    lost = [u for u, x in zip(users["user_id"], got["latest.x"], strict=True) if x is None]
+    assert 0 < len(lost) < 30, "the restarted master's rows are gone, the others' served"
+    ctx.materialize(end=NOW, full=True)  # a re-run (or `online rebuild`) fills it again
+    assert features(reader.read(store, users, now=NOW))["latest.x"] == [float(u) for u in range(30)]
+    ctx.close()
+
+
+def test_a_read_of_two_tables_in_two_workspaces_reads_both(redis_cluster):
+    prefix = "ws" + uuid.uuid4().hex[:8]
+    store = RedisOnlineStore(redis_cluster.cluster_url, prefix=prefix)
+    columns = [("event_timestamp", "timestamp"), ("v", "float64")]
+    try:
+        store.replace_table("a__t", [("k", "int64")], columns, [(1, 0, 1.0)])
+        store.replace_table("b__t", [("k", "int64")], columns, [(1, 0, 2.0)])
+        reads = [TableRead(t, ["k"], ["v"], [(1,), (2,)]) for t in ("a__t", "b__t", "c__t")]
+        assert store.read_many(reads) == [[(1.0,), None], [(2.0,), None], None]
+    finally:
+        store.close()
+        drop_prefix(redis_cluster.cluster_url, prefix)
