@@ -3,12 +3,14 @@
 An acknowledged ingest is first committed to the ingest log; the online store is updated from
 it. :class:`IngestLog` lists every call the core makes on a log. Two backends:
 
-- the embedded SQLite online store (:class:`~contextkit.stores.online.SQLiteOnlineStore`) is
-  its own log: one transaction writes a source's log table and the views' values, or, beside a
-  Redis online store, a SQLite file ``ingest_log.db`` of one node;
-- :class:`PostgresIngestLog`, in the PostgreSQL registry's database, when a deployment has one:
-  every serving node appends to and reads from the same log, so records ingested on any node
-  reach the shared online store once, in one order, and are flushed to the offline store once.
+- :class:`PostgresIngestLog`, in the PostgreSQL registry's database, when a deployment has one,
+  whatever its online store: every serving node appends to and reads from the same log, so
+  records ingested on any node reach the online store(s) once, in one order, are flushed to the
+  offline store once, and survive the loss of any node's disk;
+- with the SQLite registry, the embedded SQLite online store
+  (:class:`~contextkit.stores.online.SQLiteOnlineStore`) is its own log (one transaction writes
+  a source's log table and the views' values), or, beside a Redis online store, a SQLite file
+  ``ingest_log.db`` of one node.
 
 **Order.** Seqs of one log increase in commit order, which ``apply_log`` and the offline flush
 rely on (they remember the last seq they took, never look behind it). PostgreSQL sequences do

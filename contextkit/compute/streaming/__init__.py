@@ -1,10 +1,12 @@
 """Push sources and stream feature views: ingest, online tiles, reads, and the offline log.
 
 **Ingest** (``ingest_records``): records are checked against the push source's schema, each error
-reported by its index. Then one SQLite transaction (in the online store's file, ``synchronous=
-FULL``) appends them to the source's ingest log, updates the latest values of attribute stream
-views and merges them into the tiles of aggregate stream views. When the call returns, the write
-is durable and the next read sees it. A record whose idempotency key was seen before is skipped.
+reported by its index. With the embedded stores, one SQLite transaction (in the online store's
+file, ``synchronous=FULL``) appends them to the source's ingest log, updates the latest values of
+attribute stream views and merges them into the tiles of aggregate stream views. Otherwise they
+are committed to the durable log first (the PostgreSQL registry's, whatever the online store; see
+``durable``) and then applied to the online store. When the call returns, the write is durable
+and the next read sees it. A record whose idempotency key was seen before is skipped.
 
 **Tiles.** An aggregate stream view keeps one row per entity and ``aggregation_interval`` tile
 with partial aggregates of the tile's events: counts, sums, min, max, the last value (by event
@@ -21,7 +23,8 @@ or before ``t``. Online and offline agree whenever no event is timestamped after
 
 The package, one idea per module: ``records`` (checking pushed records, value forms),
 ``ingest`` (``ingest_records``), ``durable`` (which store holds the durable ingest log),
-``log`` (applying the log online, restoring stream views),
+``log`` (applying the log online, restoring stream views), ``history`` (a ``batch_source``'s rows
+that are not logged records, counted with the log online and offline),
 ``latest`` and ``tiles`` (the online state of attribute and aggregate stream views), ``reads``
 (aggregate reads over tiles), ``flush`` (the log's offline Parquet side) and ``offline_sql``
 (the views as SQL over the log). The names below are what the rest of contextkit imports.
