@@ -635,6 +635,7 @@ class Context:
                 weights=weights,
                 rerank=rerank,
                 root=self.config.root.resolve(),
+                registry=self.registry,  # names the job of a view still warming (503)
             )
 
     def warm(self) -> None:

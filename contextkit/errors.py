@@ -35,6 +35,7 @@ server turns them into ``{"error": {"code", "message", "details"}}`` with the ma
     └── ComputeError               compute_error           503  compute.ray (engine unavailable)
 
 The leaves (``stores``, ``embeddings``, ``prompts``) import nothing of the core, so they keep
+    └── ViewWarmingError           view_warming            503  compute.embedding (no table yet)
 their own small bases; :func:`translate_store_errors` and :data:`translating` turn their errors
 into this tree once, where the core calls them. The codes and statuses above are read from the
 classes by ``tests/test_errors.py`` (indentation = subclass), so this drawing cannot drift.
@@ -257,6 +258,34 @@ _LEAF_MODULES = ("contextkit.embeddings", "contextkit.prompts", "contextkit.stor
 
 class ExpectationFailedError(ContextKitError):
     """A job's rows failed an expectation of a view declared with on_expectation_failure="fail";
+class ViewWarmingError(ContextKitError):
+    """A search of an applied embedding view whose vector table is not built yet: its first
+    materialization has not landed (it may be running). Temporary, so HTTP 503 with
+    ``Retry-After``; ``details``: ``workspace``, ``view``, ``retry_after_s`` and, when a job is
+    queued or running, ``job`` (``id``, ``status``, ``progress``). A context request answers
+    without that search's documents instead (``metadata.warming``)."""
+
+    code = "view_warming"
+    http_status = 503
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workspace: str,
+        view: str,
+        retry_after: int,
+        job: dict[str, Any] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        details: dict[str, Any] = {"workspace": workspace, "view": view}
+        details["retry_after_s"] = retry_after
+        if job is not None:
+            details["job"] = job
+        super().__init__(message, hint=hint, details=details)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
     the job is failed and the stores are left as they were."""
 
     code = "expectation_failed"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +34,7 @@ from contextkit.errors import (
     ContextKitError,
     JobCancelledError,
     StoreError,
+    ViewWarmingError,
     leaf_error,
 )
 from contextkit.framework import transformations
@@ -45,11 +48,17 @@ if TYPE_CHECKING:
     from contextkit.embeddings import EncodeProgress, Encoder
     from contextkit.stores.vector import LanceVectorStore
 
+log = logging.getLogger("contextkit.compute.embedding")
+
 # Hybrid search's defaults (see search_view).
 DEFAULT_FUSION = "blend"
 DEFAULT_DEPTH = 50
 # Rows handed from DuckDB to the encode pipeline per Arrow batch.
 _ROWS_PER_BATCH = 4096
+# How often a job writes its encode progress to the registry (a warming search reports it).
+PROGRESS_EVERY_S = 2.0
+# Retry-After of a search on a view still warming, when no job says how long it has left.
+WARMING_RETRY_S = 5
 
 
 def encoder_for(view: EmbeddingViewSpec, models: Mapping[str, Any] | None, root: Path) -> Encoder:
@@ -124,9 +133,13 @@ def materialize_embedding_view(
     )
     check = cancellation_check(registry, job_id, should_stop)
     user_progress = on_progress
+    recorded = [0.0]  # when the encode progress was last written to the job
 
     def on_progress(progress: EncodeProgress) -> None:  # noqa: F811 - checks, then reports
         check()
+        if time.monotonic() - recorded[0] >= PROGRESS_EVERY_S:
+            recorded[0] = time.monotonic()
+            record_progress(registry, job_id, progress)
         if user_progress is not None:
             user_progress(progress)
 
@@ -290,6 +303,80 @@ def materialize_embedding_view(
         kind="embedding_view",
         details=details,
         error=warning,
+    )
+
+
+def record_progress(registry: RegistryStore, job_id: str, progress: EncodeProgress) -> None:
+    """Write a job's encode progress into its details (``encoded``): what a search of the view
+    answers while the view warms (:func:`view_warming`), and ``contextkit jobs show``."""
+    eta = progress.eta_s
+    try:
+        registry.set_job_progress(
+            job_id,
+            {
+                "encoded": {
+                    "chunks_done": progress.chunks_done,
+                    "chunks_total": progress.chunks_total,
+                    "documents_done": progress.documents_done,
+                    "docs_per_s": round(progress.docs_per_s, 1),
+                    "eta_s": None if eta is None else round(eta, 1),
+                }
+            },
+        )
+    except Exception as exc:  # noqa: BLE001 - progress is informative; the job goes on
+        log.warning("could not record the encode progress of job %s: %s", job_id, exc)
+
+
+def view_warming(
+    registry: RegistryStore | None, workspace: str, view: str
+) -> ViewWarmingError | None:
+    """The error of a search of ``view``, an applied embedding view whose vector table holds
+    nothing yet, when no materialization of it has landed: 503 ``view_warming``, naming the job
+    that builds it (its id, status and encode progress) when one is queued or running, with a
+    ``Retry-After`` from the job's ETA. None when a job of the view did land (the table is
+    empty or gone for another reason: the caller answers as it would have). Reads the registry
+    only (a serving node may have a read-only role)."""
+    jobs = []
+    if registry is not None:
+        try:
+            jobs = registry.list_jobs(workspace, view, limit=20)  # the newest first
+        except Exception as exc:  # noqa: BLE001 - which job builds it is informative only
+            log.warning("could not list the jobs of embedding view %r: %s", view, exc)
+    if any(j.status in ("succeeded", "warning") for j in jobs):
+        return None
+    active = [j for j in jobs if j.status in ("queued", "running")]
+    job = next((j for j in active if j.status == "running"), active[0] if active else None)
+    where = f"embedding view {view!r} of workspace {workspace!r} is warming"
+    if job is None:
+        failed = next((j for j in jobs if j.status == "failed"), None)
+        last = f"; its last one (job {failed.id}) failed: {failed.error}" if failed else ""
+        return ViewWarmingError(
+            f"{where}: it is applied, but its vector table is not built yet (no "
+            f"materialization of it has landed, and none is running{last})",
+            workspace=workspace,
+            view=view,
+            retry_after=WARMING_RETRY_S,
+            hint=f"materialize it (`contextkit materialize --views {view}`, or POST /v1/jobs); "
+            "its documents are searchable as soon as the job lands, without a restart",
+        )
+    encoded = (job.details or {}).get("encoded") or {}
+    progress = None
+    retry = WARMING_RETRY_S
+    if encoded.get("chunks_total"):
+        progress = f"{encoded['chunks_done']}/{encoded['chunks_total']} chunks encoded"
+        if encoded.get("eta_s") is not None:
+            progress += f", about {encoded['eta_s']:.0f} s left"
+            retry = max(1, min(60, math.ceil(float(encoded["eta_s"]))))
+    elif (job.details or {}).get("progress"):
+        progress = str(job.details["progress"])
+    return ViewWarmingError(
+        f"{where}: its first materialization (job {job.id}) is {job.status}"
+        + (f", {progress}" if progress else ""),
+        workspace=workspace,
+        view=view,
+        retry_after=retry,
+        job={"id": job.id, "status": job.status, "progress": progress, "encoded": encoded or None},
+        hint=f"retry after {retry} s; follow the job with `contextkit jobs show {job.id}`",
     )
 
 
@@ -457,6 +544,7 @@ def search_view(
     rerank: Any = None,
     root: Path | None = None,
     version: int | None = None,
+    registry: RegistryStore | None = None,
 ) -> Documents:
     """Search one embedding view (see :meth:`contextkit.client.Context.search`); ``version``
     searches a past version of its table (rendered datasets search the version of each event's
@@ -467,7 +555,11 @@ def search_view(
     options: ``fusion`` (``"blend"``, the default, or ``"rrf"``), ``depth`` (candidates per
     list, default 50) and ``weights`` (vector, text), see :meth:`LanceVectorStore.search`.
     ``rerank``: a reranker stage over the first ``depth`` candidates (see
-    :mod:`contextkit.compute.rerank`; ``root`` resolves a relative ``local:`` folder)."""
+    :mod:`contextkit.compute.rerank`; ``root`` resolves a relative ``local:`` folder).
+
+    A view whose vector table is not built yet (applied, never materialized, or its first job
+    still running) raises :class:`ViewWarmingError` (503, see :func:`view_warming`; ``registry``
+    names the job), not the store's 404: the view exists, its documents are on their way."""
     from contextkit.compute import rerank as reranking
 
     rerank_with = reranking.rerank_options(rerank, root)
@@ -516,7 +608,23 @@ def search_view(
         )
 
     first = max(top_k, rerank_with.depth) if rerank_with is not None else top_k
-    hits = group_documents(run, first) if group_by == "document" else run(first)
+    try:
+        hits = group_documents(run, first) if group_by == "document" else run(first)
+    except Exception as exc:
+        from contextkit.stores.vector import VectorTableLostError, VectorTableMissingError
+
+        # A table deleted behind the server's back stays a 503 store_error (rebuild it).
+        if isinstance(exc, VectorTableMissingError) and not isinstance(exc, VectorTableLostError):
+            warming = view_warming(registry, workspace, view.name)
+            if warming is not None:
+                raise warming from exc
+        raise
+    # The first job creates the table empty, then fills it in one commit: an empty table whose
+    # view has no landed job is warming too (the registry is read for empty answers only).
+    if not hits and version is None and registry is not None and not vectors.count_rows(table):
+        warming = view_warming(registry, workspace, view.name)
+        if warming is not None:
+            raise warming
     timings["search"] = (time.perf_counter() - began) * 1000
     if rerank_with is not None:
         began = time.perf_counter()

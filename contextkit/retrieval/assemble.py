@@ -31,7 +31,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from contextkit.errors import BadRequestError, NotFoundError, leaf_error, translating
+from contextkit.errors import (
+    BadRequestError,
+    NotFoundError,
+    ViewWarmingError,
+    leaf_error,
+    translating,
+)
 from contextkit.framework.specs import (
     ContextServiceSpec,
     EmbeddingViewSpec,
@@ -467,15 +473,19 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
                             root=ctx.config.root.resolve(),
                         )
 
-                    if cache is None:
-                        value = search()
-                    else:  # an identical search of a cached service is answered from memory
-                        filter_key = json.dumps(filter_, sort_keys=True, default=str)
-                        value = cache.search(
-                            ctx, plan.workspace, plan.service, plan.cache_seconds, [spec.view],
-                            (spec.name, text, top_k, filter_key), search,
-                            read=request.cache, write=request.cache,
-                        )  # fmt: skip
+                            registry=ctx.registry,
+                    try:
+                        if cache is None:
+                            value = search()
+                        else:  # an identical search of a cached service is answered from memory
+                            filter_key = json.dumps(filter_, sort_keys=True, default=str)
+                            value = cache.search(
+                                ctx, plan.workspace, plan.service, plan.cache_seconds,
+                                [spec.view], (spec.name, text, top_k, filter_key), search,
+                                read=request.cache, write=request.cache,
+                            )  # fmt: skip
+                    except ViewWarmingError as warming:  # answered without these documents
+                        value = warming
                     out.append((spec.name, value, (time.perf_counter() - began) * 1000))
             return out
 
@@ -502,7 +512,13 @@ def finish_retrieval(
     timings: dict[str, Any] = {"features": round(flat[0][2], 3), "search": {}}
     for spec in plan.searches:  # in the service's order, whatever order the threads finished
         docs, ms = found[spec.name]
-        documents[spec.name] = list(docs.hits)
+    warming: dict[str, Any] = {}
+        if isinstance(docs, ViewWarmingError):  # no table yet: an empty list, said so
+            documents[spec.name] = []
+            warming[spec.name] = {"status": "warming", **docs.to_dict()["error"]["details"]}
+            warming[spec.name]["message"] = docs.message
+        else:
+            documents[spec.name] = list(docs.hits)
         timings["search"][spec.name] = round(ms, 3)
     timings["retrieve"] = round((time.perf_counter() - began) * 1000, 3)
     return ContextResult(
@@ -513,7 +529,12 @@ def finish_retrieval(
         documents=documents,
         prompt=None,
         completion=None,
-        metadata={"workspace_version": plan.workspace_version, "timings_ms": timings},
+        metadata={
+            "workspace_version": plan.workspace_version,
+            "timings_ms": timings,
+            # searches of views whose first materialization has not landed (see docs/http-api.md)
+            **({"warming": warming} if warming else {}),
+        },
     )
 
 

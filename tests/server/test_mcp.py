@@ -338,7 +338,8 @@ def test_a_key_sees_only_its_workspaces_and_roles(server, shop):
     assert "workspace" not in str(refused.error.data)
     allowed = run(lambda: call_as(keys["staging-reader"], "staging__search_product_docs"))
     assert not isinstance(allowed, MCPError)  # its own reader finds it: the tool runs, and
-    assert "does not exist" in error_of(allowed)["message"]  # says staging is not materialized
+    warming = error_of(allowed)  # says staging's product_docs is applied, not built yet
+    assert warming["code"] == "view_warming" and "'product_docs'" in warming["message"]
 
 
 @pytest.mark.parametrize("key", [None, "ck_0123456789ab_not-a-real-secret"])

@@ -1,0 +1,144 @@
+"""Serving before the embedding views finish: an applied embedding view whose vector table is not
+built yet (never materialized, or its first job still running) is *warming*. A search of it is a
+503 ``view_warming`` with ``Retry-After`` that names the view (and the running job, with its
+encode progress); ``/v1/context`` answers 200 with the features and the rendered prompt, that
+search's documents an empty list, marked in ``metadata.warming``. Once the job lands, the next
+request serves the documents (same server, no restart). An unknown view stays a 404.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+
+import contextkit
+from contextkit.server.app import create_app
+
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
+END = T0 + timedelta(hours=12)
+
+DEFS = '''
+from datetime import timedelta
+from contextkit import (Aggregate, ContextService, EmbeddingView, Entity, FileSource, PromptView,
+                        Search, batch_feature_view)
+
+user = Entity(name="user", join_keys=["user_id"])
+doc = Entity(name="doc", join_keys=["doc_id"])
+orders = FileSource(name="orders", path="data/orders.parquet", timestamp_field="ts")
+docs = FileSource(name="docs", path="data/docs.parquet", timestamp_field="ts")
+
+@batch_feature_view(sources=[orders], entities=[user], mode="sql",
+                    features=[Aggregate(column="amount", function="sum",
+                                        time_window=timedelta(days=7))])
+def spend(orders):
+    return f"SELECT user_id, amount, ts FROM {orders}"
+
+doc_text = EmbeddingView(name="doc_text", source=docs, entities=[doc], text="body", model="hashed")
+
+note = PromptView(
+    name="note",
+    template="spent {{ features.spend.amount_sum_7d }}; {{ documents.articles | length }} articles",
+    features=[spend],
+    searches=[Search(doc_text, name="articles", top_k=2)],
+)
+
+svc = ContextService(name="svc", features=[spend], prompts=[note])
+'''
+
+CONTEXT = {"service": "svc", "entities": {"user_id": 1}, "query": "coffee grinders"}
+
+
+def tables() -> dict[str, pa.Table]:
+    topics = ["running shoes", "coffee grinders", "desk lamps", "garden hoses"]
+    return {
+        "orders.parquet": pa.table({
+            "user_id": pa.array([1, 1], pa.int64()), "amount": pa.array([5, 7], pa.int64()),
+            "ts": pa.array([T0, T0 + timedelta(hours=1)], pa.timestamp("us", tz="UTC")),
+        }),
+        "docs.parquet": pa.table({
+            "doc_id": [f"d{i}" for i in range(8)],
+            "body": [f"Article {i} about {topics[i % 4]}." for i in range(8)],
+            "ts": pa.array([T0] * 8, pa.timestamp("us", tz="UTC")),
+        }),
+    }  # fmt: skip
+
+
+@pytest.fixture
+def served(make_repo):
+    root = make_repo({"defs.py": DEFS}, data=tables())
+    with (root / "contextkit.yaml").open("a") as config:
+        config.write("models:\n  hashed: {type: hash, dimension: 16}\n")
+    sys.modules.pop("defs", None)
+    ctx = contextkit.connect(root, "prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize(["spend"], end=END)  # the features only: doc_text is applied, not built
+    with TestClient(create_app(ctx, auth=False)) as client:
+        yield ctx, client
+    sys.modules.pop("defs", None)
+    ctx.close()
+
+
+def search(client, view: str = "doc_text"):
+    return client.post("/v1/search", json={"view": view, "query": "coffee grinders", "top_k": 2})
+
+
+def test_warming_then_served_without_a_restart(served) -> None:
+    ctx, client = served
+    # Before any job: a 503 that says what is going on and when to come back.
+    answer = search(client)
+    assert answer.status_code == 503, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "view_warming"
+    assert "'doc_text'" in error["message"] and "warming" in error["message"]
+    assert error["details"]["view"] == "doc_text" and "job" not in error["details"]
+    assert "contextkit materialize --views doc_text" in error["details"]["hint"]
+    assert int(answer.headers["Retry-After"]) == error["details"]["retry_after_s"] >= 1
+    # The OpenAI-style vector store search shares the path (and the header).
+    store = client.post("/v1/vector_stores/doc_text/search", json={"query": "coffee"})
+    assert store.status_code == 503 and store.json()["error"]["code"] == "view_warming"
+    assert "Retry-After" in store.headers
+
+    # The context still answers: features, the prompt (which saw an empty list), the mark.
+    context = client.post("/v1/context", json=CONTEXT)
+    assert context.status_code == 200, context.text
+    body = context.json()
+    assert body["features"]["spend"]["values"] == {"amount_sum_7d": 12}
+    assert body["documents"] == {"articles": []}
+    assert body["prompt"]["text"].strip() == "spent 12; 0 articles"
+    warming = body["metadata"]["warming"]["articles"]
+    assert warming["status"] == "warming" and warming["view"] == "doc_text"
+
+    # While the first job encodes, the 503 names it and its progress.
+    during = []
+
+    def on_progress(view, progress):
+        if not during:
+            during.append(search(client))
+
+    ctx.materialize(["doc_text"], on_progress=on_progress)
+    (running,) = during
+    assert running.status_code == 503
+    details = running.json()["error"]["details"]
+    assert details["job"]["status"] == "running"
+    assert details["job"]["id"] in running.json()["error"]["message"]
+    assert details["job"]["encoded"]["chunks_total"] == 8
+
+    # The job landed: the same server serves the documents.
+    found = search(client)
+    assert found.status_code == 200, found.text
+    assert len(found.json()["results"]) == 2
+    body = client.post("/v1/context", json=CONTEXT).json()
+    assert len(body["documents"]["articles"]) == 2 and "warming" not in body["metadata"]
+    assert body["prompt"]["text"].strip() == "spent 12; 2 articles"
+
+
+def test_an_unknown_view_stays_a_404(served) -> None:
+    _, client = served
+    answer = search(client, "nope")
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    assert "Retry-After" not in answer.headers
