@@ -33,9 +33,9 @@ server turns them into ``{"error": {"code", "message", "details"}}`` with the ma
     └── JobCancelledError          job_cancelled           409  compute (a cancelled job)
     └── RerankError                rerank_failed           502  compute.rerank (the provider failed)
     └── ComputeError               compute_error           503  compute.ray (engine unavailable)
+    └── ViewWarmingError           view_warming            503  compute.embedding (no table yet)
 
 The leaves (``stores``, ``embeddings``, ``prompts``) import nothing of the core, so they keep
-    └── ViewWarmingError           view_warming            503  compute.embedding (no table yet)
 their own small bases; :func:`translate_store_errors` and :data:`translating` turn their errors
 into this tree once, where the core calls them. The codes and statuses above are read from the
 classes by ``tests/test_errors.py`` (indentation = subclass), so this drawing cannot drift.
@@ -256,8 +256,6 @@ class ComputeError(ContextKitError):
 _LEAF_MODULES = ("contextkit.embeddings", "contextkit.prompts", "contextkit.stores")
 
 
-class ExpectationFailedError(ContextKitError):
-    """A job's rows failed an expectation of a view declared with on_expectation_failure="fail";
 class ViewWarmingError(ContextKitError):
     """A search of an applied embedding view whose vector table is not built yet: its first
     materialization has not landed (it may be running). Temporary, so HTTP 503 with
@@ -286,6 +284,8 @@ class ViewWarmingError(ContextKitError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class ExpectationFailedError(ContextKitError):
+    """A job's rows failed an expectation of a view declared with on_expectation_failure="fail";
     the job is failed and the stores are left as they were."""
 
     code = "expectation_failed"

@@ -471,9 +471,9 @@ def retrieve_stage(ctx: Runtime, plan: ContextPlan, request: ContextRequest):
                             filter=filter_,
                             **spec.ranking(),
                             root=ctx.config.root.resolve(),
+                            registry=ctx.registry,
                         )
 
-                            registry=ctx.registry,
                     try:
                         if cache is None:
                             value = search()
@@ -510,9 +510,9 @@ def finish_retrieval(
     found = {name: (docs, ms) for name, docs, ms in flat[1:]}
     documents: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, Any] = {"features": round(flat[0][2], 3), "search": {}}
+    warming: dict[str, Any] = {}
     for spec in plan.searches:  # in the service's order, whatever order the threads finished
         docs, ms = found[spec.name]
-    warming: dict[str, Any] = {}
         if isinstance(docs, ViewWarmingError):  # no table yet: an empty list, said so
             documents[spec.name] = []
             warming[spec.name] = {"status": "warming", **docs.to_dict()["error"]["details"]}
