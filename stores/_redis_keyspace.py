@@ -405,7 +405,7 @@ class Keyspace:
         text = str(exc)
         if self.password:
             text = text.replace(self.password, "***")
-        where = f"online store {self.masked_url}"
+        where = f"{'Redis Cluster ' if self.cluster else ''}online store {self.masked_url}"
         upper = text.upper()
         if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in upper or "NOAUTH" in upper:
             return StoreServerUnavailable(
@@ -433,6 +433,13 @@ class Keyspace:
                 hint="for a certificate from a private CA add ?ssl_ca_certs=/path/to/ca.pem to "
                 "the rediss:// URL; a server without TLS takes redis://, not rediss://",
             )
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError) and self.cluster:
+            return StoreServerUnavailable(
+                f"{action}: a master of {where} is unreachable ({text})",
+                hint="check that every master of the cluster runs (a master down without a "
+                "replica to take over leaves its slots unserved) and that the URL names one of "
+                "them; reads and writes resume by themselves once it answers",
+            )
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             return StoreServerUnavailable(
                 f"{action}: {where} is unreachable ({text})",
@@ -456,13 +463,13 @@ class Keyspace:
             )
         if isinstance(exc, redis.exceptions.ClusterDownError) or "CLUSTERDOWN" in upper:
             return StoreServerUnavailable(
-                f"{action}: Redis Cluster {where} is down ({text})",
+                f"{action}: {where} is down ({text})",
                 hint="a master without a working replica is down, so the cluster refuses every "
                 "slot; reads and writes resume by themselves once it serves all slots again",
             )
         if isinstance(exc, cluster_errors) or moved:
             return StoreServerUnavailable(
-                f"{action}: Redis Cluster {where} is moving slots or cannot be reached ({text})",
+                f"{action}: {where} is moving slots or cannot be reached ({text})",
                 hint="check that the cluster's masters run and that the URL names one of them; "
                 "a resharding or failover in progress passes: retry",
             )

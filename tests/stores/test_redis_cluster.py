@@ -243,7 +243,7 @@ def test_a_dead_master_is_a_503_store_error_and_the_store_recovers_when_it_is_ba
         with pytest.raises(StoreUnavailableError) as err:
             reader.read(store, users, now=NOW)
         assert err.value.http_status == 503 and err.value.code == "store_error"
-        assert "online store redis+cluster://127.0.0.1" in err.value.message
+        assert "a master of Redis Cluster online store redis+cluster://" in err.value.message
         client = TestClient(create_app(ctx, auth=False))
         answer = client.post("/v1/features", json={"service": "svc", "entities": users})
         assert answer.status_code == 503, answer.text
@@ -285,3 +285,26 @@ def test_a_read_of_two_tables_in_two_workspaces_reads_both(redis_cluster):
     finally:
         store.close()
         drop_prefix(redis_cluster.cluster_url, prefix)
+
+
+def test_the_configuration_names_a_cluster_and_bad_cluster_settings_are_clear(
+    tmp_path, monkeypatch, redis_cluster
+):
+    """``CONTEXTKIT_ONLINE_STORE=redis+cluster://...`` opens the store on the cluster; a database
+    other than 0 or a prefix with a brace is refused at once, saying why."""
+    (tmp_path / "contextkit.yaml").write_text(
+        "project: shop\nonline_store: {url: 'redis://127.0.0.1:1/0', prefix: 'cfg'}\n"
+    )
+    monkeypatch.setenv("CONTEXTKIT_ONLINE_STORE", redis_cluster.cluster_url)
+    ctx = contextkit.connect(tmp_path)
+    try:
+        assert isinstance(ctx.online, RedisOnlineStore) and ctx.online.cluster
+        assert ctx.online.prefix == "cfg" and not ctx.online.has_table("prod__spend")
+    finally:
+        ctx.close()
+    port = redis_cluster.nodes[0].port
+    with pytest.raises(StoreFailure, match="database 0 only"):
+        RedisOnlineStore(f"redis+cluster://:pw@127.0.0.1:{port}/3", prefix="x")
+    with pytest.raises(StoreFailure, match="brace") as info:
+        RedisOnlineStore(redis_cluster.cluster_url, prefix="ck:{shop}")
+    assert "prefix" in (info.value.hint or "")
