@@ -3,7 +3,8 @@ count the batch source's history and the ingest log, a record found in both once
 of the online store (`contextkit online rebuild`, serving's start-up on an emptied Redis) gives
 the answers served before the store was lost. Offline reads see the same events.
 
-Embedded SQLite, and a real redis-server (tests/backends.py) beside the SQLite registry's log.
+Embedded SQLite; a real redis-server (tests/backends.py) beside the SQLite registry's log; a
+node's SQLite online store beside the log of a real PostgreSQL registry.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import pyarrow as pa
 import pytest
 
 import contextkit
+from contextkit.compute.layout import log_table
 from contextkit.compute.online_rebuild import rebuild_if_empty, rebuild_online
 from contextkit.compute.streaming import ingest_records, log_arrow
+from contextkit.errors import StoreUnavailableError
 
 pytest_plugins = ["backends"]
 
@@ -63,7 +66,7 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def shop(request, make_repo):
     history = pa.table(
         {
@@ -84,11 +87,18 @@ def shop(request, make_repo):
                 f"online_store: {{url: '{server.url}', prefix: '{prefix}'}}",
             )
         )
+    elif request.param == "postgres":  # the log in the registry, the values in a node's file
+        database = request.getfixturevalue("postgres_server").create_database()
+        config = (root / "contextkit.yaml").read_text()
+        (root / "contextkit.yaml").write_text(
+            config.replace("registry: .contextkit/registry.db", f"registry: {database}")
+        )
     ctx = contextkit.connect(root, workspace="prod")
     ctx.create_workspace("prod", live=True)
     ctx.apply(ctx.plan(root))
-    yield ctx, prefix, request.param
-    ctx.close()
+    box = {"ctx": ctx, "root": root}
+    yield box, prefix, request.param
+    box["ctx"].close()
 
 
 def served(ctx) -> dict:
@@ -97,7 +107,8 @@ def served(ctx) -> dict:
 
 
 def test_a_rebuild_restores_the_batch_source_history_and_the_log_each_event_once(shop, request):
-    ctx, prefix, backend = shop
+    box, prefix, backend = shop
+    ctx = box["ctx"]
     for push in PUSHES:
         records = [{"user_id": u, "price": p, "ts": ago(m).isoformat()} for u, p, m in push]
         assert ingest_records(ctx, "clicks", records).accepted == len(push)
@@ -106,12 +117,18 @@ def test_a_rebuild_restores_the_batch_source_history_and_the_log_each_event_once
     source = ctx.specs().push_sources["clicks"]
     assert log_arrow(ctx, "prod", source).num_rows == 7  # offline: the same events, once
 
-    if backend == "redis":  # Redis loses everything; serving's start-up restores it
+    if backend == "redis":  # Redis loses everything
         import redis
 
         client = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
         client.delete(*client.keys(f"{prefix}*"))
         client.close()
+    if backend == "postgres":  # the node loses its disk (its online values): not the log
+        ctx.close()
+        for path in (box["root"] / ".contextkit").glob("online.db*"):
+            path.unlink()
+        ctx = box["ctx"] = contextkit.connect(box["root"], workspace="prod")
+    if backend != "sqlite":  # serving's start-up restores what the online store lost
         assert served(ctx)["click_count.price_count_1d"] == [None, None]
         assert rebuild_if_empty(ctx.runtime) is not None
         assert served(ctx) == before
@@ -122,3 +139,29 @@ def test_a_rebuild_restores_the_batch_source_history_and_the_log_each_event_once
     assert ctx.flush_ingest_logs() == {"clicks": 3}
     rebuild_online(ctx.runtime)
     assert served(ctx) == before
+
+
+def test_an_unreadable_batch_source_refuses_the_first_ingest_and_writes_nothing(make_repo):
+    """The history loads with the first ingest; a batch file gone since apply is a 503 naming
+    it, and the record is not half-written (embedded: one transaction)."""
+    history = pa.table(
+        {
+            "user_id": pa.array([0], pa.int64()),
+            "price": pa.array([1.0], pa.float64()),
+            "ts": pa.array([ago(5)], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    root = make_repo({"defs.py": DEFS}, data={"history.parquet": history})
+    ctx = contextkit.connect(root, workspace="prod")
+    try:
+        ctx.create_workspace("prod", live=True)
+        ctx.apply(ctx.plan(root))
+        (root / "data" / "history.parquet").unlink()
+        record = {"user_id": 0, "price": 2.0, "ts": ago(1).isoformat()}
+        with pytest.raises(StoreUnavailableError) as err:
+            ingest_records(ctx, "clicks", [record])
+        assert err.value.http_status == 503 and err.value.code == "store_error"
+        assert "batch_source 'history' of push source 'clicks'" in err.value.message
+        assert ctx.online.read_log(log_table("prod", "clicks"), [], 0, 5) == []
+    finally:
+        ctx.close()

@@ -21,6 +21,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from contextkit.errors import StoreUnavailableError
 from contextkit.framework.specs import PushSourceSpec
 from contextkit.framework.transformations import quote
 from contextkit.types import Bool, Float64, Int64, String, Timestamp, arrow_type
@@ -43,6 +44,7 @@ def log_schema(source: PushSourceSpec) -> pa.Schema:
 def batch_rows(ctx: Runtime, source: PushSourceSpec) -> pa.Table | None:
     """The batch source's rows, read as materialization reads a FileSource (local or s3://),
     with ``__seq`` ``-n..-1`` in file order; None without a batch source."""
+    import duckdb
     import pyarrow as pa
 
     from contextkit.framework import transformations
@@ -55,6 +57,13 @@ def batch_rows(ctx: Runtime, source: PushSourceSpec) -> pa.Table | None:
         cols = ", ".join(quote(c.name) for c in source.columns)
         scan = transformations.source_scan_sql(batch, ctx.config.root.resolve(), con)
         table = con.sql(f"SELECT {cols} FROM ({scan})").to_arrow_table()
+    except (duckdb.Error, OSError, pa.ArrowException) as exc:
+        raise StoreUnavailableError(
+            f"batch_source {batch.name!r} of push source {source.name!r} cannot be read "
+            f"({batch.path}): {str(exc).splitlines()[0]}",
+            hint="restore the file: the stream views' online values count its rows, which are "
+            "loaded the first time the online store applies the source's records",
+        ) from None
     finally:
         con.close()
     seq = pa.array(range(-table.num_rows, 0), pa.int64())

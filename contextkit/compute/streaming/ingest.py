@@ -135,7 +135,7 @@ def _write(
         fresh = durable.transact(append)  # durable from here on: the online store may lose it
         try:
             apply_log(ctx, workspace, source, views, now)
-        except StoreServerUnavailable as exc:
+        except (StoreServerUnavailable, StoreUnavailableError) as exc:
             raise StoreUnavailableError(
                 f"{len(fresh)} record(s) of {source.name!r} are in the durable ingest log, but "
                 f"the online store cannot take them now: {exc.message}",
