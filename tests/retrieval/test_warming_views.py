@@ -21,7 +21,7 @@ from contextkit.server.app import create_app
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 END = T0 + timedelta(hours=12)
 
-DEFS = '''
+DEFS = """
 from datetime import timedelta
 from contextkit import (Aggregate, ContextService, EmbeddingView, Entity, FileSource, PromptView,
                         Search, batch_feature_view)
@@ -47,7 +47,7 @@ note = PromptView(
 )
 
 svc = ContextService(name="svc", features=[spend], prompts=[note])
-'''
+"""
 
 CONTEXT = {"service": "svc", "entities": {"user_id": 1}, "query": "coffee grinders"}
 

@@ -214,11 +214,14 @@ class PromptViewChecks:
             "entities": {key: sample_value(dtype) for key, (_, dtype) in key_types.items()},
         }
         limits = self.render_limits
+        # No model: token filters count with the offline approximation. The prompt's own
+        # tokenizer would import litellm (seconds of every `plan`) for sample values whose
+        # token counts mean nothing; only the limits are checked here.
         try:
             if prompt.format == "messages":
-                template.render_messages(context, model=prompt.model, limits=limits)
+                template.render_messages(context, model=None, limits=limits)
             else:
-                template.render(context, model=prompt.model, limits=limits)
+                template.render(context, model=None, limits=limits)
         except PromptLimitError as exc:
             setting = {"timeout_s": "render_timeout_s"}.get(exc.limit, exc.limit)
             where = None
