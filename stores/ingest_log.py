@@ -156,6 +156,50 @@ class PostgresIngestLog:
         )
         return int(found[0][0]) if found else None
 
+    def adopt(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> bool:
+        """Take over a log kept elsewhere (a node's SQLite online store, where versions before
+        the log followed the registry kept it), its seqs, idempotency keys and arrival times
+        kept, so the flushed watermark and the online store's state still match them. ``rows``:
+        ``(seq, ingest_id, ingested_at, *columns)`` in seq order. True when the log is now here:
+        it had no rows and took these, or it holds them already (an adoption that crashed
+        before the node dropped its copy); False when it holds other rows (nothing written)."""
+        if not rows:
+            return True
+        last = rows[-1]
+        with self._db.connection("adopting a node's ingest log") as con:
+            self._ensure(con)
+            with con.transaction():
+                writer = _PostgresLogWriter(con)
+                writer.ensure_table(table, [], [], log=True)  # holds the counter row
+                (current,) = con.execute(
+                    "SELECT last_seq FROM ingest_log_seqs WHERE log = %s", (table,)
+                ).fetchone()
+                if current:
+                    same = con.execute(
+                        "SELECT 1 FROM ingest_log WHERE log = %s AND seq = %s AND ingested_at = %s",
+                        (table, last[0], last[2]),
+                    ).fetchone()
+                    return same is not None
+                with con.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO ingest_log (log, seq, ingest_id, ingested_at, row) "
+                        "VALUES (%s, %s, %s, %s, %s::jsonb)",
+                        [
+                            (
+                                table,
+                                r[0],
+                                r[1],
+                                r[2],
+                                json.dumps(dict(zip(columns, r[3:], strict=True))),
+                            )
+                            for r in rows
+                        ],
+                    )
+                con.execute(
+                    "UPDATE ingest_log_seqs SET last_seq = %s WHERE log = %s", (last[0], table)
+                )
+        return True
+
     @contextmanager
     def exclusive(self, table: str) -> Iterator[None]:
         """A transaction-level advisory lock on the log, held on one connection for the block:

@@ -89,3 +89,48 @@ def test_two_nodes_with_local_sqlite_online_stores_share_the_postgres_log(
     finally:
         a.close()
         b.close()
+
+
+def test_a_log_an_earlier_version_left_in_a_nodes_sqlite_store_moves_to_the_shared_log(
+    make_repo, postgres_server
+):
+    """Before the log followed the registry, a PostgreSQL registry beside the embedded online
+    store kept the log in the online store's file (the SQLite registry's layout, made here).
+    The first use moves it into the shared log, seqs and idempotency keys kept, and marks the
+    node's values as holding it: nothing is lost, applied twice or flushed twice."""
+    root = make_repo({"defs.py": DEFS})
+    ctx = contextkit.connect(root, workspace="prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ts = datetime.now(UTC).isoformat()
+    old = [
+        {"record": {"user_id": u, "price": p, "ts": ts}, "idempotency_key": k}
+        for u, p, k in [(0, 1.0, "k1"), (1, 2.0, "k2"), (0, 3.0, "k3")]
+    ]
+    assert ingest_records(ctx, "clicks", old).accepted == 3
+    before = served(ctx, [0, 1])
+    ctx.close()
+    config = (root / "contextkit.yaml").read_text()
+    (root / "contextkit.yaml").write_text(
+        config.replace(
+            "registry: .contextkit/registry.db", f"registry: {postgres_server.create_database()}"
+        )
+    )
+    ctx = contextkit.connect(root, workspace="prod")
+    try:
+        ctx.create_workspace("prod", live=True)
+        ctx.apply(ctx.plan(root))
+        new = {"record": {"user_id": 1, "price": 4.0, "ts": ts}, "idempotency_key": "k4"}
+        result = ingest_records(ctx, "clicks", [old[2], new])
+        assert (result.accepted, result.duplicates) == (1, [0])  # k3 was adopted with its key
+        log = log_table("prod", "clicks")
+        shared = ingest_log(ctx)
+        assert isinstance(shared, PostgresIngestLog) and not ctx.online.has_table(log)
+        assert [r[0] for r in shared.read_log(log, ["price"], 0, 10)] == [1, 2, 3, 4]
+        after = served(ctx, [0, 1])
+        assert after["click_count.price_count_1d"] == [2, 2]  # the old three, once, and k4
+        assert after["click_count.price_sum_1d"] == [4.0, 6.0]
+        assert before["click_count.price_count_1d"] == [2, 1]
+        assert ctx.flush_ingest_logs() == {"clicks": 4}
+    finally:
+        ctx.close()

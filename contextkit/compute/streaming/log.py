@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.layout import log_table, online_table, tiles_table
-from contextkit.compute.streaming.durable import ingest_log
+from contextkit.compute.streaming.durable import applied_table, ingest_log
 from contextkit.compute.streaming.flush import flushed_log_rows, logged_events
 from contextkit.compute.streaming.history import batch_rows, history, row_digest
 from contextkit.compute.streaming.latest import upsert_latest
@@ -28,11 +28,6 @@ if TYPE_CHECKING:
 
 # How many conflicting rounds (each one another applier's commit) apply_log rides out.
 _MAX_CONFLICTS = 200
-
-
-def applied_table(workspace: str, source: str) -> str:
-    """The online table holding how far (which log seq) the online store applied a log."""
-    return f"{log_table(workspace, source)}__applied"
 
 
 def history_table(workspace: str, source: str) -> str:
