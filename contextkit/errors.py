@@ -28,6 +28,8 @@ server turns them into ``{"error": {"code", "message", "details"}}`` with the ma
     └── ExpectationFailedError     expectation_failed      422  compute.quality
     └── MonitoringError            monitoring_error        500  compute.quality
     └── RealtimeFeatureError       realtime_feature_error  500  framework.realtime
+        └── TransformTimeoutError  transform_timeout       504  framework.transform_workers
+        └── TransformWorkerError   transform_worker_failed 503  framework.transform_workers
     └── PushEmbeddingError         push_embedding_failed   500  compute.push_embeddings
     └── JobConflictError           job_conflict            409  governance.jobs
     └── JobCancelledError          job_cancelled           409  compute (a cancelled job)
@@ -304,6 +306,21 @@ class RealtimeFeatureError(ContextKitError):
 
     code = "realtime_feature_error"
     http_status = 500
+
+
+class TransformTimeoutError(RealtimeFeatureError):
+    """A realtime view of a transform server group did not answer within the group's timeout
+    (or every worker of the group stayed busy that long)."""
+
+    code = "transform_timeout"
+    http_status = 504
+
+
+class TransformWorkerError(RealtimeFeatureError):
+    """A worker process of a transform server group died (or could not start) during a call."""
+
+    code = "transform_worker_failed"
+    http_status = 503
 
 
 class IngestError(BadRequestError):

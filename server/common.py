@@ -248,9 +248,20 @@ class ServerState:
         return group is not None and service in group.services
 
 
+def waits_on_transform_workers(ctx: Context, service: str) -> bool:
+    """Whether a feature lookup of ``service`` waits on transform server group workers (other
+    processes): the route then runs it in a thread, so the event loop keeps serving the other
+    services meanwhile. False for anything odd (the lookup itself names the mistake)."""
+    try:
+        return ctx.service_reader(service).uses_transform_groups
+    except ContextKitError:
+        return False
+
+
 def _serving_metrics(state: ServerState) -> None:
-    """The server group label and the serving cache's counters on ``/metrics`` (read at scrape
-    time from the process-wide cache, see :mod:`contextkit.retrieval.cache`)."""
+    """The server group label, the serving cache's counters (read at scrape time from the
+    process-wide cache, see :mod:`contextkit.retrieval.cache`) and the transform server groups
+    on ``/metrics``."""
     from contextkit.retrieval.cache import serving_cache
 
     if state.server_group is not None:
@@ -299,4 +310,41 @@ def _serving_metrics(state: ServerState) -> None:
         "gauge",
         (),
         lambda: [((), len(cache))],
+    )
+    _transform_metrics(state)
+
+
+def _transform_metrics(state: ServerState) -> None:
+    """The transform server groups on ``/metrics``: those the default workspace declares, and
+    the calls and running workers of those this process has started (at their first call)."""
+    from contextkit.framework.transform_workers import pools
+
+    def declared() -> list[tuple[tuple[str, ...], float]]:
+        try:
+            groups = state.ctx.specs().transform_server_groups.values()
+        except ContextKitError:  # no workspace applied yet
+            return []
+        return [((g.name, ",".join(g.views)), g.workers) for g in groups]
+
+    state.metrics.collector(
+        "contextkit_transform_server_group_workers",
+        "Worker processes each transform server group may run in this process (declared).",
+        "gauge",
+        ("transform_server_group", "views"),
+        declared,
+    )
+    state.metrics.collector(
+        "contextkit_transform_workers_running",
+        "Worker processes of each transform server group running in this process now.",
+        "gauge",
+        ("workspace", "transform_server_group"),
+        lambda: [((p.workspace, p.name), p.running) for p in pools()],
+    )
+    state.metrics.collector(
+        "contextkit_transform_calls_total",
+        "Realtime view calls sent to transform server group workers, by outcome (ok, error: "
+        "the function raised, timeout, worker_failed: the worker died).",
+        "counter",
+        ("workspace", "transform_server_group", "outcome"),
+        lambda: [((p.workspace, p.name, o), n) for p in pools() for o, n in p.calls.items()],
     )

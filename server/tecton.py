@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import re
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from contextkit.errors import (
     BadRequestError,
@@ -33,6 +35,7 @@ from contextkit.server.common import (
     json_response,
     ok_example,
     parse_body,
+    waits_on_transform_workers,
 )
 from contextkit.server.features import body_schema
 from contextkit.stores.errors import StoreFailure
@@ -412,7 +415,11 @@ async def _serve(
     try:
         parsed = (await _body(request, model)).parsed()
         ctx = state.context(request, parsed.workspace, READER, service=parsed.service)
-        answer = tecton_compat.get_features(ctx.runtime, parsed, started=started)
+        lookup = partial(tecton_compat.get_features, ctx.runtime, parsed, started=started)
+        if waits_on_transform_workers(ctx, parsed.service):  # other processes: off the loop
+            answer = await run_in_threadpool(lookup)
+        else:
+            answer = lookup()
     except Exception as exc:  # every error in Tecton's shape
         return _error(exc)
     # Serialized by hand (orjson), not through the response model (the documented shape): the

@@ -284,6 +284,9 @@ class UI:
             statuses=[s for s in statuses if s.kind in ("batch_feature_view", "embedding_view")],
             services=services,
             server_groups=sorted(specs.server_groups.values(), key=lambda g: g.name),
+            transform_server_groups=sorted(
+                specs.transform_server_groups.values(), key=lambda g: g.name
+            ),
             prompts=sorted(specs.prompts),
             sources=sorted(specs.sources),
             counts=summarize_alerts(alerts),

@@ -37,6 +37,7 @@ PUBLIC = {
     "String",
     "TemplateFile",
     "Timestamp",
+    "TransformServerGroup",
     "__version__",
     "batch_feature_view",
     "connect",

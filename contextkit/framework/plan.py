@@ -43,6 +43,7 @@ KIND_ORDER = (
     "prompt_view",
     "context_service",
     "server_group",
+    "transform_server_group",
 )
 _ORDER = {kind: i for i, kind in enumerate(KIND_ORDER)}
 # Kinds whose data is computed by `materialize`.
@@ -75,6 +76,7 @@ _KIND_LABEL = {
     "prompt_view": "prompt view",
     "context_service": "service",
     "server_group": "server group",
+    "transform_server_group": "transform server group",
 }
 
 

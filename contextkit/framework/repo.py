@@ -31,6 +31,7 @@ from contextkit.framework.definitions import (
     RealtimeFeatureView,
     ServerGroup,
     StreamFeatureView,
+    TransformServerGroup,
 )
 
 SKIP_DIRS = {".contextkit", ".venv", "venv", "__pycache__", "data", "node_modules", "tests"}
@@ -50,6 +51,7 @@ NAMESPACES = {
     PromptView: "source or view",
     ContextService: "service",
     ServerGroup: "server group",
+    TransformServerGroup: "server group",
 }
 
 
@@ -163,6 +165,8 @@ def _referenced(obj: Definition) -> list[Definition]:
         refs = [*obj.views(), *obj.embedding_views(), *obj.prompt_views()]
     elif isinstance(obj, ServerGroup):
         refs = obj.service_objects()
+    elif isinstance(obj, TransformServerGroup):
+        refs = obj.view_objects()
     else:
         refs = []
     return [o for o in refs if isinstance(o, Definition)]

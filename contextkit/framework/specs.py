@@ -341,6 +341,16 @@ class ServerGroupSpec(_ObjectSpec):
     services: list[str]
 
 
+class TransformServerGroupSpec(_ObjectSpec):
+    """A transform server group: realtime views run in a pool of worker processes of their own
+    in every serving process, each call answered within ``timeout_seconds``."""
+
+    kind: Literal["transform_server_group"] = "transform_server_group"
+    views: list[str]
+    workers: int = 2
+    timeout_seconds: float = 5.0
+
+
 AnySpec = (
     EntitySpec
     | FileSourceSpec
@@ -353,6 +363,7 @@ AnySpec = (
     | PromptViewSpec
     | ContextServiceSpec
     | ServerGroupSpec
+    | TransformServerGroupSpec
 )
 ObjectSpec = Annotated[AnySpec, Field(discriminator="kind")]
 

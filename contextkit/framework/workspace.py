@@ -35,6 +35,7 @@ from contextkit.framework.specs import (
     RealtimeFeatureViewSpec,
     ServerGroupSpec,
     StreamFeatureViewSpec,
+    TransformServerGroupSpec,
 )
 from contextkit.stores.offline import OfflineStore, ParquetOfflineStore
 from contextkit.stores.online import OnlineStore, SQLiteOnlineStore
@@ -64,6 +65,7 @@ class WorkspaceSpecs:
         self.stream_views: dict[str, StreamFeatureViewSpec] = {}
         self.realtime_views: dict[str, RealtimeFeatureViewSpec] = {}
         self.server_groups: dict[str, ServerGroupSpec] = {}
+        self.transform_server_groups: dict[str, TransformServerGroupSpec] = {}
         by_kind: dict[str, dict[str, Any]] = {
             "entity": self.entities,
             "file_source": self.sources,
@@ -76,6 +78,7 @@ class WorkspaceSpecs:
             "stream_feature_view": self.stream_views,
             "realtime_feature_view": self.realtime_views,
             "server_group": self.server_groups,
+            "transform_server_group": self.transform_server_groups,
         }
         for record in records:
             target = by_kind.get(record.kind)

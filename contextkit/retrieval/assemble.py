@@ -129,7 +129,9 @@ def build_plan(ctx: Runtime, service_name: str, prompt_name: str | None) -> Cont
     reader = None
     if refs:
         merged = ContextServiceSpec(name=service.name, features=refs)
-        reader = ServiceReader.build(specs.workspace.name, merged, specs.feature_views)
+        reader = ServiceReader.build(
+            specs.workspace.name, merged, specs.feature_views, specs.transform_server_groups
+        )
     searches: dict[str, SearchSpec] = {s.name: s for s in service.searches}
     for search in prompt.searches if prompt else []:
         searches.setdefault(search.name, search)

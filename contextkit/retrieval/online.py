@@ -51,6 +51,7 @@ class _ViewRead:
     kind: str = "batch"
     spec: Any = None
     selected: tuple[str, ...] = ()  # the features returned (a realtime input may read more)
+    group: Any = None  # a realtime view's TransformServerGroupSpec: run in its worker processes
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,22 @@ class ServiceReader:
     output: tuple[str, ...] = ()  # the views returned, in the service's order
     cache_seconds: float | None = None  # the service's serving cache (None: not cached)
 
+    @property
+    def uses_transform_groups(self) -> bool:
+        """Whether a read waits on transform server group workers (other processes)."""
+        return any(r.group is not None for r in self.reads)
+
     @classmethod
     def build(
-        cls, workspace: str, service: ContextServiceSpec, views: Mapping[str, Any]
+        cls,
+        workspace: str,
+        service: ContextServiceSpec,
+        views: Mapping[str, Any],
+        transform_groups: Mapping[str, Any] | None = None,
     ) -> ServiceReader:
-        """``views``: every applied feature view (batch, stream and realtime) by name."""
+        """``views``: every applied feature view (batch, stream and realtime) by name;
+        ``transform_groups``: the transform server groups (TransformServerGroupSpec) by name."""
+        group_of = {v: g for g in (transform_groups or {}).values() for v in g.views}
         refs = {ref.view: ref for ref in service.features}
         realtime = [views[v] for v in refs if views[v].kind == "realtime_feature_view"]
         inputs = {name for view in realtime for name in view.inputs}
@@ -104,6 +116,7 @@ class ServiceReader:
                     kind=kind,
                     spec=view,
                     selected=tuple(selected),
+                    group=group_of.get(name) if kind == "realtime" else None,
                 )
             )
         reads.sort(key=lambda r: r.kind == "realtime")  # stable: inputs before realtime views
@@ -272,7 +285,10 @@ def service_reader(runtime: Runtime, service: str) -> ServiceReader:
                 f"service {service!r} has no feature views",
                 hint="ask /v1/context (or ctx.get_context) for its documents and prompt",
             )
-        return ServiceReader.build(workspace, spec, runtime.specs(workspace).feature_views)
+        specs = runtime.specs(workspace)
+        return ServiceReader.build(
+            workspace, spec, specs.feature_views, specs.transform_server_groups
+        )
 
     workspace = runtime.workspace
     return runtime.cached(("reader", workspace, service), build)
@@ -355,8 +371,8 @@ def _compute_realtime(reader, read, raw, request, now) -> list[tuple | None]:
 
     by_view = {r.view: r for r in reader.reads}
     now_us = epoch_micros(now)
-    out: list[tuple | None] = []
-    for i, row_request in enumerate(request):
+    rows_inputs: list[list[dict[str, Any]]] = []
+    for i in range(len(request)):
         inputs = []
         for name in read.spec.inputs:
             upstream = by_view[name]
@@ -369,17 +385,24 @@ def _compute_realtime(reader, read, raw, request, now) -> list[tuple | None]:
                     )
                 }
             )
-        computed = run_realtime(read.spec, row_request, inputs)
-        out.append(
-            (
-                now_us,
-                *(
-                    _stored(computed[n], d)
-                    for n, d in zip(read.columns[1:], read.dtypes, strict=True)
-                ),
-            )
+        rows_inputs.append(inputs)
+    if read.group is not None:  # in the worker processes of its transform server group
+        from contextkit.framework.transform_workers import transform_pool
+
+        pool = transform_pool(reader.workspace, read.group)
+        computed_rows = pool.run(read.spec, request, rows_inputs)
+    else:
+        computed_rows = [
+            run_realtime(read.spec, row_request, inputs)
+            for row_request, inputs in zip(request, rows_inputs, strict=True)
+        ]
+    return [
+        (
+            now_us,
+            *(_stored(computed[n], d) for n, d in zip(read.columns[1:], read.dtypes, strict=True)),
         )
-    return out
+        for computed in computed_rows
+    ]
 
 
 def _typed(dtype: str, value: Any) -> Any:

@@ -39,7 +39,7 @@ from contextkit.framework.definitions.prompt_views import (
     Search,
     TemplateFile,
 )
-from contextkit.framework.definitions.server_groups import ServerGroup
+from contextkit.framework.definitions.server_groups import ServerGroup, TransformServerGroup
 from contextkit.framework.definitions.services import ContextService
 from contextkit.framework.definitions.sources import (
     DatabaseSource,
@@ -69,6 +69,7 @@ __all__ = [
     "RequestSource",
     "Search",
     "ServerGroup",
+    "TransformServerGroup",
     "StreamFeatureView",
     "TemplateFile",
     "batch_feature_view",

@@ -139,6 +139,7 @@ def validate(
                 continue
             checker.check_service(service, servable, embedded)
         checker.check_server_groups()
+        checker.check_transform_server_groups()
     finally:
         con.close()
     if checker.errors:
@@ -146,7 +147,7 @@ def validate(
     enriched = {**checker.sources, **checked, **streams, **realtime, **embedded, **prompts}
     return [
         enriched.get(s.name, s)
-        if s.kind not in ("entity", "context_service", "server_group")
+        if s.kind not in ("entity", "context_service", "server_group", "transform_server_group")
         else s
         for s in specs
     ]

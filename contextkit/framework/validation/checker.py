@@ -18,6 +18,7 @@ from contextkit.framework.specs import (
     RealtimeFeatureViewSpec,
     ServerGroupSpec,
     StreamFeatureViewSpec,
+    TransformServerGroupSpec,
 )
 from contextkit.framework.validation.embedding_views import EmbeddingViewChecks
 from contextkit.framework.validation.feature_views import FeatureViewChecks
@@ -47,6 +48,9 @@ class Checker(
         self.stream_views = {s.name: s for s in specs if isinstance(s, StreamFeatureViewSpec)}
         self.realtime_views = {s.name: s for s in specs if isinstance(s, RealtimeFeatureViewSpec)}
         self.server_groups = {s.name: s for s in specs if isinstance(s, ServerGroupSpec)}
+        self.transform_server_groups = {
+            s.name: s for s in specs if isinstance(s, TransformServerGroupSpec)
+        }
         self.order = [s.name for s in specs]
         # Objects that failed a check (or were skipped because something they use failed), and
         # what was skipped because of which failure: one error per mistake.

@@ -1,16 +1,24 @@
 """Checks of context services (the views, features, searches and prompts they bundle, their
-serving cache) and of the server groups that serve them."""
+serving cache), of the server groups that serve them and of the transform server groups that run
+realtime views."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from contextkit.framework.specs import (
     ContextServiceSpec,
     EmbeddingViewSpec,
     FeatureViewSpec,
+    ServerGroupSpec,
+    TransformServerGroupSpec,
 )
 
 # The longest a service may let the data plane answer from its serving cache.
 MAX_CACHE_SECONDS = 24 * 3600
+# Bounds of a transform server group: worker processes per serving process, seconds per call.
+MAX_TRANSFORM_WORKERS = 32
+MAX_TRANSFORM_TIMEOUT_SECONDS = 300
 
 
 class ServiceChecks:
@@ -75,17 +83,64 @@ class ServiceChecks:
                         hint="services: " + (", ".join(sorted(self.services)) or "none defined"),
                     )
                     continue
-                if name in seen:
-                    self.error(group, f"service {name!r} is listed twice", hint="list it once")
-                    continue
-                seen.add(name)
-                if name in owner:
-                    other = self.server_groups[owner[name]]
-                    where = f" (at {other.location})" if other.location else ""
-                    self.error(
-                        group,
-                        f"service {name!r} is already in server group {other.name!r}{where}",
-                        hint="a service belongs to at most one server group: remove it from one",
+                self._claim(group, name, "service", seen, owner, self.server_groups)
+
+    def _claim(
+        self,
+        group: ServerGroupSpec | TransformServerGroupSpec,
+        name: str,
+        member: str,
+        seen: set[str],
+        owner: dict[str, str],
+        groups: Mapping[str, ServerGroupSpec | TransformServerGroupSpec],
+    ) -> None:
+        """``group`` lists ``name`` (a ``member``): an error when it lists it twice or another
+        group of its kind (``owner``: member -> group) lists it too."""
+        if name in seen:
+            self.error(group, f"{member} {name!r} is listed twice", hint="list it once")
+            return
+        seen.add(name)
+        if name in owner:
+            other = groups[owner[name]]
+            kind = "server group" if other.kind == "server_group" else "transform server group"
+            where = f" (at {other.location})" if other.location else ""
+            self.error(
+                group,
+                f"{member} {name!r} is already in {kind} {other.name!r}{where}",
+                hint=f"a {member} belongs to at most one {kind}: remove it from one",
+            )
+            return
+        owner[name] = group.name
+
+    # -- transform server groups -----------------------------------------------------------
+    def check_transform_server_groups(self) -> None:
+        """Every view a group names is a realtime view, no view is in two groups, and the pool's
+        size and timeout are in bounds."""
+        owner: dict[str, str] = {}
+        for group in self.transform_server_groups.values():
+            if not 1 <= group.workers <= MAX_TRANSFORM_WORKERS:
+                self.error(
+                    group,
+                    f"workers={group.workers} is out of range: 1 to {MAX_TRANSFORM_WORKERS}",
+                    hint="each serving process starts this many worker processes for the group",
+                )
+            if not 0 < group.timeout_seconds <= MAX_TRANSFORM_TIMEOUT_SECONDS:
+                self.error(
+                    group,
+                    f"timeout={group.timeout_seconds:g}s is out of range: more than 0 and at "
+                    f"most {MAX_TRANSFORM_TIMEOUT_SECONDS} s",
+                    hint="pass timeout=timedelta(seconds=2): a call that takes longer answers 504",
+                )
+            seen: set[str] = set()
+            for name in group.views:
+                if name not in self.realtime_views:
+                    other = (
+                        "it is not a realtime feature view (only realtime views are computed at "
+                        "request time)"
+                        if name in self.views or name in self.stream_views
+                        else "realtime views: " + (", ".join(sorted(self.realtime_views)) or "none")
                     )
+                    self.error(group, f"unknown realtime feature view {name!r}", hint=other)
                     continue
-                owner[name] = group.name
+                groups = self.transform_server_groups
+                self._claim(group, name, "realtime view", seen, owner, groups)
