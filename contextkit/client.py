@@ -210,6 +210,10 @@ class Context:
                 hint="apply to a live workspace (`contextkit workspace create prod --live`)",
             )
         self.flush_ingest_logs()  # pushed records join the offline store before any job reads
+        from contextkit.compute.streaming import load_histories
+
+        with _translating:  # stream views count their push sources' batch_source history
+            load_histories(self.runtime)
         names = list(views) if views else specs.materialized_order()
         unknown = [n for n in names if n not in specs.views and n not in specs.embedding_views]
         if unknown:
@@ -671,7 +675,7 @@ class Context:
         from contextkit.compute.online_rebuild import rebuilds_on_start
 
         if rebuilds_on_start(self.runtime):
-            yield "restoring online values an emptied Redis lost", self._rebuild_online_if_empty
+            yield "restoring online values the online store lost", self._rebuild_online_if_empty
         root = self.config.root.resolve()
         if specs.embedding_views and self.runtime.has_vectors:
             # LanceDB's import (seconds): a step of its own, not hidden in the next one's check

@@ -66,16 +66,19 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres"])
-def shop(request, make_repo):
-    history = pa.table(
+def history_file(rows=FILE) -> pa.Table:
+    return pa.table(
         {
-            "user_id": pa.array([u for u, _, _ in FILE], pa.int64()),
-            "price": pa.array([p for _, p, _ in FILE], pa.float64()),
-            "ts": pa.array([ago(m) for _, _, m in FILE], pa.timestamp("us", tz="UTC")),
+            "user_id": pa.array([u for u, _, _ in rows], pa.int64()),
+            "price": pa.array([p for _, p, _ in rows], pa.float64()),
+            "ts": pa.array([ago(m) for _, _, m in rows], pa.timestamp("us", tz="UTC")),
         }
     )
-    root = make_repo({"defs.py": DEFS}, data={"history.parquet": history})
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def shop(request, make_repo):
+    root = make_repo({"defs.py": DEFS}, data={"history.parquet": history_file()})
     prefix = None
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
@@ -141,17 +144,29 @@ def test_a_rebuild_restores_the_batch_source_history_and_the_log_each_event_once
     assert served(ctx) == before
 
 
+def test_materialize_loads_the_history_before_any_record_is_pushed(make_repo):
+    """Embedded stores: `contextkit materialize` loads the batch source's history; a record
+    pushed later that equals a history row is that row's event, counted once."""
+    root = make_repo({"defs.py": DEFS}, data={"history.parquet": history_file()})
+    ctx = contextkit.connect(root, workspace="prod")
+    try:
+        ctx.create_workspace("prod", live=True)
+        ctx.apply(ctx.plan(root))
+        ctx.materialize()
+        assert served(ctx)["click_count.price_count_1d"] == [2, 3]  # the file's rows only
+        ctx.materialize()  # loaded once
+        for push in PUSHES:
+            records = [{"user_id": u, "price": p, "ts": ago(m).isoformat()} for u, p, m in push]
+            assert ingest_records(ctx, "clicks", records).accepted == len(push)
+        assert served(ctx) == EXPECTED
+    finally:
+        ctx.close()
+
+
 def test_an_unreadable_batch_source_refuses_the_first_ingest_and_writes_nothing(make_repo):
     """The history loads with the first ingest; a batch file gone since apply is a 503 naming
     it, and the record is not half-written (embedded: one transaction)."""
-    history = pa.table(
-        {
-            "user_id": pa.array([0], pa.int64()),
-            "price": pa.array([1.0], pa.float64()),
-            "ts": pa.array([ago(5)], pa.timestamp("us", tz="UTC")),
-        }
-    )
-    root = make_repo({"defs.py": DEFS}, data={"history.parquet": history})
+    root = make_repo({"defs.py": DEFS}, data={"history.parquet": history_file([(0, 1.0, 5)])})
     ctx = contextkit.connect(root, workspace="prod")
     try:
         ctx.create_workspace("prod", live=True)

@@ -37,6 +37,7 @@ from contextkit.compute.streaming.log import (
     applied_table,
     apply_log,
     last_ingest_time,
+    load_histories,
     rebuild_stream_views,
     stream_views_to_rebuild,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "ingest_log",
     "ingest_records",
     "last_ingest_time",
+    "load_histories",
     "log_arrow",
     "read_stream_aggregates",
     "rebuild_stream_views",

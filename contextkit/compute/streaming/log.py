@@ -277,6 +277,33 @@ def rebuild_stream_views(
     return out
 
 
+def load_histories(ctx: Runtime, now: datetime | None = None) -> dict[str, int]:
+    """Load the ``batch_source`` history of every push source whose online store has not loaded
+    it yet (:func:`load_history`); returns the rows applied per source. ``materialize`` runs
+    it, so stream views count their history before the first record is pushed. An online store
+    that is not the log catches up with the log as well (:func:`apply_log`)."""
+    specs = ctx.specs()
+    workspace = specs.workspace.name
+    now = now or datetime.now(UTC)
+    embedded = ingest_log(ctx) is ctx.online
+    out: dict[str, int] = {}
+    for source in specs.push_sources.values():
+        views = [v for v in specs.stream_views.values() if v.source == source.name and v.online]
+        if not source.batch_source or not views:
+            continue
+        if not embedded:
+            out[source.name] = apply_log(ctx, workspace, source, views, now)
+            continue
+
+        def work(w, source=source, views=views) -> int:
+            if history_loaded(w, workspace, source) is not None:
+                return 0
+            return load_history(ctx, w, workspace, source, views, now)
+
+        out[source.name] = ctx.online.transact(work)
+    return out
+
+
 def stream_views_to_rebuild(ctx: Runtime) -> list[str]:
     """Stream views whose push source has logged rows or a batch source, of which the online
     store has no trace (its applied marker is gone: an emptied Redis, a node's new or lost
