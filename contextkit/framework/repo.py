@@ -156,7 +156,7 @@ def _referenced(obj: Definition) -> list[Definition]:
     elif isinstance(obj, StreamFeatureView):
         refs = [obj.source, *obj.entities]
     elif isinstance(obj, RealtimeFeatureView):
-        refs = obj.views()
+        refs = [*obj.views(), obj.group_object()]
     elif isinstance(obj, PushSource):
         refs = [obj.batch_source]
     elif isinstance(obj, PromptView):

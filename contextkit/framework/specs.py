@@ -194,6 +194,9 @@ class RealtimeFeatureViewSpec(_ObjectSpec):
     python_source: str
     function_name: str
     online: bool = True
+    # The TransformServerGroup whose worker processes run it when serving (None: see the groups'
+    # own lists of views; else the serving process).
+    transform_server_group: str | None = None
     # Filled by validation: the join keys of the input views.
     join_keys: list[FieldSpec] = Field(default_factory=list)
 

@@ -41,7 +41,7 @@ END = T0 + timedelta(hours=12)
 BODY = """
 @realtime_feature_view(sources=[RequestSource([Field("mode", String), Field("hold", String)]),
                                 spend],
-                       features=[Attribute("score", Int64), Attribute("pid", Int64)])
+                       features=[Attribute("score", Int64), Attribute("pid", Int64)]{extra})
 def {name}(request, spend):
     import os, pathlib, time
     if request["mode"] == "crash":
@@ -71,9 +71,11 @@ events = FileSource(name="events", path="data/events.parquet", timestamp_field="
 def spend(events):
     return f"SELECT user_id, x, ts FROM {events}"
 """
-    + BODY.format(name="pooled")
-    + BODY.format(name="capped")
-    + BODY.format(name="local")
+    + BODY.format(name="pooled", extra="")
+    + BODY.format(
+        name="capped", extra=',\n                       transform_server_group="strict_group"'
+    )
+    + BODY.format(name="local", extra="")
     + """
 slow = ContextService(name="slow", features=[pooled])
 strict = ContextService(name="strict", features=[capped])
@@ -82,8 +84,8 @@ fast = ContextService(name="fast", features=[spend])
 
 python = TransformServerGroup(name="python", views=[pooled], workers=1,
                               timeout=timedelta(seconds=120))
-strict_group = TransformServerGroup(name="strict_group", views=["capped"], workers=1,
-                                    timeout=timedelta(seconds=1))
+# Its view names it (transform_server_group="strict_group").
+strict_group = TransformServerGroup(name="strict_group", workers=1, timeout=timedelta(seconds=1))
 """
 )
 
@@ -139,14 +141,34 @@ def deployed(tmp_path_factory) -> Path:
 
 
 def test_a_view_in_two_groups_or_unknown_is_a_plan_error_with_its_line(make_repo) -> None:
-    defs = DEFS.replace('views=["capped"]', 'views=["capped", pooled, "nope", "spend"]')
+    defs = DEFS.replace("workers=1, timeout", 'views=[pooled, "nope", "spend"], workers=1, timeout')
     text = plan_errors(make_repo, defs)
-    at = f"defs.py:{line_of(defs, 'strict_group =')}"
-    assert at in text
+    assert f"defs.py:{line_of(defs, 'strict_group =')}" in text
     assert "realtime view 'pooled' is already in transform server group 'python'" in text
     assert f"defs.py:{line_of(defs, 'python =')}" in text  # where the other group is
     assert "unknown realtime feature view 'nope'" in text and "capped, local, pooled" in text
     assert "unknown realtime feature view 'spend'" in text and "not a realtime" in text
+
+
+def test_a_view_naming_an_unknown_or_a_second_group_is_a_plan_error(make_repo) -> None:
+    attrs = 'features=[Attribute("score", Int64), Attribute("pid", Int64)]'
+    defs = DEFS.replace('transform_server_group="strict_group"', 'transform_server_group="strct"')
+    defs = defs.replace(
+        f"{attrs})\ndef local(",
+        f'{attrs}, transform_server_group="strict_group")\ndef local(',
+    )
+    defs = defs.replace("views=[pooled]", "views=[pooled, local]")
+    text = plan_errors(make_repo, defs)
+    capped, local = decorator_line(defs, "capped"), decorator_line(defs, "local")
+    assert (
+        f"defs.py:{capped}: realtime_feature_view 'capped': unknown transform server group 'strct'"
+        in text
+    )
+    assert "transform server groups: python, strict_group" in text
+    assert (
+        f"defs.py:{local}: realtime_feature_view 'local': realtime view 'local' names "
+        "transform server group 'strict_group' but is already in transform server group 'python'"
+    ) in text
 
 
 def test_workers_and_timeout_out_of_range_are_plan_errors(make_repo) -> None:
@@ -157,6 +179,13 @@ def test_workers_and_timeout_out_of_range_are_plan_errors(make_repo) -> None:
     text = plan_errors(make_repo, defs)
     assert "workers=0 is out of range" in text and "timeout=3600s is out of range" in text
     assert f"defs.py:{line_of(defs, 'python =')}" in text
+
+
+def decorator_line(text: str, view: str) -> int:
+    """The line of the decorator of ``def view(``: where a view is reported."""
+    lines = text.splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith(f"def {view}("))
+    return max(i for i in range(end) if lines[i].startswith("@realtime_feature_view")) + 1
 
 
 def features(ctx, service: str, users: list[int], mode: str = "ok") -> tuple[list, list]:

@@ -126,6 +126,7 @@ class RealtimeFeatureView(Definition):
         description: str | None,
         owner: str | None,
         tags: dict[str, str] | None,
+        transform_server_group: Any = None,
     ) -> None:
         code = function.__code__
         super().__init__(
@@ -160,9 +161,24 @@ class RealtimeFeatureView(Definition):
                 f"there are {len(self.sources)} source(s)",
                 hint="one parameter per source, in the order of sources=[...]",
             )
+        group = transform_server_group
+        if group is not None and not (
+            isinstance(group, str) or getattr(group, "kind", None) == "transform_server_group"
+        ):
+            raise self._error(
+                f"realtime view {self.name!r}: transform_server_group must be a "
+                f"TransformServerGroup or its name, got {group!r}",
+                hint='e.g. transform_server_group="scoring"',
+            )
+        self.transform_server_group = group
 
     def views(self) -> list[Any]:
         return [s for s in self.sources if isinstance(s, BatchFeatureView | StreamFeatureView)]
+
+    def group_object(self) -> Definition | None:
+        """The TransformServerGroup object it names (None for a name, or no group)."""
+        group = self.transform_server_group
+        return group if isinstance(group, Definition) else None
 
     def to_spec(self, root: str | None = None) -> RealtimeFeatureViewSpec:
         inputs = [
@@ -171,12 +187,14 @@ class RealtimeFeatureView(Definition):
             if not isinstance(s, RequestSource)
         ]
         schema = self.request.schema if self.request else []
+        group = self.transform_server_group
         return RealtimeFeatureViewSpec(
             request_schema=[FieldSpec(name=f.name, dtype=f.dtype) for f in schema],
             inputs=inputs,
             features=[f.to_spec() for f in self.features],
             python_source=python_source(self, self.function),
             function_name=self.function.__name__,
+            transform_server_group=getattr(group, "name", group),
             **self._common(root),
         )
 
@@ -198,6 +216,7 @@ def realtime_feature_view(
     description: str | None = None,
     owner: str | None = None,
     tags: dict[str, str] | None = None,
+    transform_server_group: Any = None,
 ) -> Callable[[Callable[..., Any]], RealtimeFeatureView]:
     """A feature computed at request time from request-context values and other views' features.
 
@@ -217,6 +236,8 @@ def realtime_feature_view(
     Like pandas-mode views, it is stored by its source code, so it must be self-contained
     (``datetime``, ``timedelta``, ``math`` and ``re`` are provided). It runs in the server for
     every request, and in ``get_features_for_events`` for every event, the same way.
+    ``transform_server_group=`` (a :class:`TransformServerGroup` or its name) runs it, when
+    serving, in that group's worker processes instead of the serving process.
     """
 
     def wrap(function: Callable[..., Any]) -> RealtimeFeatureView:
@@ -228,6 +249,7 @@ def realtime_feature_view(
             description=description,
             owner=owner,
             tags=tags,
+            transform_server_group=transform_server_group,
         )
 
     return wrap

@@ -61,7 +61,8 @@ class TransformServerGroup(Definition):
     pool of worker processes, apart from the process that serves feature lookups.
 
     ``TransformServerGroup(name="scoring", views=[fraud_score], workers=2,
-    timeout=timedelta(seconds=2))``; then every serving process (``contextkit serve``, or a
+    timeout=timedelta(seconds=2))`` (or ``transform_server_group="scoring"`` on the realtime
+    view, with ``views`` left out); then every serving process (``contextkit serve``, or a
     ``Context`` in an app) runs ``fraud_score`` in its own ``workers`` processes for that group
     (started at the group's first call), so a slow function delays only the requests that need
     it, never the feature lookups of other services. A call that takes longer than ``timeout``
@@ -85,10 +86,11 @@ class TransformServerGroup(Definition):
         tags: dict[str, str] | None = None,
     ) -> None:
         super().__init__(name, description, owner, tags, caller_location())
-        if isinstance(views, str | RealtimeFeatureView) or not views:
+        if isinstance(views, str | RealtimeFeatureView):
             raise self._error(
                 f"transform server group {name!r} needs a list of realtime feature views",
-                hint="pass views=[view, ...] (realtime feature views or their names)",
+                hint="pass views=[view, ...] (realtime feature views or their names), or name "
+                "the group in the views' transform_server_group=",
             )
         self.views = list(views)
         self.workers = workers

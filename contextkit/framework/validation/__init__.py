@@ -145,9 +145,12 @@ def validate(
     if checker.errors:
         raise ValidationErrors(checker.errors, checker.skipped)
     enriched = {**checker.sources, **checked, **streams, **realtime, **embedded, **prompts}
+    groups = checker.transform_groups_with_views()
     return [
-        enriched.get(s.name, s)
-        if s.kind not in ("entity", "context_service", "server_group", "transform_server_group")
+        groups[s.name]
+        if s.kind == "transform_server_group"
+        else enriched.get(s.name, s)
+        if s.kind not in ("entity", "context_service", "server_group")
         else s
         for s in specs
     ]

@@ -144,3 +144,37 @@ class ServiceChecks:
                     continue
                 groups = self.transform_server_groups
                 self._claim(group, name, "realtime view", seen, owner, groups)
+        for view in self.realtime_views.values():
+            named = view.transform_server_group
+            if named is None:
+                continue
+            if named not in self.transform_server_groups:
+                self.error(
+                    view,
+                    f"unknown transform server group {named!r}",
+                    hint="transform server groups: "
+                    + (", ".join(sorted(self.transform_server_groups)) or "none defined"),
+                )
+            elif owner.setdefault(view.name, named) != named:
+                other = self.transform_server_groups[owner[view.name]]
+                where = f" (at {other.location})" if other.location else ""
+                self.error(
+                    view,
+                    f"realtime view {view.name!r} names transform server group {named!r} but "
+                    f"is already in transform server group {other.name!r}{where}",
+                    hint="a realtime view belongs to at most one transform server group: remove "
+                    "it from one",
+                )
+
+    def transform_groups_with_views(self) -> dict[str, TransformServerGroupSpec]:
+        """The transform server groups, each listing also the realtime views that name it
+        (``transform_server_group=``): what the serving processes read."""
+        out = {}
+        for name, group in self.transform_server_groups.items():
+            named = [
+                v.name
+                for v in self.realtime_views.values()
+                if v.transform_server_group == name and v.name not in group.views
+            ]
+            out[name] = group.model_copy(update={"views": [*group.views, *named]})
+        return out
