@@ -27,10 +27,11 @@ quickstart-data: install
 		rm -rf $(QS)/data $(QS)/.contextkit; fi
 	test -f $(QS)/data/orders.parquet || $(PY) $(QS)/generate_data.py --out $(QS)/data
 
-# Bare machine -> served features: install, generate data, apply, materialize, serve.
+# Bare machine -> served features: install, generate data, apply, materialize the feature views,
+# serve; the server encodes the embedding views meanwhile (searches answer 503 view_warming).
 run: quickstart-data
-	$(PY) $(QS)/setup.py
-	$(CK) serve --repo $(QS) --workspace prod --port $(PORT) --no-auth
+	$(PY) $(QS)/setup.py --features-only
+	$(CK) serve --repo $(QS) --workspace prod --port $(PORT) --no-auth --materialize-embeddings
 
 # `make test`: every test but the slow ones (a two-node Ray cluster, several serving nodes on
 # PostgreSQL/Redis/S3, a real browser): about 10 minutes on 2 quiet cores. CI (.ci/run) runs

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -12,6 +15,8 @@ from contextkit.cli.shell import RepoOpt, WorkspaceOpt, app, err_console, guard,
 
 if TYPE_CHECKING:
     pass
+
+log = logging.getLogger("contextkit.server")
 
 
 # -- serve -----------------------------------------------------------------------------------
@@ -54,6 +59,15 @@ def serve(
             "group that serves them).",
         ),
     ] = None,
+    materialize_embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--materialize-embeddings",
+            help="Materialize the workspace's embedding views in this process while it serves "
+            "(incrementally): features are served at once, and a search of a view not built yet "
+            "answers 503 view_warming until its job lands. Needs write access to the stores.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the HTTP API with uvicorn (and MCP at /mcp); API keys are required unless
     --no-auth."""
@@ -118,7 +132,11 @@ def serve(
             rate_burst=rate_burst,
             access_log=access_log,
         )
-        ctx.close()
+        background = None
+        if materialize_embeddings and record.live:
+            background = EmbeddingJobs.start(ctx, record.name)
+        else:
+            ctx.close()
         from contextkit.server.mcp.settings import McpSettings
 
         mcp_settings = McpSettings.for_bind(
@@ -126,14 +144,127 @@ def serve(
         )
         os.environ.update(mcp_settings.to_env())  # read back by the app (and by every worker)
         common = {"host": host, "port": port, "access_log": False, "log_level": "info"}
-        if workers == 1:
-            uvicorn.run(app_from_settings(settings), **common)
-        else:
-            # Each worker is a new process: it builds its own app from these variables.
-            os.environ.update(settings.to_env())
-            uvicorn.run(
-                "contextkit.server.app:app_from_env", factory=True, workers=workers, **common
+        try:
+            if workers == 1:
+                uvicorn.run(app_from_settings(settings), **common)
+            else:
+                # Each worker is a new process: it builds its own app from these variables.
+                os.environ.update(settings.to_env())
+                uvicorn.run(
+                    "contextkit.server.app:app_from_env", factory=True, workers=workers, **common
+                )
+        finally:
+            if background is not None:  # a running job stops at its next batch, recorded so
+                background.close()
+                ctx.close()
+
+
+class EmbeddingJobs:
+    """``serve --materialize-embeddings``: one job per embedding view of the workspace, run by a
+    :class:`~contextkit.governance.jobs.JobService` of this process while it serves (searches of
+    a view answer 503 ``view_warming`` until its job lands), and a thread that logs each job's
+    progress every few seconds and how it ended."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, ctx, workspace: str) -> None:
+        from contextkit.governance.jobs import JobService
+
+        self.service = JobService(ctx.runtime, workers=1)
+        self.workspace = workspace
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, ctx, workspace: str) -> EmbeddingJobs | None:
+        from contextkit.server import ops
+
+        names = list(ctx.specs(workspace).embedding_views)
+        if not names:
+            return None
+        ops.configure_logging()  # the server's JSON log lines, also with --workers N
+        jobs = cls(ctx, workspace)
+        triggered = jobs.service.trigger(workspace, names, requested_by="serve")
+        ids = {t.job.id: t.job.view for t in triggered}
+        log.info(
+            "materializing embedding view(s) %s in the background (jobs %s): features are "
+            "served now; a search of a view answers 503 view_warming until its job lands",
+            ", ".join(map(repr, names)),
+            ", ".join(ids),
+            extra={"fields": {"jobs": ids}},
+        )
+        jobs._thread = threading.Thread(
+            target=jobs._follow, args=(ids,), name="contextkit-embedding-jobs", daemon=True
+        )
+        jobs._thread.start()
+        # uvicorn re-raises the SIGTERM it stopped on after shutting down; by default that ends
+        # the process before `close` could stop the job (it would be reaped as abandoned).
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        return jobs
+
+    def _follow(self, ids: dict[str, str]) -> None:
+        from contextkit.governance.jobs import FINISHED_STATUSES
+
+        pending = dict(ids)
+        said: dict[str, str] = {}
+        while pending and not self._stop.wait(1.0 if not said else self.EVERY_S):
+            for job_id, view in list(pending.items()):
+                try:
+                    job = self.service.get(job_id)
+                except Exception as exc:  # noqa: BLE001 - following is informative only
+                    log.warning("could not read job %s: %s", job_id, exc)
+                    continue
+                if job.status in FINISHED_STATUSES:
+                    del pending[job_id]
+                    self._finished(job)
+                    continue
+                line = _progress_line(job)
+                if line and line != said.get(job_id):
+                    said[job_id] = line
+                    log.info(line, extra={"fields": {"job": job_id, "view": view}})
+
+    def _finished(self, job) -> None:
+        fields = {"job": job.id, "view": job.view, "status": job.status}
+        if job.status in ("succeeded", "warning"):
+            details = job.details or {}
+            log.info(
+                f"embedding view {job.view!r} materialized in {job.duration_s or 0:.1f} s "
+                f"(job {job.id}: {details.get('documents', '?')} documents, "
+                f"{details.get('texts_encoded', '?')} texts encoded): its searches are served now",
+                extra={"fields": fields},
             )
+        else:
+            log.error(
+                f"embedding view {job.view!r}: job {job.id} {job.status}: {job.error}; its "
+                f"searches answer 503 view_warming (retry: `contextkit jobs retry {job.id}`, or "
+                f"`contextkit materialize {job.view}`)",
+                extra={"fields": fields},
+            )
+
+    def close(self) -> None:
+        self._stop.set()
+        self.service.close(wait=True)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _progress_line(job) -> str | None:
+    details = job.details or {}
+    encoded = details.get("encoded") or {}
+    where = f"embedding view {job.view!r} (job {job.id})"
+    if encoded.get("chunks_total"):
+        eta = encoded.get("eta_s")
+        return (
+            f"{where}: {encoded['chunks_done']:,}/{encoded['chunks_total']:,} chunks encoded, "
+            f"{encoded.get('docs_per_s') or 0:.0f} docs/s"
+            + (f", about {eta:.0f} s left" if eta is not None else "")
+        )
+    stage = details.get("progress")
+    return f"{where}: {stage}" if stage else f"{where}: {job.status}"
 
 
 @app.command()

@@ -356,8 +356,8 @@ def view_warming(
             workspace=workspace,
             view=view,
             retry_after=WARMING_RETRY_S,
-            hint=f"materialize it (`contextkit materialize --views {view}`, or POST /v1/jobs); "
-            "its documents are searchable as soon as the job lands, without a restart",
+            hint=f"materialize it (`contextkit materialize {view}`, or `contextkit jobs run "
+            f"{view}`); its documents are searchable as soon as the job lands, without a restart",
         )
     encoded = (job.details or {}).get("encoded") or {}
     progress = None
@@ -367,8 +367,8 @@ def view_warming(
         if encoded.get("eta_s") is not None:
             progress += f", about {encoded['eta_s']:.0f} s left"
             retry = max(1, min(60, math.ceil(float(encoded["eta_s"]))))
-    elif (job.details or {}).get("progress"):
-        progress = str(job.details["progress"])
+    elif (job.details or {}).get("progress") not in (None, "", job.status):
+        progress = str(job.details["progress"])  # the job's stage (reading, encoding, ...)
     return ViewWarmingError(
         f"{where}: its first materialization (job {job.id}) is {job.status}"
         + (f", {progress}" if progress else ""),

@@ -1,9 +1,13 @@
 """Bring the quickstart to a served state: workspace, apply, materialize. Safe to re-run.
 
-Used by `make run`; the same steps by hand are:
+Used by `make run` with --features-only: the feature views are materialized here (seconds), and
+the server, started with --materialize-embeddings, encodes the embedding views while it already
+serves (searches answer 503 view_warming until then). The same steps by hand are:
     contextkit workspace create prod --live --repo examples/quickstart
     contextkit apply --repo examples/quickstart --workspace prod --yes
     contextkit materialize --repo examples/quickstart --workspace prod
+    contextkit serve --repo examples/quickstart --workspace prod --no-auth
+(or materialize only the feature views by name, and serve with --materialize-embeddings).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ WORKSPACE = "prod"
 
 def main() -> int:
     console = Console()
+    features_only = "--features-only" in sys.argv[1:]
     try:
         ctx = contextkit.connect(HERE, workspace=WORKSPACE)
         if WORKSPACE not in {w.name for w in ctx.list_workspaces()}:
@@ -34,14 +39,20 @@ def main() -> int:
         if not plan.is_empty:
             ctx.apply(plan)
         # The first run encodes every product description and help article with the packaged
-        # MiniLM model (about a minute on 2 cores); later runs encode only what changed.
-        with console.status("materializing feature views and embedding views...") as status:
+        # MiniLM model (minutes on 2 cores); later runs encode only what changed. With
+        # --features-only the server does that while it serves (`serve --materialize-embeddings`).
+        specs = ctx.specs()
+        views = (
+            [v for v in specs.materialized_order() if v in specs.views] if features_only else None
+        )
+        what = "feature views" if features_only else "feature views and embedding views"
+        with console.status(f"materializing {what}...") as status:
 
             def on_progress(view, p):
                 status.update(f"{view}: encoding {p.chunks_done}/{p.chunks_total} chunks, "
                               f"{p.docs_per_s:.0f} docs/s")  # fmt: skip
 
-            for job in ctx.materialize(on_progress=on_progress):
+            for job in ctx.materialize(views, on_progress=on_progress):
                 if job.kind == "embedding_view":
                     d = job.details
                     console.print(
@@ -75,6 +86,15 @@ def main() -> int:
     # a line counting what it received (set a provider key and drop "model" for a real answer).
     answer = context[:-1] + ', "complete": true, "model": "contextkit/echo"}'
     console.print("\n[bold]Materialized.[/] Once the server logs Ready, in another terminal:\n")
+    if features_only:
+        names = ", ".join(ctx.specs().embedding_views)
+        console.print(
+            f"(The server encodes the embedding views ({names}) in the background and logs its "
+            "progress. Until each lands, /v1/search of it answers 503 view_warming with "
+            "Retry-After, and /v1/context answers with the features and the prompt, that "
+            "search's documents empty and marked in metadata.warming.)\n",
+            highlight=False,
+        )
     for path, body in (
         ("/v1/features", features),
         ("/v1/search", search),
