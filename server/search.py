@@ -172,6 +172,29 @@ def _http_rerank(value: Any) -> Any:
     return options
 
 
+# A view applied but not built yet (docs/http-api.md#post-v1search); a store's unreadable data
+# is a 503 store_error in the same shape.
+WARMING_RESPONSE = {
+    "description": "The embedding view is warming (its first materialization has not landed), "
+    "or a store is unavailable; see Retry-After",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    "content": {
+        "application/json": {
+            "schema": {"$ref": "#/components/schemas/Error"},
+            "example": {
+                "error": {
+                    "code": "view_warming",
+                    "message": "embedding view 'product_docs' of workspace 'prod' is warming: "
+                    "its first materialization (job 1995f10dce3a) is running, 800/2000 chunks "
+                    "encoded, about 130 s left",
+                    "details": {"workspace": "prod", "view": "product_docs", "retry_after_s": 60},
+                }
+            },
+        }
+    },
+}
+
+
 def routes(state: ServerState) -> APIRouter:
     router = APIRouter()
 
@@ -179,7 +202,7 @@ def routes(state: ServerState) -> APIRouter:
         "/v1/search",
         openapi_extra=body_schema(SearchRequest),
         response_model=SearchResponse,
-        responses=ok_example(SEARCH_EXAMPLE),
+        responses={**ok_example(SEARCH_EXAMPLE), 503: WARMING_RESPONSE},
     )
     async def search(request: Request) -> Response:
         """The chunks of an embedding view closest to a query, best first."""
