@@ -53,6 +53,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from contextkit.compute.streaming import catch_up, needs_catch_up
 from contextkit.errors import ConfigError
 from contextkit.retrieval.online import OnlineFeatures, ServiceReader
 
@@ -136,6 +137,7 @@ class ServingCache:
         cached for ``ttl`` seconds (None: not cached). ``reader`` is the request's plan's: the
         service's features and its prompt's, so its entries are its own, keyed by its feature
         columns and the request-context values its realtime views read, besides the keys."""
+        catch_up_streams(runtime, reader)
         rows = _row_keys(reader, entities) if ttl is not None else None
         context = _context_key(reader, request_context) if rows is not None else None
         if rows is None or context is None:
@@ -319,10 +321,23 @@ def read_features(
     write: bool = True,
 ) -> OnlineFeatures:
     """Feature values of ``reader``'s service through the process's serving cache (a service
-    without ``cache=`` reads the online store, as :meth:`ServiceReader.read` does)."""
+    without ``cache=`` reads the online store, as :meth:`ServiceReader.read` does). A node
+    keeping stream views in its own SQLite file beside a shared log applies what other nodes
+    logged first (:func:`catch_up_streams`)."""
+    catch_up_streams(runtime, reader)
     return serving_cache(runtime).read(
         runtime, reader, entities, request_context, read=read, write=write
     )
+
+
+def catch_up_streams(runtime: Runtime, reader: ServiceReader) -> None:
+    """Before a read: a node keeping stream views in its own SQLite file beside a shared
+    (PostgreSQL) ingest log applies what other nodes logged since
+    (:func:`~contextkit.compute.streaming.catch_up`); nothing in other configurations."""
+    if needs_catch_up(runtime):
+        streams = {r.spec.source for r in reader.reads if r.kind.startswith("stream")}
+        if streams:
+            catch_up(runtime, reader.workspace, streams)
 
 
 def _count(counter: dict[str, int], service: str, n: int, lock: threading.Lock) -> None:

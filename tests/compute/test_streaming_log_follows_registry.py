@@ -1,8 +1,9 @@
 """The durable ingest log follows the registry (issue 14): with a PostgreSQL registry the log is
 in the registry database whatever the online store, so two nodes that each keep their online
-values in their own SQLite file share one log. An ingest on either node is in it, a flush from
-either node writes it to the offline store once, and a node that loses its local files loses
-no acknowledged record: its start-up restores its online values from the log.
+values in their own SQLite file share one log. An ingest on either node is in it and served by
+the other on its next read, a flush from either node writes it to the offline store once, and a
+node that loses its local files loses no acknowledged record: its start-up restores its online
+values from the log.
 
 Real server (tests/backends.py): PostgreSQL 15.
 """
@@ -61,8 +62,10 @@ def test_two_nodes_with_local_sqlite_online_stores_share_the_postgres_log(
         ]  # fmt: skip
         before = served(a, [0, 1])
         assert before["click_count.price_count_1d"] == [2, 3]
-        # Node B's idempotency check is the shared log's; its ingest catches its own online
-        # store up with what node A took.
+        # Node B serves node A's records on its next read (its own store catches up first);
+        # its idempotency check is the shared log's.
+        got = b.get_features("svc", {"user_id": [0, 1]})
+        assert dict(zip(got.names, got.values, strict=True)) == before
         assert ingest_records(b, "clicks", records).duplicates == [0, 1, 2, 3, 4]
         assert served(b, [0, 1]) == before
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,8 @@ from contextkit.compute.streaming.latest import upsert_latest
 from contextkit.compute.streaming.records import US, Record, stored_value, typed_value
 from contextkit.compute.streaming.tiles import merge_tiles, retained_us, tile_of
 from contextkit.framework.specs import PushSourceSpec, StreamFeatureViewSpec
-from contextkit.stores.errors import WriteConflict
+from contextkit.stores.errors import StoreServerUnavailable, WriteConflict
+from contextkit.stores.online import SQLiteOnlineStore, TableRead
 from contextkit.types import Int64, String, epoch_micros
 
 if TYPE_CHECKING:
@@ -302,6 +303,44 @@ def load_histories(ctx: Runtime, now: datetime | None = None) -> dict[str, int]:
 
         out[source.name] = ctx.online.transact(work)
     return out
+
+
+def needs_catch_up(ctx: Runtime) -> bool:
+    """Whether reads of stream views catch the online store up with the log first
+    (:func:`catch_up`): only for a node's own SQLite online store beside a shared PostgreSQL
+    log. Decided once per process."""
+    runtime = getattr(ctx, "runtime", ctx)  # the facade (tests, notebooks) holds a Runtime
+    return runtime.shared(
+        "stream_catch_up",
+        lambda: isinstance(ctx.online, SQLiteOnlineStore) and ingest_log(ctx) is not ctx.online,
+    )
+
+
+def catch_up(ctx: Runtime, workspace: str, sources: Iterable[str]) -> None:
+    """Apply to this node's SQLite online store what other nodes logged in the shared log since
+    it last applied it (:func:`apply_log`), so that a read sees every acknowledged record: one
+    local read of the applied marker and one query of the log per push source when nothing is
+    new. A log that cannot be reached now leaves the node's values as they are, served as they
+    stand; the next read or ingest catches up."""
+    specs = ctx.specs(workspace)
+    durable = ingest_log(ctx)
+    for name in sources:
+        source = specs.push_sources.get(name)
+        if source is None:
+            continue
+        log = log_table(workspace, name)
+        (found,) = ctx.online.read_many(
+            [TableRead(applied_table(workspace, name), ("log",), ("seq",), [(log,)])]
+        )
+        row = found[0] if found else None
+        done = int(row[0]) if row and row[0] is not None else 0
+        try:
+            if not durable.read_log(log, [], done, 1):
+                continue
+            views = [v for v in specs.stream_views.values() if v.source == name and v.online]
+            apply_log(ctx, workspace, source, views, datetime.now(UTC))
+        except StoreServerUnavailable:
+            return
 
 
 def stream_views_to_rebuild(ctx: Runtime) -> list[str]:
