@@ -172,6 +172,14 @@ class OpenAIStub:
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
+    def embedding_model(self, *, dimension: int = 8, key_env: str = "STUB_OPENAI_KEY") -> dict:
+        """A repo's ``models:`` entry for the stub's embedding model (no retries, a long timeout:
+        a test may hold its calls)."""
+        return {
+            "type": "litellm", "model": "openai/stub-embedding", "api_base": self.base_url,
+            "dimension": dimension, "api_key_env": key_env, "max_retries": 0, "timeout_s": 600,
+        }  # fmt: skip
+
     # -- failure modes -----------------------------------------------------------------------
 
     def fail(

@@ -10,7 +10,6 @@ anything.
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from openai_stub import make_openai_stub, openai_stub  # noqa: F401  (fixtures)
 from serverproc import READY_TIMEOUT_S, ServerProcess
 
@@ -54,22 +54,8 @@ def repo(tmp_path, openai_stub, monkeypatch):  # noqa: F811
     monkeypatch.setenv("STUB_OPENAI_KEY", "sk-test")  # the serve process inherits it
     root = tmp_path / "repo"
     (root / "data").mkdir(parents=True)
-    (root / "contextkit.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            project: warming
-            models:
-              stub:
-                type: litellm
-                model: openai/stub-embedding
-                api_base: {openai_stub.base_url}
-                dimension: 8
-                api_key_env: STUB_OPENAI_KEY
-                max_retries: 0
-                timeout_s: 600
-            """
-        )
-    )
+    config = {"project": "warming", "models": {"stub": openai_stub.embedding_model()}}
+    (root / "contextkit.yaml").write_text(yaml.safe_dump(config))
     (root / "defs.py").write_text(DEFS)
     stamps = pa.array([T0, T0 + timedelta(hours=1)], pa.timestamp("us", tz="UTC"))
     pq.write_table(
