@@ -27,8 +27,8 @@ def online_rebuild(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Rebuild online values: batch views at their last materialized time (from the offline
-    store, or their sources when they have no offline data), stream views from the durable
-    ingest log (every acknowledged record)."""
+    store, or their sources when they have no offline data), stream views from their push
+    source's batch_source history and the durable ingest log (every acknowledged record)."""
     with guard:
         from contextkit.compute.online_rebuild import rebuild_online
 
@@ -43,6 +43,6 @@ def online_rebuild(
             read = origin.get(result.read_from.get(name, ""), "")
             console.print(f"{name}: {rows} entities written" + (f" (from {read})" if read else ""))
         for name, rows in result.log_rows.items():
-            console.print(f"push source {name}: {rows} logged records applied")
+            console.print(f"push source {name}: {rows} records applied (history and log)")
         for name in result.never_materialized:
             console.print(f"{name}: never materialized, skipped (run `contextkit materialize`)")
