@@ -176,6 +176,7 @@ def load_history(
         rows = [
             (r["__seq"], *(stored_value(t, r[n]) for t, n in zip(dtypes, names, strict=True)))
             for r in kept.to_pylist()
+            if r[source.timestamp_field] is not None  # no tile, no latest value: offline only
         ]
     records, seqs = log_records(source, rows)
     apply_records(w, workspace, views, records, seqs, now)
