@@ -2,13 +2,14 @@
 
 A repo declares ``TransformServerGroup(name, views=[...], workers=2, timeout=timedelta(...))``.
 Each serving process (``contextkit serve``, or a ``Context`` in an app) then keeps one small pool
-per group: ``workers`` processes started with the *spawn* method (a fresh interpreter that
-imports only :mod:`contextkit.framework.realtime`), created at the group's first call, so a
-process that never serves such a view starts none. A lookup sends the view's spec (JSON) and its
-rows (the request-context values and input features of every entity row, pickled plain Python
-values) through a pipe to an idle worker and waits for the computed rows, which are checked in
-the worker exactly as in process (:func:`~contextkit.framework.realtime.run_realtime`), so the
-values are the same.
+per group: ``workers`` processes, each a fresh ``python`` (the serving process's interpreter
+and ``sys.path``) that imports only :mod:`contextkit.framework.realtime` and talks over two
+pipes, never re-importing the application's main module (so an unguarded script may use it).
+They start at the group's first call, so a process that never serves such a view starts none.
+A lookup sends the view's spec (JSON) and its rows (the request-context values and input
+features of every entity row, pickled plain Python values) to an idle worker and waits for the
+computed rows, which are checked in the worker exactly as in process
+(:func:`~contextkit.framework.realtime.run_realtime`), so the values are the same.
 
 The caller's thread waits on the pipe, not on the interpreter lock: a slow function delays only
 the requests that need its view, never the feature lookups of other services in the serving
@@ -30,7 +31,10 @@ timeout. Counters per group (calls by outcome, workers running) feed ``/metrics`
 from __future__ import annotations
 
 import atexit
-import multiprocessing
+import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -47,20 +51,34 @@ from contextkit.framework.specs import RealtimeFeatureViewSpec, TransformServerG
 
 # How long a new worker may take to start (a fresh interpreter on a loaded machine).
 START_TIMEOUT_S = 120.0
-_SPAWN = multiprocessing.get_context("spawn")
 OUTCOMES = ("ok", "error", "timeout", "worker_failed")
 
 
 class _Worker:
-    """One worker process and the parent's end of its pipe."""
+    """One worker process (a fresh ``python``) and the parent's ends of its two pipes."""
 
     def __init__(self, group: str) -> None:
-        self.conn, child = _SPAWN.Pipe()
-        self.process = _SPAWN.Process(
-            target=_serve, args=(child,), name=f"contextkit-transform-{group}", daemon=True
-        )
-        self.process.start()
-        child.close()
+        from_parent, to_child = os.pipe()  # (read end, write end)
+        from_child, to_parent = os.pipe()
+        # Not multiprocessing's spawn: it re-imports the parent's __main__ in the child, which
+        # fails for an application script without ``if __name__ == "__main__":``.
+        path = os.pathsep.join(p for p in sys.path if p)
+        env = {**os.environ, "PYTHONPATH": path}
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_MAIN, str(from_parent), str(to_parent)],
+                pass_fds=(from_parent, to_parent),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            os.close(from_parent)
+            os.close(to_parent)
+        self.send_conn = Connection(to_child, readable=False)
+        self.conn = Connection(from_child, writable=False)
+
+    def send(self, message: Any) -> None:
+        self.send_conn.send(message)
 
     def wait_ready(self) -> bool:
         try:
@@ -69,14 +87,24 @@ class _Worker:
             return False
 
     def exit_code(self) -> int | None:
-        self.process.join(1.0)
-        return self.process.exitcode
+        try:
+            return self.process.wait(1.0)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self) -> None:
-        if self.process.is_alive():
+        if self.process.poll() is None:
             self.process.kill()
-        self.process.join(5.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5.0)
+        self.send_conn.close()
         self.conn.close()
+
+
+_WORKER_MAIN = (
+    "import sys; from contextkit.framework.transform_workers import serve_fds; "
+    "serve_fds(int(sys.argv[1]), int(sys.argv[2]))"
+)
 
 
 class TransformPool:
@@ -122,7 +150,7 @@ class TransformPool:
             worker = self._checkout(view)
             left = max(self.timeout - waited, 0.001)
             try:
-                worker.conn.send((self._spec_json(view), list(requests), list(inputs)))
+                worker.send((self._spec_json(view), list(requests), list(inputs)))
                 if not worker.conn.poll(left):
                     self._discard(worker)
                     self._count("timeout")
@@ -253,15 +281,18 @@ atexit.register(close_pools)
 # -- the worker process -------------------------------------------------------------------------
 
 
-def _serve(conn: Connection) -> None:
-    """A worker's loop: one call per message, until the parent closes the pipe."""
+def serve_fds(read_fd: int, write_fd: int) -> None:
+    """A worker's loop (``python -c`` in the worker process): one call per message, until the
+    parent closes its end (or dies)."""
     from contextkit.framework.realtime import run_realtime
 
+    incoming = Connection(read_fd, writable=False)
+    conn = Connection(write_fd, readable=False)
     specs: dict[str, RealtimeFeatureViewSpec] = {}
     conn.send("ready")
     while True:
         try:
-            source, requests, inputs = conn.recv()
+            source, requests, inputs = incoming.recv()
         except (EOFError, OSError):
             return
         try:

@@ -12,6 +12,7 @@ the file the function writes when it has started.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import urllib.error
@@ -223,6 +224,24 @@ def test_workers_compute_what_the_process_computes_and_recover_from_a_crash(depl
         ctx.close()
 
 
+@pytest.mark.slow  # a real serve process / a fresh interpreter: seconds
+def test_an_application_script_without_a_main_guard_can_use_a_group(deployed, tmp_path) -> None:
+    """Workers never re-import the application's main module (multiprocessing's spawn would,
+    and fail on a script that starts work at import)."""
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import contextkit\n"
+        f"ctx = contextkit.connect({str(deployed)!r}, 'prod')\n"
+        "result = ctx.get_features('slow', {'user_id': [1]}, {'mode': 'ok', 'hold': ''})\n"
+        "print('score', result.to_dict()['pooled.score'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "score [49]"
+
+
 def test_a_call_over_the_timeout_is_a_504_and_the_pool_recovers(deployed, tmp_path) -> None:
     ctx = contextkit.connect(deployed, "prod")
     hold = tmp_path / "hold"
@@ -238,6 +257,7 @@ def test_a_call_over_the_timeout_is_a_504_and_the_pool_recovers(deployed, tmp_pa
         ctx.close()
 
 
+@pytest.mark.slow  # a real serve process / a fresh interpreter: seconds
 def test_a_held_transform_does_not_hold_up_another_service(deployed, tmp_path) -> None:
     server = ServerProcess("--no-auth", "--workspace", "prod", cwd=deployed)
     hold = tmp_path / "hold"
