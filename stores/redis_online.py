@@ -90,6 +90,7 @@ from typing import Any
 
 import orjson
 
+from contextkit.stores._redis_cluster import ClusterBatch, Lane, unlink_on
 from contextkit.stores._redis_keyspace import (
     EVENT_TIMESTAMP,
     FLAT,
@@ -104,7 +105,6 @@ from contextkit.stores._redis_keyspace import (
     normalizer,
     now_us,
     resp_bulk,
-    resp_command,
     resp_head,
     slot_of,
 )
@@ -199,6 +199,13 @@ class RedisOnlineStore(OnlineStore):
         kind = "Redis Cluster " if self.cluster else ""
         return f"RedisOnlineStore({kind}{self._masked!r}, prefix={self.prefix!r})"
 
+    def _batch(self) -> Any:
+        """A read pipeline: redis-py's on one Redis, a :class:`ClusterBatch` on a cluster (one
+        round trip per master either way)."""
+        if self.cluster:
+            return ClusterBatch(self._redis)
+        return self._redis.pipeline(transaction=False)
+
     def _queue_mget(self, pipe, keys: Sequence[str]) -> Callable[[list], list]:
         """Queue the reads of ``keys`` (one MGET; on a cluster one per slot, as a cluster MGET
         must stay in one slot); returns what assembles their values, in order, from the
@@ -211,8 +218,8 @@ class RedisOnlineStore(OnlineStore):
         for i, key in enumerate(keys):
             groups.setdefault(slot_of(key), []).append(i)
         order = list(groups.values())
-        for positions in order:
-            pipe.execute_command("MGET", *(keys[i] for i in positions))
+        for slot, positions in groups.items():
+            pipe.mget(slot, [keys[i] for i in positions])
 
         def assemble(replies: list) -> list:
             if len(order) == 1:
@@ -251,7 +258,7 @@ class RedisOnlineStore(OnlineStore):
         out: list[tuple[TableMeta | None, Any] | None] = [None] * len(tables)
         todo = list(range(len(tables)))
         for _ in range(4):
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._batch()
             meta_keys = [self._keys.meta_key(tables[i]) for i in todo]
             metas_before = self._queue_mget(pipe, meta_keys)
             spans = []
@@ -291,7 +298,7 @@ class RedisOnlineStore(OnlineStore):
     def _changed_metas(self, tables: Sequence[str], positions: Sequence[int]) -> list[int]:
         """The positions of those of ``tables`` whose meta is no longer the one this store read
         them by (their cached meta updated); one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._batch()
         metas = self._queue_mget(pipe, [self._keys.meta_key(t) for t in tables])
         changed = []
         for table, i, raw in zip(tables, positions, metas(pipe.execute()), strict=True):
@@ -637,7 +644,7 @@ class RedisOnlineStore(OnlineStore):
         width = len(meta.keys)
         ttl = bool(meta.ttl) and EVENT_TIMESTAMP in meta.index
         owners: dict[int, Any] = {}  # slot -> master
-        lanes: dict[str, _Lane] = {}
+        lanes: dict[str, Lane] = {}
         count = 0
         try:
             for row in rows:
@@ -658,7 +665,7 @@ class RedisOnlineStore(OnlineStore):
                     node = owners[slot] = nodes.get_node_from_slot(slot)
                 lane = lanes.get(node.name)
                 if lane is None:
-                    lane = lanes[node.name] = _Lane(cluster.get_redis_connection(node))
+                    lane = lanes[node.name] = Lane(cluster.get_redis_connection(node))
                 lane.commands.append(command)
                 if len(lane.commands) >= self._chunk:
                     count += lane.send()
@@ -680,44 +687,11 @@ class RedisOnlineStore(OnlineStore):
         """UNLINK every key matching ``pattern``, SCAN by SCAN (one round trip per SCAN); on a
         cluster on every master, one UNLINK per key (their slots differ)."""
         if not self.cluster:
-            self._unlink_on(self._redis.connection_pool, pattern, per_key=False)
+            unlink_on(self._redis.connection_pool, pattern, per_key=False)
             return
         cluster = self._redis
         for node in cluster.get_primaries():
-            self._unlink_on(cluster.get_redis_connection(node).connection_pool, pattern, True)
-
-    @staticmethod
-    def _unlink_on(pool, pattern: str, per_key: bool) -> None:
-        def unlinks(keys: list[bytes]) -> list[bytes]:
-            if not keys:
-                return []
-            if per_key:
-                return [resp_command([b"UNLINK", k]) for k in keys]
-            return [resp_command([b"UNLINK", *keys])]
-
-        conn = pool.get_connection()
-        try:
-            cursor, keys = b"0", []
-            while True:  # the UNLINKs of one batch travel with the SCAN for the next
-                scan = [b"SCAN", cursor, b"MATCH", pattern.encode(), b"COUNT", b"20000"]
-                sent = unlinks(keys)
-                packed = b"".join([*sent, resp_command(scan)])
-                conn.send_packed_command([packed], check_health=False)
-                for _ in sent:
-                    conn.read_response()
-                cursor, keys = conn.read_response()
-                if cursor in (b"0", 0):
-                    break
-            sent = unlinks(keys)
-            if sent:
-                conn.send_packed_command([b"".join(sent)], check_health=False)
-                for _ in sent:
-                    conn.read_response()
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
+            unlink_on(cluster.get_redis_connection(node).connection_pool, pattern, per_key=True)
 
     def drop_table(self, table: str) -> None:
         with self._keys.translated(f"dropping online table {table!r}"):
@@ -741,41 +715,3 @@ class RedisOnlineStore(OnlineStore):
         client = self._keys.connected()
         if client is not None:
             client.close()
-
-
-class _Lane:
-    """One master's connection while a generation is written to a cluster: packed commands
-    queued, sent a chunk at a time, with one chunk's replies left in flight."""
-
-    def __init__(self, node_client: Any) -> None:
-        self.pool = node_client.connection_pool
-        self.conn = self.pool.get_connection()
-        self.commands: list[bytes] = []
-        self.pending: deque[int] = deque()  # replies per chunk sent, unread
-
-    def send(self) -> int:
-        """Send the queued commands, then read the replies of the chunk before (one stays in
-        flight); returns the new keys among the replies read."""
-        self.conn.send_packed_command([b"".join(self.commands)], check_health=False)
-        self.pending.append(len(self.commands))
-        self.commands = []
-        added = 0
-        while len(self.pending) > 1:
-            added += self._read()
-        return added
-
-    def drain(self) -> int:
-        added = 0
-        while self.pending:
-            added += self._read()
-        return added
-
-    def _read(self) -> int:
-        new = 0
-        for _ in range(self.pending.popleft()):
-            if self.conn.read_response() is None:  # an error reply raises
-                new += 1
-        return new
-
-    def release(self) -> None:
-        self.pool.release(self.conn)

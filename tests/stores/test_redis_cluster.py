@@ -119,25 +119,30 @@ def test_snapshots_spread_over_every_master_and_stream_state_stays_in_one_slot(s
 
 
 class PipelineCounter:
-    """Counts the pipelines (one round trip to each master they touch) a store sends."""
+    """Counts the read pipelines a store sends (each one round trip to every master it
+    touches, all at once)."""
 
     def __init__(self, store: RedisOnlineStore) -> None:
         self.count = 0
-        client = store._redis
-        make = client.pipeline
+        self.masters: list[int] = []
+        make = store._batch
 
-        def pipeline(*args, **kwargs):
-            pipe = make(*args, **kwargs)
+        def batch():
+            pipe = make()
             execute = pipe.execute
 
-            def counted(*a, **k):
+            def counted():
                 self.count += 1
-                return execute(*a, **k)
+                nodes = store._redis.nodes_manager
+                self.masters.append(
+                    len({nodes.get_node_from_slot(slot).name for slot, _ in pipe._commands})
+                )
+                return execute()
 
             pipe.execute = counted
             return pipe
 
-        client.pipeline = pipeline
+        store._batch = batch
 
 
 def test_a_request_over_every_master_is_one_pipeline(shop):
@@ -149,6 +154,7 @@ def test_a_request_over_every_master_is_one_pipeline(shop):
     counter = PipelineCounter(store)
     got = features(reader.read(store, {"user_id": list(range(50))}, now=NOW))
     assert counter.count == 1, "two views, 50 keys on three masters: one pipeline"
+    assert counter.masters == [3], "to every master at once"
     assert got["latest.x"][:4] == [0.0, 1.0, 2.0, 3.0] and got["last_click.price"][3] == 2.5
 
     got = features(reader.read(store, {"user_id": [3, 999]}, now=NOW))
