@@ -19,7 +19,7 @@ from contextkit.compute.streaming.latest import upsert_latest
 from contextkit.compute.streaming.records import US, Record, stored_value, typed_value
 from contextkit.compute.streaming.tiles import merge_tiles, retained_us, tile_of
 from contextkit.framework.specs import PushSourceSpec, StreamFeatureViewSpec
-from contextkit.stores.errors import StoreServerUnavailable, WriteConflict
+from contextkit.stores.errors import WriteConflict
 from contextkit.stores.online import SQLiteOnlineStore, TableRead
 from contextkit.types import Int64, String, epoch_micros
 
@@ -321,8 +321,8 @@ def catch_up(ctx: Runtime, workspace: str, sources: Iterable[str]) -> None:
     """Apply to this node's SQLite online store what other nodes logged in the shared log since
     it last applied it (:func:`apply_log`), so that a read sees every acknowledged record: one
     local read of the applied marker and one query of the log per push source when nothing is
-    new. A log that cannot be reached now leaves the node's values as they are, served as they
-    stand; the next read or ingest catches up."""
+    new. The log is in the registry's database, which every read needs anyway: when it is out
+    of reach the read is a 503 ``store_error`` as it would be without this."""
     specs = ctx.specs(workspace)
     durable = ingest_log(ctx)
     for name in sources:
@@ -335,13 +335,10 @@ def catch_up(ctx: Runtime, workspace: str, sources: Iterable[str]) -> None:
         )
         row = found[0] if found else None
         done = int(row[0]) if row and row[0] is not None else 0
-        try:
-            if not durable.read_log(log, [], done, 1):
-                continue
-            views = [v for v in specs.stream_views.values() if v.source == name and v.online]
-            apply_log(ctx, workspace, source, views, datetime.now(UTC))
-        except StoreServerUnavailable:
-            return
+        if not durable.read_log(log, [], done, 1):
+            continue
+        views = [v for v in specs.stream_views.values() if v.source == name and v.online]
+        apply_log(ctx, workspace, source, views, datetime.now(UTC))
 
 
 def stream_views_to_rebuild(ctx: Runtime) -> list[str]:
