@@ -186,9 +186,14 @@ class TransformPool:
 
     # -- internals --------------------------------------------------------------------------
     def _checkout(self, view: RealtimeFeatureViewSpec) -> _Worker:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+        while True:
+            with self._lock:
+                idle = self._idle.pop() if self._idle else None
+            if idle is None:
+                break
+            if idle.process.poll() is None:
+                return idle
+            self._discard(idle)  # died while idle (killed from outside): start another
         worker = _Worker(self.name)
         with self._lock:
             self._running.add(worker)

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -218,8 +219,13 @@ def test_workers_compute_what_the_process_computes_and_recover_from_a_crash(depl
         assert type(raised.value) is RealtimeFeatureError
         assert "raised ValueError: asked to raise" in raised.value.message
         assert features(ctx, "slow", [1])[1] == new_pids[:1]
+        os.kill(new_pids[0], 9)  # an idle worker killed from outside is replaced unnoticed
+        stat = Path(f"/proc/{new_pids[0]}/stat")
+        while stat.exists() and stat.read_text().rsplit(") ", 1)[1][0] not in "ZX":
+            time.sleep(0.01)  # until the kill has landed (a zombie, or reaped)
+        assert features(ctx, "slow", [1])[0] == [49]
         (pool,) = pools()
-        assert pool.calls == {"ok": 3, "error": 1, "timeout": 0, "worker_failed": 1}
+        assert pool.calls == {"ok": 4, "error": 1, "timeout": 0, "worker_failed": 1}
     finally:
         ctx.close()
 
