@@ -16,8 +16,9 @@ without a job (stream views' ingest) are served from the cache until the entry e
 Bounds: at most ``max_entries`` entity rows in all (default :data:`DEFAULT_MAX_ENTRIES`, or
 ``CONTEXTKIT_SERVING_CACHE_ENTRIES``), least recently used evicted first, and each entry expires
 after its service's ``cache`` duration. Rows are cached only when every join key value is a
-plain ``int`` or ``str`` (so ``1``, ``1.0`` and ``True`` never share an entry) and the service
-reads no request context (realtime views computed from the request are never cached).
+plain ``int`` or ``str`` (so ``1``, ``1.0`` and ``True`` never share an entry); a feature
+lookup (``/v1/features``) of a service that reads request context is never cached (a context
+request's features are, keyed by that context: see below).
 
 A request may bypass it: ``read=False`` reads the online store (``cache: false`` in
 ``/v1/features``; ``requestOptions.readFromCache: false`` in the Tecton API), ``write=False``
