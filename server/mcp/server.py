@@ -41,7 +41,7 @@ from contextkit.errors import (
     NotFoundError,
     translating,
 )
-from contextkit.server.common import INGESTER, READER
+from contextkit.server.common import INGESTER, READER, waits_on_transform_workers
 from contextkit.server.mcp.catalog import (
     PromptDef,
     ResourceDef,
@@ -293,9 +293,13 @@ class ContextkitMcp:
         if tool.kind == "get_features":
             entities = {k: v if isinstance(v, list) else [v] for k, v in args["entities"].items()}
             # On the event loop, as POST /v1/features does: an online-store read costs less
-            # than a hop to a worker thread.
+            # than a hop to a worker thread; in a thread when it waits on transform workers.
+            call = partial(ctx.get_features, tool.target, entities, args.get("request_context"))
             with translating:
-                online = ctx.get_features(tool.target, entities, args.get("request_context"))
+                if waits_on_transform_workers(ctx, tool.target):
+                    online = await _in_thread(call)
+                else:
+                    online = call()
             return features_result(online)
         if tool.kind == "search":
             call = partial(
