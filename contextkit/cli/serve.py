@@ -135,7 +135,7 @@ def serve(
         background = None
         if materialize_embeddings and record.live:
             background = EmbeddingJobs.start(ctx, record.name)
-        else:
+        if background is None:  # else its jobs use ctx while the server runs
             ctx.close()
         from contextkit.server.mcp.settings import McpSettings
 
