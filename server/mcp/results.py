@@ -75,9 +75,12 @@ def context_result(result: Any) -> types.CallToolResult:
         lines.append("")
         lines.append(f"## Features: {view} ({block['status']}, as of {block['event_timestamp']})")
         lines += [f"- {k}: {_value(v)}" for k, v in block["values"].items()]
+    warming = (body.get("metadata") or {}).get("warming") or {}
     for search, hits in body["documents"].items():
         lines.append("")
         lines.append(f"## Documents: {search}")
+        if search in warming:  # its view is not built yet: say so, not just "no documents"
+            lines.append(f"(warming: {warming[search]['message']})")
         lines += _hits_text(hits)
     prompt = body.get("prompt")
     if prompt:

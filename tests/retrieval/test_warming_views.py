@@ -115,6 +115,11 @@ def test_warming_then_served_without_a_restart(served) -> None:
     assert body["prompt"]["text"].strip() == "spent 12; 0 articles"
     warming = body["metadata"]["warming"]["articles"]
     assert warming["status"] == "warming" and warming["view"] == "doc_text"
+    # MCP's get_context tells the agent too (its text, not only the structured content).
+    from contextkit.server.mcp.results import context_result
+
+    told = context_result(ctx.get_context("svc", {"user_id": 1}, query="coffee grinders"))
+    assert "(warming: embedding view 'doc_text'" in told.content[0].text
 
     # While the first job encodes, the 503 names it and its progress.
     during = []
