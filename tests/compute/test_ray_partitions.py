@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from contextkit.compute.materialize import _typed_columns, offline_rows_sql, online_rows_sql
@@ -125,42 +126,29 @@ def _same(got: pa.Table, want: pa.Table) -> bool:
     )
 
 
-def test_chunks_times_buckets_equal_the_local_engine_and_each_reads_its_share(tmp_path):
-    """A job over 3.5 days cut into 30-hour chunks (windows of up to 3 days cross every chunk
-    edge) and 2 entity buckets: 6 tasks. Users 30-31 appear only late (unknown before), some
-    rows have no user; ttl drops users with no recent event from the online values."""
-    events = random_events(11, 500)
-    late = random_events(12, 60, first_id=5000)
-    late = late.set_column(0, "user_id", pa.array([30 + i % 2 for i in range(60)], pa.int64()))
-    nulls = random_events(13, 20, first_id=9000)
-    nulls = nulls.set_column(0, "user_id", pa.nulls(20, pa.int64()))
-    data = pa.concat_tables([events, late, nulls])
-    ctx = open_repo(write_repo(tmp_path / "repo", DEFS, {"events.parquet": data}, None))
+def run_parts(ctx, name: str, start, end, *, buckets: int, chunk: timedelta, data: pa.Table):
+    """Every task of the job, called in turn (what Ray would run), against the local engine:
+    the union of their offline, input and online rows equals the local engine's, and each task
+    read exactly its bucket's source rows of its read range (counted again here from ``data``).
+    Returns the local engine's online rows."""
     specs = ctx.runtime.specs("prod")
     root = ctx.runtime.config.root.resolve()
-    view = specs.views["spend"]  # 6 windowed aggregates, ttl 2 days
-    start, end = START + timedelta(days=2, hours=7), START + timedelta(days=5, hours=19)
+    view = specs.views[name]
     analysis = analyse(duckdb.connect(), view, specs.sources)
-    assert analysis.pushdown is not None and analysis.pushdown.keys == ("user_id",)
-
+    assert analysis.pushdown is not None and analysis.pushdown.keys == ("user_id",), analysis
     with transformations.workspace_session(root, specs.sources, specs.views) as ws:
         want = {
-            OFFLINE: ws.con.sql(
-                offline_rows_sql(view, transformations.offline_features_sql(ws, view, start, end))
-            ).to_arrow_table(),
-            INPUTS: ws.con.sql(
-                transformations.aggregate_inputs_sql(ws, view, start, end)
-            ).to_arrow_table(),
-            ONLINE: ws.con.sql(
-                online_rows_sql(view, transformations.online_features_sql(ws, view, end))
-            ).to_arrow_table(),
+            OFFLINE: offline_rows_sql(
+                view, transformations.offline_features_sql(ws, view, start, end)
+            ),
+            ONLINE: online_rows_sql(view, transformations.online_features_sql(ws, view, end)),
         }
-
-    parts = plan_parts(
-        view, start, end, buckets=2, chunk=timedelta(hours=30), offline=True, online=True
-    )
-    assert len(parts) == 6 and [p.online for p in parts].count(True) == 2
-    got: dict[str, list] = {OFFLINE: [], INPUTS: [], ONLINE: []}
+        if view.is_aggregate:
+            want[INPUTS] = transformations.aggregate_inputs_sql(ws, view, start, end)
+        want = {kind: ws.con.sql(sql).to_arrow_table() for kind, sql in want.items()}
+    parts = plan_parts(view, start, end, buckets=buckets, chunk=chunk, offline=True, online=True)
+    assert len({p.chunk for p in parts}) > 1 and [p.online for p in parts].count(True) == buckets
+    got: dict[str, list] = {kind: [] for kind in want}
     source = duckdb.connect()
     source.execute("SET TimeZone = 'UTC'")
     source.register("events", data)
@@ -178,7 +166,8 @@ def test_chunks_times_buckets_equal_the_local_engine_and_each_reads_its_share(tm
         lo, hi = read_range(view, part.start, part.end, offline=True,
                             online_as_of=end if part.online else None)  # fmt: skip
         [(expected,)] = source.execute(
-            "SELECT count(*) FROM events WHERE hash(user_id) % 2 = ? AND ts >= ? AND ts < ?",
+            f"SELECT count(*) FROM events WHERE hash(user_id) % {buckets} = ? "
+            "AND ts >= ? AND ts < ?",
             [part.bucket, lo, hi],
         ).fetchall()
         assert out[READ] == {"events": expected}, part
@@ -186,7 +175,51 @@ def test_chunks_times_buckets_equal_the_local_engine_and_each_reads_its_share(tm
     for kind, table in want.items():
         assert table.num_rows, kind
         assert _same(pa.concat_tables(got[kind]), table), kind
-    assert {30, 31} <= {r["user_id"] for r in want[ONLINE].to_pylist()}
+    return want[ONLINE]
+
+
+def test_chunks_times_buckets_equal_the_local_engine_and_each_reads_its_share(tmp_path):
+    """A job over 3.5 days cut into 30-hour chunks (windows of up to 3 days cross every chunk
+    edge) and 2 entity buckets: 6 tasks. Users 30-31 appear only late (unknown before), some
+    rows have no user; ttl drops users with no recent event from the online values."""
+    events = random_events(11, 500)
+    late = random_events(12, 60, first_id=5000)
+    late = late.set_column(0, "user_id", pa.array([30 + i % 2 for i in range(60)], pa.int64()))
+    nulls = random_events(13, 20, first_id=9000)
+    nulls = nulls.set_column(0, "user_id", pa.nulls(20, pa.int64()))
+    data = pa.concat_tables([events, late, nulls])
+    ctx = open_repo(write_repo(tmp_path / "repo", DEFS, {"events.parquet": data}, None))
+    start, end = START + timedelta(days=2, hours=7), START + timedelta(days=5, hours=19)
+    online = run_parts(ctx, "spend", start, end, buckets=2, chunk=timedelta(hours=30), data=data)
+    assert {30, 31} <= {r["user_id"] for r in online.to_pylist()}
+
+
+@pytest.mark.parametrize("where", ["csv", pytest.param("s3", marks=pytest.mark.slow)])
+def test_csv_and_s3_sources_read_only_their_share(where, tmp_path, request, monkeypatch):
+    """The same pushdown on a local CSV file (parsed by DuckDB) and on Parquet in S3 (an Arrow
+    dataset, the time range going into its scan; slow: it starts the moto server)."""
+    data = random_events(31, 300)
+    root = tmp_path / "repo"
+    if where == "csv":
+        defs = DEFS.replace('path="data/events.parquet"', 'path="data/events.csv"')
+        write_repo(root, defs, {}, None)
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(data, root / "data" / "events.csv")
+    else:
+        from contextkit.stores.objectstore import S3Settings
+
+        server = request.getfixturevalue("s3_server")
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        bucket = server.create_bucket()
+        filesystem = S3Settings.from_env().filesystem()
+        pq.write_table(data, f"{bucket}/events.parquet", filesystem=filesystem)
+        defs = DEFS.replace('path="data/events.parquet"', f'path="s3://{bucket}/events.parquet"')
+        write_repo(root, defs, {}, None)
+    ctx = open_repo(root)
+    start, end = START + timedelta(days=1), START + timedelta(days=5, hours=2)
+    run_parts(ctx, "latest", start, end, buckets=2, chunk=timedelta(days=2), data=data)
 
 
 def test_a_view_that_cannot_push_reads_the_whole_source_and_is_still_exact(tmp_path):

@@ -2,7 +2,7 @@
 
 What runs on Ray, and why (docs/compute.md):
 
-- ``features``: a batch feature view's materialization split into partitions (entity-hash buckets),
+- ``features``: a batch feature view's materialization split into time chunks x entity-hash buckets,
   each running the local engine's DuckDB SQL over Arrow in a Ray task; the driver commits once,
   exactly as the local engine does, so a failed or cancelled job publishes nothing.
 - ``embedding``: an embedding view's texts to encode go through Ray Data ``map_batches`` with an

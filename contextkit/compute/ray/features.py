@@ -1,24 +1,29 @@
-"""Batch feature views on Ray: the local engine's SQL, per entity-hash partition, in Ray tasks.
+"""Batch feature views on Ray: the local engine's SQL per (time chunk, entity bucket) in Ray tasks.
 
-A job is split into ``n`` partitions by a hash of the view's join keys. Each Ray task opens the
-repo's sources itself (files local to the node or ``s3://``, database sources by range), keeps
-the rows of its entities (the view's transformation output filtered to its bucket), and runs the
-very queries the local engine runs (:mod:`contextkit.framework.transformations`): the offline
-feature rows, an aggregate view's input rows, and the online latest values. Every window and
-every latest value is per entity, so an entity's rows never span two partitions and windows that
-cross any time edge stay exact: the union of the partitions is the local engine's result.
+A job over ``[start, end)`` is split into time chunks (``compute.time_chunk``) times entity-hash
+buckets (``compute.partitions``), one Ray task each (:func:`plan_parts`). Each task opens the
+repo's sources itself (files local to the node or ``s3://``, database sources by range) and reads
+its share: for a row-wise view over one file source, only its bucket's rows of its chunk and the
+lookback its windows and ttl need, filtered in the scan (:mod:`contextkit.compute.ray.partitions`);
+otherwise the whole source, the view's output filtered to its bucket. It then runs the very
+queries the local engine runs (:mod:`contextkit.framework.transformations`): the offline feature
+rows of its chunk, an aggregate view's input rows, and (the last chunk's tasks) the online latest
+values. Every window and every latest value is per entity and each chunk reads its lookback, so
+windows that cross any chunk or job edge stay exact: the union of the tasks is the local
+engine's result. Each task reports the source rows it read (the job's ``details.ray``).
 
 Tasks return Arrow tables through Ray's object store. The driver (the caller of
-:func:`contextkit.compute.materialize.materialize_view`) streams them, one partition at a time,
-into the same staged offline write and online replacement the local engine uses, and commits
-once: a failed or cancelled job publishes nothing. The stores' staging API takes one query on
-the driver's DuckDB connection, so rows pass through the driver; they are not collected into one
-table there (each partition is read from the object store as DuckDB scans it).
+:func:`contextkit.compute.materialize.materialize_view`) streams them, one task at a time, into
+the same staged offline write and online replacement the local engine uses, and commits once: a
+failed or cancelled job publishes nothing. The stores' staging API takes one query on the
+driver's DuckDB connection, so rows pass through the driver; they are not collected into one
+table there (each task's table is read from the object store as DuckDB scans it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -197,7 +202,8 @@ class Part:
 def _partition_task(view_name: str, part: Part, args: dict[str, Any]):
     """The Ray task: :func:`bucket_rows`, with a data error named by view and partition.
     Returns ``(summary, offline, inputs, online)``, four objects, so the driver can wait on
-    the small first one (row counts and rows read) and read the tables one at a time."""
+    the small first one (row counts, rows read, seconds) and read the tables one at a time."""
+    began = time.perf_counter()
     try:
         rows = bucket_rows(
             bucket=part.bucket, buckets=part.buckets, start=part.start, end=part.end,
@@ -213,6 +219,7 @@ def _partition_task(view_name: str, part: Part, args: dict[str, Any]):
     summary = {
         "rows": {name: table.num_rows for name, table in rows.items()},
         "read": read,
+        "seconds": time.perf_counter() - began,
     }
     return summary, rows.get(OFFLINE), rows.get(INPUTS), rows.get(ONLINE)
 
@@ -281,6 +288,10 @@ class PartitionedRows:
             "chunks": self.parts[0].chunks if self.parts else 1,
             "time_chunk_s": self.chunk.total_seconds() if self.chunk else None,
             "pushdown": self.analysis.as_details(),
+            "task_s": {
+                "total": round(sum(s["seconds"] for s in self.summaries), 3),
+                "max": round(max((s["seconds"] for s in self.summaries), default=0.0), 3),
+            },
             "rows_read": {
                 "total": sum(counted) if len(counted) == len(read) else None,
                 "max_task": max(counted) if counted else None,
