@@ -290,7 +290,7 @@ def test_sdk_get_context_matches_and_a_tiny_budget_drops_the_worst_documents(sho
         model=None,
         params=None,
     )
-    result = assemble(ctx, small, request)
+    result = assemble(ctx.runtime, small, request)
     dropped = result.prompt["dropped"]
     assert dropped and result.prompt["tokens"] <= tight.max_tokens
     # The worst-ranked go first: the last of each search before anyone's first.
