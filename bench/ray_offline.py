@@ -8,8 +8,10 @@ driver never holds them as a DataFrame; the result is written with ``to_parquet`
 
 Each measured run is its own Python subprocess, so its peak RSS (``ru_maxrss`` and a 5 ms psutil
 sampler) is the driver's alone; Ray's workers are other processes. Also reported: the peak of RSS
-less shared pages ("private"): the pages of Ray's object store (shared memory) that the driver
-writes the events into and reads the results from count in its RSS, but are the node's:
+less shared pages ("private"): pages of Ray's object store (shared memory) that the driver maps
+count in its RSS but are the node's. Since 2026-12-07 the driver only plans: the tasks read the
+events' files themselves and write their results to Parquet in the offline store's scratch
+folder; the driver reads those back one range of rows at a time while writing the output:
 
 * ``local``: the local engine (DuckDB in the process), ``--events`` events;
 * ``ray``: ``compute: {engine: ray, address: <this bench's cluster>}``, the same events; the

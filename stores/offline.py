@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 STAGING = "_staging"
 RETIRED = "_retired"
+SCRATCH = ".scratch"  # jobs' temporary files (scratch()): a table name never starts with "."
 # How long a file that left the table (or was never listed) is kept before it may be removed:
 # longer than any offline read is expected to take.
 GC_GRACE_S = 15 * 60.0
@@ -126,6 +127,12 @@ class OfflineStore(ABC):
     def check(self) -> None:
         """Make sure the store can be used (for S3: the bucket exists, the credentials are
         accepted); raises :class:`StoreServerUnavailable` saying which is wrong."""
+
+    def scratch(self, name: str) -> tuple[Any, str]:
+        """A folder for one job's temporary files, apart from every table (``.scratch/<name>``:
+        no table is named so): ``(pyarrow filesystem, path in it)``. Nodes of a compute
+        cluster write there when the store is on shared storage. The caller removes it."""
+        raise StoreFailure(f"offline store {self.url!r} has no scratch space for jobs")
 
     @abstractmethod
     def files(self, table: str) -> list[PurePath]:
@@ -328,6 +335,11 @@ class ParquetOfflineStore(OfflineStore):
 
     def _translating(self, doing: str) -> contextlib.AbstractContextManager[None]:
         return self._loc.translating(_STORE, doing)
+
+    def scratch(self, name: str) -> tuple[Any, str]:
+        if not name or "/" in name or name.startswith("."):
+            raise StoreFailure(f"scratch folder name {name!r} is not a plain name")
+        return self._fs, self._loc.join(SCRATCH, name)
 
     def check(self) -> None:
         self._loc.check(_STORE)

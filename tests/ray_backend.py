@@ -34,6 +34,8 @@ import pytest
 from tests.backends import free_port, missing_server
 
 RAY_READY_TIMEOUT_S = 480.0  # two nodes on a loaded 2-core machine take minutes at worst
+PROBE_S = 45.0  # one driver's wait for the nodes, between checks that the node processes run
+NODE_STARTS = 3  # `ray start` of the second node, at most (it may time out on a loaded machine)
 _AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
@@ -114,11 +116,14 @@ class RayCluster:
         raise RuntimeError(f"the Ray head did not listen on {self.port}:\n{self.log('head.log')}")
 
     def _wait_for_nodes(self, count: int) -> None:
-        """A driver subprocess waits until ``count`` nodes are alive (readiness, not sleeps)."""
+        """A driver subprocess waits until ``count`` nodes are alive (readiness, not sleeps).
+
+        On a loaded machine ``ray start`` of the second node may give up ("timed out during
+        startup"): it is started again, up to :data:`NODE_STARTS` times in all."""
         script = (
             "import json, sys, time, ray\n"
             f"ray.init(address={self.address!r}, include_dashboard=False, log_to_driver=False)\n"
-            f"deadline = time.monotonic() + {RAY_READY_TIMEOUT_S}\n"
+            f"deadline = time.monotonic() + {PROBE_S}\n"
             "while time.monotonic() < deadline:\n"
             "    alive = [n for n in ray.nodes() if n['Alive']]\n"
             f"    if len(alive) >= {count}:\n"
@@ -127,17 +132,25 @@ class RayCluster:
             "sys.exit(3)\n"
         )
         deadline = time.monotonic() + RAY_READY_TIMEOUT_S
+        starts = 1
         while True:
-            for proc, log in ((self.head, "head.log"), (self.node, "node.log")):
-                if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"ray start exited with {proc.returncode}:\n{self.log(log)}")
+            if self.head is not None and self.head.poll() is not None:
+                raise RuntimeError(f"ray start --head exited:\n{self.log('head.log')}")
+            if self.node is not None and self.node.poll() is not None:
+                if starts >= NODE_STARTS:
+                    raise RuntimeError(
+                        f"ray start exited with {self.node.returncode} {starts} times:\n"
+                        f"{self.log('node.log')}"
+                    )
+                starts += 1
+                self.node = self._start(["--address", self.address], f"node-{starts}.log")
             try:
                 out = subprocess.run(
                     [sys.executable, "-c", script],
                     env=_env(),
                     capture_output=True,
                     text=True,
-                    timeout=max(10.0, deadline - time.monotonic()),
+                    timeout=PROBE_S + 60,
                 )
             except subprocess.TimeoutExpired:
                 out = None

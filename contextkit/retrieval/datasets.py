@@ -26,10 +26,13 @@ Output (lazy: nothing runs until a ``to_*`` method):
 
 Row ``i`` of the output is row ``i`` of the events, always; a bad row raises an error naming it.
 
-With ``compute: ray`` (contextkit.yaml), the point-in-time feature join runs on Ray (events
-partitioned by entity hash, see :mod:`contextkit.compute.ray.offline`) and its rows come back in
-event order, a range at a time; searches and rendering stay in this process, batch by batch, so
-memory stays bounded but rendering is not spread over the cluster.
+With ``compute: ray`` (contextkit.yaml), the point-in-time feature join runs in Ray tasks
+(events partitioned by entity hash, see :mod:`contextkit.compute.ray.offline`), and the searches
+and rendering in Ray Data ``map_batches`` actors over the joined rows, in event order
+(:mod:`contextkit.retrieval.datasets_ray`); this process only writes the rendered batches.
+
+Searches encode a batch's query texts in one call per search group (each distinct text once),
+then search by vector.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contextkit.compute.offline import OfflineFeatures, select_features
+from contextkit.compute.offline.reserved import RESERVED, ROW
 from contextkit.errors import (
     BadRequestError,
     ContextKitError,
@@ -71,6 +75,14 @@ if TYPE_CHECKING:
 
 QUERY_COLUMN = "query"
 BATCH_ROWS = 8192
+TABLE, CHAT = "table", "chat"  # the output formats
+# render_block's per-row counts (a Ray Data actor's output, read back by count_block)
+_TRUNCATED, _DROPPED, _NO_LABEL = (
+    f"{RESERVED}truncated",
+    f"{RESERVED}dropped",
+    f"{RESERVED}no_label",
+)
+_LINE, _EXACT = f"{RESERVED}line", f"{RESERVED}exact_"  # + the search's position
 Progress = Callable[[int, int | None], None]  # (rows done, rows in all or None)
 
 
@@ -155,6 +167,20 @@ class RenderedDataset:
         overrides = {k: v for k, v in (searches or {}).items() if k in wanted}
         self._options = {"top_k": top_k, "filter": filter, "searches": overrides}
         self.report = DatasetReport()
+        # Per searched search, whether each row of the last batch found its time's version.
+        self._exact: dict[str, list[bool]] = {}
+        # What rebuilds this dataset elsewhere (a Ray actor): generate_dataset's arguments.
+        self.arguments = {
+            "service_or_prompt": plan.service,
+            "prompt": plan.prompt.name,
+            "timestamp_key": timestamp_key,
+            "documents": [s.name for s in self._searched],
+            "label_column": label_column,
+            "from_source": from_source,
+            "top_k": top_k,
+            "filter": dict(filter) if filter is not None else None,
+            "searches": {k: dict(v) for k, v in (searches or {}).items()},
+        }
 
     @property
     def features(self) -> OfflineFeatures:
@@ -176,17 +202,7 @@ class RenderedDataset:
         target.parent.mkdir(parents=True, exist_ok=True)
         report = self._start("chat", target)
         with target.open("w", encoding="utf-8") as out:
-            for batch, rows in self._batches(report):
-                labels = self._labels(batch)
-                lines = []
-                for i, row in enumerate(rows):
-                    messages = completion_messages(_as_result(row))
-                    if labels is not None:
-                        if labels[i] is None:
-                            report.labels_missing += 1
-                        else:
-                            messages = [*messages, {"role": "assistant", "content": labels[i]}]
-                    lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
+            for lines in self._outputs(CHAT, report):
                 if lines:
                     out.write("\n".join(lines) + "\n")
         return self._end(report)
@@ -194,8 +210,7 @@ class RenderedDataset:
     def to_batches(self) -> Iterator[pa.RecordBatch]:
         """The table format as Arrow record batches, in events order."""
         report = self._start("table", None)
-        for batch, rows in self._batches(report):
-            yield self._table_batch(batch, rows, report)
+        yield from self._outputs(TABLE, report)
         self._end(report)
 
     def to_arrow(self) -> pa.Table:
@@ -221,8 +236,7 @@ class RenderedDataset:
         writer = None
         report = self._start("table", target)
         try:
-            for batch, rows in self._batches(report):
-                table_batch = self._table_batch(batch, rows, report)
+            for table_batch in self._outputs(TABLE, report):
                 if writer is None:
                     writer = pq.ParquetWriter(target, table_batch.schema)
                 writer.write_batch(table_batch)
@@ -245,18 +259,109 @@ class RenderedDataset:
         report.seconds = time.perf_counter() - self._began
         return report
 
-    def _batches(self, report: DatasetReport) -> Iterator[tuple[pa.RecordBatch, list[_Row]]]:
+    def _outputs(self, kind: str, report: DatasetReport) -> Iterator[Any]:
+        """The output per batch of events, in order: table-format record batches
+        (``kind="table"``) or JSONL lines (``"chat"``); ``report`` counts as they come. With
+        compute on Ray, the rows are joined and rendered on the cluster (``datasets_ray``)."""
         total = _count_rows(self._events)
+        if self._on_ray():
+            from contextkit.retrieval.datasets_ray import render_on_ray
+
+            batches = render_on_ray(self, kind, report, generate_dataset)
+        else:
+            batches = self._rendered(kind, report)
+        for out in batches:
+            if self._on_progress is not None:
+                self._on_progress(report.rows, total)
+            yield out
+
+    def _on_ray(self) -> bool:
+        """Whether rows are joined and rendered on Ray: ``compute`` names Ray for a feature
+        view or an embedding view the dataset reads."""
+        compute = self._compute
+        names = [view.name for view, _features in self._refs]
+        names += [s.view for s in self._searched]
+        return compute is not None and any(compute.engine_for(n) == "ray" for n in names)
+
+    def _rendered(self, kind: str, report: DatasetReport) -> Iterator[Any]:
         checked = False
         for batch in self.features.to_batches(self._batch_size):
             if not checked:
                 self._check_columns(batch.schema.names)
                 checked = True
-            rows = self._render(batch, report.rows, report)
-            report.rows += len(rows)
-            if self._on_progress is not None:
-                self._on_progress(report.rows, total)
-            yield batch, rows
+            yield self._render_output(batch, report.rows, kind, report)
+
+    def _render_output(
+        self, batch: pa.RecordBatch, offset: int, kind: str, report: DatasetReport
+    ) -> Any:
+        """One batch of joined rows (events row ``offset`` first) rendered to ``kind``."""
+        rows = self._render(batch, offset, report)
+        report.rows += len(rows)
+        if kind == TABLE:
+            return self._table_batch(batch, rows, report)
+        return self._lines(batch, rows, report)
+
+    def _lines(self, batch: pa.RecordBatch, rows: list[_Row], report: DatasetReport) -> list[str]:
+        """The JSONL lines of rendered rows (the label, when asked, as the assistant turn)."""
+        labels = self._labels(batch)
+        lines = []
+        for i, row in enumerate(rows):
+            messages = completion_messages(_as_result(row))
+            if labels is not None:
+                if labels[i] is None:
+                    report.labels_missing += 1
+                else:
+                    messages = [*messages, {"role": "assistant", "content": labels[i]}]
+            lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
+        return lines
+
+    def render_block(self, table: pa.Table, kind: str) -> pa.Table:
+        """Joined rows (the row id ``__ck_row`` last, contiguous) rendered to ``kind`` with the
+        report's per-row counts as extra ``__ck_`` columns: what a Ray Data actor does
+        (:mod:`~contextkit.retrieval.datasets_ray`); :meth:`count_block` reads them back."""
+        import pyarrow as pa
+
+        offset = int(table.column(ROW)[0].as_py())
+        batch = table.drop_columns([ROW]).combine_chunks().to_batches()[0]
+        report = DatasetReport(documents={s.name: {"as_of": 0, "oldest_kept": 0} for s in
+                                          self._searched})  # fmt: skip
+        rows = self._render(batch, offset, report)
+        labels = self._labels(batch)
+        counts = {
+            _TRUNCATED: pa.array([bool(r.prompt["truncated"]) for r in rows], pa.bool_()),
+            _DROPPED: pa.array([len(r.prompt["dropped"]) for r in rows], pa.int64()),
+            _NO_LABEL: pa.array([v is None for v in labels or [0] * len(rows)], pa.bool_()),
+        }
+        for i, spec in enumerate(self._searched):
+            counts[f"{_EXACT}{i}"] = pa.array(self._exact[spec.name], pa.bool_())
+        if kind == TABLE:
+            out = pa.Table.from_batches([self._table_batch(batch, rows, report)])
+        else:
+            out = pa.table({_LINE: pa.array(self._lines(batch, rows, report), pa.string())})
+        for name, values in counts.items():
+            out = out.append_column(name, values)
+        return out
+
+    def count_block(self, block: pa.Table, kind: str, report: DatasetReport) -> Any:
+        """A block of :meth:`render_block` as ``_outputs`` yields it (one record batch of the
+        table format, or the JSONL lines), its per-row counts added to ``report``."""
+        import pyarrow.compute as pc
+
+        def total(name: str) -> int:
+            return int(pc.sum(block.column(name).cast("int64")).as_py() or 0)
+
+        report.rows += block.num_rows
+        report.truncated += total(_TRUNCATED)
+        report.dropped_documents += total(_DROPPED)
+        report.labels_missing += total(_NO_LABEL)
+        for i, spec in enumerate(self._searched):
+            exact = total(f"{_EXACT}{i}")
+            report.documents[spec.name]["as_of"] += exact
+            report.documents[spec.name]["oldest_kept"] += block.num_rows - exact
+        if kind != TABLE:
+            return block.column(_LINE).to_pylist()
+        names = [n for n in block.column_names if not n.startswith(RESERVED)]
+        return block.select(names).combine_chunks().to_batches()[0]
 
     def _check_columns(self, names: list[str]) -> None:
         features = {f"{view.name}__{f}" for view, fs in self._refs for f in fs}
@@ -390,6 +495,7 @@ class RenderedDataset:
                 counts = report.documents[spec.name]
                 for _version, exact in versions:
                     counts["as_of" if exact else "oldest_kept"] += 1
+                self._exact[spec.name] = [exact for _version, exact in versions]
                 found[spec.name] = _search_rows(
                     ctx,
                     self.plan.workspace,
@@ -469,11 +575,12 @@ def generate_dataset(
     searches: Mapping[str, Mapping[str, Any]] | None = None,
     on_progress: Progress | None = None,
     compute: ComputeConfig | None = None,
+    batch_size: int = BATCH_ROWS,
 ) -> RenderedDataset:
     """A prompt view rendered for every event (see :meth:`contextkit.client.Context.
-    generate_dataset` and the module docstring). ``compute``: the engine of the point-in-time
-    feature join (``compute: ray`` runs it on Ray, partitioned by entity hash; rendering and
-    searches run here, batch by batch, as the joined rows come back in order); None: local."""
+    generate_dataset` and the module docstring). ``compute``: the engine (``compute: ray`` joins
+    on Ray, partitioned by entity hash, and renders, searches included, in Ray Data actors);
+    None: local. ``batch_size``: events rendered per batch."""
     plan, refs = dataset_plan(runtime, service_or_prompt, prompt)
     return RenderedDataset(
         runtime,
@@ -488,6 +595,7 @@ def generate_dataset(
         filter=filter,
         searches=searches,
         on_progress=on_progress,
+        batch_size=batch_size,
         compute=compute,
     )
 

@@ -148,9 +148,10 @@ def compute(ray_cluster) -> ComputeConfig:
 
 @pytest.fixture(autouse=True)
 def small_ranges(monkeypatch):
-    """Ranges of 97 rows and pieces of 50: many ranges, each mixing every partition."""
+    """Ranges of 97 rows and splits of 50: many ranges, each mixing every partition, and many
+    dealing tasks."""
     monkeypatch.setattr(ray_offline, "CHUNK_ROWS", 97)
-    monkeypatch.setattr(ray_offline, "PIECE_ROWS", 50)
+    monkeypatch.setattr(ray_offline, "SPLIT_ROWS", 50)
 
 
 def both(ctx, compute, events, service, from_source=None):

@@ -25,6 +25,7 @@ import pytest
 
 import contextkit
 from contextkit.errors import BadRequestError, NotFoundError
+from contextkit.retrieval.datasets import generate_dataset
 from tests.conftest import DATA_END
 
 CLI = str(Path(sys.executable).parent / "contextkit")
@@ -226,6 +227,53 @@ def test_documents_come_from_the_vector_table_version_of_the_event_time(tmp_path
     # Online, the current version serves.
     online = ctx.search("doc_text", "refund?", top_k=10)
     assert sorted(h["text"] for h in online) == sorted(new.split(" Q:")[0].split(";")[:-1])
+
+
+def test_queries_are_encoded_once_per_batch_and_search_by_vector_as_online(tmp_path, monkeypatch):
+    """Issue 19: a batch's query texts are encoded in one call, each distinct text once; the
+    rows' documents are what the online search finds for the same query (encoded alone)."""
+    import contextkit.compute.embedding as embedding
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "contextkit.yaml").write_text(
+        "project: docs\nmodels:\n  fast: {type: hash, dimension: 16}\n"
+    )
+    (root / "defs.py").write_text(DOCS)
+    write_docs(root, {i: f"note {i} on {w}" for i, w in enumerate("abcdefgh")})
+    ctx = contextkit.connect(root, workspace="prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize()
+    real = embedding.encoder_for
+    calls: list[list[str]] = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def encode(self, texts):
+            calls.append(list(texts))
+            return self.inner.encode(texts)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(embedding, "encoder_for", lambda *a, **k: Counting(real(*a, **k)))
+    queries = ["note on a", "b?", "note on a", "note on a", "h h", "b?"]
+    events = pd.DataFrame(
+        {"ts": pd.Series([datetime.now(UTC)] * 6, dtype="M8[us, UTC]"), "query": queries}
+    )
+    dataset = generate_dataset(ctx.runtime, events, "answer", documents=True, batch_size=4)
+    table = dataset.to_arrow()
+    assert calls == [["note on a", "b?"], ["h h", "b?"]]  # one call per batch, deduplicated
+    ids = [row["docs"] for row in table.column("document_ids").to_pylist()]
+    monkeypatch.setattr(embedding, "encoder_for", real)
+    for query, found in zip(queries, ids, strict=True):
+        online = ctx.search("doc_text", query, top_k=10)
+        assert found == [h["id"] for h in online], query
+    assert len({tuple(i) for i in ids}) > 1
+    ctx.close()
 
 
 # -- the CLI -------------------------------------------------------------------------------------

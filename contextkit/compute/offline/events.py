@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,20 @@ if TYPE_CHECKING:
     import duckdb
 
 
+@dataclass
+class EventsInput:
+    """How the events are read: ``base``, a query of their own columns and the row id, over
+    either Parquet file(s) read in place (``path``) or an Arrow table with the row id
+    (``table``, registered as ``__ck_events_raw``); ``types``, their own columns with their
+    DuckDB types in order; ``time``, SQL for a row's UTC event time (microseconds)."""
+
+    base: str
+    types: dict[str, str]
+    time: str
+    path: str | None = None
+    table: Any = None
+
+
 def register_events(
     con: duckdb.DuckDBPyConnection, events: Any, timestamp_key: str
 ) -> dict[str, str]:
@@ -27,15 +42,29 @@ def register_events(
 
     Returns the events' own columns with their DuckDB types, in order.
     """
+    read = events_input(con, events, timestamp_key)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS SELECT *, {read.time} AS {EVENT_TS} "
+        f"FROM ({read.base})"
+    )
+    return read.types
+
+
+def events_input(con: duckdb.DuckDBPyConnection, events: Any, timestamp_key: str) -> EventsInput:
+    """Check the events' columns and say how to read them (nothing is scanned: a Parquet
+    path's schema and row counts come from its metadata)."""
     import numpy as np
     import pyarrow as pa
 
     base = None
+    path = table = None
     if isinstance(events, str | Path):
         with _reading_events(con, str(events)):
             base = _parquet_events(con, str(events))
             if base is None:
                 events = _read_parquet_in_order(con, str(events))
+            else:
+                path = str(events)
     if base is None:
         table = _to_arrow(events, timestamp_key)
         _check_event_names(table.column_names)
@@ -55,10 +84,27 @@ def register_events(
             f"events column {timestamp_key!r} has type {types[timestamp_key]}, not a timestamp",
             hint="convert it first, e.g. pd.to_datetime(events['ts'], utc=True)",
         )
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS SELECT *, {time} AS {EVENT_TS} FROM ({base})"
+    return EventsInput(base, types, time, path, table)
+
+
+def parquet_files(con: duckdb.DuckDBPyConnection, path: str) -> list[tuple[str, int, int]]:
+    """The events' Parquet files in row-id order: (file, rows, row id of its first row), from
+    the files' metadata (the same offsets :func:`register_events` gives the rows)."""
+    query = (
+        f"SELECT file_name, num_rows, sum(num_rows) OVER (ORDER BY file_name) - num_rows "
+        f"FROM parquet_file_metadata({literal(path)}) ORDER BY file_name"
     )
-    return types
+    return [(r[0], int(r[1]), int(r[2])) for r in con.execute(query).fetchall()]
+
+
+def parquet_rows(file: str, start: int, end: int, offset: int) -> str:
+    """A query of rows ``[start, end)`` of one events file with their row ids (``offset``: the
+    row id of the file's first row); DuckDB reads only the row groups that hold them."""
+    return (
+        f"SELECT * EXCLUDE (file_row_number), CAST({offset} + file_row_number AS BIGINT) AS {ROW} "
+        f"FROM read_parquet({literal(file)}, file_row_number = true) "
+        f"WHERE file_row_number >= {start} AND file_row_number < {end}"
+    )
 
 
 @contextmanager

@@ -104,13 +104,22 @@ class OfflineFeatures:
     def _plan(self, con: duckdb.DuckDBPyConnection, specs, columns: dict[str, str]) -> JoinPlan:
         """Check the registered events against the request and decide where each view is read
         from (from the events' time range); the ingest logs of stream views are read here."""
+        self._check(specs, columns)
+        lo, hi = con.execute(f"SELECT min({EVENT_TS}), max({EVENT_TS}) FROM {EVENTS}").fetchall()[0]
+        return self._plan_for(specs, lo, hi)
+
+    def _check(self, specs, columns: dict[str, str]) -> None:
+        """The events' columns against the request (names, join keys, request fields)."""
         check_result_names(list(columns), self.feature_columns)
-        needed = _needed_views(specs, self._refs)
-        for view, _features in needed:
+        for view, _features in _needed_views(specs, self._refs):
             check_keys(list(columns), view)
             if isinstance(view, RealtimeFeatureViewSpec):
                 _check_request_columns(columns, view)
-        lo, hi = con.execute(f"SELECT min({EVENT_TS}), max({EVENT_TS}) FROM {EVENTS}").fetchall()[0]
+
+    def _plan_for(self, specs, lo: Any, hi: Any) -> JoinPlan:
+        """The plan for events (checked) whose UTC times span ``[lo, hi]``: where each view is
+        read from; the ingest logs of stream views are read here."""
+        needed = _needed_views(specs, self._refs)
         requests = [
             resolve(self._ctx, view, features, self._from_source, lo, hi)
             for view, features in needed

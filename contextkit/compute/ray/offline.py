@@ -1,37 +1,52 @@
-"""Point-in-time joins on Ray: the events split by entity hash, each partition joined in DuckDB
-in a Ray task, the rows given back in the caller's order.
+"""Point-in-time joins on Ray: the driver only plans; Ray tasks read the events, split them by
+entity hash, join each partition in DuckDB and write the rows to Parquet files in storage.
 
 How one run goes (``OfflineFeatures`` with ``compute: ray``):
 
-1. The driver registers the events exactly as the local engine does (the same row ids, the same
-   UTC event times), checks them against the request and decides where each view is read from
-   (:class:`~contextkit.compute.offline.reserved.JoinPlan`; stream views' ingest logs are read
-   here, once).
-2. It streams the events once, in Arrow batches, and deals each row to partition
+1. **Plan, on the driver.** It checks the events' columns against the request exactly as the
+   local engine does, from metadata only: a Parquet path's schema and per-file row counts (the
+   row ids are the local engine's: file-name order, then row order), or an in-memory table's
+   schema. It cuts the events into *splits* of at most :data:`SPLIT_ROWS` rows (row ranges of
+   one file; an in-memory table's slices go to the object store once). No event is read here.
+2. **Deal, in Ray tasks.** One task per split reads its rows itself (DuckDB, only the row groups
+   that hold them), adds the UTC event time, and returns them dealt to ``partitions`` shards by
    ``hash(join keys) % partitions`` (the keys of the first asked view; an entity's events all go
-   to one partition). Each partition's rows are put in Ray's object store in pieces of at most
-   :data:`PIECE_ROWS` rows, so the driver holds one batch and one piece per partition at a time.
-3. One task per partition reads the same offline Parquet data (local path or ``s3://``) or the
-   same sources as the local engine, runs the local engine's query over its events
-   (:func:`~contextkit.compute.offline.features.prepare_query`, realtime views included) and
-   returns its rows cut into row-id ranges of :data:`CHUNK_ROWS` (one Ray object per range).
-4. The driver takes range 0 of every partition, sorts those rows by row id and hands them on,
-   then range 1, and so on: the caller's order, with the driver holding one range at a time
-   whatever the number of events.
+   to one partition), plus their count and time range.
+3. **Join, in Ray tasks.** From the splits' time ranges the driver decides where each view is
+   read from (offline store or sources; stream views' ingest logs are read here, once), as the
+   local engine does. One task per partition takes its shard of every split, runs the local
+   engine's query over them (:func:`~contextkit.compute.offline.query.prepare_query`, realtime
+   views included; views keyed like the partitions read only its entities' rows), and writes
+   its rows, cut into row-id ranges of :data:`CHUNK_ROWS`, as one Parquet file per range into
+   the offline store's scratch folder (local or ``s3://``). It returns only the files' paths
+   and row counts.
+4. **Collect, on the driver or in Ray Data.** Range ``c``'s files (one per partition that has
+   rows there) hold exactly the row ids of ``[c * CHUNK_ROWS, (c + 1) * CHUNK_ROWS)``: reading
+   them and sorting by row id gives the caller's order, one range at a time
+   (:func:`read_range`); the scratch folder is removed at the end.
 
-A task that fails for a data reason fails the run with the partition and the first bad value
-named; a task whose worker dies is run again by Ray (``task_options``).
+So the driver's memory does not grow with the events: it holds the plan, a list of file paths
+and one range of results. A task that fails for a data reason fails the run with the split or
+partition and the first bad value named; a task whose worker dies is run again by Ray
+(``task_options``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import uuid
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contextkit.compute.offline.events import register_events
+from contextkit.compute.offline.events import (
+    EventsInput,
+    events_input,
+    parquet_files,
+    parquet_rows,
+)
 from contextkit.compute.offline.query import arrow_result, finish, prepare_query
 from contextkit.compute.offline.reserved import (
     BATCH_ROWS,
@@ -54,136 +69,277 @@ if TYPE_CHECKING:
 
     from contextkit.config import ComputeConfig
 
-# Rows of one piece of a partition's events put in the object store by the driver.
-PIECE_ROWS = 65_536
-# Rows of one range of row ids: what the driver sorts and hands on at a time.
+# Rows of one split of the events: what one dealing task reads.
+SPLIT_ROWS = 1_048_576
+# Rows of one range of row ids: one result file per partition, what is sorted at a time.
 CHUNK_ROWS = 262_144
 PART = f"{RESERVED}part"
+
+
+@dataclass
+class Split:
+    """Rows of the events one dealing task reads: ``rows`` ``[start, end)`` of Parquet file
+    ``file`` (row ids from ``offset``), or an in-memory slice in the object store (``ref``)."""
+
+    file: str | None = None
+    start: int = 0
+    end: int = 0
+    offset: int = 0
+    ref: Any = None
+
+    def where(self) -> str:
+        if self.file is None:
+            return f"rows {self.start}-{self.end - 1} of the events"
+        return f"rows {self.start}-{self.end - 1} of {self.file}"
+
+
+@dataclass
+class RayJoin:
+    """One point-in-time join on Ray (a context manager): entering runs it (steps 1-3 of the
+    module docstring); then ``ranges`` lists, per range of row ids, the result files that hold
+    it, ``tables()`` reads them back in order, and leaving removes them. ``local`` holds the
+    result instead when there are no events (nothing to spread)."""
+
+    features: Any  # OfflineFeatures
+    compute: ComputeConfig
+    chunk_rows: int = 0
+    ranges: list[list[str]] = field(default_factory=list)
+    filesystem: Any = None
+    folder: str | None = None
+    local: pa.Table | None = None
+    total: int = 0
+    columns: list[str] = field(default_factory=list)  # the events' own, in order
+    _refs: list[Any] = field(default_factory=list)
+
+    def __enter__(self) -> RayJoin:
+        try:
+            self._run()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._refs:
+            with contextlib.suppress(Exception):  # Ray gone: nothing left to cancel
+                cancel(connect(self.compute), self._refs)
+            self._refs = []
+        if self.folder is not None:
+            with contextlib.suppress(Exception):  # best effort: gone already, or unreachable
+                self.filesystem.delete_dir(self.folder)
+            self.folder = None
+
+    def tables(self) -> Iterator[pa.Table]:
+        """The result as Arrow tables in input order (at least one, maybe empty), one range of
+        row ids at a time."""
+        if self.local is not None:
+            yield self.local
+            return
+        for paths in self.ranges:
+            yield read_range(self.filesystem, paths).drop_columns([ROW])
+
+    def _run(self) -> None:
+        features, compute = self.features, self.compute
+        self.chunk_rows = self.chunk_rows or CHUNK_ROWS
+        ray = connect(compute)
+        runtime = features._ctx
+        specs = runtime.specs()
+        root = runtime.config.root.resolve()
+        with transformations.workspace_session(root, specs.sources, specs.views) as ws:
+            read = events_input(ws.con, features._events, features.timestamp_key)
+            features._check(specs, read.types)
+            self.columns = list(read.types)
+            splits, total = _splits(ray, ws.con, read)
+            self.total = total
+            if total == 0:  # nothing to spread: the local query gives the empty result's schema
+                ws.con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW {EVENTS} AS SELECT *, {read.time} AS {EVENT_TS} "
+                    f"FROM ({read.base})"
+                )
+                plan = features._plan(ws.con, specs, read.types)
+                self.local = arrow_result(ws.con, prepare_query(ws, plan, read.types))
+                return
+        read = replace(read, table=None)  # the driver's copy of in-memory events is not sent
+        parts = partition_count(compute, ray, total)
+        keys = _partition_keys(features, specs)
+        deal = ray.remote(_deal_split)
+        shards: list[list[Any]] = [[] for _ in range(parts)]
+        stats = []
+        for split in splits:
+            refs = deal.options(**task_options(num_returns=parts + 1)).remote(
+                split.ref, replace(split, ref=None), read, keys, parts
+            )
+            refs = list(refs)
+            for index in range(parts):
+                shards[index].append(refs[index])
+            stats.append(refs[parts])
+            self._refs += refs
+        del splits, refs  # the tasks hold the in-memory slices now
+        found = run_tasks(ray, stats, what="reading the events")
+        times = [t for _rows, lo, hi in found for t in (lo, hi) if t is not None]
+        plan = features._plan_for(specs, min(times, default=None), max(times, default=None))
+        self.filesystem, self.folder = runtime.offline.scratch(f"join-{uuid.uuid4().hex}")
+        self.filesystem.create_dir(self.folder, recursive=True)
+        chunks = -(-total // self.chunk_rows)
+        plan_ref = ray.put(plan)
+        join = ray.remote(_join_partition)
+        target = (self.filesystem, self.folder)
+        outputs = [
+            join.options(**task_options()).remote(
+                index,
+                parts,
+                keys,
+                shards[index],
+                plan_ref,
+                root,
+                specs.sources,
+                specs.views,
+                target,
+                self.chunk_rows,
+                chunks,
+            )  # fmt: skip
+            for index in range(parts)
+        ]
+        del shards
+        self._refs = outputs  # the dealt shards are freed as the joins finish
+        written = run_tasks(ray, outputs, what="point-in-time join")
+        self._refs = []
+        self.ranges = [[] for _ in range(chunks)]
+        for files in written:  # partition order within a range: the same on every run
+            for chunk, path in files:
+                self.ranges[chunk].append(path)
 
 
 def join_on_ray(
     features: Any, compute: ComputeConfig, chunk_rows: int | None = None
 ) -> Iterator[pa.Table]:
     """The result of ``features`` (an ``OfflineFeatures``) as Arrow tables in input order (at
-    least one, maybe empty), computed by Ray tasks, one per entity-hash partition of the events;
-    ``chunk_rows`` rows of the result at a time (default :data:`CHUNK_ROWS`)."""
-    chunk_rows = chunk_rows or CHUNK_ROWS
-    ray = connect(compute)
-    runtime = features._ctx
-    specs = runtime.specs()
-    root = runtime.config.root.resolve()
-    with transformations.workspace_session(root, specs.sources, specs.views) as ws:
-        columns = register_events(ws.con, features._events, features.timestamp_key)
-        plan = features._plan(ws.con, specs, columns)
-        total = ws.con.execute(f"SELECT count(*) FROM {EVENTS}").fetchall()[0][0]
-        if total == 0:  # nothing to spread: the local query gives the empty result's schema
-            prepared = prepare_query(ws, plan, columns)
-            yield arrow_result(ws.con, prepared)
-            return
-        parts = partition_count(compute, ray, total)
-        keys = _partition_keys(plan)
-        pieces, schema = _scatter(ray, ws.con, keys, parts)
-    chunks = -(-total // chunk_rows)
-    plan_ref = ray.put(plan)
-    task = ray.remote(_join_partition)
-    outputs = []
-    for index in range(parts):
-        refs = task.options(**task_options(num_returns=chunks)).remote(
-            index, parts, keys, pieces[index], schema, plan_ref, root, specs.sources,
-            specs.views, chunk_rows, chunks,
-        )  # fmt: skip
-        outputs.append(refs if chunks > 1 else [refs])
-    del pieces  # the tasks hold them now
-    try:
-        for chunk in range(chunks):
-            wanted = [refs[chunk] for refs in outputs]
-            tables = run_tasks(ray, wanted, what="point-in-time join")
-            for refs in outputs:
-                refs[chunk] = None  # let the object store free this range once handed on
-            yield _in_order(tables)
-            del tables, wanted
-    finally:
-        cancel(ray, [refs[-1] for refs in outputs if refs[-1] is not None])
+    least one, maybe empty), computed by Ray tasks (see the module docstring); ``chunk_rows``
+    rows of the result at a time (default :data:`CHUNK_ROWS`)."""
+    with RayJoin(features, compute, chunk_rows or 0) as run:
+        yield from run.tables()
 
 
-def _partition_keys(plan: JoinPlan) -> list[str]:
+def read_range(filesystem: Any, paths: list[str]) -> pa.Table:
+    """One range of row ids from its partitions' files, sorted by row id (kept, last)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables([pq.read_table(p, filesystem=filesystem) for p in paths])
+    order = table.column(ROW).to_numpy().argsort(kind="stable")
+    return table.take(order)
+
+
+def _splits(ray: Any, con: duckdb.DuckDBPyConnection, read: EventsInput) -> tuple[list[Split], int]:
+    """The events cut into splits of at most :data:`SPLIT_ROWS` rows, and their number."""
+    splits = []
+    if read.path is not None:
+        total = 0
+        for file, rows, offset in parquet_files(con, read.path):
+            total += rows
+            for start in range(0, rows, SPLIT_ROWS):
+                end = min(rows, start + SPLIT_ROWS)
+                splits.append(Split(file, start, end, offset))
+        return splits, total
+    table = read.table
+    for start in range(0, table.num_rows, SPLIT_ROWS):
+        piece = table.slice(start, SPLIT_ROWS)
+        splits.append(Split(None, start, start + piece.num_rows, 0, ray.put(piece)))
+    return splits, table.num_rows
+
+
+def _partition_keys(features: Any, specs: Any) -> list[str]:
     """The events' columns an entity is hashed on: the join keys of the first asked view that
-    has any (a realtime view's: those of its first input)."""
-    for request in plan.requests:
-        view = request.view
+    has any (realtime views are skipped: their inputs come after them)."""
+    for view, _features in features._refs:
         if isinstance(view, RealtimeFeatureViewSpec):
             continue
         if view.join_key_names:
             return list(view.join_key_names)
+    for view, _features in features._refs:  # only realtime views: the first input's keys
+        for name in getattr(view, "inputs", []):
+            keys = specs.feature_views[name].join_key_names
+            if keys:
+                return list(keys)
     return []
 
 
-def _scatter(
-    ray: Any, con: duckdb.DuckDBPyConnection, keys: list[str], parts: int
-) -> tuple[list[list[Any]], pa.Schema]:
-    """The events dealt to ``parts`` partitions by entity hash, as object-store pieces per
-    partition (in row order), and the schema of the pieces."""
-    import pyarrow as pa
+def _deal_split(
+    piece: pa.Table | None, split: Split, read: EventsInput, keys: list[str], parts: int
+) -> Any:
+    """One split of the events (runs in a Ray task): its rows with the row id and the UTC
+    event time, dealt to ``parts`` shards by entity hash; last, (rows, first time, last time)."""
+    import duckdb
     import pyarrow.compute as pc
 
-    hashed = ", ".join(quote(k) for k in keys) if keys else ROW
-    query = f"SELECT *, CAST(hash({hashed}) % {parts} AS INTEGER) AS {PART} FROM {EVENTS}"
-    reader = con.sql(query).to_arrow_reader(PIECE_ROWS)
-    schema = reader.schema.remove(reader.schema.get_field_index(PART))
-    pieces: list[list[Any]] = [[] for _ in range(parts)]
-    held: list[list[pa.RecordBatch]] = [[] for _ in range(parts)]
-    rows = [0] * parts
+    con = transformations.connect_duckdb(1)
+    try:
+        if piece is not None:
+            con.register(f"{EVENTS}_raw", piece)
+            base = read.base
+        else:
+            assert split.file is not None
+            rows = parquet_rows(split.file, split.start, split.end, split.offset)
+            base = _conformed(con, rows, read.types)
+        hashed = ", ".join(quote(k) for k in keys) if keys else ROW
+        query = (
+            f"SELECT *, {read.time} AS {EVENT_TS}, CAST(hash({hashed}) % {parts} AS INTEGER) "
+            f"AS {PART} FROM ({base})"
+        )
+        table = con.sql(query).to_arrow_table()
+        con.register(f"{RESERVED}split", table)
+        lo, hi = con.execute(
+            f"SELECT min({EVENT_TS}), max({EVENT_TS}) FROM {RESERVED}split"
+        ).fetchall()[0]
+    except duckdb.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadRequestError(
+            f"cannot read {split.where()}: {reason}",
+            hint="check that every events file has the first file's columns and types",
+        ) from None
+    finally:
+        con.close()
+    part = table.column(PART)
+    table = table.drop_columns([PART])
+    shards = [table.filter(pc.equal(part, index)) for index in range(parts)]
+    return (*shards, (table.num_rows, lo, hi))
 
-    def flush(index: int) -> None:
-        if rows[index]:
-            pieces[index].append(ray.put(pa.Table.from_batches(held[index], schema=schema)))
-            held[index], rows[index] = [], 0
 
-    for batch in reader:
-        part = batch.column(PART)
-        batch = batch.drop_columns([PART])
-        for index in range(parts):
-            mine = batch.filter(pc.equal(part, index))
-            if mine.num_rows:
-                held[index].append(mine)
-                rows[index] += mine.num_rows
-                if rows[index] >= PIECE_ROWS:
-                    flush(index)
-    for index in range(parts):
-        flush(index)
-    return pieces, schema
-
-
-def _in_order(tables: list[pa.Table]) -> pa.Table:
-    """One range of row ids from every partition, sorted by row id, without it."""
-    import pyarrow as pa
-
-    table = pa.concat_tables(tables)
-    order = table.column(ROW).to_numpy().argsort(kind="stable")
-    return table.take(order).drop_columns([ROW])
+def _conformed(con: duckdb.DuckDBPyConnection, base: str, types: dict[str, str]) -> str:
+    """``base`` with its columns cast to ``types`` where one file's types differ from the
+    first file's (which DuckDB reads a glob of files as)."""
+    described = {r[0]: r[1] for r in con.execute(f"DESCRIBE {base}").fetchall()}
+    if all(described.get(c) == t for c, t in types.items()):
+        return base
+    columns = [
+        quote(c) if described.get(c) == t else f"CAST({quote(c)} AS {t}) AS {quote(c)}"
+        for c, t in types.items()
+    ]
+    return f"SELECT {', '.join(columns)}, {ROW} FROM ({base})"
 
 
 def _join_partition(
     index: int,
     parts: int,
     keys: list[str],
-    pieces: list[Any],
-    schema: pa.Schema,
+    shards: list[Any],
     plan: JoinPlan,
     root: Path,
     sources: dict[str, Any],
     views: dict[str, Any],
+    out: tuple[Any, str],
     chunk_rows: int,
     chunks: int,
-) -> Any:
-    """One partition's point-in-time join (runs in a Ray task): its rows cut into the
-    ``chunks`` ranges of row ids, one return value each."""
+) -> list[tuple[int, str]]:
+    """One partition's point-in-time join (runs in a Ray task): its rows written as one
+    Parquet file per range of row ids that holds any; returns ``(range, path)`` of each."""
     import duckdb
     import pyarrow as pa
     import pyarrow.dataset  # noqa: F401 - DuckDB scans a dataset only once this is imported
+    import pyarrow.parquet as pq
     import ray
 
-    events = pa.concat_tables(ray.get(list(pieces))) if pieces else schema.empty_table()
+    events = pa.concat_tables(ray.get(list(shards)))
     where = f"partition {index + 1} of {parts} (events whose {', '.join(keys) or 'row'} hash to it)"
     try:
         with transformations.workspace_session(root, sources, views, threads=1) as ws:
@@ -201,13 +357,18 @@ def _join_partition(
             hint="check the events' values in that partition against the views' key and "
             "request-context types",
         ) from None
+    del events
+    filesystem, folder = out
     rows = result.column(ROW).to_numpy()
     bounds = rows.searchsorted([chunk_rows * (c + 1) for c in range(chunks)], side="left")
-    out, start = [], 0
-    for end in bounds:
-        out.append(result.slice(start, int(end) - start))
+    written, start = [], 0
+    for chunk, end in enumerate(bounds):
+        if end > start:
+            path = f"{folder}/r{chunk:06d}-p{index:05d}.parquet"
+            pq.write_table(result.slice(start, int(end) - start), path, filesystem=filesystem)
+            written.append((chunk, path))
         start = int(end)
-    return tuple(out) if chunks > 1 else out[0]
+    return written
 
 
 def _bucketed(plan: JoinPlan, keys: list[str], parts: int, index: int) -> JoinPlan:
