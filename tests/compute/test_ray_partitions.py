@@ -49,6 +49,7 @@ def sql_view(sql: str, mode: str = "sql") -> FeatureViewSpec:
         # A computed key: only the time range is pushed (the bucket filters the view's output).
         ("SELECT CAST(user_id AS BIGINT) AS user_id, ts FROM events", None, "ts"),
         ("SELECT * EXCLUDE (ts), ts2 AS ts FROM events", ("user_id",), None),
+        ("SELECT user_id, payload.amount AS amount, ts FROM events", ("user_id",), "ts"),
         # The key named twice (by the star and again): ambiguous, so not pushed.
         ("SELECT *, user_id FROM events", None, "ts"),
     ],
@@ -58,6 +59,8 @@ def test_row_wise_sql_over_one_file_source_pushes_its_filters(sql, keys, timesta
     assert analysis.pushdown is not None, analysis.reason
     assert (analysis.pushdown.keys, analysis.pushdown.timestamp) == (keys, timestamp)
     assert analysis.pushdown.source == "events"
+    if "payload" in sql:  # a struct's field: the task must read the struct column
+        assert "payload" in (analysis.pushdown.columns or ())
 
 
 @pytest.mark.parametrize(

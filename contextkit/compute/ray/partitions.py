@@ -244,11 +244,12 @@ def _outputs(select: list[dict], tables: set[str]) -> Callable[[str], str | None
 
 def _columns(node: dict) -> tuple[str, ...] | None:
     """The columns the SELECT node refers to (None with ``*``: all); names that are no source
-    column (aliases, lambda parameters) are dropped by the task."""
+    column (aliases, table names, struct fields, lambda parameters) are dropped by the task."""
     names: set[str] = set()
     for expr in _expressions(node):
         if expr.get("class") == "STAR":
             return None
         if expr.get("class") == "COLUMN_REF":
-            names.add(expr["column_names"][-1])
+            # Every part: ``e.amount`` is a table's column, ``payload.amount`` a struct's field.
+            names.update(expr["column_names"])
     return tuple(sorted(names))
