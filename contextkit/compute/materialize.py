@@ -251,7 +251,7 @@ def materialize_view(
                 stage("ray")
                 remote = run_partitions(
                     compute, root=root, sources=sources, views=views, view=view, start=start,
-                    end=end, check=check,
+                    end=end, check=check, on_progress=stage,
                     offline=_typed_columns(view, epoch_timestamps=False) if view.offline else None,
                     online=_typed_columns(view, epoch_timestamps=True) if refresh_online else None,
                 )  # fmt: skip

@@ -422,12 +422,17 @@ def test_time_chunks_and_buckets_equal_local_offline_and_online(tmp_path, ray_cl
     local, remote = both(tmp_path, CHUNKED, {"events.parquet": first}, ray_cluster,
                          time_chunk="1d")  # fmt: skip
     mid, end = START + timedelta(days=4, hours=5), START + timedelta(days=6, hours=12)
-    for ctx in (local, remote):
-        ctx.materialize(["spend", "latest"], end=mid)
+    local.materialize(["spend", "latest"], end=mid)
+    stages: list[tuple[str, str]] = []
+    remote.materialize(["spend", "latest"], end=mid, on_stage=lambda v, s: stages.append((v, s)))
     assert_same_stores(local, remote, ["spend", "latest"])
     specs = remote.runtime.specs("prod")
     [job] = remote.runtime.registry.list_jobs("prod", "spend", 1)
     assert job.details["ray"]["chunks"] == 5  # [START, mid): 4 days and 5 hours
+    # Progress, as the CLI shows it: tasks done and the source rows they read.
+    total = job.details["ray"]["rows_read"]["total"]
+    assert ("spend", f"ray: 15/15 tasks (5 chunk(s) x 3 bucket(s)), {total:,} source rows read") \
+        in stages, stages  # fmt: skip
     _rows_read_are_the_shares(job, first, specs.views["spend"], timedelta(days=1))
 
     late = random_events(22, 300, first_id=10_000, days=6.4)

@@ -377,10 +377,13 @@ def run_partitions(
     offline: str | None,
     online: str | None,
     check: Callable[[], None],
+    on_progress: Callable[[str], None] | None = None,
 ) -> PartitionedRows:
     """Run the view's partitions on Ray and wait for them (``check()`` raises once the job is
     cancelled: the tasks still running are cancelled). ``offline``/``online``: the typed
     columns of each store's rows (see :func:`bucket_rows`; None: that store is not written).
+    ``on_progress(line)``: told the tasks done and the source rows they read, at every tenth
+    of the tasks (the CLI shows it as the job's stage).
     Raises the first partition's data error, or :class:`~contextkit.errors.ComputeError` when
     the cluster cannot run the job."""
     con = transformations.connect_duckdb(threads=1)
@@ -411,10 +414,25 @@ def run_partitions(
         check()  # raises JobCancelledError: run_tasks cancels what still runs
         return False
 
+    shape = f"{parts[0].chunks} chunk(s) x {buckets} bucket(s)" if parts else ""
+    done = {"tasks": 0, "rows": 0, "tenth": -1}
+
+    def progress(_index: int, summary: dict[str, Any]) -> None:
+        done["tasks"] += 1
+        done["rows"] += sum(n for n in summary["read"].values() if n is not None)
+        tenth = done["tasks"] * 10 // len(parts)
+        if on_progress is not None and tenth > done["tenth"]:
+            done["tenth"] = tenth
+            on_progress(
+                f"ray: {done['tasks']}/{len(parts)} tasks ({shape}), "
+                f"{done['rows']:,} source rows read"
+            )
+
     try:
         summaries = run_tasks(
-            ray, [o[0] for o in outputs], should_stop=stop, what=f"job of {view.name}"
-        )
+            ray, [o[0] for o in outputs], should_stop=stop, on_done=progress,
+            what=f"job of {view.name}",
+        )  # fmt: skip
     except BaseException:
         _collect_errors(ray, outputs)
         raise
