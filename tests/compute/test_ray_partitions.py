@@ -274,3 +274,61 @@ def test_time_chunk_config():
     for bad in ("0d", -5, "soon"):
         with pytest.raises(ValueError):
             ComputeConfig(time_chunk=bad)
+
+
+@pytest.mark.slow  # starts PostgreSQL
+def test_a_database_source_reads_each_chunks_range_from_the_database(
+    tmp_path, postgres_server, monkeypatch
+):
+    """A PostgresSource is not pushed (the database's hash is not DuckDB's): each task reads
+    its chunk's time range (with the lookback) from the database, the bucket filters the view's
+    output, and the tasks together equal the local engine."""
+    import psycopg
+
+    data = random_events(41, 400)
+    url = postgres_server.create_database()
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(
+            "CREATE TABLE events (user_id bigint, event_id bigint, amount double precision, "
+            "category text, ts timestamptz)"
+        )
+        with con.cursor().copy("COPY events FROM STDIN") as copy:
+            for row in data.to_pylist():
+                copy.write_row(tuple(row.values()))
+    monkeypatch.setenv("CK_TEST_PG", url)
+    defs = DEFS.replace(
+        'events = FileSource(name="events", path="data/events.parquet", timestamp_field="ts")',
+        'events = PostgresSource(name="events", connection="env:CK_TEST_PG", table="events", '
+        'timestamp_field="ts")',
+    ).replace("from contextkit import ", "from contextkit import PostgresSource, ")
+    ctx = open_repo(write_repo(tmp_path / "repo", defs, {}, None))
+    specs = ctx.runtime.specs("prod")
+    root = ctx.runtime.config.root.resolve()
+    view = specs.views["spend"]
+    analysis = analyse(duckdb.connect(), view, specs.sources)
+    assert analysis.pushdown is None and "database" in analysis.reason
+    start, end = START + timedelta(days=2), START + timedelta(days=5, hours=6)
+    with transformations.workspace_session(root, specs.sources, specs.views) as ws:
+        want = ws.con.sql(
+            offline_rows_sql(view, transformations.offline_features_sql(ws, view, start, end))
+        ).to_arrow_table()
+    parts = plan_parts(view, start, end, buckets=2, chunk=timedelta(days=2), offline=True,
+                       online=True)  # fmt: skip
+    source = duckdb.connect()
+    source.execute("SET TimeZone = 'UTC'")
+    source.register("events", data)
+    got = []
+    for part in parts:
+        out = bucket_rows(
+            root, specs.sources, specs.views, view, part.start, part.end, bucket=part.bucket,
+            buckets=part.buckets, offline=_typed_columns(view, epoch_timestamps=False),
+            online=_typed_columns(view, epoch_timestamps=True) if part.online else None,
+        )  # fmt: skip
+        got.append(out[OFFLINE])
+        lo, hi = read_range(view, part.start, part.end, offline=True,
+                            online_as_of=end if part.online else None)  # fmt: skip
+        [(rows,)] = source.execute(
+            "SELECT count(*) FROM events WHERE ts >= ? AND ts < ?", [lo, hi]
+        ).fetchall()
+        assert out[READ] == {"events": rows}, part  # the chunk's range, every entity
+    assert want.num_rows and _same(pa.concat_tables(got), want)
