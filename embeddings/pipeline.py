@@ -520,7 +520,8 @@ def plan_encode(
 
     ``rows`` are Arrow record batches / tables or dicts holding the key columns, ``text_column``
     and the metadata columns (dicts are batched, their types inferred from the first
-    1,024 rows unless ``schema`` is given). ``existing`` maps chunk id to its stored
+    1,024 rows unless ``schema`` is given; with no rows at all, the plan's ``schema`` still
+    follows from it, so an empty table can be created). ``existing`` maps chunk id to its stored
     ``(content_hash, row_hash)`` (what ``LanceVectorStore.existing_hashes`` returns). ``chunker``
     None means one chunk per document. Missing or blank texts give no chunks (their stored chunks
     are deleted). Duplicate parent keys, null keys and missing columns raise
@@ -612,6 +613,9 @@ def plan_encode(
         if take:
             pending.append(_pending_batch(batch, take, cols, pending_schema, key_columns))
 
+    if out_schema is None and schema is not None and all(c in schema.names for c in needed):
+        # no rows at all: the layout still follows from the rows' schema (an empty table)
+        out_schema, _ = _schemas(schema, key_columns, metadata_columns, dim)
     if complete:
         delete_ids = sorted(set(existing) - seen_ids)
     else:

@@ -62,6 +62,7 @@ class TableWrites:
         dim: int,
         key_columns: Sequence[str] | None = None,
         replace: bool = False,
+        schema: pa.Schema | None = None,
     ) -> ApplyResult:
         """Upsert the chunks in ``upserts`` (by ``id``) and delete ``delete_ids``, in one commit.
 
@@ -76,12 +77,18 @@ class TableWrites:
         All or nothing: if ``upserts`` raises half-way, nothing is committed, the error propagates
         and the previous version stays current (a table created by this call is dropped again).
         Returns the new version (``committed`` is False when there was nothing to do).
+
+        ``schema``: the rows' layout (the pipeline's, as ``upserts`` would have it). With it, a
+        table that does not exist is created even when ``upserts`` yields nothing: empty, in one
+        commit (a view whose documents are none is searchable, with no hits). Without it, such a
+        call creates nothing.
         """
         check_table_name(table)
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise VectorSchemaError(f"dim must be a positive integer, got {dim!r}")
         delete_ids = list(dict.fromkeys(delete_ids))
         batches = iter(upserts)
+        layout = schema
         with self._write_lock(table):
             handle = self._open(table) if self.has_table(table) else None
             previous = int(handle.version) if handle is not None else None
@@ -101,7 +108,7 @@ class TableWrites:
                     _check_columns(table, schema, first.schema)
                 elif not delete_ids:
                     return ApplyResult(version=previous, previous_version=previous)
-            elif first is not None:
+            elif first is not None or (handle is None and layout is not None):
                 keys = list(key_columns) if key_columns is not None else None
                 if keys is None and handle is not None:
                     keys = key_columns_of(handle.schema)
@@ -110,7 +117,9 @@ class TableWrites:
                         f"creating vector table {table!r} needs key_columns",
                         hint="pass the view's entity key columns, e.g. key_columns=['doc_id']",
                     )
-                schema = _table_schema(table, first.schema, dim, keys)
+                incoming = first.schema if first is not None else layout
+                assert incoming is not None
+                schema = _table_schema(table, incoming, dim, keys)
             elif handle is not None:
                 schema = handle.schema  # replace with nothing: an empty table, same layout
             else:
@@ -127,7 +136,9 @@ class TableWrites:
                     self._opened.add(table)
             start_version = int(handle.version)
             try:
-                if replace or created:
+                if created and first is None:  # nothing to write: the empty table is the commit
+                    inserted, updated, deleted = 0, 0, 0
+                elif replace or created:
                     handle.add(reader, mode="overwrite" if replace else "append")
                     inserted, updated, deleted = source.rows, 0, 0
                 else:

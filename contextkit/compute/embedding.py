@@ -172,6 +172,7 @@ def materialize_embedding_view(
                     registry, workspace, view.name, job_id, fingerprint, location, table
                 )
             reader = ws.con.sql(documents).to_arrow_reader(_ROWS_PER_BATCH)
+            layout = reader.schema  # what an empty table is made of when there are no rows
             if monitor is not None:
                 reader = monitor.watch_documents(reader)
             if previous is not None:
@@ -201,6 +202,7 @@ def materialize_embedding_view(
                     metadata_columns=view.metadata,
                     chunker=chunker,
                     existing=existing,
+                    schema=layout,
                     fetch_vectors=None
                     if replace
                     else (lambda ids: vectors_now.fetch_vectors(table, ids)),
@@ -217,6 +219,8 @@ def materialize_embedding_view(
                         dim=encoder.dimension,
                         key_columns=view.join_key_names,
                         replace=replace,
+                        # no documents: the table is created empty, so the view has landed
+                        schema=plan.schema,
                     )
                 stats = plan.stats
         if previous is not None:

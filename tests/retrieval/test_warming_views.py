@@ -24,7 +24,7 @@ END = T0 + timedelta(hours=12)
 DEFS = """
 from datetime import timedelta
 from contextkit import (Aggregate, ContextService, EmbeddingView, Entity, FileSource, PromptView,
-                        Search, batch_feature_view)
+                        Search, batch_feature_view, embedding_view)
 
 user = Entity(name="user", join_keys=["user_id"])
 doc = Entity(name="doc", join_keys=["doc_id"])
@@ -47,6 +47,23 @@ note = PromptView(
 )
 
 svc = ContextService(name="svc", features=[spend], prompts=[note])
+
+# Views whose jobs land with no documents: an empty source, and a query that keeps no row.
+nodocs = FileSource(name="nodocs", path="data/nodocs.parquet", timestamp_field="ts")
+empty_docs = EmbeddingView(name="empty_docs", source=nodocs, entities=[doc], text="body",
+                           model="hashed")
+
+@embedding_view(sources=[docs], entities=[doc], text="body", model="hashed")
+def no_match(docs):
+    return f"SELECT doc_id, body, ts FROM {docs} WHERE body LIKE '%zeppelin%'"
+
+bare = PromptView(
+    name="bare",
+    template="{{ documents.empty | length }} + {{ documents.none | length }} articles",
+    searches=[Search(empty_docs, name="empty", top_k=2), Search(no_match, name="none", top_k=2)],
+)
+
+bare_svc = ContextService(name="bare_svc", prompts=[bare])
 """
 
 CONTEXT = {"service": "svc", "entities": {"user_id": 1}, "query": "coffee grinders"}
@@ -54,7 +71,10 @@ CONTEXT = {"service": "svc", "entities": {"user_id": 1}, "query": "coffee grinde
 
 def tables() -> dict[str, pa.Table]:
     topics = ["running shoes", "coffee grinders", "desk lamps", "garden hoses"]
+    stamp = pa.timestamp("us", tz="UTC")
     return {
+        "nodocs.parquet": pa.table({"doc_id": pa.array([], pa.string()),
+                                    "body": pa.array([], pa.string()), "ts": pa.array([], stamp)}),
         "orders.parquet": pa.table({
             "user_id": pa.array([1, 1], pa.int64()), "amount": pa.array([5, 7], pa.int64()),
             "ts": pa.array([T0, T0 + timedelta(hours=1)], pa.timestamp("us", tz="UTC")),
@@ -143,3 +163,26 @@ def test_warming_then_served_without_a_restart(served) -> None:
     body = client.post("/v1/context", json=CONTEXT).json()
     assert len(body["documents"]["articles"]) == 2 and "warming" not in body["metadata"]
     assert body["prompt"]["text"].strip() == "spent 12; 2 articles"
+
+
+def test_a_landed_view_without_documents_answers_empty(served) -> None:
+    """A job that landed with no documents (an empty source, a query that keeps no row) leaves
+    a view with nothing to find: searches answer 200 with no hits, not warming, not a 404."""
+    ctx, client = served
+    assert search(client, "empty_docs").json()["error"]["code"] == "view_warming"  # not yet run
+    jobs = ctx.materialize(["empty_docs", "no_match"])
+    assert [(j.status, j.rows_offline, j.rows_online) for j in jobs] == [("succeeded", 0, 0)] * 2
+    for view in ("empty_docs", "no_match"):
+        answer = search(client, view)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"] == []
+        store = client.post(f"/v1/vector_stores/{view}/search", json={"query": "coffee"})
+        assert store.status_code == 200, store.text
+        assert store.json()["data"] == []
+    context = client.post("/v1/context", json={"service": "bare_svc", "query": "coffee"})
+    assert context.status_code == 200, context.text
+    body = context.json()
+    assert body["documents"] == {"empty": [], "none": []}
+    assert "warming" not in body["metadata"]
+    assert body["prompt"]["text"].strip() == "0 + 0 articles"
+    assert ctx.search("empty_docs", "coffee").hits == []

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contextkit.stores._vector_plan import index_candidates
 from contextkit.stores.vector import (
     ChunkHashes,
     InvalidFilterError,
@@ -165,6 +166,20 @@ def test_upserts_and_deletes_land_in_one_new_version(tmp_path):
     assert not store.apply_changes("t", [], [], dim=DIM).committed
 
 
+def test_no_rows_with_their_layout_create_the_table_empty_in_one_commit(tmp_path):
+    store = LanceVectorStore(tmp_path)
+    assert store.apply_changes("t", [], dim=DIM, key_columns=["sku"]).version is None
+    assert not store.has_table("t")  # no layout: nothing to create
+    layout = to_batch(RECORDS[:1]).schema
+    result = store.apply_changes("t", [], dim=DIM, key_columns=["sku"], schema=layout)
+    assert result.created and result.committed and result.inserted == 0
+    assert store.count_rows("t") == 0 and store.key_columns("t") == ["sku"]
+    assert store.dimension("t") == DIM and store.search("t", vector=QUERY, top_k=3) == []
+    # the next write fills it as any table (the layout checked against it)
+    store.apply_changes("t", [to_batch(RECORDS[:3])], dim=DIM)
+    assert store.count_rows("t") == 3
+
+
 class Boom(Exception):
     pass
 
@@ -279,7 +294,10 @@ def test_writes_from_another_process_are_seen_by_the_exact_cache(tmp_path):
 def test_indexes_are_created_once_and_used(tmp_path):
     rng = np.random.default_rng(3)
     many = [dict(RECORDS[i % 48], sku=f"n{i:04d}", vector=v) for i, v in enumerate(unit(rng, 300))]
-    store = LanceVectorStore(tmp_path, ann_min_rows=256, exact_search_max_rows=0)
+    # one index kind (comparing kinds: tests/stores/test_vector_calibration.py)
+    store = LanceVectorStore(
+        tmp_path, ann_min_rows=256, exact_search_max_rows=0, index_candidates_max_rows=0
+    )
     store.apply_changes("t", [to_batch(many)], dim=DIM, key_columns=["sku"])
     report = store.ensure_indexes("t")
     assert report.created == ["fts:text", "HnswSq:vector", "btree:id"]
@@ -294,6 +312,11 @@ def test_indexes_are_created_once_and_used(tmp_path):
 
 
 def test_ann_index_settings_follow_the_table_size():
+    # up to index_candidates_max_rows both HNSW kinds are built and compared; above, one
+    kinds = [type(c).__name__ for c in index_candidates(25_000, 384, max_rows=200_000)]
+    assert kinds == ["HnswSq", "HnswFlat"]
+    assert [type(c).__name__ for c in index_candidates(300_000, 384, 200_000)] == ["HnswSq"]
+    assert [type(c).__name__ for c in index_candidates(16_000_000, 384, 10**9)] == ["IvfPq"]
     small = _ann_config(25_000, 384)
     assert type(small).__name__ == "HnswSq" and small.num_partitions == 1
     assert small.distance_type == "cosine"
