@@ -460,6 +460,21 @@ def test_time_chunks_and_buckets_equal_local_offline_and_online(tmp_path, ray_cl
 
 
 @pytest.mark.slow
+def test_a_full_recompute_without_a_start_is_cut_from_the_first_row(tmp_path, ray_cluster):
+    """No feature_start_time, no watermark: the range has no start; with time_chunk the job is
+    cut from the source's first timestamp (the first chunk open below), equal to local."""
+    data = random_events(23, 600)  # 6 days from START
+    local, remote = both(tmp_path, DEFS, {"events.parquet": data}, ray_cluster, time_chunk="2d")
+    end = START + timedelta(days=6, hours=6)
+    for ctx in (local, remote):
+        [job] = ctx.materialize(["spend"], end=end)
+        assert job.start is None
+    assert_same_stores(local, remote, ["spend"])
+    ray = job.details["ray"]
+    assert ray["chunks"] == 4 and ray["rows_read"]["total"] > data.num_rows  # + lookbacks
+
+
+@pytest.mark.slow
 def test_quickstart_equals_local(tmp_path, quickstart_data, ray_cluster):
     import shutil
 

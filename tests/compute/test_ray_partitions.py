@@ -19,7 +19,12 @@ import pytest
 
 from contextkit.compute.materialize import _typed_columns, offline_rows_sql, online_rows_sql
 from contextkit.compute.ray.features import INPUTS, OFFLINE, ONLINE, READ, bucket_rows, plan_parts
-from contextkit.compute.ray.partitions import analyse, read_range, time_chunks
+from contextkit.compute.ray.partitions import (
+    analyse,
+    first_timestamp,
+    read_range,
+    time_chunks,
+)
 from contextkit.framework import transformations
 from contextkit.framework.specs import FeatureViewSpec, FileSourceSpec
 from tests.compute.test_ray_features import DEFS, START, open_repo, random_events, write_repo
@@ -94,6 +99,11 @@ def test_time_chunks_and_the_rows_each_chunk_reads():
     ]  # fmt: skip
     assert time_chunks(start, end, None) == [(start, end)]
     assert time_chunks(None, end, day) == [(None, end)]  # no start: one open chunk
+    # ... unless the data's first timestamp is known: cut from it, the first chunk open below.
+    one = START + timedelta(hours=1)
+    assert time_chunks(None, end, day, first=one) == [
+        (None, one + day), (one + day, one + 2 * day), (one + 2 * day, end),
+    ]  # fmt: skip
     assert time_chunks(end, end, day) == [(end, end)]
     view = FeatureViewSpec.model_validate(
         {**sql_view("SELECT user_id, ts, amount FROM events").model_dump(), "ttl_seconds": 7200,
@@ -129,7 +139,9 @@ def _same(got: pa.Table, want: pa.Table) -> bool:
     )
 
 
-def run_parts(ctx, name: str, start, end, *, buckets: int, chunk: timedelta, data: pa.Table):
+def run_parts(
+    ctx, name: str, start, end, *, buckets: int, chunk: timedelta, data: pa.Table, first=None
+):
     """Every task of the job, called in turn (what Ray would run), against the local engine:
     the union of their offline, input and online rows equals the local engine's, and each task
     read exactly its bucket's source rows of its read range (counted again here from ``data``).
@@ -149,7 +161,9 @@ def run_parts(ctx, name: str, start, end, *, buckets: int, chunk: timedelta, dat
         if view.is_aggregate:
             want[INPUTS] = transformations.aggregate_inputs_sql(ws, view, start, end)
         want = {kind: ws.con.sql(sql).to_arrow_table() for kind, sql in want.items()}
-    parts = plan_parts(view, start, end, buckets=buckets, chunk=chunk, offline=True, online=True)
+    parts = plan_parts(
+        view, start, end, buckets=buckets, chunk=chunk, offline=True, online=True, first=first
+    )
     assert len({p.chunk for p in parts}) > 1 and [p.online for p in parts].count(True) == buckets
     got: dict[str, list] = {kind: [] for kind in want}
     source = duckdb.connect()
@@ -170,8 +184,8 @@ def run_parts(ctx, name: str, start, end, *, buckets: int, chunk: timedelta, dat
                             online_as_of=end if part.online else None)  # fmt: skip
         [(expected,)] = source.execute(
             f"SELECT count(*) FROM events WHERE hash(user_id) % {buckets} = ? "
-            "AND ts >= ? AND ts < ?",
-            [part.bucket, lo, hi],
+            "AND (?::TIMESTAMPTZ IS NULL OR ts >= ?) AND ts < ?",
+            [part.bucket, lo, lo, hi],
         ).fetchall()
         assert out[READ] == {"events": expected}, part
         assert expected < data.num_rows / 2
@@ -221,8 +235,15 @@ def test_csv_and_s3_sources_read_only_their_share(where, tmp_path, request, monk
         defs = DEFS.replace('path="data/events.parquet"', f'path="s3://{bucket}/events.parquet"')
         write_repo(root, defs, {}, None)
     ctx = open_repo(root)
-    start, end = START + timedelta(days=1), START + timedelta(days=5, hours=2)
-    run_parts(ctx, "latest", start, end, buckets=2, chunk=timedelta(days=2), data=data)
+    end = START + timedelta(days=5, hours=2)
+    # A range without a start (a full recompute), cut from the data's first timestamp.
+    specs = ctx.runtime.specs("prod")
+    view = specs.views["latest"]
+    push = analyse(duckdb.connect(), view, specs.sources).pushdown
+    con = transformations.connect_duckdb()
+    first = first_timestamp(con, ctx.runtime.config.root.resolve(), specs.sources["events"], push)
+    assert first == min(data.column("ts").to_pylist())
+    run_parts(ctx, "latest", None, end, buckets=2, chunk=timedelta(days=2), data=data, first=first)
 
 
 def test_a_view_that_cannot_push_reads_the_whole_source_and_is_still_exact(tmp_path):

@@ -34,6 +34,7 @@ from contextkit.compute.ray.partitions import (
     Analysis,
     Pushdown,
     analyse,
+    first_timestamp,
     read_range,
     time_chunks,
 )
@@ -351,10 +352,12 @@ def plan_parts(
     chunk: timedelta | None,
     offline: bool,
     online: bool,
+    first: datetime | None = None,
 ) -> list[Part]:
     """The job's tasks: every time chunk of ``[start, end)`` times every entity bucket (only
-    the last chunk when no offline rows are written: the latest values need only it)."""
-    ranges = time_chunks(start, end, chunk)
+    the last chunk when no offline rows are written: the latest values need only it).
+    ``first``: the data's first timestamp, where a range without a start is cut from."""
+    ranges = time_chunks(start, end, chunk, first)
     parts = []
     for i, (lo, hi) in enumerate(ranges):
         last = i == len(ranges) - 1
@@ -387,15 +390,20 @@ def run_partitions(
     Raises the first partition's data error, or :class:`~contextkit.errors.ComputeError` when
     the cluster cannot run the job."""
     con = transformations.connect_duckdb(threads=1)
+    first = None
     try:
         analysis = analyse(con, view, sources)
+        push = analysis.pushdown
+        if start is None and config.time_chunk and push is not None and push.timestamp:
+            # A full recompute without a start: chunks are cut from the data's first row.
+            first = first_timestamp(con, root, sources[push.source], push)
     finally:
         con.close()
     ray = connect(config)
     buckets = partition_count(config, ray)
     parts = plan_parts(
         view, start, end, buckets=buckets, chunk=config.time_chunk,
-        offline=offline is not None, online=online is not None,
+        offline=offline is not None, online=online is not None, first=first,
     )  # fmt: skip
     args = {
         "root": root,

@@ -1,7 +1,8 @@
 """How a view's materialization is split on Ray, and what share of its source each task reads.
 
 A job over ``[start, end)`` is split into time chunks (``compute.time_chunk``; one chunk when it is
-unset or the range has no start) times entity-hash buckets (``compute.partitions``): one Ray task
+unset; a range without a start is cut from the source's first timestamp when the view pushes its
+time range, else it is one chunk) times entity-hash buckets (``compute.partitions``): one Ray task
 per (chunk, bucket). Each task computes the offline rows of its chunk's range for the entities of
 its bucket; the tasks of the last chunk also compute the online values as of ``end``.
 
@@ -66,19 +67,40 @@ class Analysis:
 
 
 def time_chunks(
-    start: datetime | None, end: datetime, chunk: timedelta | None
+    start: datetime | None,
+    end: datetime,
+    chunk: timedelta | None,
+    first: datetime | None = None,
 ) -> list[tuple[datetime | None, datetime]]:
     """``[start, end)`` cut into consecutive ranges of ``chunk`` (the last one shorter); one
-    range when ``chunk`` is None, the range has no start, or it is empty."""
-    if chunk is None or start is None or start >= end:
+    range when ``chunk`` is None or the range is empty. A range without a start is cut from
+    ``first`` (the data's first timestamp), its first chunk left open below (None); without
+    ``first`` either, it is one range."""
+    if chunk is None or (start is None and first is None) or (start or first) >= end:
         return [(start, end)]
     out: list[tuple[datetime | None, datetime]] = []
-    lo = start
+    lo = start if start is not None else first
+    assert lo is not None
     while lo < end:
         hi = min(lo + chunk, end)
         out.append((lo, hi))
         lo = hi
+    if start is None:
+        out[0] = (None, out[0][1])
     return out
+
+
+def first_timestamp(con, root, source: FileSourceSpec, push: Pushdown) -> datetime | None:
+    """The first value of the source column the view's timestamp comes from (None: no rows):
+    where a range without a start is cut into chunks. One scan of that column, on the
+    driver."""
+    from contextkit.framework.transformations import quote, source_scan_sql
+
+    assert push.timestamp is not None
+    ts = f"CAST({quote(push.timestamp)} AS TIMESTAMPTZ)"
+    scan = source_scan_sql(source, root, con)
+    [(value,)] = con.execute(f"SELECT min({ts}) FROM ({scan})").fetchall()
+    return value
 
 
 def read_range(
