@@ -1,22 +1,25 @@
-"""Calibrated vector search on REAL embeddings: numpy exact vs raw LanceDB (ANN with its
-defaults, and flat) vs contextkit's store (the calibrated plan, and the calibrated ANN forced).
+"""Calibrated vector search on REAL embeddings: numpy exact vs LanceDB's default query vs
+contextkit's store (the calibrated plan, and each configuration forced).
 
 Vectors: ``bench/search_corpus.py`` (real passages from the man pages and Python's standard
 library, encoded by the packaged all-MiniLM-L6-v2 through ONNX int8); queries: the eval sets'
 queries (``bench/evalsets``), encoded the same way, so queries are not rows of the table. Per
 size, one table is written through ``LanceVectorStore.apply_changes`` + ``ensure_indexes`` (the
-calls ``materialize`` makes; ANN index and calibration included, ``ann_min_rows`` lowered so
-every size gets an index) and then, in ``--rounds`` interleaved rounds:
+calls ``materialize`` makes: the index kinds compared and the plan calibrated; ``ann_min_rows``
+lowered so every size gets an index) and then, in ``--rounds`` interleaved rounds:
 
 * ``numpy exact``: brute-force cosine over the float32 matrix (the truth for recall@10);
-* ``lancedb ann default``: ``table.search(q).distance_type("cosine").limit(10)`` (ef = 1.5 x k);
-* ``lancedb flat``: the same with ``bypass_vector_index()``;
+* ``lancedb default (ids)`` / ``(same columns)``: LanceDB's default query,
+  ``table.search(q).distance_type("cosine").limit(10)`` (ef = 1.5 x k, no refine) on a copy of
+  the table with LanceDB's IVF_HNSW_SQ index (what contextkit built before calibration),
+  returning the ids only, or the columns the store returns;
 * ``store calibrated``: ``LanceVectorStore.search`` following the calibrated plan;
-* ``store ann calibrated``: the store, on a copy of the table, with a memory bound that rules
-  the exact copy out, so the ANN serves with its calibrated parameters.
+* ``store forced <method>``: the store on a copy of the table calibrated with only that
+  method allowed (``calibrate(methods=...)``), so it serves with that method's calibrated
+  parameters.
 
-    python bench/search_corpus.py --rows 20000           # encode once (slow on 2 cores)
-    python bench/search_calibration.py --sizes 20000 --queries 300
+    python bench/search_corpus.py --rows 50000           # encode once (slow on 2 cores)
+    python bench/search_calibration.py --sizes 20000,50000 --queries 300
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -59,50 +63,64 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray, args) -> dict:
+    import lancedb
+    from lancedb.index import HnswSq
+
     vectors = vectors[:n]
+    load = {"before": os.getloadavg()}
     folder = Path(tempfile.mkdtemp(prefix=f"ck-search-{n}-"))
-    began = time.perf_counter()
     store = LanceVectorStore(folder, ann_min_rows=min(n, 20_000))
     store.apply_changes("t", [table_rows(vectors, texts[:n])], dim=vectors.shape[1],
                         key_columns=["passage"])  # fmt: skip
+    began = time.perf_counter()
     report = store.ensure_indexes("t")
     build_s = time.perf_counter() - began
     plan = report.plan
-    # The forced-ANN store works on a copy: a plan is stored with the tables, and its
-    # calibration must not replace the one the calibrated store follows.
-    forced_folder = folder.with_name(folder.name + "-ann")
-    shutil.copytree(folder, forced_folder)
-    forced = LanceVectorStore(forced_folder, exact_cache_max_bytes=1)
+    # LanceDB's default: its IVF_HNSW_SQ index on a copy, queried with its defaults.
+    default_folder = folder.with_name(folder.name + "-default")
+    shutil.copytree(folder, default_folder)
+    raw = lancedb.connect(str(default_folder)).open_table("t")
     began = time.perf_counter()
-    forced_plan = forced.calibrate("t")
-    calibrate_s = time.perf_counter() - began
+    raw.create_index("vector", config=HnswSq(distance_type="cosine", num_partitions=1),
+                     replace=True)  # fmt: skip
+    default_build_s = time.perf_counter() - began
+    # Each method forced, on its own copy (a plan is stored with the tables).
+    forced: dict[str, LanceVectorStore] = {}
+    forced_plans: dict[str, dict] = {}
+    for method in ("exact", "projected", "ann"):
+        copy = folder.with_name(f"{folder.name}-{method}")
+        shutil.copytree(folder, copy)
+        forced[method] = LanceVectorStore(copy)
+        began = time.perf_counter()
+        forced_plan = forced[method].calibrate("t", methods=(method,))
+        forced_plans[method] = {**forced_plan.as_dict(), "calibrate_s": round(
+            time.perf_counter() - began, 1)}  # fmt: skip
+        forced[method].warm("t")
     served = LanceVectorStore(folder)
     served.warm("t")
     assert served.search_plan("t") == plan
-    forced.warm("t")
-    import lancedb
-
-    raw = lancedb.connect(str(folder)).open_table("t")
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     k = 10
+    columns = ["id", "passage", "chunk_index", "char_offset", "text", "updated_at", "_distance"]
 
     def numpy_exact(q):
         sims = np.einsum("ij,j->i", unit, q / np.linalg.norm(q))
         top = np.argpartition(-sims, k)[:k]
         return [f"p{i}#0" for i in top[np.argsort(-sims[top])]]
 
-    def lance(q, flat=False):
-        b = raw.search(q).distance_type("cosine").limit(k).select(["id"])
-        if flat:
-            b = b.bypass_vector_index()
+    def lance(q, select):
+        b = raw.search(q).distance_type("cosine").limit(k).select(select)
         return b.to_arrow().column("id").to_pylist()
+
+    def store_path(s):
+        return lambda q: [h["id"] for h in s.search("t", vector=q, top_k=k)]
 
     paths = {
         "numpy exact": numpy_exact,
-        "lancedb ann default": lance,
-        "lancedb flat": lambda q: lance(q, flat=True),
-        "store calibrated": lambda q: [h["id"] for h in served.search("t", vector=q, top_k=k)],
-        "store ann calibrated": lambda q: [h["id"] for h in forced.search("t", vector=q, top_k=k)],
+        "lancedb default (ids)": lambda q: lance(q, ["id", "_distance"]),
+        "lancedb default (same columns)": lambda q: lance(q, columns),
+        f"store calibrated ({plan.method})": store_path(served),
+        **{f"store forced {m}": store_path(s) for m, s in forced.items()},
     }
     truth = [set(numpy_exact(q)) for q in queries]
     times: dict[str, list[float]] = {p: [] for p in paths}
@@ -110,6 +128,7 @@ def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray,
     for name, fn in paths.items():  # untimed: recall, and warm-up
         hits = sum(len(set(fn(q)) & t) for q, t in zip(queries, truth, strict=True))
         recall[name] = hits / (k * len(queries))
+    load["timing_start"] = os.getloadavg()
     order = list(paths)
     per_round = np.array_split(np.arange(len(queries)), args.rounds)
     for r, part in enumerate(per_round):
@@ -119,17 +138,23 @@ def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray,
                 began = time.perf_counter()
                 fn(queries[i])
                 times[name].append((time.perf_counter() - began) * 1000)
+    load["after"] = os.getloadavg()
+    for extra in (default_folder, *(Path(s.uri) for s in forced.values()), folder):
+        shutil.rmtree(extra, ignore_errors=True)
+    default_p50 = pct(times["lancedb default (same columns)"], 50)
     return {
         "rows": n,
-        "build_s": round(build_s, 1),
+        "ensure_indexes_s": round(build_s, 1),
+        "lancedb_default_index_build_s": round(default_build_s, 1),
         "plan": plan.as_dict() if plan else None,
-        "forced_ann_plan": forced_plan.as_dict(),
-        "calibrate_s": round(calibrate_s, 1),
+        "forced_plans": forced_plans,
+        "load_average": load,
         "paths": {
             p: {
                 "recall@10": round(recall[p], 4),
                 "p50_ms": round(pct(times[p], 50), 3),
                 "p99_ms": round(pct(times[p], 99), 3),
+                "p50_vs_lancedb_default": round(pct(times[p], 50) / default_p50, 2),
             }
             for p in paths
         },  # fmt: skip

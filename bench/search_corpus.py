@@ -79,33 +79,54 @@ def passages(limit: int) -> list[str]:
     return list(seen)
 
 
+def cached_vectors(out: Path, rows: int) -> np.ndarray | None:
+    """The longest cached prefix (``vectors_<n>.npy``, n <= rows) of the passages' vectors."""
+    best = None
+    for path in out.glob("vectors_*.npy"):
+        n = int(path.stem.split("_")[1])
+        if n <= rows and (best is None or n > best[0]):
+            best = (n, path)
+    return None if best is None else np.load(best[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--out", type=Path, default=Path("/tmp/ckbench"))
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     args = ap.parse_args()
     from contextkit.embeddings.onnx_encoder import OnnxEncoder
 
     args.out.mkdir(parents=True, exist_ok=True)
-    texts = passages(args.rows)
+    texts_file = args.out / "texts.txt"
+    texts = texts_file.read_text().split("\n") if texts_file.exists() else []
+    if len(texts) < args.rows:  # the passages come in a fixed order: a longer list extends it
+        texts = passages(args.rows)
+        texts_file.write_text("\n".join(texts))
+    texts = texts[: args.rows]
     print(f"{len(texts)} passages", flush=True)
-    (args.out / "texts.txt").write_text("\n".join(texts))
-    enc = OnnxEncoder(quantize="int8", cache_dir=args.out / "onnx", query_cache_size=0)
-    queries = []
-    for name in ("stdlib-docstrings", "man-pages"):
-        _, qs = evalsets.load_set(Path(__file__).parent / "evalsets" / name)
-        queries += [q["query"] for q in qs]
-    np.save(args.out / "queries.npy", enc.encode(queries).astype(np.float32))
-    parts, began = [], time.perf_counter()
-    step = 4096
-    for start in range(0, len(texts), step):
+    enc = OnnxEncoder(
+        quantize="int8", cache_dir=args.out / "onnx", query_cache_size=0, threads=args.threads
+    )
+    if not (args.out / "queries.npy").exists():
+        queries = []
+        for name in ("stdlib-docstrings", "man-pages"):
+            _, qs = evalsets.load_set(Path(__file__).parent / "evalsets" / name)
+            queries += [q["query"] for q in qs]
+        np.save(args.out / "queries.npy", enc.encode(queries).astype(np.float32))
+    # Resume from the longest cached prefix; save a prefix every 10,000 passages.
+    cached = cached_vectors(args.out, len(texts))
+    parts = [] if cached is None else [cached]
+    done = 0 if cached is None else len(cached)
+    began, first = time.perf_counter(), done
+    step = 2000
+    for start in range(done, len(texts), step):
         parts.append(enc.encode(texts[start : start + step]).astype(np.float32))
         done = start + len(parts[-1])
-        rate = done / (time.perf_counter() - began)
+        rate = (done - first) / (time.perf_counter() - began)
         print(f"{done}/{len(texts)} {rate:.0f}/s", flush=True)
-        if done in (20480,) or done >= 20_000 and not (args.out / "vectors_20000.npy").exists():
-            np.save(args.out / "vectors_20000.npy", np.concatenate(parts)[:20_000])
-    np.save(args.out / "vectors.npy", np.concatenate(parts))
+        if done % 10_000 == 0 or done == len(texts):
+            np.save(args.out / f"vectors_{done}.npy", np.concatenate(parts))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ class ExactCache:
     matrix: np.ndarray  # (n, dim) float32, rows L2-normalized
     ids: np.ndarray
     nan_columns: frozenset[str]
+    # The projected copy a "projected" plan searches (see projected_search), built for the plan
+    # calibrated at ``projected_for``: (projection dim x d, rows x d), both float32.
+    projected_for: str | None = None
+    projection: np.ndarray | None = None
+    reduced: np.ndarray | None = None
 
 
 def query_vector(vector: Any, dim: int) -> np.ndarray:
@@ -62,17 +67,61 @@ def exact_search(
     k = min(k, available)
     if k == 0:
         return []
+    return _best_rows(cache, similarity, None, k)
+
+
+def _best_rows(
+    cache: ExactCache, similarity: np.ndarray, rows_of: np.ndarray | None, k: int
+) -> list[dict[str, Any]]:
+    """The ``k`` best of ``similarity`` (over all rows, or over the rows ``rows_of``), ordered by
+    distance then id, as table rows with ``_distance``."""
     # Candidates: the k most similar rows plus any within rounding of the k-th, so that rows
     # whose distances tie once computed as 1 - similarity are all there to be ordered by id.
     kth = np.partition(similarity, len(similarity) - k)[len(similarity) - k]
     candidates = np.flatnonzero(similarity >= kth - 1e-6)
     distances = (np.float32(1.0) - similarity[candidates]).astype(np.float32)
+    if rows_of is not None:
+        candidates = rows_of[candidates]
     order = sorted(range(len(candidates)), key=lambda i: (distances[i], cache.ids[candidates[i]]))
     chosen = [int(candidates[i]) for i in order[:k]]
     rows = cache.table.take(pa.array(chosen, pa.int64())).to_pylist()
     for row, i in zip(rows, order[:k], strict=True):
         row["_distance"] = float(distances[i])
     return rows
+
+
+def projection_of(matrix: np.ndarray, dims: int, sample: int = 4096, seed: int = 0) -> np.ndarray:
+    """The ``dims`` directions that keep most of the inner products with the rows of ``matrix``
+    (top eigenvectors of the uncentred second-moment matrix of a sample of rows), as a
+    (dim x dims) float32 matrix, most important first."""
+    rng = np.random.default_rng(seed)
+    rows = matrix if len(matrix) <= sample else matrix[rng.choice(len(matrix), sample, False)]
+    moments = rows.T.astype(np.float64) @ rows.astype(np.float64)
+    values, vectors = np.linalg.eigh(moments)
+    return np.ascontiguousarray(vectors[:, ::-1][:, :dims], dtype=np.float32)
+
+
+def shortlist_rows(reduced: np.ndarray, projected_query: np.ndarray, shortlist: int) -> np.ndarray:
+    """The ``shortlist`` rows whose projected vectors score best against the projected query."""
+    scores = np.einsum("ij,j->i", reduced, projected_query)
+    if shortlist >= len(scores):
+        return np.arange(len(scores))
+    return np.argpartition(scores, len(scores) - shortlist)[len(scores) - shortlist :]
+
+
+def projected_search(cache: ExactCache, query: np.ndarray, k: int, shortlist: int) -> list[dict]:
+    """Cosine search in two steps over the in-memory copy: the ``shortlist`` best rows by their
+    projection onto a few directions (``cache.reduced``, rows x d), then the exact cosine over
+    those rows' full vectors. Approximate (a true top-k row may miss the shortlist); its recall
+    is what calibration measured. Unfiltered queries only."""
+    assert cache.reduced is not None and cache.projection is not None
+    q = query / np.linalg.norm(query)
+    rows_of = shortlist_rows(cache.reduced, q @ cache.projection, shortlist)
+    k = min(k, len(rows_of))
+    if k == 0:
+        return []
+    similarity = np.einsum("ij,j->i", cache.matrix[rows_of], q)
+    return _best_rows(cache, similarity, rows_of, k)
 
 
 def lance_vector_search(

@@ -24,11 +24,17 @@ from contextkit.stores._vector_common import (
 )
 from contextkit.stores._vector_filters import Condition, parse_filter
 from contextkit.stores._vector_fusion import as_hit, blend, parse_weights, rrf_fuse
-from contextkit.stores._vector_plan import CALIBRATION_K, SearchPlan, scaled_params
+from contextkit.stores._vector_plan import (
+    CALIBRATION_K,
+    SearchPlan,
+    scaled_params,
+    with_projection,
+)
 from contextkit.stores._vector_query import (
     ExactCache,
     exact_search,
     lance_vector_search,
+    projected_search,
     query_vector,
     text_leg,
 )
@@ -182,6 +188,11 @@ class VectorSearch:
         plan = layout.plan
         cache = self._exact_cache(table, handle, version, layout)
         if cache is not None and not any(c.column in cache.nan_columns for c in conditions):
+            if plan is not None and plan.method == "projected" and not conditions:
+                projected = self._projected_cache(table, cache, plan)
+                if projected is not None:
+                    shortlist = scaled_params(plan.params, k, plan.k)["shortlist"]
+                    return projected_search(projected, query, k, shortlist)
             return exact_search(cache, query, conditions, k)
         # A flat (exact) Lance search orders its ties by id like the numpy path; an ANN
         # search's order at the cut is approximate anyway, so it asks for no extra rows.
@@ -196,6 +207,23 @@ class VectorSearch:
             params=scaled_params(plan.params, k, plan.k) if ann and plan is not None else None,
             bypass_index=layout.vector_index and not ann,
         )
+
+    def _projected_cache(
+        self, table: str, cache: ExactCache, plan: SearchPlan
+    ) -> ExactCache | None:
+        """The in-memory copy with the projected rows of ``plan`` (built once per copy and
+        plan from the projection stored with the plan); None when that file is unreadable (the
+        query is then answered exactly)."""
+        if cache.projected_for == plan.calibrated_at:
+            return cache
+        projection = self._read_projection(table)
+        if projection is None or projection.shape != (cache.matrix.shape[1], plan.params["dims"]):
+            return None
+        projected = with_projection(cache, projection, plan.calibrated_at)
+        with self._lock:
+            if self._exact.get(table) is cache:
+                self._exact[table] = projected
+        return projected
 
     def _exact_row_limit(self, layout: Layout) -> int:
         """How many rows the table may have to be served from the in-memory copy: the plan's

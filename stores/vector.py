@@ -161,7 +161,8 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
     ``read_consistency_interval`` (default 0: every read checks for a newer version, ~0.3 ms)
     makes writes from other processes visible. ``exact_search_max_rows`` bounds the numpy
     exact-search cache (0 disables it); ``ann_min_rows`` is where :meth:`ensure_indexes` starts
-    building an ANN index. Thread-safe.
+    building an ANN index; up to ``index_candidates_max_rows`` rows it builds both HNSW kinds
+    and keeps the one measured cheaper (see :func:`index_candidates`). Thread-safe.
 
     >>> store = LanceVectorStore(tmp_path / "vectors")                       # doctest: +SKIP
     >>> store.apply_changes("dev__docs", plan.batches(), plan.delete_ids,
@@ -180,12 +181,15 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
         ann_min_rows: int = 20_000,
         exact_cache_tables: int = 8,
         exact_cache_max_bytes: int = 512 * 2**20,
+        index_candidates_max_rows: int = 200_000,
     ) -> None:
         import lancedb
 
         self.exact_search_max_rows = exact_search_max_rows
         self.exact_cache_max_bytes = exact_cache_max_bytes
         self.ann_min_rows = ann_min_rows
+        self.index_candidates_max_rows = index_candidates_max_rows
+        self.calibration_sample = CALIBRATION_SAMPLE  # rows sampled for calibration queries
         self._loc: Location | None = None
         self._local: Path | None = None
         if is_s3(path):

@@ -52,12 +52,14 @@ def test_the_retrieval_page_shows_search_plans_and_eval_runs(tmp_path):
     ctx.create_workspace("prod", live=True)
     ctx.apply(ctx.plan(root))
     ctx.materialize(["articles"])
-    # An ANN index on this small table, so that the plan has calibrated ANN parameters.
+    # An ANN index on this small table, and a plan that serves it (calibration may measure
+    # exact search faster here; methods=("ann",) keeps the ANN's calibrated parameters).
     table = vector_table("prod", "articles")
-    ctx.vectors.ann_min_rows = 100
-    report = ctx.vectors.ensure_indexes(table)
-    plan = report.plan
+    ctx.vectors.ann_min_rows, ctx.vectors.index_candidates_max_rows = 100, 0
+    ctx.vectors.ensure_indexes(table)
+    plan = ctx.vectors.calibrate(table, methods=("ann",))
     assert plan is not None and plan.index is not None and plan.params and plan.recall is not None
+    assert plan.method == "ann" and plan.p50_ms is not None
 
     queries = [LabelledQuery(f"{w} number {i}", (f"d{i}",)) for i, w in enumerate(WORDS)]
     configs = [{"name": "bm25", "mode": "text"}, {"name": "cosine", "mode": "vector"}]
@@ -78,6 +80,12 @@ def test_the_retrieval_page_shows_search_plans_and_eval_runs(tmp_path):
         assert f"{name}={value}" in articles
     assert f"{plan.recall:.3f}" in articles and f"target {plan.target}" in articles
     assert "300" in articles and plan.reason in articles
+    measured = re.search(r'plan-candidates">(.*?)</td>', articles, re.S)
+    assert measured is not None
+    for c in plan.candidates:  # every configuration measured, with its p50
+        assert c["method"] in measured.group(1)
+        if "p50_ms" in c:
+            assert f"{c['p50_ms']:.2f} ms" in measured.group(1)
     assert "not materialized yet" in plans[plans.index('data-view="notes"') :]
 
     runs = html[html.index("Evaluation runs") :]
