@@ -197,9 +197,26 @@ def quality_tables(quality: dict[str, Any]) -> list[Any]:
             f"vector search: {plan['method']} ({plan.get('reason') or ''}); ANN index "
             f"{plan.get('index') or 'none'}, parameters {params}, recall@{plan.get('k')} vs "
             f"exact {recall} on {plan.get('sample')} sampled rows (target "
-            f"{plan.get('target')}); p50 exact {_num(plan.get('exact_p50_ms'))} ms, ANN "
-            f"{_num(plan.get('ann_p50_ms'))} ms; measured at {_num(plan.get('rows'))} rows"
+            f"{plan.get('target')}); p50 {_num(plan.get('p50_ms'))} ms (exact "
+            f"{_num(plan.get('exact_p50_ms'))} ms, ANN {_num(plan.get('ann_p50_ms'))} ms); "
+            f"measured at {_num(plan.get('rows'))} rows"
         )
+        measured = [
+            f"{c['method']}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in c['params'].items())})" if c["params"] else "")
+            + f": recall {c['recall']:.3f}, p50 "
+            + (f"{_num(c['p50_ms'])} ms" if "p50_ms" in c else "not timed (target not reached)")
+            for c in plan.get("candidates") or []
+        ]
+        builds = [
+            f"{b['index']} built in {b['build_s']:.1f} s, p50 {_num(b['p50_ms'])} ms"
+            + (" (kept)" if b.get("chosen") else "")
+            for b in plan.get("index_builds") or []
+        ]
+        if measured:
+            out.append("  configurations measured: " + "; ".join(measured))
+        if builds:
+            out.append("  index kinds compared: " + "; ".join(builds))
     expectations = stats.get("expectations") or []
     if expectations:
         checks = Table(title="Expectations", title_justify="left")
