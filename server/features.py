@@ -136,6 +136,17 @@ class ServicesResponse(BaseModel):
     services: list[ServiceInfo]
 
 
+class WarmingView(BaseModel):
+    """An embedding view whose first materialization has not landed (searches answer 503)."""
+
+    workspace: str
+    view: str
+    job: str | None = Field(description="The job building it; null when none is queued or running.")
+    status: str = Field(description="The job's status, or `not materialized`.")
+    progress: str | None = Field(description="Its encode progress, e.g. `3/8 chunks encoded`.")
+    retry_after_s: int | None = None
+
+
 class Health(BaseModel):
     """Answer of ``GET /health``: ``ok``, or (503) ``starting``/``failed`` with the step."""
 
@@ -143,6 +154,11 @@ class Health(BaseModel):
     step: str | None = None
     elapsed_s: float | None = None
     error: str | None = None
+    warming: list[WarmingView] | None = Field(
+        default=None,
+        description="Once ready: the embedding views still warming (absent when none is). They "
+        "do not make the node unready: features and prompts are served meanwhile.",
+    )
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -196,9 +212,14 @@ def routes(state: ServerState) -> APIRouter:
     )
     async def health(request: Request) -> Response:
         """200 once the server is ready; 503 ``starting`` while it warms up (``failed`` if the
-        warm-up failed): a load balancer's readiness check."""
+        warm-up failed): a load balancer's readiness check. Once ready, ``warming`` lists the
+        embedding views whose first materialization has not landed (still 200)."""
         readiness = getattr(request.app.state, "readiness", None)
         status, body = readiness.health() if readiness is not None else (200, {"status": "ok"})
+        if status == 200 and readiness is not None:  # ready: say which views are still warming
+            warming = await run_in_threadpool(readiness.warming, state.ctx)
+            if warming:
+                body = {**body, "warming": warming}
         return json_response(body, status)
 
     @router.get("/v1/services", responses=ok_example(SERVICES_EXAMPLE))

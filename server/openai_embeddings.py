@@ -45,6 +45,7 @@ from contextkit.server.common import (
     parse_body,
 )
 from contextkit.server.features import body_schema
+from contextkit.server.search import WARMING_RESPONSE
 
 MODEL_PREFIX = "contextkit/"
 WORKSPACE_HEADER = "x-contextkit-workspace"
@@ -207,6 +208,22 @@ SEARCH_EXAMPLE = {
 }
 
 
+# The embedding view is warming (docs/http-api.md#post-v1search): /v1/search's 503, in OpenAI's
+# error shape (``type``, ``param``) as every error of this route.
+_WARMING = WARMING_RESPONSE["content"]["application/json"]
+VECTOR_STORE_WARMING = {
+    **WARMING_RESPONSE,
+    "content": {
+        "application/json": {
+            **_WARMING,
+            "example": {
+                "error": {**_WARMING["example"]["error"], "type": "server_error", "param": None}
+            },
+        }
+    },
+}
+
+
 def openai_error(exc: ContextKitError) -> tuple[int, dict[str, Any]]:
     """``(status, body)``: contextkit's error plus OpenAI's ``type`` and ``param`` (the OpenAI
     SDKs read them into ``APIStatusError.type`` / ``.param``)."""
@@ -267,7 +284,7 @@ def routes(state: ServerState) -> APIRouter:
         "/v1/vector_stores/{vector_store_id}/search",
         openapi_extra=body_schema(VectorStoreSearchBody),
         response_model=SearchResultsPage,
-        responses=ok_example(SEARCH_EXAMPLE),
+        responses={**ok_example(SEARCH_EXAMPLE), 503: VECTOR_STORE_WARMING},
     )
     async def vector_store_search(
         request: Request, vector_store_id: str

@@ -10,7 +10,11 @@ registry, each embedding model, each vector table, the prompt tokenizers, the co
 ``GET /health`` tells a load balancer or a test when to send traffic:
 
 - ``503 {"status": "starting", "step": "...", "elapsed_s": 3.2}`` while warming up;
-- ``200 {"status": "ok"}`` once warm ("Ready" is logged at that moment, not before);
+- ``200 {"status": "ok"}`` once warm ("Ready" is logged at that moment, not before), with
+  ``"warming": [{"workspace", "view", "job", "status", "progress", "retry_after_s"}]`` while
+  embedding views of the server's workspace are warming (their first materialization has not
+  landed: their searches answer 503 ``view_warming``). Warming views never make the node unready:
+  features and prompts are served meanwhile (see :meth:`Readiness.warming`);
 - ``503 {"status": "failed", "step": "...", "error": {...}}`` when a step failed (logged as an
   error; the server keeps answering, and requests that need the failed part fail on their own).
 
@@ -43,6 +47,8 @@ class Readiness:
         self.step: str | None = None
         self.error: dict[str, Any] | None = None
         self._began = time.monotonic()
+        # (workspace, view) of embedding views seen landed: never read again by warming()
+        self._landed: set[tuple[str, str]] = set()
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """The ``/health`` answer: 200 when ready, else 503 saying what it is waiting for."""
@@ -54,6 +60,55 @@ class Readiness:
         else:
             body["error"] = self.error
         return 503, body
+
+    def warming(self, ctx: Context) -> list[dict[str, Any]]:
+        """The embedding views of ``ctx``'s workspace that are warming: applied, no job of theirs
+        landed and their vector table holds nothing, each with the job building it (id, status,
+        encode progress; None when none runs) and the ``Retry-After`` its searches answer.
+
+        Reads the registry (the jobs of the views not yet seen landed) and, for a view without a
+        landed job, whether its table has rows (filled by pushes); a view seen landed is not
+        read again, so once every view has landed this reads only the cached specs. Never
+        raises: a store that cannot answer is logged, and its views are left out."""
+        from contextkit.compute.embedding import view_warming
+        from contextkit.compute.layout import vector_table
+
+        out: list[dict[str, Any]] = []
+        try:
+            workspace = ctx.workspace
+            views = list(ctx.specs().embedding_views)
+        except Exception as exc:  # noqa: BLE001 - readiness answers whatever the stores say
+            log.warning("/health: could not list the embedding views: %s", exc)
+            return out
+        for view in views:
+            if (workspace, view) in self._landed:
+                continue
+            try:
+                warming = view_warming(ctx.registry, workspace, view)
+                if warming is not None:
+                    table = vector_table(workspace, view)
+                    vectors = ctx.vectors
+                    if vectors.has_table(table) and vectors.count_rows(table):
+                        warming = None  # documents pushed without a job: served
+            except Exception as exc:  # noqa: BLE001
+                log.warning("/health: could not tell whether view %r is warming: %s", view, exc)
+                continue
+            if warming is None:
+                self._landed.add((workspace, view))
+                continue
+            details = warming.to_dict()["error"]["details"]
+            job = details.get("job") or {}
+            out.append(
+                {
+                    "workspace": workspace,
+                    "view": view,
+                    "job": job.get("id"),
+                    "status": job.get("status", "not materialized"),
+                    "progress": job.get("progress"),
+                    "retry_after_s": details.get("retry_after_s"),
+                }
+            )
+        return out
 
     def warm_in_background(self, ctx: Context) -> threading.Thread:
         """Run ``ctx``'s warm-up steps in a daemon thread, logging each; then mark ready."""

@@ -121,6 +121,15 @@ def test_warming_then_served_without_a_restart(served) -> None:
     unknown = search(client, "nope")  # a view that is not applied stays a 404
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
     assert "Retry-After" not in unknown.headers
+    # Readiness stays 200 (features are served) and lists what is warming.
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    warming = {w["view"]: w for w in health.json()["warming"]}
+    assert set(warming) == {"doc_text", "empty_docs", "no_match"}
+    assert warming["doc_text"] == {
+        "workspace": "prod", "view": "doc_text", "job": None, "status": "not materialized",
+        "progress": None, "retry_after_s": 5,
+    }  # fmt: skip
     # The OpenAI-style vector store search shares the path (and the header).
     store = client.post("/v1/vector_stores/doc_text/search", json={"query": "coffee"})
     assert store.status_code == 503 and store.json()["error"]["code"] == "view_warming"
@@ -147,14 +156,18 @@ def test_warming_then_served_without_a_restart(served) -> None:
     def on_progress(view, progress):
         if not during:
             during.append(search(client))
+            during.append(client.get("/health"))
 
     ctx.materialize(["doc_text"], on_progress=on_progress)
-    (running,) = during
+    running, health = during
     assert running.status_code == 503
     details = running.json()["error"]["details"]
     assert details["job"]["status"] == "running"
     assert details["job"]["id"] in running.json()["error"]["message"]
     assert details["job"]["encoded"]["chunks_total"] == 8
+    assert health.status_code == 200
+    (job,) = [w for w in health.json()["warming"] if w["view"] == "doc_text"]
+    assert (job["job"], job["status"]) == (details["job"]["id"], "running")
 
     # The job landed: the same server serves the documents.
     found = search(client)
@@ -163,6 +176,8 @@ def test_warming_then_served_without_a_restart(served) -> None:
     body = client.post("/v1/context", json=CONTEXT).json()
     assert len(body["documents"]["articles"]) == 2 and "warming" not in body["metadata"]
     assert body["prompt"]["text"].strip() == "spent 12; 2 articles"
+    warming = client.get("/health").json()["warming"]
+    assert {w["view"] for w in warming} == {"empty_docs", "no_match"}
 
 
 def test_a_landed_view_without_documents_answers_empty(served) -> None:
@@ -186,3 +201,5 @@ def test_a_landed_view_without_documents_answers_empty(served) -> None:
     assert "warming" not in body["metadata"]
     assert body["prompt"]["text"].strip() == "0 + 0 articles"
     assert ctx.search("empty_docs", "coffee").hits == []
+    # landed, though empty: not warming (doc_text, never materialized here, still is)
+    assert [w["view"] for w in client.get("/health").json()["warming"]] == ["doc_text"]

@@ -90,6 +90,20 @@ def test_the_search_body_schema_is_the_model_the_route_parses_with(openapi):
     assert documented["required"] == ["view"]
 
 
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [("/v1/search", None), ("/v1/vector_stores/{vector_store_id}/search", "server_error")],
+)
+def test_both_searches_document_their_503_view_warming_with_retry_after(openapi, path, kind):
+    answer = openapi["paths"][path]["post"]["responses"]["503"]
+    assert answer["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+    content = answer["content"]["application/json"]
+    assert content["schema"] == {"$ref": "#/components/schemas/Error"}
+    error = content["example"]["error"]
+    assert error["code"] == "view_warming"
+    assert error.get("type") == kind  # OpenAI's route answers in its error shape
+
+
 TECTON = "/api/v1/feature-service"
 EVERY_OPTION = {
     "includeNames": True,

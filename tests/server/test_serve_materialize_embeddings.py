@@ -86,6 +86,11 @@ def post(server: ServerProcess, path: str, body: dict) -> tuple[int, dict, dict]
         return err.code, _lower(err.headers), json.loads(err.read())
 
 
+def health(server: ServerProcess) -> tuple[int, dict]:
+    with urllib.request.urlopen(server.base + "/health", timeout=60) as response:
+        return response.status, json.loads(response.read())
+
+
 def _lower(headers) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.items()}
 
@@ -125,10 +130,12 @@ def test_features_served_at_once_documents_once_the_background_job_lands(repo, t
 
         headers, warming = until("the job encoding", server, warming_while_encoding)
         context = post(server, "/v1/context", CONTEXT)
+        ready_warming = health(server)
         stub.release()
         until("the job land", server, lambda: "materialized in" in server.log())
         found = post(server, "/v1/search", SEARCH)
         after = post(server, "/v1/context", CONTEXT)
+        ready_after = health(server)
     finally:
         server.stop()
 
@@ -141,6 +148,12 @@ def test_features_served_at_once_documents_once_the_background_job_lands(repo, t
     assert status == 200 and body["features"]["spend"]["values"] == {"amount_sum_7d": 12}
     assert body["documents"] == {"articles": []}
     assert body["metadata"]["warming"]["articles"]["job"]["id"] == error["details"]["job"]["id"]
+    # readiness stays 200 while the view warms, and says which view, by which job
+    assert ready_warming[0] == 200 and ready_warming[1]["status"] == "ok"
+    (listed,) = ready_warming[1]["warming"]
+    assert (listed["view"], listed["job"]) == ("doc_text", error["details"]["job"]["id"])
+    assert listed["status"] == "running" and listed["workspace"] == "prod"
+    assert ready_after == (200, {"status": "ok"})
     assert found[0] == 200 and len(found[2]["results"]) == 2
     assert after[0] == 200 and len(after[2]["documents"]["articles"]) == 2
     assert "warming" not in after[2]["metadata"]
