@@ -234,6 +234,7 @@ class PeakRSS:
         self._stop = threading.Event()
         self.peak = self.peak_private = 0
         self._sample()
+        self.start_private = self.peak_private  # before the run: imports, a joined cluster
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
@@ -283,7 +284,7 @@ def run_part(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - began
     peak = max(rss.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     print(json.dumps({"seconds": seconds, "peak_rss": peak, "peak_private": rss.peak_private,
-                      "connect_s": connect_s}))  # fmt: skip
+                      "start_private": rss.start_private, "connect_s": connect_s}))  # fmt: skip
 
 
 def child(args: argparse.Namespace, part: str, events: str, out: Path, address: str | None):
@@ -376,7 +377,10 @@ def report(out, args, runs, big_n, load_before, load_after) -> None:
     out.print(
         f"driver on Ray, {big_n:,} vs {args.events:,} events: peak RSS "
         f"{ratio(big['peak_rss'], on_ray['peak_rss'])}, peak private memory (RSS less shared "
-        f"pages: the object store's) {ratio(big['peak_private'], on_ray['peak_private'])}; "
+        f"pages: the object store's) {ratio(big['peak_private'], on_ray['peak_private'])}, "
+        f"private memory added during the run "
+        f"{fmt_mib(on_ray['peak_private'] - on_ray['start_private'])} -> "
+        f"{fmt_mib(big['peak_private'] - big['start_private'])}; "
         f"joining the cluster took {on_ray['connect_s']:.1f} s (not in the wall times); "
         + ("outputs equal" if args.sink == "parquet" else "results read with to_batches()")
     )
