@@ -9,6 +9,10 @@ Starts its own ``redis-server`` (no persistence) and three cluster-enabled ones 
   ``support_assistant`` service (two views) over one keep-alive connection to each server.
   On the cluster a request is one pipeline sent to every master it touches at once (one MGET
   per slot), so the cost over one Redis is the per-master work, not extra round trips.
+* **store level**: the same reads without HTTP, in this process: ``read_many`` of the service's
+  views on one Redis and on the cluster, and redis-py's own cluster pipeline sending the
+  cluster's data reads (one MGET per slot, no metas, nothing decoded): what the store's
+  per-master batch replaced.
 * **materialize**: ``--rows`` entities (an attribute view of 6 features) materialized by the
   core into each, the online stage timed on its own (rows/s): MSET chunks on one Redis,
   ``SET .. GET`` per key packed per master on the cluster.
@@ -45,6 +49,7 @@ from _common import (
     machine_line,
 )
 from online_redis_http import (
+    SERVICE,
     Client,
     Server,
     load,
@@ -135,6 +140,56 @@ def start_cluster(workdir: Path, masters: int = 3) -> tuple[list[subprocess.Pope
     return procs, f"redis+cluster://127.0.0.1:{ports[0]}/0"
 
 
+def store_paths(repo: Path, single: str, cluster: str) -> dict:
+    """In-process reads of the service's views (1, 10 or 100 users): ``read_many`` on each
+    store, and redis-py's cluster pipeline doing the cluster's data MGETs (one per slot)."""
+    from contextkit.stores._redis_keyspace import slot_of
+    from contextkit.stores.online import TableRead
+
+    paths = {}
+    for label, url in (("read_many, one Redis", single), ("read_many, Redis Cluster", cluster)):
+        ctx = open_context(repo, url)
+        reader = ctx.service_reader(SERVICE)
+        reads = [r for r in reader.reads if r.kind == "batch"]
+        store = ctx.online
+
+        def read(users, store=store, reads=reads) -> list:
+            return store.read_many(
+                [TableRead(r.table, r.keys, r.columns, [(u,) for u in users]) for r in reads]
+            )
+
+        read([1])  # the store learns the tables' generations
+        paths[label] = read
+    prefixes = [store._metas[r.table].data for r in reads]  # the cluster's, from the loop
+    client = store._redis
+
+    def pipeline(users) -> list:
+        pipe = client.pipeline(transaction=False)
+        for prefix in prefixes:
+            groups: dict[int, list[str]] = {}
+            for u in users:
+                key = f"{prefix}{u}"
+                groups.setdefault(slot_of(key), []).append(key)
+            for keys in groups.values():
+                pipe.execute_command("MGET", *keys)
+        return pipe.execute()
+
+    paths["redis-py cluster pipeline, data MGETs only"] = pipeline
+    return paths
+
+
+def ratio_table(reads: dict, base: str):
+    from rich.table import Table
+
+    table = Table("entities", "path", "p50 ms", "p99 ms", "p50 ratio", "p99 ratio")
+    for size, r in reads.items():
+        first: Summary = r[base]
+        for name, s in r.items():
+            table.add_row(str(size), name, fmt_ms(s.p50), fmt_ms(s.p99),
+                          f"{s.p50 / first.p50:.2f}x", f"{s.p99 / first.p99:.2f}x")  # fmt: skip
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = console()
@@ -163,18 +218,15 @@ def main(argv: list[str] | None = None) -> None:
         report["reads"] = {
             size: {name: vars(s) for name, s in r.items()} for size, r in reads.items()
         }
-        from rich.table import Table
-
-        table = Table("entities", "path", "p50 ms", "p99 ms", "p50 ratio", "p99 ratio")
-        for size, r in reads.items():
-            base: Summary = r["HTTP, one Redis"]
-            for name, s in r.items():
-                table.add_row(str(size), name, fmt_ms(s.p50), fmt_ms(s.p99),
-                              f"{s.p50 / base.p50:.2f}x", f"{s.p99 / base.p99:.2f}x")  # fmt: skip
-        out.print(table)
+        out.print(ratio_table(reads, "HTTP, one Redis"))
         for s in servers:
             s.stop()
         servers = []
+        local = time_reads(args, store_paths(repo, single, cluster), args.users)
+        report["store_reads"] = {
+            size: {name: vars(s) for name, s in r.items()} for size, r in local.items()
+        }
+        out.print(ratio_table(local, "read_many, one Redis"))
         if not args.skip_write:
             report["materialize"] = {}
             for label, url in (("one Redis", single), ("Redis Cluster", cluster)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -362,8 +363,11 @@ class Keyspace:
         return f"{self.tag(table)}:d:{table}:{gen}"
 
     def snapshot_data(self, table: str, gen: int) -> str:
-        """Where a replaced table keeps its rows (untagged: spread over a cluster's slots)."""
-        return f"{self.prefix}:d:{table}:{gen}"
+        """Where a replaced table keeps its rows on a cluster: untagged, so spread over the
+        slots, and unique (``GEN.TOKEN``): a master that restarts empty takes the table's meta
+        and counter with it while other masters keep rows of the lost generation, and a
+        counter starting over must not name those rows again."""
+        return f"{self.prefix}:d:{table}:{gen}.{uuid.uuid4().hex[:10]}"
 
     def patterns(self, table: str) -> list[str]:
         """SCAN patterns of every data key a table may have, whatever its generation."""

@@ -94,6 +94,12 @@ class RedisOnlineWriter(OnlineWriter):
             if raw is None:
                 return None
             meta = self._metas[table] = TableMeta.decode(raw, self._keys.prefix, table)
+        if meta.spread:  # its rows are in other slots than the transaction's
+            raise StoreFailure(
+                f"online table {table!r} was published by a materialization, spread over the "
+                "Redis Cluster's slots: it is replaced, not written in transactions",
+                hint="write stream state to tables created with ensure_table",
+            )
         if meta.layout == LOG:
             self._lock(table)
         return meta

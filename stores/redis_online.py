@@ -61,12 +61,14 @@ when all its keys hash to one slot, so the keys are placed by what must be atomi
   so a transaction is one MULTI/EXEC on that slot's master (the writer binds to it at its first
   table), and a tile window read is one HGETALL there. The cost: a workspace's stream state
   lives on one master (its reads and writes do not spread). Workspaces spread over masters.
-- *A request's reads* go out as one cluster pipeline: redis-py sends each master its part at
-  once and reads the answers, so a request costs one round trip per master it touches (in
-  parallel), never one per key or view. Metas (one slot per workspace) are read by one MGET
-  before and one after the data; rows of a spread table by one MGET per slot. The order of
-  commands holds only on one master, so a spread table with a missing row has its meta read
-  once more (that row may be a key a concurrent flip just deleted); see :meth:`_read_tables`.
+- *A request's reads* go out as one batch (``_redis_cluster.ClusterBatch``): each master it
+  touches gets its pre-packed commands at once, then the answers are read, so a request costs
+  one round trip per master (in parallel), never one per key or view. Metas (one slot per
+  workspace) are read by one MGET before and one after the data; rows of a spread table by one
+  MGET per slot. The order of commands holds only on one master, so a spread table with a
+  missing row has its meta read once more (that row may be a key a concurrent flip just
+  deleted); see :meth:`_read_tables`. (redis-py's cluster pipeline does the same but resolves
+  a routing policy per command: 8 ms for a 100-key request, against 1.4 ms here.)
 
 The meta names where its rows live (``data``; ``spread`` for the untagged ones), and a meta
 without it has them where a single Redis puts them. So the **single-node layout is unchanged**:
@@ -74,8 +76,11 @@ data written by earlier versions is read as it is, with nothing to migrate. A de
 from a single Redis to a cluster starts the cluster empty and fills it with ``contextkit online
 rebuild`` (data does not travel between servers). A slot migration (resharding) or failover
 during a write fails that write with a clear error (MOVED/ASK, CLUSTERDOWN), to be run again;
-reads follow redirections. A master that is down is a ``503 store_error`` naming the store;
-the store recovers by itself when the cluster serves every slot again.
+reads refresh the slot map and retry once. A master that is down is a ``503 store_error``
+naming the store; the store recovers by itself when the cluster serves every slot again. A
+master restarted empty lost its rows (served as missing until ``contextkit online rebuild``);
+a lost workspace master also takes metas and counters, so a snapshot's rows live under a
+unique ``GEN.TOKEN`` name that a counter starting over never reuses.
 
 **TLS**: ``rediss://`` URLs verify the server's certificate; ``?ssl_ca_certs=/path/ca.pem`` (any
 of redis-py's ``ssl_*`` URL options) names a private CA. A failed handshake says so.

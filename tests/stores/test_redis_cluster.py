@@ -314,3 +314,45 @@ def test_the_configuration_names_a_cluster_and_bad_cluster_settings_are_clear(
     with pytest.raises(StoreFailure, match="brace") as info:
         RedisOnlineStore(redis_cluster.cluster_url, prefix="ck:{shop}")
     assert "prefix" in (info.value.hint or "")
+
+
+def test_a_transaction_never_writes_into_a_published_snapshot(redis_cluster):
+    """A materialized table's rows are spread over the masters: a transaction (one slot) that
+    reaches it is refused, saying why, and writes nothing."""
+    prefix = "sn" + uuid.uuid4().hex[:8]
+    store = RedisOnlineStore(redis_cluster.cluster_url, prefix=prefix)
+    columns = [("event_timestamp", "timestamp"), ("v", "float64")]
+    try:
+        store.replace_table("prod__t", [("k", "int64")], columns, [(1, 0, 1.0)])
+        refused = pytest.raises(StoreFailure, match="published by a materialization")
+        with refused, store.transaction() as w:
+            w.upsert("prod__t", ["k", "event_timestamp", "v"], [(1, 0, 9.0)])
+        assert store.read("prod__t", ["k"], ["v"], [(1,)]) == [(1.0,)]
+    finally:
+        store.close()
+        drop_prefix(redis_cluster.cluster_url, prefix)
+
+
+def test_a_lost_workspace_master_leaves_no_stale_rows_in_the_next_snapshot(redis_cluster):
+    """The workspace's master restarting empty takes the table's meta and generation counter,
+    while other masters keep rows of that generation: the next snapshot (counter at 1 again)
+    never serves them."""
+    from redis.cluster import RedisCluster
+
+    prefix = "lost" + uuid.uuid4().hex[:8]
+    store = RedisOnlineStore(redis_cluster.cluster_url, prefix=prefix)
+    columns = [("event_timestamp", "timestamp"), ("v", "float64")]
+    admin = RedisCluster.from_url(redis_cluster.url)
+    try:
+        store.replace_table("prod__t", [("k", "int64")], columns, [(k, 0, 1.0) for k in range(40)])
+        for key in list(admin.scan_iter(match="{" + prefix + ":prod}*")):
+            admin.unlink(key)  # what the workspace's master lost; the rows elsewhere stay
+        fresh = RedisOnlineStore(redis_cluster.cluster_url, prefix=prefix)  # a new process
+        fresh.replace_table("prod__t", [("k", "int64")], columns, [(1, 0, 2.0)])
+        got = fresh.read("prod__t", ["k"], ["v"], [(k,) for k in range(40)])
+        assert got == [None, (2.0,)] + [None] * 38
+        fresh.close()
+    finally:
+        admin.close()
+        store.close()
+        drop_prefix(redis_cluster.cluster_url, prefix)
