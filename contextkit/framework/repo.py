@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import os
 import shutil
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from contextkit.config import RepoConfig, load_config
@@ -90,15 +93,29 @@ def _module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
+def _inside(root: Path) -> Callable[[str], bool]:
+    """Whether a folder is ``root`` or under it once its links are resolved, each folder
+    resolved once: a process holds thousands of modules (litellm alone ~2,800) in far fewer
+    folders, and resolving every module's path took ~0.2 s of each repo load."""
+    prefix = str(root).rstrip(os.sep) + os.sep
+
+    @cache
+    def inside(folder: str) -> bool:
+        return (os.path.realpath(folder) + os.sep).startswith(prefix)
+
+    return inside
+
+
 def _import_files(root: Path, exclude: list[str]) -> list[object]:
     files = python_files(root, exclude)
     names = [_module_name(root, f) for f in files]
     # Forget modules from an earlier load of this repo, or of another repo with files of the
     # same names, so `from entities import user` finds this repo's file as it is now.
     tops = {n.split(".")[0] for n in names}
+    inside = _inside(root)
     for name in list(sys.modules):
         module_file = getattr(sys.modules[name], "__file__", None) or ""
-        in_root = bool(module_file) and Path(module_file).resolve().is_relative_to(root)
+        in_root = bool(module_file) and inside(os.path.dirname(module_file))
         if name != "__main__" and (in_root or name.split(".")[0] in tops):
             del sys.modules[name]
     importlib.invalidate_caches()
