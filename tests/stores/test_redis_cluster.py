@@ -11,7 +11,6 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
@@ -24,54 +23,14 @@ from contextkit.stores.errors import StoreFailure
 from contextkit.stores.online import TableRead
 from contextkit.stores.redis_online import RedisOnlineStore
 from tests.stores.test_online_contract import drop_prefix
+from tests.test_redis_core import DEFS, T0, events_table, features
 
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
+# DEFS: batch views latest (x) and spend (sum of x), stream views last_click and click_sum
+# (tiles) over the push source clicks; services svc (latest, spend, last_click) and tiles.
+# events_table(n): n events of users i % 50 with x = i, a minute apart from T0.
+
 NOW = T0 + timedelta(days=10)
 US = 1_000_000
-
-DEFS = """
-from datetime import timedelta
-from contextkit import (
-    Aggregate, Attribute, ContextService, Entity, Field, FileSource, Float64, Int64, PushSource,
-    StreamFeatureView, Timestamp, batch_feature_view,
-)
-
-user = Entity(name="user", join_keys=["user_id"])
-events = FileSource(name="events", path="data/events.parquet", timestamp_field="ts")
-
-@batch_feature_view(sources=[events], entities=[user], mode="sql", features=[Attribute("x")])
-def latest(events):
-    return f"SELECT user_id, x, ts FROM {events}"
-
-clicks = PushSource(
-    name="clicks",
-    schema=[Field("user_id", Int64), Field("price", Float64), Field("ts", Timestamp)],
-    timestamp_field="ts",
-)
-last_click = StreamFeatureView(
-    name="last_click", source=clicks, entities=[user], features=[Attribute("price")],
-)
-click_sum = StreamFeatureView(
-    name="click_sum", source=clicks, entities=[user],
-    features=[Aggregate("price", "sum", "1d")], aggregation_interval="1h",
-)
-svc = ContextService(name="svc", features=[latest, last_click])
-tiles = ContextService(name="tiles", features=[click_sum])
-"""
-
-
-def events_table(users: int) -> pa.Table:
-    return pa.table(
-        {
-            "user_id": pa.array(range(users), pa.int64()),
-            "x": pa.array([float(u) for u in range(users)], pa.float64()),
-            "ts": pa.array([T0] * users, pa.timestamp("us", tz="UTC")),
-        }
-    )
-
-
-def features(result) -> dict:
-    return dict(zip(result.names, result.values, strict=True))
 
 
 def masters(cluster) -> list:
@@ -87,7 +46,7 @@ def keys_on(client, prefix: str) -> list[bytes]:
 @pytest.fixture
 def shop(make_repo, redis_cluster):
     """A repo on the session's cluster, under a key prefix of its own."""
-    root = make_repo({"defs.py": DEFS}, data={"events.parquet": events_table(60)})
+    root = make_repo({"defs.py": DEFS}, data={"events.parquet": events_table(50)})
     ctx = contextkit.connect(root, workspace="prod")
     ctx.create_workspace("prod", live=True)
     ctx.apply(ctx.plan(root))
@@ -109,8 +68,8 @@ def test_snapshots_spread_over_every_master_and_stream_state_stays_in_one_slot(s
     per_master = [keys_on(client, store.prefix) for client in masters(redis_cluster)]
     snapshot = [[k for k in keys if k.startswith(f"{store.prefix}:d:".encode())]
                 for keys in per_master]  # fmt: skip
-    assert all(len(keys) > 5 for keys in snapshot), "60 users over all three masters"
-    assert sum(map(len, snapshot)) == 60
+    assert all(len(keys) > 10 for keys in snapshot), "2 views x 50 users over all three masters"
+    assert sum(map(len, snapshot)) == 100
     tagged = [k for keys in per_master for k in keys if k.startswith(b"{")]
     assert {k.split(b"}")[0] for k in tagged} == {b"{" + store.prefix.encode() + b":prod"}
     assert sum(1 for keys in per_master if any(k.startswith(b"{") for k in keys)) == 1, (
@@ -153,7 +112,7 @@ def test_a_request_over_every_master_is_one_pipeline(shop):
     reader.read(store, {"user_id": [1]}, now=NOW)  # learns the tables' generations
     counter = PipelineCounter(store)
     got = features(reader.read(store, {"user_id": list(range(50))}, now=NOW))
-    assert counter.count == 1, "two views, 50 keys on three masters: one pipeline"
+    assert counter.count == 1, "three views, 50 keys on three masters: one pipeline"
     assert counter.masters == [3], "to every master at once"
     assert got["latest.x"][:4] == [0.0, 1.0, 2.0, 3.0] and got["last_click.price"][3] == 2.5
 
@@ -167,7 +126,7 @@ def test_a_rerun_writes_the_same_rows_and_a_rebuild_restores_a_lost_workspace(sh
     ctx.materialize(end=NOW)
     now = datetime.now(UTC)  # a rebuild keeps the tiles of the last day before the real now
     ingest_records(ctx, "clicks", [{"user_id": 7, "price": 4.5, "ts": now}], now=now)
-    users = {"user_id": list(range(60))}
+    users = {"user_id": list(range(50))}
 
     def served() -> dict:
         return {
@@ -180,7 +139,7 @@ def test_a_rerun_writes_the_same_rows_and_a_rebuild_restores_a_lost_workspace(sh
     keys_before = sum(len(keys_on(c, store.prefix)) for c in masters(redis_cluster))
 
     jobs = ctx.materialize(end=NOW, full=True)
-    assert [j.rows_online for j in jobs if j.view == "latest"] == [60]
+    assert [j.rows_online for j in jobs if j.view == "latest"] == [50]
     assert served() == before
     keys_after = sum(len(keys_on(c, store.prefix)) for c in masters(redis_cluster))
     assert keys_after == keys_before, "the replaced generation is deleted on every master"
@@ -188,7 +147,8 @@ def test_a_rerun_writes_the_same_rows_and_a_rebuild_restores_a_lost_workspace(sh
     drop_prefix(redis_cluster.cluster_url, store.prefix)  # the cluster lost everything
     assert served()["latest.x"][7] is None
     result = rebuild_online(ctx.runtime)
-    assert result.batch_rows == {"latest": 60} and result.log_rows == {"clicks": 1}
+    assert result.batch_rows == {"latest": 50, "spend": 50}
+    assert result.log_rows == {"clicks": 1}
     assert served() == before
 
 
