@@ -105,7 +105,30 @@ def _pipeline(ray_data: Any, dataset: Any, run: Any, kind: str, build: Callable[
         batch_size=dataset._batch_size,
         batch_format="pyarrow",
         num_cpus=1,
+        **({"runtime_env": {"env_vars": env}} if (env := _store_env(dataset)) else {}),
     )
+
+
+def _store_env(dataset: Any) -> dict[str, str]:
+    """The environment the actors need to open the stores as this process does: with a store
+    on ``s3://``, this process's ``AWS_*`` variables (endpoint, keys, region), which the
+    actors' S3 settings read; and a hosted model's key variable (``api_key_env``)."""
+    import os
+
+    from contextkit.embeddings import model_configs
+
+    config = dataset._ctx.config
+    env = {}
+    if any(
+        str(loc).startswith("s3://") for loc in (config.vector_location, config.offline_location)
+    ):
+        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    models = model_configs(config.models)
+    for view in dataset.plan.embedding_views.values():
+        name = models.get(view.model, {}).get("api_key_env")
+        if name and name in os.environ:
+            env[name] = os.environ[name]
+    return env
 
 
 def _read_ranges(batch: pa.Table, filesystem: Any, ranges: list[list[str]]) -> pa.Table:

@@ -175,3 +175,55 @@ def test_a_bad_row_fails_the_ray_run_naming_it(repo, compute):
         with pytest.raises(BadRequestError, match=r"^events row 17: "):
             dataset.to_arrow()
     ctx.close()
+
+
+def test_stores_on_s3_render_on_ray_as_locally(tmp_path, compute, s3_server, monkeypatch):
+    """Offline and vector stores on S3 (moto): the join tasks write their results to the
+    offline store's scratch folder on S3 and the actors read them there and search the S3
+    vector table, with the driver's AWS variables (the cluster's processes do not have them)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.create_bucket()
+    root = tmp_path / "repo"
+    (root / "data").mkdir(parents=True)
+    (root / "contextkit.yaml").write_text(
+        CONFIG.replace("{type: parquet, path: .contextkit/offline}", f"s3://{bucket}/offline")
+        + f"vector_store: s3://{bucket}/vectors\n"
+    )
+    (root / "defs_ray_datasets.py").write_text(DEFS)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array(np.arange(10), pa.int64()),
+                "tier": ["free", "pro"] * 5,
+                "ts": pa.array([START] * 10, pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        root / "data" / "profiles.parquet",
+    )
+    write_docs(root, [f"note {i} on refunds and returns" for i in range(8)])
+    ctx = contextkit.connect(root, workspace="prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize()
+    frame = events([datetime.now(UTC)] * 3, 40, seed=7)
+    tables = []
+    for engine in (None, compute):
+        dataset = generate_dataset(ctx.runtime, frame, "answer", documents=True, compute=engine)
+        tables.append(dataset.to_arrow())
+        assert dataset.report.rows == 40
+    assert tables[1].equals(tables[0])
+    assert tables[0].column("document_ids").to_pylist()[0]["docs"]  # documents were found
+    scratch = [k for k in s3_keys(s3_server, bucket) if "/.scratch/" in k]
+    assert [k for k in scratch if not k.endswith("/")] == []  # removed once read (no files)
+    ctx.close()
+
+
+def s3_keys(server, bucket: str) -> list[str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=server.endpoint, region_name=server.region,
+                          aws_access_key_id=server.access_key,
+                          aws_secret_access_key=server.secret_key)  # fmt: skip
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
