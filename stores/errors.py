@@ -66,7 +66,17 @@ def mask_url(url: str) -> str:
 
     try:
         parts = urlsplit(url)
-        password, port = parts.password, parts.port
+        password = parts.password
+    except ValueError:
+        return "<unparsable URL>"
+    if "," in parts.netloc:  # several hosts (a Redis Cluster's seed nodes): keep them as given
+        if not password:
+            return url
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user = auth.partition(":")[0]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+    try:
+        port = parts.port
     except ValueError:
         return "<unparsable URL>"
     if not password:

@@ -88,6 +88,7 @@ of redis-py's ``ssl_*`` URL options) names a private CA. A failed handshake says
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -117,10 +118,36 @@ from contextkit.stores._redis_writer import RedisOnlineWriter
 from contextkit.stores.errors import StoreFailure, mask_url
 from contextkit.stores.online import OnlineStore, TableRead
 
+_NETLOC = re.compile(r"^(?P<scheme>[^:]+://)(?P<auth>[^@/?]*@)?(?P<hosts>[^/?]*)(?P<tail>.*)$")
+
+
+def _first_host_url(url: str) -> str:
+    """``url`` naming only the first of its comma-separated hosts."""
+    m = _NETLOC.match(url)
+    if m is None:
+        return url
+    return m["scheme"] + (m["auth"] or "") + m["hosts"].split(",")[0] + m["tail"]
+
+
+def _seed_nodes(url: str) -> list[tuple[str, int]]:
+    """The (host, port) of each comma-separated host of a cluster URL (port 6379 if none)."""
+    m = _NETLOC.match(url)
+    if m is None or not m["hosts"]:
+        raise ValueError("no host")
+    seeds = []
+    for part in m["hosts"].split(","):
+        host, _, port = part.strip().rpartition(":") if ":" in part else (part, "", "6379")
+        if not host or not port.isdigit():
+            raise ValueError(f"{part!r} is not host:port")
+        seeds.append((host.strip("[]"), int(port)))
+    return seeds
+
 
 class RedisOnlineStore(OnlineStore):
     """The online store on Redis (``redis://`` or ``rediss://``, password in the URL) or on a
-    Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``, naming any one master)."""
+    Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``, naming one master or several,
+    comma-separated: ``redis+cluster://:pw@node1:6379,node2:6379/0``; the client learns the
+    others from the first that answers)."""
 
     def __init__(
         self,
@@ -153,7 +180,11 @@ class RedisOnlineStore(OnlineStore):
             "retry": Retry(ExponentialBackoff(0.2, 0.02), 1, (redis.ConnectionError,)),
         }
         try:
-            parsed = redis.connection.parse_url(client_url)
+            parsed = redis.connection.parse_url(
+                _first_host_url(client_url) if self.cluster else client_url
+            )
+            if self.cluster:
+                _seed_nodes(client_url)
         except ValueError as exc:
             raise StoreFailure(
                 f"online store URL {self._masked} is not valid: {exc}",
@@ -189,11 +220,15 @@ class RedisOnlineStore(OnlineStore):
                 hint="end the URL with /0 or leave the database out",
             )
 
+        seeds = _seed_nodes(client_url)
+
         def connect() -> Any:
-            from redis.cluster import RedisCluster
+            from redis.cluster import ClusterNode, RedisCluster
 
-            return RedisCluster.from_url(client_url, **options)
+            others = [ClusterNode(host, port) for host, port in seeds[1:]]
+            return RedisCluster.from_url(first, startup_nodes=others, **options)
 
+        first = _first_host_url(client_url)
         return connect
 
     @property

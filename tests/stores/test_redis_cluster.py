@@ -337,3 +337,23 @@ def test_a_lost_workspace_master_leaves_no_stale_rows_in_the_next_snapshot(redis
         admin.close()
         store.close()
         drop_prefix(redis_cluster.cluster_url, prefix)
+
+
+def test_several_seed_nodes_reach_the_cluster_when_the_first_is_down(redis_cluster):
+    """``redis+cluster://:pw@a:1,b:2/0``: the first seed that answers is enough; the password of
+    such a URL is masked like any other's."""
+    from tests.backends import free_port
+
+    nodes = ",".join(f"127.0.0.1:{n.port}" for n in redis_cluster.nodes)
+    url = f"redis+cluster://127.0.0.1:{free_port()},{nodes}/0"  # the first seed: nothing there
+    prefix = "seed" + uuid.uuid4().hex[:8]
+    store = RedisOnlineStore(url, prefix=prefix)
+    columns = [("event_timestamp", "timestamp"), ("v", "float64")]
+    try:
+        store.replace_table("prod__t", [("k", "int64")], columns, [(1, 0, 1.0)])
+        assert store.read("prod__t", ["k"], ["v"], [(1,)]) == [(1.0,)]
+    finally:
+        store.close()
+        drop_prefix(redis_cluster.cluster_url, prefix)
+    masked = repr(RedisOnlineStore(url.replace("://", "://:hunter2@"), prefix="x"))
+    assert "hunter2" not in masked and ":***@127.0.0.1:" in masked and nodes in masked
