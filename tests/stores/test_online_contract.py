@@ -89,6 +89,17 @@ def redis_store(redis_server) -> Iterator[RedisOnlineStore]:
     drop_prefix(redis_server.url, prefix)
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def watched_store(request) -> Iterator[RedisOnlineStore]:
+    """A Redis store on one server or on the cluster, for the WATCH/MULTI stories."""
+    url = redis_url(request, request.param)
+    prefix = "t" + uuid.uuid4().hex[:10]
+    store = RedisOnlineStore(url, prefix=prefix)
+    yield store
+    store.close()
+    drop_prefix(url, prefix)
+
+
 def spend_rows(users: range, scale: float = 1.0) -> list[tuple]:
     return [(u, T + u, u * scale, f"tier{u % 3}") for u in users]
 
@@ -414,8 +425,8 @@ def orders() -> pa.Table:
 # -- Redis only: concurrent writers and a server in trouble --------------------------------------
 
 
-def test_a_concurrent_write_makes_the_commit_fail_and_transact_runs_it_again(redis_store):
-    store = redis_store
+def test_a_concurrent_write_makes_the_commit_fail_and_transact_runs_it_again(watched_store):
+    store = watched_store
     with store.transaction() as w:
         w.ensure_table(LATEST, USER_KEY, [("event_timestamp", "timestamp"), ("price", "float64")])
         w.upsert(LATEST, ["user_id", "event_timestamp", "price"], [(7, T, 1.0)])
@@ -442,19 +453,19 @@ def test_a_concurrent_write_makes_the_commit_fail_and_transact_runs_it_again(red
     assert store.read(LATEST, ["user_id"], ["price"], [(7,)]) == [(4.0,)], "no bump lost"
 
 
-def test_concurrent_ingests_keep_seqs_in_commit_order_and_lose_nothing(redis_store):
+def test_concurrent_ingests_keep_seqs_in_commit_order_and_lose_nothing(watched_store):
     def worker(n: int) -> None:
         for i in range(10):
-            redis_store.transact(lambda w, i=i: ingest_one(w, f"{n}-{i}", 7, float(i), T + i))
+            watched_store.transact(lambda w, i=i: ingest_one(w, f"{n}-{i}", 7, float(i), T + i))
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    log = redis_store.read_log(LOG, ["price"], 0, 1000)
+    log = watched_store.read_log(LOG, ["price"], 0, 1000)
     assert len(log) == 40 and [r[0] for r in log] == sorted(r[0] for r in log)
-    (count,) = redis_store.aggregate_range(
+    (count,) = watched_store.aggregate_range(
         TILES, ["user_id"], [(7,)], "tile", T + TILE, [("sum", "__n", 0)]
     )[(7,)]
     assert count == 40, "every tile merge counted once"
