@@ -53,8 +53,11 @@ def ann_config(rows: int, dim: int) -> Any:
     return IvfPq(distance_type="cosine", num_partitions=int(math.sqrt(rows)), num_sub_vectors=sub)
 
 
-CALIBRATION_TARGET = 0.99
-"""The share of exact search's top-k that a calibrated approximate search must find."""
+CALIBRATION_TARGET = 0.995
+"""The share of exact search's top-k that a calibrated approximate search must find (on each
+kind of calibration query). Real questions got about what calibration measured, not more: on 50k
+MiniLM passages the projected search calibrated to 0.990 gave 0.992 on real questions, to 0.995
+gave 0.999; so the target is the recall wanted, 0.005 within exact search."""
 CALIBRATION_K = 10
 CALIBRATION_SAMPLE = 400
 RECALIBRATE_GROWTH = 0.10
