@@ -1,8 +1,13 @@
 """Encoding backends side by side: sentence-transformers on torch vs ONNX Runtime fp32 vs int8.
 
-One process loads the packaged all-MiniLM-L6-v2 three ways (``SentenceTransformerEncoder``,
-``OnnxEncoder()``, ``OnnxEncoder(quantize="int8")``; the ONNX variants are exported into
-``--cache-dir`` first, export time reported but not timed with the rest) and measures, in
+One process loads the packaged all-MiniLM-L6-v2 five ways: ``SentenceTransformerEncoder``
+(torch), ``OnnxEncoder()`` (fp32), ``OnnxEncoder(quantize="int8")`` (the default int8: the
+exported graph quantized; batches run in length buckets), the int8 quantization of the graph
+fused by ONNX Runtime's transformer optimizer (``optimize=True``, in length buckets) and the int8
+encoder as it was before (each ``batch_size`` slice of the length order padded to its longest
+text, ``length_buckets=False``).
+The ONNX variants are exported into ``--cache-dir`` first (export time reported, not timed with
+the rest). It measures, in
 ``--rounds`` interleaved rounds (the backend order rotating per round, so that load from other
 processes falls on all alike):
 
@@ -11,10 +16,13 @@ processes falls on all alike):
   (``encoder.encode([q])[0]``: ``SentenceTransformer.encode`` for one text) and the new
   ``encode_query`` fast path (direct forward pass); for ONNX ``encode_query``. Plus the cost of
   an LRU cache hit. p50 / p99 in ms.
-* batch: ``--batch-docs`` eval-set documents per backend and round through ``encoder.encode``
-  (batches of 32, as the pipeline calls it); documents per second (wall) and process CPU
-  milliseconds per document (all threads; less sensitive to other load than wall time). The
-  ``vs torch`` columns are speed-ups: torch's time over the backend's.
+* batch: per round, for each text source (``products``: the quickstart's product descriptions,
+  ``eval docs``: the eval sets' documents, shuffled) and each batch size in ``--batch-sizes``
+  (32 and 128: one ``encoder.encode`` call of that many texts, the encoder's ``batch_size`` set
+  to it, as the pipeline calls it), every backend encodes the same texts; documents per second
+  (wall) and process CPU milliseconds per document (all threads). The ``vs torch`` columns are
+  the median over rounds of each round's speed-up (torch's wall time over the backend's on the
+  same texts in the same round), so load that moves between rounds cancels out.
 
 Then quality, untimed: every document and query of the eval sets (``--eval-docs`` documents per
 set, with their queries; ``bench/evalsets``) encoded by each backend; cosine of each vector to the
@@ -22,8 +30,8 @@ torch vector (mean and min, documents and queries apart); recall@10 and MRR@10 o
 search in numpy; and ONNX int8 queries against torch documents (a table encoded before a switch
 of backend).
 
-    python bench/encode.py                       # ~4-6 min on 2 idle cores
-    python bench/encode.py --eval-docs 300 --rounds 3 --queries 100   # ~1-2 min
+    python bench/encode.py                       # ~10 min on 2 idle cores
+    python bench/encode.py --no-quality --rounds 3   # timing only, ~4 min idle
 
 Targets (issue 19, item 2): one-query p50 <= 0.35x torch's; int8 batch throughput >= 2x torch's
 with cosine >= 0.99 to the torch vectors; recall@10 within 0.01 of torch's on every set.
@@ -34,13 +42,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import Summary, console, keep_bench_folder_off_path, load_line, machine_line, ratio
+from _common import (
+    Summary,
+    console,
+    keep_bench_folder_off_path,
+    load_generator,
+    load_line,
+    machine_line,
+    ratio,
+)
 from evalsets.build import SETS, load_set
 
 keep_bench_folder_off_path()
@@ -58,34 +75,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sets", default=",".join(SETS), help="eval sets under bench/evalsets")
     p.add_argument("--eval-docs", type=int, default=1000, help="documents per eval set")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--queries", type=int, default=200, help="one-query encodes per round")
-    p.add_argument("--batch-docs", type=int, default=96, help="documents per batch round")
+    p.add_argument("--queries", type=int, default=100, help="one-query encodes per round")
+    p.add_argument("--batch-sizes", default="32,128", help="texts per encode call")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: torch's)")
     p.add_argument("--cache-dir", type=Path, help="ONNX export cache (default: a temp dir)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--no-quality", action="store_true", help="timed rounds only")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.queries < 1 or args.batch_docs < 1 or args.eval_docs < 10:
-        p.error("--rounds, --queries, --batch-docs >= 1 and --eval-docs >= 10 are required")
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.rounds < 1 or args.queries < 1 or min(args.batch_sizes) < 1 or args.eval_docs < 10:
+        p.error("--rounds, --queries, --batch-sizes >= 1 and --eval-docs >= 10 are required")
     return args
 
 
-def build_encoders(cache_dir: Path, threads: int) -> tuple[dict, dict[str, float]]:
+INT8 = "onnx int8"  # the default int8 encoder
+INT8_OPT = "onnx int8, optimized graph"
+INT8_BEFORE = "onnx int8 before (no buckets)"
+
+
+def build_encoders(cache_dir: Path, threads: int, batch_size: int = 32) -> dict:
+    """The five encoders, unloaded (models are shared per process: one load for all sizes)."""
     from contextkit.embeddings import OnnxEncoder, SentenceTransformerEncoder
 
-    encoders = {
-        "torch": SentenceTransformerEncoder(query_cache_size=0),
-        "onnx fp32": OnnxEncoder(cache_dir=cache_dir, threads=threads, query_cache_size=0),
-        "onnx int8": OnnxEncoder(
-            cache_dir=cache_dir, threads=threads, quantize="int8", query_cache_size=0
+    common = {"cache_dir": cache_dir, "threads": threads, "query_cache_size": 0}
+    return {
+        "torch": SentenceTransformerEncoder(query_cache_size=0, batch_size=batch_size),
+        "onnx fp32": OnnxEncoder(batch_size=batch_size, **common),
+        INT8: OnnxEncoder(quantize="int8", batch_size=batch_size, **common),
+        INT8_OPT: OnnxEncoder(quantize="int8", optimize=True, batch_size=batch_size, **common),
+        INT8_BEFORE: OnnxEncoder(
+            quantize="int8",
+            length_buckets=False,
+            batch_size=batch_size,
+            **common,
         ),
     }
+
+
+def load_encoders(cache_dir: Path, threads: int) -> tuple[dict, dict[str, float]]:
+    encoders = build_encoders(cache_dir, threads)
     export_s = {}
     for name, encoder in encoders.items():
         began = time.perf_counter()
         encoder.encode(["warm up"])  # loads (and for ONNX exports) the model
         export_s[name] = time.perf_counter() - began
     return encoders, export_s
+
+
+def product_descriptions(n: int = 2000) -> list[str]:
+    """The quickstart's product descriptions (its data generator, seeded)."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="ck-bench-products-") as tmp:
+        load_generator().generate(tmp, users=1, products=n, orders=1, articles=1, seed=7)
+        return pq.read_table(Path(tmp) / "products.parquet").column("description").to_pylist()
 
 
 def one_query_round(fn, texts: list[str], n: int, offset: int) -> list[int]:
@@ -98,36 +141,51 @@ def one_query_round(fn, texts: list[str], n: int, offset: int) -> list[int]:
     return samples
 
 
-def timed_rounds(encoders: dict, queries: list[str], docs: list[str], args) -> dict:
+def timed_rounds(
+    encoders: dict, queries: list[str], sources: dict[str, list[str]], args, cache_dir, threads
+) -> dict:
     from contextkit.embeddings import QueryCache
 
     one_query = {
-        "torch encode([q]) (today)": lambda t, e=encoders["torch"]: e.encode([t])[0],
+        "torch encode(\\[q]) (today)": lambda t, e=encoders["torch"]: e.encode([t])[0],
         "torch encode_query": encoders["torch"].encode_query,
-        "onnx fp32 encode_query": encoders["onnx fp32"].encode_query,
-        "onnx int8 encode_query": encoders["onnx int8"].encode_query,
+        **{f"{name} encode_query": encoders[name].encode_query for name in ONNX_QUERY_ROWS},
     }
     cache = QueryCache(1024)
-    cache.put("m", queries[0], encoders["onnx int8"].encode_query(queries[0]))
+    cache.put("m", queries[0], encoders[INT8].encode_query(queries[0]))
     one_query["LRU cache hit"] = lambda _t: cache.get("m", queries[0])
     samples: dict[str, list[int]] = {name: [] for name in one_query}
-    docs_per_s: dict[str, list[float]] = {name: [] for name in encoders}
-    cpu_ms: dict[str, list[float]] = {name: [] for name in encoders}
+    sized = {b: build_encoders(cache_dir, threads, b) for b in args.batch_sizes}
+    cells = [(src, b) for src in sources for b in args.batch_sizes]
+    wall: dict = {(c, name): [] for c in cells for name in encoders}
+    cpu_ms: dict = {(c, name): [] for c in cells for name in encoders}
     names_q, names_b = list(one_query), list(encoders)
     for r in range(args.rounds):
         for name in names_q[r % len(names_q) :] + names_q[: r % len(names_q)]:
             samples[name] += one_query_round(one_query[name], queries, args.queries, r * 7919)
-        batch = [docs[(r * args.batch_docs + i) % len(docs)] for i in range(args.batch_docs)]
-        for name in names_b[r % len(names_b) :] + names_b[: r % len(names_b)]:
-            began, cpu = time.perf_counter(), time.process_time()
-            encoders[name].encode(batch)
-            docs_per_s[name].append(len(batch) / (time.perf_counter() - began))
-            cpu_ms[name].append((time.process_time() - cpu) / len(batch) * 1000)
-    return {
-        "one_query": {name: Summary.of_ns(s) for name, s in samples.items()},
-        "docs_per_s": {name: statistics.median(v) for name, v in docs_per_s.items()},
-        "cpu_ms_per_doc": {name: statistics.median(v) for name, v in cpu_ms.items()},
-    }
+        for src, b in cells:
+            texts = sources[src]
+            batch = [texts[(r * b + i) % len(texts)] for i in range(b)]
+            for name in names_b[r % len(names_b) :] + names_b[: r % len(names_b)]:
+                began, cpu = time.perf_counter(), time.process_time()
+                sized[b][name].encode(batch)
+                wall[(src, b), name].append(time.perf_counter() - began)
+                cpu_ms[(src, b), name].append((time.process_time() - cpu) / b * 1000)
+    batch = {}
+    for src, b in cells:
+        for name in encoders:
+            walls = wall[(src, b), name]
+            speedups = [t / w for t, w in zip(wall[(src, b), "torch"], walls, strict=True)]
+            batch[f"{src}|{b}|{name}"] = {
+                "docs_per_s": statistics.median(b / w for w in walls),
+                "vs_torch": statistics.median(speedups),
+                "vs_torch_range": [min(speedups), max(speedups)],
+                "cpu_ms_per_doc": statistics.median(cpu_ms[(src, b), name]),
+            }
+    return {"one_query": {name: Summary.of_ns(s) for name, s in samples.items()}, "batch": batch}
+
+
+ONNX_QUERY_ROWS = ("onnx fp32", INT8, INT8_OPT)
 
 
 def quality(encoders: dict, sets: dict) -> dict:
@@ -141,6 +199,8 @@ def quality(encoders: dict, sets: dict) -> dict:
         ids = np.array([d["id"] for d in docs])
         vectors = {}
         for name, encoder in encoders.items():
+            if name == INT8_BEFORE:
+                continue  # its vectors were measured before; only its speed is compared
             began = time.perf_counter()
             d = encoder.encode(doc_texts)
             q = np.stack([encoder.encode_query(t) for t in query_texts])
@@ -158,7 +218,7 @@ def quality(encoders: dict, sets: dict) -> dict:
                 "cos_queries_min": float(cos_q.min()),
                 "encode_s": seconds,
             }
-        d8_q = vectors["onnx int8"][1]
+        d8_q = vectors[INT8][1]
         rows["int8 queries x torch docs"] = retrieval(d8_q, ref_d, ids, relevant)
         out[set_name] = {"documents": len(docs), "queries": len(queries), "rows": rows}
     return out
@@ -183,7 +243,7 @@ def retrieval(q, d, ids, relevant: list[set]) -> dict:
 def report(out, timed: dict, qual: dict, export_s: dict, threads: int) -> dict:
     from rich.table import Table
 
-    base = timed["one_query"]["torch encode([q]) (today)"]
+    base = timed["one_query"]["torch encode(\\[q]) (today)"]
     table = Table(title="One query (ms, query cache off)", title_justify="left")
     for col in ("path", "p50", "p99", "mean", "p50 vs today"):
         table.add_column(col, justify="left" if col == "path" else "right")
@@ -191,22 +251,30 @@ def report(out, timed: dict, qual: dict, export_s: dict, threads: int) -> dict:
         table.add_row(name, f"{s.p50:.3f}", f"{s.p99:.3f}", f"{s.mean:.3f}", ratio(s.p50, base.p50))
     out.print(table)
 
-    torch_dps = timed["docs_per_s"]["torch"]
-    table = Table(title="Batch encode (median over rounds)", title_justify="left")
-    torch_cpu = timed["cpu_ms_per_doc"]["torch"]
-    for col in ("backend", "docs/s", "vs torch", "CPU ms/doc", "vs torch ", "load + export s"):
-        table.add_column(col, justify="left" if col == "backend" else "right")
-    for name, dps in timed["docs_per_s"].items():
-        cpu = timed["cpu_ms_per_doc"][name]
+    table = Table(
+        title="Batch encode (median over rounds; vs torch: median of per-round speed-ups)",
+        title_justify="left",
+    )
+    cols = ("texts", "batch", "backend", "docs/s", "vs torch", "range", "CPU ms/doc")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("texts", "backend") else "right")
+    for key, row in timed["batch"].items():
+        src, size, name = key.split("|")
+        low, high = row["vs_torch_range"]
         table.add_row(
+            src,
+            size,
             name,
-            f"{dps:.1f}",
-            ratio(dps, torch_dps),
-            f"{cpu:.1f}",
-            ratio(torch_cpu, cpu),
-            f"{export_s[name]:.1f}",
+            f"{row['docs_per_s']:.1f}",
+            f"{row['vs_torch']:.2f}x",
+            f"{low:.2f}-{high:.2f}",
+            f"{row['cpu_ms_per_doc']:.1f}",
         )
     out.print(table)
+    out.print(
+        "first load (export where missing) s: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in export_s.items())
+    )
 
     for set_name, info in qual.items():
         table = Table(
@@ -232,7 +300,7 @@ def report(out, timed: dict, qual: dict, export_s: dict, threads: int) -> dict:
         out.print(table)
 
     checks = []
-    for name in ("onnx fp32", "onnx int8"):
+    for name in ONNX_QUERY_ROWS:
         p50 = timed["one_query"][f"{name} encode_query"].p50
         checks.append(
             (
@@ -241,13 +309,19 @@ def report(out, timed: dict, qual: dict, export_s: dict, threads: int) -> dict:
                 p50 / base.p50 <= ONE_QUERY_TARGET,
             )
         )
-    int8_ratio = timed["docs_per_s"]["onnx int8"] / torch_dps
-    checks.append(
-        (f"onnx int8 batch >= {BATCH_TARGET}x torch", int8_ratio, int8_ratio >= BATCH_TARGET)
-    )
+    for key, row in timed["batch"].items():
+        src, size, name = key.split("|")
+        if name == INT8:
+            checks.append(
+                (
+                    f"onnx int8 batch >= {BATCH_TARGET}x torch ({src}, {size})",
+                    row["vs_torch"],
+                    row["vs_torch"] >= BATCH_TARGET,
+                )
+            )
     for set_name, info in qual.items():
         rows = info["rows"]
-        for name in ("onnx fp32", "onnx int8"):
+        for name in ("onnx fp32", INT8):
             cos = rows[name]["cos_docs_mean"]
             checks.append(
                 (
@@ -289,15 +363,17 @@ def main(argv: list[str] | None = None) -> None:
     sets = {name: load_set(EVALSETS / name, args.eval_docs) for name in args.sets.split(",")}
     queries = [q["query"] for _docs, qs in sets.values() for q in qs]
     docs = [d["text"] for ds, _qs in sets.values() for d in ds]
+    random.Random(19).shuffle(docs)  # the sets mixed, so every batch holds both kinds
+    sources = {"products": product_descriptions(), "eval docs": docs}
     with tempfile.TemporaryDirectory(prefix="ck-bench-encode-") as tmp:
         cache_dir = args.cache_dir or Path(tmp)
-        encoders, export_s = build_encoders(cache_dir, threads)
+        encoders, export_s = load_encoders(cache_dir, threads)
         out.print(
             "models loaded (ONNX exported where missing): "
             + ", ".join(f"{k} {v:.1f} s" for k, v in export_s.items())
         )
         load_before = os.getloadavg()
-        timed = timed_rounds(encoders, queries, docs, args)
+        timed = timed_rounds(encoders, queries, sources, args, cache_dir, threads)
         load_after = os.getloadavg()
         out.print(load_line(load_before, load_after, "the timed rounds"))
         qual = {} if args.no_quality else quality(encoders, sets)
@@ -307,8 +383,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine_line(),
             "load": [load_before, load_after],
             "one_query": {k: vars(v) for k, v in timed["one_query"].items()},
-            "docs_per_s": timed["docs_per_s"],
-            "cpu_ms_per_doc": timed["cpu_ms_per_doc"],
+            "batch": timed["batch"],
             "quality": qual,
             "export_s": export_s,
             **verdicts,

@@ -34,6 +34,7 @@ _OPTIONS: dict[str, set[str]] = {
         "device",
         "backend",
         "quantize",
+        "optimize",
         "cache_dir",
         "threads",
         "query_cache_size",
@@ -116,7 +117,7 @@ def build_encoder(
         raise EncoderConfigError(f"model {key!r}: {exc}") from None
 
 
-_ONNX_ONLY = ("quantize", "cache_dir", "threads")
+_ONNX_ONLY = ("quantize", "optimize", "cache_dir", "threads")
 
 
 def _local_encoder(options: dict[str, Any], base_dir: str | Path | None) -> Encoder:

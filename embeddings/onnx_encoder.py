@@ -10,23 +10,32 @@ In a repo config::
     models:
       minilm: {type: sentence-transformers, path: default, backend: onnx, quantize: int8}
 
-Batches (:meth:`OnnxEncoder.encode`) are tokenized in one call, ordered by length and padded per
-batch to their longest text. One query (:meth:`OnnxEncoder.encode_query`) skips all of that: one
-tokenizer call, one ``session.run`` on a 1 x n array without padding, in the calling thread, and
-its vector is kept in a bounded LRU cache (:class:`~.query_cache.QueryCache`).
+Batches (:meth:`OnnxEncoder.encode`) are tokenized in one call and ordered by length, then run in
+length buckets: consecutive texts of that order share one ``session.run`` while padding them to the
+bucket's longest text adds at most an eighth to their tokens (and the bucket stays within
+``batch_size`` texts and 4,096 tokens); the vectors come back in the caller's order. A batch of 32
+eval-set documents padded to its longest text is 72% padding; in buckets, under 10%, and attention's
+cost grows with the square of the padded length. One query (:meth:`OnnxEncoder.encode_query`) skips
+all of that: one tokenizer call, one ``session.run`` on a 1 x n array without padding, in the
+calling thread, and its vector is kept in a bounded LRU cache (:class:`~.query_cache.QueryCache`).
 
-``quantize="int8"`` runs the int8 variant (see :mod:`.onnx_export`): a file of about a third of
-the size (34 MB vs 90 MB for MiniLM), faster on CPUs with int8 dot-product instructions, and
-vectors with a cosine of about 0.997 to the float32 ones (measured speed and retrieval quality:
+``quantize="int8"`` runs the int8 variant (see :mod:`.onnx_export`; ``optimize=True`` quantizes the
+graph ONNX Runtime's transformer optimizer fused instead of the plain export), a file of about a
+third of the size (34 MB vs 90 MB for MiniLM), faster on CPUs with int8 dot-product instructions,
+and vectors with a cosine of about 0.997 to the float32 ones (measured speed and retrieval quality:
 the ``bench/encode.py`` section of bench/README.md). Dynamic quantization scales activations per
-call, so an int8 vector depends slightly on the other texts of its batch (batches are ordered by
-length, which keeps neighbours alike; a short text batched with a 400-word one came out at a
-cosine of 0.98 to itself encoded alone); float32 vectors do not.
+call, so an int8 vector depends slightly on the other texts of its bucket (buckets hold texts of
+about one length, which keeps neighbours alike; a short text padded into one batch with a 400-word
+one came out at a cosine of 0.98 to itself encoded alone); float32 vectors do not.
+
+A cached model that ONNX Runtime cannot load (a damaged file) is removed and built again, with a
+warning on the ``contextkit.embeddings`` logger (:func:`~.onnx_export.discard_variant`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +43,64 @@ import numpy as np
 
 from .encoders import SentenceTransformerEncoder, l2_normalize
 from .errors import EncoderConfigError, EncoderFailure
-from .onnx_export import OnnxArtifact, check_quantize, export_onnx, pad_token_id
+from .onnx_export import (
+    OnnxArtifact,
+    check_quantize,
+    default_optimize,
+    discard_variant,
+    export_onnx,
+    pad_token_id,
+)
+
+PADDING_SHARE = 0.125
+"""A length bucket grows while padding adds at most this share to its texts' own tokens."""
+PADDING_SLACK = 8
+"""...or at most this many padding tokens (cheaper than another ``session.run`` for short texts)."""
+BUCKET_TOKENS = 4096
+"""A length bucket holds at most this many tokens, padding included (bounds a run's memory)."""
+
+
+class _UnloadableModel(Exception):
+    """ONNX Runtime refused a cached model file (then it is rebuilt once)."""
+
+
+def length_buckets(
+    lengths: Sequence[int], max_rows: int, *, padding_share: float = PADDING_SHARE
+) -> list[np.ndarray]:
+    """Rows of ``lengths`` grouped for padded runs: longest first, each group consecutive in
+    that order while padding to its first (longest) row adds at most ``padding_share`` to the
+    group's tokens (or :data:`PADDING_SLACK` tokens), with at most ``max_rows`` rows and
+    :data:`BUCKET_TOKENS` padded tokens.
+
+    >>> [b.tolist() for b in length_buckets([3, 40, 38, 4, 39], max_rows=8)]
+    [[1, 4, 2], [3, 0]]
+    """
+    sizes = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-sizes, kind="stable")
+    buckets: list[np.ndarray] = []
+    start, tokens = 0, 0
+    for i, row in enumerate(order):
+        n = int(sizes[row])
+        width, rows = int(sizes[order[start]]), i - start + 1
+        if i > start and (
+            rows > max_rows
+            or rows * width > BUCKET_TOKENS
+            or rows * width - (tokens + n) > max(padding_share * (tokens + n), PADDING_SLACK)
+        ):
+            buckets.append(order[start:i])
+            start, tokens = i, 0
+        tokens += n
+    if len(order):
+        buckets.append(order[start:])
+    return buckets
 
 
 class _Runtime:
     """One loaded ONNX variant: the session and its tokenizers (shared per process)."""
 
     def __init__(self, artifact: OnnxArtifact, threads: int | None) -> None:
+        """Raises :class:`EncoderFailure` when a library is missing, :class:`_UnloadableModel`
+        when ONNX Runtime refuses the file."""
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
@@ -62,10 +122,7 @@ class _Runtime:
                 str(artifact.model_file), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
-            raise EncoderFailure(
-                f"ONNX Runtime could not load {artifact.model_file}: {exc}",
-                hint=f"delete {artifact.folder}; it is exported again on next use",
-            ) from exc
+            raise _UnloadableModel(f"ONNX Runtime could not load it: {exc}") from exc
         self.output = self.session.get_outputs()[0].name
         self.tokenizer = Tokenizer.from_file(str(artifact.tokenizer_file))  # truncates
         self.span_tokenizer = Tokenizer.from_file(str(artifact.tokenizer_file))
@@ -93,10 +150,14 @@ class OnnxEncoder(SentenceTransformerEncoder):
     """A local sentence-transformers model folder, encoded with ONNX Runtime on CPU.
 
     Options beyond :class:`SentenceTransformerEncoder`'s: ``quantize`` (None or ``"int8"``),
-    ``cache_dir`` (where exports are kept; default :func:`~.onnx_export.default_cache_dir`) and
-    ``threads`` (ONNX Runtime's intra-op threads; default: one per physical core). The name stays
-    the model's (``sentence-transformers/all-MiniLM-L6-v2``): the vectors are the same model's,
-    so switching backends does not re-encode stored chunks; ``variant`` says ``onnx-int8``.
+    ``optimize`` (run the graph ONNX Runtime's transformer optimizer fused; default no),
+    ``length_buckets`` (False pads each ``batch_size`` slice of the length
+    order to its longest text instead of bucketing by length), ``cache_dir`` (where exports are
+    kept; default :func:`~.onnx_export.default_cache_dir`) and ``threads`` (ONNX Runtime's intra-op
+    threads; default: one per physical core). The name stays the model's
+    (``sentence-transformers/all-MiniLM-L6-v2``): the vectors are the same model's, so switching
+    backends does not re-encode stored chunks; ``variant`` says ``onnx-int8`` (``-plain`` or
+    ``-opt`` appended where ``optimize`` is not the default).
 
     >>> enc = OnnxEncoder(quantize="int8")            # doctest: +SKIP
     >>> enc.encode_query("red running shoes").shape    # doctest: +SKIP
@@ -113,6 +174,8 @@ class OnnxEncoder(SentenceTransformerEncoder):
         batch_size: int = 32,
         normalize: bool = True,
         quantize: str | None = None,
+        optimize: bool | None = None,
+        length_buckets: bool = True,
         cache_dir: str | Path | None = None,
         threads: int | None = None,
         query_cache_size: int = 4096,
@@ -125,6 +188,10 @@ class OnnxEncoder(SentenceTransformerEncoder):
             query_cache_size=query_cache_size,
         )
         self.quantize = check_quantize(quantize)
+        if optimize is not None and not isinstance(optimize, bool):
+            raise EncoderConfigError(f"optimize must be true or false, got {optimize!r}")
+        self.optimize = default_optimize(self.quantize) if optimize is None else optimize
+        self.length_buckets = bool(length_buckets)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         if threads is not None and (
             not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
@@ -137,12 +204,16 @@ class OnnxEncoder(SentenceTransformerEncoder):
 
     def __repr__(self) -> str:
         return (
-            f"OnnxEncoder(name={self.name!r}, path={str(self.path)!r}, quantize={self.quantize!r})"
+            f"OnnxEncoder(name={self.name!r}, path={str(self.path)!r}, quantize={self.quantize!r}, "
+            f"optimize={self.optimize!r})"
         )
 
     @property
     def variant(self) -> str:
-        return f"onnx-{self.quantize or 'fp32'}"
+        suffix = ""
+        if self.optimize != default_optimize(self.quantize):
+            suffix = "-opt" if self.optimize else "-plain"
+        return f"onnx-{self.quantize or 'fp32'}{suffix}"
 
     @property
     def artifact(self) -> OnnxArtifact:
@@ -151,7 +222,10 @@ class OnnxEncoder(SentenceTransformerEncoder):
             with self._lock:
                 if self._artifact is None:
                     self._artifact = export_onnx(
-                        self.path, quantize=self.quantize, cache_dir=self.cache_dir
+                        self.path,
+                        quantize=self.quantize,
+                        cache_dir=self.cache_dir,
+                        optimize=self.optimize,
                     )
         return self._artifact
 
@@ -167,11 +241,16 @@ class OnnxEncoder(SentenceTransformerEncoder):
         runtime = self._loaded()
         encodings = runtime.tokenizer.encode_batch(texts)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
-        # Longest first, so the first batch shows the peak memory and padding is minimal.
-        order = np.argsort(-lengths, kind="stable")
+        # Longest first, so the first run shows the peak memory.
+        if self.length_buckets:
+            buckets = length_buckets(lengths, self.batch_size)
+        else:
+            order = np.argsort(-lengths, kind="stable")
+            buckets = [
+                order[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)
+            ]
         out: np.ndarray | None = None
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for rows in buckets:
             width = int(lengths[rows].max())
             ids = np.full((len(rows), width), runtime.pad_id, dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -207,8 +286,28 @@ class OnnxEncoder(SentenceTransformerEncoder):
     def _loaded(self) -> _Runtime:
         runtime = self._runtime
         if runtime is None:
-            runtime = self._runtime = _load_runtime(self.artifact, self.threads)
-            self._dimension = self.artifact.dimension
+            artifact = self.artifact
+            try:
+                runtime = _load_runtime(artifact, self.threads)
+            except _UnloadableModel as exc:
+                if artifact.created:  # just built and still unloadable: not the cache's fault
+                    raise EncoderFailure(
+                        f"ONNX Runtime could not load {artifact.model_file}: {exc.__cause__}",
+                        hint="use backend: torch for this model",
+                    ) from exc
+                with self._lock:
+                    discard_variant(artifact.folder, str(exc))
+                    self._artifact = None
+                artifact = self.artifact  # built again
+                try:
+                    runtime = _load_runtime(artifact, self.threads)
+                except _UnloadableModel as again:
+                    raise EncoderFailure(
+                        f"ONNX Runtime could not load {artifact.model_file}: {again.__cause__}",
+                        hint=f"delete {artifact.folder}; it is exported again on next use",
+                    ) from again
+            self._runtime = runtime
+            self._dimension = artifact.dimension
         return runtime
 
     def _dimension_from_model(self) -> int:

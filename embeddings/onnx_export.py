@@ -6,24 +6,39 @@ once with ``torch.onnx.export`` into one graph with inputs ``input_ids`` and ``a
 truncating at the model's ``max_seq_length``, is saved next to it, so encoding later needs only
 ``onnxruntime``, ``tokenizers`` and numpy: no torch import, no download.
 
+``optimize=True`` runs ONNX Runtime's transformer optimizer over the export
+(``onnxruntime.transformers.optimizer``, ``model_type="bert"``): attention, embedding + LayerNorm,
+skip + LayerNorm and bias + GELU each become one fused operator, and the fused graph is checked
+against the plain one (cosine >= 0.9999) before it is kept. A model the optimizer cannot fuse is
+kept as exported (``meta.json`` says so in ``fused``). Off by default: on all-MiniLM-L6-v2 the
+fused int8 graph was no faster in batches than the plain one (which ONNX Runtime partly fuses
+itself at load) and slower for one query (bench/README.md, ``encode.py``).
+
 ``quantize="int8"`` adds dynamic int8 quantization (``onnxruntime.quantization.quantize_dynamic``,
 int8 weights per output channel, activations quantized per call). The matrix multiplications fed
 by the feed-forward activation (GELU), one per layer, stay in float32: their inputs have
 outliers that per-tensor activation quantization clips (on all-MiniLM-L6-v2, quantizing them too
 drops the mean cosine to the float32 vectors from 0.997 to 0.994 and the worst case from 0.993
-to 0.986; per-tensor weights give 0.94).
+to 0.986; per-tensor weights give 0.94). On an optimized graph the fused attention is quantized
+as one operator (``QAttention``: the query, key and value projections in one int8 product).
 
 Each variant lives in its own folder under the cache directory::
 
-    <cache_dir>/<model folder name>-<fp32|int8>-<key>/
+    <cache_dir>/<model folder name>-<fp32|int8>[-opt]-<key>/
         model.onnx  tokenizer.json  meta.json
 
 ``key`` hashes the model folder's path and the name, size and mtime of every file in it (so a
 changed or upgraded model gets a new entry), the variant options and this module's format
 version. A folder is built under a temporary name in the cache directory and renamed into place
 when complete: a reader never sees half a model, and processes exporting at the same time each
-build their own copy and all but the first rename discard theirs. An int8 variant is quantized
-from the cached float32 one (exported first when missing).
+build their own copy and all but the first rename discard theirs. Each variant is built from the
+one before it, which is cached too: fp32 (the export) -> int8 (quantized), and with ``optimize``
+fp32 -> fp32-opt (optimized) -> int8-opt (quantized from the optimized graph).
+
+A cached entry whose ``meta.json`` is unreadable or whose ``model.onnx`` has another size than
+the one recorded (a copy cut short, a full disk) is rebuilt, with a warning naming the folder
+and the reason on the ``contextkit.embeddings`` logger; so is one that ONNX Runtime refuses to
+load (:func:`discard_variant`, called by the encoder).
 
 >>> artifact = export_onnx(packaged_model_path(), quantize="int8")   # doctest: +SKIP
 >>> artifact.model_file.name, artifact.dimension                      # doctest: +SKIP
@@ -34,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -46,10 +62,12 @@ from typing import Any
 
 from .errors import EncoderConfigError, EncoderFailure
 
+log = logging.getLogger("contextkit.embeddings")
+
 QUANTIZE_OPTIONS = (None, "int8")
 """The quantization variants: None (float32, as exported) or ``"int8"``."""
 
-_FORMAT = 1  # bump when the exported graph or the folder layout changes: old entries are ignored
+_FORMAT = 2  # bump when the exported graph or the folder layout changes: old entries are ignored
 _OPSET = 17
 _META = "meta.json"
 _MODEL = "model.onnx"
@@ -69,6 +87,7 @@ class OnnxArtifact:
 
     folder: Path
     quantize: str | None
+    optimized: bool
     dimension: int
     max_tokens: int | None
     created: bool
@@ -101,12 +120,24 @@ def check_quantize(quantize: Any) -> str | None:
     return quantize
 
 
+def default_optimize(quantize: str | None) -> bool:
+    """Whether a variant is optimized unless told: no, for both (measured on MiniLM: the fused
+    graph was not faster in batches and slower for one query; float32 unfused reproduces torch
+    to the last digit). One function, so that a later default per variant changes one place."""
+    return False
+
+
 def cached_variant_folder(
-    model_path: str | Path, *, quantize: str | None = None, cache_dir: str | Path | None = None
+    model_path: str | Path,
+    *,
+    quantize: str | None = None,
+    cache_dir: str | Path | None = None,
+    optimize: bool | None = None,
 ) -> Path:
     """Where the variant of ``model_path`` lives in the cache (whether or not it exists yet)."""
     path = Path(model_path).resolve()
     check_quantize(quantize)
+    optimize = default_optimize(quantize) if optimize is None else bool(optimize)
     fingerprint = [
         [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
         for f in sorted(path.rglob("*"))
@@ -118,31 +149,43 @@ def cached_variant_folder(
         "model": str(path),
         "files": fingerprint,
         "quantize": quantize,
+        "optimize": optimize,
     }
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     # Packaged models sit in <package>/model: name those by their package.
     label = path.parent.name if path.name == "model" else path.name
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:48] or "model"
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / f"{slug}-{quantize or 'fp32'}-{key}"
+    return root / f"{slug}-{quantize or 'fp32'}{'-opt' if optimize else ''}-{key}"
 
 
 def export_onnx(
-    model_path: str | Path, *, quantize: str | None = None, cache_dir: str | Path | None = None
+    model_path: str | Path,
+    *,
+    quantize: str | None = None,
+    cache_dir: str | Path | None = None,
+    optimize: bool | None = None,
 ) -> OnnxArtifact:
     """The cached ONNX variant of the model folder ``model_path``, exported on first use.
 
     Exporting needs torch and sentence-transformers and takes seconds to a minute; reusing a
-    cached variant reads one small JSON file. Failures raise :class:`EncoderFailure`.
+    cached variant reads one small JSON file. ``optimize`` None means
+    :func:`default_optimize`. Failures raise :class:`EncoderFailure`.
     """
-    folder = cached_variant_folder(model_path, quantize=quantize, cache_dir=cache_dir)
+    optimize = default_optimize(quantize) if optimize is None else bool(optimize)
+    folder = cached_variant_folder(
+        model_path, quantize=quantize, cache_dir=cache_dir, optimize=optimize
+    )
     existing = _read_artifact(folder, created=False)
     if existing is not None:
         return existing
-    if quantize is None:
+    if quantize is None and not optimize:
         build = lambda tmp: _export_float32(Path(model_path).resolve(), tmp)  # noqa: E731
+    elif quantize is None:
+        source = export_onnx(model_path, cache_dir=cache_dir, optimize=False)
+        build = lambda tmp: _optimize_graph(source, tmp)  # noqa: E731
     else:
-        source = export_onnx(model_path, quantize=None, cache_dir=cache_dir)
+        source = export_onnx(model_path, cache_dir=cache_dir, optimize=optimize)
         build = lambda tmp: _quantize_int8(source, tmp)  # noqa: E731
     _publish(folder, build)
     artifact = _read_artifact(folder, created=True)
@@ -151,20 +194,50 @@ def export_onnx(
     return artifact
 
 
-def _read_artifact(folder: Path, *, created: bool) -> OnnxArtifact | None:
+def discard_variant(folder: Path, reason: str) -> None:
+    """Remove a damaged cache entry so that the next :func:`export_onnx` builds it again,
+    logging a warning that names it and why. The folder is renamed away first (atomic), so a
+    process reading it at the same time keeps its open files and no reader sees it half gone."""
+    log.warning("the cached ONNX model at %s is damaged (%s); rebuilding it", folder, reason)
+    trash = folder.with_name(f".{folder.name}.damaged-{os.getpid()}-{time.monotonic_ns()}")
     try:
-        meta = json.loads((folder / _META).read_text())
+        os.rename(folder, trash)
     except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
+        return  # another process discarded it first
+    except OSError as exc:
         raise EncoderFailure(
-            f"the cached ONNX model at {folder} is unreadable: {exc}",
+            f"the cached ONNX model at {folder} is damaged ({reason}) and could not be removed: "
+            f"{exc}",
             hint=f"delete {folder}; it is exported again on next use",
         ) from exc
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _read_artifact(folder: Path, *, created: bool) -> OnnxArtifact | None:
+    """The entry at ``folder``; None when there is none or it was damaged (then discarded)."""
+    if not folder.is_dir():
+        return None
+    try:
+        meta = json.loads((folder / _META).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("meta.json holds no object")
+        dimension = int(meta["dimension"])
+        model_bytes = (folder / _MODEL).stat().st_size
+    except FileNotFoundError as exc:
+        discard_variant(folder, f"{Path(exc.filename or _MODEL).name} is missing")
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        discard_variant(folder, f"meta.json is unreadable: {type(exc).__name__}: {exc}")
+        return None
+    expected = meta.get("model_bytes")
+    if expected is not None and expected != model_bytes:
+        discard_variant(folder, f"model.onnx has {model_bytes} bytes, {expected} were written")
+        return None
     return OnnxArtifact(
         folder=folder,
         quantize=meta.get("quantize"),
-        dimension=int(meta["dimension"]),
+        optimized=bool(meta.get("optimized")),
+        dimension=dimension,
         max_tokens=meta.get("max_tokens"),
         created=created,
     )
@@ -248,8 +321,70 @@ def _export_float32(model_path: Path, out: Path) -> None:
     _write_meta(
         out,
         quantize=None,
+        optimized=False,
         dimension=int(expected.shape[1]),
         max_tokens=model.max_seq_length,
+        model_path=str(model_path),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _optimize_graph(source: OnnxArtifact, out: Path) -> None:
+    """ONNX Runtime's BERT optimizer over ``source``: fused attention, LayerNorms and GELUs.
+
+    The fused graph must give the plain graph's vectors (cosine >= 0.9999 on texts of other
+    shapes than the trace's); when it does not, or the optimizer fails, the plain graph is kept
+    and ``fused`` in ``meta.json`` is empty, so the variant still works, only unfused."""
+    started = time.perf_counter()
+    import numpy as np
+
+    source_meta = json.loads((source.folder / _META).read_text())
+    model_path = Path(source_meta["model_path"])
+    config = _read_json(model_path / "config.json")
+    fused: dict[str, int] = {}
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimized = optimize_model(
+                str(source.model_file),
+                model_type="bert",
+                num_heads=int(config.get("num_attention_heads", 0)),
+                hidden_size=int(config.get("hidden_size", 0)),
+                opt_level=0,  # the fusions only; ONNX Runtime's own passes run at load
+                use_gpu=False,
+            )
+        fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        optimized.save_model_to_file(str(out / _MODEL))
+        tokenizer = _load_tokenizer(source.tokenizer_file)
+        ids, mask = _token_arrays(tokenizer, _CHECK_TEXTS)
+        cosine = float(
+            np.min(
+                _row_cosines(
+                    _run_onnx(out / _MODEL, ids, mask), _run_onnx(source.model_file, ids, mask)
+                )
+            )
+        )
+        if cosine < 0.9999:
+            raise ValueError(f"the fused graph's vectors differ (cosine {cosine:.5f})")
+    except Exception as exc:  # noqa: BLE001 - an architecture the optimizer does not know
+        log.warning(
+            "ONNX Runtime's optimizer could not fuse %s (%s: %s); keeping the plain graph",
+            model_path,
+            type(exc).__name__,
+            exc,
+        )
+        fused = {}
+        shutil.copyfile(source.model_file, out / _MODEL)
+    shutil.copyfile(source.tokenizer_file, out / _TOKENIZER)
+    _write_meta(
+        out,
+        quantize=None,
+        optimized=True,
+        fused=fused,
+        dimension=source.dimension,
+        max_tokens=source.max_tokens,
         model_path=str(model_path),
         seconds=time.perf_counter() - started,
     )
@@ -261,20 +396,26 @@ def _quantize_int8(source: OnnxArtifact, out: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     keep_float = _activation_fed_matmuls(onnx.load(str(source.model_file)))
+    source_meta = json.loads((source.folder / _META).read_text())
     quantize_dynamic(
         str(source.model_file),
         str(out / _MODEL),
         weight_type=QuantType.QInt8,
         per_channel=True,
         nodes_to_exclude=keep_float,
+        # Fused operators (Attention, SkipLayerNormalization, ...) are outside ONNX's shape
+        # inference: their outputs are float32.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     shutil.copyfile(source.tokenizer_file, out / _TOKENIZER)
     _write_meta(
         out,
         quantize="int8",
+        optimized=source.optimized,
+        fused=source_meta.get("fused"),
         dimension=source.dimension,
         max_tokens=source.max_tokens,
-        model_path=json.loads((source.folder / _META).read_text())["model_path"],
+        model_path=source_meta["model_path"],
         seconds=time.perf_counter() - started,
         float_nodes=keep_float,
     )
@@ -299,6 +440,20 @@ def _activation_fed_matmuls(model: Any, depth: int = 5) -> list[str]:
             frontier = [i for p in parents for i in p.input]
             seen.update(p.name for p in parents)
     return found
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
 
 
 def _save_tokenizer(model: Any, path: Path) -> Any:
@@ -372,6 +527,7 @@ def _write_meta(out: Path, **fields: Any) -> None:
         "format": _FORMAT,
         **fields,
         "seconds": round(fields["seconds"], 2),
+        "model_bytes": (out / _MODEL).stat().st_size,
         "versions": versions,
         "float_nodes": float_nodes,
     }

@@ -4,6 +4,9 @@ its vectors against torch's, the cache reused, and the repo-config options that 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +15,6 @@ from contextkit.embeddings import (
     Chunker,
     Encoder,
     EncoderConfigError,
-    EncoderFailure,
     OnnxEncoder,
     build_encoder,
     encode_query,
@@ -20,6 +22,7 @@ from contextkit.embeddings import (
     onnx_export,
     packaged_model_path,
 )
+from contextkit.embeddings.onnx_encoder import length_buckets
 
 pytest.importorskip("onnxruntime")  # the optional ONNX backend (the package imports it lazily)
 
@@ -70,6 +73,7 @@ def test_fp32_vectors_match_torch_in_a_padded_batch(minilm, onnx_fp32):
 
 
 def test_int8_vectors_stay_close_to_torch(minilm, onnx_int8):
+    assert not onnx_int8.optimize and not onnx_int8.artifact.optimized  # the plain graph
     expected = minilm.encode(TEXTS)
     assert cosines(onnx_int8.encode(TEXTS), expected).min() >= 0.99
     one = np.stack([onnx_int8.encode_query(t) for t in TEXTS])
@@ -80,6 +84,29 @@ def test_batches_are_returned_in_input_order_whatever_the_batch_size(onnx_fp32, 
     small_batches = OnnxEncoder(cache_dir=onnx_cache, batch_size=2)
     texts = [TEXTS[i % len(TEXTS)] + f" ({i})" for i in range(7)]
     np.testing.assert_allclose(small_batches.encode(texts), onnx_fp32.encode(texts), atol=1e-5)
+
+
+def test_length_buckets_restore_the_callers_order(onnx_fp32):
+    """Texts of very different lengths run in several length buckets; each vector comes back
+    at its text's place, equal to the text encoded alone (float32 does not depend on padding)."""
+    texts = [TEXTS[4] * (1 + i % 3) if i % 2 else TEXTS[i % 4] for i in range(9)]
+    lengths = [len(e.ids) for e in onnx_fp32._loaded().tokenizer.encode_batch(texts)]
+    assert len(length_buckets(lengths, onnx_fp32.batch_size)) >= 3
+    alone = np.stack([onnx_fp32.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(onnx_fp32.encode(texts), alone, atol=1e-5)
+
+
+def test_length_buckets_bound_padding_rows_and_tokens():
+    lengths = [5, 200, 7, 6, 190, 120, 5, 118, 6, 250] * 3
+    buckets = length_buckets(lengths, max_rows=4)
+    rows = np.concatenate(buckets)
+    assert sorted(rows.tolist()) == list(range(len(lengths)))  # every row once
+    assert [lengths[r] for r in rows] == sorted(lengths, reverse=True)  # longest first
+    for bucket in buckets:
+        sizes = [lengths[r] for r in bucket]
+        padding = len(sizes) * max(sizes) - sum(sizes)
+        assert len(sizes) <= 4 and padding <= max(sum(sizes) / 8, 8)
+    assert length_buckets([], max_rows=4) == []
 
 
 def test_text_longer_than_the_model_window_is_truncated_like_torch(minilm, onnx_fp32):
@@ -133,6 +160,7 @@ def test_a_second_load_reuses_the_export(onnx_cache, monkeypatch):
         raise AssertionError("exported again")
 
     monkeypatch.setattr(onnx_export, "_export_float32", no_export)
+    monkeypatch.setattr(onnx_export, "_optimize_graph", no_export)
     monkeypatch.setattr(onnx_export, "_quantize_int8", no_export)
     for quantize in (None, "int8"):
         artifact = export_onnx(packaged_model_path(), quantize=quantize, cache_dir=onnx_cache)
@@ -149,8 +177,36 @@ def test_the_int8_export_records_what_stays_float(onnx_cache):
     fp32 = export_onnx(packaged_model_path(), cache_dir=onnx_cache)
     meta = json.loads((int8.folder / "meta.json").read_text())
     # One feed-forward output projection per layer of the 6-layer model stays float32.
-    assert len(meta["float_nodes"]) == 6
+    assert len(meta["float_nodes"]) == 6 and meta["optimized"] is False
     assert int8.model_file.stat().st_size < fp32.model_file.stat().st_size / 2  # 34 vs 90 MB
+
+
+@pytest.mark.slow
+def test_the_optimized_int8_variant_is_fused_stays_close_to_torch_and_is_reused(
+    minilm, onnx_cache, tmp_path, monkeypatch
+):
+    """``optimize: true``: the optimizer's fused graph (cached as its own entry next to the
+    export), quantized; built once (~10 s), then reused without optimizing or quantizing."""
+    for folder in onnx_cache.iterdir():  # the session's exports, hard-linked: no second export
+        shutil.copytree(folder, tmp_path / folder.name, copy_function=os.link)
+    encoder = OnnxEncoder(cache_dir=tmp_path, quantize="int8", optimize=True)
+    assert encoder.variant == "onnx-int8-opt"
+    assert cosines(encoder.encode(TEXTS), minilm.encode(TEXTS)).min() >= 0.99
+    meta = json.loads((encoder.artifact.folder / "meta.json").read_text())
+    assert meta["optimized"] is True and meta["fused"]["Attention"] == 6  # one per layer
+    assert len(meta["float_nodes"]) == 6
+    variants = sorted(p.name.split("-", 1)[1].rsplit("-", 1)[0] for p in tmp_path.iterdir())
+    assert variants == ["fp32", "fp32-opt", "int8", "int8-opt"]  # each step cached once
+
+    def no_build(*_args, **_kwargs):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(onnx_export, "_optimize_graph", no_build)
+    monkeypatch.setattr(onnx_export, "_quantize_int8", no_build)
+    again = OnnxEncoder(cache_dir=tmp_path, quantize="int8", optimize=True)
+    assert again.artifact.created is False and again.artifact.optimized
+    fused = export_onnx(packaged_model_path(), optimize=True, cache_dir=tmp_path)
+    assert fused.created is False and fused.folder.name.split("-")[-2] == "opt"
 
 
 def test_the_cache_key_follows_the_model_files_and_the_options(tmp_path):
@@ -191,16 +247,81 @@ def test_a_concurrent_export_that_finishes_first_wins(tmp_path, monkeypatch):
     assert [p.name for p in cache.iterdir()] == [final.name]
 
 
-def test_an_unreadable_cache_entry_says_how_to_recover(tmp_path):
+def _damaged_int8_cache(onnx_cache, dest, monkeypatch, damage):
+    """A copy of the session cache (hard links: model files are never written in place) whose
+    int8 model file ``damage(bytes)`` replaced. Rebuilding it re-publishes the good file instead
+    of quantizing again (seconds), counted in the returned list."""
+    for folder in onnx_cache.iterdir():
+        shutil.copytree(folder, dest / folder.name, copy_function=os.link)
+    folder = onnx_export.cached_variant_folder(
+        packaged_model_path(), quantize="int8", cache_dir=dest
+    )
+    good = dest / "good-int8"
+    shutil.copytree(folder, good, copy_function=os.link)
+    model = folder / "model.onnx"
+    damaged = damage(model.read_bytes())
+    model.unlink()
+    model.write_bytes(damaged)
+    rebuilt = []
+
+    def requantize(_source, out):
+        rebuilt.append(out)
+        for name in ("model.onnx", "tokenizer.json", "meta.json"):
+            os.link(good / name, out / name)
+
+    monkeypatch.setattr(onnx_export, "_quantize_int8", requantize)
+    return folder, rebuilt
+
+
+def test_a_cut_short_model_file_is_rebuilt_with_a_warning(
+    onnx_cache, tmp_path, monkeypatch, caplog
+):
+    folder, rebuilt = _damaged_int8_cache(
+        onnx_cache, tmp_path, monkeypatch, lambda whole: whole[: len(whole) // 2]
+    )
+    with caplog.at_level(logging.WARNING, logger="contextkit.embeddings"):
+        artifact = export_onnx(packaged_model_path(), quantize="int8", cache_dir=tmp_path)
+    assert artifact.created is True and len(rebuilt) == 1 and artifact.folder == folder
+    assert f"the cached ONNX model at {folder} is damaged" in caplog.text
+    assert "rebuilding it" in caplog.text and "bytes" in caplog.text
+    assert export_onnx(packaged_model_path(), quantize="int8", cache_dir=tmp_path).created is False
+
+
+def test_a_model_file_onnx_runtime_refuses_is_rebuilt_once(
+    minilm, onnx_cache, tmp_path, monkeypatch, caplog
+):
+    folder, rebuilt = _damaged_int8_cache(
+        onnx_cache,
+        tmp_path,
+        monkeypatch,
+        lambda whole: b"\0" * len(whole),  # size fits
+    )
+    encoder = OnnxEncoder(cache_dir=tmp_path, quantize="int8")
+    with caplog.at_level(logging.WARNING, logger="contextkit.embeddings"):
+        vectors = encoder.encode(TEXTS[:2])
+    assert cosines(vectors, minilm.encode(TEXTS[:2])).min() >= 0.99
+    assert encoder.artifact.created is True and len(rebuilt) == 1
+    assert caplog.text.count("is damaged") == 1 and "could not load" in caplog.text
+
+
+def test_an_unreadable_cache_entry_is_rebuilt(tmp_path, monkeypatch, caplog):
     model = tmp_path / "m"
     model.mkdir()
     (model / "modules.json").write_text("[]")
     folder = onnx_export.cached_variant_folder(model, cache_dir=tmp_path)
     folder.mkdir()
     (folder / "meta.json").write_text("{not json")
-    with pytest.raises(EncoderFailure, match="unreadable") as err:
-        export_onnx(model, cache_dir=tmp_path)
-    assert str(folder) in err.value.hint
+
+    def stub_export(_model_path, out):
+        (out / "model.onnx").write_text("graph")
+        (out / "meta.json").write_text(json.dumps({"dimension": 4, "max_tokens": 8}))
+
+    monkeypatch.setattr(onnx_export, "_export_float32", stub_export)
+    with caplog.at_level(logging.WARNING, logger="contextkit.embeddings"):
+        artifact = export_onnx(model, cache_dir=tmp_path)
+    assert artifact.created is True and artifact.model_file.read_text() == "graph"
+    assert "meta.json is unreadable" in caplog.text and str(folder) in caplog.text
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 # -- repo config ---------------------------------------------------------------------------------
@@ -225,6 +346,8 @@ def test_backend_onnx_in_a_model_config_builds_an_onnx_encoder_without_exporting
         ({"quantize": "int8"}, "need backend: onnx"),
         ({"backend": "tensorrt"}, "unknown backend 'tensorrt'"),
         ({"backend": "onnx", "quantize": "int4"}, "unknown quantize option 'int4'"),
+        ({"optimize": False}, "need backend: onnx"),
+        ({"backend": "onnx", "optimize": "yes"}, "optimize must be true or false"),
         ({"backend": "onnx", "threads": 0}, "threads must be a positive integer"),
         ({"backend": "onnx", "device": "cuda"}, "runs on CPU"),
         ({"backend": "onnx", "query_cache_size": -1}, "query_cache_size"),
