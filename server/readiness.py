@@ -77,6 +77,8 @@ class Readiness:
         try:
             workspace = ctx.workspace
             views = list(ctx.specs().embedding_views)
+        except ContextKitError:  # no workspace (yet): nothing to list, nothing to log per probe
+            return out
         except Exception as exc:  # noqa: BLE001 - readiness answers whatever the stores say
             log.warning("/health: could not list the embedding views: %s", exc)
             return out
