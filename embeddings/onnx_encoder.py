@@ -14,7 +14,7 @@ Batches (:meth:`OnnxEncoder.encode`) are tokenized in one call and ordered by le
 length buckets: consecutive texts of that order share one ``session.run`` while padding them to the
 bucket's longest text adds at most an eighth to their tokens (and the bucket stays within
 ``batch_size`` texts and 4,096 tokens); the vectors come back in the caller's order. A batch of 32
-eval-set documents padded to its longest text is 72% padding; in buckets, under 10%, and attention's
+eval-set documents padded to its longest text is 59-72% padding; in buckets, 9%, and attention's
 cost grows with the square of the padded length. One query (:meth:`OnnxEncoder.encode_query`) skips
 all of that: one tokenizer call, one ``session.run`` on a 1 x n array without padding, in the
 calling thread, and its vector is kept in a bounded LRU cache (:class:`~.query_cache.QueryCache`).
