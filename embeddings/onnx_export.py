@@ -67,7 +67,7 @@ log = logging.getLogger("contextkit.embeddings")
 QUANTIZE_OPTIONS = (None, "int8")
 """The quantization variants: None (float32, as exported) or ``"int8"``."""
 
-_FORMAT = 2  # bump when the exported graph or the folder layout changes: old entries are ignored
+_FORMAT = 1  # bump when the exported graph or the folder layout changes: old entries are ignored
 _OPSET = 17
 _META = "meta.json"
 _MODEL = "model.onnx"
@@ -149,8 +149,9 @@ def cached_variant_folder(
         "model": str(path),
         "files": fingerprint,
         "quantize": quantize,
-        "optimize": optimize,
     }
+    if optimize:  # only then: the keys of the plain variants stay as before this option existed
+        key_source["optimize"] = True
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     # Packaged models sit in <package>/model: name those by their package.
     label = path.parent.name if path.name == "model" else path.name
