@@ -384,6 +384,19 @@ def view_warming(
     )
 
 
+def _landed_empty(registry: RegistryStore | None, workspace: str, view: str) -> bool:
+    """Whether the view's newest landed job wrote no chunks: its view has nothing to find, table
+    or not (a job that landed before empty tables were created left none)."""
+    if registry is None:
+        return False
+    try:
+        jobs = registry.list_jobs(workspace, view, limit=20)
+    except Exception:  # noqa: BLE001 - then the store's own answer stands
+        return False
+    landed = next((j for j in jobs if j.status in ("succeeded", "warning")), None)
+    return landed is not None and not landed.rows_online
+
+
 def documents_fingerprint(
     con: Any, documents: str, view: EmbeddingViewSpec, encoder: Encoder
 ) -> str | None:
@@ -622,6 +635,8 @@ def search_view(
             warming = view_warming(registry, workspace, view.name)
             if warming is not None:
                 raise warming from exc
+            if version is None and _landed_empty(registry, workspace, view.name):
+                return Documents(view.name, mode, [], timings)
         raise
     # The first job creates the table empty, then fills it in one commit: an empty table whose
     # view has no landed job is warming too (the registry is read for empty answers only).

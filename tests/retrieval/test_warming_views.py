@@ -203,3 +203,6 @@ def test_a_landed_view_without_documents_answers_empty(served) -> None:
     assert ctx.search("empty_docs", "coffee").hits == []
     # landed, though empty: not warming (doc_text, never materialized here, still is)
     assert [w["view"] for w in client.get("/health").json()["warming"]] == ["doc_text"]
+    # an empty job that landed without a table (as before empty tables were made): still empty
+    ctx.vectors.drop_table("prod__empty_docs")
+    assert search(client, "empty_docs").json()["results"] == []
