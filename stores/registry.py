@@ -240,6 +240,10 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._commits = 0  # commits made through this object, on any of its connections
+        # SQLite's data_version is per connection, and every thread has its own: the values of two
+        # threads' connections cannot be compared. _seen counts every change any of them noticed.
+        self._seen = 0
+        self._seen_lock = threading.Lock()
         self._check_schema()
 
     # -- connection handling -------------------------------------------------------------
@@ -257,6 +261,7 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         if con is not None:
             con.close()
             self._local.con = None
+            self._local.seen = None  # a new connection numbers its data_version afresh
 
     def _transaction(self):
         return _Transaction(self._con(), self)
@@ -303,13 +308,23 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
             ) from None
 
     def data_version(self) -> int:
-        """Changes whenever another connection commits: a cheap cache invalidation signal."""
-        return self._con().execute("PRAGMA data_version").fetchone()[0]
+        """Changes whenever another connection commits: a cheap cache invalidation signal.
+
+        Comparable across threads (each has its own connection, and SQLite numbers each
+        connection's ``data_version`` on its own): a thread whose connection's number moved since
+        it last looked (or that looks for the first time) moves the shared count, which is what
+        is returned."""
+        version = self._con().execute("PRAGMA data_version").fetchone()[0]
+        if getattr(self._local, "seen", None) != version:
+            self._local.seen = version
+            with self._seen_lock:
+                self._seen += 1
+        return self._seen
 
     def change_token(self) -> tuple[int, int]:
         """Differs from its last value once anyone committed: another process, another thread's
         connection (``data_version``), or this thread's own connection (the commit count)."""
-        return (self._con().execute("PRAGMA data_version").fetchone()[0], self._commits)
+        return (self.data_version(), self._commits)
 
     # -- workspaces ------------------------------------------------------------------------
     def list_workspaces(self) -> list[WorkspaceRecord]:
