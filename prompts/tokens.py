@@ -13,9 +13,13 @@
 
 How tokens are counted (``get_token_counter(model).method`` says which was used):
 
-- ``"tiktoken:<encoding>"``: exact, via ``litellm.token_counter``, for models whose tiktoken
-  encoding litellm bundles (``cl100k_base``, ``o200k_base``, ``p50k_base``): every OpenAI chat
-  model, and litellm's default for unknown models (``openai/stub-model`` counts as cl100k).
+- ``"tiktoken:<encoding>"``: exact, litellm's own counts, for models whose tiktoken encoding
+  litellm bundles (``cl100k_base``, ``o200k_base``, ``p50k_base``): every OpenAI chat model, and
+  litellm's default for unknown models (``openai/stub-model`` counts as cl100k). An OpenAI model
+  in litellm's bundled model list that tiktoken knows (``gpt-4o``, ``gpt-4.1``, ``o3``,
+  ``gpt-4``, ``gpt-3.5-turbo``...) is counted with tiktoken directly over the same bundled files,
+  the way ``litellm.token_counter`` counts, without importing litellm (seconds on a process's
+  first prompt); other models go through ``litellm.token_counter``.
 - ``"huggingface:anthropic"``: exact, litellm's bundled Anthropic tokenizer (old Claude models).
 - ``"approximate"``: no model given, litellm not installed, or litellm would have to download a
   tokenizer (Llama 2/3, Cohere command-r on the Hugging Face Hub; r50k/gpt2 encodings). Counting
@@ -34,9 +38,12 @@ A provider prefix is ignored when picking the tokenizer (``openai/gpt-4o`` count
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 import re
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -125,13 +132,16 @@ def get_token_counter(model: str | None = None) -> TokenCounter:
 
     if model == ECHO_MODEL:  # answered locally: importing litellm (seconds) would buy nothing
         return _approximate(model, "the built-in echo model has no tokenizer")
+    bare = model.rsplit("/", 1)[-1]
+    direct = _direct_openai_counter(model, bare)
+    if direct is not None:  # an OpenAI model: tiktoken alone, without importing litellm (seconds)
+        return direct
     try:
         from ._litellm import load_litellm
 
         litellm = load_litellm()
     except ImportError:
         return _approximate(model, "litellm is not installed (pip install 'contextkit[llm]')")
-    bare = model.rsplit("/", 1)[-1]
     try:
         return _litellm_counter(litellm, model, bare)
     except _NeedsDownload as why:
@@ -354,15 +364,122 @@ def _count_function(bare: str) -> Callable[[str], int] | None:
 def _tiktoken_file_available(encoding: str) -> bool:
     """Whether tiktoken can load ``encoding`` without a download (litellm points tiktoken's
     cache at the BPE files it bundles, unless CUSTOM_TIKTOKEN_CACHE_DIR says otherwise)."""
-    from importlib import resources
+    folder = _tiktoken_cache_folder()
+    return folder is not None and (folder / _tiktoken_cache_key(encoding)).is_file()
 
+
+def _tiktoken_cache_key(encoding: str) -> str:
     name = _ENCODING_FILE.get(encoding, encoding)
     url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
-    cache_key = hashlib.sha1(url.encode()).hexdigest()
+    return hashlib.sha1(url.encode()).hexdigest()
+
+
+def _tiktoken_cache_folder() -> Path | None:
+    """The folder litellm points TIKTOKEN_CACHE_DIR at when it is imported (its bundled BPE files,
+    or CUSTOM_TIKTOKEN_CACHE_DIR), found without importing litellm; None without litellm."""
     custom = os.environ.get("CUSTOM_TIKTOKEN_CACHE_DIR")
-    folder = (
-        Path(custom)
-        if custom
-        else Path(str(resources.files("litellm").joinpath("litellm_core_utils/tokenizers")))
-    )
-    return (folder / cache_key).is_file()
+    if custom:
+        return Path(custom)
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "litellm_core_utils" / "tokenizers"
+
+
+# -- OpenAI models without litellm -------------------------------------------------------------
+#
+# Importing litellm takes seconds, and the first prompt of a process paid them only to count
+# tokens. For an OpenAI model listed in litellm's bundled model list, litellm.token_counter is
+# tiktoken with the model's encoding over the same bundled BPE files, so it is counted here with
+# tiktoken directly, the way litellm 1.110 counts (checked against its source, and tested
+# against litellm.token_counter): the text is encoded in 1,024-character chunks (the chunk
+# boundaries can shift a count by a token, so they are kept), special tokens count as text, and
+# texts over 4,000,000 characters are extrapolated from 16 evenly spaced samples. Every other
+# model, or litellm's chunk knobs set in the environment, goes through litellm.
+
+_CHUNK_CHARS = 1024  # litellm's TIKTOKEN_ENCODE_CHUNK_SIZE_CHARS default
+_MAX_EXACT_CHARS = 4_000_000  # litellm's TOKEN_COUNTER_MAX_EXACT_CHARS default
+_EXTRAPOLATION_SAMPLES = 16
+_LITELLM_COUNT_KNOBS = ("TIKTOKEN_ENCODE_CHUNK_SIZE_CHARS", "TOKEN_COUNTER_MAX_EXACT_CHARS")
+# Names litellm counts with a Hugging Face tokenizer or special message accounting.
+_NOT_DIRECT = re.compile(r"llama|replicate|deepseek|^ft:|:|^gpt-3\.5-turbo-0301$", re.IGNORECASE)
+_CALL_KEYS = ("tool_calls", "function_call")
+_tiktoken_env_lock = threading.Lock()
+
+
+def _direct_openai_counter(model: str, bare: str) -> TokenCounter | None:
+    """A counter for ``model`` on tiktoken alone, or None when litellm must count it."""
+    if _NOT_DIRECT.search(bare) or any(os.environ.get(knob) for knob in _LITELLM_COUNT_KNOBS):
+        return None
+    from ._litellm import model_cost
+
+    listed = (model_cost() or {}).get(bare)
+    # litellm.open_ai_chat_completion_models: the model list's keys whose provider is "openai".
+    if not isinstance(listed, Mapping) or listed.get("litellm_provider") != "openai":
+        return None
+    try:
+        import tiktoken
+
+        encoding_name = "o200k_base" if "gpt-4o" in bare else tiktoken.encoding_name_for_model(bare)
+    except (ImportError, KeyError):  # a name tiktoken does not know: litellm's own fallbacks
+        return None
+    if not _tiktoken_file_available(encoding_name):
+        return None
+    encoding = _load_encoding(encoding_name)
+
+    def count_exactly(text: str) -> int:
+        return sum(
+            len(encoding.encode(text[start : start + _CHUNK_CHARS], disallowed_special=()))
+            for start in range(0, len(text), _CHUNK_CHARS)
+        )
+
+    def count_text(text: str) -> int:
+        if _litellm_counting_disabled():
+            return 0
+        if len(text) <= _MAX_EXACT_CHARS:
+            return count_exactly(text)
+        n = _EXTRAPOLATION_SAMPLES
+        size = _MAX_EXACT_CHARS // n
+        last = len(text) - size
+        samples = [text[start : start + size] for start in (last * i // (n - 1) for i in range(n))]
+        return round(sum(map(count_exactly, samples)) * len(text) / (size * n))
+
+    def count_messages(messages: list[dict[str, Any]]) -> int:
+        if _litellm_counting_disabled():
+            return 0
+        if any(
+            not isinstance(value, str | None) or (key in _CALL_KEYS and value is not None)
+            for message in messages
+            for key, value in message.items()
+        ):
+            # Content parts, tool calls...: litellm's accounting for them, which imports it.
+            from ._litellm import load_litellm
+
+            return int(load_litellm().token_counter(model=bare, messages=messages))
+        total = TOKENS_REPLY_PRIMING
+        for message in messages:
+            total += TOKENS_PER_MESSAGE
+            for key, value in message.items():
+                if isinstance(value, str):  # litellm counts every string field, a name costs 1 more
+                    total += count_text(value) + (key == "name")
+        return total
+
+    return TokenCounter(model, f"tiktoken:{encoding_name}", True, "", count_text, count_messages)
+
+
+def _load_encoding(name: str) -> Any:
+    """tiktoken's encoding ``name``, read from the folder litellm would read it from (no network).
+    Points TIKTOKEN_CACHE_DIR there, as importing litellm does too."""
+    import tiktoken
+
+    with _tiktoken_env_lock:
+        folder = _tiktoken_cache_folder()
+        if folder is not None:
+            os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
+        return tiktoken.get_encoding(name)
+
+
+def _litellm_counting_disabled() -> bool:
+    """``litellm.disable_token_counter`` (then litellm.token_counter answers 0), when loaded."""
+    loaded = sys.modules.get("litellm")
+    return loaded is not None and getattr(loaded, "disable_token_counter", False) is True

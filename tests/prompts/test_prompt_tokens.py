@@ -87,7 +87,7 @@ def test_no_model_means_the_approximation_without_litellm():
 
 
 def test_litellm_was_loaded_without_fetching_the_remote_cost_map(no_network, fresh_counters):
-    get_token_counter("gpt-4o")  # loads litellm if nothing did yet
+    get_token_counter("openai/stub-model")  # loads litellm if nothing did yet
     from litellm.litellm_core_utils.get_model_cost_map import get_model_cost_map_source_info
 
     info = get_model_cost_map_source_info()
@@ -233,3 +233,71 @@ def test_exact_counts_are_litellms_own_without_resolving_the_model_per_call(
     assert [counter.count(t) for t in texts] == [
         litellm.token_counter(model=bare, text=t) if t else 0 for t in texts
     ]
+
+
+# OpenAI models are counted with tiktoken directly (no litellm import); the counts must stay
+# litellm.token_counter's, chunk boundaries and special-token text included.
+DIRECT_MODELS = [
+    ("openai/gpt-4o-mini", "o200k_base"),
+    ("gpt-4o", "o200k_base"),
+    ("gpt-4.1-mini", "o200k_base"),
+    ("o3-mini", "o200k_base"),
+    ("gpt-4", "cl100k_base"),
+    ("openai/gpt-3.5-turbo", "cl100k_base"),
+]
+DIRECT_TEXTS = [
+    "Hello world",
+    "naïve café 日本語 😀 ```code``` <|endoftext|> <|fim_prefix|>",
+    "You are the support assistant.\n\n  - refunds: 5 days\n\t- orders: 1,234.50 EUR\n" * 40,
+    "x" * 5_000,  # one piece over several 1,024-character chunks
+    ("é" * 700 + " ") * 4,  # chunk boundaries inside multi-byte runs
+]
+DIRECT_MESSAGES = [
+    {"role": "system", "content": "Answer from the notes.\n" * 30},
+    {"role": "user", "content": "Where is my order #1234?", "name": "ada"},
+    {"role": "assistant", "content": None},
+]
+
+
+@pytest.mark.parametrize(("model", "encoding"), DIRECT_MODELS)
+def test_openai_models_count_like_litellm_with_tiktoken_alone(
+    no_network, fresh_counters, model, encoding
+):
+    counter = get_token_counter(model)
+    assert counter.method == f"tiktoken:{encoding}" and counter.exact
+    assert counter._count_messages is not None  # the direct counter, not litellm's
+    assert counter._count_messages.__qualname__.startswith("_direct_openai_counter")
+
+    from contextkit.prompts._litellm import load_litellm
+
+    litellm = load_litellm()
+    bare = model.rsplit("/", 1)[-1]
+    assert [counter.count(text) for text in DIRECT_TEXTS] == [
+        litellm.token_counter(model=bare, text=text) for text in DIRECT_TEXTS
+    ]
+    assert counter.count(DIRECT_MESSAGES) == litellm.token_counter(
+        model=bare, messages=DIRECT_MESSAGES
+    )
+
+
+def test_messages_with_content_parts_are_counted_by_litellm(no_network, fresh_counters):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hello there, world"}]}]
+    counter = get_token_counter("gpt-4o")
+
+    from contextkit.prompts._litellm import load_litellm
+
+    assert counter.count(parts) == load_litellm().token_counter(model="gpt-4o", messages=parts)
+
+
+def test_counting_for_an_openai_model_does_not_import_litellm():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from contextkit.prompts.tokens import get_token_counter\n"
+        "counter = get_token_counter('openai/gpt-4o-mini')\n"
+        "print(counter.method, counter.count('Hello world'), 'litellm' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["tiktoken:o200k_base", "2", "False"]
