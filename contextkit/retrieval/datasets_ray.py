@@ -21,8 +21,9 @@ With ``compute: ray`` a :class:`~contextkit.retrieval.datasets.RenderedDataset` 
 
 The actors need what the driver reads: the repo's folder (templates, sources, a model's
 folder), the registry and the vector store, at the same paths on every node (PostgreSQL and
-``s3://`` for a cluster of several machines). An error in a row fails the run with that row
-named, as locally.
+``s3://`` for a cluster of several machines); the driver's ``AWS_*`` variables and hosted
+models' key variables reach them in their ``runtime_env``. An error in a row fails the run
+with that row named, as locally.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def render_on_ray(dataset: Any, kind: str, report: Any, build: Callable[..., Any
                 _setting(context, name, value)
         try:
             for block in pipeline.iter_batches(batch_size=None, batch_format="pyarrow"):
+                run._check()  # features.cancel(): stop between blocks (the pipeline is closed)
                 yield dataset.count_block(block, kind, report)
         except Exception as exc:
             cause = _contextkit_cause(exc)
@@ -82,8 +84,11 @@ def render_on_ray(dataset: Any, kind: str, report: Any, build: Callable[..., Any
 
 def _pipeline(ray_data: Any, dataset: Any, run: Any, kind: str, build: Callable[..., Any]) -> Any:
     """Read each range in order, then render it in an actor pool (module docstring)."""
+    from contextkit.compute.ray.runtime import model_env, runtime_env_options
+
     compute = dataset._compute
     assert compute is not None
+    models = [view.model for view in dataset.plan.embedding_views.values()]
     items = [{"range": i} for i in range(len(run.ranges))]
     pipeline = ray_data.from_items(items, override_num_blocks=len(items))
     pipeline = pipeline.map_batches(
@@ -91,6 +96,7 @@ def _pipeline(ray_data: Any, dataset: Any, run: Any, kind: str, build: Callable[
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"filesystem": run.filesystem, "ranges": run.ranges},
+        **runtime_env_options(),
     )
     return pipeline.map_batches(
         _Renderer,
@@ -105,30 +111,8 @@ def _pipeline(ray_data: Any, dataset: Any, run: Any, kind: str, build: Callable[
         batch_size=dataset._batch_size,
         batch_format="pyarrow",
         num_cpus=1,
-        **({"runtime_env": {"env_vars": env}} if (env := _store_env(dataset)) else {}),
+        **runtime_env_options(model_env(dataset._ctx.config.models, models)),  # AWS_*, keys
     )
-
-
-def _store_env(dataset: Any) -> dict[str, str]:
-    """The environment the actors need to open the stores as this process does: with a store
-    on ``s3://``, this process's ``AWS_*`` variables (endpoint, keys, region), which the
-    actors' S3 settings read; and a hosted model's key variable (``api_key_env``)."""
-    import os
-
-    from contextkit.embeddings import model_configs
-
-    config = dataset._ctx.config
-    env = {}
-    if any(
-        str(loc).startswith("s3://") for loc in (config.vector_location, config.offline_location)
-    ):
-        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    models = model_configs(config.models)
-    for view in dataset.plan.embedding_views.values():
-        name = models.get(view.model, {}).get("api_key_env")
-        if name and name in os.environ:
-            env[name] = os.environ[name]
-    return env
 
 
 def _read_ranges(batch: pa.Table, filesystem: Any, ranges: list[list[str]]) -> pa.Table:

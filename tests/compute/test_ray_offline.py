@@ -13,8 +13,10 @@ and ranges is exercised on small data.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ import contextkit
 from contextkit.compute.offline import OfflineFeatures, resolve_refs
 from contextkit.compute.ray import offline as ray_offline
 from contextkit.config import ComputeConfig
-from contextkit.errors import RealtimeFeatureError
+from contextkit.errors import JobCancelledError, RealtimeFeatureError
 from contextkit.retrieval.datasets import generate_dataset
 
 pytestmark = pytest.mark.slow
@@ -303,13 +305,9 @@ def test_a_rendered_dataset_on_ray_is_the_local_one(quickstart_data, compute, tm
     ctx.close()
 
 
-def test_a_killed_worker_is_retried_and_the_result_is_exact(repo, compute, ray_cluster):
-    """A worker SIGKILLed while its partition's task runs: Ray runs the task again, and the
-    rows are still the local engine's, in order."""
-    ctx = contextkit.connect(repo, workspace="prod")
-    events = random_events(np.random.default_rng(13), 300)
-    local, on_ray = both(ctx, compute, events, "risky", False)
-    want = local.to_pandas()
+def reading(on_ray) -> tuple[threading.Thread, dict]:
+    """A thread (not started) that reads ``on_ray`` to pandas into ``outcome`` (its result or
+    its error)."""
     outcome: dict = {}
 
     def run() -> None:
@@ -318,9 +316,19 @@ def test_a_killed_worker_is_retried_and_the_result_is_exact(repo, compute, ray_c
         except BaseException as exc:  # handed to the test
             outcome["error"] = exc
 
+    return threading.Thread(target=run, daemon=True), outcome
+
+
+def test_a_killed_worker_is_retried_and_the_result_is_exact(repo, compute, ray_cluster):
+    """A worker SIGKILLed while its partition's task runs: Ray runs the task again, and the
+    rows are still the local engine's, in order."""
+    ctx = contextkit.connect(repo, workspace="prod")
+    events = random_events(np.random.default_rng(13), 300)
+    local, on_ray = both(ctx, compute, events, "risky", False)
+    want = local.to_pandas()
+    thread, outcome = reading(on_ray)
     hold = repo / "hold"
     hold.touch()
-    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         killed = ray_cluster.kill_worker("_join_partition", timeout_s=180)
@@ -342,4 +350,38 @@ def test_no_events_and_one_event_give_the_local_result(repo, compute):
         local, on_ray = both(ctx, compute, subset, "risky", False)
         assert_same_frames(local.to_pandas(), on_ray.to_pandas())
         assert on_ray.to_arrow().schema == local.to_arrow().schema
+    ctx.close()
+
+
+def test_cancelling_a_read_stops_its_tasks_and_removes_its_scratch(repo, compute, ray_cluster):
+    """``cancel()`` mid-join: the partition tasks are cancelled (their workers killed), the
+    run's scratch folder is removed and the read raises JobCancelledError. A folder a dead
+    driver left behind is removed by this read too."""
+    ctx = contextkit.connect(repo, workspace="prod")
+    scratch = repo / ".contextkit" / "offline" / ".scratch"
+    stale = scratch / "join-left-by-a-dead-driver"
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / ray_offline.OWNER_FILE).write_text(
+        json.dumps({"host": "elsewhere", "pid": 1, "start": "", "created": time.time() - 3 * 86400})
+    )
+    events = random_events(np.random.default_rng(15), 300)
+    _local, on_ray = both(ctx, compute, events, "risky", False)
+    thread, outcome = reading(on_ray)
+    hold = repo / "hold"
+    hold.touch()
+    try:
+        thread.start()
+        while not ray_cluster.workers("_join_partition"):  # a partition task holds
+            assert thread.is_alive(), outcome
+            time.sleep(0.05)
+        assert [p.name for p in scratch.iterdir() if p.name != stale.name]  # the run's folder
+        on_ray.cancel()
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+        assert isinstance(outcome.get("error"), JobCancelledError), outcome
+        while ray_cluster.workers("_join_partition"):  # cancelled, not left holding the cluster
+            time.sleep(0.05)
+    finally:
+        hold.unlink()
+    assert list(scratch.iterdir()) == []  # the run's folder and the stale one
     ctx.close()

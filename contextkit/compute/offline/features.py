@@ -3,6 +3,7 @@ per-view joins and run in Arrow batches."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +72,18 @@ class OfflineFeatures:
         self._from_source = from_source
         self.timestamp_key = timestamp_key
         self._used: dict[str, str] | None = None
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop a run of this feature set on Ray (from any thread): its outstanding tasks are
+        cancelled, its scratch files removed, and the run raises
+        :class:`~contextkit.errors.JobCancelledError` (docs/compute.md). Later runs stop at
+        once; the local engine does not poll it."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
     @property
     def feature_columns(self) -> list[str]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from contextkit.compute.ray.runtime import model_env, runtime_env_options
 from contextkit.embeddings.errors import EncoderFailure
 from contextkit.errors import ComputeError
 
@@ -151,18 +152,6 @@ def on_gpu(model: str, models: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**configs, model: entry}
 
 
-def _model_env(model: str, models: Mapping[str, Any] | None) -> dict[str, str]:
-    """The environment the actors need for the model: a hosted model's key variable
-    (``api_key_env``), passed on from this process when it is set here."""
-    import os
-
-    from contextkit.embeddings import model_configs
-
-    name = model_configs(models).get(model, {}).get("api_key_env")
-    value = os.environ.get(name) if name else None
-    return {name: value} if name and value is not None else {}
-
-
 def encode_on_ray(
     plan: EncodePlan,
     *,
@@ -229,7 +218,7 @@ def _run_pool(
         batch_format="pyarrow",
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
-        **({"runtime_env": {"env_vars": env}} if (env := _model_env(view.model, models)) else {}),
+        **runtime_env_options(model_env(models, [view.model])),  # AWS_*, the model's key
     )
     batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
     dim = encoder.dimension

@@ -25,6 +25,17 @@ How one run goes (``OfflineFeatures`` with ``compute: ray``):
    them and sorting by row id gives the caller's order, one range at a time
    (:func:`read_range`); the scratch folder is removed at the end.
 
+**Cancelling.** ``OfflineFeatures.cancel()`` (from any thread) stops a run: the driver polls
+it while tasks run and between ranges, cancels every outstanding task (``ray.cancel``, its
+worker killed), removes the scratch folder and raises
+:class:`~contextkit.errors.JobCancelledError`. A run that fails or is interrupted (Ctrl-C)
+cleans up the same way.
+
+**Stale scratch folders.** A driver killed mid-run leaves its folder behind. Each run's folder
+holds ``owner.json`` (host, pid and start of the driver, creation time); every Ray read first
+removes the ``join-*`` folders whose owner no longer runs (same host) or that are older than
+:data:`STALE_SCRATCH_S` (any host), see :func:`remove_stale_scratch`.
+
 So the driver's memory does not grow with the events: it holds the plan, a list of file paths
 and one range of results. A task that fails for a data reason fails the run with the split or
 partition and the first bad value named; a task whose worker dies is run again by Ray
@@ -35,6 +46,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import logging
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -58,10 +72,11 @@ from contextkit.compute.offline.reserved import (
     Prepared,
 )
 from contextkit.compute.ray.runtime import cancel, connect, partition_count, run_tasks, task_options
-from contextkit.errors import BadRequestError, ContextKitError
+from contextkit.errors import BadRequestError, ContextKitError, JobCancelledError
 from contextkit.framework import transformations
 from contextkit.framework.specs import RealtimeFeatureViewSpec
 from contextkit.framework.transformations import quote
+from contextkit.stores.process import ProcessIdentity, current_process, owner_alive
 
 if TYPE_CHECKING:
     import duckdb
@@ -74,6 +89,14 @@ SPLIT_ROWS = 1_048_576
 # Rows of one range of row ids: one result file per partition, what is sorted at a time.
 CHUNK_ROWS = 262_144
 PART = f"{RESERVED}part"
+# A scratch folder older than this is removed by the next Ray read, whoever owns it.
+STALE_SCRATCH_S = 86_400.0
+SCRATCH_PREFIX = "join-"
+OWNER_FILE = "owner.json"
+# How long a stopped run waits for its cancelled tasks to end before removing its folder.
+CANCEL_WAIT_S = 30.0
+
+log = logging.getLogger("contextkit.compute.ray")
 
 
 @dataclass
@@ -122,7 +145,10 @@ class RayJoin:
     def __exit__(self, *exc: Any) -> None:
         if self._refs:
             with contextlib.suppress(Exception):  # Ray gone: nothing left to cancel
-                cancel(connect(self.compute), self._refs)
+                ray = connect(self.compute)
+                cancel(ray, self._refs)
+                # Until the cancelled tasks are gone, none writes into the folder removed next.
+                ray.wait(self._refs, num_returns=len(self._refs), timeout=CANCEL_WAIT_S)
             self._refs = []
         if self.folder is not None:
             with contextlib.suppress(Exception):  # best effort: gone already, or unreachable
@@ -136,13 +162,27 @@ class RayJoin:
             yield self.local
             return
         for paths in self.ranges:
+            self._check()
             yield read_range(self.filesystem, paths).drop_columns([ROW])
+
+    def _stopped(self) -> bool:
+        return bool(getattr(self.features, "cancelled", False))
+
+    def _check(self) -> None:
+        if self._stopped():
+            raise JobCancelledError(
+                "the point-in-time join on Ray was cancelled",
+                hint="its tasks were stopped and its scratch files removed; run it again",
+            )
 
     def _run(self) -> None:
         features, compute = self.features, self.compute
         self.chunk_rows = self.chunk_rows or CHUNK_ROWS
+        self._check()
         ray = connect(compute)
         runtime = features._ctx
+        with contextlib.suppress(Exception):  # housekeeping never fails a read
+            remove_stale_scratch(runtime.offline)
         specs = runtime.specs()
         root = runtime.config.root.resolve()
         with transformations.workspace_session(root, specs.sources, specs.views) as ws:
@@ -175,11 +215,14 @@ class RayJoin:
             stats.append(refs[parts])
             self._refs += refs
         del splits, refs  # the tasks hold the in-memory slices now
-        found = run_tasks(ray, stats, what="reading the events")
+        found = run_tasks(ray, stats, should_stop=self._stopped, what="point-in-time join")
         times = [t for _rows, lo, hi in found for t in (lo, hi) if t is not None]
         plan = features._plan_for(specs, min(times, default=None), max(times, default=None))
-        self.filesystem, self.folder = runtime.offline.scratch(f"join-{uuid.uuid4().hex}")
+        self.filesystem, self.folder = runtime.offline.scratch(
+            f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"
+        )
         self.filesystem.create_dir(self.folder, recursive=True)
+        _write_owner(self.filesystem, self.folder)
         chunks = -(-total // self.chunk_rows)
         plan_ref = ray.put(plan)
         join = ray.remote(_join_partition)
@@ -202,7 +245,7 @@ class RayJoin:
         ]
         del shards
         self._refs = outputs  # the dealt shards are freed as the joins finish
-        written = run_tasks(ray, outputs, what="point-in-time join")
+        written = run_tasks(ray, outputs, should_stop=self._stopped, what="point-in-time join")
         self._refs = []
         self.ranges = [[] for _ in range(chunks)]
         for files in written:  # partition order within a range: the same on every run
@@ -218,6 +261,61 @@ def join_on_ray(
     rows of the result at a time (default :data:`CHUNK_ROWS`)."""
     with RayJoin(features, compute, chunk_rows or 0) as run:
         yield from run.tables()
+
+
+def _write_owner(filesystem: Any, folder: str) -> None:
+    """Record who owns a scratch folder and since when (read by :func:`remove_stale_scratch`)."""
+    me = current_process()
+    doc = {"host": me.host, "pid": me.pid, "start": me.start, "created": time.time()}
+    with filesystem.open_output_stream(f"{folder}/{OWNER_FILE}") as out:
+        out.write(json.dumps(doc).encode())
+
+
+def remove_stale_scratch(
+    offline: Any, *, max_age_s: float = STALE_SCRATCH_S, now: float | None = None
+) -> list[str]:
+    """Remove the point-in-time joins' scratch folders (``.scratch/join-*``) left by drivers
+    that died: those whose owner (``owner.json``) no longer runs on this host, and those older
+    than ``max_age_s`` (by ``owner.json``'s creation time, else the newest file's time), of any
+    host. A folder whose owner runs and that is younger is kept (a join in progress), as is one
+    whose age cannot be told. Returns the removed folders' paths. Each Ray read calls it."""
+    from pyarrow import fs
+
+    now = time.time() if now is None else now
+    filesystem, probe = offline.scratch(f"{SCRATCH_PREFIX}probe")
+    base = probe.rpartition("/")[0]
+    if filesystem.get_file_info(base).type == fs.FileType.NotFound:
+        return []
+    removed = []
+    for info in filesystem.get_file_info(fs.FileSelector(base, allow_not_found=True)):
+        if info.type != fs.FileType.Directory or not info.base_name.startswith(SCRATCH_PREFIX):
+            continue
+        if _is_stale(filesystem, info.path, now, max_age_s):
+            with contextlib.suppress(FileNotFoundError):  # removed by another reader meanwhile
+                filesystem.delete_dir(info.path)
+            log.info("removed stale scratch folder %s", info.path)
+            removed.append(info.path)
+    return removed
+
+
+def _is_stale(filesystem: Any, folder: str, now: float, max_age_s: float) -> bool:
+    from pyarrow import fs
+
+    owner: dict[str, Any] = {}
+    path = f"{folder}/{OWNER_FILE}"
+    # None yet, or damaged: judged by age.
+    with contextlib.suppress(OSError, ValueError), filesystem.open_input_stream(path) as stream:
+        owner = json.loads(stream.read())
+    if owner.get("host") and owner.get("pid"):
+        identity = ProcessIdentity(str(owner["host"]), int(owner["pid"]), str(owner["start"]))
+        if owner_alive(identity) is False:
+            return True
+    created = owner.get("created")
+    if not isinstance(created, (int, float)):
+        infos = filesystem.get_file_info(fs.FileSelector(folder, recursive=True))
+        times = [i.mtime.timestamp() for i in infos if i.mtime is not None]
+        created = max(times, default=None)
+    return created is not None and now - created > max_age_s
 
 
 def read_range(filesystem: Any, paths: list[str]) -> pa.Table:

@@ -4,6 +4,13 @@
 runtime), failing within ``connect_timeout_s`` with a :class:`ComputeError` when the address does
 not answer. :func:`run_tasks` waits on a job's tasks while honouring cancellation, so no job
 blocks past a cancel and none leaves tasks running behind it.
+
+:func:`worker_env` is the one way the driver's settings reach the cluster's processes: the
+standard ``AWS_*`` variables (endpoint, keys, region, as
+:meth:`~contextkit.stores.objectstore.S3Settings.from_env` reads them) are passed in the
+``runtime_env`` of every task (:func:`task_options`) and every Ray Data actor pool
+(:func:`runtime_env_options`), so a node reads ``s3://`` sources and stores as the driver does
+without variables of its own. Values are never logged; messages name the variables only.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -24,6 +31,9 @@ INSTALL_HINT = "pip install 'contextkit[ray]'"
 TASK_MAX_RETRIES = 3
 # How often run_tasks looks at the cancel flag while tasks run.
 POLL_S = 0.5
+
+# Variables of the driver passed to the cluster's processes (S3 endpoint, keys, region, profile).
+ENV_PREFIXES = ("AWS_",)
 
 _lock = threading.Lock()
 _connected: str | None = None  # the address this process joined, None before connect()
@@ -157,14 +167,47 @@ def partition_count(config: ComputeConfig, ray: ModuleType, rows: int | None = N
     return max(1, count)
 
 
-def task_options(**extra: Any) -> dict[str, Any]:
+def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a task or actor needs beyond its node's own: this process's ``AWS_*``
+    variables (how :class:`~contextkit.stores.objectstore.S3Settings` and the AWS SDKs reach the
+    object store), plus ``extra`` (a hosted model's key variable, say). Empty when none is set,
+    so a job that needs nothing starts no separate workers."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) and v}
+    env.update(extra or {})
+    return env
+
+
+def model_env(models: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, str]:
+    """The key variables (``api_key_env``) of the hosted models ``names`` of the ``models``
+    config, with this process's values, for the actors that call them (those set here)."""
+    from contextkit.embeddings import model_configs
+
+    configs = model_configs(models)
+    env = {}
+    for name in names:
+        var = configs.get(name, {}).get("api_key_env")
+        if var and os.environ.get(var) is not None:
+            env[var] = os.environ[var]
+    return env
+
+
+def runtime_env_options(extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``{"runtime_env": {"env_vars": ...}}`` with :func:`worker_env`, or nothing when it is
+    empty: for ``.options()`` of a task or ``map_batches`` of an actor pool."""
+    env = worker_env(extra)
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def task_options(env: Mapping[str, str] | None = None, **extra: Any) -> dict[str, Any]:
     """``.options()`` of a stateless contextkit task: retried when its worker dies (a SIGKILL,
     a lost node), never when it raised (a data error fails the job at once); spread over the
-    cluster's nodes rather than packed onto the first."""
+    cluster's nodes rather than packed onto the first; the driver's :func:`worker_env` (and
+    ``env``) in its runtime environment."""
     return {
         "max_retries": TASK_MAX_RETRIES,
         "retry_exceptions": False,
         "scheduling_strategy": "SPREAD",
+        **runtime_env_options(env),
         **extra,
     }
 
