@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 
 from contextkit.compute.ray import offline as ray_offline
-from contextkit.compute.ray.runtime import task_options, worker_env
+from contextkit.compute.ray.runtime import scrub, task_options, worker_env
 from contextkit.stores.offline import ParquetOfflineStore
 from contextkit.stores.process import current_process
 
@@ -77,3 +77,8 @@ def test_the_drivers_aws_variables_go_to_every_task_and_actor(monkeypatch):
         "AWS_SECRET_ACCESS_KEY": "s3cret",
         "OPENAI_API_KEY": "k",
     }
+    # Errors that echo the runtime environment show no secret.
+    said = scrub(
+        "setup failed: {'AWS_SECRET_ACCESS_KEY': 's3cret', 'K': 'sk-live'}", {"K": "sk-live"}
+    )
+    assert "s3cret" not in said and "sk-live" in said and "***" in said

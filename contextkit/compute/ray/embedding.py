@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from contextkit.compute.ray.runtime import model_env, runtime_env_options
+from contextkit.compute.ray.runtime import model_env, runtime_env_options, scrub
 from contextkit.embeddings.errors import EncoderFailure
 from contextkit.errors import ComputeError
 
@@ -255,7 +255,7 @@ def _pool_failure(ray: ModuleType, view: EmbeddingViewSpec, exc: BaseException) 
         cause = cause.cause
     if cause.__cause__ is not None:
         cause = cause.__cause__
-    text = str(cause).strip().splitlines()
+    text = scrub(str(cause)).strip().splitlines()
     reason = f"{type(cause).__name__}: {text[-1] if text else ''}"
     return ComputeError(
         f"embedding view {view.name!r}: encoding on Ray failed: {reason}"[:600],

@@ -191,6 +191,19 @@ def model_env(models: Mapping[str, Any] | None, names: Sequence[str]) -> dict[st
     return env
 
 
+_SECRET_NAMES = ("SECRET", "TOKEN", "PASSWORD", "_KEY")
+
+
+def scrub(text: str, extra: Mapping[str, str] | None = None) -> str:
+    """``text`` with the values of the secret variables :func:`worker_env` passes (secret
+    keys, session tokens, API keys) replaced by ``***``: Ray's errors may echo a task's
+    runtime environment, and contextkit's messages and logs never show a secret."""
+    for name, value in worker_env(extra).items():
+        if any(part in name.upper() for part in _SECRET_NAMES) and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
 def runtime_env_options(extra: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``{"runtime_env": {"env_vars": ...}}`` with :func:`worker_env`, or nothing when it is
     empty: for ``.options()`` of a task or ``map_batches`` of an actor pool."""
@@ -247,7 +260,7 @@ def run_tasks(
             exc, ray.exceptions.RayTaskError
         ):
             raise ComputeError(
-                f"the Ray cluster lost the {what}: {exc}",
+                f"the Ray cluster lost the {what}: {scrub(str(exc))}",
                 hint="nothing was published; check the cluster (`ray status`) and run it again",
             ) from exc
         raise
