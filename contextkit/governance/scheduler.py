@@ -13,7 +13,8 @@ Every tick (:meth:`Scheduler.tick`, every ``tick_s`` in :meth:`Scheduler.run_for
    once.
 2. **Streams**: every ``flush_every_s`` each push source's ingest log is flushed to the offline
    store, and log rows flushed more than ``log_retention_s`` ago are pruned (newer ones stay, so
-   recent idempotency keys are still recognized).
+   recent idempotency keys are still recognized). Every ``scratch_every_s`` the offline
+   store's stale scratch folders of Ray joins (driver dead, or older than a day) are removed.
 3. **Claim and run**: up to ``concurrency`` intervals at once, each claimed with a lease in the
    registry (owner host/pid/start, expiry), renewed every tick. A view's intervals run in order,
    one at a time. A scheduler that died leaves its claims; another takes them over once the lease
@@ -65,6 +66,7 @@ class SchedulerSettings:
     embedding_every_s: int = 3600
     flush_every_s: int = 300
     log_retention_s: int = 86400
+    scratch_every_s: int = 3600  # stale Ray join scratch folders removed this often
 
 
 @dataclass
@@ -76,6 +78,7 @@ class TickReport:
     finished: dict[tuple, str] = field(default_factory=dict)  # interval key -> its new status
     flushed: dict[str, int] = field(default_factory=dict)  # "workspace/source" -> rows
     pruned: dict[str, int] = field(default_factory=dict)
+    scratch_removed: list[str] = field(default_factory=list)  # stale scratch folders
 
 
 def _align(t: float, period: int) -> float:
@@ -110,6 +113,7 @@ class Scheduler:
         self._running: dict[tuple, Future] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._scratch_at: float | None = None
 
     # -- one tick -------------------------------------------------------------------------
     def tick(self, *, wait: bool = False) -> TickReport:
@@ -122,6 +126,9 @@ class Scheduler:
         for workspace in live:
             report.planned += self._plan(workspace, now, schedules)
             self._streams(workspace, now, report)
+        if self._scratch_at is None or now - self._scratch_at >= self.settings.scratch_every_s:
+            self._scratch_at = now
+            report.scratch_removed = self._sweep_scratch(now)
         self._renew(now)
         report.claimed = self._claim(now)
         futures = []
@@ -155,6 +162,17 @@ class Scheduler:
     def close(self) -> None:
         self._stopping.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _sweep_scratch(self, now: float) -> list[str]:
+        """Housekeeping: the offline store's scratch folders left by Ray point-in-time joins
+        whose driver died (or older than a day) are removed (docs/compute.md)."""
+        from contextkit.compute.ray.offline import remove_stale_scratch
+
+        try:
+            return remove_stale_scratch(self.runtime.offline, now=now)
+        except Exception as exc:  # noqa: BLE001 - housekeeping: the next sweep retries
+            log.warning("removing stale scratch folders failed: %s", exc)
+            return []
 
     # -- planning -------------------------------------------------------------------------
     def _plan(self, workspace: str, now: float, schedules: dict) -> int:

@@ -82,3 +82,26 @@ def test_the_drivers_aws_variables_go_to_every_task_and_actor(monkeypatch):
         "setup failed: {'AWS_SECRET_ACCESS_KEY': 's3cret', 'K': 'sk-live'}", {"K": "sk-live"}
     )
     assert "s3cret" not in said and "sk-live" in said and "***" in said
+
+
+def test_the_schedulers_housekeeping_removes_stale_scratch(tmp_path):
+    import contextkit
+    from contextkit.governance.scheduler import Scheduler, SchedulerSettings
+
+    (tmp_path / "contextkit.yaml").write_text("project: scratch\n")
+    ctx = contextkit.connect(tmp_path, "prod")
+    store = ctx.runtime.offline
+    me = current_process()
+    owner = {"host": me.host, "pid": dead_pid(), "start": me.start, "created": time.time()}
+    stale = folder(store, "join-stale", owner)
+    now = [time.time()]
+    scheduler = Scheduler(ctx.runtime, clock=lambda: now[0], settings=SchedulerSettings())
+    try:
+        assert scheduler.tick(wait=True).scratch_removed == [stale]
+        left = folder(store, "join-stale-2", owner)
+        assert scheduler.tick(wait=True).scratch_removed == []  # not yet: once an hour
+        now[0] += 3600
+        assert scheduler.tick(wait=True).scratch_removed == [left]
+    finally:
+        scheduler.close()
+        ctx.close()
