@@ -129,12 +129,24 @@ def _grid_for(index: str) -> tuple[dict[str, int], ...]:
     return _HNSW_GRID
 
 
-def projected_grid(rows: int, dim: int) -> list[tuple[int, list[int]]]:
+def projected_grid(
+    rows: int, dim: int, max_bytes: int | None = None
+) -> list[tuple[int, list[int]]]:
     """``(dims, shortlists)`` to try for the projected search of a ``rows`` x ``dim`` table:
-    projections well below the full dimension, shortlists at most a quarter of the rows."""
+    projections well below the full dimension, shortlists at most a quarter of the rows; with
+    ``max_bytes``, only projections whose copy (rows x dims float32) fits next to the exact copy
+    (rows x dim) within that bound."""
     shortlists = [c for c in _PROJECTED_SHORTLIST if c <= rows // 4]
     dims = sorted({max(2, dim * part // 24) for part in _PROJECTED_DIMS})
+    if max_bytes is not None:
+        dims = [d for d in dims if copies_bytes(rows, dim, d) <= max_bytes]
     return [(d, shortlists) for d in dims] if shortlists else []
+
+
+def copies_bytes(rows: int, dim: int, dims: int = 0) -> int:
+    """The memory of what a store keeps for a ``rows`` x ``dim`` table searched in memory: the
+    exact copy (float32) and, for a projected plan, the projected one (``dims`` per row)."""
+    return rows * (dim + dims) * 4
 
 
 def scaled_params(params: Mapping[str, int], limit: int, k: int) -> dict[str, int]:
@@ -174,8 +186,10 @@ class SearchPlan:
     search and the ANN (None: not measured). ``candidates``: every configuration measured
     (``method``, ``params``, ``recall``, ``reached``, ``p50_ms``), timed in interleaved rounds.
     ``index_builds``: when the ANN index was created, the index kinds built and compared
-    (``index``, ``build_s``, their calibrated ``params``, ``recall``, ``p50_ms``, the exact
-    ``reference_p50_ms`` of the same rounds, and ``chosen``).
+    (``index``, ``build_s``, their calibrated ``params``, ``recall``; ``p50_ms`` and the
+    per-round ``round_p50_ms``, all kinds timed with exact search in the same interleaved
+    rounds: ``timed_with`` names the others, ``reference_p50_ms`` is exact search's p50 there;
+    and ``chosen``).
     """
 
     method: str
@@ -335,33 +349,47 @@ class SearchPlanning:
     def _choose_index(
         self, table: str, handle: Any, configs: list[Any]
     ) -> tuple[Any, list[dict[str, Any]]]:
-        """Build each candidate index kind in turn (each replaces the one before), calibrate its
-        query parameters, time it against exact search in interleaved rounds, and keep the one
-        cheapest relative to exact search (rebuilt when it was not the last one built)."""
+        """Build each candidate index kind in turn (each replaces the one before) and calibrate
+        its query parameters; then time every kind, each on the table version that carries it
+        (older versions keep their index files), with exact search in the same interleaved
+        rounds, and keep the kind of lowest p50 among those that reached the target (rebuilt
+        when it was not the last one built). Timing each kind in rounds of its own let the load
+        of the moment decide: exact search's p50, the reference, moved 4x between two builds."""
         probe = self._probe(table, handle, sample=self.calibration_sample)
         builds: list[dict[str, Any]] = []
-        for config in configs:
+        paths: dict[str, Callable[[np.ndarray], Any]] = {}
+        for n, config in enumerate(configs):
             began = _perf()
             handle.create_index("vector", config=config, replace=True)
             build_s = _perf() - began
             kind = vector_index_type(handle) or type(config).__name__
             params, recall, reached = self._walk_ann(handle, probe, _grid_for(kind))
-            paths = {"ann": self._ann_path(handle, probe, params)}
-            if probe.cache is not None:
-                paths["exact"] = self._exact_path(probe)
-            p50 = interleaved_p50(paths, probe.queries)
+            pinned = self._db.open_table(table, version=int(handle.version))
+            paths[f"ann{n}"] = self._ann_path(pinned, probe, params)
             builds.append(
                 {"index": kind, "build_s": round(build_s, 2), "params": params,
-                 "recall": round(recall, 4), "reached": reached,
-                 "p50_ms": round(p50["ann"], 3),
-                 "reference_p50_ms": round(p50["exact"], 3) if "exact" in p50 else None}
+                 "recall": round(recall, 4), "reached": reached}
             )  # fmt: skip
-
-        def cost(b: dict[str, Any]) -> tuple[bool, float]:
-            ref = b["reference_p50_ms"]
-            return (not b["reached"], b["p50_ms"] / ref if ref else b["p50_ms"])
-
-        best = min(range(len(builds)), key=lambda i: cost(builds[i]))
+        if probe.cache is not None:
+            paths["exact"] = self._exact_path(probe)
+        rounds = interleaved_rounds(paths, probe.queries)
+        order = list(paths)
+        for n, build in enumerate(builds):
+            build["p50_ms"] = round(float(np.median(np.concatenate(rounds[f"ann{n}"]))), 3)
+            build["round_p50_ms"] = [round(float(np.median(r)), 3) for r in rounds[f"ann{n}"]]
+            build["reference_p50_ms"] = (
+                round(float(np.median(np.concatenate(rounds["exact"]))), 3)
+                if "exact" in rounds
+                else None
+            )
+            build["timed_with"] = [
+                builds[int(o[3:])]["index"] if o.startswith("ann") else o
+                for o in order
+                if o != f"ann{n}"
+            ]
+        best = min(
+            range(len(builds)), key=lambda i: (not builds[i]["reached"], builds[i]["p50_ms"])
+        )
         builds[best]["chosen"] = True
         if best != len(configs) - 1:
             began = _perf()
@@ -563,10 +591,17 @@ class SearchPlanning:
             paths["exact"] = self._exact_path(probe)
             candidates["exact"] = {"method": "exact", "params": {}, "recall": 1.0,
                                    "reached": True}  # fmt: skip
-        projection = None
+        projection, skipped = None, ""
         if cache is not None:
-            projection, params, recall, reached = self._walk_projected(probe)
-            if params:
+            projection, params, recall, reached = self._walk_projected(
+                probe, self.exact_cache_max_bytes
+            )
+            if projection is None and projected_grid(len(cache.ids), cache.matrix.shape[1]):
+                skipped = (
+                    "projected search not tried: no projection's copy fits beside the exact "
+                    f"copy within exact_cache_max_bytes ({self.exact_cache_max_bytes})"
+                )
+            elif params:
                 candidates["projected"] = {
                     "method": "projected", "params": params, "recall": round(recall, 4),
                     "reached": reached,
@@ -586,6 +621,8 @@ class SearchPlanning:
         method, reason = self._choose(
             candidates, p50, index, target, cache is not None, tuple(methods)
         )
+        if skipped:
+            reason = f"{reason}; {skipped}"
         chosen = candidates.get(method, {})
         if method == "projected":
             assert projection is not None
@@ -758,14 +795,15 @@ class SearchPlanning:
 
     @staticmethod
     def _walk_projected(
-        probe: _Probe,
+        probe: _Probe, max_bytes: int | None = None
     ) -> tuple[np.ndarray | None, dict[str, int], float, bool]:
         """The projected search's directions and the cheapest ``dims`` x ``shortlist`` (by rows
-        scanned: rows x dims + shortlist x dim x 2) whose recall reaches the target."""
+        scanned: rows x dims + shortlist x dim x 2) whose recall reaches the target; only
+        projections whose copy fits next to the exact copy within ``max_bytes``."""
         cache = probe.cache
         assert cache is not None
         rows, dim = cache.matrix.shape
-        grid = projected_grid(rows, dim)
+        grid = projected_grid(rows, dim, max_bytes)
         if not grid:
             return None, {}, 0.0, False
         projection = projection_of(cache.matrix, max(d for d, _ in grid))
@@ -849,18 +887,31 @@ def interleaved_p50(
     queries: np.ndarray,
     rounds: int = TIMING_ROUNDS,
 ) -> dict[str, float]:
-    """Each path's median query time (ms) over ``queries``, timed in ``rounds`` rounds; in each,
-    every path runs a slice of the queries, the paths in a rotated order, so that load that
-    comes and goes falls on all of them alike."""
+    """Each path's median query time (ms) over ``queries``, timed in ``rounds`` interleaved
+    rounds (:func:`interleaved_rounds`)."""
+    times = interleaved_rounds(paths, queries, rounds)
+    return {n: float(np.median(np.concatenate(t))) for n, t in times.items()}
+
+
+def interleaved_rounds(
+    paths: Mapping[str, Callable[[np.ndarray], Any]],
+    queries: np.ndarray,
+    rounds: int = TIMING_ROUNDS,
+) -> dict[str, list[np.ndarray]]:
+    """Each path's query times (ms), per round: in each of ``rounds`` rounds every path runs a
+    slice of the queries, the paths in a rotated order, so that load that comes and goes falls
+    on all of them alike."""
     names = list(paths)
     for name in names:  # one untimed call each: caches, files, code paths warm
         paths[name](queries[0])
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for r, part in enumerate(np.array_split(np.arange(len(queries)), rounds)):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             run = paths[name]
-            for i in part:
+            took = np.empty(len(part))
+            for j, i in enumerate(part):
                 began = _perf()
                 run(queries[i])
-                times[name].append((_perf() - began) * 1000)
-    return {n: float(np.median(t)) for n, t in times.items()}
+                took[j] = (_perf() - began) * 1000
+            times[name].append(took)
+    return times

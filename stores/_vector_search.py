@@ -27,6 +27,7 @@ from contextkit.stores._vector_fusion import as_hit, blend, parse_weights, rrf_f
 from contextkit.stores._vector_plan import (
     CALIBRATION_K,
     SearchPlan,
+    copies_bytes,
     scaled_params,
     with_projection,
 )
@@ -212,12 +213,16 @@ class VectorSearch:
         self, table: str, cache: ExactCache, plan: SearchPlan
     ) -> ExactCache | None:
         """The in-memory copy with the projected rows of ``plan`` (built once per copy and
-        plan from the projection stored with the plan); None when that file is unreadable (the
-        query is then answered exactly)."""
+        plan from the projection stored with the plan); None when that file is unreadable, or
+        when the exact and projected copies together would exceed ``exact_cache_max_bytes`` (the
+        table grew since calibration): the query is then answered exactly."""
         if cache.projected_for == plan.calibrated_at:
             return cache
+        rows, dim = cache.matrix.shape
+        if copies_bytes(rows, dim, plan.params["dims"]) > self.exact_cache_max_bytes:
+            return None
         projection = self._read_projection(table)
-        if projection is None or projection.shape != (cache.matrix.shape[1], plan.params["dims"]):
+        if projection is None or projection.shape != (dim, plan.params["dims"]):
             return None
         projected = with_projection(cache, projection, plan.calibrated_at)
         with self._lock:

@@ -79,6 +79,10 @@ def test_index_kinds_are_compared_and_the_cheapest_config_at_the_target_is_chose
     assert set(builds) == {"IvfHnswSq", "IvfHnswFlat"}
     assert all(b["build_s"] > 0 and b["p50_ms"] > 0 for b in builds.values())
     assert [b["index"] for b in plan.index_builds if b.get("chosen")] == [plan.index]
+    # timed in the same rounds: one exact reference, the faster kind that reached kept
+    assert len({b["reference_p50_ms"] for b in builds.values()}) == 1
+    reached = [b for b in builds.values() if b["reached"]] or list(builds.values())
+    assert plan.index == min(reached, key=lambda b: b["p50_ms"])["index"]
     assert f"{plan.index.removeprefix('Ivf')}:vector" in report.created
     assert all(b["recall"] >= CALIBRATION_TARGET for b in builds.values() if b["reached"])
     # every configuration measured; the chosen one reached the target and was the cheapest
@@ -233,3 +237,49 @@ def test_a_plan_round_trips_and_an_unreadable_one_means_uncalibrated(tmp_path):
     assert LanceVectorStore(tmp_path).search_plan("t") is None
     # and searching still works (as before calibration)
     assert len(LanceVectorStore(tmp_path).search("t", vector=np.ones(DIM), top_k=5)) == 5
+
+
+def test_index_kinds_are_timed_in_the_same_rounds_and_the_faster_one_kept(tmp_path):
+    """Both HNSW kinds are timed with exact search in the same interleaved rounds (each on the
+    table version that carries it), so one exact reference serves both and the kind of lower
+    p50 among those that reached the target is kept (a tiny table: the choice, not the speed)."""
+    vectors = clustered(400, seed=21)
+    store = LanceVectorStore(tmp_path, ann_min_rows=300, exact_search_max_rows=100)
+    store.calibration_sample = 40
+    store.apply_changes("t", [rows(vectors)], dim=DIM, key_columns=["doc"])
+    report = store.ensure_indexes("t")
+    builds = {b["index"]: b for b in report.plan.index_builds}
+    assert set(builds) == {"IvfHnswSq", "IvfHnswFlat"}
+    # one set of rounds: the same exact reference, each kind timed with the other and exact
+    assert len({b["reference_p50_ms"] for b in builds.values()}) == 1
+    assert builds["IvfHnswSq"]["timed_with"] == ["IvfHnswFlat", "exact"]
+    assert builds["IvfHnswFlat"]["timed_with"] == ["IvfHnswSq", "exact"]
+    assert all(len(b["round_p50_ms"]) == 3 and b["p50_ms"] > 0 for b in builds.values())
+    reached = [b for b in builds.values() if b["reached"]] or list(builds.values())
+    kept = min(reached, key=lambda b: b["p50_ms"])
+    assert [b["index"] for b in report.plan.index_builds if b.get("chosen")] == [kept["index"]]
+    assert report.plan.index == kept["index"]  # the table's index is the kind kept
+    assert f"{kept['index'].removeprefix('Ivf')}:vector" in report.created
+
+
+def test_the_memory_bound_covers_the_projected_copy(tmp_path):
+    """``exact_cache_max_bytes`` bounds the exact copy and the projected one together: at
+    calibration only projections that fit are tried (none fits: exact search), and a table
+    that grew past the bound with a projected plan is answered exactly from its copy."""
+    vectors = low_rank(2000, seed=31)
+    exact_bytes = 2000 * DIM * 4
+    store = LanceVectorStore(tmp_path, ann_min_rows=10**9, exact_cache_max_bytes=exact_bytes)
+    store.apply_changes("t", [rows(vectors)], dim=DIM, key_columns=["doc"])
+    plan = store.calibrate("t", sample=60, methods=("projected",))
+    assert plan.method == "exact" and "projected search not tried" in plan.reason
+    assert "projected" not in {c["method"] for c in plan.candidates}
+    # room for 4 more floats a row: only projections of at most 4 directions are tried
+    store.exact_cache_max_bytes = exact_bytes + 2000 * 4 * 4
+    plan = store.calibrate("t", sample=60, methods=("projected",))
+    assert plan.method == "projected" and 2 <= plan.params["dims"] <= 4
+    # a process with a smaller bound: the exact copy fits, the projected one not beside it
+    served = LanceVectorStore(tmp_path, exact_cache_max_bytes=exact_bytes + 2000 * 4)
+    for q in low_rank(10, seed=32):
+        got = [h["id"] for h in served.search("t", vector=q, top_k=10)]
+        assert got == brute_force(vectors, q, 10)
+    assert served._exact["t"].reduced is None  # only the exact copy is kept
