@@ -25,7 +25,9 @@ process. Failures answer at once and leave the pool usable:
   as in process.
 
 Worker start-up (a new interpreter and its imports, about a second) is not counted in a call's
-timeout. Counters per group (calls by outcome, workers running) feed ``/metrics``.
+timeout. A worker ends when its serving process does: an idle one at the end of its pipe, a
+busy one (held in its function) within ``PARENT_CHECK_S`` of being re-parented. Counters per
+group (calls by outcome, workers running) feed ``/metrics``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ from contextkit.framework.specs import RealtimeFeatureViewSpec, TransformServerG
 # How long a new worker may take to start (a fresh interpreter on a loaded machine).
 START_TIMEOUT_S = 120.0
 OUTCOMES = ("ok", "error", "timeout", "worker_failed")
+# How often a worker checks that its serving process is still there (see serve_fds).
+PARENT_CHECK_S = 0.5
 
 
 class _Worker:
@@ -291,6 +295,11 @@ def serve_fds(read_fd: int, write_fd: int) -> None:
     parent closes its end (or dies)."""
     from contextkit.framework.realtime import run_realtime
 
+    # A worker held in a function does not read its pipe, so it would not notice that its
+    # serving process died (SIGKILL, the OOM killer) and would outlive it: watch the parent.
+    threading.Thread(
+        target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+    ).start()
     incoming = Connection(read_fd, writable=False)
     conn = Connection(write_fd, readable=False)
     specs: dict[str, RealtimeFeatureViewSpec] = {}
@@ -319,3 +328,11 @@ def serve_fds(read_fd: int, write_fd: int) -> None:
                     ),
                 )
             )
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker at once when its serving process ``parent`` is gone (it was re-parented)."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(0)

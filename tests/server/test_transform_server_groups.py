@@ -11,6 +11,7 @@ the file the function writes when it has started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -221,8 +222,13 @@ def test_workers_compute_what_the_process_computes_and_recover_from_a_crash(depl
         assert features(ctx, "slow", [1])[1] == new_pids[:1]
         os.kill(new_pids[0], 9)  # an idle worker killed from outside is replaced unnoticed
         stat = Path(f"/proc/{new_pids[0]}/stat")
-        while stat.exists() and stat.read_text().rsplit(") ", 1)[1][0] not in "ZX":
-            time.sleep(0.01)  # until the kill has landed (a zombie, or reaped)
+        # Until the kill has landed (a zombie, or reaped): the worker has a second thread, and
+        # its process can be reaped once that one is gone too.
+        while stat.exists() and (
+            stat.read_text().rsplit(") ", 1)[1][0] not in "ZX"
+            or len(list((stat.parent / "task").iterdir())) > 1
+        ):
+            time.sleep(0.01)
         assert features(ctx, "slow", [1])[0] == [49]
         (pool,) = pools()
         assert pool.calls == {"ok": 4, "error": 1, "timeout": 0, "worker_failed": 1}
@@ -328,3 +334,46 @@ def test_a_held_transform_does_not_hold_up_another_service(deployed, tmp_path) -
         if hold.exists():
             hold.unlink()
         server.stop()
+
+
+@pytest.mark.slow  # a real serve process: seconds
+def test_a_busy_worker_ends_when_its_serving_process_is_killed(deployed, tmp_path) -> None:
+    """A worker held in its function when its ``contextkit serve`` is killed (SIGKILL, the OOM
+    killer) is not left behind: it ends although the function has not returned."""
+    server = ServerProcess("--no-auth", "--workspace", "prod", cwd=deployed)
+    hold = tmp_path / "hold"
+    started = tmp_path / "hold.started"
+    hold.touch()
+    try:
+        server.wait_ready()
+        body = {
+            "service": "slow",
+            "entities": {"user_id": [1]},
+            "request_context": {"mode": "hold", "hold": str(hold)},
+        }
+        caller = threading.Thread(
+            target=lambda: _call_ignoring_errors(server.base, body), daemon=True
+        )
+        caller.start()
+        while not started.exists():  # the function runs in its worker, held
+            time.sleep(0.05)
+        listed = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(server.pid)], capture_output=True, text=True
+        )
+        (worker,) = (int(pid) for pid in listed.stdout.split())
+        server.kill()
+        stat = Path(f"/proc/{worker}/stat")
+        deadline = time.monotonic() + 60  # a bound, not a timing: it ends within seconds
+        while stat.exists() and stat.read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline, "the worker outlived its serving process"
+            time.sleep(0.05)
+        assert hold.exists()  # the function never returned: the worker ended on its own
+    finally:
+        if hold.exists():
+            hold.unlink()
+        server.stop()
+
+
+def _call_ignoring_errors(base: str, body: dict) -> None:
+    with contextlib.suppress(OSError):
+        post(base, "/v1/features", body)
