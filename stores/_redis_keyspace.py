@@ -103,7 +103,8 @@ class TableMeta:
     key_norms: list[Callable[[Any], Any]] = field(default_factory=list)
     col_norms: list[Callable[[Any], Any]] = field(default_factory=list)
     single: type | None = None  # the Python type of a lone int or string key (fast paths)
-    canonical: dict[tuple, bool] = field(default_factory=dict)  # row type signature -> stored as is
+    # row type signature -> (position, normalizer) of the values not already in stored form
+    fixes: dict[tuple, tuple] = field(default_factory=dict)
     pickers: dict[tuple, Callable[[list], tuple] | None] = field(default_factory=dict)
 
     spread: bool = False  # rows spread over a cluster's slots by key (see ``Keyspace``)
@@ -174,17 +175,22 @@ class TableMeta:
         return self.data + self.key_suffix(self.norm_key(key_row))
 
     def encode_values(self, values: Sequence[Any]) -> bytes:
-        """The stored form of a row's values; rows already in it skip normalization."""
+        """The stored form of a row's values, as :meth:`row_value`; only the values not already
+        in stored form go through their normalizer (one of their type is returned unchanged)."""
         signature = tuple(map(type, values))
-        ok = self.canonical.get(signature)
-        if ok is None:
-            ok = self.canonical[signature] = all(
-                t is type(None) or t is _STORED_TYPES.get(dtype, str)
-                for t, (_, dtype) in zip(signature, self.columns, strict=True)
+        fix = self.fixes.get(signature)
+        if fix is None:
+            fix = self.fixes[signature] = tuple(
+                (i, self.col_norms[i])
+                for i, (t, (_, dtype)) in enumerate(zip(signature, self.columns, strict=True))
+                if t is not type(None) and t is not _STORED_TYPES.get(dtype, str)
             )
-        if ok:
+        if not fix:
             return orjson.dumps(values)  # a tuple or a list: a JSON array either way
-        return self.row_value(values)
+        values = list(values)
+        for i, norm in fix:
+            values[i] = norm(values[i])
+        return orjson.dumps(values)
 
     def picker(self, columns: Sequence[str]) -> Callable[[list], tuple] | None:
         """A function from a stored row to the values of ``columns``; None when they include

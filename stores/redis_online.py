@@ -643,7 +643,8 @@ class RedisOnlineStore(OnlineStore):
         parts = [resp_head(1 + len(keys)), b"$6\r\nEXISTS\r\n", *map(resp_bulk, keys)]
         if expiry is None:
             parts += [resp_head(1 + 2 * len(chunk)), b"$4\r\nMSET\r\n"]
-            parts += [resp_bulk(k) + resp_bulk(v) for k, v in chunk.items()]
+            pair = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"  # resp_bulk(k) + resp_bulk(v) in one step
+            parts += [pair % (len(k), k, len(v), v) for k, v in chunk.items()]
             replies = 2
         else:
             for k, v in chunk.items():
