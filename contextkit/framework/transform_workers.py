@@ -75,6 +75,10 @@ class _Worker:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
+        except BaseException:  # no process (interpreter gone, fork refused): no pipes either
+            os.close(to_child)
+            os.close(from_child)
+            raise
         finally:
             os.close(from_parent)
             os.close(to_parent)
@@ -198,7 +202,15 @@ class TransformPool:
             if idle.process.poll() is None:
                 return idle
             self._discard(idle)  # died while idle (killed from outside): start another
-        worker = _Worker(self.name)
+        try:
+            worker = _Worker(self.name)
+        except OSError as exc:
+            self._count("worker_failed")
+            raise TransformWorkerError(
+                f"a worker of transform server group {self.name!r} did not start ({exc})",
+                hint="see the server's log; the next request tries a new worker",
+                details={"view": view.name, "transform_server_group": self.name},
+            ) from None
         with self._lock:
             self._running.add(worker)
         if not worker.wait_ready():

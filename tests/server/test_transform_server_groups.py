@@ -377,3 +377,25 @@ def test_a_busy_worker_ends_when_its_serving_process_is_killed(deployed, tmp_pat
 def _call_ignoring_errors(base: str, body: dict) -> None:
     with contextlib.suppress(OSError):
         post(base, "/v1/features", body)
+
+
+def test_a_worker_that_cannot_be_started_is_a_503_and_leaks_no_pipe(
+    deployed, tmp_path, monkeypatch
+) -> None:
+    """The interpreter cannot be run (gone after an upgrade, fork refused): 503
+    transform_worker_failed, not an unexpected error, and the pipes made for it are closed."""
+    ctx = contextkit.connect(deployed, "prod")
+    try:
+        features(ctx, "inproc", [1])  # everything but the worker is loaded and open
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with pytest.raises(TransformWorkerError) as failed:
+                features(ctx, "slow", [1])
+            assert failed.value.http_status == 503
+            assert "did not start" in failed.value.message
+        assert len(os.listdir("/proc/self/fd")) == before
+        monkeypatch.undo()
+        assert features(ctx, "slow", [1])[0] == [49]  # the next call starts one
+    finally:
+        ctx.close()
