@@ -29,6 +29,27 @@ DATA_END = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
+def fresh_repo_modules(tmp_path_factory: pytest.TempPathFactory):
+    """Forget the repo modules earlier tests imported from temp dirs, before and after the test.
+
+    For test files whose repos all have a file of the same name (``defs.py``): the loader keeps a
+    module by its name, so a second repo's ``defs.py`` would get the first one's (the known loader
+    bug test_aggregates_oracle.py documents). Use it from an autouse fixture of the file.
+    """
+
+    def forget() -> None:
+        base = tmp_path_factory.getbasetemp().resolve()
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if file and Path(file).resolve().is_relative_to(base):
+                del sys.modules[name]
+
+    forget()
+    yield
+    forget()
+
+
+@pytest.fixture
 def make_repo(tmp_path: Path) -> Callable[..., Path]:
     """Write a repo: ``make_repo({"defs.py": "...python..."}, data={"orders.parquet": table})``.
 

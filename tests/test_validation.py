@@ -6,7 +6,6 @@ and line of the object at fault (``defs.py:12``) and carry a hint saying how to 
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,23 +55,8 @@ def events_table() -> pa.Table:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_repo_modules(tmp_path_factory):
-    """Forget repo modules of earlier tests: every repo here has a ``defs.py``.
-
-    Works around the known loader bug (see test_aggregates_oracle.py: a second repo with a file of
-    the same name gets the first repo's cached module).
-    """
-
-    def forget() -> None:
-        base = tmp_path_factory.getbasetemp().resolve()
-        for name, module in list(sys.modules.items()):
-            file = getattr(module, "__file__", None)
-            if file and Path(file).resolve().is_relative_to(base):
-                del sys.modules[name]
-
-    forget()
-    yield
-    forget()
+def _fresh_repo_modules(fresh_repo_modules):
+    """Every repo here has a ``defs.py`` (see ``fresh_repo_modules``)."""
 
 
 def line_of(source: str, needle: str) -> int:

@@ -61,20 +61,8 @@ def events_table() -> pa.Table:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_repo_modules(tmp_path_factory):
-    """Forget repo modules of earlier tests (works around the same-file-name loader bug that
-    test_aggregates_oracle.py documents: every repo here has a ``defs.py``)."""
-
-    def forget() -> None:
-        base = tmp_path_factory.getbasetemp().resolve()
-        for name, module in list(sys.modules.items()):
-            file = getattr(module, "__file__", None)
-            if file and Path(file).resolve().is_relative_to(base):
-                del sys.modules[name]
-
-    forget()
-    yield
-    forget()
+def _fresh_repo_modules(fresh_repo_modules):
+    """Every repo here has a ``defs.py`` (see ``fresh_repo_modules``)."""
 
 
 @pytest.fixture
