@@ -30,6 +30,7 @@ server turns them into ``{"error": {"code", "message", "details"}}`` with the ma
     └── RealtimeFeatureError       realtime_feature_error  500  framework.realtime
         └── TransformTimeoutError  transform_timeout       504  framework.transform_workers
         └── TransformWorkerError   transform_worker_failed 503  framework.transform_workers
+        └── TransformBusyError     transform_busy          503  framework.transform_workers
     └── PushEmbeddingError         push_embedding_failed   500  compute.push_embeddings
     └── JobConflictError           job_conflict            409  governance.jobs
     └── JobCancelledError          job_cancelled           409  compute (a cancelled job)
@@ -320,6 +321,14 @@ class TransformWorkerError(RealtimeFeatureError):
     """A worker process of a transform server group died (or could not start) during a call."""
 
     code = "transform_worker_failed"
+    http_status = 503
+
+
+class TransformBusyError(RealtimeFeatureError):
+    """Every worker of a transform server group is busy and as many calls already wait for one:
+    answered at once, so one held group cannot take every thread the server shares."""
+
+    code = "transform_busy"
     http_status = 503
 
 

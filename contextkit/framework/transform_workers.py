@@ -13,11 +13,15 @@ computed rows, which are checked in the worker exactly as in process
 
 The caller's thread waits on the pipe, not on the interpreter lock: a slow function delays only
 the requests that need its view, never the feature lookups of other services in the serving
-process. Failures answer at once and leave the pool usable:
+process. Waiting is bounded too: at most ``workers`` callers wait for a free worker, and a
+call beyond them answers at once (``503 transform_busy``), so a held group can occupy at most
+``2 x workers`` of the threads the server shares between services. Failures answer at once and
+leave the pool usable:
 
 - a call that takes longer than the group's timeout: ``504 transform_timeout``; the worker is
   killed (it may be stuck for good) and replaced at the next call;
 - every worker busy for the whole timeout: ``504 transform_timeout`` too, saying so;
+- every worker busy and ``workers`` callers already waiting: ``503 transform_busy`` at once;
 - a worker that dies during a call (``os._exit``, a crash of a native library, the OOM killer)
   or cannot start: ``503 transform_worker_failed`` with its exit code; the next call starts a
   new one;
@@ -46,6 +50,7 @@ from typing import Any
 from contextkit.errors import (
     ContextKitError,
     RealtimeFeatureError,
+    TransformBusyError,
     TransformTimeoutError,
     TransformWorkerError,
 )
@@ -53,7 +58,7 @@ from contextkit.framework.specs import RealtimeFeatureViewSpec, TransformServerG
 
 # How long a new worker may take to start (a fresh interpreter on a loaded machine).
 START_TIMEOUT_S = 120.0
-OUTCOMES = ("ok", "error", "timeout", "worker_failed")
+OUTCOMES = ("ok", "error", "timeout", "worker_failed", "busy")
 # How often a worker checks that its serving process is still there (see serve_fds).
 PARENT_CHECK_S = 0.5
 
@@ -124,6 +129,7 @@ class TransformPool:
         self.workers = group.workers
         self.timeout = group.timeout_seconds
         self._slots = threading.BoundedSemaphore(group.workers)
+        self.waiting = 0  # callers waiting for a free worker (at most ``workers``)
         self._idle: list[_Worker] = []
         self._running: set[_Worker] = set()
         self._lock = threading.Lock()
@@ -144,7 +150,7 @@ class TransformPool:
     ) -> list[dict[str, Any]]:
         """``run_realtime(view, requests[i], inputs[i])`` for every row, in a worker."""
         began = time.monotonic()
-        if not self._slots.acquire(timeout=self.timeout):
+        if not self._acquire_slot(view):
             self._count("timeout")
             raise TransformTimeoutError(
                 f"realtime view {view.name!r}: every worker of transform server group "
@@ -183,6 +189,30 @@ class TransformPool:
             return payload
         finally:
             self._slots.release()
+
+    def _acquire_slot(self, view: RealtimeFeatureViewSpec) -> bool:
+        """A free worker's slot: at once, or after waiting at most the timeout (False: none came)
+        when fewer than ``workers`` callers are waiting already; else ``TransformBusyError``."""
+        if self._slots.acquire(blocking=False):
+            return True
+        with self._lock:
+            queue_full = self.waiting >= self.workers
+            if not queue_full:
+                self.waiting += 1
+        if queue_full:
+            self._count("busy")
+            raise TransformBusyError(
+                f"realtime view {view.name!r}: every worker of transform server group "
+                f"{self.name!r} is busy and {self.waiting} call(s) already wait for one",
+                hint=f"retry shortly; raise workers= of TransformServerGroup {self.name!r}, or "
+                "make its functions faster",
+                details={"view": view.name, "transform_server_group": self.name},
+            )
+        try:
+            return self._slots.acquire(timeout=self.timeout)
+        finally:
+            with self._lock:
+                self.waiting -= 1
 
     def close(self) -> None:
         """Stop every worker (idle ones now, busy ones when their call returns)."""

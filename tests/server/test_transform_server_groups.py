@@ -29,6 +29,7 @@ import pytest
 import contextkit
 from contextkit.errors import (
     RealtimeFeatureError,
+    TransformBusyError,
     TransformTimeoutError,
     TransformWorkerError,
 )
@@ -221,7 +222,7 @@ def test_workers_compute_what_the_process_computes_and_recover_from_a_crash(depl
             time.sleep(0.01)
         assert features(ctx, "slow", [1])[0] == [49]
         (pool,) = pools()
-        assert pool.calls == {"ok": 4, "error": 1, "timeout": 0, "worker_failed": 1}
+        assert pool.calls == {"ok": 4, "error": 1, "timeout": 0, "worker_failed": 1, "busy": 0}
     finally:
         ctx.close()
 
@@ -256,6 +257,45 @@ def test_a_call_over_the_timeout_is_a_504_and_the_pool_recovers(deployed, tmp_pa
         hold.unlink()
         assert features(ctx, "strict", [1])[0] == [49]  # a new worker answers
     finally:
+        ctx.close()
+
+
+def test_calls_beyond_the_waiting_bound_are_turned_away_at_once(deployed, tmp_path) -> None:
+    """With its one worker held and one call waiting, a third call is a 503 transform_busy at
+    once (it would otherwise hold a shared server thread for the whole 120 s timeout)."""
+    ctx = contextkit.connect(deployed, "prod")
+    hold, started = tmp_path / "hold", tmp_path / "hold.started"
+    hold.touch()
+    held = {"mode": "hold", "hold": str(hold)}
+    answers: list = []
+
+    def call() -> None:
+        answers.append(ctx.get_features("slow", {"user_id": [1]}, held).to_dict()["pooled.score"])
+
+    first, second = threading.Thread(target=call), threading.Thread(target=call)
+    try:
+        first.start()
+        while not started.exists():  # the first call holds the group's only worker
+            assert first.is_alive(), answers
+            first.join(0.05)
+        second.start()
+        (pool,) = [p for p in pools() if p.name == "python"]
+        while pool.waiting < 1:  # the second call waits for the worker
+            assert second.is_alive(), answers
+            second.join(0.05)
+        with pytest.raises(TransformBusyError) as busy:
+            ctx.get_features("slow", {"user_id": [1]}, held)
+        assert busy.value.http_status == 503 and busy.value.code == "transform_busy"
+        assert "'python' is busy and 1 call(s) already wait" in busy.value.message
+        hold.unlink()
+        first.join(300)
+        second.join(300)
+        assert answers == [[49], [49]] and pool.calls["busy"] == 1 and pool.waiting == 0
+    finally:
+        if hold.exists():
+            hold.unlink()
+        first.join(300)
+        second.join(300)
         ctx.close()
 
 
