@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from contextkit.errors import ContextKitError
+from contextkit.errors import ComputeError, ContextKitError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -78,17 +78,16 @@ def render_on_ray(dataset: Any, kind: str, report: Any, build: Callable[..., Any
         except Exception as exc:
             cause = _contextkit_cause(exc)
             if cause is None:
-                raise
+                raise _ray_failure(exc, _secret_env(dataset)) from None
             raise cause from None
 
 
 def _pipeline(ray_data: Any, dataset: Any, run: Any, kind: str, build: Callable[..., Any]) -> Any:
     """Read each range in order, then render it in an actor pool (module docstring)."""
-    from contextkit.compute.ray.runtime import model_env, runtime_env_options
+    from contextkit.compute.ray.runtime import runtime_env_options
 
     compute = dataset._compute
     assert compute is not None
-    models = [view.model for view in dataset.plan.embedding_views.values()]
     items = [{"range": i} for i in range(len(run.ranges))]
     pipeline = ray_data.from_items(items, override_num_blocks=len(items))
     pipeline = pipeline.map_batches(
@@ -111,7 +110,7 @@ def _pipeline(ray_data: Any, dataset: Any, run: Any, kind: str, build: Callable[
         batch_size=dataset._batch_size,
         batch_format="pyarrow",
         num_cpus=1,
-        **runtime_env_options(model_env(dataset._ctx.config.models, models)),  # AWS_*, keys
+        **runtime_env_options(_secret_env(dataset)),  # AWS_*, the models' keys
     )
 
 
@@ -153,6 +152,27 @@ def _setting(context: Any, name: str, *value: Any) -> Any:
     if value:
         setattr(holder, name, value[0])
     return getattr(holder, name)
+
+
+def _secret_env(dataset: Any) -> dict[str, str]:
+    """The hosted models' key variables the actors get besides the AWS_* ones."""
+    from contextkit.compute.ray.runtime import model_env
+
+    models = [view.model for view in dataset.plan.embedding_views.values()]
+    return model_env(dataset._ctx.config.models, models)
+
+
+def _ray_failure(exc: BaseException, extra: dict[str, str]) -> ComputeError:
+    """A failure of the Ray pipeline that is not contextkit's own error: a ``ComputeError`` with
+    the cause's last line, secrets the actors were given replaced (Ray's errors may echo the
+    runtime environment)."""
+    from contextkit.compute.ray.runtime import scrub
+
+    lines = scrub(str(exc), extra).strip().splitlines()
+    return ComputeError(
+        f"rendered dataset on Ray failed: {type(exc).__name__}: {lines[-1] if lines else ''}"[:600],
+        hint="check the cluster (`ray status`) and the models' config, then run it again",
+    )
 
 
 def _contextkit_cause(exc: BaseException) -> ContextKitError | None:

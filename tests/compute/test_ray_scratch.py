@@ -105,3 +105,18 @@ def test_the_schedulers_housekeeping_removes_stale_scratch(tmp_path):
     finally:
         scheduler.close()
         ctx.close()
+
+
+def test_a_ray_failure_of_a_rendered_dataset_is_a_compute_error_without_secrets(monkeypatch):
+    from contextkit.errors import ComputeError
+    from contextkit.retrieval.datasets_ray import _ray_failure
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret-value")
+    echoed = RuntimeError(
+        "ActorDiedError: the actor died\n"
+        "runtime_env: {'AWS_SECRET_ACCESS_KEY': 's3cret-value', 'OPENAI_API_KEY': 'sk-live-123'}"
+    )
+    failure = _ray_failure(echoed, {"OPENAI_API_KEY": "sk-live-123"})
+    assert isinstance(failure, ComputeError) and failure.http_status == 503
+    assert failure.message.startswith("rendered dataset on Ray failed: RuntimeError: runtime_env")
+    assert "s3cret-value" not in failure.message and "sk-live-123" not in failure.message
