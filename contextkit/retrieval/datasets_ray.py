@@ -166,11 +166,10 @@ def _ray_failure(exc: BaseException, extra: dict[str, str]) -> ComputeError:
     """A failure of the Ray pipeline that is not contextkit's own error: a ``ComputeError`` with
     the cause's last line, secrets the actors were given replaced (Ray's errors may echo the
     runtime environment)."""
-    from contextkit.compute.ray.runtime import scrub
+    from contextkit.compute.ray.runtime import failure_reason
 
-    lines = scrub(str(exc), extra).strip().splitlines()
     return ComputeError(
-        f"rendered dataset on Ray failed: {type(exc).__name__}: {lines[-1] if lines else ''}"[:600],
+        f"rendered dataset on Ray failed: {failure_reason(exc, extra)}"[:600],
         hint="check the cluster (`ray status`) and the models' config, then run it again",
     )
 

@@ -120,3 +120,21 @@ def test_a_ray_failure_of_a_rendered_dataset_is_a_compute_error_without_secrets(
     assert isinstance(failure, ComputeError) and failure.http_status == 503
     assert failure.message.startswith("rendered dataset on Ray failed: RuntimeError: runtime_env")
     assert "s3cret-value" not in failure.message and "sk-live-123" not in failure.message
+
+
+def test_failure_reason_unwraps_rays_wrappers_and_scrubs(monkeypatch):
+    from contextkit.compute.ray.runtime import failure_reason
+
+    class TaskError(Exception):  # the shape of Ray's RayTaskError: the task's error in .cause
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("task failed")
+            self.cause = cause
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret-value")
+    try:
+        raise OSError("first line\nno route to s3cret-value")
+    except OSError as inner:
+        wrapped = TaskError(ValueError("outer"))
+        wrapped.cause.__cause__ = inner
+    assert failure_reason(wrapped) == "OSError: no route to ***"
+    assert failure_reason(RuntimeError("")) == "RuntimeError: "

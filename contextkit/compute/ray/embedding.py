@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from contextkit.compute.ray.runtime import model_env, runtime_env_options, scrub
+from contextkit.compute.ray.runtime import failure_reason, model_env, runtime_env_options
 from contextkit.embeddings.errors import EncoderFailure
 from contextkit.errors import ComputeError
 
@@ -250,15 +250,8 @@ def _run_pool(
 def _pool_failure(ray: ModuleType, view: EmbeddingViewSpec, exc: BaseException) -> Exception:
     """A ContextKit error for what the dataset raised (the pool could not start, the cluster
     was lost): the view named, the cause's first line kept."""
-    cause: BaseException = exc
-    while getattr(cause, "cause", None) is not None and cause.cause is not cause:  # RayTaskError
-        cause = cause.cause
-    if cause.__cause__ is not None:
-        cause = cause.__cause__
-    text = scrub(str(cause)).strip().splitlines()
-    reason = f"{type(cause).__name__}: {text[-1] if text else ''}"
     return ComputeError(
-        f"embedding view {view.name!r}: encoding on Ray failed: {reason}"[:600],
+        f"embedding view {view.name!r}: encoding on Ray failed: {failure_reason(exc)}"[:600],
         hint="nothing was published; check the cluster (`ray status`) and the model config, "
         "then run `contextkit materialize` again",
     )

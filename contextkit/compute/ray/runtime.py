@@ -204,6 +204,19 @@ def scrub(text: str, extra: Mapping[str, str] | None = None) -> str:
     return text
 
 
+def failure_reason(exc: BaseException, extra: Mapping[str, str] | None = None) -> str:
+    """``"Type: last line"`` of what a Ray pipeline raised, taken out of Ray's wrappers (a
+    ``RayTaskError``'s ``cause``, then the ``__cause__``), with :func:`scrub` applied: for the
+    message of the ``ComputeError`` that reports it."""
+    cause: BaseException = exc
+    while getattr(cause, "cause", None) is not None and cause.cause is not cause:  # RayTaskError
+        cause = cause.cause
+    if cause.__cause__ is not None:
+        cause = cause.__cause__
+    lines = scrub(str(cause), extra).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
+
+
 def runtime_env_options(extra: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``{"runtime_env": {"env_vars": ...}}`` with :func:`worker_env`, or nothing when it is
     empty: for ``.options()`` of a task or ``map_batches`` of an actor pool."""
