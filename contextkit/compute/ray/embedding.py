@@ -202,6 +202,7 @@ def _run_pool(
 ) -> Iterator[tuple[pa.Table, np.ndarray]]:
     import ray.data as ray_data
 
+    secrets = model_env(models, [view.model])  # the model's key: scrubbed from failures too
     context = ray_data.DataContext.get_current()
     context.enable_progress_bars = False  # the CLI draws its own, from the driver's progress
     dataset = ray_data.from_arrow_refs(refs).map_batches(
@@ -218,7 +219,7 @@ def _run_pool(
         batch_format="pyarrow",
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
-        **runtime_env_options(model_env(models, [view.model])),  # AWS_*, the model's key
+        **runtime_env_options(secrets),  # AWS_*, the model's key
     )
     batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
     dim = encoder.dimension
@@ -229,7 +230,7 @@ def _run_pool(
             except StopIteration:
                 return
             except Exception as exc:
-                raise _pool_failure(ray, view, exc) from exc
+                raise _pool_failure(view, exc, secrets) from exc
             failed = out.column(_ERROR).drop_null()
             if len(failed):
                 raise EncoderFailure(
@@ -247,11 +248,16 @@ def _run_pool(
         del refs[:]
 
 
-def _pool_failure(ray: ModuleType, view: EmbeddingViewSpec, exc: BaseException) -> Exception:
+def _pool_failure(
+    view: EmbeddingViewSpec, exc: BaseException, secrets: Mapping[str, str]
+) -> Exception:
     """A ContextKit error for what the dataset raised (the pool could not start, the cluster
-    was lost): the view named, the cause's first line kept."""
+    was lost): the view named, the cause's last line kept, with the AWS_* values and the
+    model's key the actors were given (``secrets``) scrubbed: Ray's errors may echo the
+    actors' runtime environment."""
+    reason = failure_reason(exc, secrets)
     return ComputeError(
-        f"embedding view {view.name!r}: encoding on Ray failed: {failure_reason(exc)}"[:600],
+        f"embedding view {view.name!r}: encoding on Ray failed: {reason}"[:600],
         hint="nothing was published; check the cluster (`ray status`) and the model config, "
         "then run `contextkit materialize` again",
     )
