@@ -14,7 +14,8 @@ registry, each embedding model, each vector table, the prompt tokenizers, the co
   ``"warming": [{"workspace", "view", "job", "status", "progress", "retry_after_s"}]`` while
   embedding views of the server's workspace are warming (their first materialization has not
   landed: their searches answer 503 ``view_warming``). Warming views never make the node unready:
-  features and prompts are served meanwhile (see :meth:`Readiness.warming`);
+  features and prompts are served meanwhile. A probe costs one ``change_token()`` call while the
+  registry did not change (see :meth:`Readiness.warming`);
 - ``503 {"status": "failed", "step": "...", "error": {...}}`` when a step failed (logged as an
   error; the server keeps answering, and requests that need the failed part fail on their own).
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import ContextKitError
@@ -38,17 +40,27 @@ log = logging.getLogger("contextkit.server")
 
 STARTING, READY, FAILED = "starting", "ok", "failed"
 
+# How long /health may answer its last list of warming views while the registry did not change,
+# and how often a warming view's vector table is asked whether pushes filled it.
+RECHECK_S = 10.0
+
 
 class Readiness:
     """Where warm-up stands: ``status`` (starting, ok, failed), the current ``step``, the error."""
 
-    def __init__(self, *, ready: bool) -> None:
+    def __init__(self, *, ready: bool, clock: Callable[[], float] = time.monotonic) -> None:
         self.status = READY if ready else STARTING
         self.step: str | None = None
         self.error: dict[str, Any] | None = None
         self._began = time.monotonic()
-        # (workspace, view) of embedding views seen landed: never read again by warming()
+        self._clock = clock  # for warming()'s rechecks
+        self._warming_lock = threading.Lock()
+        # warming()'s last answer: ((workspace, change token), when, answer)
+        self._answer: tuple[Hashable, float, list[dict[str, Any]]] | None = None
+        # (workspace, view) of the embedding views seen landed: not read again, and when each
+        # one's vector table was last seen empty (so it is asked once per RECHECK_S)
         self._landed: set[tuple[str, str]] = set()
+        self._seen_empty: dict[tuple[str, str], float] = {}
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """The ``/health`` answer: 200 when ready, else 503 saying what it is waiting for."""
@@ -66,37 +78,59 @@ class Readiness:
         landed and their vector table holds nothing, each with the job building it (id, status,
         encode progress; None when none runs) and the ``Retry-After`` its searches answer.
 
-        Reads the registry (the jobs of the views not yet seen landed) and, for a view without a
-        landed job, whether its table has rows (filled by pushes); a view seen landed is not
-        read again, so once every view has landed this reads only the cached specs. Never
-        raises: a store that cannot answer is logged, and its views are left out."""
+        A probe must stay cheap however slow the stores are, so the answer is kept and given
+        again while the registry's ``change_token()`` has not moved (a job queued, progressing
+        or landing, an apply, a delete all move it), for at most :data:`RECHECK_S`: then a probe
+        costs that one call. Otherwise it reads the jobs of the views not yet seen landed and,
+        for a view without a landed job, whether its vector table has rows (filled by pushes,
+        which the registry does not see): at most once per :data:`RECHECK_S` per view, so a
+        slow object store is not asked on every probe while a job reports progress. A view seen
+        landed is not read again. Never raises: a store that cannot answer is logged, and its
+        views are left out."""
+        with self._warming_lock:  # concurrent probes: one reads the stores, the rest reuse it
+            try:
+                token = ctx.registry.change_token()  # before the specs: a change between is seen
+                specs = ctx.specs()
+            except ContextKitError:  # no workspace (yet): nothing to list, nothing to log
+                return []
+            except Exception as exc:  # noqa: BLE001 - readiness answers whatever stores say
+                log.warning("/health: could not list the embedding views: %s", exc)
+                return []
+            workspace = specs.workspace.name
+            now = self._clock()
+            kept = self._answer
+            if kept is not None and kept[0] == (workspace, token) and now - kept[1] < RECHECK_S:
+                return [dict(view) for view in kept[2]]
+            answer = self._read_warming(ctx, workspace, list(specs.embedding_views), now)
+            self._answer = ((workspace, token), now, answer)
+            return [dict(view) for view in answer]
+
+    def _read_warming(
+        self, ctx: Context, workspace: str, views: list[str], now: float
+    ) -> list[dict[str, Any]]:
         from contextkit.compute.embedding import view_warming
         from contextkit.compute.layout import vector_table
 
         out: list[dict[str, Any]] = []
-        try:
-            workspace = ctx.workspace
-            views = list(ctx.specs().embedding_views)
-        except ContextKitError:  # no workspace (yet): nothing to list, nothing to log per probe
-            return out
-        except Exception as exc:  # noqa: BLE001 - readiness answers whatever the stores say
-            log.warning("/health: could not list the embedding views: %s", exc)
-            return out
         for view in views:
-            if (workspace, view) in self._landed:
+            key = (workspace, view)
+            if key in self._landed:
                 continue
             try:
                 warming = view_warming(ctx.registry, workspace, view)
-                if warming is not None:
+                seen_empty = self._seen_empty.get(key)
+                if warming is not None and (seen_empty is None or now - seen_empty >= RECHECK_S):
                     table = vector_table(workspace, view)
                     vectors = ctx.vectors
                     if vectors.has_table(table) and vectors.count_rows(table):
                         warming = None  # documents pushed without a job: served
+                    else:
+                        self._seen_empty[key] = now
             except Exception as exc:  # noqa: BLE001
                 log.warning("/health: could not tell whether view %r is warming: %s", view, exc)
                 continue
             if warming is None:
-                self._landed.add((workspace, view))
+                self._landed.add(key)
                 continue
             details = warming.to_dict()["error"]["details"]
             job = details.get("job") or {}
