@@ -55,12 +55,12 @@ class Readiness:
         self._began = time.monotonic()
         self._clock = clock  # for warming()'s rechecks
         self._warming_lock = threading.Lock()
-        # warming()'s last answer: ((workspace, change token), when, answer)
+        # warming()'s last answer: ((incarnation, change token), when, answer)
         self._answer: tuple[Hashable, float, list[dict[str, Any]]] | None = None
-        # (workspace, view) of the embedding views seen landed: not read again, and when each
-        # one's vector table was last seen empty (so it is asked once per RECHECK_S)
-        self._landed: set[tuple[str, str]] = set()
-        self._seen_empty: dict[tuple[str, str], float] = {}
+        # (workspace, created_at, view) of the embedding views seen landed: not read again, and
+        # when each one's vector table was last seen empty (so it is asked once per RECHECK_S)
+        self._landed: set[tuple[str, float, str]] = set()
+        self._seen_empty: dict[tuple[str, float, str], float] = {}
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """The ``/health`` answer: 200 when ready, else 503 saying what it is waiting for."""
@@ -85,8 +85,8 @@ class Readiness:
         for a view without a landed job, whether its vector table has rows (filled by pushes,
         which the registry does not see): at most once per :data:`RECHECK_S` per view, so a
         slow object store is not asked on every probe while a job reports progress. A view seen
-        landed is not read again. Never raises: a store that cannot answer is logged, and its
-        views are left out."""
+        landed is not read again until its workspace is deleted and created again. Never
+        raises: a store that cannot answer is logged, and its views are left out."""
         with self._warming_lock:  # concurrent probes: one reads the stores, the rest reuse it
             try:
                 token = ctx.registry.change_token()  # before the specs: a change between is seen
@@ -96,24 +96,29 @@ class Readiness:
             except Exception as exc:  # noqa: BLE001 - readiness answers whatever stores say
                 log.warning("/health: could not list the embedding views: %s", exc)
                 return []
-            workspace = specs.workspace.name
+            # A workspace deleted and created again under its name is another incarnation.
+            incarnation = (specs.workspace.name, specs.workspace.created_at)
             now = self._clock()
             kept = self._answer
-            if kept is not None and kept[0] == (workspace, token) and now - kept[1] < RECHECK_S:
+            if kept is not None and kept[0] == (incarnation, token) and now - kept[1] < RECHECK_S:
                 return [dict(view) for view in kept[2]]
-            answer = self._read_warming(ctx, workspace, list(specs.embedding_views), now)
-            self._answer = ((workspace, token), now, answer)
+            answer = self._read_warming(ctx, incarnation, list(specs.embedding_views), now)
+            self._answer = ((incarnation, token), now, answer)
             return [dict(view) for view in answer]
 
     def _read_warming(
-        self, ctx: Context, workspace: str, views: list[str], now: float
+        self, ctx: Context, incarnation: tuple[str, float], views: list[str], now: float
     ) -> list[dict[str, Any]]:
         from contextkit.compute.embedding import view_warming
         from contextkit.compute.layout import vector_table
 
+        workspace = incarnation[0]
+        # What is known of another incarnation (or an earlier workspace) is of no use any more.
+        self._landed = {key for key in self._landed if key[:2] == incarnation}
+        self._seen_empty = {k: t for k, t in self._seen_empty.items() if k[:2] == incarnation}
         out: list[dict[str, Any]] = []
         for view in views:
-            key = (workspace, view)
+            key = (*incarnation, view)
             if key in self._landed:
                 continue
             try:

@@ -1,8 +1,8 @@
 """``/health``'s list of warming embedding views (server/readiness.py) as a load balancer sees it:
 a probe asks no store while the registry did not change (one ``change_token()`` call, however
 slow the vector store), a view stops being listed at the first probe after its job landed,
-and documents pushed without a job end its warming within ``RECHECK_S`` (the registry does not
-see pushes).
+documents pushed without a job end its warming within ``RECHECK_S`` (the registry does not see
+pushes), and a workspace deleted and created again lists its views as warming again.
 
 The app's ``Readiness`` gets a hand-driven clock, so nothing here waits or times anything; the
 stores are real (SQLite registry, local LanceDB) and counted where the probe calls them.
@@ -148,3 +148,20 @@ def test_documents_pushed_without_a_job_end_warming_within_the_recheck_interval(
     probe.now += RECHECK_S
     assert set(probe()) == {"doc_text"}  # served from the pushed documents
     assert probe.calls["has_table"] == 2  # both views' tables were asked again
+
+
+def test_a_workspace_deleted_and_created_again_lists_its_views_as_warming_again(served):
+    root, ctx, probe = served
+    ctx.materialize(["doc_text"])
+    assert set(probe()) == {"ticket_docs"}  # doc_text landed, and is remembered as landed
+
+    ctx.delete_workspace("prod")
+    assert probe() == {}  # no workspace: nothing warming, no error
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+
+    again = probe()  # no time passed: the re-created workspace is seen at the next probe
+    assert set(again) == {"doc_text", "ticket_docs"}
+    assert again["doc_text"]["status"] == "not materialized"
+    ctx.materialize(["doc_text"])
+    assert set(probe()) == {"ticket_docs"}
