@@ -199,19 +199,21 @@ class ContextRequest:
 def parse_request(
     plan: ContextPlan,
     *,
-    entities: Mapping[str, Any] | None,
-    query: str | None,
-    request_context: Mapping[str, Any] | None,
-    top_k: int | None,
-    filter: Mapping[str, Any] | None,
-    searches: Mapping[str, Mapping[str, Any]] | None,
-    render: bool,
-    complete: bool,
-    model: str | None,
-    params: Mapping[str, Any] | None,
+    entities: Mapping[str, Any] | None = None,
+    query: str | None = None,
+    request_context: Mapping[str, Any] | None = None,
+    top_k: int | None = None,
+    filter: Mapping[str, Any] | None = None,
+    searches: Mapping[str, Mapping[str, Any]] | None = None,
+    render: bool = True,
+    complete: bool = False,
+    model: str | None = None,
+    params: Mapping[str, Any] | None = None,
     cache: bool | None = True,
 ) -> ContextRequest:
-    """Check a request against the plan; every error names the field and says what to send."""
+    """Check a request against the plan; every error names the field and says what to send.
+    A keyword left out means what leaving it out of ``POST /v1/context``'s body means (and
+    :meth:`~contextkit.client.Context.get_context`'s defaults): callers pass what they have."""
     keys: dict[str, list[Any]] = {}
     if plan.join_keys:
         if not isinstance(entities, Mapping) or not entities:

@@ -460,18 +460,8 @@ async def _assemble(
     (no extra hop through a worker thread that would then wait on the pool)."""
     from contextkit.retrieval.assemble import assemble_async
 
-    options = {
-        "top_k": None,
-        "filter": None,
-        "searches": None,
-        "render": True,
-        "complete": False,
-        "model": None,
-        "params": None,
-        **request,
-    }
     with translating:
-        plan, parsed = ctx.context_request(service, prompt, options)
+        plan, parsed = ctx.context_request(service, prompt, request)
         return await assemble_async(ctx.runtime, plan, parsed)
 
 
