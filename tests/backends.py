@@ -1,5 +1,5 @@
 """Real servers for backend tests: redis-server (plain, TLS-only with a throwaway CA, and a
-3-master Redis Cluster), PostgreSQL 15 and moto's S3 server.
+3-master Redis Cluster, plain or TLS-only), PostgreSQL 15 and moto's S3 server.
 
 Each fixture starts the real program on a free loopback port in its own temp dir, waits until it
 answers (PING, ``pg_isready``, an HTTP request), and stops it at the end of the session. Tests
@@ -151,6 +151,7 @@ class RedisServer:
     proc: subprocess.Popen | None = None
     tls: TlsFiles | None = None
     cluster: bool = False  # a Redis Cluster node (see ``redis_cluster``)
+    bus_port: int = field(default_factory=free_port)  # the cluster bus (kept over restarts)
 
     @property
     def url(self) -> str:
@@ -182,8 +183,10 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         if self.cluster:
-            args += ["--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(self.bus_port),
                      "--cluster-config-file", str(self.dir / "nodes.conf")]  # fmt: skip
+            if self.tls is not None:  # the cluster bus over TLS too, as production would
+                args += ["--tls-cluster", "yes"]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         ca = self.tls.ca if self.tls is not None else None
         answers = lambda: _redis_pong(self.port, self.password, ca)  # noqa: E731
@@ -245,49 +248,129 @@ def redis_tls_server(redis_factory) -> RedisServer:
 
 @dataclass
 class RedisCluster:
-    """Redis Cluster: three masters (no replicas), every slot assigned and the state ``ok``."""
+    """Redis Cluster: three masters (no replicas), every slot assigned and the state ``ok``.
+    With TLS (``tls``) every node listens for TLS only and the cluster bus runs over TLS."""
 
     nodes: list[RedisServer]
+    cli: str = "redis-cli"
+    tls: TlsFiles | None = None
 
     @property
     def url(self) -> str:
-        """A plain ``redis://`` URL of the first master (what a single-node client would use)."""
+        """A plain ``redis://`` (or ``rediss://``) URL of the first master (what a single-node
+        client would use)."""
         return self.nodes[0].url
 
     @property
     def cluster_url(self) -> str:
-        """The ``redis+cluster://`` URL the online store takes for a cluster."""
-        return self.url.replace("redis://", "redis+cluster://", 1)
+        """The ``redis+cluster://`` (``rediss+cluster://``) URL the online store takes."""
+        scheme, rest = self.url.split("://", 1)
+        return f"{scheme}+cluster://{rest}"
+
+    def redis_cli(self, port: int, *args: str, check: bool = True) -> str:
+        """Run ``redis-cli`` against the node on ``port`` (over TLS when the cluster uses it);
+        returns its output."""
+        tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls is not None else []
+        done = subprocess.run(
+            [self.cli, *tls, "-p", str(port), *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def is_ok(self) -> bool:
+        """Whether every node says ``cluster_state:ok`` (all slots served)."""
+        return all(
+            "cluster_state:ok" in self.redis_cli(n.port, "cluster", "info", check=False)
+            for n in self.nodes
+        )
+
+    def wait_ok(self) -> None:
+        """Wait until :meth:`is_ok` (after a start or a node's restart)."""
+        _wait(self.is_ok, "redis cluster", self.nodes[0].log, None)
+
+    def owner(self, slot: int) -> RedisServer:
+        """The master that serves ``slot`` now (as the first node's slot map says)."""
+        import redis
+
+        with redis.Redis.from_url(self.nodes[0].url) as client:
+            for start, end, (_host, port, *_rest), *_replicas in client.execute_command(
+                "CLUSTER", "SLOTS"
+            ):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no master serves slot {slot}")
+
+    # A resharding, step by step (what ``redis-cli --cluster reshard`` does per slot), so a
+    # test can drive it at a known point: begin, move keys (some, then the rest), end.
+
+    def begin_migration(self, slot: int, source: RedisServer, target: RedisServer) -> None:
+        """``slot`` IMPORTING on ``target``, MIGRATING on ``source``: from now on the source
+        answers ASK for a key it does not hold, TRYAGAIN for a multi-key command over keys
+        split between the two."""
+        import redis
+
+        ids = {n.port: self._node_id(n) for n in (source, target)}
+        with redis.Redis.from_url(target.url) as t, redis.Redis.from_url(source.url) as s:
+            t.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port])
+            s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target.port])
+
+    def migrate_keys(
+        self, slot: int, source: RedisServer, target: RedisServer, count: int | None = None
+    ) -> int:
+        """MIGRATE ``count`` of the keys (all by default) the source holds in ``slot`` to the
+        target; returns how many moved."""
+        import redis
+
+        with redis.Redis.from_url(source.url) as s:
+            keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, count or 100_000)
+            if keys:
+                s.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *keys)
+        return len(keys)
+
+    def end_migration(self, slot: int, target: RedisServer) -> None:
+        """``slot`` belongs to ``target`` now, on every master (the source's keys must have
+        moved): a client with the old slot map gets MOVED."""
+        import redis
+
+        target_id = self._node_id(target)
+        for node in sorted(self.nodes, key=lambda n: n is not target):  # the target first
+            with redis.Redis.from_url(node.url) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def _node_id(self, node: RedisServer) -> str:
+        return self.redis_cli(node.port, "cluster", "myid").strip()
 
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
 
 
-def _cluster_ok(cli: str, port: int) -> bool:
-    done = subprocess.run(
-        [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10
-    )
-    return "cluster_state:ok" in done.stdout
-
-
-def start_redis_cluster(folder: Callable[[], Path], masters: int = 3) -> RedisCluster:
-    """Start ``masters`` cluster-enabled redis-servers (each in ``folder()``) and join them
-    with ``redis-cli --cluster create``; returns once every node says ``cluster_state:ok``."""
+def start_redis_cluster(
+    folder: Callable[[], Path], masters: int = 3, tls: bool = False
+) -> RedisCluster:
+    """Start ``masters`` cluster-enabled redis-servers (each in ``folder()``; TLS only with
+    ``tls``, one throwaway CA for all) and join them with ``redis-cli --cluster create``;
+    returns once every node says ``cluster_state:ok``."""
     binary, cli = _redis_binary(), shutil.which("redis-cli")
     if cli is None:
         missing_server("redis-cli is not installed (Debian package redis-tools)")
-    cluster = RedisCluster([RedisServer(binary, folder(), cluster=True) for _ in range(masters)])
+    files = make_tls_files(folder() / "tls") if tls else None
+    cluster = RedisCluster(
+        [RedisServer(binary, folder(), cluster=True, tls=files) for _ in range(masters)],
+        cli=cli,  # type: ignore[arg-type]
+        tls=files,
+    )
     try:
         for node in cluster.nodes:
             node.start()
-        subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=120,
+        cluster.redis_cli(
+            cluster.nodes[0].port, "--cluster", "create",
+            *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
+            "--cluster-replicas", "0", "--cluster-yes",
         )  # fmt: skip
-        _wait(lambda: all(_cluster_ok(cli, n.port) for n in cluster.nodes), "redis cluster",
-              cluster.nodes[0].log, None)  # fmt: skip
+        cluster.wait_ok()
     except BaseException:
         cluster.stop()
         raise
@@ -305,12 +388,24 @@ def redis_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster_factory(tmp_path_factory) -> Iterator[Callable[[], RedisCluster]]:
-    """A private 3-master cluster, for a test that kills a node; all stop at the end."""
+def redis_tls_cluster(tmp_path_factory) -> Iterator[RedisCluster]:
+    """The session's 3-master Redis Cluster that speaks TLS only (clients and cluster bus),
+    its certificates from a throwaway CA: ``rediss+cluster://...?ssl_ca_certs=...``."""
+    cluster = start_redis_cluster(lambda: tmp_path_factory.mktemp("redis-cluster"), tls=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_factory(tmp_path_factory) -> Iterator[Callable[..., RedisCluster]]:
+    """A private 3-master cluster (``tls=True``: TLS only), for a test that kills a node or
+    moves slots; all stop at the end."""
     started: list[RedisCluster] = []
 
-    def start() -> RedisCluster:
-        cluster = start_redis_cluster(lambda: tmp_path_factory.mktemp("redis-cluster"))
+    def start(tls: bool = False) -> RedisCluster:
+        cluster = start_redis_cluster(lambda: tmp_path_factory.mktemp("redis-cluster"), tls=tls)
         started.append(cluster)
         return cluster
 

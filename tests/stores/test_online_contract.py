@@ -1,7 +1,8 @@
 """One contract for every online store: SQLite and Redis answer the core's calls alike.
 
 Each story runs against both stores (a real redis-server from tests/backends.py, plain and over
-TLS: ``rediss://`` with a throwaway CA, and a 3-master Redis Cluster: ``redis+cluster://``),
+TLS: ``rediss://`` with a throwaway CA, and a 3-master Redis Cluster: ``redis+cluster://``, also
+TLS-only: ``rediss+cluster://``),
 driving the interface the way the core does:
 materialization replaces a view's table, serving reads many entities across views in one call,
 ingest writes the log, latest values and tiles in one transaction, and stream reads aggregate
@@ -42,7 +43,7 @@ def drop_prefix(url: str, prefix: str) -> None:
     import redis
     from redis.cluster import RedisCluster
 
-    if url.startswith("redis+cluster://"):
+    if url.split("://", 1)[0].endswith("+cluster"):
         client = RedisCluster.from_url(url.replace("+cluster", "", 1))
         for pattern in (prefix + ":*", "{" + prefix + ":*"):
             for key in list(client.scan_iter(match=pattern, count=1000)):
@@ -57,15 +58,17 @@ def drop_prefix(url: str, prefix: str) -> None:
 
 
 def redis_url(request, param: str) -> str:
-    """The URL of the session's server for a store param (redis, redis-tls, redis-cluster)."""
-    if param == "redis-cluster":
-        return request.getfixturevalue("redis_cluster").cluster_url
+    """The URL of the session's server for a store param (redis, redis-tls, redis-cluster,
+    redis-cluster-tls)."""
+    if param in ("redis-cluster", "redis-cluster-tls"):
+        name = "redis_tls_cluster" if param == "redis-cluster-tls" else "redis_cluster"
+        return request.getfixturevalue(name).cluster_url
     name = "redis_tls_server" if param == "redis-tls" else "redis_server"
     server: RedisServer = request.getfixturevalue(name)
     return server.url
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis-tls", "redis-cluster"])
+@pytest.fixture(params=["sqlite", "redis", "redis-tls", "redis-cluster", "redis-cluster-tls"])
 def store(request, tmp_path: Path) -> Iterator[OnlineStore]:
     if request.param == "sqlite":
         store: OnlineStore = SQLiteOnlineStore(tmp_path / "online.db")
@@ -89,7 +92,7 @@ def redis_store(redis_server) -> Iterator[RedisOnlineStore]:
     drop_prefix(redis_server.url, prefix)
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
+@pytest.fixture(params=["redis", "redis-cluster", "redis-cluster-tls"])
 def watched_store(request) -> Iterator[RedisOnlineStore]:
     """A Redis store on one server or on the cluster, for the WATCH/MULTI stories."""
     url = redis_url(request, request.param)
@@ -323,10 +326,10 @@ def test_a_transaction_that_raises_writes_nothing(store):
 
 
 def test_the_core_gets_the_same_answers_from_both_stores(
-    make_repo, redis_server, redis_tls_server, redis_cluster
+    make_repo, redis_server, redis_tls_server, redis_cluster, redis_tls_cluster
 ):
     """apply, materialize, ingest and read through the public SDK on each store (and Redis over
-    TLS, and a Redis Cluster)."""
+    TLS, and a Redis Cluster, plain and over TLS)."""
     import contextkit
     from contextkit.compute.streaming import ingest_records
 
@@ -336,6 +339,7 @@ def test_the_core_gets_the_same_answers_from_both_stores(
         "redis": redis_server.url,
         "redis-tls": redis_tls_server.url,
         "redis-cluster": redis_cluster.cluster_url,
+        "redis-cluster-tls": redis_tls_cluster.cluster_url,
     }
     for name in ("sqlite", *urls):
         root = make_repo({"defs.py": CORE_DEFS}, data={"orders.parquet": orders()}, name=name)
@@ -367,8 +371,8 @@ def test_the_core_gets_the_same_answers_from_both_stores(
             ctx.close()
             if name in urls:
                 drop_prefix(urls[name], prefix)
-    sqlite, redis_, redis_tls, redis_cluster_ = answers
-    assert redis_ == sqlite and redis_tls == sqlite and redis_cluster_ == sqlite
+    sqlite, *redis_answers = answers
+    assert redis_answers == [sqlite] * len(urls)
     values = dict(zip(sqlite[0], sqlite[1], strict=True))
     assert values["spend.amount_sum_2d"] == [30.0, 5.0, None, 30.0]
     assert values["recent.product_id_count_1h"] == [2, 0, None, 2]
