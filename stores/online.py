@@ -173,6 +173,12 @@ class OnlineStore(ABC):
     def has_table(self, table: str) -> bool:
         """Whether ``table`` exists."""
 
+    def lost_tables(self, tables: Sequence[str]) -> list[str]:
+        """Those of ``tables`` that exist but lost part of their rows since they were replaced
+        (a Redis Cluster master restarted empty), to be replaced again. A store that keeps its
+        tables whole, or loses them whole (:meth:`has_table` then says so), finds none."""
+        return []
+
     # -- streaming: transactions and range reads over tiles and logs ------------------------------
 
     @abstractmethod

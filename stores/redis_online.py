@@ -74,13 +74,21 @@ The meta names where its rows live (``data``; ``spread`` for the untagged ones),
 without it has them where a single Redis puts them. So the **single-node layout is unchanged**:
 data written by earlier versions is read as it is, with nothing to migrate. A deployment moving
 from a single Redis to a cluster starts the cluster empty and fills it with ``contextkit online
-rebuild`` (data does not travel between servers). A slot migration (resharding) or failover
-during a write fails that write with a clear error (MOVED/ASK, CLUSTERDOWN), to be run again;
-reads refresh the slot map and retry once. A master that is down is a ``503 store_error``
-naming the store; the store recovers by itself when the cluster serves every slot again. A
-master restarted empty lost its rows (served as missing until ``contextkit online rebuild``);
-a lost workspace master also takes metas and counters, so a snapshot's rows live under a
-unique ``GEN.TOKEN`` name that a counter starting over never reuses.
+rebuild`` (data does not travel between servers).
+
+A slot migration (resharding) does not fail a materialization or a read: a command answered
+MOVED goes to the slot's new owner (the slot map patched), ASK to the migration's target
+behind ASKING, and a read's MGET answered TRYAGAIN (the slot's keys split between the two)
+as one GET per key (``_redis_cluster``: ``SpreadWriter``, ``ClusterBatch``; the old
+generation's delete acts on an importing master's keys behind ASKING too). A failover during
+a write, or a migration of a workspace's own slot during an ingest, fails that write with a
+clear error (CLUSTERDOWN, MOVED), to be run again; reads refresh the slot map and retry once.
+A master that is down is a ``503 store_error`` naming the store; the store recovers by itself
+when the cluster serves every slot again. A master restarted empty lost its rows: a lost
+workspace master takes metas and counters too (so a snapshot's rows live under a unique
+``GEN.TOKEN`` name that a counter starting over never reuses, and ``has_table`` says the
+table is gone); another master takes a slice of each snapshot, which the generation's marker
+keys reveal (:meth:`RedisOnlineStore.lost_tables`). Serving's start-up rebuilds both.
 
 **TLS**: ``rediss://`` URLs verify the server's certificate; ``?ssl_ca_certs=/path/ca.pem`` (any
 of redis-py's ``ssl_*`` URL options) names a private CA. A failed handshake says so.
@@ -96,7 +104,12 @@ from typing import Any
 
 import orjson
 
-from contextkit.stores._redis_cluster import ClusterBatch, Lane, unlink_on
+from contextkit.stores._redis_cluster import (
+    ClusterBatch,
+    SpreadWriter,
+    lost_generations,
+    unlink_on,
+)
 from contextkit.stores._redis_keyspace import (
     EVENT_TIMESTAMP,
     FLAT,
@@ -676,17 +689,16 @@ class RedisOnlineStore(OnlineStore):
     def _write_spread(self, meta: TableMeta, rows: Iterable[Sequence[Any]]) -> int:
         """:meth:`_write_generation` on a cluster: each row's key hashes to its own slot, so
         rows go to their master as pre-packed ``SET key value [PXAT ms] GET`` commands (a
-        cluster MSET must stay in one slot), one chunk per master in flight at a time. A nil
-        reply is a key new to the generation; returns their number."""
+        cluster MSET must stay in one slot), one chunk per master in flight at a time
+        (:class:`SpreadWriter`, which follows MOVED/ASK during a resharding). A nil reply is a
+        key new to the generation; returns their number. The generation's marker keys go with
+        the rows (see :meth:`lost_tables`)."""
         from redis.crc import key_slot
 
-        cluster = self._redis
-        nodes = cluster.nodes_manager
+        writer = SpreadWriter(self._redis, self._chunk)
         width = len(meta.keys)
         ttl = bool(meta.ttl) and EVENT_TIMESTAMP in meta.index
-        owners: dict[int, Any] = {}  # slot -> master
-        lanes: dict[str, Lane] = {}
-        count = 0
+        failed = True
         try:
             for row in rows:
                 values = row[width:]
@@ -700,29 +712,43 @@ class RedisOnlineStore(OnlineStore):
                         b"*6\r\n$3\r\nSET\r\n" + command + b"$4\r\nPXAT\r\n"
                         + resp_bulk(b"%d" % ms) + b"$3\r\nGET\r\n"
                     )  # fmt: skip
-                slot = key_slot(key)
-                node = owners.get(slot)
-                if node is None:
-                    node = owners[slot] = nodes.get_node_from_slot(slot)
-                lane = lanes.get(node.name)
-                if lane is None:
-                    lane = lanes[node.name] = Lane(cluster.get_redis_connection(node))
-                lane.commands.append(command)
-                if len(lane.commands) >= self._chunk:
-                    count += lane.send()
-            for lane in lanes.values():
-                if lane.commands:
-                    count += lane.send()
-            for lane in lanes.values():
-                count += lane.drain()
-        except BaseException:
-            for lane in lanes.values():
-                lane.conn.disconnect()  # replies may be left unread: never reuse it
-            raise
+                writer.add(key_slot(key), command)
+            writer.mark(meta.aux)
+            count = writer.finish()
+            failed = False
         finally:
-            for lane in lanes.values():
-                lane.release()
+            writer.close(failed)
         return count
+
+    def lost_tables(self, tables: Sequence[str]) -> list[str]:
+        """On a cluster: those of ``tables`` published by a materialization (rows spread over
+        the masters) of which a master lost rows since, having restarted empty. Each
+        generation has marker keys spread over the slots like its rows (one in every 128
+        slots), written with them: some markers there and some gone is a lost slice. Two round
+        trips (the metas, then the markers on every master) whatever the tables' size, a third
+        (the metas again) only when a table is found lost."""
+        if not self.cluster or not tables:
+            return []
+        with self._keys.translated("checking online tables for lost rows"):
+            metas = dict(zip(tables, self._raw_metas(tables), strict=True))
+            spread = {}
+            for table, raw in metas.items():
+                meta = TableMeta.decode(raw, self.prefix, table) if raw is not None else None
+                if meta is not None and meta.spread:
+                    spread[table] = meta.aux
+            gone = lost_generations(self._redis, list(spread.values()))
+            lost = [table for table, g in zip(spread, gone, strict=True) if g]
+            if not lost:
+                return []
+            # A table flipped meanwhile had its old generation deleted master by master: not a
+            # loss. Those whose meta is still the one checked are.
+            now = self._raw_metas(lost)
+        return [table for table, raw in zip(lost, now, strict=True) if raw == metas[table]]
+
+    def _raw_metas(self, tables: Sequence[str]) -> list[bytes | None]:
+        pipe = self._batch()
+        metas = self._queue_mget(pipe, [self._keys.meta_key(t) for t in tables])
+        return metas(pipe.execute())
 
     def _unlink_matching(self, pattern: str) -> None:
         """UNLINK every key matching ``pattern``, SCAN by SCAN (one round trip per SCAN); on a

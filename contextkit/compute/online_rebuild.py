@@ -18,11 +18,13 @@
 
 ``contextkit online rebuild [VIEW]`` runs :func:`rebuild_online`; serving runs
 :func:`rebuild_if_empty` at start-up, which rebuilds only the views the registry says were
-materialized (or the log says were ingested) and the online store has no trace of.
+materialized (or the log says were ingested) and the online store has no trace of, or lost a
+slice of (on a Redis Cluster, a master that restarted empty: logged as a warning).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,6 +49,8 @@ from contextkit.framework.transformations import EVENT_TIMESTAMP, quote, ts_lite
 
 if TYPE_CHECKING:
     from contextkit.framework.workspace import Runtime
+
+log = logging.getLogger("contextkit.compute.online_rebuild")
 
 
 @dataclass
@@ -170,19 +174,29 @@ def _from_offline(
 
 def views_to_rebuild(runtime: Runtime) -> list[str]:
     """Online views the registry says were materialized (or whose log has rows) whose online
-    values are gone: the online store was emptied (a Redis restarted without its data)."""
+    values are gone: the online store was emptied (a Redis restarted without its data), or a
+    batch view lost a slice of its rows (a Redis Cluster master other than the workspace's
+    restarted empty: ``OnlineStore.lost_tables``)."""
     specs = runtime.specs()
     if not specs.workspace.live:
         return []
     workspace = specs.workspace.name
-    missing = [
-        v.name
+    online = runtime.online
+    served = {
+        online_table(workspace, v.name): v
         for v in specs.views.values()
-        if v.online
-        and not runtime.online.has_table(online_table(workspace, v.name))
-        and last_watermark(runtime.registry, workspace, v) is not None
-    ]
-    return missing + stream_views_to_rebuild(runtime)
+        if v.online and last_watermark(runtime.registry, workspace, v) is not None
+    }
+    missing = [v.name for table, v in served.items() if not online.has_table(table)]
+    lost = online.lost_tables([t for t, v in served.items() if v.name not in missing])
+    if lost:
+        log.warning(
+            "online store %r lost rows of %s since they were materialized (a Redis Cluster "
+            "master restarted empty?): rebuilding them",
+            online,
+            ", ".join(served[t].name for t in lost),
+        )
+    return missing + [served[t].name for t in lost] + stream_views_to_rebuild(runtime)
 
 
 def rebuilds_on_start(runtime: Runtime) -> bool:

@@ -1,8 +1,10 @@
 """The Redis online store on a real 3-master Redis Cluster (``redis+cluster://``), beyond the
 contract that tests/stores/test_online_contract.py runs on it: where the keys land (snapshots
 over every master, a workspace's stream state in one slot), what a request costs (one
-pipeline: one round trip per master), a re-run and a rebuild through the core, expiry, and a
-master that dies (a 503 ``store_error``, and the same store serving again once it is back).
+pipeline: one round trip per master), a re-run and a rebuild through the core, expiry, a
+master that dies (a 503 ``store_error``, and the same store serving again once it is back),
+and one that restarts empty (the next serving start-up notices and rebuilds). Resharding:
+test_redis_cluster_resharding.py; TLS: the contract's ``redis-cluster-tls`` store.
 """
 
 from __future__ import annotations
@@ -68,8 +70,11 @@ def test_snapshots_spread_over_every_master_and_stream_state_stays_in_one_slot(s
     per_master = [keys_on(client, store.prefix) for client in masters(redis_cluster)]
     snapshot = [[k for k in keys if k.startswith(f"{store.prefix}:d:".encode())]
                 for keys in per_master]  # fmt: skip
-    assert all(len(keys) > 10 for keys in snapshot), "2 views x 50 users over all three masters"
-    assert sum(map(len, snapshot)) == 100
+    rows = [[k for k in keys if b";live{" not in k] for keys in snapshot]  # less the markers
+    assert all(len(keys) > 10 for keys in rows), "2 views x 50 users over all three masters"
+    assert sum(map(len, rows)) == 100
+    assert sum(map(len, snapshot)) - 100 == 2 * 128, "each view's markers, one per 128 slots"
+    assert all(len(keys) - len(r) > 30 for keys, r in zip(snapshot, rows, strict=True))
     tagged = [k for keys in per_master for k in keys if k.startswith(b"{")]
     assert {k.split(b"}")[0] for k in tagged} == {b"{" + store.prefix.encode() + b":prod"}
     assert sum(1 for keys in per_master if any(k.startswith(b"{") for k in keys)) == 1, (
@@ -165,8 +170,13 @@ def test_rows_expire_at_their_ttl_on_the_master_that_holds_them(redis_cluster):
         assert got == [None, (2.0,), (2.0,)]
         clients = masters(redis_cluster)
         stored = [(c, k) for c in clients for k in c.scan_iter(match=prefix + ":d:*")]
+        marks = [(c, k) for c, k in stored if b";live{" in k]
+        stored = [(c, k) for c, k in stored if b";live{" not in k]
         assert len(stored) == 30, "rows past their ttl were never kept"
         assert all(0 < c.pttl(k) <= ttl * 1000 for c, k in stored)
+        assert len(marks) == 128 and all(c.pttl(k) == -1 for c, k in marks), (
+            "the generation's markers last as long as it does"
+        )
     finally:
         store.close()
         drop_prefix(redis_cluster.cluster_url, prefix)
@@ -228,15 +238,7 @@ def test_a_dead_master_is_a_503_store_error_and_the_store_recovers_when_it_is_ba
         assert "MISSING" not in answer.text
     finally:
         victim.restart()  # back, empty, with its slots (nodes.conf kept)
-    deadline = time.monotonic() + 60
-    while True:  # wait for the cluster, not for a time
-        info = subprocess.run(
-            ["redis-cli", "-p", str(cluster.nodes[0].port), "cluster", "info"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if "cluster_state:ok" in info.stdout or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    cluster.wait_ok()
     got = None
     for _ in range(100):  # the store finds the master again by itself: no restart
         try:
@@ -357,3 +359,54 @@ def test_several_seed_nodes_reach_the_cluster_when_the_first_is_down(redis_clust
         drop_prefix(redis_cluster.cluster_url, prefix)
     masked = repr(RedisOnlineStore(url.replace("://", "://:hunter2@"), prefix="x"))
     assert "hunter2" not in masked and ":***@127.0.0.1:" in masked and nodes in masked
+
+
+@pytest.mark.slow  # a private cluster (~5 s to start), a master's restart and a server start
+def test_a_master_restarted_empty_is_noticed_at_start_up_and_its_rows_rebuilt(
+    make_repo, redis_cluster_factory, monkeypatch
+):
+    """A master that holds no workspace tag (so metas and stream state survive) restarts
+    empty: a slice of every batch view's entities is gone. The next serving start-up notices
+    (the generations' markers on that master are gone), rebuilds those views, and every
+    entity answers what it answered before."""
+    from contextkit.compute.online_rebuild import views_to_rebuild
+    from contextkit.stores._redis_keyspace import slot_of
+
+    cluster = redis_cluster_factory()
+    monkeypatch.setenv("CONTEXTKIT_ONLINE_STORE", cluster.cluster_url)
+    root = make_repo({"defs.py": DEFS}, data={"events.parquet": events_table(30)})
+    ctx = contextkit.connect(root, workspace="prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    ctx.materialize(end=NOW)
+    ingest_records(ctx, "clicks", [{"user_id": 3, "price": 2.5, "ts": NOW}], now=NOW)
+    body = {"service": "svc", "entities": {"user_id": list(range(30))}}
+    before = TestClient(create_app(ctx, auth=False)).post("/v1/features", json=body).json()
+    names = before["metadata"]["feature_names"]
+    assert names[:2] == ["user_id", "latest.x"]
+    assert before["results"][1]["values"] == [float(u) for u in range(30)]
+    assert views_to_rebuild(ctx.runtime) == []
+    store = ctx.online
+    owner = cluster.owner(slot_of(store._keys.meta_key("prod__latest")))
+    victim = next(n for n in cluster.nodes if n is not owner)
+    ctx.close()
+
+    victim.restart()  # empty, with its slots (nodes.conf kept)
+    cluster.wait_ok()
+    ctx = contextkit.connect(root, workspace="prod")  # a new serving process
+    got = features(ctx.service_reader("svc").read(ctx.online, {"user_id": list(range(30))}))
+    lost = [u for u, x in enumerate(got["latest.x"]) if x is None]
+    assert 0 < len(lost) < 30, "the restarted master's rows are gone, the others' served"
+    assert sorted(views_to_rebuild(ctx.runtime)) == ["latest", "spend"]
+
+    with TestClient(create_app(ctx, auth=False, warm=True)) as client:
+        for _ in range(600):  # the warm-up rebuilds the lost views, then says ready
+            health = client.get("/health")
+            if health.json()["status"] != "starting":
+                break
+            time.sleep(0.1)
+        assert health.status_code == 200, health.text
+        after = client.post("/v1/features", json=body).json()
+    assert after["results"] == before["results"]
+    assert views_to_rebuild(ctx.runtime) == []
+    ctx.close()
