@@ -108,6 +108,9 @@ class TableMeta:
     pickers: dict[tuple, Callable[[list], tuple] | None] = field(default_factory=dict)
 
     spread: bool = False  # rows spread over a cluster's slots by key (see ``Keyspace``)
+    # A replaced table's number of keys, as written (None: not recorded, or a transaction
+    # wrote to it since): lets the next replace tell that it unlinked the whole generation.
+    rows: int | None = None
 
     @classmethod
     def decode(cls, raw: bytes, prefix: str, table: str) -> TableMeta:
@@ -126,6 +129,7 @@ class TableMeta:
             data + ";",
         )
         meta.spread = bool(d.get("spread"))
+        meta.rows = d.get("rows")
         meta.index = {name: i for i, (name, _) in enumerate(meta.columns)}
         meta.key_norms = [normalizer(t) for _, t in meta.keys]
         meta.col_norms = [normalizer(t) for _, t in meta.columns]
@@ -142,9 +146,11 @@ class TableMeta:
         ttl: int | None,
         data: str | None = None,
         spread: bool = False,
+        rows: int | None = None,
     ) -> bytes:
         """The stored meta; ``data`` names where the rows live when it is not the single-node
-        place (a cluster store), ``spread`` says they are spread over slots by key."""
+        place (a cluster store), ``spread`` says they are spread over slots by key, ``rows``
+        how many keys a replaced table's generation was written with."""
         meta: dict[str, Any] = {
             "gen": gen,
             "layout": layout,
@@ -156,7 +162,15 @@ class TableMeta:
             meta["data"] = data
         if spread:
             meta["spread"] = True
+        if rows is not None:
+            meta["rows"] = rows
         return orjson.dumps(meta)
+
+    def without_rows(self) -> bytes:
+        """This meta as stored, less its key count (see :attr:`rows`)."""
+        d = orjson.loads(self.raw)
+        d.pop("rows", None)
+        return orjson.dumps(d)
 
     def pattern(self) -> str:
         """SCAN pattern of every key of this generation (rows, index, log)."""

@@ -231,6 +231,12 @@ class RedisOnlineWriter(OnlineWriter):
             meta = self._require(table)
         if meta.layout == LOG:
             raise StoreFailure(f"online table {table!r} is a log: use append_log")
+        if meta.rows is not None:
+            # A replaced table's meta counts its keys, so that the next replace can tell it
+            # unlinked them all by name; keys written here are not in that count: drop it, and
+            # the next replace finds them by SCAN (see ``RedisOnlineStore._drop_generation``).
+            meta.raw, meta.rows = meta.without_rows(), None
+            self._queued.append(("SET", self._keys.meta_key(table), meta.raw))
         key_at = [list(columns).index(k) for k, _ in meta.keys]
         value_at = [(meta.index[c], i) for i, c in enumerate(columns) if c in meta.index]
         norms = meta.col_norms

@@ -24,8 +24,16 @@ read is one round trip except right after a flip, and it always sees one snapsho
 
 **Replacing a table** writes a new generation in pipelined chunks (MSET, or SET PXAT when the
 table has a ttl), then flips the meta with ``SET ... GET`` and deletes the generation it
-replaced (SCAN + UNLINK). Readers see the old rows or the new ones, never a mix; a failed write
-deletes its partial generation and changes nothing. Re-running it writes the same rows again.
+replaced. Readers see the old rows or the new ones, never a mix; a failed write deletes its
+partial generation (SCAN + UNLINK) and changes nothing. Re-running it writes the same rows
+again. The meta records how many keys its generation was written with (``rows``), and on one
+Redis a replace keeps the names of the keys it wrote (up to ``KEPT_KEYS_MAX_BYTES``): after the
+flip it UNLINKs those names under the old generation's prefix, and when that removed as many
+keys as the old meta counts, the old generation is gone without a SCAN of the keyspace (which
+walks the new generation's keys too, and every other table's). Otherwise (keys that left the
+table, rows expired by their ttl, keys a transaction added, a meta written before the count
+existed, too many keys kept, generation 9 -> 10) a SCAN + UNLINK finds the rest, as before. On
+a cluster the old generation is found by SCAN on every master.
 
 **Transactions** (ingest) WATCH what they read (metas, the rows merged into, the log lock),
 queue every write, and commit them in one MULTI/EXEC; a concurrent change makes the commit fail
@@ -154,6 +162,49 @@ def _seed_nodes(url: str) -> list[tuple[str, int]]:
             raise ValueError(f"{part!r} is not host:port")
         seeds.append((host.strip("[]"), int(port)))
     return seeds
+
+
+# What a replace keeps of the key names it wrote (RESP-packed, ~40 bytes a key), to unlink the
+# generation it replaces by name; past it, that generation is found by SCAN.
+KEPT_KEYS_MAX_BYTES = 128 << 20
+
+
+class WrittenKeys:
+    """The keys a generation was written with (up to ``limit`` bytes of them), kept per chunk
+    as the RESP bulk strings packed for its ``EXISTS``; :meth:`renamed` makes them the UNLINKs
+    of the same keys in another generation."""
+
+    def __init__(self, data: str, limit: int) -> None:
+        self.data = data.encode()
+        self.limit = limit
+        self.size = 0
+        self.chunks: list[tuple[int, bytes]] | None = []  # (keys, packed names); None: too many
+
+    def add(self, count: int, names: bytes) -> None:
+        if self.chunks is None:
+            return
+        self.size += len(names)
+        if self.size > self.limit:
+            self.chunks = None
+        else:
+            self.chunks.append((count, names))
+
+    def renamed(self, data: str) -> Iterator[bytes] | None:
+        """UNLINK commands of these keys under the prefix ``data`` instead of theirs; None when
+        they were not all kept, or the prefixes differ in length (generation 9 -> 10: each
+        name is renamed in place, so that its packed length stays right). A name renamed
+        anywhere but at its start (a key value that holds ``\\r\\n`` and the prefix) makes
+        the count of renames differ from the count of keys: None too."""
+        other = data.encode()
+        if self.chunks is None or len(other) != len(self.data):
+            return None
+        mine, theirs = b"\r\n" + self.data, b"\r\n" + other
+        if any(names.count(mine) != n for n, names in self.chunks):
+            return None
+        return (
+            b"*%d\r\n$6\r\nUNLINK\r\n%b" % (n + 1, names.replace(mine, theirs))
+            for n, names in self.chunks
+        )
 
 
 class RedisOnlineStore(OnlineStore):
@@ -588,30 +639,74 @@ class RedisOnlineStore(OnlineStore):
     ) -> int:
         with self._keys.translated(f"replacing online table {table!r}"):
             gen = int(self._redis.incr(self._keys.gen_key(table)))
-            raw = TableMeta.encode(
-                gen,
-                FLAT,
-                keys,
-                columns,
-                ttl_seconds or None,
-                data=self._keys.snapshot_data(table, gen) if self.cluster else None,
-                spread=self.cluster,
-            )
+            data = self._keys.snapshot_data(table, gen) if self.cluster else None
+            shape = (gen, FLAT, keys, columns, ttl_seconds or None)
+            raw = TableMeta.encode(*shape, data=data, spread=self.cluster)
             meta = TableMeta.decode(raw, self.prefix, table)
+            written = None if self.cluster else WrittenKeys(meta.data, KEPT_KEYS_MAX_BYTES)
             try:
-                write = self._write_spread if self.cluster else self._write_generation
-                count = write(meta, rows)
+                if self.cluster:
+                    count = self._write_spread(meta, rows)
+                else:
+                    count = self._write_generation(meta, rows, written)
+                raw = TableMeta.encode(*shape, data=data, spread=self.cluster, rows=count)
+                meta = TableMeta.decode(raw, self.prefix, table)
                 old = self._redis.set(self._keys.meta_key(table), raw, get=True)
             except BaseException:
                 self._unlink_matching(meta.pattern())
                 raise
             self._metas[table] = meta
             if old is not None:
-                self._unlink_matching(TableMeta.decode(old, self.prefix, table).pattern())
+                self._drop_generation(TableMeta.decode(old, self.prefix, table), written)
         return count
 
-    def _write_generation(self, meta: TableMeta, rows: Iterable[Sequence[Any]]) -> int:
-        """Write rows into ``meta``'s generation; returns the number of distinct keys.
+    def _drop_generation(self, old: TableMeta, written: WrittenKeys | None) -> None:
+        """Delete the generation ``old`` once a flip replaced it. First by name, when this
+        replace kept the keys it wrote and ``old`` recorded how many it had: the same keys
+        under ``old``'s prefix. A re-run writes the same keys, so that removes all of them,
+        and then no SCAN is needed (a SCAN walks the whole keyspace, the new generation
+        included: 3-6 s per 1M keys). Otherwise (keys added or gone since, rows expired by
+        their ttl, a meta without a count) a SCAN over the keyspace finds the rest."""
+        if written is not None and old.rows is not None and not old.spread:
+            commands = written.renamed(old.data)
+            if commands is not None and self._unlink_named(commands) == old.rows:
+                return
+        self._unlink_matching(old.pattern())
+
+    def _unlink_named(self, commands: Iterable[bytes]) -> int:
+        """Send pre-packed UNLINK commands on one connection, one in flight while the next is
+        sent; returns the number of keys they removed."""
+        removed, pending = 0, 0
+        with self._connection() as conn:
+            for command in commands:
+                conn.send_packed_command([command], check_health=False)
+                pending += 1
+                if pending > 1:
+                    removed += int(conn.read_response())
+                    pending -= 1
+            for _ in range(pending):
+                removed += int(conn.read_response())
+        return removed
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A connection of the pool for pre-packed commands, closed if anything fails: its
+        replies may be left unread, so it must not be reused."""
+        pool = self._redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            yield conn
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+
+    def _write_generation(
+        self, meta: TableMeta, rows: Iterable[Sequence[Any]], written: WrittenKeys | None = None
+    ) -> int:
+        """Write rows into ``meta``'s generation; returns the number of distinct keys, and
+        keeps their names in ``written``.
 
         Chunks go out as pre-packed commands on one connection, the next chunk packed while
         Redis stores the previous one (redis-py's per-argument encoding would cost more than
@@ -620,11 +715,9 @@ class RedisOnlineStore(OnlineStore):
         past makes Redis drop the key at once)."""
         width = len(meta.keys)
         ttl = bool(meta.ttl) and EVENT_TIMESTAMP in meta.index
-        pool = self._redis.connection_pool
-        conn = pool.get_connection()
         pending: deque[tuple[int, int]] = deque()  # per chunk sent: (replies, keys) unread
         count = 0
-        try:
+        with self._connection() as conn:
             chunk: dict[bytes, bytes] = {}
             expiry: dict[bytes, int] = {}
             for row in rows:
@@ -636,24 +729,26 @@ class RedisOnlineStore(OnlineStore):
                     if ms is not None:
                         expiry[key] = ms
                 if len(chunk) >= self._chunk:
-                    count += self._send_chunk(conn, chunk, expiry if ttl else None, pending)
+                    count += self._send_chunk(
+                        conn, chunk, expiry if ttl else None, pending, written
+                    )
                     chunk, expiry = {}, {}
             if chunk:
-                count += self._send_chunk(conn, chunk, expiry if ttl else None, pending)
+                count += self._send_chunk(conn, chunk, expiry if ttl else None, pending, written)
             while pending:
                 count += self._read_chunk(conn, pending)
-        except BaseException:
-            conn.disconnect()  # replies may be left unread: never reuse this connection
-            raise
-        finally:
-            pool.release(conn)
         return count
 
-    def _send_chunk(self, conn, chunk, expiry, pending: deque[tuple[int, int]]) -> int:
+    def _send_chunk(
+        self, conn, chunk, expiry, pending: deque[tuple[int, int]], written: WrittenKeys | None
+    ) -> int:
         """Send one chunk, then read the replies of the chunk before it (one stays in flight);
         returns the new keys of the chunks whose replies were read."""
         keys = list(chunk)
-        parts = [resp_head(1 + len(keys)), b"$6\r\nEXISTS\r\n", *map(resp_bulk, keys)]
+        names = b"".join(map(resp_bulk, keys))
+        if written is not None:
+            written.add(len(keys), names)
+        parts = [resp_head(1 + len(keys)), b"$6\r\nEXISTS\r\n", names]
         if expiry is None:
             parts += [resp_head(1 + 2 * len(chunk)), b"$4\r\nMSET\r\n"]
             pair = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"  # resp_bulk(k) + resp_bulk(v) in one step
