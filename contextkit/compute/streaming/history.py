@@ -102,6 +102,17 @@ def history(
         con.close()
 
 
+def history_slice(kept: pa.Table, after: int | None, limit: int) -> pa.Table:
+    """The first ``limit`` rows of ``kept`` (history rows in seq order, as :func:`history`
+    gives them) whose ``__seq`` is after ``after`` (from the first row when None)."""
+    import pyarrow.compute as pc
+
+    start = 0
+    if after is not None and kept.num_rows:
+        start = int(pc.sum(pc.less_equal(kept.column("__seq"), after)).as_py() or 0)
+    return kept.slice(start, limit)
+
+
 def row_digest(dtypes: Sequence[str], values: Sequence[Any]) -> str:
     """A short name of a row by its values in the stores' native form (timestamps as epoch
     microseconds, booleans as 0/1): the same for a batch row and the equal logged record,

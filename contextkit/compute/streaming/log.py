@@ -1,7 +1,21 @@
 """Applying the durable ingest log to the online store: the per-source applied marker,
 ``apply_log`` (each logged row applied once, whichever node does it; rows the log no longer
 holds, pruned after their flush, are read from the offline Parquet log), loading a batch
-source's history first (``load_history``, ``consume_history``) and restoring stream views."""
+source's history first (``load_history``, ``consume_history``) and restoring stream views.
+
+**A large history** loads in chunks of :data:`HISTORY_CHUNK_ROWS` rows, one transaction each
+(``apply_log``: an online store beside a shared log, e.g. Redis), so a load holds one chunk's
+Python rows and a Redis MULTI of one chunk's writes, whatever the batch source's size. Each
+chunk's transaction also records how far the load got (the last history seq applied, and the
+log seq the history was computed against), so an interrupted load (a crash, a store that went
+away) resumes where it stopped at the next ``apply_log`` (the next ingest or materialize); a
+``contextkit online rebuild`` or serving's start-up (:func:`stream_views_to_rebuild` names the
+views of a source whose load did not finish) starts it over. Until the load finishes, readers
+see the stream views' values counting the history rows loaded so far (the oldest in file
+order first) and no logged record yet (they are applied after the history, as before), as they
+see nothing while ``rebuild_stream_views`` runs. The embedded SQLite store, which holds its own
+log, loads a history in one transaction (that of the ingest or materialize that needs it).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from contextkit.compute.layout import log_table, online_table, tiles_table
 from contextkit.compute.streaming.durable import applied_table, ingest_log
 from contextkit.compute.streaming.flush import flushed_log_rows, logged_events
-from contextkit.compute.streaming.history import batch_rows, history, row_digest
+from contextkit.compute.streaming.history import batch_rows, history, history_slice, row_digest
 from contextkit.compute.streaming.latest import upsert_latest
 from contextkit.compute.streaming.records import US, Record, stored_value, typed_value
 from contextkit.compute.streaming.tiles import merge_tiles, retained_us, tile_of
@@ -29,6 +43,8 @@ if TYPE_CHECKING:
 
 # How many conflicting rounds (each one another applier's commit) apply_log rides out.
 _MAX_CONFLICTS = 200
+# Batch source history rows per transaction when apply_log loads a history.
+HISTORY_CHUNK_ROWS = 5_000
 
 
 def history_table(workspace: str, source: str) -> str:
@@ -40,6 +56,13 @@ def history_table(workspace: str, source: str) -> str:
 def _history_key(workspace: str, source: str) -> str:
     """The row of :func:`applied_table` saying the history is loaded, and against which seq."""
     return f"{log_table(workspace, source)}#history"
+
+
+def _progress_keys(workspace: str, source: str) -> tuple[str, str]:
+    """The rows of :func:`applied_table` of a history load under way: the log seq the history
+    is computed against, and the last history seq applied."""
+    log = log_table(workspace, source)
+    return f"{log}#history-upto", f"{log}#history-at"
 
 
 def apply_log(
@@ -61,14 +84,15 @@ def apply_log(
     durable = ingest_log(ctx)
     names = [c.name for c in source.columns]
     total = 0
+    loader = HistoryLoad(ctx, workspace, source, views, now, HISTORY_CHUNK_ROWS)
 
     def work(w) -> tuple[int, bool]:
         """Rows applied, and whether to go on (more may be waiting)."""
         w.ensure_table(marker, [("log", String)], [("seq", Int64)])
         found = w.get(marker, ["log"], [(log,), (mark,)], ["seq"])
         if source.batch_source and (mark,) not in found:
-            # A transaction of its own: on Redis, reads do not see the transaction's writes.
-            return load_history(ctx, w, workspace, source, views, now), True
+            # One chunk per transaction (on Redis, reads do not see the transaction's writes).
+            return loader.step(w), True
         row = found.get((log,))
         done = int(row[0]) if row and row[0] is not None else 0
         pending = durable.read_log(log, names, done, batch)
@@ -156,9 +180,10 @@ def load_history(
     now: datetime,
 ) -> int:
     """Load the batch source history (:mod:`~contextkit.compute.streaming.history`) into the
-    online state of the source's stream views, in ``w``'s transaction, and mark it loaded
-    against the log's last seq ``S`` read now (the records the history was computed against).
-    Returns the rows applied.
+    online state of the source's stream views, all in ``w``'s transaction (the embedded
+    store's; ``apply_log`` loads a chunk per transaction: :class:`HistoryLoad`), and mark it
+    loaded against the log's last seq ``S`` read now (the records the history was computed
+    against). Returns the rows applied.
 
     A record logged later (seq after ``S``) may equal a history row (the batch file was
     exported after it was pushed): it is the same event, and :func:`consume_history` skips
@@ -167,17 +192,39 @@ def load_history(
     record counted again changes no retained tile and no latest value."""
     logged = logged_events(ctx, workspace, source)
     upto = max(logged.column("__seq").to_pylist(), default=0)
+    kept = _kept_history(ctx, source, logged, upto)
+    applied = 0
+    after = None
+    while kept is not None:  # in slices: Python rows for one slice at a time
+        part = history_slice(kept, after, HISTORY_CHUNK_ROWS)
+        if not part.num_rows:
+            break
+        applied += _apply_history(w, workspace, source, views, now, part)
+        after = part.column("__seq")[-1].as_py()
+    _mark_loaded(w, workspace, source, upto)
+    return applied
+
+
+def _kept_history(ctx: Runtime, source: PushSourceSpec, logged, upto: int):
+    """The history rows (:func:`history`) against the records logged up to ``upto``; None
+    without any."""
     batch = batch_rows(ctx, source)
-    rows: list[tuple] = []
+    if batch is None or not batch.num_rows:
+        return None
+    return history(source, batch, logged, upto)
+
+
+def _apply_history(w, workspace: str, source: PushSourceSpec, views, now, part) -> int:
+    """Apply history rows (an Arrow slice of :func:`history`'s) in ``w``: tiles and latest
+    values, and the digests of those still in an aggregate window added to
+    :func:`history_table`'s counts. Returns the rows applied."""
     dtypes = [c.dtype or String for c in source.columns]
     names = [c.name for c in source.columns]
-    if batch is not None and batch.num_rows:
-        kept = history(source, batch, logged)
-        rows = [
-            (r["__seq"], *(stored_value(t, r[n]) for t, n in zip(dtypes, names, strict=True)))
-            for r in kept.to_pylist()
-            if r[source.timestamp_field] is not None  # no tile, no latest value: offline only
-        ]
+    rows = [
+        (r["__seq"], *(stored_value(t, r[n]) for t, n in zip(dtypes, names, strict=True)))
+        for r in part.to_pylist()
+        if r[source.timestamp_field] is not None  # no tile, no latest value: offline only
+    ]
     records, seqs = log_records(source, rows)
     apply_records(w, workspace, views, records, seqs, now)
     aggregates = [v for v in views if v.is_aggregate]
@@ -194,15 +241,64 @@ def load_history(
                 counts[digest] = counts.get(digest, 0) + 1
     table = history_table(workspace, source.name)
     w.ensure_table(table, [("digest", String)], [("n", Int64)])
-    if counts:
-        w.upsert(table, ["digest", "n"], [[d, n] for d, n in counts.items()])
-    w.ensure_table(applied_table(workspace, source.name), [("log", String)], [("seq", Int64)])
-    w.upsert(
-        applied_table(workspace, source.name),
-        ["log", "seq"],
-        [[_history_key(workspace, source.name), upto]],
-    )
+    if counts:  # added to the counts of earlier slices (an equal row may be in several)
+        have = w.get(table, ["digest"], [(d,) for d in counts], ["n"])
+        w.upsert(
+            table,
+            ["digest", "n"],
+            [[d, n + int((have.get((d,)) or (0,))[0] or 0)] for d, n in counts.items()],
+        )
     return len(records)
+
+
+def _mark_loaded(w, workspace: str, source: PushSourceSpec, upto: int) -> None:
+    marker = applied_table(workspace, source.name)
+    w.ensure_table(marker, [("log", String)], [("seq", Int64)])
+    w.upsert(marker, ["log", "seq"], [[_history_key(workspace, source.name), upto]])
+
+
+class HistoryLoad:
+    """A batch source history loaded by ``apply_log``, a chunk of ``chunk`` rows per
+    transaction (see the module docstring). Each :meth:`step` reads the load's progress in
+    the applied table, applies the next chunk and records the progress in the same
+    transaction; the last chunk marks the history loaded as :func:`load_history` does. The
+    history (the batch file against the log) is computed once per load, not per chunk."""
+
+    def __init__(self, ctx: Runtime, workspace: str, source: PushSourceSpec, views, now, chunk):
+        self.ctx, self.workspace, self.source = ctx, workspace, source
+        self.views, self.now, self.chunk = views, now, chunk
+        self._kept: tuple[int, Any] | None = None  # (upto, the history rows or None)
+
+    def step(self, w) -> int:
+        """Apply the next chunk in ``w``; returns its rows applied."""
+        ctx, workspace, source = self.ctx, self.workspace, self.source
+        marker = applied_table(workspace, source.name)
+        begun, at = _progress_keys(workspace, source.name)
+        w.ensure_table(marker, [("log", String)], [("seq", Int64)])
+        found = w.get(marker, ["log"], [(begun,), (at,)], ["seq"])
+        logged = None
+        if (begun,) in found:  # a load under way: against the log seq it began with
+            upto = int(found[(begun,)][0])
+        else:
+            logged = logged_events(ctx, workspace, source)
+            upto = max(logged.column("__seq").to_pylist(), default=0)
+        if self._kept is None or self._kept[0] != upto:
+            if logged is None:
+                logged = logged_events(ctx, workspace, source)
+            self._kept = (upto, _kept_history(ctx, source, logged, upto))
+        kept = self._kept[1]
+        after = int(found[(at,)][0]) if (at,) in found else None
+        if kept is None:
+            _mark_loaded(w, workspace, source, upto)
+            return 0
+        part = history_slice(kept, after, self.chunk)
+        applied = _apply_history(w, workspace, source, self.views, self.now, part)
+        last = part.column("__seq")[-1].as_py() if part.num_rows else after
+        if not part.num_rows or last == kept.column("__seq")[-1].as_py():
+            _mark_loaded(w, workspace, source, upto)
+        else:
+            w.upsert(marker, ["log", "seq"], [[begun, upto], [at, last]])
+        return applied
 
 
 def consume_history(
@@ -356,12 +452,24 @@ def stream_views_to_rebuild(ctx: Runtime) -> list[str]:
         # A log that ever took a record (its rows may all be pruned after their flush since).
         if not source.batch_source and not durable.has_table(log):
             continue
-        if ctx.online.has_table(applied_table(workspace, source.name)):
+        if ctx.online.has_table(applied_table(workspace, source.name)) and (
+            not source.batch_source or _history_finished(ctx, workspace, source.name)
+        ):
             continue
         found += [
             v.name for v in specs.stream_views.values() if v.source == source.name and v.online
         ]
     return found
+
+
+def _history_finished(ctx: Runtime, workspace: str, source: str) -> bool:
+    """Whether the online store marks the source's history loaded (not a load that stopped
+    half way: see the module docstring)."""
+    key = _history_key(workspace, source)
+    (found,) = ctx.online.read_many(
+        [TableRead(applied_table(workspace, source), ("log",), ("seq",), [(key,)])]
+    )
+    return bool(found) and found[0] is not None
 
 
 def last_ingest_time(ctx: Runtime, workspace: str, source: str) -> float | None:

@@ -1,0 +1,197 @@
+"""A push source's ``batch_source`` history loaded into Redis in chunks (issue 14): a history
+larger than one chunk gives the stream views the values the embedded SQLite store gives, one
+transaction per chunk; a load interrupted half way resumes at the next ingest, and serving's
+start-up rebuild finds it and starts it over.
+
+A real redis-server of its own (tests/backends.py), so its command counts are this test's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pytest
+
+import contextkit
+from contextkit.compute.online_rebuild import rebuild_if_empty, rebuild_online
+from contextkit.compute.streaming import ingest_records
+from contextkit.compute.streaming import log as stream_log
+
+pytest_plugins = ["backends"]
+
+DEFS = """
+from contextkit import (
+    Aggregate, Attribute, ContextService, Entity, Field, FileSource, Float64, Int64, PushSource,
+    StreamFeatureView, Timestamp,
+)
+
+user = Entity(name="user", join_keys=["user_id"])
+history = FileSource(name="history", path="data/history.parquet", timestamp_field="ts")
+clicks = PushSource(
+    name="clicks",
+    schema=[Field("user_id", Int64), Field("price", Float64), Field("ts", Timestamp)],
+    timestamp_field="ts",
+    batch_source=history,
+)
+last_click = StreamFeatureView(
+    name="last_click", source=clicks, entities=[user], features=[Attribute("price")],
+)
+click_count = StreamFeatureView(
+    name="click_count", source=clicks, entities=[user],
+    features=[Aggregate("price", "count", "1d"), Aggregate("price", "sum", "1d"),
+              Aggregate("price", "max", "1d")],
+    aggregation_interval="1h",
+)
+svc = ContextService(name="svc", features=[last_click, click_count])
+"""
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+USERS = list(range(60))
+CHUNK = 200  # history rows per transaction here (5,000 by default)
+
+
+def history_rows() -> list[tuple[int, float, int]]:
+    """(user, price, minutes ago): 1,500 rows over 60 users, within the day's window and
+    older; some rows twice (two events)."""
+    rows = [(i % 60, float(i % 97), (i * 7) % 2000 + 5) for i in range(1500)]
+    return rows + rows[:40]
+
+
+# Pushed after the history: a record equal to a history row (the same event: counted once),
+# and new ones.
+PUSHES = [[(3, 3.0, 5 + (3 * 7) % 2000), (3, 500.0, 1)], [(59, 7.5, 2), (0, 1.0, 3)]]
+
+
+def table(rows) -> pa.Table:
+    return pa.table(
+        {
+            "user_id": pa.array([u for u, _, _ in rows], pa.int64()),
+            "price": pa.array([p for _, p, _ in rows], pa.float64()),
+            "ts": pa.array(
+                [NOW - timedelta(minutes=m) for _, _, m in rows], pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+
+
+def open_repo(make_repo, redis_url: str | None):
+    root = make_repo(
+        {"defs.py": DEFS},
+        data={"history.parquet": table(history_rows())},
+        name="on-redis" if redis_url else "embedded",
+    )
+    if redis_url is not None:
+        config = (root / "contextkit.yaml").read_text()
+        prefix = f"ck:{uuid.uuid4().hex[:8]}"
+        (root / "contextkit.yaml").write_text(
+            config.replace(
+                "online_store: {type: sqlite, path: .contextkit/online.db}",
+                f"online_store: {{url: '{redis_url}', prefix: '{prefix}'}}",
+            )
+        )
+    ctx = contextkit.connect(root, workspace="prod")
+    ctx.create_workspace("prod", live=True)
+    ctx.apply(ctx.plan(root))
+    return ctx
+
+
+def push(ctx, records) -> None:
+    rows = [{"user_id": u, "price": p, "ts": (NOW - timedelta(minutes=m)).isoformat()}
+            for u, p, m in records]  # fmt: skip
+    assert ingest_records(ctx, "clicks", rows).accepted == len(records)
+
+
+def served(ctx) -> dict:
+    result = ctx.service_reader("svc").read(ctx.online, {"user_id": USERS})
+    return dict(zip(result.names, result.values, strict=True))
+
+
+@pytest.fixture
+def stores(make_repo, redis_factory, monkeypatch):
+    """The same repo on the embedded SQLite store and on a Redis of its own."""
+    monkeypatch.setattr(stream_log, "HISTORY_CHUNK_ROWS", CHUNK)
+    server = redis_factory()
+    sqlite, redis_ctx = open_repo(make_repo, None), open_repo(make_repo, server.url)
+    yield sqlite, redis_ctx, server
+    sqlite.close()
+    redis_ctx.close()
+
+
+def redis_client(server):
+    import redis
+
+    return redis.Redis.from_url(server.url)
+
+
+def test_a_history_larger_than_a_chunk_loads_a_chunk_per_transaction_as_sqlite_counts_it(stores):
+    sqlite, on_redis, server = stores
+    client = redis_client(server)
+    client.config_resetstat()
+    for records in PUSHES:
+        push(sqlite, records)
+        push(on_redis, records)
+    expected = served(sqlite)
+    assert sum(expected["click_count.price_count_1d"]) > CHUNK  # more than one chunk counts
+    assert served(on_redis) == expected
+    chunks = -(-len(history_rows()) // CHUNK)
+    assert client.info("commandstats")["cmdstat_exec"]["calls"] >= chunks
+
+    result = rebuild_online(on_redis.runtime, ["click_count"])  # `contextkit online rebuild`
+    assert result.log_rows == {"clicks": len(history_rows()) - 1 + 4}  # one equal row: once
+    assert served(on_redis) == expected
+    client.close()
+
+
+class Interrupt:
+    """Makes the online state's writes fail from the ``after``-th chunk on (as a store that
+    went away would), in each transaction that applies rows."""
+
+    def __init__(self, monkeypatch, after: int) -> None:
+        self.calls = 0
+        self.after = after
+        real = stream_log.apply_records
+
+        def apply_records(*args, **kwargs):
+            self.calls += 1
+            if self.calls >= self.after:
+                raise ConnectionError("the online store went away")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(stream_log, "apply_records", apply_records)
+        self.undo = lambda: monkeypatch.setattr(stream_log, "apply_records", real)
+
+
+def test_an_interrupted_history_load_resumes_or_is_started_over(stores, monkeypatch):
+    sqlite, on_redis, _server = stores
+    push(sqlite, PUSHES[0])
+    push(on_redis, PUSHES[0])
+    expected = served(sqlite)
+    assert served(on_redis) == expected
+
+    cut = Interrupt(monkeypatch, after=4)  # three chunks of the rebuild's history commit
+    with pytest.raises(ConnectionError):
+        rebuild_online(on_redis.runtime, ["click_count"])
+    cut.undo()
+    # Meanwhile a reader sees the history rows loaded so far, and no logged record yet.
+    partial = served(on_redis)["click_count.price_count_1d"]
+    assert 0 < sum(c or 0 for c in partial) < sum(expected["click_count.price_count_1d"])
+    unfinished = stream_log.stream_views_to_rebuild(on_redis.runtime)
+    assert sorted(unfinished) == ["click_count", "last_click"]
+
+    # The next ingest finishes the load where it stopped, then applies the log.
+    push(sqlite, PUSHES[1])
+    push(on_redis, PUSHES[1])
+    expected = served(sqlite)
+    assert served(on_redis) == expected
+    assert stream_log.stream_views_to_rebuild(on_redis.runtime) == []
+
+    # Interrupted again: serving's start-up finds the unfinished load and rebuilds.
+    cut = Interrupt(monkeypatch, after=2)
+    with pytest.raises(ConnectionError):
+        rebuild_online(on_redis.runtime)
+    cut.undo()
+    assert served(on_redis) != expected
+    assert rebuild_if_empty(on_redis.runtime) is not None
+    assert served(on_redis) == expected
