@@ -12,7 +12,9 @@ Starts its own ``redis-server`` (no persistence) on a free port in a temp dir. T
   features) materialized by the core (``Context.materialize``: DuckDB, the offline Parquet, and
   the online stage's bulk write to Redis) in a child process; the online stage is timed on its
   own (rows/s) and the child's peak RSS reported. Then the same job again (``full``: a re-run
-  writes the same rows: a new generation, the flip, the old one deleted).
+  writes the same rows: a new generation, the flip, the old one deleted); the old generation's
+  delete is timed on its own too (part of the online stage), with the part of it spent in a
+  SCAN of the keyspace (none when it goes by name: see ``RedisOnlineStore._drop_generation``).
 
     python bench/online_redis_http.py                        # ~3-5 min on 2 busy cores
     python bench/online_redis_http.py --rows 200000 --requests 600   # quicker
@@ -274,11 +276,32 @@ def hwm_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def time_deletes(spent: dict[str, float]) -> None:
+    """Add the seconds the Redis store spends deleting a replaced generation to ``spent``:
+    ``delete`` in all, ``scan`` of it finding keys by SCAN."""
+    from contextkit.stores.redis_online import RedisOnlineStore
+
+    def timed(name: str, method):
+        def run(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - began
+
+        return run
+
+    RedisOnlineStore._drop_generation = timed("delete", RedisOnlineStore._drop_generation)
+    RedisOnlineStore._unlink_matching = timed("scan", RedisOnlineStore._unlink_matching)
+
+
 def materialize_child(args: argparse.Namespace) -> None:
     end = datetime.fromisoformat(args.end)
     ctx = open_context(args.repo, args.materialize)
     stages: dict[str, float] = {}
     current: list = [None, 0.0]
+    spent: dict[str, float] = {}
+    time_deletes(spent)
 
     def on_stage(view: str, stage: str) -> None:
         now = time.perf_counter()
@@ -291,6 +314,7 @@ def materialize_child(args: argparse.Namespace) -> None:
     results = []
     for full in (False, True):
         stages.clear()
+        spent.clear()
         current[0] = None
         began = time.perf_counter()
         [job] = ctx.materialize(["account"], end=end, full=full, on_stage=on_stage)
@@ -299,7 +323,8 @@ def materialize_child(args: argparse.Namespace) -> None:
         online_s = stages.get("online", float("nan"))
         results.append(
             {"rows_online": job.rows_online, "total_s": total, "online_s": online_s,
-             "stages": dict(stages)}
+             "stages": dict(stages), "delete_s": spent.get("delete", 0.0),
+             "delete_scan_s": spent.get("scan", 0.0)}
         )  # fmt: skip
     peak = hwm_bytes()
     print(json.dumps({"runs": results, "peak_rss": peak, "rss_before": before}))
@@ -394,6 +419,13 @@ def main(argv: list[str] | None = None) -> None:
                     f"{rate:,.0f} rows/s (target >= {TARGET_ROWS_PER_S:,}: "
                     f"{'met' if rate >= TARGET_ROWS_PER_S else 'MISSED'})"
                 )
+                if run["delete_s"]:
+                    write_rate = run["rows_online"] / (run["online_s"] - run["delete_s"])
+                    out.print(
+                        f"  of which the old generation's delete {run['delete_s']:.2f} s "
+                        f"(SCAN of the keyspace: {run['delete_scan_s']:.2f} s); the online "
+                        f"stage without it {write_rate:,.0f} rows/s"
+                    )
             peak = result["peak_rss"] / 2**20
             before = result["rss_before"] / 2**20
             out.print(
