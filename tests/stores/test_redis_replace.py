@@ -171,3 +171,28 @@ def test_a_rerun_of_the_same_keys_needs_no_scan_of_the_keyspace(redis_factory):
     finally:
         store.close()
         keys.drop()
+
+
+@pytest.mark.parametrize("why", ["too many keys to keep", "a meta of an earlier version"])
+def test_when_the_old_generation_cannot_go_by_name_a_scan_finds_it(redis_server, monkeypatch, why):
+    from contextkit.stores import redis_online
+    from contextkit.stores._redis_keyspace import TableMeta
+
+    prefix = "t" + uuid.uuid4().hex[:10]
+    store = RedisOnlineStore(redis_server.url, prefix=prefix, chunk_rows=100)
+    keys = Keys(redis_server.url, prefix)
+    try:
+        store.replace_table(SPEND, USER_KEY, COLS, rows(range(500)))
+        if why == "too many keys to keep":
+            monkeypatch.setattr(redis_online, "KEPT_KEYS_MAX_BYTES", 1000)
+        else:  # a meta without the key count, as versions before it wrote them
+            meta_key = f"{prefix}:m:{SPEND}"
+            raw = keys.client.get(meta_key)
+            keys.client.set(meta_key, TableMeta.decode(raw, prefix, SPEND).without_rows())
+        store.replace_table(SPEND, USER_KEY, COLS, rows(range(500), scale=2.0))
+        assert len(keys.data(SPEND)) == 500
+        assert len(keys.generations(SPEND)) == 1
+        assert amounts(store, [499]) == [998.0]
+    finally:
+        store.close()
+        keys.drop()
