@@ -41,7 +41,6 @@ class ClusterBatch:
         self._cluster = cluster
         self._commands: list[tuple[int, bytes]] = []  # (slot, the packed command)
         self._finish: dict[int, Callable[[Any], Any]] = {}
-        self._mget_keys: dict[int, Sequence[str]] = {}  # an MGET's keys, to split it
 
     def __len__(self) -> int:
         return len(self._commands)
@@ -52,7 +51,6 @@ class ClusterBatch:
     def mget(self, slot: int, keys: Sequence[str]) -> None:
         """MGET of ``keys``, all in ``slot`` (packed here: the hot path of a request)."""
         packed = b"".join(resp_bulk(k.encode()) for k in keys)
-        self._mget_keys[len(self._commands)] = keys
         self._commands.append((slot, b"*%d\r\n$4\r\nMGET\r\n%b" % (len(keys) + 1, packed)))
 
     def hget(self, name: str, key: str) -> None:
@@ -94,31 +92,38 @@ class ClusterBatch:
 
         nodes = self._cluster.nodes_manager
         owners: dict[int, Any] = {}
-        todo: list[tuple[int, Any, bool]] = []  # (command, node, behind ASKING)
+        routes: dict[str, tuple[Any, list[int]]] = {}  # master -> (node, its commands)
         for i, (slot, _packed) in enumerate(self._commands):
             node = owners.get(slot)
             if node is None:
                 node = owners[slot] = nodes.get_node_from_slot(slot)
-            todo.append((i, node, False))
+            route = routes.get(node.name)
+            if route is None:
+                route = routes[node.name] = (node, [])
+            route[1].append(i)
+        asking: set[int] = set()  # the commands to send behind ASKING
         queued = len(self._commands)
         replies: list[Any] = [None] * queued
         split: dict[int, range] = {}  # an MGET answered TRYAGAIN -> its GETs
         try:
             for _ in range(REDIRECTS):
-                redirected = self._send(todo, replies)
+                redirected = self._send(routes, asking, replies)
                 if not redirected:
                     break
-                todo, wait = [], False
-                for i, node, asking, error in redirected:
+                routes, asking, wait = {}, set(), False
+                for i, node, asked, error in redirected:
+                    targets = [i]
                     if isinstance(error, AskError):
-                        todo.append((i, *redirect(self._cluster, node, error)))
-                    elif i in self._mget_keys:
+                        node, asked = redirect(self._cluster, node, error)
+                    elif _arguments(self._commands[i][1])[0] == b"MGET":
                         split[i] = self._split(i)
                         replies += [None] * len(split[i])
-                        todo += [(j, node, asking) for j in split[i]]
+                        targets = list(split[i])
                     else:  # TRYAGAIN of another command: the migration moves on meanwhile
-                        todo.append((i, node, asking))
                         wait = True
+                    routes.setdefault(node.name, (node, []))[1].extend(targets)
+                    if asked:
+                        asking.update(targets)
                 if wait:
                     time.sleep(0.05)
             else:
@@ -131,63 +136,73 @@ class ClusterBatch:
 
     def _split(self, i: int) -> range:
         """Queue one GET per key of the MGET at ``i``; returns their positions."""
-        slot, start = self._commands[i][0], len(self._commands)
-        for key in self._mget_keys[i]:
-            self._commands.append((slot, resp_command([b"GET", key.encode()])))
+        slot, packed = self._commands[i]
+        start = len(self._commands)
+        for key in _arguments(packed)[1:]:
+            self._commands.append((slot, resp_command([b"GET", key])))
         return range(start, len(self._commands))
 
     def _send(
-        self, todo: list[tuple[int, Any, bool]], replies: list[Any]
+        self, routes: dict[str, tuple[Any, list[int]]], asking: set[int], replies: list[Any]
     ) -> list[tuple[int, Any, bool, Exception]]:
-        """Send ``todo`` (one packed write per master, all before any read), put the replies
-        in ``replies``; returns the commands answered MOVED, ASK or TRYAGAIN, with the error.
-        Any other error reply is raised once every reply is read."""
+        """Send each master its commands (one packed write each, all before any read; those
+        in ``asking`` behind ASKING), put the replies in ``replies``; returns the commands
+        answered MOVED, ASK or TRYAGAIN: (position, master, behind ASKING, the error). Any
+        other error reply is raised once every reply is read."""
         import redis
         from redis.exceptions import AskError, TryAgainError
 
         cluster = self._cluster
         commands = self._commands
-        routes: dict[str, tuple[Any, list[tuple[int, Any, bool]]]] = {}
-        for entry in todo:
-            node = entry[1]
-            route = routes.get(node.name)
-            if route is None:
-                route = routes[node.name] = (node, [])
-            route[1].append(entry)
-        held: list[tuple[Any, Any, list[tuple[int, Any, bool]]]] = []
+        held: list[tuple[Any, Any, Any, list[int]]] = []
         redirected: list[tuple[int, Any, bool, Exception]] = []
         try:
-            for node, entries in routes.values():
+            for node, positions in routes.values():
                 pool = cluster.get_redis_connection(node).connection_pool
                 conn = pool.get_connection()
-                held.append((pool, conn, entries))
-                packed = [_ASKING + commands[i][1] if asking else commands[i][1]
-                          for i, _node, asking in entries]  # fmt: skip
+                held.append((pool, conn, node, positions))
+                if asking:
+                    packed = [_ASKING + commands[i][1] if i in asking else commands[i][1]
+                              for i in positions]  # fmt: skip
+                else:
+                    packed = [commands[i][1] for i in positions]
                 conn.send_packed_command([b"".join(packed)], check_health=False)
             error: Exception | None = None
-            for _pool, conn, entries in held:
-                for i, node, asking in entries:  # read every reply: the connection stays in step
+            for _pool, conn, node, positions in held:
+                for i in positions:  # read every reply: the connection stays in step
                     try:
-                        if asking:
+                        if asking and i in asking:
                             conn.read_response()
                         replies[i] = conn.read_response()
                     except (AskError, TryAgainError) as exc:  # MovedError is an AskError
-                        redirected.append((i, node, asking, exc))
+                        redirected.append((i, node, i in asking, exc))
                     except redis.ResponseError as exc:
                         error = error or exc
             if error is not None:
                 raise error
         except BaseException:
-            for _pool, conn, _entries in held:
+            for _pool, conn, _node, _positions in held:
                 conn.disconnect()
             raise
         finally:
-            for pool, conn, _entries in held:
+            for pool, conn, _node, _positions in held:
                 pool.release(conn)
         return redirected
 
 
 _ASKING = resp_command([b"ASKING"])
+
+
+def _arguments(packed: bytes) -> list[bytes]:
+    """The arguments of one packed command (a RESP array of bulk strings)."""
+    head, _, rest = packed.partition(b"\r\n")
+    args, at = [], 0
+    for _ in range(int(head[1:])):
+        end = rest.index(b"\r\n", at)
+        size = int(rest[at + 1 : end])
+        args.append(rest[end + 2 : end + 2 + size])
+        at = end + 4 + size
+    return args
 
 
 def redirect(cluster: Any, origin: Any, error: Any) -> tuple[Any, bool]:
@@ -226,25 +241,27 @@ def _as_dict(reply: Any) -> dict:
 
 class Lane:
     """One master's connection while a generation is written to a cluster: packed commands
-    queued, sent a chunk at a time, with one chunk's replies left in flight. A command is
-    ``(slot, packed, behind ASKING, redirects so far)``; a reply of nil is a new key."""
+    queued, sent a chunk at a time, with one chunk's replies left in flight. A reply of nil is
+    a new key; the commands at the positions in ``asking`` are sent behind ``ASKING``."""
 
     def __init__(self, node: Any, node_client: Any) -> None:
         self.node = node
         self.pool = node_client.connection_pool
         self.conn = self.pool.get_connection()
-        self.commands: list[tuple[int, bytes, bool, int]] = []
-        self.pending: deque[list[tuple[int, bytes, bool, int]]] = deque()  # sent, unread
+        self.commands: list[bytes] = []
+        self.asking: set[int] = set()
+        self.pending: deque[tuple[list[bytes], set[int]]] = deque()  # sent, unread
 
     def send(self) -> tuple[int, list]:
         """Send the queued commands, then read the replies of the chunk before (one stays in
         flight); returns the new keys among the replies read and the commands redirected
-        (see :meth:`read`)."""
-        packed = [_ASKING + command if asking else command
-                  for _slot, command, asking, _hops in self.commands]  # fmt: skip
-        self.conn.send_packed_command([b"".join(packed)], check_health=False)
-        self.pending.append(self.commands)
-        self.commands = []
+        (see :meth:`_read`)."""
+        commands = self.commands
+        if self.asking:
+            commands = [_ASKING + c if i in self.asking else c for i, c in enumerate(commands)]
+        self.conn.send_packed_command([b"".join(commands)], check_health=False)
+        self.pending.append((self.commands, self.asking))
+        self.commands, self.asking = [], set()
         added, redirected = 0, []
         while len(self.pending) > 1:
             n, moved = self._read()
@@ -263,15 +280,17 @@ class Lane:
         with the error (any other error reply raises)."""
         from redis.exceptions import AskError
 
+        commands, asking = self.pending.popleft()
+        read = self.conn.read_response
         new, redirected = 0, []
-        for command in self.pending.popleft():
+        for i in range(len(commands)):
             try:
-                if command[2]:
-                    self.conn.read_response()  # ASKING's OK
-                if self.conn.read_response() is None:
+                if asking and i in asking:
+                    read()  # ASKING's OK
+                if read() is None:
                     new += 1
             except AskError as exc:  # MovedError is an AskError
-                redirected.append((command, exc))
+                redirected.append((commands[i], exc))
         return new, redirected
 
     def release(self) -> None:
@@ -282,20 +301,25 @@ class SpreadWriter:
     """The commands that write one generation over a cluster's masters: each goes to its
     slot's master through that master's :class:`Lane`, a chunk at a time. A command answered
     MOVED or ASK (a resharding moves its slot) goes again where :func:`redirect` says, so a
-    write during a slot migration completes; any other error reply fails the write."""
+    write during a slot migration completes; any other error reply fails the write. Each
+    command must write one key (whose slot the redirect names), and a key once."""
 
     def __init__(self, cluster: Any, chunk: int) -> None:
         self._cluster = cluster
         self._chunk = chunk
-        self._owners: dict[int, Any] = {}  # slot -> master, as the client's map said
+        self._lane_of: dict[int, Lane] = {}  # slot -> its master's lane, as the map said
+        self._hops: dict[bytes, int] = {}  # a redirected command -> its redirects so far
         self.lanes: dict[str, Lane] = {}
         self.added = 0  # keys new to the generation (a reply of nil)
 
     def add(self, slot: int, command: bytes) -> None:
-        node = self._owners.get(slot)
-        if node is None:
-            node = self._owners[slot] = self._cluster.nodes_manager.get_node_from_slot(slot)
-        self._queue(node, (slot, command, False, 0))
+        lane = self._lane_of.get(slot)
+        if lane is None:
+            node = self._cluster.nodes_manager.get_node_from_slot(slot)
+            lane = self._lane_of[slot] = self._lane(node)
+        lane.commands.append(command)
+        if len(lane.commands) >= self._chunk:
+            self._settle(lane, *lane.send())
 
     def mark(self, aux: str) -> None:
         """Queue the generation's marker keys (see :func:`lost_generations`): written with its
@@ -321,23 +345,28 @@ class SpreadWriter:
                 lane.conn.disconnect()
             lane.release()
 
-    def _queue(self, node: Any, command: tuple[int, bytes, bool, int]) -> None:
+    def _lane(self, node: Any) -> Lane:
         lane = self.lanes.get(node.name)
         if lane is None:
             lane = self.lanes[node.name] = Lane(node, self._cluster.get_redis_connection(node))
-        lane.commands.append(command)
-        if len(lane.commands) >= self._chunk:
-            self._settle(lane, *lane.send())
+        return lane
 
     def _settle(self, lane: Lane, added: int, redirected: list) -> None:
         self.added += added
-        for (slot, packed, _asking, hops), error in redirected:
-            if hops + 1 >= REDIRECTS:
+        for command, error in redirected:
+            hops = self._hops.get(command, 0) + 1
+            if hops >= REDIRECTS:
                 raise error
+            self._hops[command] = hops
             node, asking = redirect(self._cluster, lane.node, error)
-            if not asking:
-                self._owners[slot] = node
-            self._queue(node, (slot, packed, asking, hops + 1))
+            target = self._lane(node)
+            if asking:
+                target.asking.add(len(target.commands))
+            else:
+                self._lane_of[error.slot_id] = target
+            target.commands.append(command)
+            if len(target.commands) >= self._chunk:
+                self._settle(target, *target.send())
 
 
 # -- generation markers: which generation lost the keys of a master ------------------------------
