@@ -1,8 +1,8 @@
 """The Redis online store while a Redis Cluster moves a slot between masters (a resharding),
 driven step by step at known points (tests/backends.py: begin, move keys, end) on a private
-3-master cluster: a materialization writing through the migration completes with every row
-readable (a re-run also deletes the generation it replaced on both masters), and reads answer
-while a slot's keys are split between the two masters.
+3-master cluster, plain and TLS-only: a materialization writing through the migration
+completes with every row readable (a re-run also deletes the generation it replaced on both
+masters), and reads answer while a slot's keys are split between the two masters.
 
 The rows of interest are put in one known slot with a hash tag in their entity key
 (``{mig}7``): the store hashes a snapshot row's key as Redis does, tag included.
@@ -31,10 +31,11 @@ def keys_in_slot(server, slot: int) -> int:
         return client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
 
 
-@pytest.fixture(scope="module")
-def cluster(redis_cluster_factory):
-    """A private cluster: these tests move slots, which the session's cluster keeps as it is."""
-    return redis_cluster_factory()
+@pytest.fixture(scope="module", params=["plain", "tls"])
+def cluster(request, redis_cluster_factory):
+    """A private cluster (plain, or TLS-only: ASKING and MIGRATE over TLS too): these tests
+    move slots, which the session's cluster keeps as it is."""
+    return redis_cluster_factory(tls=request.param == "tls")
 
 
 @pytest.fixture
