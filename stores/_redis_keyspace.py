@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -400,10 +400,13 @@ class Keyspace:
         return slot_of(key)
 
     @contextmanager
-    def translated(self, action: str) -> Iterator[None]:
-        """Redis errors as store errors naming the (masked) URL, with a hint."""
+    def translated(self, action: str, transaction: bool = False) -> Iterator[None]:
+        """Redis errors as store errors naming the (masked) URL, with a hint. On a cluster a
+        MOVED reply (a resharding gave the slot to another master) patches the slot map; in a
+        ``transaction`` (one workspace's slot, on the master it was bound to) it is a
+        :class:`WriteConflict`: nothing was written, and the next try binds to the new owner."""
         import redis
-        from redis.exceptions import RedisClusterException
+        from redis.exceptions import MovedError, RedisClusterException
 
         try:
             yield
@@ -419,8 +422,31 @@ class Keyspace:
                 "keys; nothing was written",
                 hint="run the request again",
             ) from None
+        except MovedError as exc:
+            if not self.cluster:
+                raise self.failure(action, exc) from None
+            self._moved(exc)
+            if not transaction:
+                raise self.failure(action, exc) from None
+            raise WriteConflict(
+                f"{action}: a resharding moved the workspace's slot to another master of Redis "
+                f"Cluster online store {self.masked_url}; nothing was written",
+                hint="run the request again",
+            ) from None
         except redis.RedisError as exc:
             raise self.failure(action, exc) from None
+
+    def _moved(self, exc: Any) -> None:
+        """Patch the cluster client's slot map after a MOVED reply (best effort)."""
+        import redis
+        from redis.exceptions import RedisClusterException
+
+        nodes = self.client.nodes_manager
+        with suppress(redis.RedisError, RedisClusterException):
+            if exc.host:
+                nodes.move_slot(exc)
+            else:  # a node without a known endpoint redirects with only a port
+                nodes.initialize()
 
     def failure(self, action: str, exc: Exception) -> StoreFailure:
         import redis

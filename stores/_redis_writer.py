@@ -59,7 +59,7 @@ class RedisOnlineWriter(OnlineWriter):
         self._locks: dict[str, str] = {}  # lock key -> token
 
     def _translated(self, action: str):
-        return self._keys.translated(action)
+        return self._keys.translated(action, transaction=True)
 
     # -- metas and locks --------------------------------------------------------------------------
 

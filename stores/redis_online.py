@@ -88,9 +88,11 @@ A slot migration (resharding) does not fail a materialization or a read: a comma
 MOVED goes to the slot's new owner (the slot map patched), ASK to the migration's target
 behind ASKING, and a read's MGET answered TRYAGAIN (the slot's keys split between the two)
 as one GET per key (``_redis_cluster``: ``SpreadWriter``, ``ClusterBatch``; the old
-generation's delete acts on an importing master's keys behind ASKING too). A failover during
-a write, or a migration of a workspace's own slot during an ingest, fails that write with a
-clear error (CLUSTERDOWN, MOVED), to be run again; reads refresh the slot map and retry once.
+generation's delete acts on an importing master's keys behind ASKING too). A transaction
+answered MOVED (its workspace's slot moved) patches the slot map and is a ``WriteConflict``
+(nothing written), so ``transact`` runs it again on the new owner; one during the migration
+of its very slot (ASK) fails with a clear error, as does a write during a failover
+(CLUSTERDOWN), to be run again; reads refresh the slot map and retry once.
 A master that is down is a ``503 store_error`` naming the store; the store recovers by itself
 when the cluster serves every slot again. A master restarted empty lost its rows: a lost
 workspace master takes metas and counters too (so a snapshot's rows live under a unique
@@ -870,7 +872,7 @@ class RedisOnlineStore(OnlineStore):
         except BaseException:
             writer._rollback()
             raise
-        with self._keys.translated("committing an online write"):
+        with self._keys.translated("committing an online write", transaction=True):
             writer._commit()
 
     def close(self) -> None:

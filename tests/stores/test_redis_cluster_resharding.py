@@ -131,3 +131,28 @@ def test_reads_answer_while_a_slot_is_split_between_two_masters(cluster, store):
         cluster.end_migration(SLOT, target)
     assert read_all(store) == expected(4.0), "the slot is the target's: MOVED"
     assert read_all(store) == expected(4.0)
+
+
+def test_an_ingest_after_its_workspace_slot_moved_runs_on_the_new_owner(cluster, store):
+    """A transaction (an ingest) runs on the master of its workspace's slot. Once a resharding
+    moved that slot, the first try is answered MOVED with nothing written: the slot map is
+    patched and ``transact`` runs it again on the new owner. Before, every ingest failed (503)
+    until a read happened to refresh the slot map."""
+
+    def ingest(v: float) -> None:
+        def work(w) -> None:
+            w.ensure_table("prod__s", [("k", "int64")], COLUMNS)
+            w.upsert("prod__s", ["k", "event_timestamp", "v"], [(1, 0, v), (2, 0, v)])
+
+        store.transact(work)
+
+    ingest(1.0)
+    slot = slot_of(store._keys.meta_key("prod__s"))
+    source = cluster.owner(slot)
+    target = next(n for n in cluster.nodes if n is not source)
+    cluster.begin_migration(slot, source, target)
+    cluster.migrate_keys(slot, source, target)
+    cluster.end_migration(slot, target)
+    ingest(2.0)
+    assert store.read("prod__s", ["k"], ["v"], [(1,), (2,)]) == [(2.0,), (2.0,)]
+    assert keys_in_slot(target, slot) > 0 and keys_in_slot(source, slot) == 0
