@@ -20,6 +20,14 @@ lowered so every size gets an index) and then, in ``--rounds`` interleaved round
 
     python bench/search_corpus.py --rows 50000           # encode once (slow on 2 cores)
     python bench/search_calibration.py --sizes 20000,50000 --queries 300
+    python bench/search_calibration.py --synthetic --sizes 20000   # no corpus: see below
+
+``--synthetic`` replaces the corpus with embedding-like random vectors (200 clusters in a space
+whose variance decays like 1 / (1 + i) over the directions, as real embeddings concentrate on a
+few; queries drawn the same way, not rows): for build-time and plan comparisons when the corpus
+is not there, never for recall claims about real text. Each size's JSON holds
+``ensure_indexes_s``, the index kinds built (``plan.index_builds``) and skipped
+(``plan.index_skipped``, with why).
 """
 
 from __future__ import annotations
@@ -58,6 +66,18 @@ def table_rows(vectors: np.ndarray, texts: list[str]) -> pa.RecordBatch:
     )
 
 
+def synthetic(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
+    """Embedding-like unit vectors: 200 cluster centres and spreads whose variance decays over
+    the directions, in a random rotation (``--synthetic``)."""
+    rng = np.random.default_rng(seed)
+    spectrum = 1.0 / np.sqrt(1 + np.arange(dim))
+    basis = np.linalg.qr(np.random.default_rng(1).standard_normal((dim, dim)))[0]
+    centres = (np.random.default_rng(2).standard_normal((200, dim)) * spectrum) @ basis.T
+    spread = 0.5 * (rng.standard_normal((n, dim)) * spectrum) @ basis.T
+    v = centres[rng.integers(0, 200, n)] + spread + 0.3 * centres.mean(axis=0)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -90,6 +110,11 @@ def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray,
     for method in ("exact", "projected", "ann"):
         copy = folder.with_name(f"{folder.name}-{method}")
         shutil.copytree(folder, copy)
+        if method == "ann" and plan.index is None:  # builds skipped: the default kind, to
+            # show what the skip saved (the table's own index, had one been built)
+            lancedb.connect(str(copy)).open_table("t").create_index(
+                "vector", config=HnswSq(distance_type="cosine", num_partitions=1)
+            )
         forced[method] = LanceVectorStore(copy)
         began = time.perf_counter()
         forced_plan = forced[method].calibrate("t", methods=(method,))
@@ -169,11 +194,21 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="embedding-like random vectors instead of the corpus (build times)",
+    )
     args = ap.parse_args()
-    vectors = np.load(args.data / args.vectors)
-    texts = (args.data / "texts.txt").read_text().split("\n")
     rng = np.random.default_rng(7)
-    all_q = np.load(args.data / "queries.npy")
+    if args.synthetic:
+        vectors = synthetic(max(int(s) for s in args.sizes.split(",")))
+        texts = [f"synthetic passage {i}" for i in range(len(vectors))]
+        all_q = synthetic(max(args.queries, 1), seed=99)
+    else:
+        vectors = np.load(args.data / args.vectors)
+        texts = (args.data / "texts.txt").read_text().split("\n")
+        all_q = np.load(args.data / "queries.npy")
     queries = all_q[rng.choice(len(all_q), size=min(args.queries, len(all_q)), replace=False)]
     out = []
     for n in sorted(int(s) for s in args.sizes.split(",")):

@@ -135,6 +135,10 @@ class OfflineStoreConfig(_FolderStoreConfig):
 class VectorStoreConfig(_FolderStoreConfig):
     type: Literal["lancedb"] = "lancedb"
     path: str = ".contextkit/vectors"
+    # The in-memory copies searched in numpy (docs/embeddings.md, Latency): the vectors kept for
+    # one table, and for all tables of the process together (least recently used out first).
+    exact_cache_max_bytes: int = Field(512 * 2**20, ge=0)
+    exact_cache_total_bytes: int = Field(2 * 2**30, ge=0)
 
 
 class LLMConfig(BaseModel):

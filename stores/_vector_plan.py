@@ -31,6 +31,14 @@ from contextkit.stores._vector_query import (
     projected_search,
     projection_of,
 )
+from contextkit.stores._vector_timing import (
+    TIE_BAND,
+    interleaved_rounds,
+    overall_p50,
+    paired_ratio,
+    pick,
+    round_medians,
+)
 
 _perf = time.perf_counter
 _monotonic = time.monotonic
@@ -65,12 +73,17 @@ RECALIBRATE_GROWTH = 0.10
 QUERY_KINDS = 4
 METHODS = ("exact", "projected", "ann")
 """The configurations calibration chooses from (see :class:`SearchPlan`)."""
-TIMING_ROUNDS = 3
-"""Interleaved rounds in which the candidate configurations are timed (each runs every
-calibration query once, in a rotated order, so that a burst of machine load hits all alike)."""
-EXACT_MARGIN = 0.9
-"""An approximate configuration replaces exact search only when its p50 is below this share of
-exact search's p50 measured in the same rounds (exact search gives recall 1)."""
+EXACT_MARGIN = TIE_BAND
+"""An approximate configuration replaces exact search only when its paired ratio against exact
+search, timed in the same rounds, is below this (the median round 10% faster; exact search gives
+recall 1). See :mod:`~contextkit.stores._vector_timing`."""
+PREFERENCE = ("exact", "projected", "ann")
+"""Within the band, the configuration kept: exact (recall 1), then the projected search (no
+LanceDB call: in the bench its p99 was half the ANN's at the same p50 class)."""
+KIND_SPREAD = 1.5
+"""How far apart the two HNSW kinds measured on the same table (real passages, 20k and 50k:
+0.7x to 1.5x of each other). The second kind is built only when the first came close enough to
+the fastest in-memory configuration that a kind this much faster could beat it."""
 _PLAN_FOLDER = "_contextkit_search"
 _PLAN_REREAD_S = 2.0
 # Query parameters tried in order of cost until one reaches the target recall. HNSW over 8-bit
@@ -119,6 +132,12 @@ def index_candidates(rows: int, dim: int, max_rows: int) -> list[Any]:
         return [default]
     parts = default.num_partitions
     return [default, HnswFlat(distance_type="cosine", num_partitions=parts)]
+
+
+def _kind(config: Any) -> str:
+    """The index type LanceDB lists for an index built with ``config`` (HnswSq -> IvfHnswSq)."""
+    name = type(config).__name__
+    return f"Ivf{name}" if name.startswith("Hnsw") else name
 
 
 def _grid_for(index: str) -> tuple[dict[str, int], ...]:
@@ -184,12 +203,18 @@ class SearchPlan:
     exact. ``p50_ms`` is the
     chosen configuration's measured p50; ``exact_p50_ms`` / ``ann_p50_ms`` those of exact
     search and the ANN (None: not measured). ``candidates``: every configuration measured
-    (``method``, ``params``, ``recall``, ``reached``, ``p50_ms``), timed in interleaved rounds.
+    (``method``, ``params``, ``recall``, ``reached``, ``p50_ms``, and ``vs_exact``: the paired
+    ratio against exact search, the median over rounds of its time over exact search's in the
+    same round), timed in interleaved rounds; the choice reads the paired ratios
+    (:func:`~contextkit.stores._vector_timing.pick`).
     ``index_builds``: when the ANN index was created, the index kinds built and compared
     (``index``, ``build_s``, their calibrated ``params``, ``recall``; ``p50_ms`` and the
     per-round ``round_p50_ms``, all kinds timed with exact search in the same interleaved
     rounds: ``timed_with`` names the others, ``reference_p50_ms`` is exact search's p50 there;
-    and ``chosen``).
+    and ``chosen``). ``index_skipped``: the index kinds :meth:`~SearchPlanning.ensure_indexes`
+    did not build because they could not win (``index``, ``reason``, and the timings the
+    decision read: ``floor_p50_ms``, LanceDB's per-query floor on the table, or the first
+    kind's ``vs_best``; ``best`` and ``best_p50_ms``, the in-memory configuration it lost to).
     """
 
     method: str
@@ -208,6 +233,7 @@ class SearchPlan:
     p50_ms: float | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
     index_builds: list[dict[str, Any]] = field(default_factory=list)
+    index_skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -227,6 +253,7 @@ class SearchPlan:
             "reason": self.reason,
             "candidates": [dict(c) for c in self.candidates],
             "index_builds": [dict(b) for b in self.index_builds],
+            "index_skipped": [dict(b) for b in self.index_skipped],
         }
 
     @classmethod
@@ -279,6 +306,7 @@ class IndexReport:
     optimized: bool = False
     plan: SearchPlan | None = None  # how vector queries are answered now
     calibrated: bool = False  # the plan was measured in this call (not only carried on)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # index kinds not built, why
 
 
 def vector_index_type(handle: Any) -> str | None:
@@ -297,8 +325,14 @@ class SearchPlanning:
         """Create the missing indexes, and fold new rows into existing ones.
 
         - a full-text index on ``text`` (BM25; English stemming, stop words, lower-casing);
-        - from ``ann_min_rows`` rows: the ANN index on ``vector`` (:func:`ann_config`, cosine)
-          and a BTree on ``id`` (speeds up the ``merge_insert`` join and ``fetch_vectors``);
+        - from ``ann_min_rows`` rows: the ANN index on ``vector`` (:func:`index_candidates`,
+          cosine) and a BTree on ``id`` (speeds up the ``merge_insert`` join and
+          ``fetch_vectors``). Up to ``index_candidates_max_rows`` rows only the index kinds
+          that can win are built (:meth:`_choose_index`): none when the table's in-memory
+          search already answers under LanceDB's per-query floor, the second HNSW kind only
+          when the first came close; what was skipped and why is in the plan's
+          ``index_skipped`` (and the report's ``skipped``), and is not measured again until
+          the table grew by ``RECALIBRATE_GROWTH``;
         - when an index lags more than ``optimize_after`` rows (or 10%) behind: ``optimize()``,
           which also compacts files and prunes versions older than 7 days.
 
@@ -319,15 +353,14 @@ class SearchPlanning:
                 report.created.append("fts:text")
             builds: list[dict[str, Any]] | None = None
             if rows >= self.ann_min_rows and ("vector",) not in indexed:
-                configs = index_candidates(
-                    rows, self.dimension(table), self.index_candidates_max_rows
-                )
-                if len(configs) == 1:
-                    handle.create_index("vector", config=configs[0])
-                    chosen = configs[0]
-                else:
-                    chosen, builds = self._choose_index(table, handle, configs)
-                report.created.append(f"{type(chosen).__name__}:vector")
+                report.skipped = self._skipped_before(table, rows)
+                if not report.skipped:
+                    configs = index_candidates(
+                        rows, self.dimension(table), self.index_candidates_max_rows
+                    )
+                    chosen, builds, report.skipped = self._choose_index(table, handle, configs)
+                    if chosen is not None:
+                        report.created.append(f"{type(chosen).__name__}:vector")
             if rows >= self.ann_min_rows and ("id",) not in indexed:
                 handle.create_index("id", config=BTree())
                 report.created.append("btree:id")
@@ -340,29 +373,100 @@ class SearchPlanning:
                 handle.optimize()
                 report.optimized = True
         if calibrate and rows and builds is not None:
-            plan = self.calibrate(table, index_builds=builds, sample=self.calibration_sample)
+            plan = self.calibrate(
+                table,
+                index_builds=builds,
+                index_skipped=report.skipped,
+                sample=self.calibration_sample,
+            )
             report.plan, report.calibrated = plan, True
         elif calibrate and rows:
             report.plan, report.calibrated = self.ensure_search_plan(table)
         return report
 
+    def _skipped_before(self, table: str, rows: int) -> list[dict[str, Any]]:
+        """The index kinds the table's plan records as skipped, while that still holds: the
+        table is still searched in memory, no index was built since, and it grew less than
+        ``RECALIBRATE_GROWTH`` since it was measured."""
+        if not self.skip_unwinnable_indexes:
+            return []
+        plan = self._read_plan(table)
+        if plan is None or plan.index is not None or not plan.index_skipped:
+            return []
+        if abs(rows - plan.rows) > RECALIBRATE_GROWTH * max(plan.rows, 1):
+            return []
+        if not self._searched_in_memory(rows, self.dimension(table)):
+            return []
+        return [dict(s) for s in plan.index_skipped]
+
+    def _searched_in_memory(self, rows: int, dim: int) -> bool:
+        """Whether a table of this size can be served from the in-memory copy: the copy is on
+        and fits both the per-table and the process's bound."""
+        need = copies_bytes(rows, dim)
+        return (
+            self.exact_search_max_rows > 0
+            and need <= self.exact_cache_max_bytes
+            and need <= self.exact_cache_total_bytes
+        )
+
     def _choose_index(
         self, table: str, handle: Any, configs: list[Any]
-    ) -> tuple[Any, list[dict[str, Any]]]:
-        """Build each candidate index kind in turn (each replaces the one before) and calibrate
-        its query parameters; then time every kind, each on the table version that carries it
-        (older versions keep their index files), with exact search in the same interleaved
-        rounds, and keep the kind of lowest p50 among those that reached the target (rebuilt
-        when it was not the last one built). Timing each kind in rounds of its own let the load
-        of the moment decide: exact search's p50, the reference, moved 4x between two builds."""
+    ) -> tuple[Any | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        """Build the candidate index kinds that can win, calibrate each one's query
+        parameters, and keep the cheaper; returns the kind in place (None: none built), the
+        builds compared (``index_builds``) and the kinds skipped (``index_skipped``).
+
+        One kind (above ``index_candidates_max_rows``, or IVF_PQ): built, nothing measured.
+        Otherwise, when the table is searched in memory (:meth:`_searched_in_memory`), the
+        exact and projected searches are first timed with LanceDB's per-query floor (a plain
+        query returning ``k`` rows with the columns a search returns: an index query also
+        plans and reads those rows, then searches): when the in-memory configuration the plan
+        would keep is below the floor in the median round (paired ratio < 1), no index could
+        win and none is built (20k-50k real passages: each HNSW build took 22-52 s, none was
+        served). Else IVF_HNSW_SQ (cheaper to build, smaller) is built, and IVF_HNSW_FLAT only
+        when SQ came within ``TIE_BAND x KIND_SPREAD`` of the in-memory best, where a kind
+        ``KIND_SPREAD`` faster could still win (or SQ did not reach the target). Kinds built
+        are timed with exact search in the same interleaved rounds, each on the table version
+        that carries it, and the one in place is kept unless another that reached the target
+        beats it by the band (:func:`~contextkit.stores._vector_timing.pick`; rebuilt then)."""
+        if len(configs) == 1:
+            handle.create_index("vector", config=configs[0])
+            return configs[0], [], []
         probe = self._probe(table, handle, sample=self.calibration_sample)
+        in_memory: dict[str, Callable[[np.ndarray], Any]] = {}
+        if self.skip_unwinnable_indexes and self._searched_in_memory(
+            handle.count_rows(), probe.queries.shape[1]
+        ):
+            in_memory = self._in_memory_paths(probe)
+        best = None
+        if in_memory:
+            times = interleaved_rounds({**in_memory, "floor": self._floor_path(handle, probe)},
+                                       probe.queries)  # fmt: skip
+            medians, p50 = round_medians(times), overall_p50(times)
+            best = pick(medians, PREFERENCE).chosen
+            under = paired_ratio(medians[best], medians["floor"])
+            if under < 1.0:
+                reason = (
+                    f"not built: the {best} search measured {p50[best]:.2f} ms, {under:.2f}x "
+                    f"LanceDB's per-query floor on this table ({p50['floor']:.2f} ms, a plain "
+                    f"query of {probe.k} rows) in the median of {len(medians[best])} paired "
+                    "rounds: no index query answers below that floor"
+                )
+                timed = {
+                    "best": best,
+                    "best_p50_ms": round(p50[best], 3),
+                    "floor_p50_ms": round(p50["floor"], 3),
+                    "vs_floor": round(under, 3),
+                }
+                return None, [], [{"index": _kind(c), "reason": reason, **timed} for c in configs]
         builds: list[dict[str, Any]] = []
         paths: dict[str, Callable[[np.ndarray], Any]] = {}
+        skipped: list[dict[str, Any]] = []
         for n, config in enumerate(configs):
             began = _perf()
             handle.create_index("vector", config=config, replace=True)
             build_s = _perf() - began
-            kind = vector_index_type(handle) or type(config).__name__
+            kind = vector_index_type(handle) or _kind(config)
             params, recall, reached = self._walk_ann(handle, probe, _grid_for(kind))
             pinned = self._db.open_table(table, version=int(handle.version))
             paths[f"ann{n}"] = self._ann_path(pinned, probe, params)
@@ -370,32 +474,66 @@ class SearchPlanning:
                 {"index": kind, "build_s": round(build_s, 2), "params": params,
                  "recall": round(recall, 4), "reached": reached}
             )  # fmt: skip
+            if n == 0 and best is not None:
+                times = interleaved_rounds({"ann0": paths["ann0"], best: in_memory[best]},
+                                           probe.queries)  # fmt: skip
+                medians, p50 = round_medians(times), overall_p50(times)
+                behind = paired_ratio(medians["ann0"], medians[best])
+                builds[0].update(p50_ms=round(p50["ann0"], 3), timed_with=[best],
+                                 round_p50_ms=[round(m, 3) for m in medians["ann0"]])  # fmt: skip
+                if behind >= TIE_BAND * KIND_SPREAD and builds[0]["reached"]:
+                    reason = (
+                        f"not built: {kind} measured {behind:.2f}x the {best} search in the "
+                        f"median of {len(medians[best])} paired rounds; the HNSW kinds measured "
+                        f"within {KIND_SPREAD}x of each other, so none could come "
+                        f"{1 - TIE_BAND:.0%} under it"
+                    )
+                    skipped = [
+                        {"index": _kind(c), "reason": reason, "first": kind,
+                         "vs_best": round(behind, 3), "best": best,
+                         "best_p50_ms": round(p50[best], 3)}
+                        for c in configs[1:]
+                    ]  # fmt: skip
+                    builds[0]["chosen"] = True
+                    return config, builds, skipped
         if probe.cache is not None:
             paths["exact"] = self._exact_path(probe)
-        rounds = interleaved_rounds(paths, probe.queries)
+        times = interleaved_rounds(paths, probe.queries)
+        medians, p50 = round_medians(times), overall_p50(times)
         order = list(paths)
         for n, build in enumerate(builds):
-            build["p50_ms"] = round(float(np.median(np.concatenate(rounds[f"ann{n}"]))), 3)
-            build["round_p50_ms"] = [round(float(np.median(r)), 3) for r in rounds[f"ann{n}"]]
-            build["reference_p50_ms"] = (
-                round(float(np.median(np.concatenate(rounds["exact"]))), 3)
-                if "exact" in rounds
-                else None
-            )
+            build["p50_ms"] = round(p50[f"ann{n}"], 3)
+            build["round_p50_ms"] = [round(m, 3) for m in medians[f"ann{n}"]]
+            build["reference_p50_ms"] = round(p50["exact"], 3) if "exact" in p50 else None
             build["timed_with"] = [
                 builds[int(o[3:])]["index"] if o.startswith("ann") else o
                 for o in order
                 if o != f"ann{n}"
             ]
-        best = min(
-            range(len(builds)), key=lambda i: (not builds[i]["reached"], builds[i]["p50_ms"])
-        )
-        builds[best]["chosen"] = True
-        if best != len(configs) - 1:
+        reached = [n for n, b in enumerate(builds) if b["reached"]] or list(range(len(builds)))
+        # the kind in place (the last built) first: keeping it costs no rebuild
+        choice = pick(medians, [f"ann{n}" for n in reversed(reached)])
+        for n, build in enumerate(builds):
+            if n in reached:
+                build["vs_fastest"] = round(choice.vs_fastest[f"ann{n}"], 3)
+        best_n = int(choice.chosen[3:])
+        builds[best_n]["chosen"] = True
+        if best_n != len(configs) - 1:
             began = _perf()
-            handle.create_index("vector", config=configs[best], replace=True)
-            builds[best]["rebuild_s"] = round(_perf() - began, 2)
-        return configs[best], builds
+            handle.create_index("vector", config=configs[best_n], replace=True)
+            builds[best_n]["rebuild_s"] = round(_perf() - began, 2)
+        return configs[best_n], builds, skipped
+
+    def _in_memory_paths(self, probe: _Probe) -> dict[str, Callable[[np.ndarray], Any]]:
+        """Exact search over the in-memory copy, and the projected search when calibrated
+        parameters reach the target (none without the copy)."""
+        if probe.cache is None:
+            return {}
+        paths = {"exact": self._exact_path(probe)}
+        projection, params, _, reached = self._walk_projected(probe, self.exact_cache_max_bytes)
+        if projection is not None and reached:
+            paths["projected"] = self._projected_path(probe, projection, params)
+        return paths
 
     # -- calibration ------------------------------------------------------------------------------
 
@@ -540,6 +678,7 @@ class SearchPlanning:
         target: float = CALIBRATION_TARGET,
         seed: int = 0,
         index_builds: list[dict[str, Any]] | None = None,
+        index_skipped: list[dict[str, Any]] | None = None,
         methods: Sequence[str] = METHODS,
     ) -> SearchPlan:
         """Measure the candidate configurations on ``sample`` queries made from the table's own
@@ -556,9 +695,14 @@ class SearchPlanning:
         step by step until recall@k reaches ``target``; the ANN index, its query parameters
         raised the same way (``ef``, then ``refine_factor`` over quantized vectors; ``nprobes``
         x ``refine_factor`` for IVF_PQ). Those that reach the target are timed with exact search
-        in interleaved rounds, as serving calls them, and the one with the lowest p50 wins;
-        an approximate one must beat exact search's p50 by 10% (:data:`EXACT_MARGIN`). A table
-        too large for the copy is served by the ANN even when no parameters reached the target.
+        in interleaved rounds, as serving calls them, and chosen by paired per-round ratios
+        (:func:`~contextkit.stores._vector_timing.pick`): an approximate one must beat exact
+        search by 10% in the median round (:data:`EXACT_MARGIN`), and one beats another only by
+        the same band (:data:`PREFERENCE` within it). A table too large for the copy is served
+        by the ANN even when no parameters reached the target. ``index_builds`` and
+        ``index_skipped`` are what :meth:`ensure_indexes` built and skipped (default: the
+        previous plan's while the index is the same); the ANN parameters calibrated for the
+        kind built and kept are used as they are, not walked again.
         ``methods`` narrows the choice (exact search is measured all the same, as the reference;
         benchmarks use it to time one configuration); exact search stays the fallback when none
         of them reaches the target.
@@ -571,11 +715,17 @@ class SearchPlanning:
         rows = handle.count_rows()
         index = vector_index_type(handle)
         now = datetime.now(UTC).isoformat()
-        if index_builds is None:
+        built_now = index_builds is not None  # by ensure_indexes just before: walks reusable
+        if index_builds is None or index_skipped is None:
             previous = self._read_plan(table)
-            index_builds = previous.index_builds if previous and previous.index == index else []
+            same = previous is not None and previous.index == index
+            if index_builds is None:
+                index_builds = previous.index_builds if same else []
+            if index_skipped is None:
+                index_skipped = previous.index_skipped if same else []
         base = {"rows": rows, "version": version, "k": k, "target": target, "index": index,
-                "calibrated_at": now, "index_builds": index_builds}  # fmt: skip
+                "calibrated_at": now, "index_builds": index_builds,
+                "index_skipped": index_skipped}  # fmt: skip
         if rows <= k + 1 or self.exact_search_max_rows <= 0 and index is None:
             plan = SearchPlan(
                 method="exact", sample=0, recall=None, params={}, exact_p50_ms=None,
@@ -609,20 +759,30 @@ class SearchPlanning:
                 if reached:
                     paths["projected"] = self._projected_path(probe, projection, params)
         if index is not None:
-            params, recall, reached = self._walk_ann(handle, probe, _grid_for(index))
+            walked = built_now and _walked_for(index_builds, index, k, sample, target, seed, self)
+            params, recall, reached = walked or self._walk_ann(handle, probe, _grid_for(index))
             candidates["ann"] = {"method": "ann", "index": index, "params": params,
                                  "recall": round(recall, 4), "reached": reached}  # fmt: skip
             if reached or cache is None:
                 paths["ann"] = self._ann_path(handle, probe, params)
-        p50 = interleaved_p50(paths, probe.queries) if paths else {}
+        times = interleaved_rounds(paths, probe.queries) if paths else {}
+        p50, medians = overall_p50(times), round_medians(times)
         for name, ms in p50.items():
             candidates[name]["p50_ms"] = round(ms, 3)
-
+            if "exact" in medians:
+                candidates[name]["vs_exact"] = round(
+                    paired_ratio(medians[name], medians["exact"]), 3
+                )
         method, reason = self._choose(
-            candidates, p50, index, target, cache is not None, tuple(methods)
+            candidates, p50, index, target, cache is not None, tuple(methods), medians
         )
         if skipped:
             reason = f"{reason}; {skipped}"
+        if index_skipped:
+            kinds = ", ".join(s["index"] for s in index_skipped)
+            reason = f"{reason}; ANN index kinds {kinds} " + "; ".join(
+                dict.fromkeys(s["reason"] for s in index_skipped)
+            )
         chosen = candidates.get(method, {})
         if method == "projected":
             assert projection is not None
@@ -642,11 +802,8 @@ class SearchPlanning:
         self._write_plan(table, plan)
         with self._lock:  # searches pick the plan up with the next layout check
             self._layouts.pop(table, None)
-            if method != "ann" and cache is not None:
-                self._exact[table] = cache
-                self._exact.move_to_end(table)
-                while len(self._exact) > self._exact_cap:
-                    self._exact.popitem(last=False)
+        if method != "ann" and cache is not None:
+            self._keep_copy(table, cache)  # within the process's budget, else not kept
         return plan
 
     @staticmethod
@@ -656,9 +813,12 @@ class SearchPlanning:
         index: str | None,
         target: float,
         fits: bool,
-        methods: tuple[str, ...] = ("exact", "projected", "ann"),
+        methods: tuple[str, ...] = METHODS,
+        rounds: Mapping[str, Sequence[float]] | None = None,
     ) -> tuple[str, str]:
-        """The configuration to serve, and why."""
+        """The configuration to serve, and why: from the per-round medians ``rounds`` (timed in
+        the same rounds; default: each ``p50`` as one round) by
+        :func:`~contextkit.stores._vector_timing.pick` with :data:`PREFERENCE`."""
         if not fits:
             if index is None:
                 return "exact", "no ANN index (LanceDB's flat search)"
@@ -679,20 +839,28 @@ class SearchPlanning:
             if not why:
                 return "exact", f"no approximate configuration reached recall {target}"
             return "exact", "; ".join(why) + (f" (target {target})" if missed else "")
-        best = min(approximate, key=lambda m: p50[m])
+        per_round = rounds if rounds is not None else {m: [v] for m, v in p50.items()}
         if "exact" not in methods:
+            best = pick(per_round, [m for m in PREFERENCE if m in approximate]).chosen
             recall = candidates[best]["recall"]
             allowed = ", ".join(methods)
             return best, f"{best} reached recall {recall:.3f} (methods allowed: {allowed})"
-        if p50[best] < EXACT_MARGIN * p50["exact"]:
-            recall = candidates[best]["recall"]
+        choice = pick(per_round, [m for m in PREFERENCE if m == "exact" or m in approximate])
+        n = len(per_round["exact"])
+        if choice.chosen != "exact":
+            best = choice.chosen
+            ratio = paired_ratio(per_round[best], per_round["exact"])
             return best, (
-                f"{best} reached recall {recall:.3f} at p50 {p50[best]:.2f} ms, exact search "
-                f"{p50['exact']:.2f} ms"
+                f"{best} reached recall {candidates[best]['recall']:.3f} at p50 "
+                f"{p50[best]:.2f} ms, exact search {p50['exact']:.2f} ms ({ratio:.2f}x exact "
+                f"in the median of {n} paired rounds)"
             )
+        best = min(approximate, key=lambda m: paired_ratio(per_round[m], per_round["exact"]))
+        ratio = paired_ratio(per_round[best], per_round["exact"])
         return "exact", (
-            f"exact search measured {p50['exact']:.2f} ms, no slower than the fastest "
-            f"approximate configuration ({best}, {p50[best]:.2f} ms)"
+            f"exact search measured {p50['exact']:.2f} ms; the fastest approximate "
+            f"configuration ({best}, {p50[best]:.2f} ms) was {ratio:.2f}x exact in the median "
+            f"of {n} paired rounds, not under {EXACT_MARGIN}x"
         )
 
     # -- calibration pieces -----------------------------------------------------------------------
@@ -713,7 +881,12 @@ class SearchPlanning:
         index = vector_index_type(handle)
         rows = handle.count_rows()
         fits = rows * layout.dim * 4 <= self.exact_cache_max_bytes
-        cache = self._load_exact(table, version) if fits else None
+        cache = None
+        if fits:  # the copy kept for serving when it is of this version, else a fresh one
+            with self._lock:
+                kept = self._exact.get(table)
+            cache = kept if kept is not None and kept.version == version else None
+            cache = cache or self._load_exact(table, version)
         rng = np.random.default_rng(seed)
         picks = np.sort(rng.choice(rows, size=min(sample, rows), replace=False))
         if cache is not None:
@@ -821,12 +994,15 @@ class SearchPlanning:
             longest = shortlists[-1]
             for start in range(0, len(queries), 32):
                 scores = reduced @ queries[start : start + 32].T  # rows x chunk
+                # every row's exact cosine for the chunk, in one product: gathering the
+                # shortlist's rows per query took 10x longer (20k x 384, 400 queries)
+                exact_all = cache.matrix @ probe.queries[start : start + 32].T
                 for j in range(scores.shape[1]):
                     i = start + j
                     column = scores[:, j]
                     ranked = np.argpartition(column, rows - longest)[rows - longest :]
                     ranked = ranked[np.argsort(-column[ranked], kind="stable")]
-                    exact = cache.matrix[ranked] @ probe.queries[i]
+                    exact = exact_all[ranked, j]
                     want, kind = probe.truth[i], probe.kinds[i]
                     for n, c in enumerate(shortlists):
                         part = exact[:c]
@@ -863,6 +1039,12 @@ class SearchPlanning:
         return lambda q: projected_search(trial, q, probe.k, params["shortlist"])
 
     @staticmethod
+    def _floor_path(handle: Any, probe: _Probe) -> Callable[[np.ndarray], Any]:
+        """LanceDB's per-query floor on this table: a plain query returning ``k`` rows with the
+        columns a search returns (what every index query does besides its search)."""
+        return lambda q: handle.search().select(probe.columns).limit(probe.k).to_arrow()
+
+    @staticmethod
     def _ann_path(
         handle: Any, probe: _Probe, params: Mapping[str, int]
     ) -> Callable[[np.ndarray], Any]:
@@ -870,6 +1052,32 @@ class SearchPlanning:
         return lambda q: lance_vector_search(
             handle, q, [], probe.k, probe.columns, exact=False, params=scaled
         )
+
+
+def _walked_for(
+    builds: Sequence[Mapping[str, Any]],
+    index: str,
+    k: int,
+    sample: int,
+    target: float,
+    seed: int,
+    store: Any,
+) -> tuple[dict[str, int], float, bool] | None:
+    """The ANN parameters :meth:`SearchPlanning._choose_index` calibrated for the index in
+    place, when they hold for this calibration: the kind kept and not rebuilt since, measured
+    on the same calibration queries (the default k, sample, target and seed)."""
+    same_probe = (k, sample, target, seed) == (
+        CALIBRATION_K,
+        store.calibration_sample,
+        CALIBRATION_TARGET,
+        0,
+    )
+    if not same_probe:
+        return None
+    for build in builds:
+        if build.get("chosen") and build["index"] == index and "rebuild_s" not in build:
+            return dict(build["params"]), float(build["recall"]), bool(build["reached"])
+    return None
 
 
 def _unit(m: np.ndarray) -> np.ndarray:
@@ -880,38 +1088,3 @@ def with_projection(cache: ExactCache, projection: np.ndarray, made_for: str) ->
     """A view of ``cache`` carrying the projected copy for ``projection`` (rows x dims)."""
     reduced = np.ascontiguousarray(cache.matrix @ projection, dtype=np.float32)
     return replace(cache, projected_for=made_for, projection=projection, reduced=reduced)
-
-
-def interleaved_p50(
-    paths: Mapping[str, Callable[[np.ndarray], Any]],
-    queries: np.ndarray,
-    rounds: int = TIMING_ROUNDS,
-) -> dict[str, float]:
-    """Each path's median query time (ms) over ``queries``, timed in ``rounds`` interleaved
-    rounds (:func:`interleaved_rounds`)."""
-    times = interleaved_rounds(paths, queries, rounds)
-    return {n: float(np.median(np.concatenate(t))) for n, t in times.items()}
-
-
-def interleaved_rounds(
-    paths: Mapping[str, Callable[[np.ndarray], Any]],
-    queries: np.ndarray,
-    rounds: int = TIMING_ROUNDS,
-) -> dict[str, list[np.ndarray]]:
-    """Each path's query times (ms), per round: in each of ``rounds`` rounds every path runs a
-    slice of the queries, the paths in a rotated order, so that load that comes and goes falls
-    on all of them alike."""
-    names = list(paths)
-    for name in names:  # one untimed call each: caches, files, code paths warm
-        paths[name](queries[0])
-    times: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for r, part in enumerate(np.array_split(np.arange(len(queries)), rounds)):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            run = paths[name]
-            took = np.empty(len(part))
-            for j, i in enumerate(part):
-                began = _perf()
-                run(queries[i])
-                took[j] = (_perf() - began) * 1000
-            times[name].append(took)
-    return times

@@ -6,6 +6,7 @@ per table version what a search needs (:class:`Layout`, the exact copy). A mixin
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from contextkit.stores._vector_common import (
     key_columns_of,
     reads_table,
 )
+from contextkit.stores._vector_copies import copy_bytes
 from contextkit.stores._vector_filters import Condition, parse_filter
 from contextkit.stores._vector_fusion import as_hit, blend, parse_weights, rrf_fuse
 from contextkit.stores._vector_plan import (
@@ -39,6 +41,8 @@ from contextkit.stores._vector_query import (
     query_vector,
     text_leg,
 )
+
+_monotonic = time.monotonic
 
 
 @dataclass
@@ -198,6 +202,12 @@ class VectorSearch:
         # A flat (exact) Lance search orders its ties by id like the numpy path; an ANN
         # search's order at the cut is approximate anyway, so it asks for no extra rows.
         ann = layout.vector_index and (plan is None or plan.method == "ann")
+        params = plan.params if ann and plan is not None else None
+        if cache is None and layout.vector_index and not ann and plan is not None:
+            # an in-memory plan without its copy (not let in by the memory bounds, or the
+            # table grew past them): the ANN when its calibrated parameters reached the target
+            params = _reached_ann_params(plan)
+            ann = params is not None
         return lance_vector_search(
             handle,
             query,
@@ -205,7 +215,7 @@ class VectorSearch:
             k,
             layout.columns,
             exact=not ann,
-            params=scaled_params(plan.params, k, plan.k) if ann and plan is not None else None,
+            params=scaled_params(params, k, plan.k) if params is not None else None,
             bypass_index=layout.vector_index and not ann,
         )
 
@@ -215,19 +225,26 @@ class VectorSearch:
         """The in-memory copy with the projected rows of ``plan`` (built once per copy and
         plan from the projection stored with the plan); None when that file is unreadable, or
         when the exact and projected copies together would exceed ``exact_cache_max_bytes`` (the
-        table grew since calibration): the query is then answered exactly."""
+        table grew since calibration) or not be let in within ``exact_cache_total_bytes``: the
+        query is then answered exactly from the copy."""
         if cache.projected_for == plan.calibrated_at:
             return cache
         rows, dim = cache.matrix.shape
-        if copies_bytes(rows, dim, plan.params["dims"]) > self.exact_cache_max_bytes:
+        need = copies_bytes(rows, dim, plan.params["dims"])
+        if need > self.exact_cache_max_bytes:
             return None
+        with self._lock:
+            if not self._exact.fits(table, need, _monotonic()):
+                return None
         projection = self._read_projection(table)
         if projection is None or projection.shape != (dim, plan.params["dims"]):
             return None
         projected = with_projection(cache, projection, plan.calibrated_at)
         with self._lock:
-            if self._exact.get(table) is cache:
-                self._exact[table] = projected
+            if self._exact.get(table) is not cache:
+                return projected  # replaced meanwhile (a newer version): serve this query
+            if not self._exact.keep(table, projected, _monotonic()):
+                return None
         return projected
 
     def _exact_row_limit(self, layout: Layout) -> int:
@@ -246,18 +263,45 @@ class VectorSearch:
     def _exact_cache(
         self, table: str, handle: Any, version: int, layout: Layout
     ) -> ExactCache | None:
+        """The table's in-memory copy of ``version``: kept, or loaded when the table is within
+        the row limit and its copy is let in within ``exact_cache_total_bytes`` (None: the
+        query goes to LanceDB, and a later one tries again)."""
         limit = self._exact_row_limit(layout)
         if limit <= 0 or layout.rows_over_exact_limit:
             return None
         with self._lock:
-            cache = self._exact.get(table)
-            if cache is not None and cache.version == version:
-                self._exact.move_to_end(table)
-                return cache
-        if handle.count_rows() > limit:
+            cache = self._exact.use(table, _monotonic())
+            if cache is not None:
+                if cache.version == version:
+                    return cache
+                self._exact.pop(table)  # another version's: of no more use, frees its room
+        rows = handle.count_rows()
+        if rows > limit:
             layout.rows_over_exact_limit = True
             return None
-        return self._load_exact(table, version)
+        with self._lock:
+            if not self._exact.fits(table, copies_bytes(rows, layout.dim), _monotonic()):
+                return None
+        cache = self._load_exact(table, version)
+        self._keep_copy(table, cache)  # refused by a copy loaded meanwhile: serves this query
+        return cache
+
+    def _keep_copy(self, table: str, cache: ExactCache) -> bool:
+        """Keep ``cache`` as the table's copy within the store's bounds (False: not kept)."""
+        with self._lock:
+            return self._exact.keep(table, cache, _monotonic())
+
+    def memory(self) -> dict[str, Any]:
+        """What the in-memory copies hold: per table its vectors' bytes, and the bounds."""
+        with self._lock:
+            tables = {t: copy_bytes(self._exact[t]) for t in self._exact}
+        return {
+            "tables": tables,
+            "bytes": sum(tables.values()),
+            "max_bytes": self.exact_cache_total_bytes,
+            "max_tables": self._exact.max_tables,
+            "table_max_bytes": self.exact_cache_max_bytes,
+        }
 
     def _load_exact(self, table: str, version: int) -> ExactCache:
         # version=... pins the read, so a commit landing meanwhile cannot mix into the cache
@@ -272,16 +316,19 @@ class VectorSearch:
             for f in rest.schema
             if pa.types.is_floating(f.type) and pc.any(pc.is_nan(rest.column(f.name))).as_py()
         )
-        cache = ExactCache(
+        return ExactCache(
             version=version,
             table=rest,
             matrix=np.ascontiguousarray(matrix / norms, dtype=np.float32),
             ids=np.asarray(rest.column("id").to_pylist(), dtype=object),
             nan_columns=nan_columns,
         )
-        with self._lock:
-            self._exact[table] = cache
-            self._exact.move_to_end(table)
-            while len(self._exact) > self._exact_cap:
-                self._exact.popitem(last=False)
-        return cache
+
+
+def _reached_ann_params(plan: SearchPlan) -> dict[str, int] | None:
+    """The ANN parameters the plan's calibration found at the target (None: not reached, or
+    measured on another index than the plan's)."""
+    for c in plan.candidates:
+        if c.get("method") == "ann" and c.get("reached") and c.get("index") == plan.index:
+            return dict(c["params"])
+    return None

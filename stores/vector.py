@@ -36,14 +36,16 @@ Latency (measured on this 2-core machine while other jobs ran; 384-dim vectors, 
 LanceDB query costs 8-12 ms whatever the size up to 20k rows (vector, filtered vector or BM25),
 while the same exact search in numpy takes ~0.7 ms at 1k rows, ~2 ms at 5k and ~5 ms at 20k,
 including the ~0.3 ms version check. So tables up to ``exact_search_max_rows`` (default 20,000)
-are searched exactly in numpy, from a per-process copy of the table (about rows x dim x 4 bytes,
-at most ``exact_cache_tables`` tables) keyed by table version, so another writer's commit is seen
-on the next query. Its results are LanceDB's flat search's: same cosine distance (to float
-rounding), filters evaluated with the same null semantics (pyarrow compute), ties ordered by id
-in both paths; the Lance path is used when a filter touches a float column holding NaN (SQL and
-IEEE order NaN differently). Hybrid queries still pay LanceDB's full-text query (~8 ms).
-``exact_search_max_rows=0`` turns the copy off. Above the threshold the ANN index built by
-:meth:`LanceVectorStore.ensure_indexes` serves vector queries.
+are searched exactly in numpy, from a per-process copy of the table (about rows x dim x 4 bytes)
+keyed by table version, so another writer's commit is seen on the next query. The copies are
+bounded per table (``exact_cache_max_bytes``) and together (``exact_cache_total_bytes``, at most
+``exact_cache_tables`` tables), least recently used first out; a table whose copy is not let in
+is searched by LanceDB (``_vector_copies``). Its results are LanceDB's flat search's: same
+cosine distance (to float rounding), filters evaluated with the same null semantics (pyarrow
+compute), ties ordered by id in both paths; the Lance path is used when a filter touches a
+float column holding NaN (SQL and IEEE order NaN differently). Hybrid queries still pay
+LanceDB's full-text query (~8 ms). ``exact_search_max_rows=0`` turns the copy off. Above the
+threshold the ANN index built by :meth:`LanceVectorStore.ensure_indexes` serves vector queries.
 
 On S3 (``s3://bucket/prefix``) LanceDB reads and writes the object store natively, with the
 endpoint, region and credentials of the standard AWS variables
@@ -69,6 +71,8 @@ here; the files are private):
 - ``_vector_tables``: listing, opening, versions and checkouts, restore, the pipeline's reads;
 - ``_vector_writes``: ``apply_changes`` (one commit, all or nothing) and the table schema;
 - ``_vector_plan``: indexes, and the calibrated search plan (exact or ANN, query parameters);
+- ``_vector_timing``: timing configurations in interleaved rounds, and the rule choosing among them;
+- ``_vector_copies``: the in-memory copies, least recently used first out under the bounds;
 - ``_vector_query``: one ranked list: exact numpy search, LanceDB vector search, BM25;
 - ``_vector_fusion``: hits, and hybrid fusion (RRF, normalised-score blend);
 - ``_vector_search``: ``search`` and ``warm``: the path per request, per-version caches.
@@ -77,7 +81,6 @@ here; the files are private):
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,7 @@ from contextkit.stores._vector_common import (
     VectorTableMissingError,
     VectorTableUnreadableError,
 )
+from contextkit.stores._vector_copies import InMemoryCopies
 from contextkit.stores._vector_filters import (
     FILTER_OPERATORS,
     MAX_IN_VALUES,
@@ -116,7 +120,6 @@ from contextkit.stores._vector_plan import (
     SearchPlanning,
 )
 from contextkit.stores._vector_plan import ann_config as _ann_config
-from contextkit.stores._vector_query import ExactCache
 from contextkit.stores._vector_search import Layout, VectorSearch
 from contextkit.stores._vector_tables import ChunkHashes, TableAccess
 from contextkit.stores._vector_writes import ApplyResult, TableWrites
@@ -160,9 +163,12 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
 
     ``read_consistency_interval`` (default 0: every read checks for a newer version, ~0.3 ms)
     makes writes from other processes visible. ``exact_search_max_rows`` bounds the numpy
-    exact-search cache (0 disables it); ``ann_min_rows`` is where :meth:`ensure_indexes` starts
-    building an ANN index; up to ``index_candidates_max_rows`` rows it builds both HNSW kinds
-    and keeps the one measured cheaper (see :func:`index_candidates`). Thread-safe.
+    exact-search cache of an uncalibrated table (0 disables it); ``exact_cache_max_bytes`` the
+    vectors kept in memory for one table, ``exact_cache_total_bytes`` for all of them together
+    (:meth:`memory` tells what is held). ``ann_min_rows`` is where :meth:`ensure_indexes` starts
+    considering an ANN index; up to ``index_candidates_max_rows`` rows it builds the HNSW kinds
+    that can win and keeps the one measured cheaper (see :func:`index_candidates`; set
+    ``skip_unwinnable_indexes = False`` to build every kind). Thread-safe.
 
     >>> store = LanceVectorStore(tmp_path / "vectors")                       # doctest: +SKIP
     >>> store.apply_changes("dev__docs", plan.batches(), plan.delete_ids,
@@ -182,6 +188,7 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
         exact_cache_tables: int = 8,
         exact_cache_max_bytes: int = 512 * 2**20,
         index_candidates_max_rows: int = 200_000,
+        exact_cache_total_bytes: int = 2 * 2**30,
     ) -> None:
         import lancedb
 
@@ -190,6 +197,8 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
         self.ann_min_rows = ann_min_rows
         self.index_candidates_max_rows = index_candidates_max_rows
         self.calibration_sample = CALIBRATION_SAMPLE  # rows sampled for calibration queries
+        # False: ensure_indexes builds every candidate index kind, even those that cannot win
+        self.skip_unwinnable_indexes = True
         self._loc: Location | None = None
         self._local: Path | None = None
         if is_s3(path):
@@ -213,15 +222,23 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
                 self.uri, read_consistency_interval=read_consistency_interval
             )
         self._tables: dict[str, Any] = {}
-        self._exact: OrderedDict[str, ExactCache] = OrderedDict()
+        self._exact = InMemoryCopies(exact_cache_tables, exact_cache_total_bytes)
         self._layouts: dict[str, Layout] = {}
         self._plans: dict[str, tuple[SearchPlan | None, float]] = {}  # table -> (plan, read at)
-        self._exact_cap = exact_cache_tables
         self._lock = threading.RLock()  # guards the dicts only; never held across I/O-heavy work
         self._write_locks: dict[str, threading.Lock] = {}
         # Tables this process opened or created and did not drop: if one is missing later, its
         # files were deleted behind this process's back (VectorTableLostError, not "missing").
         self._opened: set[str] = set()
+
+    @property
+    def exact_cache_total_bytes(self) -> int:
+        """The bound on the vectors of every in-memory copy this store keeps, together."""
+        return self._exact.max_bytes
+
+    @exact_cache_total_bytes.setter
+    def exact_cache_total_bytes(self, value: int) -> None:
+        self._exact.max_bytes = value
 
     def _write_lock(self, table: str) -> threading.Lock:
         """Serializes writes to one table in this process (searches never wait on it)."""

@@ -204,8 +204,13 @@ class Runtime:
         def open_vectors() -> LanceVectorStore:
             from contextkit.stores.vector import LanceVectorStore
 
+            settings = self.config.vector_store
             with translating:
-                return LanceVectorStore(self.config.vector_location)
+                return LanceVectorStore(
+                    self.config.vector_location,
+                    exact_cache_max_bytes=settings.exact_cache_max_bytes,
+                    exact_cache_total_bytes=settings.exact_cache_total_bytes,
+                )
 
         return self.shared("vectors", open_vectors)
 

@@ -217,6 +217,12 @@ def quality_tables(quality: dict[str, Any]) -> list[Any]:
             out.append("  configurations measured: " + "; ".join(measured))
         if builds:
             out.append("  index kinds compared: " + "; ".join(builds))
+        skipped: dict[str, list[str]] = {}  # reason -> the kinds not built for it
+        for s in plan.get("index_skipped") or []:
+            skipped.setdefault(s["reason"], []).append(s["index"])
+        if skipped:
+            why = "; ".join(f"{', '.join(kinds)} {reason}" for reason, kinds in skipped.items())
+            out.append("  index kinds skipped: " + why)
     expectations = stats.get("expectations") or []
     if expectations:
         checks = Table(title="Expectations", title_justify="left")

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from contextkit.stores._vector_plan import EXACT_MARGIN
+from contextkit.stores._vector_timing import TIMING_ROUNDS, pick
 from contextkit.stores.vector import CALIBRATION_TARGET, LanceVectorStore, SearchPlan
 
 DIM = 16
@@ -56,14 +57,24 @@ def low_rank(n: int, seed: int, latent: int = 3) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
+def kept_kind(builds: list[dict]) -> str:
+    """The index kind the decision rule keeps, from the recorded per-round medians: the last
+    built (in place) unless another that reached the target beat it by the band."""
+    reached = [b for b in builds if b["reached"]] or builds
+    rounds = {b["index"]: b["round_p50_ms"] for b in reached}
+    return pick(rounds, [b["index"] for b in reversed(reached)]).chosen
+
+
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
     """A 3,000-row table whose index was chosen among both HNSW kinds (ann_min_rows lowered
-    and 100 calibration rows, so that the test stays small)."""
+    and 100 calibration rows, so that the test stays small; builds that cannot win are not
+    skipped: exact search in memory is far under LanceDB's floor at this size)."""
     folder = tmp_path_factory.mktemp("vectors")
     vectors = clustered(3000, seed=1)
     store = LanceVectorStore(folder, ann_min_rows=1000, exact_search_max_rows=500)
     store.calibration_sample = 100
+    store.skip_unwinnable_indexes = False
     store.apply_changes("t", [rows(vectors)], dim=DIM, key_columns=["doc"])
     report = store.ensure_indexes("t")
     return folder, vectors, report
@@ -79,10 +90,10 @@ def test_index_kinds_are_compared_and_the_cheapest_config_at_the_target_is_chose
     assert set(builds) == {"IvfHnswSq", "IvfHnswFlat"}
     assert all(b["build_s"] > 0 and b["p50_ms"] > 0 for b in builds.values())
     assert [b["index"] for b in plan.index_builds if b.get("chosen")] == [plan.index]
-    # timed in the same rounds: one exact reference, the faster kind that reached kept
+    # timed in the same rounds: one exact reference; the kind in place (the last built) kept
+    # unless the other beat it by the band in the median round
     assert len({b["reference_p50_ms"] for b in builds.values()}) == 1
-    reached = [b for b in builds.values() if b["reached"]] or list(builds.values())
-    assert plan.index == min(reached, key=lambda b: b["p50_ms"])["index"]
+    assert plan.index == kept_kind(plan.index_builds)
     assert f"{plan.index.removeprefix('Ivf')}:vector" in report.created
     assert all(b["recall"] >= CALIBRATION_TARGET for b in builds.values() if b["reached"])
     # every configuration measured; the chosen one reached the target and was the cheapest
@@ -93,10 +104,9 @@ def test_index_kinds_are_compared_and_the_cheapest_config_at_the_target_is_chose
     assert plan.p50_ms == chosen["p50_ms"] and plan.params == chosen["params"]
     timed = [c for c in plan.candidates if "p50_ms" in c and c["method"] != "exact"]
     if plan.method != "exact":  # an approximate config must beat exact by the margin
-        assert plan.p50_ms < EXACT_MARGIN * plan.exact_p50_ms
-        assert plan.p50_ms == min(c["p50_ms"] for c in timed)
+        assert chosen["vs_exact"] < EXACT_MARGIN  # (paired per-round ratio)
     else:
-        assert all(c["p50_ms"] >= EXACT_MARGIN * plan.exact_p50_ms for c in timed)
+        assert all(c["vs_exact"] >= EXACT_MARGIN for c in timed)
     assert plan.reason
     # the plan is stored with the tables: another process (store) reads the same one
     other = LanceVectorStore(folder)
@@ -246,6 +256,7 @@ def test_index_kinds_are_timed_in_the_same_rounds_and_the_faster_one_kept(tmp_pa
     vectors = clustered(400, seed=21)
     store = LanceVectorStore(tmp_path, ann_min_rows=300, exact_search_max_rows=100)
     store.calibration_sample = 40
+    store.skip_unwinnable_indexes = False
     store.apply_changes("t", [rows(vectors)], dim=DIM, key_columns=["doc"])
     report = store.ensure_indexes("t")
     builds = {b["index"]: b for b in report.plan.index_builds}
@@ -254,12 +265,11 @@ def test_index_kinds_are_timed_in_the_same_rounds_and_the_faster_one_kept(tmp_pa
     assert len({b["reference_p50_ms"] for b in builds.values()}) == 1
     assert builds["IvfHnswSq"]["timed_with"] == ["IvfHnswFlat", "exact"]
     assert builds["IvfHnswFlat"]["timed_with"] == ["IvfHnswSq", "exact"]
-    assert all(len(b["round_p50_ms"]) == 3 and b["p50_ms"] > 0 for b in builds.values())
-    reached = [b for b in builds.values() if b["reached"]] or list(builds.values())
-    kept = min(reached, key=lambda b: b["p50_ms"])
-    assert [b["index"] for b in report.plan.index_builds if b.get("chosen")] == [kept["index"]]
-    assert report.plan.index == kept["index"]  # the table's index is the kind kept
-    assert f"{kept['index'].removeprefix('Ivf')}:vector" in report.created
+    assert all(len(b["round_p50_ms"]) == TIMING_ROUNDS and b["p50_ms"] > 0 for b in builds.values())
+    kept = kept_kind(report.plan.index_builds)
+    assert [b["index"] for b in report.plan.index_builds if b.get("chosen")] == [kept]
+    assert report.plan.index == kept  # the table's index is the kind kept
+    assert f"{kept.removeprefix('Ivf')}:vector" in report.created
 
 
 def test_the_memory_bound_covers_the_projected_copy(tmp_path):
