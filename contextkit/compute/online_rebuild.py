@@ -182,21 +182,22 @@ def views_to_rebuild(runtime: Runtime) -> list[str]:
         return []
     workspace = specs.workspace.name
     online = runtime.online
-    served = {
-        online_table(workspace, v.name): v
-        for v in specs.views.values()
-        if v.online and last_watermark(runtime.registry, workspace, v) is not None
-    }
-    missing = [v.name for table, v in served.items() if not online.has_table(table)]
-    lost = online.lost_tables([t for t, v in served.items() if v.name not in missing])
+    views = {online_table(workspace, v.name): v for v in specs.views.values() if v.online}
+    present = {table: online.has_table(table) for table in views}
+    missing = [
+        v.name
+        for table, v in views.items()
+        if not present[table] and last_watermark(runtime.registry, workspace, v) is not None
+    ]
+    lost = online.lost_tables([table for table in views if present[table]])
     if lost:
         log.warning(
             "online store %r lost rows of %s since they were materialized (a Redis Cluster "
             "master restarted empty?): rebuilding them",
             online,
-            ", ".join(served[t].name for t in lost),
+            ", ".join(views[t].name for t in lost),
         )
-    return missing + [served[t].name for t in lost] + stream_views_to_rebuild(runtime)
+    return missing + [views[t].name for t in lost] + stream_views_to_rebuild(runtime)
 
 
 def rebuilds_on_start(runtime: Runtime) -> bool:
