@@ -16,11 +16,11 @@ query), so query encoding is a small, known part. Timed per request, in interlea
 * raw parts, each on its own, in this process, each the plain library doing the work the endpoint
   does: the ``sqlite3`` SELECT of the 4 features that the online store runs; the hash encoding of
   the query; the top-5 search *the store runs for this table*, done with the raw library (read
-  from the table and the store's settings, see :func:`search_path`): up to
-  ``exact_search_max_rows`` (20,000) rows the store answers from an exact in-memory copy, so the
-  raw part is numpy's exact search over the same normalized vectors (scores, top 5, the 5 rows'
-  columns); above that, with an ANN index, raw LanceDB's index query with the store's parameters
-  (``.distance_type("cosine").limit(5).select([...])``), and without one LanceDB's flat query;
+  from the table's calibrated search plan and the store's settings, see ``bench/_raw_search.py``):
+  numpy's exact search over the same normalized vectors (the store's in-memory copy; scores, top
+  5, the 5 rows' columns), numpy's projected shortlist + exact rescoring when the plan chose it,
+  raw LanceDB's index query with the plan's parameters when it chose the ANN index, and without
+  an index LanceDB's flat query;
   the same template rendered by plain ``jinja2`` (``SandboxedEnvironment`` + ``StrictUndefined``)
   from the feature row and the store's top 5 (so both prompts can be compared); the token count
   of the rendered text with plain ``tiktoken``. The raw search's documents are checked against
@@ -76,6 +76,8 @@ from _common import (
     ratio,
     verdict,
 )
+from _raw_search import LABELS as SEARCH_LABELS
+from _raw_search import raw_search
 from online import Server, free_port
 from search import QUESTIONS, Http
 
@@ -276,50 +278,6 @@ def offline_tiktoken(encoding: str) -> str:
     return encoding
 
 
-def search_path(store, tbl) -> str:
-    """Which search :class:`LanceVectorStore` runs for this table (see ``stores/vector.py``):
-    ``exact`` (numpy over its in-memory copy, up to ``exact_search_max_rows`` rows), ``ann``
-    (LanceDB's vector index) or ``flat`` (LanceDB without an index)."""
-    if store.exact_search_max_rows > 0 and tbl.count_rows() <= store.exact_search_max_rows:
-        return "exact"
-    indexed = any(tuple(index.columns) == ("vector",) for index in tbl.list_indices())
-    return "ann" if indexed else "flat"
-
-
-class RawExactSearch:
-    """Exact cosine top k in plain numpy over the table's vectors, normalized once (what the
-    store's in-memory copy holds), returning the k rows' columns and distances."""
-
-    def __init__(self, tbl, columns: list[str], top_k: int) -> None:
-        import numpy as np
-
-        data = tbl.to_arrow()
-        vectors = data.column("vector").combine_chunks()
-        dim = vectors.type.list_size
-        matrix = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        matrix = matrix.reshape(len(vectors), dim)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        norms[norms == 0] = 1.0
-        self.matrix = np.ascontiguousarray(matrix / norms)
-        self.rows = data.select(columns).combine_chunks()
-        self.top_k = top_k
-
-    def __call__(self, vector) -> list[dict]:
-        import numpy as np
-        import pyarrow as pa
-
-        query = np.asarray(vector, dtype=np.float32)
-        # einsum: the fastest plain numpy kernel here; ``matrix @ query`` goes through
-        # multi-threaded BLAS, measured 2-6x slower on these 2 busy cores.
-        similarity = np.einsum("ij,j->i", self.matrix, query / np.linalg.norm(query))
-        top = np.argpartition(similarity, len(similarity) - self.top_k)[-self.top_k :]
-        top = top[np.argsort(-similarity[top], kind="stable")]
-        rows = self.rows.take(pa.array(top)).to_pylist()
-        for row, score in zip(rows, similarity[top].tolist(), strict=True):
-            row["_distance"] = 1.0 - score
-        return rows
-
-
 class RawParts:
     """The endpoint's work, done part by part with the plain libraries."""
 
@@ -353,8 +311,8 @@ class RawParts:
             f.name for f in self.tbl.schema if f.name not in ("vector", "content_hash", "row_hash")
         ]
         self.top_k = top_k
-        self.path = search_path(store, self.tbl)
-        self.exact = RawExactSearch(self.tbl, self.select, top_k) if self.path == "exact" else None
+        self.path, self.raw_search = raw_search(store, root / ".contextkit" / "vectors",
+                                                chunks_table, top_k)  # fmt: skip
         env = jinja2.sandbox.SandboxedEnvironment(
             undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
             lstrip_blocks=True,
@@ -373,9 +331,7 @@ class RawParts:
 
     def search(self, vector) -> list[dict]:
         """The search the store runs for this table, done with the raw library."""
-        if self.exact is not None:
-            return self.exact(vector)
-        return self.lance(vector).to_pylist()
+        return self.raw_search(vector)
 
     def lance(self, vector):
         """Raw LanceDB: its index query when the table has one (the store's ANN parameters:
@@ -437,7 +393,7 @@ def check_raw_parts(raw: RawParts, store, mix, vectors, hits) -> str:
             raise RuntimeError(f"raw sqlite3 and the online store disagree for user {user_id}")
     found = [[row["id"] for row in raw.search(v)] for v in vectors]
     wanted = [[hit["id"] for hit in h] for h in hits]
-    if raw.path != "ann":
+    if raw.path in ("exact", "projected", "flat"):
         if found != wanted:
             raise RuntimeError(f"the raw {raw.path} search does not return the store's top 5")
         return f"all {len(found)} queries (same ids, same order)"
@@ -580,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             "http": http_context,
             "health": lambda i: client.call("GET", "/health"),
         }
-        if raw.path == "exact":  # what the endpoint does not run at this size, for reference
+        if raw.path != "ann":  # what the endpoint does not run for this table, for reference
             paths["lance"] = lambda i: raw.lance(vectors[i % n])
         per_round = args.requests // args.rounds
         out.print(
@@ -666,13 +622,6 @@ def median(values: list[float]) -> float:
     import statistics
 
     return statistics.median(values)
-
-
-SEARCH_LABELS = {
-    "exact": "numpy exact search over the same vectors (the store's path up to 20,000 rows)",
-    "ann": "LanceDB index query, same parameters (the store's path: ANN index)",
-    "flat": "LanceDB flat query (the store's path: no index)",
-}
 
 
 def report(out, args, fast, server_ms, stage_ms, same_prompt, chunks, path: str) -> None:
