@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from contextkit.retrieval.cache import read_features
 from contextkit.server.common import (
     READER,
     InvalidBody,
@@ -17,7 +18,6 @@ from contextkit.server.common import (
     json_response,
     ok_example,
     parse_body,
-    waits_on_transform_workers,
 )
 
 SERVICES_EXAMPLE = {
@@ -262,12 +262,21 @@ def routes(state: ServerState) -> APIRouter:
         except InvalidBody as exc:
             return exc.response()
         c = state.context(request, body.workspace, READER, service=body.service)
+        # c.get_features, with the service's reader looked up once (each lookup checks the
+        # registry's version): it also says whether the read waits on other processes.
+        reader = c.service_reader(body.service)
         lookup = partial(
-            c.get_features, body.service, body.entities, body.request_context, cache=body.cache
+            read_features,
+            c.runtime,
+            reader,
+            body.entities,
+            body.request_context,
+            read=body.cache,
+            write=body.cache,
         )
-        if waits_on_transform_workers(c, body.service):  # other processes: off the event loop
+        if reader.uses_transform_groups:  # other processes: off the event loop
             result = await run_in_threadpool(lookup)
-        else:
+        else:  # a store read: bounded by the store's timeouts (Redis: socket_timeout)
             result = lookup()
         # Serialized by hand (orjson), not through FeaturesResponse (the documented shape):
         # bench/body_parsing.py times the declared model's path at 1.06x this one at p50 on
