@@ -211,7 +211,8 @@ class SearchPlan:
     (``index``, ``build_s``, their calibrated ``params``, ``recall``; ``p50_ms`` and the
     per-round ``round_p50_ms``, all kinds timed with exact search in the same interleaved
     rounds: ``timed_with`` names the others, ``reference_p50_ms`` is exact search's p50 there;
-    and ``chosen``). ``index_skipped``: the index kinds :meth:`~SearchPlanning.ensure_indexes`
+    ``chosen``; the first build's ``floor_check``, when the floor was measured before it).
+    ``index_skipped``: the index kinds :meth:`~SearchPlanning.ensure_indexes`
     did not build because they could not win (``index``, ``reason``, and the timings the
     decision read: ``floor_p50_ms``, LanceDB's per-query floor on the table, or the first
     kind's ``vs_best``; ``best`` and ``best_p50_ms``, the in-memory configuration it lost to).
@@ -438,13 +439,19 @@ class SearchPlanning:
             handle.count_rows(), probe.queries.shape[1]
         ):
             in_memory = self._in_memory_paths(probe)
-        best = None
+        best, floor = None, {}
         if in_memory:
             times = interleaved_rounds({**in_memory, "floor": self._floor_path(handle, probe)},
                                        probe.queries)  # fmt: skip
             medians, p50 = round_medians(times), overall_p50(times)
             best = pick(medians, PREFERENCE).chosen
             under = paired_ratio(medians[best], medians["floor"])
+            floor = {
+                "best": best,
+                "best_p50_ms": round(p50[best], 3),
+                "floor_p50_ms": round(p50["floor"], 3),
+                "vs_floor": round(under, 3),
+            }  # recorded with the first build when one is made
             if under < 1.0:
                 reason = (
                     f"not built: the {best} search measured {p50[best]:.2f} ms, {under:.2f}x "
@@ -452,13 +459,7 @@ class SearchPlanning:
                     f"query of {probe.k} rows) in the median of {len(medians[best])} paired "
                     "rounds: no index query answers below that floor"
                 )
-                timed = {
-                    "best": best,
-                    "best_p50_ms": round(p50[best], 3),
-                    "floor_p50_ms": round(p50["floor"], 3),
-                    "vs_floor": round(under, 3),
-                }
-                return None, [], [{"index": _kind(c), "reason": reason, **timed} for c in configs]
+                return None, [], [{"index": _kind(c), "reason": reason, **floor} for c in configs]
         builds: list[dict[str, Any]] = []
         paths: dict[str, Callable[[np.ndarray], Any]] = {}
         skipped: list[dict[str, Any]] = []
@@ -480,7 +481,8 @@ class SearchPlanning:
                 medians, p50 = round_medians(times), overall_p50(times)
                 behind = paired_ratio(medians["ann0"], medians[best])
                 builds[0].update(p50_ms=round(p50["ann0"], 3), timed_with=[best],
-                                 round_p50_ms=[round(m, 3) for m in medians["ann0"]])  # fmt: skip
+                                 round_p50_ms=[round(m, 3) for m in medians["ann0"]],
+                                 floor_check=floor)  # fmt: skip
                 if behind >= TIE_BAND * KIND_SPREAD and builds[0]["reached"]:
                     reason = (
                         f"not built: {kind} measured {behind:.2f}x the {best} search in the "

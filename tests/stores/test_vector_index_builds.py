@@ -76,6 +76,7 @@ def test_the_second_kind_is_built_only_when_the_first_came_close(tmp_path, monke
     assert plan.index == "IvfHnswSq"
     [build] = plan.index_builds
     assert build["index"] == "IvfHnswSq" and build["chosen"] and build["p50_ms"] > 0
+    assert build["floor_check"]["vs_floor"] >= 1  # measured first, and no reason to skip
     [skip] = plan.index_skipped
     assert skip["index"] == "IvfHnswFlat" and skip["first"] == "IvfHnswSq"
     assert skip["vs_best"] >= 1.35 and "within 1.5x of each other" in skip["reason"]
