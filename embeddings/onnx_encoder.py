@@ -21,7 +21,7 @@ calling thread, and its vector is kept in a bounded LRU cache (:class:`~.query_c
 
 ``quantize="int8"`` runs the int8 variant (see :mod:`.onnx_export`; ``optimize=True`` quantizes the
 graph ONNX Runtime's transformer optimizer fused instead of the plain export), a file of about a
-third of the size (34 MB vs 90 MB for MiniLM), faster on CPUs with int8 dot-product instructions,
+quarter of the size (23 MB vs 90 MB for MiniLM), faster on CPUs with int8 dot-product instructions,
 and vectors with a cosine of about 0.997 to the float32 ones (measured speed and retrieval quality:
 the ``bench/encode.py`` section of bench/README.md). Dynamic quantization scales activations per
 call, so an int8 vector depends slightly on the other texts of its bucket (buckets hold texts of

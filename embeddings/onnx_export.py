@@ -15,12 +15,25 @@ fused int8 graph was no faster in batches than the plain one (which ONNX Runtime
 itself at load) and slower for one query (bench/README.md, ``encode.py``).
 
 ``quantize="int8"`` adds dynamic int8 quantization (``onnxruntime.quantization.quantize_dynamic``,
-int8 weights per output channel, activations quantized per call). The matrix multiplications fed
-by the feed-forward activation (GELU), one per layer, stay in float32: their inputs have
-outliers that per-tensor activation quantization clips (on all-MiniLM-L6-v2, quantizing them too
-drops the mean cosine to the float32 vectors from 0.997 to 0.994 and the worst case from 0.993
-to 0.986; per-tensor weights give 0.94). On an optimized graph the fused attention is quantized
-as one operator (``QAttention``: the query, key and value projections in one int8 product).
+int8 weights per output channel, activations quantized per call, one scale per tensor). The
+feed-forward output projections (the matrix multiplications fed by GELU, one per layer) need
+care: a few of their input channels carry outliers, mostly on the ``[CLS]`` token (on
+all-MiniLM-L6-v2 one channel reaches 14-24 in layers 0-3 where the median channel peaks near
+0.5), and one per-tensor scale fitted to those leaves the other channels a handful of levels
+(quantizing them plainly drops the worst cosine to the float32 vectors from 0.993 to 0.983).
+So, in the spirit of LLM.int8()'s outlier decomposition, :func:`_split_outlier_channels` takes
+those channels out of the int8 product: they are found by running the float32 graph over a few
+built-in calibration texts (channels whose peak exceeds :data:`_OUTLIER_FACTOR` times the
+layer's median peak, at most :data:`_MAX_OUTLIER_CHANNELS`), their feed-forward weights are
+zeroed in the int8 path (GELU(0) = 0, so they vanish from the quantized tensor at no cost) and a
+small float32 side path (``[tokens, 384] x [384, k]``, GELU, ``[tokens, k] x [k, 384]``) adds
+their exact contribution back. Everything else is int8. Per-channel smoothing (SmoothQuant,
+folding a scale into the weights) was measured and was worse: the outliers sit on one token,
+not in whole channels, and the scaled weight rows cost the int8 weights their precision. The
+int8 graph is checked against the float32 one on texts other than the calibration's, one at a
+time; below a cosine of :data:`_INT8_CHECK_COSINE` (or when a projection's activation is not a
+GELU the side path reproduces) the projections stay float32, as before this split. On an
+optimized graph the fused attention is quantized as one operator (``QAttention``).
 
 Each variant lives in its own folder under the cache directory::
 
@@ -28,12 +41,13 @@ Each variant lives in its own folder under the cache directory::
         model.onnx  tokenizer.json  meta.json
 
 ``key`` hashes the model folder's path and the name, size and mtime of every file in it (so a
-changed or upgraded model gets a new entry), the variant options and this module's format
-version. A folder is built under a temporary name in the cache directory and renamed into place
-when complete: a reader never sees half a model, and processes exporting at the same time each
-build their own copy and all but the first rename discard theirs. Each variant is built from the
-one before it, which is cached too: fp32 (the export) -> int8 (quantized), and with ``optimize``
-fp32 -> fp32-opt (optimized) -> int8-opt (quantized from the optimized graph).
+changed or upgraded model gets a new entry), the variant options and this module's format version
+(and for int8 the recipe's, :data:`_INT8_RECIPE`: a new recipe re-quantizes from the cached float32
+export). A folder is built under a temporary name in the cache directory and renamed into place when
+complete: a reader never sees half a model, and processes exporting at the same time each build
+their own copy and all but the first rename discard theirs. Each variant is built from the one
+before it, which is cached too: fp32 (the export) -> int8 (quantized), and with ``optimize`` fp32 ->
+fp32-opt (optimized) -> int8-opt (quantized from the optimized graph).
 
 A cached entry whose ``meta.json`` is unreadable or whose ``model.onnx`` has another size than
 the one recorded (a copy cut short, a full disk) is rebuilt, with a warning naming the folder
@@ -76,6 +90,27 @@ _TOKENIZER = "tokenizer.json"
 _EXPORT_TEXTS = ["a short text", "a somewhat longer example sentence, padded less than the first"]
 _CHECK_TEXTS = ["query", "three texts of other lengths than the export inputs", "and one more"]
 _ACTIVATIONS = {"Erf", "Gelu", "FastGelu", "BiasGelu", "Tanh"}
+# The int8 recipe's version: part of an int8 entry's cache key, so a changed recipe re-quantizes
+# (from the cached float32 export) without exporting the float32 variant again.
+_INT8_RECIPE = 2
+# Calibration for the outlier channels: the peaks sit on [CLS] and a few fixed channels, so a few
+# texts of mixed kinds find them (more texts found the same channels on MiniLM).
+_CALIBRATION_TEXTS = [
+    *_EXPORT_TEXTS,
+    "waterproof hiking boots with a rubber sole and a padded collar, sizes 38 to 47",
+    "How do I get my money back for a broken order?",
+    "Return a new sorted list from the items in iterable; key and reverse are optional.",
+    "list directory contents, sorted alphabetically unless another order is asked for",
+    "Stock markets fell sharply today after the central bank raised interest rates again.",
+]
+_OUTLIER_FACTOR = 6.0
+_MAX_OUTLIER_CHANNELS = 32
+# A guard against a split that went wrong (a GELU that is not 0 at 0, a bias not found), not the
+# quality target: the recipe gives 0.99-0.999 on these texts, a broken split far less.
+_INT8_CHECK_COSINE = 0.98
+# Nodes between a feed-forward input projection and its output projection that the float32 side
+# path reproduces exactly (the exact, erf-based GELU, plain or fused by ONNX Runtime's optimizer).
+_ERF_GELU_NODES = {"Add", "Div", "Erf", "Mul", "Gelu", "BiasGelu"}
 
 
 @dataclass(frozen=True)
@@ -152,6 +187,8 @@ def cached_variant_folder(
     }
     if optimize:  # only then: the keys of the plain variants stay as before this option existed
         key_source["optimize"] = True
+    if quantize == "int8":
+        key_source["recipe"] = _INT8_RECIPE
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     # Packaged models sit in <package>/model: name those by their package.
     label = path.parent.name if path.name == "model" else path.name
@@ -394,24 +431,49 @@ def _optimize_graph(source: OnnxArtifact, out: Path) -> None:
 def _quantize_int8(source: OnnxArtifact, out: Path) -> None:
     started = time.perf_counter()
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    keep_float = _activation_fed_matmuls(onnx.load(str(source.model_file)))
-    source_meta = json.loads((source.folder / _META).read_text())
-    quantize_dynamic(
-        str(source.model_file),
-        str(out / _MODEL),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        nodes_to_exclude=keep_float,
-        # Fused operators (Attention, SkipLayerNormalization, ...) are outside ONNX's shape
-        # inference: their outputs are float32.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    tokenizer = _load_tokenizer(source.tokenizer_file)
+    model = onnx.load(str(source.model_file))
+    projections = _activation_fed_matmuls(model)
+    peaks = _channel_peaks(source.model_file, model, projections, tokenizer)
+    outliers = {name: _outlier_channels(peak) for name, peak in peaks.items()}
+    split, side_nodes = _split_outlier_channels(model, outliers)
+    # Left float32: a projection with outliers that could not be split, or not measured.
+    unsplit = [
+        name
+        for name in projections
+        if name not in split and (name not in outliers or len(outliers[name]))
+    ]
+    staged = out / "split.onnx"
+    onnx.save(model, str(staged))
+    _quantize_dynamic(staged, out / _MODEL, keep_float=side_nodes + unsplit)
+    # Each text alone: padding in a batch moves int8 vectors by itself (module docstring).
+    cosine = min(
+        float(
+            _row_cosines(
+                _run_onnx(out / _MODEL, *_token_arrays(tokenizer, [text])),
+                _run_onnx(source.model_file, *_token_arrays(tokenizer, [text])),
+            )[0]
+        )
+        for text in _CHECK_TEXTS
     )
+    keep_float = side_nodes + unsplit
+    if split and cosine < _INT8_CHECK_COSINE:
+        log.warning(
+            "int8 with outlier channels split off reproduces %s at a cosine of %.4f only; "
+            "keeping its feed-forward output projections in float32",
+            source.folder,
+            cosine,
+        )
+        _quantize_dynamic(source.model_file, out / _MODEL, keep_float=projections)
+        split, keep_float = {}, projections
+    staged.unlink()
+    source_meta = json.loads((source.folder / _META).read_text())
     shutil.copyfile(source.tokenizer_file, out / _TOKENIZER)
     _write_meta(
         out,
         quantize="int8",
+        recipe=_INT8_RECIPE,
         optimized=source.optimized,
         fused=source_meta.get("fused"),
         dimension=source.dimension,
@@ -419,7 +481,171 @@ def _quantize_int8(source: OnnxArtifact, out: Path) -> None:
         model_path=source_meta["model_path"],
         seconds=time.perf_counter() - started,
         float_nodes=keep_float,
+        outlier_channels={name: [int(c) for c in split[name]] for name in split},
     )
+
+
+def _quantize_dynamic(model_file: Path, out_file: Path, *, keep_float: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(model_file),
+        str(out_file),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_exclude=keep_float,
+        # Fused operators (Attention, SkipLayerNormalization, ...) are outside ONNX's shape
+        # inference: their outputs are float32.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _channel_peaks(model_file: Path, model: Any, projections: list[str], tokenizer: Any) -> dict:
+    """Per projection, the largest absolute value of each input channel over the real (unpadded)
+    tokens of :data:`_CALIBRATION_TEXTS`, from the float32 graph."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    inputs = {node.name: node.input[0] for node in model.graph.node if node.name in projections}
+    probe = onnx.load(str(model_file))
+    for name in inputs.values():
+        probe.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        )
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids, mask = _token_arrays(tokenizer, _CALIBRATION_TEXTS)
+    values = session.run(list(inputs.values()), {"input_ids": ids, "attention_mask": mask})
+    real = mask.astype(bool)
+    return {
+        node: np.abs(value[real]).max(axis=0)
+        for node, value in zip(inputs, values, strict=True)
+        if value.ndim == 3
+    }
+
+
+def _outlier_channels(peak: Any) -> Any:
+    """The channels whose peak exceeds :data:`_OUTLIER_FACTOR` times the median channel's, the
+    largest :data:`_MAX_OUTLIER_CHANNELS` of them, in ascending order."""
+    import numpy as np
+
+    over = np.flatnonzero(peak > _OUTLIER_FACTOR * float(np.median(peak)))
+    top = over[np.argsort(-peak[over])][:_MAX_OUTLIER_CHANNELS]
+    return np.sort(top)
+
+
+def _split_outlier_channels(model: Any, outliers: dict) -> tuple[dict, list[str]]:
+    """Take each projection's outlier channels out of the product to be quantized (see the
+    module docstring). Changes ``model`` in place; returns the projections split (name ->
+    channels) and the side path's MatMul nodes, which stay float32. A projection whose path
+    from its input projection is not a plain or fused erf-GELU with a constant bias is left
+    as it is."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
+    split: dict = {}
+    side_nodes: list[str] = []
+    inserts = []
+    for node in graph.node:
+        channels = outliers.get(node.name)
+        if channels is None or not len(channels) or node.input[1] not in weights:
+            continue
+        found = _feed_forward_input(node, producer, weights)
+        if found is None:
+            continue
+        ffn_in, bias_name = found
+        w_in = numpy_helper.to_array(weights[ffn_in.input[1]]).copy()
+        bias = numpy_helper.to_array(weights[bias_name]).copy()
+        w_out = numpy_helper.to_array(weights[node.input[1]]).copy()
+        if w_in.ndim != 2 or bias.shape != (w_in.shape[1],) or w_out.shape[0] != w_in.shape[1]:
+            continue
+        prefix = f"{node.name}/outliers"
+        side = {
+            "w_in": w_in[:, channels],
+            "bias": bias[channels],
+            "w_out": w_out[channels, :],
+            "sqrt2": np.array(np.sqrt(2.0)),
+            "one": np.array(1.0),
+            "half": np.array(0.5),
+        }
+        for key, value in side.items():
+            graph.initializer.append(
+                numpy_helper.from_array(value.astype(np.float32), f"{prefix}/{key}")
+            )
+        # Zeroed in the int8 path: the input projection gives 0 there, GELU(0) = 0.
+        w_in[:, channels] = 0
+        bias[channels] = 0
+        w_out[channels, :] = 0
+        for name, value in ((ffn_in.input[1], w_in), (bias_name, bias), (node.input[1], w_out)):
+            weights[name].CopyFrom(numpy_helper.from_array(value, name))
+        output = node.output[0]
+        node.output[0] = f"{prefix}/int8_product"
+        nodes = _side_path(prefix, ffn_in.input[0], output)
+        inserts.append((node.name, nodes))
+        side_nodes += [f"{prefix}/MatMul_in", f"{prefix}/MatMul_out"]
+        split[node.name] = channels
+    for name, nodes in inserts:  # right after the projection: the graph stays in order
+        at = next(i for i, n in enumerate(graph.node) if n.name == name) + 1
+        for offset, new in enumerate(nodes):
+            graph.node.insert(at + offset, new)
+    return split, side_nodes
+
+
+def _side_path(prefix: str, ffn_input: str, output: str) -> list:
+    """The float32 nodes of a split projection: its outlier channels' input projection, bias and
+    GELU (written as the export writes it, so ONNX Runtime fuses it the same way), their output
+    projection, and the sum with the int8 product (``<prefix>/int8_product``) into ``output``."""
+    from onnx import helper
+
+    def t(part: str) -> str:
+        return f"{prefix}/{part}"
+
+    return [
+        helper.make_node("MatMul", [ffn_input, t("w_in")], [t("h0")], name=t("MatMul_in")),
+        helper.make_node("Add", [t("h0"), t("bias")], [t("h")], name=t("Add_bias")),
+        # GELU(h) = h * (1 + erf(h / sqrt 2)) / 2
+        helper.make_node("Div", [t("h"), t("sqrt2")], [t("d")], name=t("Div")),
+        helper.make_node("Erf", [t("d")], [t("e")], name=t("Erf")),
+        helper.make_node("Add", [t("e"), t("one")], [t("e1")], name=t("Add_one")),
+        helper.make_node("Mul", [t("h"), t("e1")], [t("g0")], name=t("Mul")),
+        helper.make_node("Mul", [t("g0"), t("half")], [t("g")], name=t("Mul_half")),
+        helper.make_node("MatMul", [t("g"), t("w_out")], [t("y")], name=t("MatMul_out")),
+        helper.make_node("Add", [t("int8_product"), t("y")], [output], name=t("Add")),
+    ]
+
+
+def _feed_forward_input(projection: Any, producer: dict, weights: dict) -> tuple | None:
+    """``(input projection MatMul, bias initializer name)`` feeding ``projection`` through an
+    erf-GELU, or None when the nodes between are anything else."""
+    between: dict[str, Any] = {}
+    frontier, found = [projection.input[0]], None
+    while frontier:
+        node = producer.get(frontier.pop())
+        if node is None or node.name in between or node.op_type == "Constant":
+            continue
+        if node.op_type == "MatMul":
+            if found is not None and found.name != node.name:
+                return None
+            found = node
+            continue
+        if node.op_type not in _ERF_GELU_NODES or len(between) > 8:
+            return None
+        between[node.name] = node
+        frontier += [name for name in node.input if name in producer]
+    if found is None or found.input[1] not in weights:
+        return None
+    biases = [
+        name
+        for node in between.values()
+        if node.op_type in ("Add", "BiasGelu")
+        for name in node.input
+        if name in weights and len(weights[name].dims) == 1 and weights[name].dims[0] > 1
+    ]
+    return (found, biases[0]) if len(biases) == 1 else None
 
 
 def _activation_fed_matmuls(model: Any, depth: int = 5) -> list[str]:

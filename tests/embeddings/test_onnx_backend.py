@@ -25,6 +25,7 @@ from contextkit.embeddings import (
 from contextkit.embeddings.onnx_encoder import length_buckets
 
 pytest.importorskip("onnxruntime")  # the optional ONNX backend (the package imports it lazily)
+onnx = pytest.importorskip("onnx")  # to read the exported graphs
 
 TEXTS = [
     "A cat sits on the mat.",
@@ -33,6 +34,30 @@ TEXTS = [
     "waterproof hiking boots with a rubber sole",
     "List information about the files in the current directory, sorted alphabetically unless "
     "another order is asked for; with -l, print permissions, owner, size and modification time.",
+]
+
+# Product descriptions like the quickstart's generator writes (examples/quickstart).
+PRODUCTS = [
+    "The Brightpan Atlas 2 Cast Iron Skillet is an ergonomic cast iron skillet from the Brightpan "
+    "kitchen range, built for meal prep on Sundays. You also get precise temperature control. It "
+    "is a great choice for brewing morning coffee as well as searing steaks. Product code: "
+    "SKU-LRU-4853. Key features include a PFOA-free non-stick coating, oven-safe construction up "
+    "to 260 degrees Celsius, and dishwasher-safe parts. Made from enamelled cast iron, it cleans "
+    "up in seconds.",
+    "The Northpeak Crest 6 Running Shoes is a cushioned running shoes from the Northpeak shoes "
+    "range, built for rainy commutes. Key features include a waterproof, breathable membrane that "
+    "keeps feet dry in rain and puddles, a grippy rubber outsole with deep lugs for loose terrain, "
+    "and a cushioned midsole that absorbs impact on hard pavement. Product code: SKU-OUB-6468. It "
+    "is a great choice for hiking muddy trails as well as casual weekends.",
+    "The Rootwell Pioneer 8 Watering Can is an ergonomic watering can from the Rootwell garden "
+    "range, built for growing vegetables. You also get an automatic dusk-to-dawn sensor. Made from "
+    "recycled HDPE plastic, it is easy on the hands and back. Key features include hardened steel "
+    "blades that cut cleanly, a long-life lithium battery, and a self-watering reservoir.",
+    "The Atlas Editions Apex 6 Gardening Guide is an award-winning gardening guide from the Atlas "
+    "Editions books range, built for book club discussions. Designed with students and readers in "
+    "mind, it rewards a second read. Made from acid-free paper, it is easy to read in short "
+    "sessions. Key features include QR codes linking to bonus online material and full-colour "
+    "photographs on every spread. Product code: SKU-PCU-8462.",
 ]
 
 
@@ -173,12 +198,56 @@ def test_a_second_load_reuses_the_export(onnx_cache, monkeypatch):
 
 
 def test_the_int8_export_records_what_stays_float(onnx_cache):
+    """Every projection is int8; only the outlier channels' small side paths stay float32."""
     int8 = export_onnx(packaged_model_path(), quantize="int8", cache_dir=onnx_cache)
     fp32 = export_onnx(packaged_model_path(), cache_dir=onnx_cache)
     meta = json.loads((int8.folder / "meta.json").read_text())
-    # One feed-forward output projection per layer of the 6-layer model stays float32.
-    assert len(meta["float_nodes"]) == 6 and meta["optimized"] is False
-    assert int8.model_file.stat().st_size < fp32.model_file.stat().st_size / 2  # 34 vs 90 MB
+    assert meta["optimized"] is False and meta["recipe"] == onnx_export._INT8_RECIPE
+    outliers = meta["outlier_channels"]
+    # MiniLM's peaks on [CLS] sit in a few channels of its first layers' feed-forward inputs.
+    assert outliers and all(
+        1 <= len(c) <= onnx_export._MAX_OUTLIER_CHANNELS for c in outliers.values()
+    )
+    side = [f"{name}/outliers/MatMul_{end}" for name in outliers for end in ("in", "out")]
+    assert sorted(meta["float_nodes"]) == sorted(side)
+    graph = onnx.load(str(int8.model_file)).graph
+    float_products = {n.name for n in graph.node if n.op_type == "MatMul"}
+    # Float32 MatMuls left: attention's two products per layer (activations on both sides,
+    # which dynamic quantization leaves alone) and the side paths; no feed-forward projection.
+    assert float_products - set(side) == {
+        n for n in float_products if n.endswith(("/self/MatMul", "/self/MatMul_1"))
+    }
+    assert len(float_products - set(side)) == 12
+    assert int8.model_file.stat().st_size < fp32.model_file.stat().st_size / 3  # 23 vs 90 MB
+
+
+def test_int8_vectors_of_product_descriptions_stay_close_to_torch(minilm, onnx_int8):
+    """The quickstart's kind of text (130-190 tokens, batches of close lengths), where all
+    projections in int8 gain the most: within a cosine of 0.99 of torch, batched and alone."""
+    expected = minilm.encode(PRODUCTS)
+    batched = onnx_int8.encode(PRODUCTS * 8)  # several buckets of close lengths
+    assert cosines(batched[: len(PRODUCTS)], expected).min() >= 0.99
+    assert cosines(batched[-len(PRODUCTS) :], expected).min() >= 0.99
+    alone = np.stack([onnx_int8.encode([t])[0] for t in PRODUCTS])
+    assert cosines(alone, expected).min() >= 0.99
+
+
+def test_a_new_int8_recipe_requantizes_from_the_cached_export(onnx_cache, tmp_path, monkeypatch):
+    """An int8 entry of an older recipe is not reused; the new one is built from the float32
+    export already in the cache (no second export), and the float32 entry stays."""
+    for folder in onnx_cache.iterdir():  # the session's exports, hard-linked
+        shutil.copytree(folder, tmp_path / folder.name, copy_function=os.link)
+    before = export_onnx(packaged_model_path(), quantize="int8", cache_dir=tmp_path)
+
+    def no_export(*_args, **_kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_export, "_export_float32", no_export)
+    monkeypatch.setattr(onnx_export, "_INT8_RECIPE", onnx_export._INT8_RECIPE + 1)
+    after = export_onnx(packaged_model_path(), quantize="int8", cache_dir=tmp_path)
+    assert after.created and after.folder != before.folder and before.folder.is_dir()
+    meta = json.loads((after.folder / "meta.json").read_text())
+    assert meta["recipe"] == onnx_export._INT8_RECIPE
 
 
 @pytest.mark.slow
@@ -194,7 +263,10 @@ def test_the_optimized_int8_variant_is_fused_stays_close_to_torch_and_is_reused(
     assert cosines(encoder.encode(TEXTS), minilm.encode(TEXTS)).min() >= 0.99
     meta = json.loads((encoder.artifact.folder / "meta.json").read_text())
     assert meta["optimized"] is True and meta["fused"]["Attention"] == 6  # one per layer
-    assert len(meta["float_nodes"]) == 6
+    # The fused GELU (BiasGelu) is split like the plain one: only the side paths stay float32.
+    assert meta["outlier_channels"] and len(meta["float_nodes"]) == 2 * len(
+        meta["outlier_channels"]
+    )
     variants = sorted(p.name.split("-", 1)[1].rsplit("-", 1)[0] for p in tmp_path.iterdir())
     assert variants == ["fp32", "fp32-opt", "int8", "int8-opt"]  # each step cached once
 
