@@ -103,9 +103,9 @@ class VectorSearch:
             )
         if version is None:
             handle = self._open(table)
-            # One round trip to learn the current version (it also picks up other writers'
-            # commits); everything else about the table is cached per version.
-            version = int(handle.version)
+            # The current version (other writers' commits included); everything else about the
+            # table is cached per version.
+            version = self._latest_version(table, handle)
         else:  # a checkout: its caches are its own (keyed table@version), never invalidated
             table, handle = self._open_version(table, version)
         layout = self._layout(table, handle, version)

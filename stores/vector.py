@@ -161,8 +161,9 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
     """Embedding-view tables in a LanceDB folder: local, or ``s3://bucket/prefix`` (``s3``: the
     S3 settings, default from the AWS variables; see the module docstring for what S3 costs).
 
-    ``read_consistency_interval`` (default 0: every read checks for a newer version, ~0.3 ms)
-    makes writes from other processes visible. ``exact_search_max_rows`` bounds the numpy
+    ``read_consistency_interval`` (default 0: every read checks for a newer version) makes
+    writes from other processes visible; on a local disk a search makes that check with one
+    ``stat`` of the table's version folder while the table is unchanged. ``exact_search_max_rows`` bounds the numpy
     exact-search cache of an uncalibrated table (0 disables it); ``exact_cache_max_bytes`` the
     vectors kept in memory for one table, ``exact_cache_total_bytes`` for all of them together
     (:meth:`memory` tells what is held). ``ann_min_rows`` is where :meth:`ensure_indexes` starts
@@ -222,6 +223,10 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
                 self.uri, read_consistency_interval=read_consistency_interval
             )
         self._tables: dict[str, Any] = {}
+        # Searches' version checks (TableAccess._latest_version): table -> (mtime of its
+        # _versions folder, the version LanceDB gave while the folder had that mtime).
+        self._check_every_read = read_consistency_interval == timedelta(0)
+        self._seen_versions: dict[str, tuple[int, int]] = {}
         self._exact = InMemoryCopies(exact_cache_tables, exact_cache_total_bytes)
         self._layouts: dict[str, Layout] = {}
         self._plans: dict[str, tuple[SearchPlan | None, float]] = {}  # table -> (plan, read at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import numpy as np
@@ -286,6 +287,48 @@ def test_writes_from_another_process_are_seen_by_the_exact_cache(tmp_path):
     assert reader.search("t", vector=target["vector"], top_k=1)[0]["id"] != "s030#0"
     writer.apply_changes("t", [to_batch([target])], dim=DIM)
     assert reader.search("t", vector=target["vector"], top_k=1)[0]["id"] == "s030#0"
+
+
+def test_every_commit_of_another_process_is_seen_by_the_next_search(tmp_path):
+    # Commits land right after searches, within the file system's mtime granularity: the
+    # version check that stands in for LanceDB's (one stat of _versions) must still see each.
+    reader = LanceVectorStore(tmp_path)
+    writer = LanceVectorStore(tmp_path)
+    writer.apply_changes("t", [to_batch(RECORDS[:2])], dim=DIM, key_columns=["sku"])
+    for record in RECORDS[2:30]:
+        reader.search("t", vector=record["vector"], top_k=1)
+        writer.apply_changes("t", [to_batch([record])], dim=DIM)
+        assert reader.search("t", vector=record["vector"], top_k=1)[0]["id"] == f"{record['sku']}#0"
+
+
+class CountingHandle:
+    """A LanceDB table handle that counts how often its version is asked."""
+
+    def __init__(self, handle):
+        self._handle, self.asked = handle, 0
+
+    @property
+    def version(self):
+        self.asked += 1
+        return self._handle.version
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+def test_searches_of_an_unchanged_local_table_skip_lancedbs_version_check(tmp_path):
+    store = LanceVectorStore(tmp_path)
+    store.apply_changes("t", [to_batch(RECORDS[:10])], dim=DIM, key_columns=["sku"])
+    versions = tmp_path / "t.lance" / "_versions"
+    settled = (versions.stat().st_mtime_ns - 1_000_000_000) // 1_000_000_000
+    os.utime(versions, (settled, settled))  # the last commit is long past
+    handle = store._tables["t"] = CountingHandle(store._open("t"))
+    for _ in range(5):
+        assert store.search("t", vector=RECORDS[3]["vector"], top_k=1)[0]["id"] == "s003#0"
+    assert handle.asked == 1
+    LanceVectorStore(tmp_path).apply_changes("t", [to_batch([RECORDS[40]])], dim=DIM)
+    assert store.search("t", vector=RECORDS[40]["vector"], top_k=1)[0]["id"] == "s040#0"
+    assert handle.asked == 2
 
 
 # -- indexes -------------------------------------------------------------------------------------
