@@ -41,8 +41,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -164,8 +163,7 @@ class SentenceTransformerEncoder:
     ``tokenizer.json``) and ``dimension`` and ``max_tokens`` (its config) do not load it.
 
     ``encode_query(text)`` is the serving path for one text: no batching, no progress machinery,
-    the model called directly in the calling thread (its CPU ops on that one thread, see
-    :func:`_one_cpu_thread`), and the vector kept in a bounded LRU cache
+    the model called directly in the calling thread, and the vector kept in a bounded LRU cache
     of ``query_cache_size`` entries (0 turns the cache off). :class:`~.onnx_encoder.OnnxEncoder`
     is the same model run by ONNX Runtime (``backend: onnx`` in a repo config).
 
@@ -260,7 +258,7 @@ class SentenceTransformerEncoder:
         # SentenceTransformer.preprocess (tokenize before sentence-transformers 5), then the
         # forward pass: what encode() does for one text, minus batching, sorting and progress.
         prepare = getattr(model, "preprocess", None) or model.tokenize
-        with torch.inference_mode(), _one_cpu_thread(torch, model.device):
+        with torch.inference_mode():
             features = {
                 k: v.to(model.device) if isinstance(v, torch.Tensor) else v
                 for k, v in prepare([text]).items()
@@ -316,30 +314,6 @@ class SentenceTransformerEncoder:
         if not value:
             value = self.encode(["dimension probe"]).shape[1]
         return int(value)
-
-
-@contextmanager
-def _one_cpu_thread(torch: Any, device: Any) -> Iterator[None]:
-    """torch's CPU ops on one thread while one query runs in this thread.
-
-    A query is a 1 x n forward pass: split over torch's OpenMP team, each of its few hundred
-    operators ends at a barrier where the team's threads spin until all have had the CPU; on a
-    busy machine that burns the cores the other threads need. Served on 2 cores at load 8-11,
-    in the same interleaved run as the old path (bench/README.md, ``search.py``, issue 19):
-    ``/v1/search`` with a new query text p50 157 -> 36 ms, mean 292 -> 37 ms, server CPU per
-    request 150 -> 18 ms. Batches (``encode``) keep torch's setting: it is restored when the
-    query ends. While a query runs, torch work in other threads may get one thread too (MKL's
-    count is process-wide; threads already running keep their own OpenMP count), for that
-    long: one query's time."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 _span_tokenizers: dict[str, Any] = {}

@@ -87,21 +87,3 @@ def test_the_torch_single_query_path_matches_encode_and_caches(minilm):
     hits = minilm.query_cache.hits
     assert encode_query(minilm, texts[0]) is minilm.encode_query(texts[0])
     assert minilm.query_cache.hits == hits + 2
-
-
-def test_a_torch_query_runs_on_one_cpu_thread_and_leaves_torch_as_it_was(minilm):
-    import torch
-
-    seen: list[int] = []
-    hook = minilm.model[0].register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        minilm.encode_query("waterproof hiking boots, one thread")
-        assert seen == [1]  # the query's forward pass ran single-threaded
-        assert torch.get_num_threads() == 2  # and torch's setting is back
-        minilm.encode(["a batch keeps torch's own setting"])
-        assert seen == [1, 2]
-    finally:
-        hook.remove()
-        torch.set_num_threads(before)
