@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -32,11 +33,38 @@ from contextkit.stores._vector_common import (
 from contextkit.stores.errors import StoreFailure
 from contextkit.stores.objectstore import translate
 
+# A file system stamps mtimes from a coarse clock (a few ms; whole seconds on ext3, 2 s on FAT),
+# so two changes of one folder can carry the same mtime: a version learned less than this long
+# after its folder last changed is checked with LanceDB again next time (as git treats "racily
+# clean" index entries).
+VERSIONS_SETTLED_NS = 2_000_000_000
 
-# A file system stamps mtimes from a coarse clock (a few ms), so two changes of one folder can
-# carry the same mtime: a version learned less than this long after its folder last changed is
-# checked with LanceDB again next time (as git treats "racily clean" index entries).
-VERSIONS_SETTLED_NS = 100_000_000
+# Local file systems whose folder mtimes move with every entry added, from any process on this
+# machine. Network ones (NFS, SMB, FUSE mounts) cache attributes on the client for seconds, so a
+# store there keeps LanceDB's own check.
+LOCAL_FILE_SYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "bcachefs"}
+)
+
+
+def local_file_system(path: Path) -> bool:
+    """Whether ``path`` lies on a file system of :data:`LOCAL_FILE_SYSTEMS` (the longest mount
+    point above it in ``/proc/self/mounts``); False where that cannot be told."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        target = str(path.resolve())
+    except OSError:
+        return False
+    best, kind = "", ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind in LOCAL_FILE_SYSTEMS
 
 
 class ChunkHashes(NamedTuple):
@@ -151,13 +179,15 @@ class TableAccess:
     def _latest_version(self, table: str, handle: Any) -> int:
         """The latest committed version of ``table`` (other processes' commits included), for a
         search. LanceDB learns it by reading the table's version files (~0.15 ms of CPU, more
-        when the machine is loaded). On a local disk, with every read checked (the default
-        ``read_consistency_interval`` of 0), one ``stat`` of the table's ``_versions`` folder
-        stands in for that while the folder is unchanged: every commit, from any process, adds a
-        manifest file there, which moves the folder's mtime. A version learned within
-        :data:`VERSIONS_SETTLED_NS` of the folder's last change is asked of LanceDB again."""
-        if self._local is None or not self._check_every_read:
+        when the machine is loaded). On a local file system (:func:`local_file_system`), with
+        every read checked (the default ``read_consistency_interval`` of 0), one ``stat`` of the
+        table's ``_versions`` folder stands in for that while the folder is unchanged: every
+        commit, from any process, adds a manifest file there, which moves the folder's mtime. A
+        version learned within :data:`VERSIONS_SETTLED_NS` of the folder's last change is asked
+        of LanceDB again."""
+        if not self._stat_versions:
             return int(handle.version)
+        assert self._local is not None
         try:
             changed = os.stat(self._local / f"{table}.lance" / "_versions").st_mtime_ns
         except OSError:  # gone or unreadable: LanceDB's own check raises what it is

@@ -121,7 +121,7 @@ from contextkit.stores._vector_plan import (
 )
 from contextkit.stores._vector_plan import ann_config as _ann_config
 from contextkit.stores._vector_search import Layout, VectorSearch
-from contextkit.stores._vector_tables import ChunkHashes, TableAccess
+from contextkit.stores._vector_tables import ChunkHashes, TableAccess, local_file_system
 from contextkit.stores._vector_writes import ApplyResult, TableWrites
 from contextkit.stores.objectstore import Location, S3Settings, is_s3, open_location
 
@@ -162,10 +162,10 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
     S3 settings, default from the AWS variables; see the module docstring for what S3 costs).
 
     ``read_consistency_interval`` (default 0: every read checks for a newer version) makes
-    writes from other processes visible; on a local disk a search makes that check with one
-    ``stat`` of the table's version folder while the table is unchanged. ``exact_search_max_rows`` bounds the numpy
-    exact-search cache of an uncalibrated table (0 disables it); ``exact_cache_max_bytes`` the
-    vectors kept in memory for one table, ``exact_cache_total_bytes`` for all of them together
+    writes from other processes visible; on a local file system a search makes that check with
+    one ``stat`` of the table's version folder while the table is unchanged.
+    ``exact_search_max_rows`` bounds the numpy exact-search cache of an uncalibrated table (0
+    disables it); ``exact_cache_max_bytes`` the vectors kept in memory for one table, ``exact_cache_total_bytes`` for all of them together
     (:meth:`memory` tells what is held). ``ann_min_rows`` is where :meth:`ensure_indexes` starts
     considering an ANN index; up to ``index_candidates_max_rows`` rows it builds the HNSW kinds
     that can win and keeps the one measured cheaper (see :func:`index_candidates`; set
@@ -225,7 +225,11 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
         self._tables: dict[str, Any] = {}
         # Searches' version checks (TableAccess._latest_version): table -> (mtime of its
         # _versions folder, the version LanceDB gave while the folder had that mtime).
-        self._check_every_read = read_consistency_interval == timedelta(0)
+        self._stat_versions = (
+            self._local is not None
+            and read_consistency_interval == timedelta(0)
+            and local_file_system(self._local)
+        )
         self._seen_versions: dict[str, tuple[int, int]] = {}
         self._exact = InMemoryCopies(exact_cache_tables, exact_cache_total_bytes)
         self._layouts: dict[str, Layout] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contextkit.stores._vector_plan import index_candidates
+from contextkit.stores._vector_tables import LOCAL_FILE_SYSTEMS, local_file_system
 from contextkit.stores.vector import (
     ChunkHashes,
     InvalidFilterError,
@@ -318,9 +320,10 @@ class CountingHandle:
 
 def test_searches_of_an_unchanged_local_table_skip_lancedbs_version_check(tmp_path):
     store = LanceVectorStore(tmp_path)
+    assert store._stat_versions, "the test folder should be on a local file system"
     store.apply_changes("t", [to_batch(RECORDS[:10])], dim=DIM, key_columns=["sku"])
     versions = tmp_path / "t.lance" / "_versions"
-    settled = (versions.stat().st_mtime_ns - 1_000_000_000) // 1_000_000_000
+    settled = versions.stat().st_mtime_ns // 1_000_000_000 - 60
     os.utime(versions, (settled, settled))  # the last commit is long past
     handle = store._tables["t"] = CountingHandle(store._open("t"))
     for _ in range(5):
@@ -329,6 +332,13 @@ def test_searches_of_an_unchanged_local_table_skip_lancedbs_version_check(tmp_pa
     LanceVectorStore(tmp_path).apply_changes("t", [to_batch([RECORDS[40]])], dim=DIM)
     assert store.search("t", vector=RECORDS[40]["vector"], top_k=1)[0]["id"] == "s040#0"
     assert handle.asked == 2
+
+
+def test_only_local_file_systems_stand_in_for_lancedbs_version_check(tmp_path):
+    assert local_file_system(tmp_path)
+    assert not local_file_system(Path("/proc/self"))  # proc: not a store's file system
+    # a store on a network mount keeps LanceDB's check
+    assert "nfs" not in LOCAL_FILE_SYSTEMS and "cifs" not in LOCAL_FILE_SYSTEMS
 
 
 # -- indexes -------------------------------------------------------------------------------------
