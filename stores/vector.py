@@ -161,14 +161,14 @@ class LanceVectorStore(TableAccess, TableWrites, SearchPlanning, VectorSearch):
     """Embedding-view tables in a LanceDB folder: local, or ``s3://bucket/prefix`` (``s3``: the
     S3 settings, default from the AWS variables; see the module docstring for what S3 costs).
 
-    ``read_consistency_interval`` (default 0: every read checks for a newer version) makes
-    writes from other processes visible; on a local file system a search makes that check with
-    one ``stat`` of the table's version folder while the table is unchanged.
-    ``exact_search_max_rows`` bounds the numpy exact-search cache of an uncalibrated table (0
-    disables it); ``exact_cache_max_bytes`` the vectors kept in memory for one table, ``exact_cache_total_bytes`` for all of them together
+    ``read_consistency_interval`` (default 0: every read checks for a newer version) makes writes
+    from other processes visible; on a local file system a search makes that check with one ``stat``
+    of the table's version folder while the table is unchanged. ``exact_search_max_rows`` bounds the
+    numpy exact-search cache of an uncalibrated table (0 disables it); ``exact_cache_max_bytes`` the
+    vectors kept in memory for one table, ``exact_cache_total_bytes`` for all of them together
     (:meth:`memory` tells what is held). ``ann_min_rows`` is where :meth:`ensure_indexes` starts
-    considering an ANN index; up to ``index_candidates_max_rows`` rows it builds the HNSW kinds
-    that can win and keeps the one measured cheaper (see :func:`index_candidates`; set
+    considering an ANN index; up to ``index_candidates_max_rows`` rows it builds the HNSW kinds that
+    can win and keeps the one measured cheaper (see :func:`index_candidates`; set
     ``skip_unwinnable_indexes = False`` to build every kind). Thread-safe.
 
     >>> store = LanceVectorStore(tmp_path / "vectors")                       # doctest: +SKIP
