@@ -8,6 +8,7 @@ of another workspace in the same transaction is refused.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 return #members
 """
+_log = logging.getLogger("contextkit.stores.redis_online")
+
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
 
 
@@ -288,28 +291,41 @@ class RedisOnlineWriter(OnlineWriter):
     # -- commit -----------------------------------------------------------------------------------
 
     def _commit(self) -> None:
+        """MULTI/EXEC the queued writes; nothing else, so that a Redis error here (translated
+        by the caller: WATCH or MOVED as a WriteConflict) always means nothing was written.
+        The caller then runs :meth:`_committed` (or :meth:`_rollback` when this raised)."""
         pipe = self._pipe
         if pipe is None:
             return  # no table was touched
+        if self._queued or self._new or self._locks:
+            pipe.multi()
+            for table, raw in self._new.items():
+                pipe.set(self._keys.meta_key(table), raw)
+            for command in self._queued:
+                pipe.execute_command(*command)
+            for key in self._locks:
+                pipe.delete(key)
+            pipe.execute()
+            self._locks.clear()
+
+    def _committed(self) -> None:
+        """After a successful EXEC: the writes are in, so a failed clean-up (UNWATCH, a lock
+        release; a MOVED reply if a resharding just moved the slot) must not be reported as a
+        failed write, which ``transact`` would run again. It is logged; the locks expire."""
+        import redis
+
         try:
-            if self._queued or self._new or self._locks:
-                pipe.multi()
-                for table, raw in self._new.items():
-                    pipe.set(self._keys.meta_key(table), raw)
-                for command in self._queued:
-                    pipe.execute_command(*command)
-                for key in self._locks:
-                    pipe.delete(key)
-                pipe.execute()
-                self._locks.clear()
-        finally:
             self._release()
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            _log.warning(
+                "online write committed; releasing its connection or locks failed: %s", exc
+            )
 
     def _rollback(self) -> None:
         """Best effort: nothing was sent but WATCHes and locks, which also expire by themselves."""
         import redis
 
-        with suppress(redis.RedisError):
+        with suppress(redis.RedisError, redis.exceptions.RedisClusterException):
             self._release()
 
     def _release(self) -> None:

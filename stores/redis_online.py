@@ -872,8 +872,14 @@ class RedisOnlineStore(OnlineStore):
         except BaseException:
             writer._rollback()
             raise
-        with self._keys.translated("committing an online write", transaction=True):
-            writer._commit()
+        try:
+            # Only the EXEC: a MOVED after it is no conflict, the writes are in.
+            with self._keys.translated("committing an online write", transaction=True):
+                writer._commit()
+        except BaseException:
+            writer._rollback()
+            raise
+        writer._committed()
 
     def close(self) -> None:
         client = self._keys.connected()
