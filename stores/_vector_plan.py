@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import json
 import math
-import threading
+import os
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -563,17 +564,7 @@ class SearchPlanning:
 
     def _write_plan(self, table: str, plan: SearchPlan) -> None:
         where = self._plan_location(table)
-        raw = json.dumps(plan.as_dict(), indent=1)
-        if self._local is not None:
-            target = Path(where)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(f".{threading.get_ident()}.tmp")
-            partial.write_text(raw)
-            partial.replace(target)  # readers see the old plan or the new one, never half
-        else:
-            assert self._loc is not None
-            with self._loc.filesystem.open_output_stream(where) as f:  # one PUT
-                f.write(raw.encode())
+        self._put(where, json.dumps(plan.as_dict(), indent=1).encode())
         with self._lock:
             self._plans[table] = (plan, _monotonic())
 
@@ -582,16 +573,22 @@ class SearchPlanning:
         where = self._plan_location(table).removesuffix(".json") + ".projection.npy"
         buffer = io.BytesIO()
         np.save(buffer, projection.astype(np.float32))
+        self._put(where, buffer.getvalue())
+
+    def _put(self, where: str, data: bytes) -> None:
+        """Write a calibration file whole: readers see the old file or the new one, never half
+        (a local temp file renamed into place, named per process and call so that two serving
+        processes calibrating at once do not share it; on S3 one PUT)."""
         if self._local is not None:
             target = Path(where)
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(f".{threading.get_ident()}.tmp")
-            partial.write_bytes(buffer.getvalue())
+            partial = target.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex}.tmp")
+            partial.write_bytes(data)
             partial.replace(target)
         else:
             assert self._loc is not None
             with self._loc.filesystem.open_output_stream(where) as f:
-                f.write(buffer.getvalue())
+                f.write(data)
 
     def _read_projection(self, table: str) -> np.ndarray | None:
         where = self._plan_location(table).removesuffix(".json") + ".projection.npy"

@@ -7,6 +7,7 @@ actors' runtime environment); the cluster tests are in test_ray_embedding.py."""
 from __future__ import annotations
 
 import sys
+import traceback
 from types import SimpleNamespace
 
 import pytest
@@ -61,3 +62,6 @@ def test_a_pool_failure_names_the_view_and_shows_no_secret_the_actors_got(monkey
     assert "sk-hosted-123" not in message  # ... and the error does not show it
     assert "s3cret-value" not in message
     assert raised.value.http_status == 503
+    # nor does a traceback of it: Ray's own error, which echoes the env, is not its cause
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "sk-hosted-123" not in shown and "s3cret-value" not in shown

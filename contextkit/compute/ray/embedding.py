@@ -230,7 +230,7 @@ def _run_pool(
             except StopIteration:
                 return
             except Exception as exc:
-                raise _pool_failure(view, exc, secrets) from exc
+                raise _pool_failure(view, exc, secrets) from None  # the cause may echo secrets
             failed = out.column(_ERROR).drop_null()
             if len(failed):
                 raise EncoderFailure(
