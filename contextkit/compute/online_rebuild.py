@@ -42,6 +42,7 @@ from contextkit.compute.streaming import (
     rebuild_stream_views,
     stream_views_to_rebuild,
 )
+from contextkit.compute.streaming.log import resume_history_loads
 from contextkit.errors import NotFoundError, WorkspaceError
 from contextkit.framework import transformations
 from contextkit.framework.specs import FeatureViewSpec
@@ -210,9 +211,17 @@ def rebuilds_on_start(runtime: Runtime) -> bool:
 
 
 def rebuild_if_empty(runtime: Runtime) -> RebuildResult | None:
-    """Rebuild what :func:`views_to_rebuild` finds (start-up of serving); None when nothing is
+    """Rebuild what :func:`views_to_rebuild` finds (start-up of serving), after resuming the
+    history loads that stopped half way (``resume_history_loads``); None when nothing is
     missing or the store is not one that loses values (:func:`rebuilds_on_start`)."""
     if not rebuilds_on_start(runtime):
         return None
+    # A history load that stopped half way is resumed, never started over: another worker or
+    # node may still be running it (a start over under it counts its next chunk twice).
+    resumed = resume_history_loads(runtime)
     missing = views_to_rebuild(runtime)
-    return rebuild_online(runtime, missing) if missing else None
+    result = rebuild_online(runtime, missing) if missing else None
+    if resumed:
+        result = result or RebuildResult()
+        result.log_rows = {**resumed, **result.log_rows}
+    return result

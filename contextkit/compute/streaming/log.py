@@ -8,13 +8,14 @@ source's history first (``load_history``, ``consume_history``) and restoring str
 Python rows and a Redis MULTI of one chunk's writes, whatever the batch source's size. Each
 chunk's transaction also records how far the load got (the last history seq applied, and the
 log seq the history was computed against), so an interrupted load (a crash, a store that went
-away) resumes where it stopped at the next ``apply_log`` (the next ingest or materialize); a
-``contextkit online rebuild`` or serving's start-up (:func:`stream_views_to_rebuild` names the
-views of a source whose load did not finish) starts it over. Until the load finishes, readers
-see the stream views' values counting the history rows loaded so far (the oldest in file
-order first) and no logged record yet (they are applied after the history, as before), as they
-see nothing while ``rebuild_stream_views`` runs. The embedded SQLite store, which holds its own
-log, loads a history in one transaction (that of the ingest or materialize that needs it).
+away) resumes where it stopped at the next ``apply_log`` (the next ingest or materialize, or
+serving's start-up: :func:`resume_history_loads`, never a start over, as another worker or
+node may still be running it); a ``contextkit online rebuild`` starts it over. Until the load
+finishes, readers see the stream views' values counting the history rows loaded so far (the
+oldest in file order first) and no logged record yet (they are applied after the history, as
+before), as they see nothing while ``rebuild_stream_views`` runs. The embedded SQLite store,
+which holds its own log, loads a history in one transaction (that of the ingest or
+materialize that needs it).
 """
 
 from __future__ import annotations
@@ -440,7 +441,10 @@ def catch_up(ctx: Runtime, workspace: str, sources: Iterable[str]) -> None:
 def stream_views_to_rebuild(ctx: Runtime) -> list[str]:
     """Stream views whose push source has logged rows or a batch source, of which the online
     store has no trace (its applied marker is gone: an emptied Redis, a node's new or lost
-    SQLite file); the SQLite online store that holds its own log has none."""
+    SQLite file); the SQLite online store that holds its own log has none. A history load
+    that stopped half way is not listed: another worker or node may still be running it, and
+    starting it over under that loader would count its next chunk twice; serving's start-up
+    resumes it instead (:func:`resume_history_loads`)."""
     durable = ingest_log(ctx)
     if durable is ctx.online:
         return []
@@ -452,14 +456,37 @@ def stream_views_to_rebuild(ctx: Runtime) -> list[str]:
         # A log that ever took a record (its rows may all be pruned after their flush since).
         if not source.batch_source and not durable.has_table(log):
             continue
-        if ctx.online.has_table(applied_table(workspace, source.name)) and (
-            not source.batch_source or _history_finished(ctx, workspace, source.name)
-        ):
+        if ctx.online.has_table(applied_table(workspace, source.name)):
             continue
         found += [
             v.name for v in specs.stream_views.values() if v.source == source.name and v.online
         ]
     return found
+
+
+def resume_history_loads(ctx: Runtime, now: datetime | None = None) -> dict[str, int]:
+    """Finish the batch source history loads that stopped half way (a crash, a store that went
+    away) and then the log, as the next ingest would (:func:`apply_log`: each chunk's
+    transaction checks the progress it read, so this is safe beside a loader still running on
+    another worker or node). Serving's start-up runs it; returns the rows applied per source
+    whose load was unfinished."""
+    durable = ingest_log(ctx)
+    if durable is ctx.online:
+        return {}
+    specs = ctx.specs()
+    workspace = specs.workspace.name
+    now = now or datetime.now(UTC)
+    out: dict[str, int] = {}
+    for source in specs.push_sources.values():
+        views = [v for v in specs.stream_views.values() if v.source == source.name and v.online]
+        if not source.batch_source or not views:
+            continue
+        if not ctx.online.has_table(applied_table(workspace, source.name)):
+            continue  # no trace: stream_views_to_rebuild lists it
+        if _history_finished(ctx, workspace, source.name):
+            continue
+        out[source.name] = apply_log(ctx, workspace, source, views, now)
+    return out
 
 
 def _history_finished(ctx: Runtime, workspace: str, source: str) -> bool:
