@@ -1,13 +1,32 @@
 """Real text passages and their MiniLM vectors for ``bench/search.py`` (cached as .npy).
 
-Passages: the paragraphs of every man page on this machine (roff stripped by the eval-set
-builder's reader), then docstring paragraphs and comment lines of Python's standard library,
-deduplicated, 40-400 characters. Encoded with the packaged all-MiniLM-L6-v2 through ONNX
-Runtime int8 (``OnnxEncoder``; cosine >= 0.99 to the torch vectors, see bench/encode.py) because
-torch needs hours for 200k texts on 2 cores. The eval sets' queries are encoded too, so that
-search can be timed with real query vectors (not the table's own rows).
+Passages, in this fixed order, deduplicated, 40-400 characters, more than half letters:
 
-    python bench/search_corpus.py --rows 200000 --out /tmp/ckbench
+1. the paragraphs of every English man page on this machine (roff stripped by the eval-set
+   builder's reader);
+2. docstring paragraphs and comment lines of the Python files under the interpreter's library
+   folder (the standard library, and the base interpreter's own site-packages inside it);
+3. the same from the project environment's site-packages (the installed dependencies);
+4. paragraphs and list items of the plain-text files under /usr/share/doc (READMEs, NEWS,
+   changelogs; no licence files, HTML or build files), English as the distribution ships it.
+
+Sources 1-2 hold ~380k distinct passages on the bench machine, so 200k rows come from them
+alone; 3-4 are read only for longer corpora (1M). The eval sets' documents (man pages and stdlib
+docstrings) are among the passages, as they are in a real corpus; their queries (the summary
+lines) mostly are not. Encoded with the packaged all-MiniLM-L6-v2 through ONNX Runtime int8
+(``OnnxEncoder``; cosine >= 0.99 to the torch vectors, see bench/encode.py) because torch needs
+hours for 200k texts on 2 cores. The eval sets' queries are encoded too, so that search can be
+timed with real query vectors (not the table's own rows).
+
+``--max-chars`` keeps shorter passages only (e.g. 200: about 35% less encoding time per
+passage on man pages; recorded in ``corpus.json``, one value per ``--out`` folder).
+
+Resuming: ``texts.txt`` holds the passages in order and ``vectors_<n>.npy`` the vectors of its
+first n (saved every 10,000); a run encodes from the longest cached prefix. A longer ``--rows``
+extends the list only if the sources still yield the cached passages first; otherwise it stops
+(the cached vectors would belong to other texts) and says so.
+
+    nice -n 19 python bench/search_corpus.py --rows 200000 --out /work/corpus
 """
 
 from __future__ import annotations
@@ -15,6 +34,8 @@ from __future__ import annotations
 import argparse
 import ast
 import gzip
+import json
+import re
 import sys
 import sysconfig
 import time
@@ -46,13 +67,13 @@ def man_passages() -> Iterator[str]:
                 yield para
 
 
-def stdlib_passages() -> Iterator[str]:
-    root = Path(sysconfig.get_paths()["stdlib"])
+def python_passages(root: Path) -> Iterator[str]:
+    """Docstring paragraphs and comment lines of the ``.py`` files under ``root`` (sorted)."""
     for path in sorted(root.rglob("*.py")):
         try:
             source = path.read_text(errors="replace")
             tree = ast.parse(source)
-        except (SyntaxError, ValueError, OSError):
+        except (SyntaxError, ValueError, OSError, RecursionError):
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
@@ -69,11 +90,61 @@ def stdlib_passages() -> Iterator[str]:
                     yield text
 
 
-def passages(limit: int) -> list[str]:
+def stdlib_passages() -> Iterator[str]:
+    return python_passages(Path(sysconfig.get_paths()["stdlib"]))
+
+
+def site_packages_passages() -> Iterator[str]:
+    """The project environment's dependencies (skipped when it lies under the stdlib folder)."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    if site.is_relative_to(sysconfig.get_paths()["stdlib"]):
+        return iter(())
+    return python_passages(site)
+
+
+_DOC_NAMES = re.compile(
+    r"^(readme|news|changelog|changes|todo|bugs|faq|history)|\.(md|rst|txt)$", re.I
+)
+_ITEM = re.compile(r"^\s*([*+-]|\d+[.)])\s")  # a list item starts a passage of its own
+# Changelog bylines and release headers (Debian's and GNU's), not prose.
+_HEADER_LINE = re.compile(r"^( -- .*<.*@.*>|\S+ \(.*\) .*; urgency=|\d{4}-\d\d-\d\d .*<.*@.*>)")
+
+
+def doc_passages(root: Path = Path("/usr/share/doc")) -> Iterator[str]:
+    """Paragraphs and list items of the plain-text documentation files under ``root``."""
+    for path in sorted(root.rglob("*")):
+        name = path.name.removesuffix(".gz")
+        if not path.is_file() or path.is_symlink() or not _DOC_NAMES.search(name):
+            continue
+        try:
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", errors="replace") as f:
+                text = f.read(2_000_000)
+        except (OSError, EOFError, ValueError):
+            continue
+        for block in text.split("\n\n"):
+            item: list[str] = []
+            for line in [*block.splitlines(), "- "]:
+                if _HEADER_LINE.match(line):
+                    continue
+                if _ITEM.match(line) and item:
+                    para = " ".join(" ".join(item).split())
+                    if _keep(para):
+                        yield para
+                    item = []
+                item.append(_ITEM.sub("", line, count=1))
+
+
+SOURCES = (man_passages, stdlib_passages, site_packages_passages, doc_passages)
+
+
+def passages(limit: int, max_chars: int = 400) -> list[str]:
+    """The first ``limit`` distinct passages of ``SOURCES`` no longer than ``max_chars``."""
     seen: dict[str, None] = {}
-    for source in (man_passages(), stdlib_passages()):
-        for p in source:
-            seen.setdefault(p, None)
+    for source in SOURCES:
+        for p in source():
+            if len(p) <= max_chars:
+                seen.setdefault(p, None)
             if len(seen) >= limit:
                 return list(seen)
     return list(seen)
@@ -94,14 +165,38 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--out", type=Path, default=Path("/tmp/ckbench"))
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
+    ap.add_argument(
+        "--max-chars",
+        type=int,
+        default=400,
+        help="longest passage kept (40-400; shorter passages encode faster)",
+    )
     args = ap.parse_args()
+    if not 40 <= args.max_chars <= 400:
+        sys.exit(f"--max-chars must be within 40-400, got {args.max_chars}")
     from contextkit.embeddings.onnx_encoder import OnnxEncoder
 
     args.out.mkdir(parents=True, exist_ok=True)
-    texts_file = args.out / "texts.txt"
+    texts_file, settings_file = args.out / "texts.txt", args.out / "corpus.json"
+    settings = {"max_chars": args.max_chars}
+    if texts_file.exists():
+        stored = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+        if stored.get("max_chars", 400) != args.max_chars:
+            sys.exit(
+                f"{args.out} holds passages of at most {stored.get('max_chars', 400)} characters,"
+                f" not {args.max_chars}: use another --out for another --max-chars"
+            )
+    settings_file.write_text(json.dumps(settings))
     texts = texts_file.read_text().split("\n") if texts_file.exists() else []
     if len(texts) < args.rows:  # the passages come in a fixed order: a longer list extends it
-        texts = passages(args.rows)
+        longer = passages(args.rows, args.max_chars)
+        if longer[: len(texts)] != texts and any(args.out.glob("vectors_*.npy")):
+            sys.exit(
+                f"{texts_file} is not a prefix of the passages this machine yields now (its"
+                " files changed), so the cached vectors_*.npy would not match the texts: use"
+                " another --out, or delete texts.txt and vectors_*.npy there to start over"
+            )
+        texts = longer
         texts_file.write_text("\n".join(texts))
     texts = texts[: args.rows]
     print(f"{len(texts)} passages", flush=True)
