@@ -1,7 +1,7 @@
 """A push source's ``batch_source`` history loaded into Redis in chunks (issue 14): a history
 larger than one chunk gives the stream views the values the embedded SQLite store gives, one
-transaction per chunk; a load interrupted half way resumes at the next ingest, and serving's
-start-up rebuild finds it and starts it over.
+transaction per chunk; a load interrupted half way resumes at the next ingest or serving's
+start-up (beside another node's loader: counted once), not against a batch file that changed.
 
 A real redis-server of its own (tests/backends.py), so its command counts are this test's.
 """
@@ -12,12 +12,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import contextkit
 from contextkit.compute.online_rebuild import rebuild_if_empty, rebuild_online
 from contextkit.compute.streaming import ingest_records
 from contextkit.compute.streaming import log as stream_log
+from contextkit.errors import StoreUnavailableError
 
 pytest_plugins = ["backends"]
 
@@ -238,3 +240,35 @@ def test_start_up_beside_another_nodes_unfinished_load_resumes_it_without_counti
     push(sqlite, PUSHES[1])
     push(on_redis, PUSHES[1])
     assert served(on_redis) == served(sqlite)
+
+
+def test_a_load_does_not_resume_against_a_batch_file_that_changed(stores, make_repo, monkeypatch):
+    """History seqs are positions in the batch file: a load interrupted after 3 chunks must not
+    resume once rows were appended to the file (every position shifts: rows skipped or counted
+    twice). The next ingest says so and how to fix it; the rebuild it names gives the values
+    of the file as it is now, as SQLite computes them from it."""
+    _sqlite, on_redis, _server = stores
+    cut = Interrupt(monkeypatch, after=4)
+    with pytest.raises(ConnectionError):
+        push(on_redis, PUSHES[0])
+    cut.undo()
+    more = [(u, 1000.0 + u, 30 + u) for u in range(50)]
+    path = on_redis.config.root / "data" / "history.parquet"
+    pq.write_table(table(history_rows() + more), path)
+
+    with pytest.raises(StoreUnavailableError) as raised:
+        push(on_redis, PUSHES[1])
+    assert "changed while its history was loading" in str(raised.value)
+    assert "contextkit online rebuild" in raised.value.hint  # the records are logged
+
+    # SQLite, the file with the appended rows from the start
+    root = make_repo({"defs.py": DEFS}, data={"history.parquet": table(history_rows() + more)},
+                     name="embedded-appended")  # fmt: skip
+    fresh = contextkit.connect(root, workspace="prod")
+    fresh.create_workspace("prod", live=True)
+    fresh.apply(fresh.plan(root))
+    for records in PUSHES:
+        push(fresh, records)
+    rebuild_online(on_redis.runtime, ["click_count", "last_click"])
+    assert served(on_redis) == served(fresh)
+    fresh.close()

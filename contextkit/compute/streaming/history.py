@@ -16,14 +16,17 @@ online store can recognize a record logged later as a history row it already cou
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contextkit.errors import StoreUnavailableError
 from contextkit.framework.specs import PushSourceSpec
-from contextkit.framework.transformations import quote
+from contextkit.framework.transformations import is_s3_path, quote
 from contextkit.types import Bool, Float64, Int64, String, Timestamp, arrow_type
 
 if TYPE_CHECKING:
@@ -68,6 +71,27 @@ def batch_rows(ctx: Runtime, source: PushSourceSpec) -> pa.Table | None:
         con.close()
     seq = pa.array(range(-table.num_rows, 0), pa.int64())
     return table.append_column("__seq", seq).cast(log_schema(source))
+
+
+def batch_fingerprint(ctx: Runtime, source: PushSourceSpec, batch: pa.Table | None) -> int:
+    """A cheap name of the batch source as it is now (its row count, and the size and
+    modification time of each local file it reads; row count only for s3://), kept with a
+    history load's progress: history seqs are positions in the file, so a load must not
+    resume against a file that changed (:class:`~contextkit.compute.streaming.log.HistoryLoad`).
+    """
+    parts = [str(0 if batch is None else batch.num_rows)]
+    spec = ctx.specs().sources[source.batch_source] if source.batch_source else None
+    if spec is not None and not is_s3_path(spec.path):
+        path = Path(spec.path)
+        path = path if path.is_absolute() else ctx.config.root.resolve() / path
+        for name in sorted(glob.glob(str(path), recursive=True)):  # DuckDB reads globs too
+            try:
+                stat = os.stat(name)
+            except OSError:
+                continue
+            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    digest = hashlib.blake2b("|".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # an Int64 column's value
 
 
 def history(

@@ -24,15 +24,22 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from contextkit.compute.layout import log_table, online_table, tiles_table
 from contextkit.compute.streaming.durable import applied_table, ingest_log
 from contextkit.compute.streaming.flush import flushed_log_rows, logged_events
-from contextkit.compute.streaming.history import batch_rows, history, history_slice, row_digest
+from contextkit.compute.streaming.history import (
+    batch_fingerprint,
+    batch_rows,
+    history,
+    history_slice,
+    row_digest,
+)
 from contextkit.compute.streaming.latest import upsert_latest
 from contextkit.compute.streaming.records import US, Record, stored_value, typed_value
 from contextkit.compute.streaming.tiles import merge_tiles, retained_us, tile_of
+from contextkit.errors import StoreUnavailableError
 from contextkit.framework.specs import PushSourceSpec, StreamFeatureViewSpec
 from contextkit.stores.errors import WriteConflict
 from contextkit.stores.online import SQLiteOnlineStore, TableRead
@@ -59,11 +66,12 @@ def _history_key(workspace: str, source: str) -> str:
     return f"{log_table(workspace, source)}#history"
 
 
-def _progress_keys(workspace: str, source: str) -> tuple[str, str]:
+def _progress_keys(workspace: str, source: str) -> tuple[str, str, str]:
     """The rows of :func:`applied_table` of a history load under way: the log seq the history
-    is computed against, and the last history seq applied."""
+    is computed against, the last history seq applied, and the batch source's fingerprint
+    (:func:`~contextkit.compute.streaming.history.batch_fingerprint`) when the load began."""
     log = log_table(workspace, source)
-    return f"{log}#history-upto", f"{log}#history-at"
+    return f"{log}#history-upto", f"{log}#history-at", f"{log}#history-of"
 
 
 def apply_log(
@@ -193,7 +201,7 @@ def load_history(
     record counted again changes no retained tile and no latest value."""
     logged = logged_events(ctx, workspace, source)
     upto = max(logged.column("__seq").to_pylist(), default=0)
-    kept = _kept_history(ctx, source, logged, upto)
+    kept = _kept_history(source, batch_rows(ctx, source), logged, upto)
     applied = 0
     after = None
     while kept is not None:  # in slices: Python rows for one slice at a time
@@ -206,10 +214,9 @@ def load_history(
     return applied
 
 
-def _kept_history(ctx: Runtime, source: PushSourceSpec, logged, upto: int):
-    """The history rows (:func:`history`) against the records logged up to ``upto``; None
-    without any."""
-    batch = batch_rows(ctx, source)
+def _kept_history(source: PushSourceSpec, batch, logged, upto: int):
+    """The history rows (:func:`history`) of the batch source's rows ``batch`` against the
+    records logged up to ``upto``; None without any."""
     if batch is None or not batch.num_rows:
         return None
     return history(source, batch, logged, upto)
@@ -268,15 +275,16 @@ class HistoryLoad:
     def __init__(self, ctx: Runtime, workspace: str, source: PushSourceSpec, views, now, chunk):
         self.ctx, self.workspace, self.source = ctx, workspace, source
         self.views, self.now, self.chunk = views, now, chunk
-        self._kept: tuple[int, Any] | None = None  # (upto, the history rows or None)
+        # (upto, the history rows or None, the batch source's fingerprint)
+        self._kept: tuple[int, Any, int] | None = None
 
     def step(self, w) -> int:
         """Apply the next chunk in ``w``; returns its rows applied."""
         ctx, workspace, source = self.ctx, self.workspace, self.source
         marker = applied_table(workspace, source.name)
-        begun, at = _progress_keys(workspace, source.name)
+        begun, at, of = _progress_keys(workspace, source.name)
         w.ensure_table(marker, [("log", String)], [("seq", Int64)])
-        found = w.get(marker, ["log"], [(begun,), (at,)], ["seq"])
+        found = w.get(marker, ["log"], [(begun,), (at,), (of,)], ["seq"])
         logged = None
         if (begun,) in found:  # a load under way: against the log seq it began with
             upto = int(found[(begun,)][0])
@@ -286,8 +294,12 @@ class HistoryLoad:
         if self._kept is None or self._kept[0] != upto:
             if logged is None:
                 logged = logged_events(ctx, workspace, source)
-            self._kept = (upto, _kept_history(ctx, source, logged, upto))
-        kept = self._kept[1]
+            batch = batch_rows(ctx, source)
+            fingerprint = batch_fingerprint(ctx, source, batch)
+            self._kept = (upto, _kept_history(source, batch, logged, upto), fingerprint)
+        _, kept, fingerprint = self._kept
+        if (of,) in found and int(found[(of,)][0]) != fingerprint:
+            self._changed()
         after = int(found[(at,)][0]) if (at,) in found else None
         if kept is None:
             _mark_loaded(w, workspace, source, upto)
@@ -298,8 +310,21 @@ class HistoryLoad:
         if not part.num_rows or last == kept.column("__seq")[-1].as_py():
             _mark_loaded(w, workspace, source, upto)
         else:
-            w.upsert(marker, ["log", "seq"], [[begun, upto], [at, last]])
+            w.upsert(marker, ["log", "seq"], [[begun, upto], [at, last], [of, fingerprint]])
         return applied
+
+    def _changed(self) -> NoReturn:
+        """The batch source changed since this load began: its history seqs (positions in the
+        file) no longer name the rows the progress counts, so resuming would skip rows or
+        count some twice. Refused until the views are rebuilt (which starts the load over)."""
+        views = " ".join(v.name for v in self.views)
+        raise StoreUnavailableError(
+            f"batch_source {self.source.batch_source!r} of push source {self.source.name!r} "
+            "changed while its history was loading into the online store: the stream views' "
+            "online values cannot be finished from it",
+            hint=f"run `contextkit online rebuild {views}` (while nothing ingests into "
+            f"{self.source.name!r}): it loads the history again from the file as it is now",
+        )
 
 
 def consume_history(
