@@ -8,6 +8,7 @@ A real redis-server of its own (tests/backends.py), so its command counts are th
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -242,7 +243,9 @@ def test_start_up_beside_another_nodes_unfinished_load_resumes_it_without_counti
     assert served(on_redis) == served(sqlite)
 
 
-def test_a_load_does_not_resume_against_a_batch_file_that_changed(stores, make_repo, monkeypatch):
+def test_a_load_does_not_resume_against_a_batch_file_that_changed(
+    stores, make_repo, monkeypatch, caplog
+):
     """History seqs are positions in the batch file: a load interrupted after 3 chunks must not
     resume once rows were appended to the file (every position shifts: rows skipped or counted
     twice). The next ingest says so and how to fix it; the rebuild it names gives the values
@@ -260,6 +263,10 @@ def test_a_load_does_not_resume_against_a_batch_file_that_changed(stores, make_r
         push(on_redis, PUSHES[1])
     assert "changed while its history was loading" in str(raised.value)
     assert "contextkit online rebuild" in raised.value.hint  # the records are logged
+    # Serving's start-up leaves that load as it is, with a warning, and goes on serving.
+    with caplog.at_level(logging.WARNING, logger="contextkit.compute.streaming.log"):
+        rebuild_if_empty(on_redis.runtime)
+    assert "changed while its history was loading" in caplog.text
 
     # SQLite, the file with the appended rows from the start
     root = make_repo({"defs.py": DEFS}, data={"history.parquet": table(history_rows() + more)},

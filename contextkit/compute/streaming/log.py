@@ -20,6 +20,7 @@ materialize that needs it).
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -48,6 +49,10 @@ from contextkit.types import Int64, String, epoch_micros
 if TYPE_CHECKING:
     from contextkit.framework.workspace import Runtime
 
+
+_log = logging.getLogger("contextkit.compute.streaming.log")
+# StoreUnavailableError.details of a load that cannot resume: its batch_source changed.
+_CHANGED = {"reason": "batch_source_changed"}
 
 # How many conflicting rounds (each one another applier's commit) apply_log rides out.
 _MAX_CONFLICTS = 200
@@ -324,6 +329,7 @@ class HistoryLoad:
             "online values cannot be finished from it",
             hint=f"run `contextkit online rebuild {views}` (while nothing ingests into "
             f"{self.source.name!r}): it loads the history again from the file as it is now",
+            details=dict(_CHANGED),
         )
 
 
@@ -494,7 +500,8 @@ def resume_history_loads(ctx: Runtime, now: datetime | None = None) -> dict[str,
     away) and then the log, as the next ingest would (:func:`apply_log`: each chunk's
     transaction checks the progress it read, so this is safe beside a loader still running on
     another worker or node). Serving's start-up runs it; returns the rows applied per source
-    whose load was unfinished."""
+    whose load was unfinished. A load whose batch_source changed is left as it is, logged as a
+    warning: serving goes on, its ingests say so (:meth:`HistoryLoad.step`)."""
     durable = ingest_log(ctx)
     if durable is ctx.online:
         return {}
@@ -510,7 +517,14 @@ def resume_history_loads(ctx: Runtime, now: datetime | None = None) -> dict[str,
             continue  # no trace: stream_views_to_rebuild lists it
         if _history_finished(ctx, workspace, source.name):
             continue
-        out[source.name] = apply_log(ctx, workspace, source, views, now)
+        try:
+            out[source.name] = apply_log(ctx, workspace, source, views, now)
+        except StoreUnavailableError as exc:
+            if exc.details != _CHANGED:
+                raise
+            # Serving goes on with the values loaded so far (as before this start); each
+            # ingest into the source answers this error until the views are rebuilt.
+            _log.warning("%s (%s)", exc, exc.hint)
     return out
 
 
