@@ -103,9 +103,7 @@ def events(n: int, distinct: int | None):
 
     now = datetime.now(UTC)
     count = distinct or n
-    texts = [
-        f"how do {TOPICS[i % len(TOPICS)]} work for order number {i}?" for i in range(count)
-    ]
+    texts = [f"how do {TOPICS[i % len(TOPICS)]} work for order number {i}?" for i in range(count)]
     return pd.DataFrame(
         {
             "ts": pd.Series([now] * n, dtype="M8[us, UTC]"),

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "evalsets"))
 import build as evalsets  # noqa: E402
+
 from contextkit.retrieval.evaluation import score  # noqa: E402
 from contextkit.stores.vector import LanceVectorStore  # noqa: E402
 

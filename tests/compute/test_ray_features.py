@@ -374,15 +374,18 @@ def test_random_data_equals_local_with_late_data_and_ttl(tmp_path, ray_cluster):
 
 # The same views from a feature_start_time (a first job is a backfill cut into time chunks),
 # served by a service (online reads compared too).
-CHUNKED = DEFS.replace(
-    "from datetime import timedelta", "from datetime import UTC, datetime, timedelta"
-).replace(
-    'mode="sql",', 'mode="sql",\n    feature_start_time=datetime(2024, 5, 1, tzinfo=UTC),'
-) + """
+CHUNKED = (
+    DEFS.replace(
+        "from datetime import timedelta", "from datetime import UTC, datetime, timedelta"
+    ).replace(
+        'mode="sql",', 'mode="sql",\n    feature_start_time=datetime(2024, 5, 1, tzinfo=UTC),'
+    )
+    + """
 from contextkit import ContextService
 
 stats = ContextService("stats", features=[spend, latest])
 """
+)
 
 
 def _rows_read_are_the_shares(job, data: pa.Table, view, chunk: timedelta) -> None:
