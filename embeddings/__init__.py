@@ -35,6 +35,7 @@ from .encoders import (
     encode_query,
     l2_normalize,
     packaged_model_path,
+    vectors_id,
 )
 from .errors import (
     ChunkingError,
@@ -93,6 +94,7 @@ __all__ = [
     "packaged_model_path",
     "plan_encode",
     "rich_progress",
+    "vectors_id",
     "whitespace_spans",
     "whole_text",
 ]

@@ -78,6 +78,19 @@ class Encoder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
+def vectors_id(encoder: Encoder) -> str:
+    """The model identity a stored vector is hashed with (``content_hash``): the encoder's name,
+    plus the quantization its vectors carry (``OnnxEncoder(quantize="int8")`` named ``minilm`` ->
+    ``"minilm+int8"``), so that switching a model to or from int8 encodes its views' chunks again.
+    torch and float32 ONNX Runtime give the same vectors (cosine 1.0000), so they share the name.
+
+    >>> vectors_id(HashEncoder(dimension=4, name="h"))
+    'h'
+    """
+    quantize = getattr(encoder, "quantize", None)
+    return f"{encoder.name}+{quantize}" if quantize else encoder.name
+
+
 def encode_query(encoder: Encoder, text: str) -> np.ndarray:
     """One query's vector, 1-D float32: the encoder's own ``encode_query`` when it has one (the
     local models' fast, cached single-text path), else ``encoder.encode([text])[0]``.

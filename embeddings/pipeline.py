@@ -26,7 +26,8 @@ The core wires it to the vector store (``contextkit.stores.vector``) like this::
 
 Which chunks are written:
 
-- ``content_hash = sha256(model name, dimension, normalize flag, chunk text)``: a new chunk id or a
+- ``content_hash = sha256(model identity (:func:`~.encoders.vectors_id`: the name, plus a
+  quantization), dimension, normalize flag, chunk text)``: a new chunk id or a
   different content hash means the chunk is (re-)encoded;
 - ``row_hash`` also covers the parent key, chunk index/offset and metadata values: when only it
   differs (a price changed, the text did not), the row is rewritten with its stored vector
@@ -57,7 +58,7 @@ import numpy as np
 import pyarrow as pa
 
 from .chunking import Chunker, whole_text
-from .encoders import Encoder
+from .encoders import Encoder, vectors_id
 from .errors import EncoderFailure, PipelineInputError
 
 SYSTEM_COLUMNS = (
@@ -533,7 +534,7 @@ def plan_encode(
     metadata_columns = tuple(metadata_columns)
     _check_columns(key_columns, text_column, metadata_columns)
     existing = existing or {}
-    model, dim, normalize = encoder.name, encoder.dimension, encoder.normalize
+    model, dim, normalize = vectors_id(encoder), encoder.dimension, encoder.normalize
     split = chunker.split if chunker is not None else whole_text
     stats = EncodeStats()
     pending = _SpillBuffer(spill_threshold_bytes, spill_dir)

@@ -404,6 +404,7 @@ def documents_fingerprint(
     normalisation) and every document row (keys, text, metadata, as JSON), in any order. None
     when the model's dimension is unknown without calling it (a hosted model without
     ``dimension``): such views always take the full path."""
+    from contextkit.embeddings import vectors_id
     from contextkit.embeddings.models import known_dimension
 
     dimension = known_dimension(encoder)
@@ -415,7 +416,7 @@ def documents_fingerprint(
         "SELECT count(*), bit_xor(md5_number(j)), sum(hash(j)) FROM "
         f"(SELECT CAST(to_json(d) AS VARCHAR) AS j FROM ({documents}) AS d)"
     ).fetchall()
-    identity = [spec_hash(view), encoder.name, dimension, encoder.normalize, count, str(xor)]
+    identity = [spec_hash(view), vectors_id(encoder), dimension, encoder.normalize, count, str(xor)]
     identity.append(str(total))
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
 

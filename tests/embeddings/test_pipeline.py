@@ -229,3 +229,28 @@ def test_bad_input_is_refused_with_a_reason(rows, options, message):
     options = {"key_columns": ["doc_id"], "text_column": "body", **options}
     with pytest.raises(PipelineInputError, match=message):
         plan_encode(rows, encoder=HashEncoder(dimension=4), **options)
+
+
+def test_switching_a_model_to_int8_encodes_its_chunks_again(tmp_path):
+    """A quantization is part of the hashed model identity; torch and float32 ONNX, whose vectors
+    are the same, are not told apart. Only planned: nothing is exported, loaded or encoded."""
+    from contextkit.embeddings import OnnxEncoder, SentenceTransformerEncoder, vectors_id
+
+    torch = SentenceTransformerEncoder(batch_size=4)
+    fp32 = OnnxEncoder(batch_size=4, cache_dir=tmp_path)
+    int8 = OnnxEncoder(quantize="int8", batch_size=4, cache_dir=tmp_path)
+    assert vectors_id(torch) == vectors_id(fp32) == torch.name
+    assert vectors_id(int8) == f"{torch.name}+int8"
+    stored = {  # what a torch-encoded table holds (row hashes aside)
+        chunk_id((d["doc_id"],), 0): (content_hash(torch.name, 384, d["body"]), "")
+        for d in DOCS
+    }
+
+    def changed(encoder) -> int:
+        options = {"key_columns": ["doc_id"], "text_column": "body"}
+        with plan_encode(DOCS, encoder=encoder, existing=stored, **options) as plan:
+            return plan.stats.changed
+
+    assert changed(fp32) == 0
+    assert changed(int8) == len(DOCS)
+    assert not (tmp_path / "onnx").exists() and not any(tmp_path.iterdir())
