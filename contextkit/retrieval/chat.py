@@ -162,7 +162,8 @@ class ChatRequest:
     include_usage: bool = False
 
     def context_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``assemble.parse_request`` for this chat's context."""
+        """Keyword arguments of ``assemble.parse_request`` for this chat's context: what the chat
+        request has; the rest keeps parse_request's defaults (render the prompt, no completion)."""
         return {
             "entities": self.entities,
             "query": self.query,
@@ -170,8 +171,6 @@ class ChatRequest:
             "top_k": self.top_k,
             "filter": self.filter,
             "searches": self.searches,
-            "render": True,
-            "complete": False,
             "model": self.llm_model,
             "params": self.params,
         }

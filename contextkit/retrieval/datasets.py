@@ -416,10 +416,6 @@ class RenderedDataset:
                         query=queries[i],
                         request_context={f: field_values[f][i] for f in fields},
                         **self._options,
-                        render=True,
-                        complete=False,
-                        model=None,
-                        params=None,
                     )
                 )
         found = self._search(batch, requests, offset, report) if self._searched else {}
