@@ -3,7 +3,8 @@
 - ``contextkit.yaml`` and the ``CONTEXTKIT_*`` variables select a PostgreSQL registry, a Redis
   online store and S3 offline/vector stores; passwords never show (``describe_stores``, errors).
 - The same quickstart flow (apply, materialize, features, search, context) gives the same answers
-  embedded (SQLite, local folders) and on PostgreSQL + Redis + S3.
+  embedded (SQLite, local folders) and on PostgreSQL + Redis + S3 (slow: the quickstart twice,
+  each encoding its documents with MiniLM).
 - Bad stores (unreachable, wrong password, missing bucket, read-only role) are one clear error
   naming the store with its password masked, and change nothing.
 - Two real ``contextkit serve`` processes on the same PostgreSQL + Redis + S3 (slow): identical
@@ -190,6 +191,7 @@ def _comparable(context) -> dict:
     return {"features": features, "documents": documents, "prompt": prompt}
 
 
+@pytest.mark.slow  # 37 s on a quiet CI machine, 90 s under load: runs in `make test-slow`
 def test_the_quickstart_flow_answers_the_same_embedded_and_on_postgres_redis_s3(
     quickstart_data, tmp_path, postgres_server, redis_server, s3_server, s3_env
 ):

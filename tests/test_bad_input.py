@@ -23,6 +23,7 @@ import pytest
 
 import contextkit
 from contextkit.errors import RegistryError
+from tests.conftest import forget_modules_under
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 END = T0 + timedelta(days=2)
@@ -83,10 +84,7 @@ def write_repo(root: Path, defs: str = DEFS) -> Path:
 def forget_repo_modules(base: Path) -> None:
     """Drop cached repo modules under ``base`` (works around the same-file-name loader bug that
     test_aggregates_oracle.py documents)."""
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve().is_relative_to(base.resolve()):
-            del sys.modules[name]
+    forget_modules_under(base)
 
 
 @pytest.fixture(autouse=True)
