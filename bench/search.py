@@ -24,9 +24,12 @@ and times, in interleaved rounds, per size:
   LanceDB ANN with the plan's parameters, or LanceDB flat), done with numpy / LanceDB alone;
 * raw encode: the query text through the model's runtime with no contextkit code: for ``onnx``
   an ``onnxruntime.InferenceSession`` on the cached export (the same file and session options
-  as the server's) and the ``tokenizers`` tokenizer saved with it; for ``torch`` the
+  as the server's: a pool whose threads sleep) and the ``tokenizers`` tokenizer saved with it,
+  and the same with ONNX Runtime's default options (a pool whose threads spin) and, for
+  reference, with one intra-op thread; for ``torch`` the
   ``SentenceTransformer``'s tokenize + forward pass under ``torch.inference_mode``;
-* raw encode + raw search: both, one after the other (the baseline of the < 1 ms target);
+* raw encode + raw search: both, one after the other, with the server's session settings and
+  with ONNX Runtime's defaults; the faster p50 of the two is the baseline of the < 1 ms target;
 * store layer: ``LanceVectorStore.search(t, vector=q, top_k=k)`` in this process;
 * SDK ``ctx.search(view, text)`` in this process (uncached texts): contextkit's whole search path
   without HTTP;
@@ -314,12 +317,13 @@ def served_from(shim: Path) -> str:
 class RawOnnxEncoder:
     """One query through ONNX Runtime and ``tokenizers`` directly: tokenize, one ``session.run``
     on a 1 x n array, L2-normalize. contextkit is used only to find (or make) the cached export
-    the server loads; the session is built with the options the server's encoder uses
-    (``ORT_ENABLE_ALL``, one inter-op thread, no spinning, ONNX Runtime's default intra-op
-    threads), so that the rows differ by code path, not by runtime settings. ``threads``: set
-    the intra-op threads instead (the reference row with one thread)."""
+    the server loads. ``settings``: ``"server"``, the options of the server's encoder
+    (``ORT_ENABLE_ALL``, one inter-op thread, ONNX Runtime's default intra-op threads, no
+    spinning), so that the rows differ by code path, not by runtime settings; ``"ort"``, ONNX
+    Runtime's defaults (an untouched ``SessionOptions``: the pool's threads spin between
+    operators); ``"one"``, the server's options with one intra-op thread (a reference row)."""
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, settings: str = "server") -> None:
         import numpy as np
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -328,11 +332,13 @@ class RawOnnxEncoder:
 
         artifact = OnnxEncoder().artifact  # the file the server's quickstart encoder loads
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if settings != "ort":
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if settings == "one":
+                options.intra_op_num_threads = 1
+        self.settings = settings
         self.session = ort.InferenceSession(
             str(artifact.model_file), options, providers=["CPUExecutionProvider"]
         )
@@ -474,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
 
         raw_encode = RawOnnxEncoder() if args.backend == "onnx" else RawTorchEncoder()
-        raw_encode_1 = RawOnnxEncoder(threads=1) if args.backend == "onnx" else None
+        # onnx: ONNX Runtime's defaults, and one intra-op thread (a reference row)
+        raw_encode_ort = RawOnnxEncoder("ort") if args.backend == "onnx" else None
+        raw_encode_1 = RawOnnxEncoder("one") if args.backend == "onnx" else None
         out.print(f"raw encoder: {type(raw_encode).__name__} on {raw_encode.model_file}")
         server = start_server(root, tmp / "server.log")
         port = server.port
@@ -506,8 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         agreement: dict[int, str] = {}
         # One running text number per row that sends fresh texts, across sizes: each sees
         # fresh_text(0), fresh_text(1), ... in the same order, and the server never sees one twice.
-        fresh_rows = ("raw_encode", "raw_encode_1t", "raw_both", "sdk_text", "http_text",
-                      "http_text_base")  # fmt: skip
+        fresh_rows = ("raw_encode", "raw_encode_ort", "raw_encode_1t", "raw_both",
+                      "raw_both_ort", "sdk_text", "http_text", "http_text_base")  # fmt: skip
         fresh = {key: itertools.count() for key in fresh_rows}
         load_before = os.getloadavg()
         for n in args.sizes:
@@ -556,6 +564,12 @@ def main(argv: list[str] | None = None) -> int:
             def raw_both(i, search_raw=search_raw):
                 search_raw(raw_encode(fresh_text(next(fresh["raw_both"]))))
 
+            def raw_encode_ort_only(i):
+                raw_encode_ort(fresh_text(next(fresh["raw_encode_ort"])))
+
+            def raw_both_ort(i, search_raw=search_raw):
+                search_raw(raw_encode_ort(fresh_text(next(fresh["raw_both_ort"]))))
+
             def raw_encode_1t(i):
                 raw_encode_1(fresh_text(next(fresh["raw_encode_1t"])))
 
@@ -568,6 +582,11 @@ def main(argv: list[str] | None = None) -> int:
                 paths["raw_encode_1t"] = raw_encode_1t
             for suffix, client in clients.items():
                 paths.update(http_paths(client, suffix, bodies, cached_bodies, text_body, fresh))
+            if raw_encode_ort is not None:
+                # Last in each round: after a run its pool threads spin on for a while, which
+                # slows whatever runs next; next is the first row, the raw LanceDB reference.
+                paths["raw_encode_ort"] = raw_encode_ort_only
+                paths["raw_both_ort"] = raw_both_ort
             samples: dict[str, list[int]] = {key: [] for key in paths}
             cpu: dict[str, float] = dict.fromkeys(paths, 0.0)  # server process
             own: dict[str, float] = dict.fromkeys(paths, 0.0)  # this process (all threads)
@@ -705,9 +724,11 @@ def check_agreement(
 LABELS = {
     "raw": "ref: raw LanceDB query (plain, index if any)",
     "raw_search": "raw search, the store's path",
-    "raw_encode": "raw encode (uncached texts)",
+    "raw_encode": "raw encode (uncached texts; the server's session options)",
     "raw_encode_1t": "ref: raw encode, 1 intra-op thread",
-    "raw_both": "raw encode + raw search (baseline)",
+    "raw_encode_ort": "raw encode, ONNX Runtime's defaults (spinning)",
+    "raw_both": "raw encode + raw search",
+    "raw_both_ort": "raw encode (ONNX Runtime's defaults) + raw search",
     "store": "store: LanceVectorStore.search",
     "sdk_text": "SDK ctx.search, query text (uncached)",
     "http": "HTTP POST /v1/search, vector",
@@ -723,6 +744,17 @@ BASELINE = {  # what each row is compared with: the raw libraries doing the same
     "http_text_cached": "raw_search",  # a cache hit encodes nothing
 }
 
+SHORT = {"raw_both_ort": "raw encode (ORT defaults) + raw search"}  # the baseline column
+
+
+def baseline_of(key: str, rows: dict) -> str | None:
+    """The row ``key`` is judged against: :data:`BASELINE`'s, where that is raw encode + raw
+    search the faster p50 of the server's session settings and ONNX Runtime's defaults."""
+    base = BASELINE.get(key.removesuffix("_base"))
+    if base == "raw_both" and "raw_both_ort" in rows and rows["raw_both_ort"].p50 < rows[base].p50:
+        return "raw_both_ort"
+    return base
+
 
 def report(
     out, args, results, server_ms, client_ms, recall, index_kind, store_path, builds
@@ -734,7 +766,8 @@ def report(
         f"{args.backend}: {args.requests:,} sequential calls per row in {args.rounds} "
         f"interleaved rounds after {args.warmup} warm-up. HTTP = client round trip (keep-alive). "
         "Baseline = the raw libraries doing the row's work (raw search for a ready vector or a "
-        "cached text, raw encode + raw search for an uncached text). CPU = user+system CPU ms "
+        "cached text, raw encode + raw search for an uncached text: the faster of the server's "
+        "session settings and ONNX Runtime's defaults). CPU = user+system CPU ms "
         "per call of the process doing the work: this one for in-process rows (LanceDB's and "
         "ONNX Runtime's threads included), the server for HTTP; client CPU = this client's",
         title_justify="left",
@@ -744,7 +777,7 @@ def report(
         table.add_column(col, justify="left" if col in ("path", "baseline") else "right")
     for n, rows in results.items():
         for key, s in rows.items():
-            base = BASELINE.get(key.removesuffix("_base"))
+            base = baseline_of(key, rows)
             label = LABELS[key.removesuffix("_base")]
             if key.endswith("_base"):
                 label += " [baseline src]"
@@ -754,7 +787,7 @@ def report(
             cpu, cpu_base = server_ms[(n, key)], server_ms.get((n, base), 0.0)
             table.add_row(
                 label, f"{n:,}", fmt_ms(s.p50), fmt_ms(s.p99), fmt_ms(s.mean), fmt_ms(s.max),
-                LABELS[base].split(",")[0].split(" (")[0] if base else "",
+                SHORT.get(base) or LABELS[base].split(",")[0].split(" (")[0] if base else "",
                 ratio(s.p50, b.p50) if b else "", f"{s.p50 - b.p50:+.3f}" if b else "",
                 fmt_ms(cpu), f"{cpu - cpu_base:+.3f}" if b else "",
                 fmt_ms(client_ms[(n, key)]) if (n, key) in client_ms else "",
@@ -786,7 +819,8 @@ def report(
 
     targets = Table(
         title="Target (issue 19): HTTP query text (uncached) p50 - (raw encode + raw search) p50 "
-        f"< {OVERHEAD_TARGET_MS} ms; with the split of that difference"
+        f"< {OVERHEAD_TARGET_MS} ms, raw encode the faster of the server's session settings and "
+        "ONNX Runtime's defaults; with the split of that difference"
         + ("; 'baseline src' rows: the same from the --baseline-src server" if args.baseline_src
            else ""),
         title_justify="left",
@@ -799,7 +833,8 @@ def report(
         for suffix in ("", "_base"):
             if f"http_text{suffix}" not in rows:
                 continue
-            text, raw = rows[f"http_text{suffix}"], rows["raw_both"]
+            raw_key = baseline_of("http_text", rows)
+            text, raw = rows[f"http_text{suffix}"], rows[raw_key]
             over = text.p50 - raw.p50
             targets.add_row(
                 f"{n:,}", "baseline src" if suffix else "this tree", fmt_ms(text.p50),
@@ -809,7 +844,7 @@ def report(
                 f"{text.p50 - rows['sdk_text'].p50:+.3f}",
                 f"{rows[f'http_text_cached{suffix}'].p50 - rows['raw_search'].p50:+.3f}",
                 f"{rows[f'http{suffix}'].p50 - rows['raw_search'].p50:+.3f}",
-                f"{server_ms[(n, f'http_text{suffix}')] - server_ms[(n, 'raw_both')]:+.3f}",
+                f"{server_ms[(n, f'http_text{suffix}')] - server_ms[(n, raw_key)]:+.3f}",
             )  # fmt: skip
     out.print(targets)
 
