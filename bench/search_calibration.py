@@ -107,7 +107,7 @@ def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray,
     # Each method forced, on its own copy (a plan is stored with the tables).
     forced: dict[str, LanceVectorStore] = {}
     forced_plans: dict[str, dict] = {}
-    for method in ("exact", "projected", "ann"):
+    for method in args.forced.split(",") if args.forced else ():
         copy = folder.with_name(f"{folder.name}-{method}")
         shutil.copytree(folder, copy)
         if method == "ann" and plan.index is None:  # builds skipped: the default kind, to
@@ -194,6 +194,13 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--forced",
+        default="exact,projected,ann",
+        help="the methods timed forced, each on its own calibrated copy ('' for none: the "
+        "forced ANN builds an index on its copy when the plan skipped the builds, minutes at "
+        "200k rows)",
+    )
     ap.add_argument(
         "--synthetic",
         action="store_true",

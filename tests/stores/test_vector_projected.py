@@ -1,0 +1,65 @@
+"""The projected search's shortlist (the rows best by a projection onto a few directions): taken
+by a sampled threshold and a partition over the rows that pass it, it holds the same rows as a
+full partition, so a calibrated projected plan on a table large enough for that path answers as
+it did, and as exact search does at the recall calibration measured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from contextkit.stores._vector_query import top_rows
+from contextkit.stores.vector import CALIBRATION_TARGET, LanceVectorStore
+from tests.stores.test_vector_calibration import DIM, rows
+
+
+def clustered_low_rank(n: int, seed: int) -> np.ndarray:
+    """Unit vectors in 30 clusters near a 4-dimensional subspace (embeddings concentrate on a
+    few directions): a projection onto a few directions shortlists them well."""
+    rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(0).standard_normal((4, DIM))
+    centres = np.random.default_rng(1).standard_normal((30, 4))
+    latent = centres[rng.integers(0, 30, n)] + 0.4 * rng.standard_normal((n, 4))
+    v = latent @ basis + 0.05 * rng.standard_normal((n, DIM))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("n", [1000, 40_000, 200_000])
+def test_top_rows_are_the_rows_a_full_partition_keeps(n):
+    rng = np.random.default_rng(n)
+    scores = rng.standard_normal(n).astype(np.float32)
+    for want in (1, 50, min(1600, n // 2), n // 4):
+        got = top_rows(scores, want)
+        assert len(got) == want
+        assert set(got) == set(np.argsort(-scores, kind="stable")[:want])
+    # sorted scores: the evenly spaced sample sees few of the best; still the same rows
+    ordered = np.sort(scores)
+    assert set(top_rows(ordered, 100)) == set(range(n - 100, n))
+    assert set(top_rows(ordered[::-1].copy(), 100)) == set(range(100))
+    assert len(top_rows(scores, n + 5)) == n
+
+
+def test_a_projected_plan_past_the_threshold_size_answers_as_calibrated(tmp_path):
+    vectors = clustered_low_rank(40_000, seed=5)  # >= 8 x 4,096 rows: the sampled threshold
+    store = LanceVectorStore(tmp_path, ann_min_rows=10**9)
+    store.apply_changes("t", [rows(vectors)], dim=DIM, key_columns=["doc"])
+    plan = store.calibrate("t", sample=120, methods=("projected",))
+    assert plan.method == "projected" and plan.recall >= CALIBRATION_TARGET
+    projection = np.load(tmp_path / "_contextkit_search" / "t.projection.npy")
+    assert projection.shape == (DIM, plan.params["dims"])
+    served = LanceVectorStore(tmp_path)  # another process: the plan and projection from disk
+    assert served.search_plan("t") == plan
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    reduced = unit @ projection
+    found = 0
+    for q in clustered_low_rank(40, seed=6):
+        got = {h["id"] for h in served.search("t", vector=q, top_k=10)}
+        q = q / np.linalg.norm(q)
+        # by hand: the shortlist by a full sort of the projected scores, then exact cosine
+        short = np.argsort(-(reduced @ (q @ projection)), kind="stable")[: plan.params["shortlist"]]
+        best = short[np.argsort(-(unit[short] @ q), kind="stable")[:10]]
+        assert got == {f"d{i}#0" for i in best}
+        exact = np.argsort(-(unit @ q), kind="stable")[:10]
+        found += len(got & {f"d{i}#0" for i in exact})
+    assert found / 400 >= 0.95
+    assert served._exact["t"].projected_for == plan.calibrated_at
