@@ -242,8 +242,7 @@ def test_switching_a_model_to_int8_encodes_its_chunks_again(tmp_path):
     assert vectors_id(torch) == vectors_id(fp32) == torch.name
     assert vectors_id(int8) == f"{torch.name}+int8"
     stored = {  # what a torch-encoded table holds (row hashes aside)
-        chunk_id((d["doc_id"],), 0): (content_hash(torch.name, 384, d["body"]), "")
-        for d in DOCS
+        chunk_id((d["doc_id"],), 0): (content_hash(torch.name, 384, d["body"]), "") for d in DOCS
     }
 
     def changed(encoder) -> int:
