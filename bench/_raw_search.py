@@ -61,6 +61,28 @@ def search_path(store, tbl, plan: dict[str, Any] | None) -> str:
     return "flat"
 
 
+def best_rows(scores, n: int):
+    """The indices of the ``n`` highest scores, as fast as numpy alone gets them: from 32,768
+    scores on, keep the scores at or above a cut read from 4,096 evenly spaced ones (set well
+    below where the n-th best of them should fall), then partition only those; a full
+    ``argpartition`` when too few pass. The store does the same (its ``top_rows``), so the raw
+    projected search is not handicapped by a full partition of every score (1.5 ms at 200k)."""
+    import math
+
+    import numpy as np
+
+    total = len(scores)
+    if total >= 32768:
+        sample = scores[:: total // 4096]
+        expected = n * len(sample) / total
+        place = len(sample) - 1 - min(len(sample) - 1, math.ceil(expected + 4 * expected**0.5 + 8))
+        cut = np.partition(sample, place)[place]
+        kept = np.flatnonzero(scores >= cut)
+        if len(kept) >= n:
+            return kept[np.argpartition(scores[kept], len(kept) - n)[len(kept) - n :]]
+    return np.argpartition(scores, total - n)[total - n :]
+
+
 class RawInMemory:
     """Cosine top k in plain numpy over the table's vectors, normalized once (what the store's
     in-memory copy holds), exact or through a projected shortlist; returns the k rows' columns
@@ -102,8 +124,7 @@ class RawInMemory:
             similarity = np.einsum("ij,j->i", self.matrix, query)
         else:
             scores = np.einsum("ij,j->i", self.reduced, query @ self.projection)
-            n = min(self.shortlist, len(scores))
-            rows_of = np.argpartition(scores, len(scores) - n)[len(scores) - n :]
+            rows_of = best_rows(scores, min(self.shortlist, len(scores)))
             similarity = np.einsum("ij,j->i", self.matrix[rows_of], query)
         k = min(self.top_k, len(similarity))
         # the k best plus any within rounding of the k-th, ordered by (distance, id)

@@ -734,7 +734,7 @@ LABELS = {
     "http": "HTTP POST /v1/search, vector",
     "http_text": "HTTP POST /v1/search, query text (uncached)",
     "http_text_cached": "HTTP POST /v1/search, query text (cached)",
-    "health": "HTTP GET /health (stack floor)",
+    "health": "HTTP GET /health (stack + one thread hop)",
 }
 BASELINE = {  # what each row is compared with: the raw libraries doing the same work
     "store": "raw_search",
