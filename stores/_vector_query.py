@@ -121,7 +121,8 @@ def top_rows(scores: np.ndarray, n: int) -> np.ndarray:
     evenly spaced scores first, set a few standard deviations below where the n-th best of them
     is expected; the rows at or above it are kept (one pass, ~0.1 ms) and the partition runs
     over those. When fewer than ``n`` pass (scores sorted by row, say), the full partition
-    answers: the rows are the same either way."""
+    answers: the rows are the same either way. ``bench/_raw_search.py`` (``best_rows``) does the
+    same in plain numpy for the benchmarks' raw baseline: change both together."""
     total = len(scores)
     if n >= total:
         return np.arange(total)
