@@ -22,7 +22,8 @@ timed with real query vectors (not the table's own rows).
 passage on man pages; recorded in ``corpus.json``, one value per ``--out`` folder).
 
 Resuming: ``texts.txt`` holds the passages in order and ``vectors_<n>.npy`` the vectors of its
-first n (saved every 10,000); a run encodes from the longest cached prefix. A longer ``--rows``
+first n (saved every 10,000; an older prefix is deleted unless n is 10k, 20k, 50k or a multiple of
+100k); a run encodes from the longest cached prefix. A longer ``--rows``
 extends the list only if the sources still yield the cached passages first; otherwise it stops
 (the cached vectors would belong to other texts) and says so.
 
@@ -160,6 +161,14 @@ def cached_vectors(out: Path, rows: int) -> np.ndarray | None:
     return None if best is None else np.load(best[1])
 
 
+def drop_stale_prefix(out: Path, rows: int) -> None:
+    """Delete ``vectors_<rows>.npy`` once a longer prefix is saved, unless ``rows`` is a
+    multiple of 100,000 or one of 10k, 20k, 50k (the sizes the benches read): at 1M rows the
+    prefixes saved every 10,000 would otherwise take ~75 GB of disk."""
+    if rows > 0 and rows % 100_000 and rows not in (10_000, 20_000, 50_000):
+        (out / f"vectors_{rows}.npy").unlink(missing_ok=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
@@ -221,7 +230,9 @@ def main() -> None:
         rate = (done - first) / (time.perf_counter() - began)
         print(f"{done}/{len(texts)} {rate:.0f}/s", flush=True)
         if done % 10_000 == 0 or done == len(texts):
-            np.save(args.out / f"vectors_{done}.npy", np.concatenate(parts))
+            parts = [np.concatenate(parts)]
+            np.save(args.out / f"vectors_{done}.npy", parts[0])
+            drop_stale_prefix(args.out, done - 10_000)
 
 
 if __name__ == "__main__":
