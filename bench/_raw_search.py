@@ -7,7 +7,8 @@ next to the tables, written by ``ensure_indexes``) and its settings, and answers
 * ``exact``: an in-memory numpy copy (cosine over every row), when the plan says exact, or
   when there is no plan and the table has at most ``exact_search_max_rows`` rows;
 * ``projected``: the same copy, a shortlist by a projection onto a few directions (stored next
-  to the plan as ``<table>.projection.npy``), then exact cosine over the shortlist;
+  to the plan as ``<table>.projection.npy``; scored in 8 bits by ONNX Runtime when the plan
+  says ``bits: 8``), then exact cosine over the shortlist;
 * ``ann``: LanceDB's vector index, with the plan's query parameters (``ef``, ``refine_factor``,
   ``nprobes``) scaled to the depth asked, as the store scales them;
 * ``flat``: LanceDB without the index.
@@ -83,12 +84,54 @@ def best_rows(scores, n: int):
     return np.argpartition(scores, total - n)[total - n :]
 
 
+def int8_scan(reduced):
+    """A callable scoring a projected query against ``reduced`` (rows x dims) as the store's
+    8-bit scan does (``bits: 8`` in the plan), with onnx and ONNX Runtime alone: each direction
+    rounded to -127..127 on its own scale, the query (those scales folded in) to 8 bits on its
+    own, ``MatMulInteger`` on the calling thread. The store's ``ProjectedScan`` does the same:
+    change both together."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    top = np.abs(reduced).max(axis=0)
+    scale = np.where(top > 0, top / 127, 1).astype(np.float32)
+    codes = np.clip(np.rint(reduced / scale), -127, 127).astype(np.int8)
+    rows, dims = reduced.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["q", "rows", "zero"], ["s"])],
+        "scan",
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, [1, dims])],
+        [helper.make_tensor_value_info("s", TensorProto.INT32, [1, rows])],
+        [
+            numpy_helper.from_array(np.ascontiguousarray(codes.T), "rows"),
+            numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
+    session = ort.InferenceSession(model.SerializeToString(), options)
+
+    def score(projected):
+        folded = projected * scale
+        step = np.abs(folded).max() / 127 or 1.0
+        q = (np.clip(np.rint(folded / step), -127, 127) + 128).astype(np.uint8)
+        return session.run(None, {"q": q[None, :]})[0][0]
+
+    return score
+
+
 class RawInMemory:
     """Cosine top k in plain numpy over the table's vectors, normalized once (what the store's
     in-memory copy holds), exact or through a projected shortlist; returns the k rows' columns
     and distances, ties ordered by id as the store orders them."""
 
-    def __init__(self, tbl, top_k: int, projection=None, shortlist: int | None = None) -> None:
+    def __init__(
+        self, tbl, top_k: int, projection=None, shortlist: int | None = None, bits: int = 32
+    ) -> None:
         import numpy as np
 
         data = tbl.to_arrow()
@@ -110,6 +153,7 @@ class RawInMemory:
             if projection is not None
             else None
         )
+        self.scan = int8_scan(self.reduced) if self.reduced is not None and bits == 8 else None
 
     def __call__(self, vector) -> list[dict]:
         import numpy as np
@@ -123,7 +167,10 @@ class RawInMemory:
         if self.reduced is None:
             similarity = np.einsum("ij,j->i", self.matrix, query)
         else:
-            scores = np.einsum("ij,j->i", self.reduced, query @ self.projection)
+            if self.scan is not None:
+                scores = self.scan(query @ self.projection)
+            else:
+                scores = np.einsum("ij,j->i", self.reduced, query @ self.projection)
             rows_of = best_rows(scores, min(self.shortlist, len(scores)))
             similarity = np.einsum("ij,j->i", self.matrix[rows_of], query)
         k = min(self.top_k, len(similarity))
@@ -185,7 +232,8 @@ def raw_search(store, vector_path: Path, table: str, top_k: int) -> tuple[str, A
         assert plan is not None
         projection = np.load(vector_path / PLAN_FOLDER / f"{table}.projection.npy")
         shortlist = scaled(plan["params"], top_k, plan["k"])["shortlist"]
-        return path, RawInMemory(tbl, top_k, projection.astype(np.float32), shortlist)
+        bits = plan["params"].get("bits", 32)  # 32: plans from before the 8-bit scan
+        return path, RawInMemory(tbl, top_k, projection.astype(np.float32), shortlist, bits)
     params = scaled(plan["params"], top_k, plan["k"]) if path == "ann" and plan else None
     return path, RawLance(tbl, top_k, params, flat=path == "flat")
 

@@ -8,9 +8,10 @@ store before it loads one). A copy is let in by evicting the least recently used
 those idle for ``min_idle_s``: loading a copy reads the whole table (about a second at 50k
 rows), so two hot tables that do not fit together must not evict each other on every query. A
 table whose copy is not let in is searched by LanceDB (its calibrated ANN, else flat), as a
-table too large for a copy is, until room frees. The bytes counted are the vectors' (rows x
-(dim + projected dims) x 4, as ``exact_cache_max_bytes`` counts them); the text and metadata
-columns a copy holds beside them come on top.
+table too large for a copy is, until room frees. The bytes counted are the vectors' (rows x dim
+x 4, and a projected scan's rows x dims x 4 at 32 bits, x 2 at 8 bits; ``exact_cache_max_bytes``
+counts the scan at 4 bytes, an upper bound); the text and metadata columns a copy holds beside
+them come on top.
 
 Not thread-safe on its own: the store calls it under its lock.
 """
@@ -30,8 +31,8 @@ COPY_MIN_IDLE_S = 10.0
 def copy_bytes(cache: ExactCache) -> int:
     """The vectors' memory of one copy: the exact matrix and, for a projected plan, the
     projected rows."""
-    reduced = 0 if cache.reduced is None else int(cache.reduced.nbytes)
-    return int(cache.matrix.nbytes) + reduced
+    scan = 0 if cache.scan is None else cache.scan.nbytes
+    return int(cache.matrix.nbytes) + scan
 
 
 class InMemoryCopies:

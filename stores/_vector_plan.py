@@ -27,7 +27,9 @@ from contextkit.stores._vector_common import (
 )
 from contextkit.stores._vector_query import (
     ExactCache,
+    ProjectedScan,
     exact_search,
+    int8_scan_available,
     lance_vector_search,
     projected_search,
     projection_of,
@@ -165,7 +167,8 @@ def projected_grid(
 
 def copies_bytes(rows: int, dim: int, dims: int = 0) -> int:
     """The memory of what a store keeps for a ``rows`` x ``dim`` table searched in memory: the
-    exact copy (float32) and, for a projected plan, the projected one (``dims`` per row)."""
+    exact copy (float32) and, for a projected plan, the projected one (``dims`` per row, counted
+    as float32: an upper bound for the 8-bit scan, which holds about half of that)."""
     return rows * (dim + dims) * 4
 
 
@@ -1000,6 +1003,7 @@ class SearchPlanning:
         if not grid:
             return None, {}, 0.0, False
         projection = projection_of(cache.matrix, max(d for d, _ in grid))
+        bits = 8 if int8_scan_available(rows * max(d for d, _ in grid)) else 32
         allowed = probe.allowed()
         index_of = {i: n for n, i in enumerate(cache.ids)}
         own_row = [index_of.get(o, -1) for o in probe.own]
@@ -1008,12 +1012,12 @@ class SearchPlanning:
         for dims, shortlists in grid:
             if best is not None and rows * dims >= best[0]:
                 break  # even the shortest shortlist costs more than the best found
-            reduced = np.ascontiguousarray(cache.matrix @ projection[:, :dims])
+            scan = ProjectedScan(np.ascontiguousarray(cache.matrix @ projection[:, :dims]), bits)
             queries = probe.queries @ projection[:, :dims]
             misses = np.zeros((len(shortlists), QUERY_KINDS), dtype=np.int64)
             longest = shortlists[-1]
             for start in range(0, len(queries), 32):
-                scores = reduced @ queries[start : start + 32].T  # rows x chunk
+                scores = scan.scores(queries[start : start + 32]).T  # rows x chunk
                 # every row's exact cosine for the chunk, in one product: gathering the
                 # shortlist's rows per query took 10x longer (20k x 384, 400 queries)
                 exact_all = cache.matrix @ probe.queries[start : start + 32].T
@@ -1032,13 +1036,13 @@ class SearchPlanning:
                         got = [cache.ids[ranked[t]] for t in top if ranked[t] != own_row[i]]
                         misses[n, kind] += len(want - set(got[: probe.k]))
             reached = [n for n in range(len(shortlists)) if (misses[n] <= allowed).all()]
-            last = ({"dims": dims, "shortlist": longest}, probe.recall(misses[-1]))
+            last = ({"dims": dims, "shortlist": longest, "bits": bits}, probe.recall(misses[-1]))
             if reached:
                 c = shortlists[reached[0]]
                 cost = rows * dims + 2 * c * dim
                 if best is None or cost < best[0]:
                     recall = probe.recall(misses[reached[0]])
-                    best = (cost, {"dims": dims, "shortlist": c}, recall)
+                    best = (cost, {"dims": dims, "shortlist": c, "bits": bits}, recall)
         if best is None:
             return projection, last[0], float(last[1]), False
         return projection, best[1], float(best[2]), True
@@ -1055,7 +1059,9 @@ class SearchPlanning:
     ) -> Callable[[np.ndarray], Any]:
         cache = probe.cache
         assert cache is not None
-        trial = with_projection(cache, projection[:, : params["dims"]], "calibration")
+        trial = with_projection(
+            cache, projection[:, : params["dims"]], "calibration", scan_bits(params)
+        )
         return lambda q: projected_search(trial, q, probe.k, params["shortlist"])
 
     @staticmethod
@@ -1110,7 +1116,16 @@ def _unit(m: np.ndarray) -> np.ndarray:
     return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
 
-def with_projection(cache: ExactCache, projection: np.ndarray, made_for: str) -> ExactCache:
-    """A view of ``cache`` carrying the projected copy for ``projection`` (rows x dims)."""
-    reduced = np.ascontiguousarray(cache.matrix @ projection, dtype=np.float32)
-    return replace(cache, projected_for=made_for, projection=projection, reduced=reduced)
+def with_projection(
+    cache: ExactCache, projection: np.ndarray, made_for: str, bits: int
+) -> ExactCache:
+    """A view of ``cache`` carrying the projected copy for ``projection`` (dim x dims), scanned
+    at ``bits`` (:class:`~contextkit.stores._vector_query.ProjectedScan`)."""
+    scan = ProjectedScan(np.ascontiguousarray(cache.matrix @ projection, dtype=np.float32), bits)
+    return replace(cache, projected_for=made_for, projection=projection, scan=scan)
+
+
+def scan_bits(params: Mapping[str, int]) -> int:
+    """The scan a projected plan was calibrated with: ``bits`` in its parameters (8 or 32); 32
+    for plans calibrated before the 8-bit scan, which record none."""
+    return int(params.get("bits", 32))

@@ -28,10 +28,10 @@ class ExactCache:
     ids: np.ndarray
     nan_columns: frozenset[str]
     # The projected copy a "projected" plan searches (see projected_search), built for the plan
-    # calibrated at ``projected_for``: (projection dim x d, rows x d), both float32.
+    # calibrated at ``projected_for``: the projection (dim x d, float32) and the rows' scan.
     projected_for: str | None = None
     projection: np.ndarray | None = None
-    reduced: np.ndarray | None = None
+    scan: ProjectedScan | None = None
 
 
 def query_vector(vector: Any, dim: int) -> np.ndarray:
@@ -102,15 +102,110 @@ def projection_of(matrix: np.ndarray, dims: int, sample: int = 4096, seed: int =
     return np.ascontiguousarray(vectors[:, ::-1][:, :dims], dtype=np.float32)
 
 
-def shortlist_rows(reduced: np.ndarray, projected_query: np.ndarray, shortlist: int) -> np.ndarray:
-    """The ``shortlist`` rows whose projected vectors score best against the projected query.
+class ProjectedScan:
+    """Every row's projected vector (rows x dims) scored against projected queries: the scan a
+    projected search takes its shortlist from (see :func:`projected_search`).
 
-    einsum on the calling thread, not BLAS: over a transposed copy (dims x rows) BLAS's pool
-    scanned 200k x 128 in 1.8 ms against einsum's 4.5 on a quiet 2-core machine, but timed by
-    calibration it was 8.3x einsum at 20k rows, 0.57x at 50k and 1.42x at 200k, and the 50k
-    table it was chosen for served at 4.6 ms where einsum had served at 2.4 (issue 19 bench,
-    load 4-8)."""
-    return top_rows(np.einsum("ij,j->i", reduced, projected_query), shortlist)
+    ``bits=8``, what calibration measures when ONNX Runtime is installed: each direction is
+    rounded to integers within -127..127 (its largest magnitude maps to 127), a query to 8 bits
+    once the directions' scales are folded into it, and ONNX Runtime's integer matrix product
+    (``MatMulInteger``, its weights pre-packed for the CPU's int8 dot-product instructions)
+    returns int32 scores, on the calling thread. A quarter of the float copy's bytes per scan:
+    200k x 128 rows took 1.4-1.9 ms against 4.3-5.1 ms for float32 einsum on 2 cores (issue 19
+    bench). The rounding moves rows across the shortlist's cut; calibration measured the
+    shortlist with it.
+
+    ``bits=32``: float32 einsum on the calling thread (plans calibrated before the 8-bit scan,
+    stores without ONNX Runtime, copies over 1 GiB, which one ONNX model cannot hold). Not BLAS:
+    over a transposed copy (dims x rows) BLAS's pool scanned 200k x 128 in 1.8 ms against
+    einsum's 4.5 on a quiet 2-core machine, but timed by calibration it was 8.3x einsum at 20k
+    rows, 0.57x at 50k and 1.42x at 200k (issue 19 bench, load 4-8)."""
+
+    def __init__(self, reduced: np.ndarray, bits: int = 8) -> None:
+        if bits not in (8, 32):
+            raise ValueError(f"a projected scan has 8 or 32 bits per value, not {bits}")
+        self.rows, self.dims = reduced.shape
+        if bits == 8 and not int8_scan_available(reduced.size):
+            bits = 32
+        self.bits = bits
+        if bits == 32:
+            self._reduced = np.ascontiguousarray(reduced, dtype=np.float32)
+            return
+        self.scale, codes = quantize_rows(reduced)
+        self._session = _int8_scan_session(np.ascontiguousarray(codes.T))
+
+    @property
+    def nbytes(self) -> int:
+        """About the memory the scan holds: the float copy, or ONNX Runtime's int8 weights
+        and their pre-packed copy."""
+        return self.rows * self.dims * (4 if self.bits == 32 else 2)
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """Scores (queries x rows; higher is closer) of projected ``queries`` (queries x dims),
+        comparable within a query only."""
+        if self.bits == 32:
+            return np.einsum("ij,kj->ki", self._reduced, queries)
+        (scores,) = self._session.run(None, {"query": quantize_queries(queries, self.scale)})
+        return scores
+
+
+def quantize_rows(reduced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-direction scales (dims, float32) and codes (rows x dims, int8 within -127..127):
+    ``codes * scale`` is within half a scale step of ``reduced``."""
+    top = np.abs(reduced).max(axis=0)
+    scale = np.where(top > 0, top / 127, 1).astype(np.float32)
+    return scale, np.clip(np.rint(reduced / scale), -127, 127).astype(np.int8)
+
+
+def quantize_queries(queries: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Projected queries (queries x dims) as the uint8 input of the 8-bit scan (zero point 128):
+    the rows' scales folded in, each query rounded on its own scale (largest magnitude 127)."""
+    folded = np.asarray(queries, dtype=np.float32) * scale
+    top = np.abs(folded).max(axis=1, keepdims=True)
+    step = np.where(top > 0, top / 127, 1)
+    return (np.clip(np.rint(folded / step), -127, 127) + 128).astype(np.uint8)
+
+
+_INT8_SCAN_MAX_VALUES = 1 << 30  # an ONNX model (protobuf) holds at most 2 GiB
+
+
+def int8_scan_available(values: int = 0) -> bool:
+    """Whether the 8-bit scan can run here: ONNX Runtime and onnx importable, and ``values``
+    codes within what one model holds."""
+    from importlib.util import find_spec
+
+    if values > _INT8_SCAN_MAX_VALUES:
+        return False
+    return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
+
+
+def _int8_scan_session(codes: np.ndarray) -> Any:
+    """An ONNX Runtime session scoring uint8 queries (zero point 128; queries x dims) against
+    ``codes`` (dims x rows, int8, held by the session as a constant): one thread, the caller's;
+    no memory arena (a calibration batch's scores would stay allocated)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    dims, rows = codes.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["query", "rows", "zero"], ["scores"])],
+        "projected_scan",
+        [helper.make_tensor_value_info("query", TensorProto.UINT8, ["queries", dims])],
+        [helper.make_tensor_value_info("scores", TensorProto.INT32, ["queries", rows])],
+        initializer=[
+            numpy_helper.from_array(codes, "rows"),
+            numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what ONNX Runtime 1.17 (the lowest supported) reads
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def top_rows(scores: np.ndarray, n: int) -> np.ndarray:
@@ -142,12 +237,12 @@ _THRESHOLD_SAMPLE = 4096
 
 def projected_search(cache: ExactCache, query: np.ndarray, k: int, shortlist: int) -> list[dict]:
     """Cosine search in two steps over the in-memory copy: the ``shortlist`` best rows by their
-    projection onto a few directions (``cache.reduced``, rows x d), then the exact cosine over
+    projection onto a few directions (``cache.scan``, rows x d), then the exact cosine over
     those rows' full vectors. Approximate (a true top-k row may miss the shortlist); its recall
     is what calibration measured. Unfiltered queries only."""
-    assert cache.reduced is not None and cache.projection is not None
+    assert cache.scan is not None and cache.projection is not None
     q = query / np.linalg.norm(query)
-    rows_of = shortlist_rows(cache.reduced, q @ cache.projection, shortlist)
+    rows_of = top_rows(cache.scan.scores((q @ cache.projection)[None, :])[0], shortlist)
     k = min(k, len(rows_of))
     if k == 0:
         return []

@@ -31,6 +31,7 @@ from contextkit.stores._vector_plan import (
     SearchPlan,
     copies_bytes,
     scaled_params,
+    scan_bits,
     with_projection,
 )
 from contextkit.stores._vector_query import (
@@ -239,7 +240,7 @@ class VectorSearch:
         projection = self._read_projection(table)
         if projection is None or projection.shape != (dim, plan.params["dims"]):
             return None
-        projected = with_projection(cache, projection, plan.calibrated_at)
+        projected = with_projection(cache, projection, plan.calibrated_at, scan_bits(plan.params))
         with self._lock:
             if self._exact.get(table) is not cache:
                 return projected  # replaced meanwhile (a newer version): serve this query

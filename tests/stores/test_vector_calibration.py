@@ -48,6 +48,24 @@ def brute_force(vectors: np.ndarray, query: np.ndarray, k: int) -> list[str]:
     return [f"d{i}#0" for i in np.argsort(-sims, kind="stable")[:k]]
 
 
+def shortlist_by_hand(
+    unit: np.ndarray, projection: np.ndarray, q: np.ndarray, shortlist: int, bits: int
+) -> np.ndarray:
+    """The rows a projected plan shortlists for the unit query ``q``, by the documented rule:
+    at 32 bits the float scores of the projected rows; at 8 bits each direction rounded to
+    -127..127 on its own scale, the projected query (those scales folded in) on its own, and
+    integer dot products. Rows tied with the cut are all kept (the store keeps either)."""
+    reduced, projected = unit @ projection, q @ projection
+    if bits == 8:
+        scale = np.abs(reduced).max(axis=0) / 127
+        codes = np.rint(reduced / scale).astype(np.int64)
+        folded = projected * scale
+        scores = codes @ np.rint(folded * 127 / np.abs(folded).max()).astype(np.int64)
+    else:
+        scores = reduced @ projected
+    return np.flatnonzero(scores >= np.sort(scores)[-shortlist])
+
+
 def low_rank(n: int, seed: int, latent: int = 3) -> np.ndarray:
     """Vectors near a ``latent``-dimensional subspace (real embeddings concentrate on a few
     directions too): the case a projection onto a few directions shortlists well."""
@@ -147,15 +165,15 @@ def test_a_projected_plan_is_recorded_and_followed(tmp_path):
     assert plan.p50_ms is not None and plan.exact_p50_ms is not None
     projection = np.load(tmp_path / "_contextkit_search" / "t.projection.npy")
     assert projection.shape == (DIM, plan.params["dims"])
+    assert plan.params["bits"] == 8  # ONNX Runtime is installed: the 8-bit scan
     served = LanceVectorStore(tmp_path)  # another process: reads the plan and its projection
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    reduced = unit @ projection
     found = 0
     for q in low_rank(50, seed=12):
         got = [h["id"] for h in served.search("t", vector=q, top_k=10)]
         q = q / np.linalg.norm(q)
         # by hand: the shortlist by the projection, then exact cosine over it
-        short = np.argsort(-(reduced @ (q @ projection)), kind="stable")[: plan.params["shortlist"]]
+        short = shortlist_by_hand(unit, projection, q, plan.params["shortlist"], bits=8)
         best = short[np.argsort(-(unit[short] @ q), kind="stable")[:10]]
         assert set(got) == {f"d{i}#0" for i in best}
         found += len(set(got) & set(brute_force(vectors, q, 10)))
@@ -292,4 +310,4 @@ def test_the_memory_bound_covers_the_projected_copy(tmp_path):
     for q in low_rank(10, seed=32):
         got = [h["id"] for h in served.search("t", vector=q, top_k=10)]
         assert got == brute_force(vectors, q, 10)
-    assert served._exact["t"].reduced is None  # only the exact copy is kept
+    assert served._exact["t"].scan is None  # only the exact copy is kept

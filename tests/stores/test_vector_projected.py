@@ -5,12 +5,19 @@ it did, and as exact search does at the recall calibration measured."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from contextkit.stores._vector_query import top_rows
+from contextkit.stores._vector_query import (
+    ProjectedScan,
+    quantize_queries,
+    quantize_rows,
+    top_rows,
+)
 from contextkit.stores.vector import CALIBRATION_TARGET, LanceVectorStore
-from tests.stores.test_vector_calibration import DIM, rows
+from tests.stores.test_vector_calibration import DIM, rows, shortlist_by_hand
 
 
 def clustered_low_rank(n: int, seed: int) -> np.ndarray:
@@ -50,16 +57,62 @@ def test_a_projected_plan_past_the_threshold_size_answers_as_calibrated(tmp_path
     served = LanceVectorStore(tmp_path)  # another process: the plan and projection from disk
     assert served.search_plan("t") == plan
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    reduced = unit @ projection
     found = 0
     for q in clustered_low_rank(40, seed=6):
         got = {h["id"] for h in served.search("t", vector=q, top_k=10)}
         q = q / np.linalg.norm(q)
         # by hand: the shortlist by a full sort of the projected scores, then exact cosine
-        short = np.argsort(-(reduced @ (q @ projection)), kind="stable")[: plan.params["shortlist"]]
+        short = shortlist_by_hand(unit, projection, q, plan.params["shortlist"], bits=8)
         best = short[np.argsort(-(unit[short] @ q), kind="stable")[:10]]
         assert got == {f"d{i}#0" for i in best}
         exact = np.argsort(-(unit @ q), kind="stable")[:10]
         found += len(got & {f"d{i}#0" for i in exact})
     assert found / 400 >= 0.95
     assert served._exact["t"].projected_for == plan.calibrated_at
+
+
+def test_the_8_bit_scan_scores_as_integer_arithmetic_says():
+    """ONNX Runtime's integer product returns exactly the dot products of the rounded rows and
+    query; the rounding stays within half a step of each value."""
+    rng = np.random.default_rng(3)
+    reduced = rng.standard_normal((5000, 24)).astype(np.float32) * np.linspace(0.1, 2, 24)
+    reduced[:, 5] = 0  # a direction with no spread: scale 1, codes 0
+    queries = rng.standard_normal((7, 24)).astype(np.float32)
+    scan = ProjectedScan(reduced, bits=8)
+    assert scan.bits == 8 and scan.nbytes == 5000 * 24 * 2
+    scale, codes = quantize_rows(reduced)
+    assert codes.dtype == np.int8 and np.abs(codes).max() == 127 and not codes[:, 5].any()
+    assert np.all(np.abs(codes * scale - reduced) <= scale / 2 + 1e-6)
+    q8 = quantize_queries(queries, scale)
+    assert q8.dtype == np.uint8 and q8.min() >= 1 and q8.max() <= 255
+    by_hand = (q8.astype(np.int64) - 128) @ codes.astype(np.int64).T
+    assert np.array_equal(scan.scores(queries), by_hand)
+    # the scores track the float ones (a wrong scale or sign would not): 0.974-0.9999 here
+    for got, want in zip(scan.scores(queries), queries @ reduced.T, strict=True):
+        assert np.corrcoef(got, want)[0, 1] > 0.95
+    with pytest.raises(ValueError, match="8 or 32 bits"):
+        ProjectedScan(reduced, bits=16)
+
+
+def test_a_plan_from_before_the_8_bit_scan_is_served_with_the_float_scan(tmp_path):
+    """Plans written before the 8-bit scan record no ``bits``: their shortlist was calibrated
+    on float scores, so they are served with the float scan (32 bits), as calibrated."""
+    vectors = clustered_low_rank(3000, seed=8)
+    store = LanceVectorStore(tmp_path, ann_min_rows=10**9)
+    store.apply_changes("t", [rows(vectors)], dim=DIM, key_columns=["doc"])
+    plan = store.calibrate("t", sample=100, methods=("projected",))
+    assert plan.method == "projected" and plan.params["bits"] == 8
+    where = tmp_path / "_contextkit_search" / "t.json"
+    stored = json.loads(where.read_text())
+    del stored["params"]["bits"]
+    where.write_text(json.dumps(stored))
+    served = LanceVectorStore(tmp_path)
+    projection = np.load(tmp_path / "_contextkit_search" / "t.projection.npy")
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for q in clustered_low_rank(10, seed=9):
+        got = {h["id"] for h in served.search("t", vector=q, top_k=10)}
+        q = q / np.linalg.norm(q)
+        short = shortlist_by_hand(unit, projection, q, plan.params["shortlist"], bits=32)
+        best = short[np.argsort(-(unit[short] @ q), kind="stable")[:10]]
+        assert got == {f"d{i}#0" for i in best}
+    assert served._exact["t"].scan.bits == 32
