@@ -89,7 +89,11 @@ def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray,
     vectors = vectors[:n]
     load = {"before": os.getloadavg()}
     folder = Path(tempfile.mkdtemp(prefix=f"ck-search-{n}-"))
-    store = LanceVectorStore(folder, ann_min_rows=min(n, 20_000))
+    bounds = {}  # the store's memory bounds, when --exact-cache-max-bytes sets them
+    if args.exact_cache_max_bytes:
+        bounds = {"exact_cache_max_bytes": args.exact_cache_max_bytes,
+                  "exact_cache_total_bytes": max(args.exact_cache_max_bytes, 2 << 30)}  # fmt: skip
+    store = LanceVectorStore(folder, ann_min_rows=min(n, 20_000), **bounds)
     store.apply_changes("t", [table_rows(vectors, texts[:n])], dim=vectors.shape[1],
                         key_columns=["passage"])  # fmt: skip
     began = time.perf_counter()
@@ -115,13 +119,13 @@ def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray,
             lancedb.connect(str(copy)).open_table("t").create_index(
                 "vector", config=HnswSq(distance_type="cosine", num_partitions=1)
             )
-        forced[method] = LanceVectorStore(copy)
+        forced[method] = LanceVectorStore(copy, **bounds)
         began = time.perf_counter()
         forced_plan = forced[method].calibrate("t", methods=(method,))
         forced_plans[method] = {**forced_plan.as_dict(), "calibrate_s": round(
             time.perf_counter() - began, 1)}  # fmt: skip
         forced[method].warm("t")
-    served = LanceVectorStore(folder)
+    served = LanceVectorStore(folder, **bounds)
     served.warm("t")
     assert served.search_plan("t") == plan
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -169,6 +173,7 @@ def run_size(n: int, vectors: np.ndarray, texts: list[str], queries: np.ndarray,
     default_p50 = pct(times["lancedb default (same columns)"], 50)
     return {
         "rows": n,
+        "memory_bounds": bounds or "store defaults",
         "ensure_indexes_s": round(build_s, 1),
         "lancedb_default_index_build_s": round(default_build_s, 1),
         "plan": plan.as_dict() if plan else None,
@@ -200,6 +205,13 @@ def main() -> None:
         help="the methods timed forced, each on its own calibrated copy ('' for none: the "
         "forced ANN builds an index on its copy when the plan skipped the builds, minutes at "
         "200k rows)",
+    )
+    ap.add_argument(
+        "--exact-cache-max-bytes",
+        type=int,
+        default=None,
+        help="the stores' per-table bound on in-memory copies (default: the store's, 512 MiB; "
+        "1M x 384 rows need ~2 GiB for exact and projected search to be candidates)",
     )
     ap.add_argument(
         "--synthetic",
