@@ -88,8 +88,8 @@ def int8_scan(reduced):
     """A callable scoring a projected query against ``reduced`` (rows x dims) as the store's
     8-bit scan does (``bits: 8`` in the plan), with onnx and ONNX Runtime alone: each direction
     rounded to -127..127 on its own scale, the query (those scales folded in) to 8 bits on its
-    own, ``MatMulInteger`` on the calling thread. The store's ``ProjectedScan`` does the same:
-    change both together."""
+    own, ``MatMulInteger`` on the calling thread (and a second one past 32 MiB of codes). The
+    store's ``ProjectedScan`` does the same: change both together."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -111,7 +111,9 @@ def int8_scan(reduced):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.intra_op_num_threads = 1 if codes.nbytes <= 32 << 20 else 2  # past the cache: 2
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(model.SerializeToString(), options)
 

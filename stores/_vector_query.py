@@ -112,8 +112,10 @@ class ProjectedScan:
     (``MatMulInteger``, its weights pre-packed for the CPU's int8 dot-product instructions)
     returns int32 scores, on the calling thread. A quarter of the float copy's bytes per scan:
     200k x 128 rows took 1.4-1.9 ms against 4.3-5.1 ms for float32 einsum on 2 cores (issue 19
-    bench). The rounding moves rows across the shortlist's cut; calibration measured the
-    shortlist with it.
+    bench). Codes over ``SCAN_ONE_THREAD_MAX_BYTES`` no longer fit a CPU's last-level cache and
+    the scan waits on memory: there it runs on two threads (the caller's and one of ONNX
+    Runtime's, which sleeps between scans), 1.2M x 128 rows in 8.0 ms against 15.5 on one. The
+    rounding moves rows across the shortlist's cut; calibration measured the shortlist with it.
 
     ``bits=32``: float32 einsum on the calling thread (plans calibrated before the 8-bit scan,
     stores without ONNX Runtime, copies over 1 GiB, which one ONNX model cannot hold). Not BLAS:
@@ -130,9 +132,11 @@ class ProjectedScan:
         self.bits = bits
         if bits == 32:
             self._reduced = np.ascontiguousarray(reduced, dtype=np.float32)
+            self.threads = 1
             return
         self.scale, codes = quantize_rows(reduced)
-        self._session = _int8_scan_session(np.ascontiguousarray(codes.T))
+        self.threads = 1 if codes.nbytes <= SCAN_ONE_THREAD_MAX_BYTES else 2
+        self._session = _int8_scan_session(np.ascontiguousarray(codes.T), self.threads)
 
     @property
     def nbytes(self) -> int:
@@ -171,6 +175,10 @@ def quantize_queries(queries: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 _INT8_SCAN_MAX_VALUES = 1 << 30  # an ONNX model (protobuf) holds at most 2 GiB
 
+SCAN_ONE_THREAD_MAX_BYTES = 32 << 20
+"""The 8-bit scan runs on one thread up to this many bytes of codes (200k x 128 rows: 24 MiB),
+on two above (see :class:`ProjectedScan`)."""
+
 
 def int8_scan_available(values: int = 0) -> bool:
     """Whether the 8-bit scan can run here: ONNX Runtime and onnx importable, and ``values``
@@ -182,10 +190,11 @@ def int8_scan_available(values: int = 0) -> bool:
     return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
 
 
-def _int8_scan_session(codes: np.ndarray) -> Any:
+def _int8_scan_session(codes: np.ndarray, threads: int) -> Any:
     """An ONNX Runtime session scoring uint8 queries (zero point 128; queries x dims) against
-    ``codes`` (dims x rows, int8, held by the session as a constant): one thread, the caller's;
-    no memory arena (a calibration batch's scores would stay allocated)."""
+    ``codes`` (dims x rows, int8, held by the session as a constant) on ``threads`` threads,
+    the caller's first, the others not spinning between runs; no memory arena (a calibration
+    batch's scores would stay allocated)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -203,8 +212,9 @@ def _int8_scan_session(codes: np.ndarray) -> Any:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8  # what ONNX Runtime 1.17 (the lowest supported) reads
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_cpu_mem_arena = False
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from contextkit.stores import _vector_query as vector_query
 from contextkit.stores._vector_query import (
     ProjectedScan,
     quantize_queries,
@@ -92,6 +93,17 @@ def test_the_8_bit_scan_scores_as_integer_arithmetic_says():
         assert np.corrcoef(got, want)[0, 1] > 0.95
     with pytest.raises(ValueError, match="8 or 32 bits"):
         ProjectedScan(reduced, bits=16)
+
+
+def test_a_scan_past_the_cache_runs_on_two_threads_with_the_same_scores(monkeypatch):
+    rng = np.random.default_rng(4)
+    reduced = rng.standard_normal((3000, 16)).astype(np.float32)
+    queries = rng.standard_normal((3, 16)).astype(np.float32)
+    one = ProjectedScan(reduced, bits=8)
+    monkeypatch.setattr(vector_query, "SCAN_ONE_THREAD_MAX_BYTES", 3000 * 16 - 1)
+    two = ProjectedScan(reduced, bits=8)
+    assert (one.threads, two.threads) == (1, 2)
+    assert np.array_equal(one.scores(queries), two.scores(queries))
 
 
 def test_a_plan_from_before_the_8_bit_scan_is_served_with_the_float_scan(tmp_path):
