@@ -115,7 +115,7 @@ _IVF_GRID: tuple[dict[str, int], ...] = tuple(
 # The projected search over the in-memory copy (see projected_search): directions kept, and how
 # many rows the projection shortlists for the exact cosine.
 _PROJECTED_DIMS = (2, 3, 4, 6, 8, 12)  # in 24ths of the dimension: 32 ... 192 of 384
-_PROJECTED_SHORTLIST = (50, 100, 200, 400, 800, 1600, 3200)
+_PROJECTED_SHORTLIST = (50, 100, 200, 400, 800, 1600, 3200, 6400)
 
 
 def index_candidates(rows: int, dim: int, max_rows: int) -> list[Any]:
