@@ -87,16 +87,17 @@ def best_rows(scores, n: int):
 def int8_scan(reduced):
     """A callable scoring a projected query against ``reduced`` (rows x dims) as the store's
     8-bit scan does (``bits: 8`` in the plan), with onnx and ONNX Runtime alone: each direction
-    rounded to -127..127 on its own scale, the query (those scales folded in) to 8 bits on its
-    own, ``MatMulInteger`` on the calling thread (and a second one past 32 MiB of codes). The
-    store's ``ProjectedScan`` does the same: change both together."""
+    rounded to -63..63 on its own scale (no 16-bit saturation on CPUs without VNNI), the query
+    (those scales folded in) to 8 bits on its own, ``MatMulInteger`` on the calling thread (and
+    a second one past 32 MiB of codes). The store's ``ProjectedScan`` does the same: change
+    both together."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     top = np.abs(reduced).max(axis=0)
-    scale = np.where(top > 0, top / 127, 1).astype(np.float32)
-    codes = np.clip(np.rint(reduced / scale), -127, 127).astype(np.int8)
+    scale = np.where(top > 0, top / 63, 1).astype(np.float32)
+    codes = np.clip(np.rint(reduced / scale), -63, 63).astype(np.int8)
     rows, dims = reduced.shape
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["q", "rows", "zero"], ["s"])],
@@ -155,7 +156,10 @@ class RawInMemory:
             if projection is not None
             else None
         )
-        self.scan = int8_scan(self.reduced) if self.reduced is not None and bits == 8 else None
+        # 8 bits unless the codes are over what one ONNX model holds (the store scans in float32
+        # there too)
+        eight = bits == 8 and self.reduced is not None and self.reduced.size <= 1 << 30
+        self.scan = int8_scan(self.reduced) if eight else None
 
     def __call__(self, vector) -> list[dict]:
         import numpy as np

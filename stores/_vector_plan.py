@@ -196,7 +196,9 @@ class SearchPlan:
     - ``"exact"``: cosine over an in-memory copy (numpy); recall 1 by construction;
     - ``"projected"``: over the same copy, the ``shortlist`` rows best by a projection onto
       ``dims`` directions, then the exact cosine over those (``params``: ``dims``,
-      ``shortlist``); filtered queries are answered exactly;
+      ``shortlist``, and ``bits``, the scan calibration measured: 8 or 32, absent in plans
+      from before the 8-bit scan, which are served at 32); filtered queries are answered
+      exactly;
     - ``"ann"``: LanceDB's index (``index``) with ``params``: ``ef`` for HNSW (and
       ``refine_factor`` over 8-bit quantized vectors), ``nprobes``/``refine_factor`` for IVF_PQ.
 

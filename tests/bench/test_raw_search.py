@@ -68,8 +68,17 @@ def test_the_calibrated_plan_decides_projected_or_exact(tmp_path):
     store = LanceVectorStore(tmp_path)
     write(store, low_rank(2000, seed=2))
     plan = store.calibrate("t", sample=60, methods=("projected",))
-    assert plan.method == "projected"
-    assert_same_as_store(LanceVectorStore(tmp_path), tmp_path, "projected")
+    assert plan.method == "projected" and plan.params["bits"] == 8
+    served = LanceVectorStore(tmp_path)
+    assert_same_as_store(served, tmp_path, "projected")
+    # the raw baseline scans in 8 bits too, with the store's scores (not a float scan that
+    # happens to shortlist the same rows)
+    _, search = raw_search(served, tmp_path, "t", 10)
+    cache = served._exact["t"]
+    assert search.scan is not None and cache.scan is not None and cache.scan.bits == 8
+    for q in low_rank(5, seed=43):
+        projected = (q / np.linalg.norm(q)) @ cache.projection
+        assert np.array_equal(search.scan(projected), cache.scan.scores(projected[None, :])[0])
     # an exact plan keeps a table past exact_search_max_rows in memory
     store.calibrate("t", sample=60, methods=())
     assert_same_as_store(LanceVectorStore(tmp_path, exact_search_max_rows=500), tmp_path, "exact")

@@ -48,21 +48,26 @@ def brute_force(vectors: np.ndarray, query: np.ndarray, k: int) -> list[str]:
     return [f"d{i}#0" for i in np.argsort(-sims, kind="stable")[:k]]
 
 
+def scores_by_hand(unit: np.ndarray, projection: np.ndarray, q: np.ndarray, bits: int):
+    """The scores a projected plan shortlists by for the unit query ``q``, by the documented
+    rule: at 32 bits the float scores of the projected rows; at 8 bits each direction rounded
+    to -63..63 on its own scale, the projected query (those scales folded in) to -127..127 on
+    its own, and integer dot products."""
+    reduced, projected = unit @ projection, q @ projection
+    if bits == 32:
+        return reduced @ projected
+    scale = (np.abs(reduced).max(axis=0) / 63).astype(np.float32)
+    codes = np.rint(reduced / scale).astype(np.int64)
+    folded = projected * scale
+    return codes @ np.rint(folded * 127 / np.abs(folded).max()).astype(np.int64)
+
+
 def shortlist_by_hand(
     unit: np.ndarray, projection: np.ndarray, q: np.ndarray, shortlist: int, bits: int
 ) -> np.ndarray:
-    """The rows a projected plan shortlists for the unit query ``q``, by the documented rule:
-    at 32 bits the float scores of the projected rows; at 8 bits each direction rounded to
-    -127..127 on its own scale, the projected query (those scales folded in) on its own, and
-    integer dot products. Rows tied with the cut are all kept (the store keeps either)."""
-    reduced, projected = unit @ projection, q @ projection
-    if bits == 8:
-        scale = np.abs(reduced).max(axis=0) / 127
-        codes = np.rint(reduced / scale).astype(np.int64)
-        folded = projected * scale
-        scores = codes @ np.rint(folded * 127 / np.abs(folded).max()).astype(np.int64)
-    else:
-        scores = reduced @ projected
+    """The rows a projected plan shortlists (:func:`scores_by_hand`); rows tied with the cut
+    are all kept (the store keeps either)."""
+    scores = scores_by_hand(unit, projection, q, bits)
     return np.flatnonzero(scores >= np.sort(scores)[-shortlist])
 
 
@@ -176,6 +181,10 @@ def test_a_projected_plan_is_recorded_and_followed(tmp_path):
         short = shortlist_by_hand(unit, projection, q, plan.params["shortlist"], bits=8)
         best = short[np.argsort(-(unit[short] @ q), kind="stable")[:10]]
         assert set(got) == {f"d{i}#0" for i in best}
+        # the scores the store shortlisted by are the integers of the rule, row for row
+        cache = served._exact["t"]
+        store_scores = cache.scan.scores((q @ cache.projection)[None, :])[0]
+        assert np.array_equal(store_scores, scores_by_hand(unit, projection, q, bits=8))
         found += len(set(got) & set(brute_force(vectors, q, 10)))
     assert found / 500 >= 0.95
     assert served._exact["t"].projected_for == plan.calibrated_at

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from contextkit.stores import _vector_plan as vector_plan
 from contextkit.stores import _vector_query as vector_query
 from contextkit.stores._vector_query import (
     ProjectedScan,
@@ -82,7 +83,7 @@ def test_the_8_bit_scan_scores_as_integer_arithmetic_says():
     scan = ProjectedScan(reduced, bits=8)
     assert scan.bits == 8 and scan.nbytes == 5000 * 24 * 2
     scale, codes = quantize_rows(reduced)
-    assert codes.dtype == np.int8 and np.abs(codes).max() == 127 and not codes[:, 5].any()
+    assert codes.dtype == np.int8 and np.abs(codes).max() == 63 and not codes[:, 5].any()
     assert np.all(np.abs(codes * scale - reduced) <= scale / 2 + 1e-6)
     q8 = quantize_queries(queries, scale)
     assert q8.dtype == np.uint8 and q8.min() >= 1 and q8.max() <= 255
@@ -93,6 +94,42 @@ def test_the_8_bit_scan_scores_as_integer_arithmetic_says():
         assert np.corrcoef(got, want)[0, 1] > 0.95
     with pytest.raises(ValueError, match="8 or 32 bits"):
         ProjectedScan(reduced, bits=16)
+
+
+def test_the_largest_codes_against_the_largest_query_values_are_not_clipped():
+    """Adjacent directions at their largest code against a query at 255 (and 1) in each: a
+    kernel adding pairs of products in 16 bits would clip 2 x 255 x 127; at 63 it cannot."""
+    reduced = np.ones((64, 8), dtype=np.float32)
+    reduced[1::2] = -1
+    reduced[:2] *= np.linspace(0.5, 1, 8, dtype=np.float32)
+    scan = ProjectedScan(reduced, bits=8)
+    queries = np.stack([np.ones(8), -np.ones(8), np.linspace(-1, 1, 8)]).astype(np.float32)
+    scale, codes = quantize_rows(reduced)
+    assert (np.abs(codes[2:]) == 63).all()
+    q8 = quantize_queries(queries, scale)
+    assert q8[0].min() == 255 and q8[1].max() == 1
+    by_hand = (q8.astype(np.int64) - 128) @ codes.astype(np.int64).T
+    assert np.array_equal(scan.scores(queries), by_hand)
+    assert scan.scores(queries)[0, 2] == 127 * 63 * 8
+
+
+def test_calibration_measures_the_scan_it_records(tmp_path, monkeypatch):
+    """The shortlist is calibrated on the 8-bit scores the plan says it will be served with."""
+    built: list[int] = []
+
+    class Recorded(ProjectedScan):
+        def __init__(self, reduced, bits=8):
+            super().__init__(reduced, bits)
+            built.append(self.bits)
+
+    monkeypatch.setattr(vector_plan, "ProjectedScan", Recorded)
+    store = LanceVectorStore(tmp_path, ann_min_rows=10**9)
+    store.apply_changes(
+        "t", [rows(clustered_low_rank(3000, seed=10))], dim=DIM, key_columns=["doc"]
+    )
+    plan = store.calibrate("t", sample=60, methods=("projected",))
+    assert plan.method == "projected" and plan.params["bits"] == 8
+    assert built and set(built) == {8}  # the walk over directions, and the timed path
 
 
 def test_a_scan_past_the_cache_runs_on_two_threads_with_the_same_scores(monkeypatch):
