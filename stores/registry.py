@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -240,8 +241,14 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._commits = 0  # commits made through this object, on any of its connections
-        # SQLite's data_version is per connection, and every thread has its own: the values of two
-        # threads' connections cannot be compared. _seen counts every change any of them noticed.
+        # SQLite numbers each connection's data_version on its own, and every thread has its own
+        # connection: two threads' numbers cannot be compared, and a thread seen for the first
+        # time (a pool's new worker) could only count as a change. So data_version is read on one
+        # connection kept for that (any thread, under the lock), which sees every other
+        # connection's commits; _seen counts the changes it noticed.
+        self._watch: sqlite3.Connection | None = None
+        self._watch_pid = 0
+        self._watch_last: int | None = None
         self._seen = 0
         self._seen_lock = threading.Lock()
         self._check_schema()
@@ -261,7 +268,10 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
         if con is not None:
             con.close()
             self._local.con = None
-            self._local.seen = None  # a new connection numbers its data_version afresh
+        with self._seen_lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
 
     def _transaction(self):
         return _Transaction(self._con(), self)
@@ -308,18 +318,26 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
             ) from None
 
     def data_version(self) -> int:
-        """Changes whenever another connection commits: a cheap cache invalidation signal.
+        """Changes whenever a commit lands from another process or from any of this registry's
+        threads: a cheap cache invalidation signal.
 
-        Comparable across threads (each has its own connection, and SQLite numbers each
-        connection's ``data_version`` on its own): a thread whose connection's number moved since
-        it last looked (or that looks for the first time) moves the shared count, which is what
-        is returned."""
-        version = self._con().execute("PRAGMA data_version").fetchone()[0]
-        if getattr(self._local, "seen", None) != version:
-            self._local.seen = version
-            with self._seen_lock:
+        Comparable across threads: SQLite numbers each connection's ``data_version`` on its
+        own, so it is read on one connection kept for that (under a lock, whatever the calling
+        thread), which sees every other connection's commits; a count of the changes it noticed
+        is returned. A thread's first call does not count as a change (before, each thread read
+        its own connection, and a pool's new worker moved every cache key once)."""
+        with self._seen_lock:
+            if self._watch is None or self._watch_pid != os.getpid():  # new, closed or forked
+                self._watch = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=30, check_same_thread=False
+                )
+                # a new connection numbers its data_version afresh: the first read counts
+                self._watch_pid, self._watch_last = os.getpid(), None
+            version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._watch_last:
+                self._watch_last = version
                 self._seen += 1
-        return self._seen
+            return self._seen
 
     def change_token(self) -> tuple[int, int]:
         """Differs from its last value once anyone committed: another process, another thread's

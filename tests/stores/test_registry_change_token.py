@@ -35,10 +35,22 @@ def test_a_commit_by_another_process_changes_the_token_seen_on_a_fresh_thread(tm
 
 def test_the_token_holds_across_threads_while_nothing_is_committed(tmp_path) -> None:
     serving = SQLiteRegistry(tmp_path / "registry.db")
-    on_new_thread(serving.change_token)  # a thread's first look may move the key once
-    settled = serving.change_token()
+    settled, version = serving.change_token(), serving.data_version()
+    # a thread's first look is no change (a server's pool starts new workers at any time)
+    assert on_new_thread(serving.change_token) == settled
+    assert on_new_thread(serving.data_version) == version
     assert serving.change_token() == settled
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(serving.change_token).result()
         assert pool.submit(serving.change_token).result() == first
     assert serving.change_token() == first
+
+
+def test_commits_from_this_registry_on_other_threads_and_after_close_move_the_key(tmp_path):
+    serving = SQLiteRegistry(tmp_path / "registry.db")
+    version = serving.data_version()
+    on_new_thread(lambda: serving.create_workspace("dev", live=False))
+    moved = serving.data_version()
+    assert moved != version  # another thread's connection committed
+    serving.close()  # connections released; the next read reconnects and counts once
+    assert serving.data_version() not in (version, moved)
