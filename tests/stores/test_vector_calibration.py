@@ -71,6 +71,15 @@ def shortlist_by_hand(
     return np.flatnonzero(scores >= np.sort(scores)[-shortlist])
 
 
+def found_by_hand(
+    unit: np.ndarray, projection: np.ndarray, q: np.ndarray, shortlist: int, bits: int
+) -> set[str]:
+    """The ids a projected plan answers the unit query ``q`` with: the top 10 by exact cosine
+    over :func:`shortlist_by_hand`."""
+    short = shortlist_by_hand(unit, projection, q, shortlist, bits)
+    return {f"d{i}#0" for i in short[np.argsort(-(unit[short] @ q), kind="stable")[:10]]}
+
+
 def low_rank(n: int, seed: int, latent: int = 3) -> np.ndarray:
     """Vectors near a ``latent``-dimensional subspace (real embeddings concentrate on a few
     directions too): the case a projection onto a few directions shortlists well."""
@@ -178,9 +187,7 @@ def test_a_projected_plan_is_recorded_and_followed(tmp_path):
         got = [h["id"] for h in served.search("t", vector=q, top_k=10)]
         q = q / np.linalg.norm(q)
         # by hand: the shortlist by the projection, then exact cosine over it
-        short = shortlist_by_hand(unit, projection, q, plan.params["shortlist"], bits=8)
-        best = short[np.argsort(-(unit[short] @ q), kind="stable")[:10]]
-        assert set(got) == {f"d{i}#0" for i in best}
+        assert set(got) == found_by_hand(unit, projection, q, plan.params["shortlist"], bits=8)
         # the scores the store shortlisted by are the integers of the rule, row for row
         cache = served._exact["t"]
         store_scores = cache.scan.scores((q @ cache.projection)[None, :])[0]

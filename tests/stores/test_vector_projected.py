@@ -19,7 +19,7 @@ from contextkit.stores._vector_query import (
     top_rows,
 )
 from contextkit.stores.vector import CALIBRATION_TARGET, LanceVectorStore
-from tests.stores.test_vector_calibration import DIM, rows, shortlist_by_hand
+from tests.stores.test_vector_calibration import DIM, found_by_hand, rows
 
 
 def clustered_low_rank(n: int, seed: int) -> np.ndarray:
@@ -64,9 +64,7 @@ def test_a_projected_plan_past_the_threshold_size_answers_as_calibrated(tmp_path
         got = {h["id"] for h in served.search("t", vector=q, top_k=10)}
         q = q / np.linalg.norm(q)
         # by hand: the shortlist by a full sort of the projected scores, then exact cosine
-        short = shortlist_by_hand(unit, projection, q, plan.params["shortlist"], bits=8)
-        best = short[np.argsort(-(unit[short] @ q), kind="stable")[:10]]
-        assert got == {f"d{i}#0" for i in best}
+        assert got == found_by_hand(unit, projection, q, plan.params["shortlist"], bits=8)
         exact = np.argsort(-(unit @ q), kind="stable")[:10]
         found += len(got & {f"d{i}#0" for i in exact})
     assert found / 400 >= 0.95
@@ -161,7 +159,5 @@ def test_a_plan_from_before_the_8_bit_scan_is_served_with_the_float_scan(tmp_pat
     for q in clustered_low_rank(10, seed=9):
         got = {h["id"] for h in served.search("t", vector=q, top_k=10)}
         q = q / np.linalg.norm(q)
-        short = shortlist_by_hand(unit, projection, q, plan.params["shortlist"], bits=32)
-        best = short[np.argsort(-(unit[short] @ q), kind="stable")[:10]]
-        assert got == {f"d{i}#0" for i in best}
+        assert got == found_by_hand(unit, projection, q, plan.params["shortlist"], bits=32)
     assert served._exact["t"].scan.bits == 32
