@@ -1038,13 +1038,14 @@ class SearchPlanning:
                         got = [cache.ids[ranked[t]] for t in top if ranked[t] != own_row[i]]
                         misses[n, kind] += len(want - set(got[: probe.k]))
             reached = [n for n in range(len(shortlists)) if (misses[n] <= allowed).all()]
-            last = ({"dims": dims, "shortlist": longest, "bits": bits}, probe.recall(misses[-1]))
+            measured = {"dims": dims, "bits": scan.bits}  # the scan the shortlists were timed on
+            last = ({**measured, "shortlist": longest}, probe.recall(misses[-1]))
             if reached:
                 c = shortlists[reached[0]]
                 cost = rows * dims + 2 * c * dim
                 if best is None or cost < best[0]:
                     recall = probe.recall(misses[reached[0]])
-                    best = (cost, {"dims": dims, "shortlist": c, "bits": bits}, recall)
+                    best = (cost, {**measured, "shortlist": c}, recall)
         if best is None:
             return projection, last[0], float(last[1]), False
         return projection, best[1], float(best[2]), True
