@@ -340,8 +340,9 @@ class SQLiteRegistry(JobQueueMixin, AuditLogMixin):
             return self._seen
 
     def change_token(self) -> tuple[int, int]:
-        """Differs from its last value once anyone committed: another process, another thread's
-        connection (``data_version``), or this thread's own connection (the commit count)."""
+        """Differs from its last value once anyone committed: another process or any of this
+        registry's connections (``data_version``, read on a connection of its own), and the
+        count of commits made through this object beside it."""
         return (self.data_version(), self._commits)
 
     # -- workspaces ------------------------------------------------------------------------
