@@ -9,9 +9,9 @@ those idle for ``min_idle_s``: loading a copy reads the whole table (about a sec
 rows), so two hot tables that do not fit together must not evict each other on every query. A
 table whose copy is not let in is searched by LanceDB (its calibrated ANN, else flat), as a
 table too large for a copy is, until room frees. The bytes counted are the vectors' (rows x dim
-x 4, and a projected scan's rows x dims x 4 at 32 bits, x 2 at 8 bits; ``exact_cache_max_bytes``
-counts the scan at 4 bytes, an upper bound); the text and metadata columns a copy holds beside
-them come on top.
+x 4, or rows x dim for a compact copy's 8-bit vectors, and a projected scan's rows x dims x 4 at
+32 bits, rows x (dims + 8) at 8 bits; ``exact_cache_max_bytes`` counts a float copy's scan at 4
+bytes, an upper bound); the text and metadata columns a copy holds beside them come on top.
 
 Not thread-safe on its own: the store calls it under its lock.
 """
@@ -29,9 +29,11 @@ COPY_MIN_IDLE_S = 10.0
 
 
 def copy_bytes(cache: ExactCache) -> int:
-    """The vectors' memory of one copy: the exact matrix and, for a projected plan, the
-    projected rows."""
+    """The vectors' memory of one copy: the exact matrix (or a compact copy's 8-bit vectors)
+    and, for a projected plan, the projected rows."""
     scan = 0 if cache.scan is None else cache.scan.nbytes
+    if cache.compact is not None:
+        return cache.compact.nbytes + scan
     return int(cache.matrix.nbytes) + scan
 
 

@@ -26,8 +26,16 @@ from contextkit.stores._vector_common import (
     reads_table,
 )
 from contextkit.stores._vector_query import (
+    REFINE_LEVELS,
+    ROW_LEVELS,
+    SCAN_ROW_BYTES,
+    CompactRows,
     ExactCache,
     ProjectedScan,
+    SpilledVectors,
+    code_scale,
+    compact_search,
+    encode,
     exact_search,
     int8_scan_available,
     lance_vector_search,
@@ -152,24 +160,46 @@ def _grid_for(index: str) -> tuple[dict[str, int], ...]:
 
 
 def projected_grid(
-    rows: int, dim: int, max_bytes: int | None = None
+    rows: int, dim: int, max_bytes: int | None = None, compact: bool = False
 ) -> list[tuple[int, list[int]]]:
     """``(dims, shortlists)`` to try for the projected search of a ``rows`` x ``dim`` table:
     projections well below the full dimension, shortlists at most a quarter of the rows; with
     ``max_bytes``, only projections whose copy (rows x dims float32) fits next to the exact copy
-    (rows x dim) within that bound."""
+    (rows x dim) within that bound, or with ``compact`` whose compact copy fits
+    (:func:`compact_bytes`)."""
     shortlists = [c for c in _PROJECTED_SHORTLIST if c <= rows // 4]
     dims = sorted({max(2, dim * part // 24) for part in _PROJECTED_DIMS})
     if max_bytes is not None:
-        dims = [d for d in dims if copies_bytes(rows, dim, d) <= max_bytes]
+        size = compact_bytes if compact else copies_bytes
+        dims = [d for d in dims if size(rows, dim, d) <= max_bytes]
     return [(d, shortlists) for d in dims] if shortlists else []
 
 
 def copies_bytes(rows: int, dim: int, dims: int = 0) -> int:
     """The memory of what a store keeps for a ``rows`` x ``dim`` table searched in memory: the
     exact copy (float32) and, for a projected plan, the projected one (``dims`` per row, counted
-    as float32: an upper bound for the 8-bit scan, which holds about half of that)."""
+    as float32: an upper bound for the 8-bit scan, which holds about a quarter of that)."""
     return rows * (dim + dims) * 4
+
+
+def compact_bytes(rows: int, dim: int, dims: int) -> int:
+    """The memory of a compact copy (:class:`~contextkit.stores._vector_query.CompactRows`):
+    the vectors as 8-bit codes and the 8-bit projected scan (1M x 384 with 128 directions:
+    496 MiB, against 1.9 GiB for the float copy and its projected one)."""
+    return rows * dim + rows * (dims + SCAN_ROW_BYTES)
+
+
+COMPACT_RERANKS = (2, 4, 8, 16)
+"""A compact copy's final step reads the float vectors of ``rerank`` rows (the best by their
+8-bit vectors) from the table: calibration tries these multiples of ``k``. On 1M real MiniLM
+passages (300 real questions) the 8-bit vectors alone kept 0.993 of the exact top 10 within a
+6,400-row shortlist; the exact cosine over their best 20 kept all of it (issue 19 bench).
+Tight clusters need more (near ties the rounding reorders)."""
+
+REREAD_COST = 512
+"""What reading one row's float vector from the table costs in the walk's units (rows x
+dimensions scanned), per dimension: on 1M rows a read of 20 rows took 1.6 ms and of 100 rows
+2.6 ms (local disk, cached), ~12 us a row, while the 8-bit scan went through ~18 values a ns."""
 
 
 def scaled_params(params: Mapping[str, int], limit: int, k: int) -> dict[str, int]:
@@ -177,8 +207,9 @@ def scaled_params(params: Mapping[str, int], limit: int, k: int) -> dict[str, in
     ``shortlist``) grow with the depth asked (calibrated for ``k``); ``ef`` stays at least
     ``limit x refine_factor``, as LanceDB requires."""
     out = dict(params)
-    if "shortlist" in out:
-        out["shortlist"] = max(out["shortlist"], math.ceil(out["shortlist"] * limit / max(k, 1)))
+    for name in ("shortlist", "rerank"):
+        if name in out:
+            out[name] = max(out[name], math.ceil(out[name] * limit / max(k, 1)))
     if "ef" in out:
         refine = out.get("refine_factor", 1)
         out["ef"] = max(out["ef"], math.ceil(out["ef"] * limit / max(k, 1)), limit * refine)
@@ -198,7 +229,12 @@ class SearchPlan:
       ``dims`` directions, then the exact cosine over those (``params``: ``dims``,
       ``shortlist``, and ``bits``, the scan calibration measured: 8 or 32, absent in plans
       from before the 8-bit scan, which are served at 32); filtered queries are answered
-      exactly;
+      exactly. When the table's float copy does not fit ``exact_cache_max_bytes`` but a
+      compact one does (:func:`compact_bytes`), the copy keeps the vectors in 8 bits and
+      ``params`` add ``refine_bits`` (8) and ``rerank``: the shortlist is ranked by the 8-bit
+      vectors and the ``rerank`` best by their float vectors read from the table
+      (:func:`~contextkit.stores._vector_query.compact_search`); filtered queries then go to
+      LanceDB, as for a table without a copy;
     - ``"ann"``: LanceDB's index (``index``) with ``params``: ``ef`` for HNSW (and
       ``refine_factor`` over 8-bit quantized vectors), ``nprobes``/``refine_factor`` for IVF_PQ.
 
@@ -414,6 +450,16 @@ class SearchPlanning:
             self.exact_search_max_rows > 0
             and need <= self.exact_cache_max_bytes
             and need <= self.exact_cache_total_bytes
+        )
+
+    def _compact_fits(self, rows: int, dim: int) -> bool:
+        """Whether a compact copy of the projected search (8-bit vectors and scan) fits
+        ``exact_cache_max_bytes`` where the float copy does not."""
+        return (
+            self.exact_search_max_rows > 0
+            and rows * dim * 4 > self.exact_cache_max_bytes
+            and int8_scan_available(rows * dim)
+            and bool(projected_grid(rows, dim, self.exact_cache_max_bytes, compact=True))
         )
 
     def _choose_index(
@@ -743,7 +789,9 @@ class SearchPlanning:
         cache = probe.cache
         paths: dict[str, Callable[[np.ndarray], Any]] = {}
         candidates: dict[str, dict[str, Any]] = {}
-        if cache is not None:
+        # the float copy was read only to calibrate a compact copy: exact search is not served
+        compact = cache is not None and cache.matrix.nbytes > self.exact_cache_max_bytes
+        if cache is not None and not compact:
             paths["exact"] = self._exact_path(probe)
             candidates["exact"] = {"method": "exact", "params": {}, "recall": 1.0,
                                    "reached": True}  # fmt: skip
@@ -780,7 +828,8 @@ class SearchPlanning:
                     paired_ratio(medians[name], medians["exact"]), 3
                 )
         method, reason = self._choose(
-            candidates, p50, index, target, cache is not None, tuple(methods), medians,
+            candidates, p50, index, target, cache is not None and not compact, tuple(methods),
+            medians,
             floor=_floor_check(index_skipped) if index is None else None,
         )  # fmt: skip
         if skipped:
@@ -809,7 +858,7 @@ class SearchPlanning:
         self._write_plan(table, plan)
         with self._lock:  # searches pick the plan up with the next layout check
             self._layouts.pop(table, None)
-        if method != "ann" and cache is not None:
+        if method != "ann" and cache is not None and not compact:
             self._keep_copy(table, cache)  # within the process's budget, else not kept
         return plan
 
@@ -836,6 +885,21 @@ class SearchPlanning:
         0.995 target), so exact search there is the margin; the projected search is served where
         exact search is over the floor (50k and 200k real passages)."""
         if not fits:
+            compact = "projected" in p50 and "projected" in methods
+            if compact:  # a compact copy fits: it against the ANN, when that reached the target
+                rivals = [m for m in ("projected", "ann") if m in p50 and m in methods]
+                per_round = rounds if rounds is not None else {m: [v] for m, v in p50.items()}
+                if "ann" in rivals and not candidates["ann"]["reached"]:
+                    rivals.remove("ann")
+                best = pick(per_round, [m for m in PREFERENCE if m in rivals]).chosen
+                recall = candidates[best]["recall"]
+                against = [f"{m} {p50[m]:.2f} ms" for m in rivals if m != best]
+                return best, (
+                    f"{best} reached recall {recall:.3f} at p50 {p50[best]:.2f} ms"
+                    + (f" ({', '.join(against)})" if against else "")
+                    + "; the table's float copy does not fit exact_cache_max_bytes, its "
+                    "compact copy (8-bit vectors) does"
+                )
             if index is None:
                 return "exact", "no ANN index (LanceDB's flat search)"
             if candidates["ann"]["reached"]:
@@ -905,13 +969,17 @@ class SearchPlanning:
         layout = self._layout(table, handle, version)
         index = vector_index_type(handle)
         rows = handle.count_rows()
-        fits = rows * layout.dim * 4 <= self.exact_cache_max_bytes
+        # The float copy, also when only a compact copy would be kept for serving: calibration
+        # reads the table's vectors whole once (rows x dim x 4 bytes for its duration).
+        fits = rows * layout.dim * 4 <= self.exact_cache_max_bytes or self._compact_fits(
+            rows, layout.dim
+        )
         cache = None
         if fits:  # the copy kept for serving when it is of this version, else a fresh one
             with self._lock:
                 kept = self._exact.get(table)
-            cache = kept if kept is not None and kept.version == version else None
-            cache = cache or self._load_exact(table, version)
+            usable = kept is not None and kept.version == version and kept.matrix is not None
+            cache = kept if usable else self._load_exact(table, version)
         rng = np.random.default_rng(seed)
         picks = np.sort(rng.choice(rows, size=min(sample, rows), replace=False))
         if cache is not None:
@@ -997,11 +1065,18 @@ class SearchPlanning:
     ) -> tuple[np.ndarray | None, dict[str, int], float, bool]:
         """The projected search's directions and the cheapest ``dims`` x ``shortlist`` (by rows
         scanned: rows x dims + shortlist x dim x 2) whose recall reaches the target; only
-        projections whose copy fits next to the exact copy within ``max_bytes``."""
+        projections whose copy fits next to the exact copy within ``max_bytes``. When the float
+        copy itself does not fit ``max_bytes``, the compact copy's search is measured instead
+        (:func:`~contextkit.stores._vector_query.compact_search`: the shortlist ranked by the
+        8-bit vectors, the best ``COMPACT_RERANK x k`` by the float ones), with projections
+        whose compact copy fits."""
         cache = probe.cache
         assert cache is not None
         rows, dim = cache.matrix.shape
-        grid = projected_grid(rows, dim, max_bytes)
+        compact = max_bytes is not None and copies_bytes(rows, dim) > max_bytes
+        if compact and not int8_scan_available(rows * dim):
+            return None, {}, 0.0, False
+        grid = projected_grid(rows, dim, max_bytes, compact)
         if not grid:
             return None, {}, 0.0, False
         projection = projection_of(cache.matrix, max(d for d, _ in grid))
@@ -1009,6 +1084,13 @@ class SearchPlanning:
         allowed = probe.allowed()
         index_of = {i: n for n, i in enumerate(cache.ids)}
         own_row = [index_of.get(o, -1) for o in probe.own]
+        reranks = [0]  # none: the exact cosine over the whole shortlist
+        if compact:
+            refine_scale = code_scale(np.abs(cache.matrix).max(axis=0), REFINE_LEVELS)
+            refine_codes = encode(cache.matrix, refine_scale, REFINE_LEVELS)
+            reranks = [m * probe.k for m in COMPACT_RERANKS]
+        # rows whose float vectors are read, for a query of k + 1 rows (its own row left out)
+        deeps = [scaled_params({"rerank": r}, probe.k + 1, probe.k)["rerank"] for r in reranks]
         best: tuple[float, dict[str, int], float] | None = None
         last: tuple[dict[str, int], float] = ({}, 0.0)
         for dims, shortlists in grid:
@@ -1016,7 +1098,7 @@ class SearchPlanning:
                 break  # even the shortest shortlist costs more than the best found
             scan = ProjectedScan(np.ascontiguousarray(cache.matrix @ projection[:, :dims]), bits)
             queries = probe.queries @ projection[:, :dims]
-            misses = np.zeros((len(shortlists), QUERY_KINDS), dtype=np.int64)
+            misses = np.zeros((len(shortlists), len(reranks), QUERY_KINDS), dtype=np.int64)
             longest = shortlists[-1]
             for start in range(0, len(queries), 32):
                 scores = scan.scores(queries[start : start + 32]).T  # rows x chunk
@@ -1029,23 +1111,38 @@ class SearchPlanning:
                     ranked = np.argpartition(column, rows - longest)[rows - longest :]
                     ranked = ranked[np.argsort(-column[ranked], kind="stable")]
                     exact = exact_all[ranked, j]
+                    if compact:
+                        folded = probe.queries[i] * refine_scale
+                        approximate = refine_codes[ranked].astype(np.float32) @ folded
                     want, kind = probe.truth[i], probe.kinds[i]
                     for n, c in enumerate(shortlists):
-                        part = exact[:c]
-                        take = min(probe.k + 1, c)
-                        top = np.argpartition(-part, take - 1)[:take]
-                        top = top[np.argsort(-part[top], kind="stable")]
-                        got = [cache.ids[ranked[t]] for t in top if ranked[t] != own_row[i]]
-                        misses[n, kind] += len(want - set(got[: probe.k]))
-            reached = [n for n in range(len(shortlists)) if (misses[n] <= allowed).all()]
-            measured = {"dims": dims, "bits": scan.bits}  # the scan the shortlists were timed on
-            last = ({**measured, "shortlist": longest}, probe.recall(misses[-1]))
-            if reached:
-                c = shortlists[reached[0]]
-                cost = rows * dims + 2 * c * dim
-                if best is None or cost < best[0]:
-                    recall = probe.recall(misses[reached[0]])
-                    best = (cost, {**measured, "shortlist": c}, recall)
+                        for r, deep in enumerate(deeps):
+                            kept = np.arange(c)  # of ranked: the rows the exact cosine ranks
+                            if compact and c > deep:
+                                kept = np.argpartition(-approximate[:c], deep - 1)[:deep]
+                            part = exact[kept]
+                            take = min(probe.k + 1, len(part))
+                            top = np.argpartition(-part, take - 1)[:take]
+                            top = kept[top[np.argsort(-part[top], kind="stable")]]
+                            got = [cache.ids[ranked[t]] for t in top if ranked[t] != own_row[i]]
+                            misses[n, r, kind] += len(want - set(got[: probe.k]))
+            measured: dict[str, int] = {"dims": dims, "bits": scan.bits}  # the scan timed
+            if compact:
+                measured["refine_bits"] = 8
+            last = (
+                {**measured, "shortlist": longest, **({"rerank": reranks[-1]} if compact else {})},
+                probe.recall(misses[-1, -1]),
+            )
+            for n, c in enumerate(shortlists):
+                for r, rerank in enumerate(reranks):
+                    if not (misses[n, r] <= allowed).all():
+                        continue
+                    cost = rows * dims + 2 * c * dim + rerank * REREAD_COST * dim
+                    if best is None or cost < best[0]:
+                        params = {**measured, "shortlist": c}
+                        if compact:
+                            params["rerank"] = rerank
+                        best = (cost, params, probe.recall(misses[n, r]))
         if best is None:
             return projection, last[0], float(last[1]), False
         return projection, best[1], float(best[2]), True
@@ -1060,8 +1157,14 @@ class SearchPlanning:
     def _projected_path(
         probe: _Probe, projection: np.ndarray, params: Mapping[str, int]
     ) -> Callable[[np.ndarray], Any]:
+        """The projected search as calibrated, over ``probe``'s copy (a compact copy made from
+        it when ``params`` say so)."""
         cache = probe.cache
         assert cache is not None
+        if is_compact(params):
+            small = compact_copy(cache, projection[:, : params["dims"]], "calibration")
+            shortlist, rerank = params["shortlist"], params["rerank"]
+            return lambda q: compact_search(small, q, probe.k, shortlist, rerank)
         trial = with_projection(
             cache, projection[:, : params["dims"]], "calibration", scan_bits(params)
         )
@@ -1126,6 +1229,30 @@ def with_projection(
     at ``bits`` (:class:`~contextkit.stores._vector_query.ProjectedScan`)."""
     scan = ProjectedScan(np.ascontiguousarray(cache.matrix @ projection, dtype=np.float32), bits)
     return replace(cache, projected_for=made_for, projection=projection, scan=scan)
+
+
+def compact_copy(cache: ExactCache, projection: np.ndarray, made_for: str) -> ExactCache:
+    """A compact copy (:class:`~contextkit.stores._vector_query.CompactRows`: 8-bit vectors,
+    the 8-bit scan over ``projection`` and the float vectors in a mapped file) made from the
+    float copy ``cache``: what calibration times. Serving builds the same codes reading the
+    table in batches (``VectorSearch._load_compact``)."""
+    matrix = cache.matrix
+    assert matrix is not None
+    scale = code_scale(np.abs(matrix).max(axis=0), REFINE_LEVELS)
+    reduced = matrix @ projection
+    scan_scale = code_scale(np.abs(reduced).max(axis=0), ROW_LEVELS)
+    scan = ProjectedScan.of_codes(scan_scale, encode(reduced, scan_scale, ROW_LEVELS))
+    spill = SpilledVectors(*matrix.shape)
+    spill.write(0, matrix)
+    rows = CompactRows(encode(matrix, scale, REFINE_LEVELS), scale, spill.mapped())
+    return replace(
+        cache, matrix=None, projected_for=made_for, projection=projection, scan=scan, compact=rows
+    )
+
+
+def is_compact(params: Mapping[str, int]) -> bool:
+    """Whether a projected plan's parameters are a compact copy's (8-bit vectors)."""
+    return params.get("refine_bits") == 8
 
 
 def scan_bits(params: Mapping[str, int]) -> int:

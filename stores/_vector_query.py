@@ -6,8 +6,11 @@ ties by id.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +28,7 @@ from contextkit.stores._vector_filters import Condition, compile_filter, filter_
 class ExactCache:
     version: int
     table: pa.Table  # every column but the vector
-    matrix: np.ndarray  # (n, dim) float32, rows L2-normalized
+    matrix: np.ndarray | None  # (n, dim) float32, rows L2-normalized; None in a compact copy
     ids: np.ndarray
     nan_columns: frozenset[str]
     # The projected copy a "projected" plan searches (see projected_search), built for the plan
@@ -33,6 +36,73 @@ class ExactCache:
     projected_for: str | None = None
     projection: np.ndarray | None = None
     scan: ProjectedScan | None = None
+    # A compact copy (a projected plan with ``refine_bits``: see compact_search) keeps the
+    # vectors as 8-bit codes instead, and ``matrix`` is None.
+    compact: CompactRows | None = None
+
+
+@dataclass
+class CompactRows:
+    """The vectors of a compact copy: each row's unit vector as int8 codes (rows x dim, each
+    dimension's largest magnitude mapped to 127: ``codes * scale`` is within half a step of
+    it), and the unit float vectors in a memory-mapped file (:class:`SpilledVectors`) that the
+    final ranking reads its few rows from."""
+
+    codes: np.ndarray  # (rows, dim) int8
+    scale: np.ndarray  # (dim,) float32
+    unit: np.ndarray  # (rows, dim) float32, memory-mapped
+
+    @property
+    def nbytes(self) -> int:
+        """The codes' bytes: the mapped file's pages are the OS page cache's, as the pages
+        of LanceDB's own files are."""
+        return int(self.codes.nbytes)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The unit float vectors of ``rows``, in the order given."""
+        return np.asarray(self.unit[rows])
+
+
+class SpilledVectors:
+    """Unit float vectors written to a file in the temporary folder and mapped read-only: the
+    file is removed from the folder as soon as it is mapped, so it lives as long as the mapping
+    (the copy) and nothing is left behind by a crash. A compact copy's final step reads 20-odd
+    rows from it per query: on 1M x 384 rows LanceDB's ``take_offsets`` of 20 rows took 2-3 ms
+    (most of it per call), the mapped file microseconds, its pages held by the OS page cache
+    like LanceDB's own files (issue 19 bench). Disk: rows x dim x 4 bytes while mapped."""
+
+    def __init__(self, rows: int, dim: int) -> None:
+        fd, self._path = tempfile.mkstemp(prefix="contextkit-vectors-", suffix=".f32")
+        os.close(fd)
+        self.shape = (rows, dim)
+        try:
+            self._out: np.memmap | None = np.memmap(
+                self._path, dtype=np.float32, mode="w+", shape=self.shape
+            )
+        except BaseException:
+            os.unlink(self._path)
+            raise
+
+    def write(self, at: int, block: np.ndarray) -> None:
+        assert self._out is not None
+        self._out[at : at + len(block)] = block
+
+    def mapped(self) -> np.ndarray:
+        """The vectors written, mapped read-only (the file removed from the folder)."""
+        assert self._out is not None
+        try:
+            self._out.flush()
+            self._out = None
+            return np.memmap(self._path, dtype=np.float32, mode="r", shape=self.shape)
+        finally:
+            os.unlink(self._path)
+
+    def discard(self) -> None:
+        """Remove the file if :meth:`mapped` did not (a failed load)."""
+        if self._out is not None:
+            self._out = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
 
 
 def query_vector(vector: Any, dim: int) -> np.ndarray:
@@ -136,18 +206,34 @@ class ProjectedScan:
             self._reduced = np.ascontiguousarray(reduced, dtype=np.float32)
             self.threads = 1
             return
-        self.scale, codes = quantize_rows(reduced)
+        self._from_codes(*quantize_rows(reduced))
+
+    @classmethod
+    def of_codes(cls, scale: np.ndarray, codes: np.ndarray) -> ProjectedScan:
+        """The 8-bit scan of rows already rounded by :func:`quantize_rows` (a compact copy,
+        which never holds the float rows); 32 bits, dequantized, when ONNX Runtime is not
+        there."""
+        if not int8_scan_available(codes.size):
+            return cls(codes.astype(np.float32) * scale, bits=32)
+        scan = cls.__new__(cls)
+        scan.rows, scan.dims = codes.shape
+        scan.bits = 8
+        scan._from_codes(scale, codes)
+        return scan
+
+    def _from_codes(self, scale: np.ndarray, codes: np.ndarray) -> None:
+        self.scale = scale
         self.threads = 1 if codes.nbytes <= SCAN_ONE_THREAD_MAX_BYTES else 2
         self._session = _int8_scan_session(np.ascontiguousarray(codes.T), self.threads)
 
     @property
     def nbytes(self) -> int:
-        """About the memory the scan holds: the float copy, or ONNX Runtime's int8 weights
-        and their pre-packed copy (200k x 128: ~60 MiB held after a trim of the C heap, the
-        float copy ~100). Building the 8-bit scan briefly takes about 5x its size more (the
-        float rows, the codes, the model and its serialized form); the C allocator may keep
-        that freed memory in the process for reuse (RSS +209 MiB untrimmed, float +152)."""
-        return self.rows * self.dims * (4 if self.bits == 32 else 2)
+        """About the memory the scan holds: the float copy, or ONNX Runtime's packed int8
+        weights (a byte per value and a sum per row: 1M x 128 held 126 MiB after a trim of the
+        C heap, the float copy 488). Building the 8-bit scan briefly takes about twice the
+        codes' size more; the C allocator may keep that freed memory in the process for
+        reuse."""
+        return self.rows * (self.dims * 4 if self.bits == 32 else self.dims + SCAN_ROW_BYTES)
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """Scores (queries x rows; higher is closer) of projected ``queries`` (queries x dims),
@@ -158,6 +244,11 @@ class ProjectedScan:
             return np.einsum("ij,kj->ki", self._reduced, queries)
         (scores,) = self._session.run(None, {"query": quantize_queries(queries, self.scale)})
         return scores
+
+
+SCAN_ROW_BYTES = 8
+"""What the 8-bit scan holds per row beside its codes (ONNX Runtime's packed weights keep a
+4-byte sum per row; counted at 8)."""
 
 
 def quantize_rows(reduced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,9 +262,23 @@ def quantize_rows(reduced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     option that makes ORT exact there, ``session.x64quantprecision``, cost 1.4x on this VNNI
     machine). On 200k real passages the shortlists' recall of the true top 10 was the same
     within 0.001 at either range (issue 19 bench)."""
-    top = np.abs(reduced).max(axis=0)
-    scale = np.where(top > 0, top / ROW_LEVELS, 1).astype(np.float32)
-    return scale, np.clip(np.rint(reduced / scale), -ROW_LEVELS, ROW_LEVELS).astype(np.int8)
+    scale = code_scale(np.abs(reduced).max(axis=0), ROW_LEVELS)
+    return scale, encode(reduced, scale, ROW_LEVELS)
+
+
+def code_scale(top: np.ndarray, levels: int) -> np.ndarray:
+    """Per-column scales mapping each column's largest magnitude ``top`` to ``levels``."""
+    return np.where(top > 0, top / levels, 1).astype(np.float32)
+
+
+def encode(values: np.ndarray, scale: np.ndarray, levels: int) -> np.ndarray:
+    """``values`` (rows x columns) as int8 codes on the columns' ``scale``, within
+    -``levels``..``levels`` (in blocks of rows: the float temporaries stay small)."""
+    codes = np.empty(values.shape, dtype=np.int8)
+    for start in range(0, len(values), 65536):
+        block = np.rint(values[start : start + 65536] / scale)
+        codes[start : start + 65536] = np.clip(block, -levels, levels)
+    return codes
 
 
 ROW_LEVELS = 63
@@ -216,20 +321,27 @@ def _int8_scan_session(codes: np.ndarray, threads: int) -> Any:
     """An ONNX Runtime session scoring uint8 queries (zero point 128; queries x dims) against
     ``codes`` (dims x rows, int8, held by the session as a constant) on ``threads`` threads,
     the caller's first, the others not spinning between runs; no memory arena (a calibration
-    batch's scores would stay allocated)."""
+    batch's scores would stay allocated).
+
+    The codes reach ONNX Runtime as a file of external data beside the model, in a temporary
+    folder removed once the session is made: ONNX Runtime maps the file, packs the weights for
+    its kernel and drops the mapping, so the session holds one copy of the codes (the packed
+    one). Passed inside the model's bytes they stayed held twice: 248 MiB for 1M x 128 codes,
+    against 136 MiB this way (issue 19 bench)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     dims, rows = codes.shape
+    weights = TensorProto(name="rows", dims=[dims, rows], data_type=TensorProto.INT8)
+    for key, value in (("location", "rows.bin"), ("offset", "0"), ("length", str(codes.nbytes))):
+        weights.external_data.add(key=key, value=value)
+    weights.data_location = TensorProto.EXTERNAL
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["query", "rows", "zero"], ["scores"])],
         "projected_scan",
         [helper.make_tensor_value_info("query", TensorProto.UINT8, ["queries", dims])],
         [helper.make_tensor_value_info("scores", TensorProto.INT32, ["queries", rows])],
-        initializer=[
-            numpy_helper.from_array(codes, "rows"),
-            numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero"),
-        ],
+        initializer=[weights, numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8  # what ONNX Runtime 1.17 (the lowest supported) reads
@@ -238,9 +350,12 @@ def _int8_scan_session(codes: np.ndarray, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    with tempfile.TemporaryDirectory(prefix="contextkit-scan-") as folder:
+        np.ascontiguousarray(codes).tofile(os.path.join(folder, "rows.bin"))
+        path = os.path.join(folder, "scan.onnx")
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString())
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def top_rows(scores: np.ndarray, n: int) -> np.ndarray:
@@ -283,6 +398,31 @@ def projected_search(cache: ExactCache, query: np.ndarray, k: int, shortlist: in
         return []
     similarity = np.einsum("ij,j->i", cache.matrix[rows_of], q)
     return _best_rows(cache, similarity, rows_of, k)
+
+
+REFINE_LEVELS = 127
+"""The largest code of a compact copy's vector dimension (:class:`CompactRows`)."""
+
+
+def compact_search(
+    cache: ExactCache, query: np.ndarray, k: int, shortlist: int, rerank: int
+) -> list[dict]:
+    """The projected search over a compact copy (no float vectors in memory), in three steps:
+    the ``shortlist`` best rows by the 8-bit projected scan, the ``rerank`` best of those by
+    their 8-bit vectors (:class:`CompactRows`; off by up to half a step per dimension, which
+    reorders near ties), then the exact cosine over those rows' float vectors (read from a
+    memory-mapped file, :class:`SpilledVectors`). Approximate like :func:`projected_search`;
+    its recall is what calibration measured. Unfiltered queries only."""
+    compact = cache.compact
+    assert compact is not None and cache.scan is not None and cache.projection is not None
+    q = query / np.linalg.norm(query)
+    rows_of = top_rows(cache.scan.scores((q @ cache.projection)[None, :])[0], shortlist)
+    if min(k, len(rows_of)) == 0:
+        return []
+    approximate = np.einsum("ij,j->i", compact.codes[rows_of].astype(np.float32), q * compact.scale)
+    best = rows_of[top_rows(approximate, min(max(rerank, k), len(rows_of)))]
+    similarity = np.einsum("ij,j->i", compact.vectors(best), q).astype(np.float32)
+    return _best_rows(cache, similarity, best, min(k, len(best)))
 
 
 def lance_vector_search(

@@ -7,7 +7,7 @@ per table version what a search needs (:class:`Layout`, the exact copy). A mixin
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,13 +29,24 @@ from contextkit.stores._vector_fusion import as_hit, blend, parse_weights, rrf_f
 from contextkit.stores._vector_plan import (
     CALIBRATION_K,
     SearchPlan,
+    compact_bytes,
     copies_bytes,
+    is_compact,
     scaled_params,
     scan_bits,
     with_projection,
 )
 from contextkit.stores._vector_query import (
+    REFINE_LEVELS,
+    ROW_LEVELS,
+    SCAN_ROW_BYTES,
+    CompactRows,
     ExactCache,
+    ProjectedScan,
+    SpilledVectors,
+    code_scale,
+    compact_search,
+    encode,
     exact_search,
     lance_vector_search,
     projected_search,
@@ -193,6 +204,12 @@ class VectorSearch:
     ) -> list[dict[str, Any]]:
         plan = layout.plan
         cache = self._exact_cache(table, handle, version, layout)
+        if cache is not None and cache.compact is not None:
+            if not conditions:
+                assert plan is not None
+                limits = scaled_params(plan.params, k, plan.k)
+                return compact_search(cache, query, k, limits["shortlist"], limits["rerank"])
+            cache = None  # no float vectors in memory: filtered queries go to LanceDB
         if cache is not None and not any(c.column in cache.nan_columns for c in conditions):
             if plan is not None and plan.method == "projected" and not conditions:
                 projected = self._projected_cache(table, cache, plan)
@@ -259,6 +276,9 @@ class VectorSearch:
             return self.exact_search_max_rows
         if plan.method == "ann":
             return 0
+        if _compact_plan(plan):
+            per_row = layout.dim + plan.params["dims"] + SCAN_ROW_BYTES
+            return max(self.exact_search_max_rows, self.exact_cache_max_bytes // per_row)
         return max(self.exact_search_max_rows, self.exact_cache_max_bytes // (4 * layout.dim))
 
     def _exact_cache(
@@ -266,24 +286,37 @@ class VectorSearch:
     ) -> ExactCache | None:
         """The table's in-memory copy of ``version``: kept, or loaded when the table is within
         the row limit and its copy is let in within ``exact_cache_total_bytes`` (None: the
-        query goes to LanceDB, and a later one tries again)."""
+        query goes to LanceDB, and a later one tries again). A compact plan's copy is a compact
+        one (:meth:`_load_compact`)."""
         limit = self._exact_row_limit(layout)
         if limit <= 0 or layout.rows_over_exact_limit:
             return None
+        plan = layout.plan
         with self._lock:
             cache = self._exact.use(table, _monotonic())
             if cache is not None:
-                if cache.version == version:
+                if cache.version == version and _copy_serves(cache, plan):
                     return cache
-                self._exact.pop(table)  # another version's: of no more use, frees its room
+                # another version's or another plan's: of no more use, frees its room
+                self._exact.pop(table)
         rows = handle.count_rows()
         if rows > limit:
             layout.rows_over_exact_limit = True
             return None
+        need = copies_bytes(rows, layout.dim)
+        if _compact_plan(plan):
+            assert plan is not None
+            need = compact_bytes(rows, layout.dim, plan.params["dims"])
         with self._lock:
-            if not self._exact.fits(table, copies_bytes(rows, layout.dim), _monotonic()):
+            if not self._exact.fits(table, need, _monotonic()):
                 return None
-        cache = self._load_exact(table, version)
+        if _compact_plan(plan):
+            assert plan is not None
+            cache = self._load_compact(table, version, plan, layout.dim)
+            if cache is None:
+                return None
+        else:
+            cache = self._load_exact(table, version)
         self._keep_copy(table, cache)  # refused by a copy loaded meanwhile: serves this query
         return cache
 
@@ -312,18 +345,101 @@ class VectorSearch:
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
         rest = data.drop_columns(["vector", "content_hash", "row_hash"]).combine_chunks()
-        nan_columns = frozenset(
-            f.name
-            for f in rest.schema
-            if pa.types.is_floating(f.type) and pc.any(pc.is_nan(rest.column(f.name))).as_py()
-        )
         return ExactCache(
             version=version,
             table=rest,
             matrix=np.ascontiguousarray(matrix / norms, dtype=np.float32),
             ids=np.asarray(rest.column("id").to_pylist(), dtype=object),
-            nan_columns=nan_columns,
+            nan_columns=_nan_columns(rest),
         )
+
+    def _load_compact(
+        self, table: str, version: int, plan: SearchPlan, dim: int
+    ) -> ExactCache | None:
+        """The compact copy of a compact projected plan (8-bit vectors and scan, see
+        :func:`~contextkit.stores._vector_query.compact_search`), read from the table in
+        batches so that the float vectors are never held whole: a first pass takes the other
+        columns and each dimension's largest magnitude (the codes' scales), a second the codes.
+        The codes are calibration's (``compact_copy`` over the float copy) to float rounding.
+        None when the plan's projection file is unreadable (the query goes to LanceDB)."""
+        projection = self._read_projection(table)
+        if projection is None or projection.shape != (dim, plan.params["dims"]):
+            return None
+        pinned = self._db.open_table(table.split("@", 1)[0], version=version)
+        columns = [f.name for f in pinned.schema if f.name not in ("content_hash", "row_hash")]
+
+        def unit_batches(names: list[str]) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+            query = pinned.search().select(names).limit(None)
+            for batch in query.to_batches(_COMPACT_BATCH_ROWS):
+                matrix = as_matrix(batch.column("vector"))
+                norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+                norms[norms == 0] = 1.0
+                yield batch, np.ascontiguousarray(matrix / norms, dtype=np.float32)
+
+        parts = []
+        top = np.zeros(dim, dtype=np.float32)
+        top_reduced = np.zeros(projection.shape[1], dtype=np.float32)
+        for batch, unit in unit_batches(columns):
+            parts.append(batch.drop_columns(["vector"]))
+            top = np.maximum(top, np.abs(unit).max(axis=0, initial=0))
+            top_reduced = np.maximum(top_reduced, np.abs(unit @ projection).max(axis=0, initial=0))
+        rest = pa.Table.from_batches(parts).combine_chunks()
+        if rest.num_rows == 0:
+            return None
+        scale = code_scale(top, REFINE_LEVELS)
+        scan_scale = code_scale(top_reduced, ROW_LEVELS)
+        codes = np.empty((rest.num_rows, dim), dtype=np.int8)
+        scan_codes = np.empty((rest.num_rows, projection.shape[1]), dtype=np.int8)
+        spill = SpilledVectors(rest.num_rows, dim)
+        try:
+            at = 0
+            for _, unit in unit_batches(["vector"]):
+                if at + len(unit) > rest.num_rows:
+                    break
+                codes[at : at + len(unit)] = encode(unit, scale, REFINE_LEVELS)
+                scan_codes[at : at + len(unit)] = encode(unit @ projection, scan_scale, ROW_LEVELS)
+                spill.write(at, unit)
+                at += len(unit)
+            if at != rest.num_rows:
+                raise RuntimeError(f"{table}@{version}: read {rest.num_rows} rows, then {at}")
+            unit_file = spill.mapped()
+        finally:
+            spill.discard()
+        return ExactCache(
+            version=version,
+            table=rest,
+            matrix=None,
+            ids=np.asarray(rest.column("id").to_pylist(), dtype=object),
+            nan_columns=_nan_columns(rest),
+            projected_for=plan.calibrated_at,
+            projection=projection,
+            scan=ProjectedScan.of_codes(scan_scale, scan_codes),
+            compact=CompactRows(codes, scale, unit_file),
+        )
+
+
+_COMPACT_BATCH_ROWS = 65536
+
+
+def _compact_plan(plan: SearchPlan | None) -> bool:
+    return plan is not None and plan.method == "projected" and is_compact(plan.params)
+
+
+def _copy_serves(cache: ExactCache, plan: SearchPlan | None) -> bool:
+    """Whether a kept copy fits the plan: a compact copy serves only the plan it was made for,
+    a float copy every plan but a compact one."""
+    if cache.compact is not None:
+        return plan is not None and cache.projected_for == plan.calibrated_at
+    return not _compact_plan(plan)
+
+
+def _nan_columns(rest: pa.Table) -> frozenset[str]:
+    """The float columns holding NaN (filters on them go to LanceDB, see the module doc)."""
+    return frozenset(
+        f.name
+        for f in rest.schema
+        if pa.types.is_floating(f.type) and pc.any(pc.is_nan(rest.column(f.name))).as_py()
+    )
 
 
 def _reached_ann_params(plan: SearchPlan) -> dict[str, int] | None:

@@ -125,7 +125,11 @@ def test_reads_answer_while_a_slot_is_split_between_two_masters(cluster, store):
         assert store.replace_table("prod__t", KEY, COLUMNS, entity_rows(4.0)) == 60
         assert read_all(store) == expected(4.0)
         stored = [k for n in cluster.nodes for k in keys_of(n, store.prefix)]
-        assert len(stored) == 60 + 128, "the new generation's rows and markers, nothing older"
+        per_node = {n.port: len(keys_of(n, store.prefix)) for n in cluster.nodes}
+        assert len(stored) == 60 + 128, (
+            f"an older generation's keys are left: keys per node {per_node} (the slot moved "
+            f"from {source.port} to {target.port})"
+        )
     finally:
         cluster.migrate_keys(SLOT, source, target)
         cluster.end_migration(SLOT, target)

@@ -13,6 +13,7 @@ import pytest
 from contextkit.stores import _vector_plan as vector_plan
 from contextkit.stores import _vector_query as vector_query
 from contextkit.stores._vector_query import (
+    SCAN_ROW_BYTES,
     ProjectedScan,
     quantize_queries,
     quantize_rows,
@@ -79,7 +80,7 @@ def test_the_8_bit_scan_scores_as_integer_arithmetic_says():
     reduced[:, 5] = 0  # a direction with no spread: scale 1, codes 0
     queries = rng.standard_normal((7, 24)).astype(np.float32)
     scan = ProjectedScan(reduced, bits=8)
-    assert scan.bits == 8 and scan.nbytes == 5000 * 24 * 2
+    assert scan.bits == 8 and scan.nbytes == 5000 * (24 + SCAN_ROW_BYTES)
     scale, codes = quantize_rows(reduced)
     assert codes.dtype == np.int8 and np.abs(codes).max() == 63 and not codes[:, 5].any()
     assert np.all(np.abs(codes * scale - reduced) <= scale / 2 + 1e-6)
