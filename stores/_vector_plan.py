@@ -455,12 +455,10 @@ class SearchPlanning:
     def _compact_fits(self, rows: int, dim: int) -> bool:
         """Whether a compact copy of the projected search (8-bit vectors and scan) fits
         ``exact_cache_max_bytes`` where the float copy does not."""
-        return (
-            self.exact_search_max_rows > 0
-            and rows * dim * 4 > self.exact_cache_max_bytes
-            and int8_scan_available(rows * dim)
-            and bool(projected_grid(rows, dim, self.exact_cache_max_bytes, compact=True))
-        )
+        if self.exact_search_max_rows <= 0 or rows * dim * 4 <= self.exact_cache_max_bytes:
+            return False
+        grid = projected_grid(rows, dim, self.exact_cache_max_bytes, compact=True)
+        return bool(grid) and int8_scan_available(rows * max(d for d, _ in grid))
 
     def _choose_index(
         self, table: str, handle: Any, configs: list[Any]
@@ -801,9 +799,14 @@ class SearchPlanning:
                 probe, self.exact_cache_max_bytes
             )
             if projection is None and projected_grid(len(cache.ids), cache.matrix.shape[1]):
+                what = (
+                    "no compact copy (8-bit vectors and scan, with ONNX Runtime) fits"
+                    if compact
+                    else "no projection's copy fits beside the exact copy"
+                )
                 skipped = (
-                    "projected search not tried: no projection's copy fits beside the exact "
-                    f"copy within exact_cache_max_bytes ({self.exact_cache_max_bytes})"
+                    f"projected search not tried: {what} within exact_cache_max_bytes "
+                    f"({self.exact_cache_max_bytes})"
                 )
             elif params:
                 candidates["projected"] = {
@@ -1074,13 +1077,11 @@ class SearchPlanning:
         assert cache is not None
         rows, dim = cache.matrix.shape
         compact = max_bytes is not None and copies_bytes(rows, dim) > max_bytes
-        if compact and not int8_scan_available(rows * dim):
-            return None, {}, 0.0, False
         grid = projected_grid(rows, dim, max_bytes, compact)
-        if not grid:
+        bits = 8 if grid and int8_scan_available(rows * max(d for d, _ in grid)) else 32
+        if not grid or compact and bits != 8:  # a compact copy is counted with the 8-bit scan
             return None, {}, 0.0, False
         projection = projection_of(cache.matrix, max(d for d, _ in grid))
-        bits = 8 if int8_scan_available(rows * max(d for d, _ in grid)) else 32
         allowed = probe.allowed()
         index_of = {i: n for n, i in enumerate(cache.ids)}
         own_row = [index_of.get(o, -1) for o in probe.own]

@@ -94,3 +94,24 @@ def test_a_float_copy_that_fits_is_not_made_compact(tmp_path):
     assert plan.method == "projected" and "refine_bits" not in plan.params
     store.search("t", vector=vectors[0], top_k=5)
     assert store._exact["t"].compact is None and store._exact["t"].matrix is not None
+
+
+def test_a_compact_copy_is_weighed_against_the_ann_by_their_paired_rounds():
+    """Where only a compact copy fits, the ANN is served only when it reached the target and
+    measured faster by the band; otherwise the compact copy's projected search."""
+    choose = LanceVectorStore._choose
+    both = {
+        "projected": {"method": "projected", "recall": 0.996, "reached": True},
+        "ann": {"method": "ann", "recall": 0.997, "reached": True},
+    }
+    rounds = {"projected": [10.0, 10.2, 9.9], "ann": [8.0, 8.1, 7.9]}  # ANN 0.8x: past the band
+    p50 = {m: float(np.median(r)) for m, r in rounds.items()}
+    method, reason = choose(both, p50, "IvfHnswSq", 0.995, False, rounds=rounds)
+    assert method == "ann" and "compact copy" in reason
+    close = {"projected": rounds["projected"], "ann": [9.5, 9.6, 9.4]}  # within the band
+    p50 = {m: float(np.median(r)) for m, r in close.items()}
+    assert choose(both, p50, "IvfHnswSq", 0.995, False, rounds=close)[0] == "projected"
+    missed = {**both, "ann": {**both["ann"], "recall": 0.95, "reached": False}}
+    p50 = {m: float(np.median(r)) for m, r in rounds.items()}
+    method, _ = choose(missed, p50, "IvfHnswSq", 0.995, False, rounds=rounds)
+    assert method == "projected"  # a faster ANN below the target does not win
