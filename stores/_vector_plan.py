@@ -585,11 +585,20 @@ class SearchPlanning:
             return {}
         paths = {"exact": self._exact_path(probe)}
         projection, params, _, reached = self._walk_projected(probe, self.exact_cache_max_bytes)
-        if projection is not None and reached:
-            paths["projected"] = self._projected_path(probe, projection, params)
+        if projection is not None and reached:  # (never compact: the float copy fits here)
+            paths["projected"] = self._projected_path(probe, projection, params, None)
         return paths
 
     # -- calibration ------------------------------------------------------------------------------
+
+    def _spill_folder(self, table: str) -> str | None:
+        """Where a compact copy's float vectors are spilled: the plans' folder of a local store
+        (the tables' disk), the temporary folder for S3."""
+        if self._local is None:
+            return None
+        folder = Path(self._plan_location(table)).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
 
     def _plan_location(self, table: str) -> str:
         name = f"{table}.json"
@@ -814,7 +823,8 @@ class SearchPlanning:
                     "reached": reached,
                 }  # fmt: skip
                 if reached:
-                    paths["projected"] = self._projected_path(probe, projection, params)
+                    folder = self._spill_folder(table)
+                    paths["projected"] = self._projected_path(probe, projection, params, folder)
         if index is not None:
             walked = built_now and _walked_for(index_builds, index, k, sample, target, seed, self)
             params, recall, reached = walked or self._walk_ann(handle, probe, _grid_for(index))
@@ -1156,14 +1166,14 @@ class SearchPlanning:
 
     @staticmethod
     def _projected_path(
-        probe: _Probe, projection: np.ndarray, params: Mapping[str, int]
+        probe: _Probe, projection: np.ndarray, params: Mapping[str, int], folder: str | None
     ) -> Callable[[np.ndarray], Any]:
         """The projected search as calibrated, over ``probe``'s copy (a compact copy made from
-        it when ``params`` say so)."""
+        it when ``params`` say so, its float vectors' file in ``folder``)."""
         cache = probe.cache
         assert cache is not None
         if is_compact(params):
-            small = compact_copy(cache, projection[:, : params["dims"]], "calibration")
+            small = compact_copy(cache, projection[:, : params["dims"]], "calibration", folder)
             shortlist, rerank = params["shortlist"], params["rerank"]
             return lambda q: compact_search(small, q, probe.k, shortlist, rerank)
         trial = with_projection(
@@ -1232,18 +1242,20 @@ def with_projection(
     return replace(cache, projected_for=made_for, projection=projection, scan=scan)
 
 
-def compact_copy(cache: ExactCache, projection: np.ndarray, made_for: str) -> ExactCache:
+def compact_copy(
+    cache: ExactCache, projection: np.ndarray, made_for: str, folder: str | None = None
+) -> ExactCache:
     """A compact copy (:class:`~contextkit.stores._vector_query.CompactRows`: 8-bit vectors,
     the 8-bit scan over ``projection`` and the float vectors in a mapped file) made from the
-    float copy ``cache``: what calibration times. Serving builds the same codes reading the
-    table in batches (``VectorSearch._load_compact``)."""
+    float copy ``cache`` (the file in ``folder``): what calibration times. Serving builds the
+    same codes reading the table in batches (``VectorSearch._load_compact``)."""
     matrix = cache.matrix
     assert matrix is not None
     scale = code_scale(np.abs(matrix).max(axis=0), REFINE_LEVELS)
     reduced = matrix @ projection
     scan_scale = code_scale(np.abs(reduced).max(axis=0), ROW_LEVELS)
     scan = ProjectedScan.of_codes(scan_scale, encode(reduced, scan_scale, ROW_LEVELS))
-    spill = SpilledVectors(*matrix.shape)
+    spill = SpilledVectors(*matrix.shape, folder)
     spill.write(0, matrix)
     rows = CompactRows(encode(matrix, scale, REFINE_LEVELS), scale, spill.mapped())
     return replace(

@@ -64,15 +64,17 @@ class CompactRows:
 
 
 class SpilledVectors:
-    """Unit float vectors written to a file in the temporary folder and mapped read-only: the
-    file is removed from the folder as soon as it is mapped, so it lives as long as the mapping
-    (the copy) and nothing is left behind by a crash. A compact copy's final step reads 20-odd
-    rows from it per query: on 1M x 384 rows LanceDB's ``take_offsets`` of 20 rows took 2-3 ms
-    (most of it per call), the mapped file microseconds, its pages held by the OS page cache
-    like LanceDB's own files (issue 19 bench). Disk: rows x dim x 4 bytes while mapped."""
+    """Unit float vectors written to a file in ``folder`` (a local store's own folder, so on
+    the disk that holds the tables; default the temporary folder, which may be a tmpfs held in
+    memory) and mapped read-only: the file is removed from the folder as soon as it is mapped,
+    so it lives as long as the mapping (the copy) and a crash leaves nothing behind. A compact
+    copy's final step reads 20-odd rows from it per query: on 1M x 384 rows LanceDB's
+    ``take_offsets`` of 20 rows took 2-3 ms (most of it per call), the mapped file microseconds,
+    its pages held by the OS page cache like LanceDB's own files (issue 19 bench). Disk: rows x
+    dim x 4 bytes while mapped."""
 
-    def __init__(self, rows: int, dim: int) -> None:
-        fd, self._path = tempfile.mkstemp(prefix="contextkit-vectors-", suffix=".f32")
+    def __init__(self, rows: int, dim: int, folder: str | None = None) -> None:
+        fd, self._path = tempfile.mkstemp(prefix="contextkit-vectors-", suffix=".f32", dir=folder)
         os.close(fd)
         self.shape = (rows, dim)
         try:
@@ -327,7 +329,7 @@ def _int8_scan_session(codes: np.ndarray, threads: int) -> Any:
     folder removed once the session is made: ONNX Runtime maps the file, packs the weights for
     its kernel and drops the mapping, so the session holds one copy of the codes (the packed
     one). Passed inside the model's bytes they stayed held twice: 248 MiB for 1M x 128 codes,
-    against 136 MiB this way (issue 19 bench)."""
+    against 126-136 MiB this way (issue 19 bench)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -390,7 +390,7 @@ class VectorSearch:
         scan_scale = code_scale(top_reduced, ROW_LEVELS)
         codes = np.empty((rest.num_rows, dim), dtype=np.int8)
         scan_codes = np.empty((rest.num_rows, projection.shape[1]), dtype=np.int8)
-        spill = SpilledVectors(rest.num_rows, dim)
+        spill = SpilledVectors(rest.num_rows, dim, self._spill_folder(table.split("@", 1)[0]))
         try:
             at = 0
             for _, unit in unit_batches(["vector"]):
