@@ -1246,7 +1246,7 @@ def compact_copy(
     cache: ExactCache, projection: np.ndarray, made_for: str, folder: str | None = None
 ) -> ExactCache:
     """A compact copy (:class:`~contextkit.stores._vector_query.CompactRows`: 8-bit vectors,
-    the 8-bit scan over ``projection`` and the float vectors in a mapped file) made from the
+    the 8-bit scan over ``projection`` and the float vectors in a file) made from the
     float copy ``cache`` (the file in ``folder``): what calibration times. Serving builds the
     same codes reading the table in batches (``VectorSearch._load_compact``)."""
     matrix = cache.matrix
@@ -1257,7 +1257,7 @@ def compact_copy(
     scan = ProjectedScan.of_codes(scan_scale, encode(reduced, scan_scale, ROW_LEVELS))
     spill = SpilledVectors(*matrix.shape, folder)
     spill.write(0, matrix)
-    rows = CompactRows(encode(matrix, scale, REFINE_LEVELS), scale, spill.mapped())
+    rows = CompactRows(encode(matrix, scale, REFINE_LEVELS), scale, spill)
     return replace(
         cache, matrix=None, projected_for=made_for, projection=projection, scan=scan, compact=rows
     )

@@ -6,11 +6,11 @@ ties by id.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
 import tempfile
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,66 +45,59 @@ class ExactCache:
 class CompactRows:
     """The vectors of a compact copy: each row's unit vector as int8 codes (rows x dim, each
     dimension's largest magnitude mapped to 127: ``codes * scale`` is within half a step of
-    it), and the unit float vectors in a memory-mapped file (:class:`SpilledVectors`) that the
-    final ranking reads its few rows from."""
+    it), and the unit float vectors in a file (:class:`SpilledVectors`) that the final ranking
+    reads its few rows from."""
 
     codes: np.ndarray  # (rows, dim) int8
     scale: np.ndarray  # (dim,) float32
-    unit: np.ndarray  # (rows, dim) float32, memory-mapped
+    unit: SpilledVectors
 
     @property
     def nbytes(self) -> int:
-        """The codes' bytes: the mapped file's pages are the OS page cache's, as the pages
-        of LanceDB's own files are."""
+        """The codes' bytes (the file's pages are the OS page cache's, as LanceDB's are)."""
         return int(self.codes.nbytes)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The unit float vectors of ``rows``, in the order given."""
-        return np.asarray(self.unit[rows])
+        return self.unit.read(rows)
 
 
 class SpilledVectors:
-    """Unit float vectors written to a file in ``folder`` (a local store's own folder, so on
-    the disk that holds the tables; default the temporary folder, which may be a tmpfs held in
-    memory) and mapped read-only: the file is removed from the folder as soon as it is mapped,
-    so it lives as long as the mapping (the copy) and a crash leaves nothing behind. A compact
-    copy's final step reads 20-odd rows from it per query: on 1M x 384 rows LanceDB's
-    ``take_offsets`` of 20 rows took 2-3 ms (most of it per call), the mapped file microseconds,
-    its pages held by the OS page cache like LanceDB's own files (issue 19 bench). Disk: rows x
-    dim x 4 bytes while mapped."""
+    """Unit float vectors (rows x dim float32) in a file of ``folder`` (a local store's own
+    folder, on the disk that holds the tables; default the temporary folder, which may be a
+    tmpfs held in memory), removed from the folder as soon as it is made: it lives as long as
+    this object holds it open, and a crash leaves nothing behind. Rows are read one ``pread``
+    each into the caller's memory; the OS page cache keeps the pages read, as it keeps
+    LanceDB's (not mapped: a mapping's read-ahead had put 1.2 GB of the file in the process's
+    resident memory after 300 queries at 1M x 384 rows). A compact copy's final step reads
+    20-odd rows per query: microseconds, where LanceDB's ``take_offsets`` of 20 rows took 2-3
+    ms, most of it per call (issue 19 bench). Disk: rows x dim x 4 bytes while held."""
 
     def __init__(self, rows: int, dim: int, folder: str | None = None) -> None:
-        fd, self._path = tempfile.mkstemp(prefix="contextkit-vectors-", suffix=".f32", dir=folder)
-        os.close(fd)
+        fd, path = tempfile.mkstemp(prefix="contextkit-vectors-", suffix=".f32", dir=folder)
+        self._closed = weakref.finalize(self, os.close, fd)
+        os.unlink(path)
+        self._fd = fd
         self.shape = (rows, dim)
-        try:
-            self._out: np.memmap | None = np.memmap(
-                self._path, dtype=np.float32, mode="w+", shape=self.shape
-            )
-        except BaseException:
-            os.unlink(self._path)
-            raise
+        self._row_bytes = dim * 4
 
     def write(self, at: int, block: np.ndarray) -> None:
-        assert self._out is not None
-        self._out[at : at + len(block)] = block
+        """Write ``block`` (unit vectors) as rows ``at`` onward."""
+        data = memoryview(np.ascontiguousarray(block, dtype=np.float32)).cast("B")
+        offset, done = at * self._row_bytes, 0
+        while done < len(data):  # pwrite may write less than asked (a full disk raises)
+            done += os.pwrite(self._fd, data[done:], offset + done)
 
-    def mapped(self) -> np.ndarray:
-        """The vectors written, mapped read-only (the file removed from the folder)."""
-        assert self._out is not None
-        try:
-            self._out.flush()
-            self._out = None
-            return np.memmap(self._path, dtype=np.float32, mode="r", shape=self.shape)
-        finally:
-            os.unlink(self._path)
-
-    def discard(self) -> None:
-        """Remove the file if :meth:`mapped` did not (a failed load)."""
-        if self._out is not None:
-            self._out = None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path)
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of ``rows``, in the order given."""
+        size = self._row_bytes
+        out = bytearray(len(rows) * size)
+        for i, row in enumerate(rows.tolist()):
+            chunk = os.pread(self._fd, size, row * size)
+            if len(chunk) != size:
+                raise RuntimeError(f"row {row} is past the spilled vectors' file")
+            out[i * size : (i + 1) * size] = chunk
+        return np.frombuffer(out, dtype=np.float32).reshape(len(rows), self.shape[1])
 
 
 def query_vector(vector: Any, dim: int) -> np.ndarray:
@@ -413,7 +406,7 @@ def compact_search(
     the ``shortlist`` best rows by the 8-bit projected scan, the ``rerank`` best of those by
     their 8-bit vectors (:class:`CompactRows`; off by up to half a step per dimension, which
     reorders near ties), then the exact cosine over those rows' float vectors (read from a
-    memory-mapped file, :class:`SpilledVectors`). Approximate like :func:`projected_search`;
+    file, :class:`SpilledVectors`). Approximate like :func:`projected_search`;
     its recall is what calibration measured. Unfiltered queries only."""
     compact = cache.compact
     assert compact is not None and cache.scan is not None and cache.projection is not None

@@ -391,20 +391,16 @@ class VectorSearch:
         codes = np.empty((rest.num_rows, dim), dtype=np.int8)
         scan_codes = np.empty((rest.num_rows, projection.shape[1]), dtype=np.int8)
         spill = SpilledVectors(rest.num_rows, dim, self._spill_folder(table.split("@", 1)[0]))
-        try:
-            at = 0
-            for _, unit in unit_batches(["vector"]):
-                if at + len(unit) > rest.num_rows:
-                    break
-                codes[at : at + len(unit)] = encode(unit, scale, REFINE_LEVELS)
-                scan_codes[at : at + len(unit)] = encode(unit @ projection, scan_scale, ROW_LEVELS)
-                spill.write(at, unit)
-                at += len(unit)
-            if at != rest.num_rows:
-                raise RuntimeError(f"{table}@{version}: read {rest.num_rows} rows, then {at}")
-            unit_file = spill.mapped()
-        finally:
-            spill.discard()
+        at = 0
+        for _, unit in unit_batches(["vector"]):
+            if at + len(unit) > rest.num_rows:
+                break
+            codes[at : at + len(unit)] = encode(unit, scale, REFINE_LEVELS)
+            scan_codes[at : at + len(unit)] = encode(unit @ projection, scan_scale, ROW_LEVELS)
+            spill.write(at, unit)
+            at += len(unit)
+        if at != rest.num_rows:
+            raise RuntimeError(f"{table}@{version}: read {rest.num_rows} rows, then {at}")
         return ExactCache(
             version=version,
             table=rest,
@@ -414,7 +410,7 @@ class VectorSearch:
             projected_for=plan.calibrated_at,
             projection=projection,
             scan=ProjectedScan.of_codes(scan_scale, scan_codes),
-            compact=CompactRows(codes, scale, unit_file),
+            compact=CompactRows(codes, scale, spill),
         )
 
 
