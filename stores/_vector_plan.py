@@ -191,15 +191,15 @@ def compact_bytes(rows: int, dim: int, dims: int) -> int:
 
 COMPACT_RERANKS = (2, 4, 8, 16)
 """A compact copy's final step reads the float vectors of ``rerank`` rows (the best by their
-8-bit vectors) from the table: calibration tries these multiples of ``k``. On 1M real MiniLM
+8-bit vectors) from its spilled file: calibration tries these multiples of ``k``. On 1M real MiniLM
 passages (300 real questions) the 8-bit vectors alone kept 0.993 of the exact top 10 within a
 6,400-row shortlist; the exact cosine over their best 20 kept all of it (issue 19 bench).
 Tight clusters need more (near ties the rounding reorders)."""
 
-REREAD_COST = 512
-"""What reading one row's float vector from the table costs in the walk's units (rows x
-dimensions scanned), per dimension: on 1M rows a read of 20 rows took 1.6 ms and of 100 rows
-2.6 ms (local disk, cached), ~12 us a row, while the 8-bit scan went through ~18 values a ns."""
+REREAD_COST = 256
+"""What reading one row's float vector from the spilled file costs in the walk's units (rows x
+dimensions scanned), per dimension: on 1M x 384 rows 20 rows took 0.12 ms (a ``pread`` each,
+cached), ~6 us a row, while the 8-bit scan went through ~18 values a ns (issue 19 bench)."""
 
 
 def scaled_params(params: Mapping[str, int], limit: int, k: int) -> dict[str, int]:
@@ -232,7 +232,7 @@ class SearchPlan:
       exactly. When the table's float copy does not fit ``exact_cache_max_bytes`` but a
       compact one does (:func:`compact_bytes`), the copy keeps the vectors in 8 bits and
       ``params`` add ``refine_bits`` (8) and ``rerank``: the shortlist is ranked by the 8-bit
-      vectors and the ``rerank`` best by their float vectors read from the table
+      vectors and the ``rerank`` best by their float vectors (spilled to a file)
       (:func:`~contextkit.stores._vector_query.compact_search`); filtered queries then go to
       LanceDB, as for a table without a copy;
     - ``"ann"``: LanceDB's index (``index``) with ``params``: ``ef`` for HNSW (and
@@ -1081,8 +1081,10 @@ class SearchPlanning:
         projections whose copy fits next to the exact copy within ``max_bytes``. When the float
         copy itself does not fit ``max_bytes``, the compact copy's search is measured instead
         (:func:`~contextkit.stores._vector_query.compact_search`: the shortlist ranked by the
-        8-bit vectors, the best ``COMPACT_RERANK x k`` by the float ones), with projections
-        whose compact copy fits."""
+        8-bit vectors, the best ``rerank`` (:data:`COMPACT_RERANKS` x k) by the float ones;
+        cost + rerank x dim x :data:`REREAD_COST`), with projections whose compact copy fits.
+        A query made from a row reads one row more (its own row is left out), the others
+        exactly ``rerank``, as a search of k rows does."""
         cache = probe.cache
         assert cache is not None
         rows, dim = cache.matrix.shape
@@ -1100,8 +1102,6 @@ class SearchPlanning:
             refine_scale = code_scale(np.abs(cache.matrix).max(axis=0), REFINE_LEVELS)
             refine_codes = encode(cache.matrix, refine_scale, REFINE_LEVELS)
             reranks = [m * probe.k for m in COMPACT_RERANKS]
-        # rows whose float vectors are read, for a query of k + 1 rows (its own row left out)
-        deeps = [scaled_params({"rerank": r}, probe.k + 1, probe.k)["rerank"] for r in reranks]
         best: tuple[float, dict[str, int], float] | None = None
         last: tuple[dict[str, int], float] = ({}, 0.0)
         for dims, shortlists in grid:
@@ -1126,8 +1126,10 @@ class SearchPlanning:
                         folded = probe.queries[i] * refine_scale
                         approximate = refine_codes[ranked].astype(np.float32) @ folded
                     want, kind = probe.truth[i], probe.kinds[i]
+                    extra = int(own_row[i] >= 0)  # its own row takes one of the slots
                     for n, c in enumerate(shortlists):
-                        for r, deep in enumerate(deeps):
+                        for r, rerank in enumerate(reranks):
+                            deep = rerank + extra
                             kept = np.arange(c)  # of ranked: the rows the exact cosine ranks
                             if compact and c > deep:
                                 kept = np.argpartition(-approximate[:c], deep - 1)[:deep]

@@ -74,7 +74,12 @@ class SpilledVectors:
     ms, most of it per call (issue 19 bench). Disk: rows x dim x 4 bytes while held."""
 
     def __init__(self, rows: int, dim: int, folder: str | None = None) -> None:
-        fd, path = tempfile.mkstemp(prefix="contextkit-vectors-", suffix=".f32", dir=folder)
+        try:
+            fd, path = tempfile.mkstemp(prefix="contextkit-vectors-", suffix=".f32", dir=folder)
+        except OSError:  # a read-only store folder: the temporary folder
+            if folder is None:
+                raise
+            fd, path = tempfile.mkstemp(prefix="contextkit-vectors-", suffix=".f32")
         self._closed = weakref.finalize(self, os.close, fd)
         os.unlink(path)
         self._fd = fd
@@ -289,7 +294,7 @@ def quantize_queries(queries: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return (np.clip(np.rint(folded / step), -127, 127) + 128).astype(np.uint8)
 
 
-_INT8_SCAN_MAX_VALUES = 1 << 30  # an ONNX model (protobuf) holds at most 2 GiB
+_INT8_SCAN_MAX_VALUES = 1 << 30  # one session's codes (written once to the temporary folder)
 
 SCAN_ONE_THREAD_MAX_BYTES = 32 << 20
 """The 8-bit scan runs on one thread up to this many bytes of codes (200k x 128 rows: 24 MiB),

@@ -48,6 +48,7 @@ from contextkit.stores._vector_query import (
     compact_search,
     encode,
     exact_search,
+    int8_scan_available,
     lance_vector_search,
     projected_search,
     query_vector,
@@ -203,7 +204,7 @@ class VectorSearch:
         k: int,
     ) -> list[dict[str, Any]]:
         plan = layout.plan
-        cache = self._exact_cache(table, handle, version, layout)
+        cache = self._exact_cache(table, handle, version, layout, plan)
         if cache is not None and cache.compact is not None:
             if not conditions:
                 assert plan is not None
@@ -265,13 +266,12 @@ class VectorSearch:
                 return None
         return projected
 
-    def _exact_row_limit(self, layout: Layout) -> int:
+    def _exact_row_limit(self, layout: Layout, plan: SearchPlan | None) -> int:
         """How many rows the table may have to be served from the in-memory copy: the plan's
         choice when it is calibrated (exact up to the memory bound, never when ANN won), else
         the fixed ``exact_search_max_rows``."""
         if self.exact_search_max_rows <= 0:
             return 0
-        plan = layout.plan
         if plan is None:
             return self.exact_search_max_rows
         if plan.method == "ann":
@@ -282,16 +282,17 @@ class VectorSearch:
         return max(self.exact_search_max_rows, self.exact_cache_max_bytes // (4 * layout.dim))
 
     def _exact_cache(
-        self, table: str, handle: Any, version: int, layout: Layout
+        self, table: str, handle: Any, version: int, layout: Layout, plan: SearchPlan | None
     ) -> ExactCache | None:
-        """The table's in-memory copy of ``version``: kept, or loaded when the table is within
-        the row limit and its copy is let in within ``exact_cache_total_bytes`` (None: the
-        query goes to LanceDB, and a later one tries again). A compact plan's copy is a compact
-        one (:meth:`_load_compact`)."""
-        limit = self._exact_row_limit(layout)
+        """The table's in-memory copy of ``version`` for ``plan`` (the layout's, read once by
+        the caller: another thread may replace it meanwhile): kept, or loaded when the table is
+        within the row limit and its copy is let in within ``exact_cache_total_bytes`` (None:
+        the query goes to LanceDB, and a later one tries again). A compact plan's copy is a
+        compact one (:meth:`_load_compact`), served only with the 8-bit scan it was counted
+        with (a process without ONNX Runtime goes to LanceDB)."""
+        limit = self._exact_row_limit(layout, plan)
         if limit <= 0 or layout.rows_over_exact_limit:
             return None
-        plan = layout.plan
         with self._lock:
             cache = self._exact.use(table, _monotonic())
             if cache is not None:
@@ -306,6 +307,8 @@ class VectorSearch:
         need = copies_bytes(rows, layout.dim)
         if _compact_plan(plan):
             assert plan is not None
+            if not int8_scan_available(rows * plan.params["dims"]):
+                return None
             need = compact_bytes(rows, layout.dim, plan.params["dims"])
         with self._lock:
             if not self._exact.fits(table, need, _monotonic()):
@@ -360,8 +363,10 @@ class VectorSearch:
         :func:`~contextkit.stores._vector_query.compact_search`), read from the table in
         batches so that the float vectors are never held whole: a first pass takes the other
         columns and each dimension's largest magnitude (the codes' scales), a second the codes.
-        The codes are calibration's (``compact_copy`` over the float copy) to float rounding.
-        None when the plan's projection file is unreadable (the query goes to LanceDB)."""
+        The codes are calibration's (``compact_copy`` over the float copy) to float rounding;
+        the second pass checks that it reads the rows in the first's order (by id). None when
+        the plan's projection file is unreadable or the table is empty (the query goes to
+        LanceDB)."""
         projection = self._read_projection(table)
         if projection is None or projection.shape != (dim, plan.params["dims"]):
             return None
@@ -383,18 +388,23 @@ class VectorSearch:
             parts.append(batch.drop_columns(["vector"]))
             top = np.maximum(top, np.abs(unit).max(axis=0, initial=0))
             top_reduced = np.maximum(top_reduced, np.abs(unit @ projection).max(axis=0, initial=0))
+        if not parts:  # no rows (all deleted since calibration)
+            return None
         rest = pa.Table.from_batches(parts).combine_chunks()
         if rest.num_rows == 0:
             return None
+        ids = rest.column("id")
         scale = code_scale(top, REFINE_LEVELS)
         scan_scale = code_scale(top_reduced, ROW_LEVELS)
         codes = np.empty((rest.num_rows, dim), dtype=np.int8)
         scan_codes = np.empty((rest.num_rows, projection.shape[1]), dtype=np.int8)
         spill = SpilledVectors(rest.num_rows, dim, self._spill_folder(table.split("@", 1)[0]))
         at = 0
-        for _, unit in unit_batches(["vector"]):
+        for batch, unit in unit_batches(["id", "vector"]):
             if at + len(unit) > rest.num_rows:
                 break
+            if not batch.column("id").equals(ids.slice(at, len(unit)).combine_chunks()):
+                raise RuntimeError(f"{table}@{version}: a second read gave the rows reordered")
             codes[at : at + len(unit)] = encode(unit, scale, REFINE_LEVELS)
             scan_codes[at : at + len(unit)] = encode(unit @ projection, scan_scale, ROW_LEVELS)
             spill.write(at, unit)
@@ -406,7 +416,7 @@ class VectorSearch:
             table=rest,
             matrix=None,
             ids=np.asarray(rest.column("id").to_pylist(), dtype=object),
-            nan_columns=_nan_columns(rest),
+            nan_columns=frozenset(),  # filtered queries go to LanceDB anyway
             projected_for=plan.calibrated_at,
             projection=projection,
             scan=ProjectedScan.of_codes(scan_scale, scan_codes),

@@ -1,7 +1,7 @@
 """A compact copy: when a table's float copy does not fit ``exact_cache_max_bytes`` but its 8-bit
 vectors and projected scan do, calibration measures the projected search over that compact
 copy (shortlist by the 8-bit scan, ranked by the 8-bit vectors, the best few by their float
-vectors read from the table), and serving keeps only the compact copy, within the bound."""
+vectors, spilled to a file), and serving keeps only the compact copy, within the bound."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_a_compact_plan_serves_within_the_bound_as_calibrated(tmp_path):
         assert set(got) == by_hand
         exact = np.argsort(-(unit @ q), kind="stable")[:10]
         found += len(set(got) & {live[i] for i in exact})
-        # the distances are the float vectors' (read from the table), not the codes'
+        # the distances are the float vectors' (from the spilled file), not the codes'
         hits = served.search("t", vector=q, top_k=3)
         for hit in hits:
             assert abs(hit["score"] - float(unit[live.index(hit["id"])] @ q)) < 1e-5
@@ -74,7 +74,7 @@ def test_a_compact_plan_serves_within_the_bound_as_calibrated(tmp_path):
     memory = served.memory()
     assert memory["tables"]["t"] <= compact_bytes(len(live), DIM, plan.params["dims"]) <= BOUND
 
-    # filtered queries go to LanceDB (no float vectors in memory), exactly
+    # filtered queries go to LanceDB (no float vectors in memory): its flat search, no index here
     q = queries[0] / np.linalg.norm(queries[0])
     wanted = [f"d{i}" for i in range(1, 2000, 2) if f"d{i}#0" not in gone]
     got = served.search("t", vector=q, top_k=5, filter={"doc": {"in": wanted}})
@@ -112,3 +112,15 @@ def test_a_compact_copy_is_weighed_against_the_ann_by_their_paired_rounds():
     p50 = {m: float(np.median(r)) for m, r in rounds.items()}
     method, _ = choose(missed, p50, "IvfHnswSq", 0.995, False, rounds=rounds)
     assert method == "projected"  # a faster ANN below the target does not win
+
+
+def test_a_compact_plan_on_a_table_emptied_since_answers_nothing(tmp_path):
+    vectors = clustered_low_rank(N, seed=5)
+    store = LanceVectorStore(tmp_path, ann_min_rows=10**9, exact_cache_max_bytes=BOUND)
+    store.apply_changes("t", [rows(vectors)], dim=DIM, key_columns=["doc"])
+    plan = store.calibrate("t", sample=120)
+    assert plan.method == "projected" and plan.params["refine_bits"] == 8
+    every = [f"d{i}#0" for i in range(N)]
+    store.apply_changes("t", [], delete_ids=every, dim=DIM, key_columns=["doc"])
+    served = LanceVectorStore(tmp_path, exact_cache_max_bytes=BOUND)
+    assert served.search("t", vector=vectors[0], top_k=5) == []
