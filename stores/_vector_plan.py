@@ -26,21 +26,18 @@ from contextkit.stores._vector_common import (
     reads_table,
 )
 from contextkit.stores._vector_query import (
-    REFINE_LEVELS,
-    ROW_LEVELS,
     SCAN_ROW_BYTES,
     CompactRows,
     ExactCache,
     ProjectedScan,
     SpilledVectors,
-    code_scale,
     compact_search,
-    encode,
     exact_search,
     int8_scan_available,
     lance_vector_search,
     projected_search,
     projection_of,
+    quantize_vectors,
 )
 from contextkit.stores._vector_timing import (
     TIE_BAND,
@@ -797,7 +794,8 @@ class SearchPlanning:
         paths: dict[str, Callable[[np.ndarray], Any]] = {}
         candidates: dict[str, dict[str, Any]] = {}
         # the float copy was read only to calibrate a compact copy: exact search is not served
-        compact = cache is not None and cache.matrix.nbytes > self.exact_cache_max_bytes
+        limit = self.exact_cache_max_bytes
+        compact = cache is not None and copies_bytes(*cache.matrix.shape) > limit
         if cache is not None and not compact:
             paths["exact"] = self._exact_path(probe)
             candidates["exact"] = {"method": "exact", "params": {}, "recall": 1.0,
@@ -900,10 +898,12 @@ class SearchPlanning:
         if not fits:
             compact = "projected" in p50 and "projected" in methods
             if compact:  # a compact copy fits: it against the ANN, when that reached the target
-                rivals = [m for m in ("projected", "ann") if m in p50 and m in methods]
+                rivals = [
+                    m
+                    for m in ("projected", "ann")
+                    if m in p50 and m in methods and candidates[m]["reached"]
+                ]
                 per_round = rounds if rounds is not None else {m: [v] for m, v in p50.items()}
-                if "ann" in rivals and not candidates["ann"]["reached"]:
-                    rivals.remove("ann")
                 best = pick(per_round, [m for m in PREFERENCE if m in rivals]).chosen
                 recall = candidates[best]["recall"]
                 against = [f"{m} {p50[m]:.2f} ms" for m in rivals if m != best]
@@ -1099,11 +1099,15 @@ class SearchPlanning:
         own_row = [index_of.get(o, -1) for o in probe.own]
         reranks = [0]  # none: the exact cosine over the whole shortlist
         if compact:
-            refine_scale = code_scale(np.abs(cache.matrix).max(axis=0), REFINE_LEVELS)
-            refine_codes = encode(cache.matrix, refine_scale, REFINE_LEVELS)
+            refine_scale, refine_codes = quantize_vectors(cache.matrix)
             reranks = [m * probe.k for m in COMPACT_RERANKS]
         best: tuple[float, dict[str, int], float] | None = None
         last: tuple[dict[str, int], float] = ({}, 0.0)
+
+        def params_of(measured: dict[str, int], shortlist: int, rerank: int) -> dict[str, int]:
+            extra = {"refine_bits": 8, "rerank": rerank} if compact else {}
+            return {**measured, **extra, "shortlist": shortlist}
+
         for dims, shortlists in grid:
             if best is not None and rows * dims >= best[0]:
                 break  # even the shortest shortlist costs more than the best found
@@ -1139,23 +1143,15 @@ class SearchPlanning:
                             top = kept[top[np.argsort(-part[top], kind="stable")]]
                             got = [cache.ids[ranked[t]] for t in top if ranked[t] != own_row[i]]
                             misses[n, r, kind] += len(want - set(got[: probe.k]))
-            measured: dict[str, int] = {"dims": dims, "bits": scan.bits}  # the scan timed
-            if compact:
-                measured["refine_bits"] = 8
-            last = (
-                {**measured, "shortlist": longest, **({"rerank": reranks[-1]} if compact else {})},
-                probe.recall(misses[-1, -1]),
-            )
+            measured = {"dims": dims, "bits": scan.bits}  # the scan the shortlists were timed on
+            last = (params_of(measured, longest, reranks[-1]), probe.recall(misses[-1, -1]))
             for n, c in enumerate(shortlists):
                 for r, rerank in enumerate(reranks):
                     if not (misses[n, r] <= allowed).all():
                         continue
                     cost = rows * dims + 2 * c * dim + rerank * REREAD_COST * dim
                     if best is None or cost < best[0]:
-                        params = {**measured, "shortlist": c}
-                        if compact:
-                            params["rerank"] = rerank
-                        best = (cost, params, probe.recall(misses[n, r]))
+                        best = (cost, params_of(measured, c, rerank), probe.recall(misses[n, r]))
         if best is None:
             return projection, last[0], float(last[1]), False
         return projection, best[1], float(best[2]), True
@@ -1253,13 +1249,11 @@ def compact_copy(
     same codes reading the table in batches (``VectorSearch._load_compact``)."""
     matrix = cache.matrix
     assert matrix is not None
-    scale = code_scale(np.abs(matrix).max(axis=0), REFINE_LEVELS)
-    reduced = matrix @ projection
-    scan_scale = code_scale(np.abs(reduced).max(axis=0), ROW_LEVELS)
-    scan = ProjectedScan.of_codes(scan_scale, encode(reduced, scan_scale, ROW_LEVELS))
+    scan = ProjectedScan(matrix @ projection, bits=8)
     spill = SpilledVectors(*matrix.shape, folder)
     spill.write(0, matrix)
-    rows = CompactRows(encode(matrix, scale, REFINE_LEVELS), scale, spill)
+    scale, codes = quantize_vectors(matrix)
+    rows = CompactRows(codes, scale, spill)
     return replace(
         cache, matrix=None, projected_for=made_for, projection=projection, scan=scan, compact=rows
     )

@@ -266,6 +266,14 @@ def quantize_rows(reduced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scale, encode(reduced, scale, ROW_LEVELS)
 
 
+def quantize_vectors(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension scales (dim, float32) and codes (rows x dim, int8 within -127..127) of a
+    compact copy's unit vectors (:class:`CompactRows`); serving makes the same codes block by
+    block (``VectorSearch._load_compact``)."""
+    scale = code_scale(np.abs(matrix).max(axis=0), REFINE_LEVELS)
+    return scale, encode(matrix, scale, REFINE_LEVELS)
+
+
 def code_scale(top: np.ndarray, levels: int) -> np.ndarray:
     """Per-column scales mapping each column's largest magnitude ``top`` to ``levels``."""
     return np.where(top > 0, top / levels, 1).astype(np.float32)
