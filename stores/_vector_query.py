@@ -404,7 +404,9 @@ def projected_search(cache: ExactCache, query: np.ndarray, k: int, shortlist: in
     k = min(k, len(rows_of))
     if k == 0:
         return []
-    similarity = np.einsum("ij,j->i", cache.matrix[rows_of], q)
+    # np.take, not ``matrix[rows_of]``: numpy's fancy indexing took 0.68 ms for 1,600 of 200k
+    # rows x 384, np.take 0.32 (issue 19 bench)
+    similarity = np.einsum("ij,j->i", np.take(cache.matrix, rows_of, axis=0), q)
     return _best_rows(cache, similarity, rows_of, k)
 
 
@@ -427,7 +429,9 @@ def compact_search(
     rows_of = top_rows(cache.scan.scores((q @ cache.projection)[None, :])[0], shortlist)
     if min(k, len(rows_of)) == 0:
         return []
-    approximate = np.einsum("ij,j->i", compact.codes[rows_of].astype(np.float32), q * compact.scale)
+    # 6,400 of 1M rows: np.take + BLAS 0.9 ms, fancy indexing + einsum 1.7 (issue 19 bench)
+    gathered = np.take(compact.codes, rows_of, axis=0).astype(np.float32)
+    approximate = gathered @ (q * compact.scale)
     best = rows_of[top_rows(approximate, min(max(rerank, k), len(rows_of)))]
     similarity = np.einsum("ij,j->i", compact.vectors(best), q).astype(np.float32)
     return _best_rows(cache, similarity, best, min(k, len(best)))
