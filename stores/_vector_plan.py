@@ -1128,7 +1128,8 @@ class SearchPlanning:
                     exact = exact_all[ranked, j]
                     if compact:
                         folded = probe.queries[i] * refine_scale
-                        approximate = np.take(refine_codes, ranked, axis=0).astype(np.float32) @ folded
+                        gathered = np.take(refine_codes, ranked, axis=0)
+                        approximate = gathered.astype(np.float32) @ folded
                     want, kind = probe.truth[i], probe.kinds[i]
                     extra = int(own_row[i] >= 0)  # its own row takes one of the slots
                     for n, c in enumerate(shortlists):
