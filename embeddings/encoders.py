@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -126,6 +127,30 @@ _st_models: dict[tuple[str, str], Any] = {}
 _st_lock = threading.Lock()
 
 
+def import_torch() -> None:
+    """Import torch for contextkit's local models with its OpenMP threads waiting passively.
+
+    Torch's CPU kernels run on a GNU OpenMP team whose idle threads spin by default. One query
+    through MiniLM is a few hundred small parallel regions, and on a busy machine each one waits
+    for spinning threads to get a core back: with two busy processes on the 2 cores here, one
+    query took 530-740 ms p50 on torch's defaults against 41-43 ms with ``OMP_WAIT_POLICY`` set to
+    ``PASSIVE`` (threads sleep between regions, as ONNX Runtime's do with spinning off; issue 19
+    bench). OpenMP reads the variable once, when torch loads, so it is set for that import only:
+    not when torch is already imported (nothing to change then), not when the variable is
+    already set (the user's choice wins), and removed again afterwards, so child processes and
+    the user's code see the environment they had. An ImportError is left to the caller's own
+    import of torch or sentence-transformers, which explains it."""
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+
+
 def _load_sentence_transformer(path: Path, device: str) -> Any:
     """Load a model folder once per process (about 6 s for MiniLM); later calls share it."""
     key = (str(path), device)
@@ -137,6 +162,7 @@ def _load_sentence_transformer(path: Path, device: str) -> Any:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             # No "Loading weights" bars in the CLI's output or the server's log.
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            import_torch()
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
@@ -265,9 +291,9 @@ class SentenceTransformerEncoder:
         return self.query_cache.get_or_compute(self.cache_identity, text, self._encode_one)
 
     def _encode_one(self, text: str) -> np.ndarray:
+        model = self.model  # first: loading it imports torch (see import_torch)
         import torch
 
-        model = self.model
         # SentenceTransformer.preprocess (tokenize before sentence-transformers 5), then the
         # forward pass: what encode() does for one text, minus batching, sorting and progress.
         prepare = getattr(model, "preprocess", None) or model.tokenize

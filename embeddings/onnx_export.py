@@ -309,6 +309,10 @@ def _export_float32(model_path: Path, out: Path) -> None:
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ.setdefault(key, "1")
     import numpy as np
+
+    from .encoders import import_torch
+
+    import_torch()
     import torch
     from sentence_transformers import SentenceTransformer
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contextkit.embeddings.encoders import import_torch
 from contextkit.errors import BadRequestError, ContextKitError, RerankError
 
 DEFAULT_DEPTH = 50
@@ -87,6 +88,7 @@ def _cross_encoder(path: str) -> Any:
                     f"the cross-encoder folder {path!r} does not exist",
                     hint="point local: at a sentence-transformers CrossEncoder folder",
                 )
+            import_torch()
             try:
                 from sentence_transformers import CrossEncoder
 
