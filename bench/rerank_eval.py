@@ -4,12 +4,15 @@ cross-encoder reranking its top ``--depth`` candidates, and the time the stage a
 
     python bench/rerank_eval.py --cross-encoder /models/ms-marco-MiniLM-L-6-v2 --docs 1000
     python bench/rerank_eval.py --docs 300        # no model: a tiny random one, plumbing only
+    python bench/rerank_eval.py --cross-encoder /tmp/rerank_models/ce-man --sets stdlib-docstrings
 
 No cross-encoder weights are packaged with contextkit and nothing is downloaded, so without
 ``--cross-encoder`` the script builds a one-layer BERT cross-encoder with random weights (on the
 packaged MiniLM's vocabulary): its numbers show that the stage runs end to end and what it costs
 per candidate at that size, not what reranking is worth. Documents are one chunk each, encoded
-with the packaged MiniLM through ONNX int8, as in bench/fusion_eval.py.
+with the packaged MiniLM through ONNX int8, as in bench/fusion_eval.py. bench/rerank_train.py
+fine-tunes a cross-encoder here from the packaged MiniLM on one set, keeping out the first
+``--docs`` documents of that set (this script's window) so that both sets stay held out.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,12 +60,36 @@ def random_cross_encoder(folder: Path) -> Path:
     return folder
 
 
+def index_documents(enc: Any, docs: list[dict]) -> LanceVectorStore:
+    """A store with one chunk per document (MiniLM through ``enc``), indexed for hybrid search."""
+    vectors = enc.encode([d["text"] for d in docs]).astype(np.float32)
+    ids = [d["id"] for d in docs]
+    digest = [hashlib.sha1(i.encode()).hexdigest() for i in ids]
+    batch = pa.record_batch(
+        {
+            "id": pa.array([f"{i}#0" for i in ids]),
+            "doc": pa.array(ids),
+            "chunk_index": pa.array([0] * len(ids), pa.int32()),
+            "char_offset": pa.array([0] * len(ids), pa.int64()),
+            "text": pa.array([d["text"] for d in docs]),
+            "content_hash": pa.array(digest),
+            "row_hash": pa.array(digest),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 384),
+        }
+    )
+    store = LanceVectorStore(tempfile.mkdtemp(prefix="ck-rerank-store-"))
+    store.apply_changes("t", [batch], dim=384, key_columns=["doc"])
+    store.ensure_indexes("t")
+    return store
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=1000, help="documents (and their queries) per set")
     ap.add_argument("--queries", type=int, default=200, help="at most this many queries per set")
     ap.add_argument("--depth", type=int, default=50, help="candidates handed to the reranker")
     ap.add_argument("--cross-encoder", type=Path, default=None, help="a CrossEncoder folder")
+    ap.add_argument("--sets", nargs="+", choices=evalsets.SETS, default=list(evalsets.SETS))
     ap.add_argument("--out", type=Path, default=Path("/tmp/ckbench/rerank.json"))
     args = ap.parse_args()
     from contextkit.embeddings.onnx_encoder import OnnxEncoder
@@ -76,28 +104,11 @@ def main() -> None:
     enc = OnnxEncoder(quantize="int8", cache_dir=Path("/tmp/ckbench/onnx"), query_cache_size=0)
     results: dict = {"reranker": what, "depth": args.depth, "first_stage": FIRST_STAGE,
                      "load_average": os.getloadavg()[0]}  # fmt: skip
-    for name in ("stdlib-docstrings", "man-pages"):
+    for name in args.sets:
         docs, queries = evalsets.load_set(Path(__file__).parent / "evalsets" / name, args.docs)
         queries = queries[: args.queries]
-        vectors = enc.encode([d["text"] for d in docs]).astype(np.float32)
+        store = index_documents(enc, docs)
         qvec = enc.encode([q["query"] for q in queries]).astype(np.float32)
-        ids = [d["id"] for d in docs]
-        digest = [hashlib.sha1(i.encode()).hexdigest() for i in ids]
-        batch = pa.record_batch(
-            {
-                "id": pa.array([f"{i}#0" for i in ids]),
-                "doc": pa.array(ids),
-                "chunk_index": pa.array([0] * len(ids), pa.int32()),
-                "char_offset": pa.array([0] * len(ids), pa.int64()),
-                "text": pa.array([d["text"] for d in docs]),
-                "content_hash": pa.array(digest),
-                "row_hash": pa.array(digest),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 384),
-            }
-        )
-        store = LanceVectorStore(tempfile.mkdtemp(prefix="ck-rerank-store-"))
-        store.apply_changes("t", [batch], dim=384, key_columns=["doc"])
-        store.ensure_indexes("t")
         rerank(options, "warm", [{"text": "warm", "score": 0.0}], 1)  # loads the model
         sums = {"first stage": np.zeros(3), "reranked": np.zeros(3)}
         stage_ms = []
