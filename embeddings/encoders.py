@@ -128,27 +128,34 @@ _st_lock = threading.Lock()
 
 
 def import_torch() -> None:
-    """Import torch for contextkit's local models with its OpenMP threads waiting passively.
+    """Import torch for contextkit's local models with its OpenMP threads spinning briefly.
 
-    Torch's CPU kernels run on a GNU OpenMP team whose idle threads spin by default. One query
-    through MiniLM is a few hundred small parallel regions, and on a busy machine each one waits
-    for spinning threads to get a core back: with two busy processes on the 2 cores here, one
-    query took 530-740 ms p50 on torch's defaults against 41-43 ms with ``OMP_WAIT_POLICY`` set to
-    ``PASSIVE`` (threads sleep between regions, as ONNX Runtime's do with spinning off; issue 19
-    bench). OpenMP reads the variable once, when torch loads, so it is set for that import only:
-    not when torch is already imported (nothing to change then), not when the variable is
-    already set (the user's choice wins), and removed again afterwards, so child processes and
-    the user's code see the environment they had. An ImportError is left to the caller's own
-    import of torch or sentence-transformers, which explains it."""
-    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+    Torch's CPU kernels run on a GNU OpenMP team whose idle threads spin up to 300,000 times
+    (about 3 ms) before they sleep. One query through MiniLM is a few hundred small parallel
+    regions, and on a busy machine each one waits for spinning threads to get a core back. With
+    2 busy processes on 2 cores, one query took 199 ms p50 on torch's default, 30 ms with
+    ``OMP_WAIT_POLICY=PASSIVE`` (no spinning) and 21 ms with ``GOMP_SPINCOUNT=10000``; on the
+    machine as it was (load 1.3-1.7) 9.6, 11.6 and 10.0 ms; batches of 32 at the same speed
+    or faster (issue 19 bench, ``bench/torch_waits.py``). So contextkit sets
+    ``GOMP_SPINCOUNT=10000``. OpenMP reads it once, when torch loads, so it is set for that
+    import only: not when torch is already imported (nothing to change then), not when the user
+    set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` (their choice wins), and removed again
+    afterwards, so child processes and the user's code see the environment they had. Other
+    OpenMP runtimes ignore the variable. An ImportError is left to the caller's own import of
+    torch or sentence-transformers, which explains it."""
+    if "torch" in sys.modules or {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & os.environ.keys():
         return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = str(TORCH_SPIN_COUNT)
     try:
         import torch  # noqa: F401
     except ImportError:
         pass
     finally:
-        os.environ.pop("OMP_WAIT_POLICY", None)
+        os.environ.pop("GOMP_SPINCOUNT", None)
+
+
+TORCH_SPIN_COUNT = 10_000
+"""How many times torch's idle OpenMP threads spin before they sleep (see :func:`import_torch`)."""
 
 
 def _load_sentence_transformer(path: Path, device: str) -> Any:

@@ -271,6 +271,15 @@ def test_a_local_cross_encoder_reranks_the_candidates(tmp_path, openai_stub, mon
         assert h["scores"]["rerank"] == pytest.approx(by_id[h["id"]], abs=1e-5)
         assert h["scores"]["retrieval"] == next(f["score"] for f in first if f["id"] == h["id"])
 
+    # a depth past the table: the candidates counted are the ones reranked
+    everything = ctx.search("doc_text", "garden hose part 3", top_k=500, mode="text")
+    deep = ctx.search(
+        "doc_text", "garden hose part 3", top_k=4, mode="text",
+        rerank={"model": "local:models/tiny-ce", "depth": 500},
+    )  # fmt: skip
+    assert 12 <= len(everything) < 500
+    assert deep.timings_ms["rerank_candidates"] == len(everything)
+
     with TestClient(create_app(ctx, auth=False), raise_server_exceptions=False) as client:
         body = {"view": "doc_text", "query": "garden hose", "top_k": 2, "mode": "text"}
         ok = client.post("/v1/search", json={**body, "rerank": "local:models/tiny-ce"})

@@ -648,9 +648,9 @@ def search_view(
     timings["search"] = (time.perf_counter() - began) * 1000
     if rerank_with is not None:
         began = time.perf_counter()
+        timings["rerank_candidates"] = float(len(hits))  # fewer than the depth in small tables
         hits = reranking.rerank(rerank_with, query or "", hits, top_k)
         timings["rerank"] = (time.perf_counter() - began) * 1000
-        timings["rerank_candidates"] = float(first)
     return Documents(view.name, mode, hits, timings)
 
 

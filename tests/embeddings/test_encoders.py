@@ -22,6 +22,7 @@ from contextkit.embeddings import (
     get_encoder,
     model_configs,
 )
+from contextkit.embeddings.encoders import TORCH_SPIN_COUNT
 
 # -- the packaged local model --------------------------------------------------------------------
 
@@ -63,44 +64,48 @@ def test_the_model_folder_says_its_dimension_and_token_limit(minilm):
     ]
 
 
-def _openmp_in_a_fresh_process(code: str, **env: str) -> tuple[set[str], str]:
+def _openmp_in_a_fresh_process(code: str, **env: str) -> tuple[set[int], str]:
     """Run ``code`` in a new interpreter with each OpenMP runtime printing its settings when it
-    loads; returns (the spin counts they printed, what the code printed). A thread of a runtime
-    told ``OMP_WAIT_POLICY=PASSIVE`` spins 0 times before it sleeps; the default is 300,000.
-    (torch has its own runtime; scikit-learn, which sentence-transformers imports, another.)"""
-    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    loads; returns (the spin counts they printed, what the code printed). (torch has its own
+    runtime; scikit-learn, which sentence-transformers imports, another.)"""
+    environment = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    }
     environment.update(OMP_DISPLAY_ENV="verbose", **env)
     done = subprocess.run(
         [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
     )
-    spins = set(re.findall(r"GOMP_SPINCOUNT = '(\d+)'", done.stderr))
+    spins = {int(n) for n in re.findall(r"GOMP_SPINCOUNT = '(\d+)'", done.stderr)}
     assert spins, f"no OpenMP runtime printed its settings: {done.stderr[-2000:]}"
     return spins, done.stdout.strip()
 
 
-def test_torch_loads_with_openmp_threads_waiting_passively():
-    # the model's own load path: torch's OpenMP threads sleep between parallel regions (their
-    # default spinning made one query ~15x slower on a busy machine), and the variable is gone
-    # again once torch has read it, for the process's code and its children
+def test_torch_loads_with_openmp_threads_spinning_briefly():
+    # the model's own load path: torch's idle OpenMP threads spin 10,000 times, not 300,000,
+    # before they sleep (the default made one query 5-10x slower on a busy machine), and the
+    # variable is gone again once torch has read it, for the process's code and its children
     code = (
         "import os, torch; from contextkit.embeddings import SentenceTransformerEncoder; "
         "v = SentenceTransformerEncoder().encode_query('hello'); "
-        "print(v.shape[0], os.environ.get('OMP_WAIT_POLICY'))"
+        "print(v.shape[0], os.environ.get('GOMP_SPINCOUNT'))"
     )
     spins, printed = _openmp_in_a_fresh_process(code.replace("os, torch", "os"))
-    assert "0" in spins and printed == "384 None"
+    assert TORCH_SPIN_COUNT in spins and printed == "384 None"
     # torch imported before contextkit loads a model: its settings are left as they were
     spins, printed = _openmp_in_a_fresh_process(code)
-    assert "0" not in spins and printed == "384 None"
+    assert TORCH_SPIN_COUNT not in spins and printed == "384 None"
 
 
-def test_a_wait_policy_the_user_set_is_kept():
+@pytest.mark.parametrize(
+    ("variable", "value", "spin"), [("OMP_WAIT_POLICY", "PASSIVE", 0), ("GOMP_SPINCOUNT", "77", 77)]
+)
+def test_an_openmp_setting_the_user_made_is_kept(variable, value, spin):
     code = (
         "import os; from contextkit.embeddings.encoders import import_torch; import_torch(); "
-        "import torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+        f"import torch; print(os.environ.get('{variable}'))"
     )
-    spins, printed = _openmp_in_a_fresh_process(code, OMP_WAIT_POLICY="ACTIVE")
-    assert "0" not in spins and printed == "ACTIVE"
+    spins, printed = _openmp_in_a_fresh_process(code, **{variable: value})
+    assert spin in spins and TORCH_SPIN_COUNT not in spins and printed == value
 
 
 def test_a_missing_model_folder_is_a_config_error(tmp_path):
