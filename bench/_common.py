@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO_ROOT / "examples" / "quickstart"
@@ -208,3 +209,36 @@ def run_child(cmd: list[str], what: str, timeout: float) -> dict:
             f"{what} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}"
         )
     return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def index_documents(enc: Any, docs: list[dict], prefix: str) -> Any:
+    """A vector store (in a new temporary folder whose name starts with ``prefix``) holding eval-set ``docs``
+    as one chunk per document, encoded with ``enc`` (384 dimensions), indexed for hybrid
+    search in table ``t``: what the fusion, rerank and trainer scripts search."""
+    import hashlib
+    import tempfile
+
+    import numpy as np
+    import pyarrow as pa
+
+    from contextkit.stores.vector import LanceVectorStore
+
+    vectors = enc.encode([d["text"] for d in docs]).astype(np.float32)
+    ids = [d["id"] for d in docs]
+    digest = [hashlib.sha1(i.encode()).hexdigest() for i in ids]
+    batch = pa.record_batch(
+        {
+            "id": pa.array([f"{i}#0" for i in ids]),
+            "doc": pa.array(ids),
+            "chunk_index": pa.array([0] * len(ids), pa.int32()),
+            "char_offset": pa.array([0] * len(ids), pa.int64()),
+            "text": pa.array([d["text"] for d in docs]),
+            "content_hash": pa.array(digest),
+            "row_hash": pa.array(digest),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 384),
+        }
+    )
+    store = LanceVectorStore(tempfile.mkdtemp(prefix=prefix))
+    store.apply_changes("t", [batch], dim=384, key_columns=["doc"])
+    store.ensure_indexes("t")
+    return store

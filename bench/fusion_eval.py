@@ -8,21 +8,18 @@ the labelled sets in ``bench/evalsets`` (one chunk per document, MiniLM through 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "evalsets"))
 import build as evalsets  # noqa: E402
+from _common import index_documents  # noqa: E402
 
 from contextkit.retrieval.evaluation import score  # noqa: E402
-from contextkit.stores.vector import LanceVectorStore  # noqa: E402
 
 CONFIGS = [
     {"mode": "vector"},
@@ -46,25 +43,9 @@ def main() -> None:
     for name in ("stdlib-docstrings", "man-pages"):
         docs, queries = evalsets.load_set(Path(__file__).parent / "evalsets" / name, args.docs)
         began = time.perf_counter()
-        vectors = enc.encode([d["text"] for d in docs]).astype(np.float32)
+        store = index_documents(enc, docs, "ck-fusion-")
         qvec = enc.encode([q["query"] for q in queries]).astype(np.float32)
-        print(f"{name}: encoded {len(docs)} docs in {time.perf_counter() - began:.0f}s", flush=True)
-        ids = [d["id"] for d in docs]
-        batch = pa.record_batch(
-            {
-                "id": pa.array([f"{i}#0" for i in ids]),
-                "doc": pa.array(ids),
-                "chunk_index": pa.array([0] * len(ids), pa.int32()),
-                "char_offset": pa.array([0] * len(ids), pa.int64()),
-                "text": pa.array([d["text"] for d in docs]),
-                "content_hash": pa.array([hashlib.sha1(i.encode()).hexdigest() for i in ids]),
-                "row_hash": pa.array([hashlib.sha1(i.encode()).hexdigest() for i in ids]),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 384),
-            }
-        )
-        store = LanceVectorStore(tempfile.mkdtemp(prefix="ck-fusion-"))
-        store.apply_changes("t", [batch], dim=384, key_columns=["doc"])
-        store.ensure_indexes("t")
+        print(f"{name}: indexed {len(docs)} docs in {time.perf_counter() - began:.0f}s", flush=True)
         rows = []
         for config in CONFIGS:
             sums = [0.0, 0.0, 0.0]

@@ -18,24 +18,21 @@ fine-tunes a cross-encoder here from the packaged MiniLM on one set, keeping out
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "evalsets"))
 import build as evalsets  # noqa: E402
+from _common import index_documents  # noqa: E402
 
 from contextkit.compute.rerank import RerankOptions, rerank  # noqa: E402
 from contextkit.retrieval.evaluation import score  # noqa: E402
-from contextkit.stores.vector import LanceVectorStore  # noqa: E402
 
 FIRST_STAGE = {"mode": "hybrid", "fusion": "blend", "depth": 50}
 
@@ -58,29 +55,6 @@ def random_cross_encoder(folder: Path) -> Path:
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def index_documents(enc: Any, docs: list[dict]) -> LanceVectorStore:
-    """A store with one chunk per document (MiniLM through ``enc``), indexed for hybrid search."""
-    vectors = enc.encode([d["text"] for d in docs]).astype(np.float32)
-    ids = [d["id"] for d in docs]
-    digest = [hashlib.sha1(i.encode()).hexdigest() for i in ids]
-    batch = pa.record_batch(
-        {
-            "id": pa.array([f"{i}#0" for i in ids]),
-            "doc": pa.array(ids),
-            "chunk_index": pa.array([0] * len(ids), pa.int32()),
-            "char_offset": pa.array([0] * len(ids), pa.int64()),
-            "text": pa.array([d["text"] for d in docs]),
-            "content_hash": pa.array(digest),
-            "row_hash": pa.array(digest),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 384),
-        }
-    )
-    store = LanceVectorStore(tempfile.mkdtemp(prefix="ck-rerank-store-"))
-    store.apply_changes("t", [batch], dim=384, key_columns=["doc"])
-    store.ensure_indexes("t")
-    return store
 
 
 def main() -> None:
@@ -107,7 +81,7 @@ def main() -> None:
     for name in args.sets:
         docs, queries = evalsets.load_set(Path(__file__).parent / "evalsets" / name, args.docs)
         queries = queries[: args.queries]
-        store = index_documents(enc, docs)
+        store = index_documents(enc, docs, "ck-rerank-store-")
         qvec = enc.encode([q["query"] for q in queries]).astype(np.float32)
         rerank(options, "warm", [{"text": "warm", "score": 0.0}], 1)  # loads the model
         sums = {"first stage": np.zeros(3), "reranked": np.zeros(3)}

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import rerank_eval
-from rerank_eval import FIRST_STAGE, evalsets, index_documents
+from _common import index_documents
+from rerank_eval import FIRST_STAGE, evalsets
 
 
 def training_pairs(
@@ -41,7 +42,7 @@ def training_pairs(
     from contextkit.embeddings.onnx_encoder import OnnxEncoder
 
     enc = OnnxEncoder(quantize="int8", cache_dir=Path("/tmp/ckbench/onnx"), query_cache_size=0)
-    store = index_documents(enc, docs)
+    store = index_documents(enc, docs, "ck-rerank-train-")
     text = {d["id"]: d["text"] for d in docs}
     qvec = enc.encode([q["query"] for q in queries]).astype(np.float32)
     rng = random.Random(seed)
