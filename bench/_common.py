@@ -212,9 +212,9 @@ def run_child(cmd: list[str], what: str, timeout: float) -> dict:
 
 
 def index_documents(enc: Any, docs: list[dict], prefix: str) -> Any:
-    """A vector store (in a new temporary folder whose name starts with ``prefix``) holding eval-set ``docs``
-    as one chunk per document, encoded with ``enc`` (384 dimensions), indexed for hybrid
-    search in table ``t``: what the fusion, rerank and trainer scripts search."""
+    """A vector store in a new temporary folder (its name starting with ``prefix``) holding
+    eval-set ``docs`` as one chunk per document, encoded with ``enc`` (384 dimensions), indexed
+    for hybrid search in table ``t``: what the fusion, rerank and trainer scripts search."""
     import hashlib
     import tempfile
 
